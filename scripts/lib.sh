@@ -1,0 +1,64 @@
+# Shared helpers for the project scripts. Source it; do not run it.
+# shellcheck shell=bash
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+WASM_BINDGEN_VERSION="0.2.130"   # must equal the `wasm-bindgen = "=…"` pin in Cargo.toml
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m[edge-llm]\033[0m %s\n' "$*" >&2; }
+die() { printf '[edge-llm] error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# apt_install PKG... : installs the packages that are missing, running `apt-get update` once.
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# The wasm toolchain: the rustup target when it can be had, else Debian's rustc-web
+# (linked into rustup as `debweb`) building std from source. Sets WASM_CARGO (array).
+wasm_toolchain() {
+  if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    WASM_MODE=rustup
+  elif [ -f "$ROOT/target/.wasm-mode-debweb" ] && rustup toolchain list | grep -q '^debweb'; then
+    WASM_MODE=debweb
+  elif timeout 60 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+    WASM_MODE=rustup
+  else
+    log "rustup cannot fetch the wasm32 target here; using Debian's rustc-web"
+    apt_install rustc-web cargo-web rust-web-src lld-22 || {
+      # rustc-web lives in bookworm-security
+      $SUDO apt-get install -y -qq -t bookworm-security rustc-web cargo-web rust-web-src lld-22 >/dev/null
+    }
+    rustup toolchain list | grep -q '^debweb' || rustup toolchain link debweb /usr
+    mkdir -p "$ROOT/target" && touch "$ROOT/target/.wasm-mode-debweb"
+    WASM_MODE=debweb
+  fi
+  export WASM_MODE
+}
+
+# wasm_cargo SUBCOMMAND ARGS... : runs cargo for wasm32 with the chosen toolchain.
+wasm_cargo() {
+  local sub="$1"; shift
+  if [ "$WASM_MODE" = rustup ]; then
+    cargo "$sub" --target wasm32-unknown-unknown "$@"
+  else
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 ${WASM_RUSTFLAGS:-}" \
+      cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "$@"
+  fi
+}

@@ -1,0 +1,2 @@
+//! (being written by the GGUF helper)
+pub struct GgufWriter;

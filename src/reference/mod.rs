@@ -1,0 +1,98 @@
+//! The CPU reference transformer: plain, explicit forward/backward pairs, generic over
+//! f32 (to run the real model) and f64 (to check gradients by finite differences).
+//! It is the oracle for the GPU kernels, so it aims to be right rather than fast; the
+//! only concession to speed is that matrix products go through `matrixmultiply`.
+
+pub mod model;
+pub mod ops;
+
+pub use model::{Activations, Grads, KvCache, Lora, LoraConfig, Transformer};
+
+use num_traits::Float;
+
+/// The scalar types the reference runs in.
+pub trait Real:
+    Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync + 'static
+{
+    /// C[m×n] = alpha·A·B + beta·C with explicit row/column strides (matrixmultiply's
+    /// convention): A is m×k, B is k×n.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        rsa: isize,
+        csa: isize,
+        b: &[Self],
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+        csc: isize,
+    );
+    fn from_f64(x: f64) -> Self {
+        <Self as num_traits::NumCast>::from(x).unwrap_or_else(Self::nan)
+    }
+    fn to_f64(self) -> f64 {
+        <f64 as num_traits::NumCast>::from(self).unwrap_or(f64::NAN)
+    }
+}
+
+macro_rules! impl_real {
+    ($t:ty, $f:path) => {
+        impl Real for $t {
+            fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: &[Self],
+                rsa: isize,
+                csa: isize,
+                b: &[Self],
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: &mut [Self],
+                rsc: isize,
+                csc: isize,
+            ) {
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // Bounds: the furthest element each operand touches must be in its slice.
+                let last = |r: usize, cc: usize, rs: isize, cs: isize| {
+                    (r.saturating_sub(1) as isize * rs + cc.saturating_sub(1) as isize * cs) as usize
+                };
+                assert!(k == 0 || last(m, k, rsa, csa) < a.len(), "gemm: A out of bounds");
+                assert!(k == 0 || last(k, n, rsb, csb) < b.len(), "gemm: B out of bounds");
+                assert!(last(m, n, rsc, csc) < c.len(), "gemm: C out of bounds");
+                // SAFETY: the asserts above keep every access inside the slices, and
+                // strides are non-negative in every call site of this crate.
+                unsafe {
+                    $f(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        a.as_ptr(),
+                        rsa,
+                        csa,
+                        b.as_ptr(),
+                        rsb,
+                        csb,
+                        beta,
+                        c.as_mut_ptr(),
+                        rsc,
+                        csc,
+                    )
+                }
+            }
+        }
+    };
+}
+impl_real!(f32, matrixmultiply::sgemm);
+impl_real!(f64, matrixmultiply::dgemm);
