@@ -1,4 +1,294 @@
-//! (being written)
+//! The native CLI: a thin shell over the library. Results go to stdout (one JSON object
+//! with `--json`), progress and diagnostics to stderr; any error is one line and exit 1.
+
+use crate::data::Dataset;
+use crate::eval::{self, CpuLm, Sampling};
+use crate::model::{tiny, ModelFile};
+use crate::reference::Transformer;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "edge-llm", version, about = "Private on-device LLM fine-tuning (Edge-LLM) — native CLI")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a model's configuration, tensors and tokenizer.
+    Info {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Token ids of a text (no BOS added; special tokens in the text are recognised).
+    Tokenize {
+        #[arg(long)]
+        model: PathBuf,
+        /// The text; or use --file.
+        #[arg(long, conflicts_with = "file")]
+        text: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Only the first N tokens.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text after a prompt (greedy unless --temperature > 0).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Perplexity over the first N tokens of a text file (no BOS; predicts tokens 2..N).
+    Perplexity {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        max_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Zero-shot multiple-choice accuracy (summed log-likelihood of each choice).
+    EvalMc {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Only the first N questions.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the seeded tiny test model (same GGUF layout as the default model).
+    MakeTiny {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2)]
+        layers: usize,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        #[arg(long, default_value_t = 128)]
+        ffn: usize,
+    },
+}
+
+/// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli.cmd) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn load(path: &Path) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
+    let file = ModelFile::open(path)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let model = Transformer::new(file.weights()?);
+    Ok((file, tok, model))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(Error::Data(format!("{} is empty", path.display())));
+    }
+    Ok(text)
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Info { model, json } => {
+            let file = ModelFile::open(&model)?;
+            let tok = Tokenizer::from_gguf(&file.gguf)?;
+            let c = &file.config;
+            let mut types = std::collections::BTreeMap::<&str, usize>::new();
+            for t in &file.gguf.tensors {
+                *types.entry(t.ty.name()).or_default() += 1;
+            }
+            let v = json!({
+                "file": model.display().to_string(),
+                "gguf_version": file.gguf.version,
+                "bytes": file.bytes.len(),
+                "config": c,
+                "parameters": c.n_params(),
+                "tensors": file.gguf.tensors.len(),
+                "tensor_types": types,
+                "tokenizer": {"vocab": tok.vocab_size(), "bos": tok.bos, "eos": tok.eos,
+                               "add_bos": tok.add_bos, "chatml": tok.chatml},
+            });
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?);
+            }
+        }
+        Cmd::Tokenize { model, text, file, max_tokens, json } => {
+            let text = match (text, file) {
+                (Some(t), _) => t,
+                (None, Some(f)) => read_text(&f)?,
+                (None, None) => return Err(Error::Invalid("give --text or --file".into())),
+            };
+            let mf = ModelFile::open(&model)?;
+            let tok = Tokenizer::from_gguf(&mf.gguf)?;
+            let mut ids = tok.encode(&text)?;
+            if let Some(n) = max_tokens {
+                ids.truncate(n);
+            }
+            if json {
+                println!("{}", json!({ "ids": ids }));
+            } else {
+                for id in ids {
+                    println!("{id}\t{:?}", tok.decode(&[id])?);
+                }
+            }
+        }
+        Cmd::Generate { model, prompt, chat, max_tokens, temperature, top_p, seed, json } => {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
+                return Err(Error::Invalid("need 0 < --top-p <= 1 and --temperature >= 0".into()));
+            }
+            let (_, tok, m) = load(&model)?;
+            let text = if chat { tok.chat_prompt(&prompt) } else { prompt };
+            let ids = tok.encode(&text)?;
+            let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+            stop.extend(tok.encode("<|im_end|>").ok().filter(|v| v.len() == 1).unwrap_or_default());
+            let mut lm = CpuLm::new(&m);
+            let sampling = Sampling { temperature, top_p, seed };
+            let t0 = Instant::now();
+            let mut shown = String::new();
+            let mut so_far = Vec::new();
+            let mut stdout = std::io::stdout();
+            let out = eval::generate(&mut lm, &ids, max_tokens, &sampling, &stop, &mut |id| {
+                if json {
+                    return;
+                }
+                so_far.push(id);
+                if let Ok(s) = tok.decode(&so_far) {
+                    // Print only whole characters: a multi-byte char may span tokens.
+                    if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
+                        let _ = write!(stdout, "{}", &s[shown.len()..]);
+                        let _ = stdout.flush();
+                        shown = s;
+                    }
+                }
+            })?;
+            let secs = t0.elapsed().as_secs_f64();
+            let text = tok.decode(&out)?;
+            if json {
+                println!("{}", json!({"text": text, "tokens": out.len(), "tokens_per_s": out.len() as f64 / secs}));
+            } else {
+                if text.len() > shown.len() {
+                    print!("{}", &text[shown.len()..]);
+                }
+                println!();
+                eprintln!("[{} tokens, {:.1} tokens/s]", out.len(), out.len() as f64 / secs);
+            }
+        }
+        Cmd::Perplexity { model, text, max_tokens, json } => {
+            let body = read_text(&text)?;
+            let (_, tok, m) = load(&model)?;
+            let mut ids = tok.encode(&body)?;
+            ids.truncate(max_tokens);
+            let mut lm = CpuLm::new(&m);
+            let pb = progress_bar(ids.len() as u64, "perplexity");
+            let r = eval::perplexity(&mut lm, &ids, 64, &mut |done, _| pb.set_position(done as u64))?;
+            pb.finish_and_clear();
+            if json {
+                println!("{}", json!({"perplexity": r.perplexity, "tokens": r.tokens, "mean_nll": r.mean_nll}));
+            } else {
+                println!("perplexity {:.4} over {} tokens (mean NLL {:.4})", r.perplexity, r.tokens, r.mean_nll);
+            }
+        }
+        Cmd::EvalMc { model, data, limit, json } => {
+            let ds = Dataset::load(&data)?;
+            let Dataset::MultipleChoice(mut qs) = ds else {
+                return Err(Error::Data(format!(
+                    "{} holds {} data; eval-mc needs multiple-choice JSONL ({{\"question\",\"choices\",\"answer\"}})",
+                    data.display(),
+                    ds.kind()
+                )));
+            };
+            if let Some(n) = limit {
+                qs.truncate(n);
+            }
+            let (_, tok, m) = load(&model)?;
+            let mut lm = CpuLm::new(&m);
+            let pb = progress_bar(qs.len() as u64, "eval-mc");
+            let r = eval::eval_mc(&mut lm, &tok, &qs, &mut |done, _, correct| {
+                pb.set_position(done as u64);
+                pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+            })?;
+            pb.finish_and_clear();
+            if json {
+                println!("{}", json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct}));
+            } else {
+                println!("accuracy {:.4} ({}/{})", r.accuracy, r.correct, r.n);
+            }
+        }
+        Cmd::MakeTiny { out, seed, layers, hidden, heads, kv_heads, ffn } => {
+            let spec = tiny::TinySpec { n_layers: layers, hidden, n_heads: heads, n_kv_heads: kv_heads, ffn, seed };
+            let bytes = tiny::generate(&spec)?;
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            std::fs::write(&out, &bytes).map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
+            eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,8 @@
 pub mod model;
 pub mod ops;
 
-pub use model::{Activations, Grads, KvCache, Lora, LoraConfig, Transformer};
+pub use model::{Activations, Grads, KvCache, Lora, LoraConfig, Proj, Transformer};
+pub use ops::LoraPair;
 
 use num_traits::Float;
 

@@ -1,9 +1,429 @@
-//! (being written)
+//! Forward/backward pairs of every op of the LLaMA block, on row-major slices.
+//!
+//! Conventions: activations are `[rows][cols]`; a weight is `[out][in]` so a linear layer
+//! is y = x·Wᵀ. Backward functions ADD into their gradient outputs (`d*`), so gradients
+//! from several uses (residual branches, tied embeddings) accumulate without copies.
+
 use super::Real;
+use crate::model::RopeStyle;
 
 /// y[m×n] = x[m×k] · w[n×k]ᵀ (a linear layer without bias; `w` is `[out][in]`).
 pub fn matmul_nt<T: Real>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
     let mut y = vec![T::zero(); m * n];
     T::gemm(m, k, n, T::one(), x, k as isize, 1, w, 1, k as isize, T::zero(), &mut y, n as isize, 1);
     y
+}
+
+/// dx[m×k] += dy[m×n] · w[n×k] (the input gradient of [`matmul_nt`]).
+pub fn matmul_nn_acc<T: Real>(dy: &[T], w: &[T], m: usize, k: usize, n: usize, dx: &mut [T]) {
+    T::gemm(m, n, k, T::one(), dy, n as isize, 1, w, k as isize, 1, T::one(), dx, k as isize, 1);
+}
+
+/// dw[n×k] += dy[m×n]ᵀ · x[m×k] (the weight gradient of [`matmul_nt`]).
+pub fn matmul_tn_acc<T: Real>(dy: &[T], x: &[T], m: usize, k: usize, n: usize, dw: &mut [T]) {
+    T::gemm(n, m, k, T::one(), dy, 1, n as isize, x, k as isize, 1, T::one(), dw, k as isize, 1);
+}
+
+/// Linear layer forward: y = x·Wᵀ.
+pub fn linear_forward<T: Real>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
+    matmul_nt(x, w, m, k, n)
+}
+
+/// Linear layer backward: dx += dy·W, and dw += dyᵀ·x when the weight is trained.
+pub fn linear_backward<T: Real>(
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    (m, k, n): (usize, usize, usize),
+    dx: &mut [T],
+    dw: Option<&mut [T]>,
+) {
+    matmul_nn_acc(dy, w, m, k, n, dx);
+    if let Some(dw) = dw {
+        matmul_tn_acc(dy, x, m, k, n, dw);
+    }
+}
+
+/// A LoRA adapter on a linear layer of shape `[n][k]`: y += scale · (drop(x)·Aᵀ)·Bᵀ with
+/// A `[r][k]`, B `[n][r]`, scale = α/r.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraPair<T> {
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+    pub rank: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl<T: Real> LoraPair<T> {
+    pub fn zeros(rank: usize, k: usize, n: usize) -> Self {
+        Self { a: vec![T::zero(); rank * k], b: vec![T::zero(); n * rank], rank, k, n }
+    }
+}
+
+/// LoRA forward: adds scale·(drop(x)·Aᵀ)·Bᵀ into `y` and returns u = drop(x)·Aᵀ `[m][r]`,
+/// which the backward pass needs. `mask` is the dropout mask already scaled by 1/(1−p).
+pub fn lora_forward<T: Real>(
+    x: &[T],
+    p: &LoraPair<T>,
+    scale: T,
+    m: usize,
+    mask: Option<&[T]>,
+    y: &mut [T],
+) -> Vec<T> {
+    let (k, n, r) = (p.k, p.n, p.rank);
+    let u = match mask {
+        Some(mk) => {
+            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            matmul_nt(&xd, &p.a, m, k, r)
+        }
+        None => matmul_nt(x, &p.a, m, k, r),
+    };
+    T::gemm(m, r, n, scale, &u, r as isize, 1, &p.b, 1, r as isize, T::one(), y, n as isize, 1);
+    u
+}
+
+/// LoRA backward: da += (scale·dy·B)ᵀ·drop(x), db += scale·dyᵀ·u, dx += (scale·dy·B·A)⊙mask.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward<T: Real>(
+    dy: &[T],
+    x: &[T],
+    u: &[T],
+    p: &LoraPair<T>,
+    scale: T,
+    m: usize,
+    mask: Option<&[T]>,
+    dx: &mut [T],
+    dp: &mut LoraPair<T>,
+) {
+    let (k, n, r) = (p.k, p.n, p.rank);
+    // db[n×r] += scale · dyᵀ·u
+    T::gemm(n, m, r, scale, dy, 1, n as isize, u, r as isize, 1, T::one(), &mut dp.b, r as isize, 1);
+    // du[m×r] = scale · dy·B
+    let mut du = vec![T::zero(); m * r];
+    T::gemm(m, n, r, scale, dy, n as isize, 1, &p.b, r as isize, 1, T::zero(), &mut du, r as isize, 1);
+    match mask {
+        Some(mk) => {
+            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            matmul_tn_acc(&du, &xd, m, k, r, &mut dp.a);
+            let mut dxd = vec![T::zero(); m * k];
+            matmul_nn_acc(&du, &p.a, m, k, r, &mut dxd);
+            for ((d, g), &mm) in dx.iter_mut().zip(dxd).zip(mk) {
+                *d = *d + g * mm;
+            }
+        }
+        None => {
+            matmul_tn_acc(&du, x, m, k, r, &mut dp.a);
+            matmul_nn_acc(&du, &p.a, m, k, r, dx);
+        }
+    }
+}
+
+/// Embedding gather: row `tokens[i]` of `table` `[vocab][d]`.
+pub fn embedding_forward<T: Real>(tokens: &[u32], table: &[T], d: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(tokens.len() * d);
+    for &t in tokens {
+        out.extend_from_slice(&table[t as usize * d..(t as usize + 1) * d]);
+    }
+    out
+}
+
+/// Embedding scatter-add: dtable[tokens[i]] += dout[i].
+pub fn embedding_backward<T: Real>(dout: &[T], tokens: &[u32], d: usize, dtable: &mut [T]) {
+    for (i, &t) in tokens.iter().enumerate() {
+        let row = &mut dtable[t as usize * d..(t as usize + 1) * d];
+        for (a, &g) in row.iter_mut().zip(&dout[i * d..(i + 1) * d]) {
+            *a = *a + g;
+        }
+    }
+}
+
+/// RMSNorm: y = x · r · w with r = 1/√(mean(x²) + eps), per row. Returns (y, r per row).
+pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], m: usize, d: usize, eps: T) -> (Vec<T>, Vec<T>) {
+    let mut y = vec![T::zero(); m * d];
+    let mut rstd = vec![T::zero(); m];
+    let dn = T::from_f64(d as f64);
+    for i in 0..m {
+        let row = &x[i * d..(i + 1) * d];
+        let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
+        let r = T::one() / (ms + eps).sqrt();
+        rstd[i] = r;
+        for j in 0..d {
+            y[i * d + j] = row[j] * r * w[j];
+        }
+    }
+    (y, rstd)
+}
+
+/// RMSNorm backward: dx += r·w⊙dy − x·r³/d·Σ(dy⊙w⊙x); dw += Σ_rows dy⊙x·r.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward<T: Real>(
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    rstd: &[T],
+    m: usize,
+    d: usize,
+    dx: &mut [T],
+    dw: Option<&mut [T]>,
+) {
+    let dn = T::from_f64(d as f64);
+    for i in 0..m {
+        let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+        let r = rstd[i];
+        let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
+        let c = r * r * r * dot / dn;
+        for j in 0..d {
+            dx[i * d + j] = dx[i * d + j] + r * w[j] * gr[j] - xr[j] * c;
+        }
+    }
+    if let Some(dw) = dw {
+        for i in 0..m {
+            for j in 0..d {
+                dw[j] = dw[j] + dy[i * d + j] * x[i * d + j] * rstd[i];
+            }
+        }
+    }
+}
+
+/// The index pairs RoPE rotates inside a head, and the frequency index of each pair.
+fn rope_pairs(style: RopeStyle, head_dim: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let half = head_dim / 2;
+    (0..half).map(move |i| match style {
+        RopeStyle::Interleaved => (2 * i, 2 * i + 1, i),
+        RopeStyle::HalfSplit => (i, i + half, i),
+    })
+}
+
+/// Rotates each head of each row in place by angle pos·θ^(−2i/head_dim); `sign` −1 rotates
+/// back, which is the backward pass (a rotation's transpose is its inverse).
+#[allow(clippy::too_many_arguments)]
+fn rope_apply<T: Real>(
+    x: &mut [T],
+    m: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f64,
+    style: RopeStyle,
+    sign: f64,
+) {
+    let width = n_heads * head_dim;
+    for row in 0..m {
+        let pos = (pos0 + row) as f64;
+        for (a, b, i) in rope_pairs(style, head_dim) {
+            let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
+            let (s, c) = (sign * pos * freq).sin_cos();
+            let (s, c) = (T::from_f64(s), T::from_f64(c));
+            for h in 0..n_heads {
+                let base = row * width + h * head_dim;
+                let (x0, x1) = (x[base + a], x[base + b]);
+                x[base + a] = x0 * c - x1 * s;
+                x[base + b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// RoPE forward in place on `[m][n_heads·head_dim]`, rows at positions pos0, pos0+1, ….
+pub fn rope_forward<T: Real>(
+    x: &mut [T],
+    m: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f64,
+    style: RopeStyle,
+) {
+    rope_apply(x, m, n_heads, head_dim, pos0, theta, style, 1.0);
+}
+
+/// RoPE backward in place: rotates the gradient back.
+pub fn rope_backward<T: Real>(
+    dx: &mut [T],
+    m: usize,
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f64,
+    style: RopeStyle,
+) {
+    rope_apply(dx, m, n_heads, head_dim, pos0, theta, style, -1.0);
+}
+
+/// Shapes of a grouped-query attention call: `t` query rows at positions s−t … s−1
+/// attending causally to `s` key rows (s > t when a KV cache holds earlier positions).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub t: usize,
+    pub s: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal grouped-query attention. q `[t][H·hd]`, k and v `[s][Hkv·hd]`. Query head h reads
+/// KV head h / (H/Hkv). Returns (out `[t][H·hd]`, probs `[H][t][s]`).
+pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
+    let AttnShape { t, s, n_heads, n_kv_heads, head_dim: hd } = sh;
+    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
+    let scale = T::one() / T::from_f64(hd as f64).sqrt();
+    let mut out = vec![T::zero(); t * qw];
+    let mut probs = vec![T::zero(); n_heads * t * s];
+    for h in 0..n_heads {
+        let kh = h / group;
+        for i in 0..t {
+            let last = s - t + i; // causal: keys 0..=last
+            let p = &mut probs[(h * t + i) * s..(h * t + i + 1) * s];
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            let mut max = T::neg_infinity();
+            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
+                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                let dot: T = qi.iter().zip(kj).map(|(&a, &b)| a * b).sum();
+                *pj = dot * scale;
+                max = max.max(*pj);
+            }
+            let mut sum = T::zero();
+            for pj in p.iter_mut().take(last + 1) {
+                *pj = (*pj - max).exp();
+                sum = sum + *pj;
+            }
+            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
+                *pj = *pj / sum;
+                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                for (oo, &vv) in o.iter_mut().zip(vj) {
+                    *oo = *oo + *pj * vv;
+                }
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// Attention backward: (dq, dk, dv) from dout and the saved probabilities.
+pub fn attention_backward<T: Real>(
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    probs: &[T],
+    sh: AttnShape,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let AttnShape { t, s, n_heads, n_kv_heads, head_dim: hd } = sh;
+    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
+    let scale = T::one() / T::from_f64(hd as f64).sqrt();
+    let mut dq = vec![T::zero(); t * qw];
+    let mut dk = vec![T::zero(); s * kw];
+    let mut dv = vec![T::zero(); s * kw];
+    let mut dp = vec![T::zero(); s];
+    for h in 0..n_heads {
+        let kh = h / group;
+        for i in 0..t {
+            let last = s - t + i;
+            let p = &probs[(h * t + i) * s..(h * t + i + 1) * s];
+            let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
+            // dP_j = do·v_j ; dv_j += p_j·do
+            for j in 0..=last {
+                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                dp[j] = doi.iter().zip(vj).map(|(&a, &b)| a * b).sum();
+                let dvj = &mut dv[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                for (d, &g) in dvj.iter_mut().zip(doi) {
+                    *d = *d + p[j] * g;
+                }
+            }
+            // softmax backward: dS_j = p_j (dP_j − Σ p·dP)
+            let dot: T = (0..=last).map(|j| p[j] * dp[j]).sum();
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for j in 0..=last {
+                let ds = p[j] * (dp[j] - dot) * scale;
+                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                let dqi = &mut dq[i * qw + h * hd..i * qw + (h + 1) * hd];
+                for (d, &kk) in dqi.iter_mut().zip(kj) {
+                    *d = *d + ds * kk;
+                }
+                let dkj = &mut dk[j * kw + kh * hd..j * kw + (kh + 1) * hd];
+                for (d, &qq) in dkj.iter_mut().zip(qi) {
+                    *d = *d + ds * qq;
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+/// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
+pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
+    gate.iter().zip(up).map(|(&g, &u)| g * sigmoid(g) * u).collect()
+}
+
+/// SwiGLU backward: (dgate, dup).
+pub fn swiglu_backward<T: Real>(dh: &[T], gate: &[T], up: &[T]) -> (Vec<T>, Vec<T>) {
+    let mut dg = Vec::with_capacity(dh.len());
+    let mut du = Vec::with_capacity(dh.len());
+    for ((&d, &g), &u) in dh.iter().zip(gate).zip(up) {
+        let sg = sigmoid(g);
+        du.push(d * g * sg);
+        dg.push(d * u * sg * (T::one() + g * (T::one() - sg)));
+    }
+    (dg, du)
+}
+
+/// log-softmax of one row.
+pub fn log_softmax<T: Real>(row: &[T]) -> Vec<T> {
+    let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
+    row.iter().map(|&v| v - lse).collect()
+}
+
+/// Mean softmax cross-entropy over the rows whose target is `Some`. `logits` `[m][vocab]`.
+/// Returns (loss, number of counted rows); a batch with no target gives (0, 0).
+pub fn cross_entropy_forward<T: Real>(logits: &[T], targets: &[Option<u32>], vocab: usize) -> (T, usize) {
+    let mut total = T::zero();
+    let mut n = 0;
+    for (i, tg) in targets.iter().enumerate() {
+        if let Some(tg) = *tg {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+            let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
+            total = total + lse - row[tg as usize];
+            n += 1;
+        }
+    }
+    if n == 0 {
+        (T::zero(), 0)
+    } else {
+        (total / T::from_f64(n as f64), n)
+    }
+}
+
+/// Cross-entropy backward: dlogits = (softmax − onehot)·dloss/n on counted rows, 0 elsewhere.
+pub fn cross_entropy_backward<T: Real>(
+    logits: &[T],
+    targets: &[Option<u32>],
+    vocab: usize,
+    dloss: T,
+) -> Vec<T> {
+    let n = targets.iter().filter(|t| t.is_some()).count();
+    let mut d = vec![T::zero(); logits.len()];
+    if n == 0 {
+        return d;
+    }
+    let g = dloss / T::from_f64(n as f64);
+    for (i, tg) in targets.iter().enumerate() {
+        if let Some(tg) = *tg {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let lp = log_softmax(row);
+            let drow = &mut d[i * vocab..(i + 1) * vocab];
+            for (dv, l) in drow.iter_mut().zip(lp) {
+                *dv = l.exp() * g;
+            }
+            drow[tg as usize] = drow[tg as usize] - g;
+        }
+    }
+    d
 }
