@@ -1,7 +1,8 @@
 //! GGUF: the llama.cpp model file format, versions 2 and 3.
 //!
 //! [`Gguf::parse`] reads the header (metadata and tensor table) from a byte slice, which is
-//! what the browser has; [`Gguf::read_file`] does the same from a path on native targets.
+//! what the browser has; on native targets `crate::model::ModelFile::open` reads the file
+//! into memory first (this module does no file I/O, so it builds for wasm32 unchanged).
 //! Every count, length and offset is checked against the bytes that remain before it is
 //! used, so a truncated, corrupt or hostile file gives a [`GgufError`] naming the problem
 //! and its byte offset, never a panic and never an allocation sized by an unchecked field.
@@ -191,34 +192,76 @@ pub enum GgufErrorKind {
     BadMagic([u8; 4]),
     UnsupportedVersion(u32),
     /// Needed `need` more bytes to read `field` but the file ends.
-    Truncated { field: String, need: u64 },
+    Truncated {
+        field: String,
+        need: u64,
+    },
     /// A count or length larger than the file could possibly hold.
-    Absurd { field: String, value: u64 },
-    InvalidUtf8 { field: String },
+    Absurd {
+        field: String,
+        value: u64,
+    },
+    InvalidUtf8 {
+        field: String,
+    },
     UnknownValueType(u32),
-    UnsupportedTensorType { tensor: String, ty: u32 },
-    BadTensor { tensor: String, why: String },
+    UnsupportedTensorType {
+        tensor: String,
+        ty: u32,
+    },
+    BadTensor {
+        tensor: String,
+        why: String,
+    },
     DuplicateKey(String),
     DuplicateTensor(String),
     BadAlignment(u64),
     MissingTensor(String),
+    /// A bool stored as a byte other than 0 or 1.
+    BadBool(u8),
+    /// Arrays nested deeper than the reader allows (a bound on recursion, not a format rule).
+    TooDeep {
+        depth: u32,
+    },
+    /// A key the reader interprets (e.g. `general.alignment`) has a value of the wrong type.
+    WrongValueType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
 }
 
 impl fmt::Display for GgufErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadMagic(m) => write!(f, "bad magic {m:02x?} (not a GGUF file)"),
-            Self::UnsupportedVersion(v) => write!(f, "unsupported version {v} (2 and 3 are supported)"),
-            Self::Truncated { field, need } => write!(f, "truncated: {field} needs {need} more bytes than the file has"),
+            Self::UnsupportedVersion(v) => {
+                write!(f, "unsupported version {v} (2 and 3 are supported)")
+            }
+            Self::Truncated { field, need } => write!(
+                f,
+                "truncated: {field} needs {need} more bytes than the file has"
+            ),
             Self::Absurd { field, value } => write!(f, "absurd {field} = {value}"),
             Self::InvalidUtf8 { field } => write!(f, "invalid UTF-8 in {field}"),
             Self::UnknownValueType(t) => write!(f, "unknown metadata value type {t}"),
-            Self::UnsupportedTensorType { tensor, ty } => write!(f, "tensor '{tensor}' has unsupported type {ty}"),
+            Self::UnsupportedTensorType { tensor, ty } => {
+                write!(f, "tensor '{tensor}' has unsupported type {ty}")
+            }
             Self::BadTensor { tensor, why } => write!(f, "tensor '{tensor}': {why}"),
             Self::DuplicateKey(k) => write!(f, "duplicate metadata key '{k}'"),
             Self::DuplicateTensor(t) => write!(f, "duplicate tensor '{t}'"),
             Self::BadAlignment(a) => write!(f, "bad general.alignment {a}"),
             Self::MissingTensor(t) => write!(f, "missing tensor '{t}'"),
+            Self::BadBool(b) => write!(f, "bool byte {b} (must be 0 or 1)"),
+            Self::TooDeep { depth } => write!(f, "arrays nested {depth} deep (too deep)"),
+            Self::WrongValueType {
+                key,
+                expected,
+                found,
+            } => {
+                write!(f, "'{key}' is {found}, expected {expected}")
+            }
         }
     }
 }
