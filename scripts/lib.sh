@@ -58,7 +58,40 @@ wasm_cargo() {
   if [ "$WASM_MODE" = rustup ]; then
     cargo "$sub" --target wasm32-unknown-unknown "$@"
   else
+    # Test binaries link libtest, so `test` needs it built from source too.
+    local std_crates=std,panic_abort
+    [ "$sub" = test ] && std_crates=std,panic_abort,test
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 ${WASM_RUSTFLAGS:-}" \
-      cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort "$@"
+      cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std="$std_crates" "$@"
   fi
+}
+
+# The model the page loads by default, and where the page finds it.
+DEFAULT_MODEL="$ROOT/models/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# link_default_model : makes www/models/default.gguf point at DEFAULT_MODEL (git-ignored).
+link_default_model() {
+  [ -f "$DEFAULT_MODEL" ] || die "no model at $DEFAULT_MODEL: run scripts/setup.sh"
+  mkdir -p "$ROOT/www/models"
+  ln -sfn "../../models/cache/$(basename "$DEFAULT_MODEL")" "$ROOT/www/models/default.gguf"
+}
+
+# port_free PORT : true when nothing listens on 127.0.0.1:PORT.
+port_free() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+# python_env : a virtualenv (.venv) with the pinned Python packages of the cross-checks.
+# Sets PY to its interpreter.
+PY_REQS="numpy==2.4.6 gguf==0.19.0"
+python_env() {
+  local venv="$ROOT/.venv"
+  PY="$venv/bin/python"
+  if [ ! -x "$PY" ] || [ "$(cat "$venv/.reqs" 2>/dev/null)" != "$PY_REQS" ]; then
+    log "python venv: $PY_REQS"
+    python3 -m venv "$venv"
+    "$PY" -m pip install -q --disable-pip-version-check $PY_REQS
+    echo "$PY_REQS" > "$venv/.reqs"
+  fi
+  export PY
 }

@@ -4,6 +4,7 @@
 //! blocking I/O or file-system calls outside the `cfg`-gated native parts. See
 //! ARCHITECTURE.md for the layering.
 
+pub mod compress;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -5,6 +5,7 @@
 
 pub mod model;
 pub mod ops;
+pub mod optim;
 
 pub use model::{Activations, Grads, KvCache, Lora, LoraConfig, Proj, Transformer};
 pub use ops::LoraPair;

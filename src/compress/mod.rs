@@ -1,0 +1,6 @@
+//! Compression: packed weight formats (quantized, sparse) with their CPU reference
+//! matmuls, the twins of the GPU kernels. LUC (profiling, policies, pruning) builds on
+//! these (issue 5).
+
+pub mod quant;
+pub mod sparse;

@@ -1,0 +1,1 @@
+//! Packed quantized weights (being written).

@@ -1,0 +1,247 @@
+//! The GPU context: one adapter, one device and queue, the limits they were created with,
+//! and a cache of compute pipelines keyed by kernel name.
+//!
+//! The same code runs natively (wgpu on Vulkan; lavapipe on a machine without a GPU) and
+//! in the browser (wgpu on WebGPU). Devices are created with `wgpu::Limits::default()`
+//! unless told otherwise: that is the WebGPU baseline, so native tests enforce the limits
+//! a browser grants.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use serde_json::json;
+
+use crate::{Error, Result};
+
+/// A compiled compute kernel: its pipeline and the layout of its bind group 0.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    /// The limits of the device (what was requested), enforced by validation.
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// The best limits the adapter could have granted (for reports and memory plans).
+    pub adapter_limits: wgpu::Limits,
+    /// The optional features the adapter offers (none are enabled on the device).
+    pub adapter_features: wgpu::Features,
+    kernels: Mutex<HashMap<String, Kernel>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+const NO_ADAPTER: &str = "no WebGPU/Vulkan adapter found: in a browser, use one with WebGPU \
+     enabled (Chrome/Edge 113+, or Chromium with --enable-unsafe-webgpu); on Linux install \
+     mesa-vulkan-drivers (or a GPU driver with Vulkan)";
+
+impl GpuContext {
+    /// Requests a high-performance adapter and a device with `limits`
+    /// (default: `wgpu::Limits::default()`, the WebGPU baseline) and no optional features.
+    pub async fn new(limits: Option<wgpu::Limits>) -> Result<GpuContext> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("{NO_ADAPTER} ({e})")))?;
+        let info = adapter.get_info();
+        let adapter_limits = adapter.limits();
+        let adapter_features = adapter.features();
+        let required_limits = limits.unwrap_or_default();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("edge-llm"),
+                required_features: wgpu::Features::empty(),
+                required_limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::Gpu(format!(
+                    "adapter '{}' ({}) refused the device request: {e}",
+                    info.name, info.backend
+                ))
+            })?;
+        Ok(GpuContext {
+            limits: device.limits(),
+            features: device.features(),
+            device,
+            queue,
+            info,
+            adapter_limits,
+            adapter_features,
+            kernels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// [`GpuContext::new`], blocking the thread (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(limits: Option<wgpu::Limits>) -> Result<GpuContext> {
+        pollster::block_on(Self::new(limits))
+    }
+
+    /// The adapter and the limits that matter to the kernels, as JSON (for the page and
+    /// the CLI).
+    pub fn describe(&self) -> serde_json::Value {
+        let names = |f: wgpu::Features| -> Vec<String> {
+            f.iter()
+                .map(|one| match one.as_str() {
+                    Some(s) => s.to_string(),
+                    None => format!("{one:?}"),
+                })
+                .collect()
+        };
+        let limits = |l: &wgpu::Limits| {
+            json!({
+                "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
+                "max_buffer_size": l.max_buffer_size,
+                "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
+                "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
+                "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
+                "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
+            })
+        };
+        json!({
+            "adapter": self.info.name,
+            "backend": self.info.backend.to_str(),
+            "device_type": format!("{:?}", self.info.device_type),
+            "driver": self.info.driver,
+            "driver_info": self.info.driver_info,
+            "max_storage_buffer_binding_size": self.limits.max_storage_buffer_binding_size,
+            "max_buffer_size": self.limits.max_buffer_size,
+            "max_compute_workgroups_per_dimension": self.limits.max_compute_workgroups_per_dimension,
+            "features": names(self.features),
+            "adapter_features": names(self.adapter_features),
+            "device_limits": limits(&self.limits),
+            "adapter_limits": limits(&self.adapter_limits),
+        })
+    }
+
+    /// The kernel cached under `name`, built by `build` the first time it is asked for.
+    /// Creating a pipeline compiles a shader: do it once per context, not per dispatch.
+    pub fn kernel(
+        &self,
+        name: &str,
+        build: impl FnOnce(&wgpu::Device) -> Kernel,
+    ) -> Kernel {
+        let mut cache = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(name.to_owned())
+            .or_insert_with(|| build(&self.device))
+            .clone()
+    }
+
+    /// Refuses a storage binding the device cannot hold, naming it, instead of letting
+    /// wgpu fail validation (which panics natively).
+    pub fn check_storage_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let max = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        if bytes > max {
+            return Err(Error::Gpu(format!(
+                "{what} needs a {bytes}-byte storage buffer, over this device's limit of {max} bytes \
+                 (max_storage_buffer_binding_size)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies `src` (a buffer with COPY_SRC) to the CPU: copy into a staging buffer, map
+    /// it and wait. Natively `poll` blocks until the map is done; in the browser `poll`
+    /// does nothing and the await yields to the event loop until WebGPU maps the buffer.
+    pub async fn read_buffer(&self, src: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let size = src.size();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+
+        let (done, wait) = oneshot();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| done.send(r));
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        wait.await
+            .map_err(|e| Error::Gpu(format!("mapping a buffer for readback: {e}")))?;
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+/// A one-value channel whose receiver is a future: how a wgpu callback (map_async) hands
+/// its result to async code on both platforms without an executor-specific dependency.
+fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
+    let slot = Arc::new(Mutex::new(Slot {
+        value: None,
+        waker: None,
+    }));
+    (Sender(slot.clone()), Receiver(slot))
+}
+
+struct Slot<T> {
+    value: Option<T>,
+    waker: Option<Waker>,
+}
+
+struct Sender<T>(Arc<Mutex<Slot<T>>>);
+struct Receiver<T>(Arc<Mutex<Slot<T>>>);
+
+impl<T> Sender<T> {
+    fn send(self, value: T) {
+        let waker = {
+            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.value = Some(value);
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for Receiver<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
