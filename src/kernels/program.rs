@@ -63,7 +63,9 @@ impl GpuContext {
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: match b {
                         Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage { read_only: *b == Bind::Read },
+                            ty: wgpu::BufferBindingType::Storage {
+                                read_only: *b == Bind::Read,
+                            },
                             has_dynamic_offset: false,
                             min_binding_size: None,
                         },
@@ -109,7 +111,7 @@ impl GpuContext {
     pub fn storage(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         self.check_storage_binding(label, bytes.len() as u64)?;
         let padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
             let mut v = bytes.to_vec();
             v.resize(bytes.len().next_multiple_of(4).max(4), 0);
             padded = v;
@@ -117,11 +119,15 @@ impl GpuContext {
         } else {
             bytes
         };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        }))
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
     }
 
     /// A zero-filled storage buffer of `size` bytes (rounded up to 4), checked like
@@ -131,18 +137,21 @@ impl GpuContext {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.next_multiple_of(4).max(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
     }
 
     /// A uniform buffer holding `value` (a `#[repr(C)]` Pod struct padded to 16 bytes).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::bytes_of(value),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// A bind group of `buffers` bound in order to bindings 0, 1, ….
@@ -150,7 +159,10 @@ impl GpuContext {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -170,12 +182,17 @@ impl GpuContext {
         let max = self.limits.max_compute_workgroups_per_dimension;
         let (x, y) = grid(groups, max);
         if y > max {
-            return Err(Error::Gpu(format!("{groups} workgroups exceed a {max}×{max} grid")));
+            return Err(Error::Gpu(format!(
+                "{groups} workgroups exceed a {max}×{max} grid"
+            )));
         }
         if groups == 0 {
             return Ok(());
         }
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, 1);
@@ -184,11 +201,16 @@ impl GpuContext {
 
     /// A fresh command encoder.
     pub fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
     /// Submits `encoder` and reads `buf` back as f32.
-    pub async fn finish_read_f32(&self, encoder: wgpu::CommandEncoder, buf: &wgpu::Buffer) -> Result<Vec<f32>> {
+    pub async fn finish_read_f32(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        buf: &wgpu::Buffer,
+    ) -> Result<Vec<f32>> {
         self.queue.submit([encoder.finish()]);
         let bytes = self.read_buffer(buf).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))

@@ -21,7 +21,14 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { n_layers: 2, hidden: 64, n_heads: 4, n_kv_heads: 2, ffn: 128, seed: 0 }
+        Self {
+            n_layers: 2,
+            hidden: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            ffn: 128,
+            seed: 0,
+        }
     }
 }
 
@@ -47,7 +54,8 @@ const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and m
 
 /// GPT-2's byte → printable-character table used by byte-level BPE vocabularies.
 pub fn byte_to_char(b: u8) -> char {
-    let printable = |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
+    let printable =
+        |c: u32| (33..=126).contains(&c) || (161..=172).contains(&c) || (174..=255).contains(&c);
     let b = b as u32;
     if printable(b) {
         return char::from_u32(b).unwrap_or('?');
@@ -78,16 +86,24 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
 pub fn generate(spec: &TinySpec) -> Result<Vec<u8>> {
     let bad = |what: String| crate::Error::Invalid(format!("tiny model: {what}"));
     for (name, v) in [("hidden", spec.hidden), ("ffn", spec.ffn)] {
-        if v == 0 || v % 32 != 0 {
+        if v == 0 || !v.is_multiple_of(32) {
             return Err(bad(format!("{name} {v} must be a positive multiple of 32")));
         }
     }
-    if spec.n_heads == 0 || spec.n_kv_heads == 0 || spec.hidden % spec.n_heads != 0 || spec.n_heads % spec.n_kv_heads != 0 {
-        return Err(bad("heads must divide hidden and kv heads must divide heads".into()));
+    if spec.n_heads == 0
+        || spec.n_kv_heads == 0
+        || !spec.hidden.is_multiple_of(spec.n_heads)
+        || !spec.n_heads.is_multiple_of(spec.n_kv_heads)
+    {
+        return Err(bad(
+            "heads must divide hidden and kv heads must divide heads".into(),
+        ));
     }
     let head_dim = spec.hidden / spec.n_heads;
-    if head_dim % 2 != 0 || spec.n_layers == 0 {
-        return Err(bad("head_dim must be even and there must be at least one layer".into()));
+    if !head_dim.is_multiple_of(2) || spec.n_layers == 0 {
+        return Err(bad(
+            "head_dim must be even and there must be at least one layer".into(),
+        ));
     }
     let (tokens, types, merges) = tiny_vocab();
     let vocab = tokens.len();
@@ -115,9 +131,18 @@ pub fn generate(spec: &TinySpec) -> Result<Vec<u8>> {
         .kv("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .kv("tokenizer.ggml.model", s("gpt2"))
         .kv("tokenizer.ggml.pre", s("smollm"))
-        .kv("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| s(t)).collect()))
-        .kv("tokenizer.ggml.token_type", Value::Array(types.iter().map(|&t| Value::I32(t)).collect()))
-        .kv("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| s(m)).collect()))
+        .kv(
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.iter().map(|t| s(t)).collect()),
+        )
+        .kv(
+            "tokenizer.ggml.token_type",
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+        )
+        .kv(
+            "tokenizer.ggml.merges",
+            Value::Array(merges.iter().map(|m| s(m)).collect()),
+        )
         .kv("tokenizer.ggml.bos_token_id", u(1))
         .kv("tokenizer.ggml.eos_token_id", u(2))
         .kv("tokenizer.ggml.unknown_token_id", u(0))
@@ -127,18 +152,33 @@ pub fn generate(spec: &TinySpec) -> Result<Vec<u8>> {
 
     // Uniform weights scaled by 1/√fan_in keep activations O(1) through the layers.
     let mut mat = |rows: usize, cols: usize, scale: f64| -> Vec<f32> {
-        (0..rows * cols).map(|_| (rng.random_range(-1.0..1.0) * scale) as f32).collect()
+        (0..rows * cols)
+            .map(|_| (rng.random_range(-1.0..1.0) * scale) as f32)
+            .collect()
     };
-    let put = |w: &mut GgufWriter, name: &str, dims: &[u64], ty: GgmlType, data: &[f32]| -> Result<()> {
-        let bytes = quant::quantize(ty, data).map_err(|e| bad(format!("{name}: {e}")))?;
-        w.tensor(name, dims, ty, bytes);
-        Ok(())
-    };
+    let put =
+        |w: &mut GgufWriter, name: &str, dims: &[u64], ty: GgmlType, data: &[f32]| -> Result<()> {
+            let bytes = quant::quantize(ty, data).map_err(|e| bad(format!("{name}: {e}")))?;
+            w.tensor(name, dims, ty, bytes);
+            Ok(())
+        };
     let embd = mat(vocab, d, 1.0);
-    put(&mut w, "token_embd.weight", &[d as u64, vocab as u64], GgmlType::Q8_0, &embd)?;
+    put(
+        &mut w,
+        "token_embd.weight",
+        &[d as u64, vocab as u64],
+        GgmlType::Q8_0,
+        &embd,
+    )?;
     let norm = |m: Vec<f32>| m.into_iter().map(|x| 1.0 + x).collect::<Vec<f32>>();
     let on = norm(mat(1, d, 0.1));
-    put(&mut w, "output_norm.weight", &[d as u64], GgmlType::F32, &on)?;
+    put(
+        &mut w,
+        "output_norm.weight",
+        &[d as u64],
+        GgmlType::F32,
+        &on,
+    )?;
     for l in 0..spec.n_layers {
         let n = |x: &str| format!("blk.{l}.{x}.weight");
         let sd = 1.0 / (d as f64).sqrt();

@@ -26,7 +26,15 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
 
     pub fn index(self) -> usize {
         self as usize
@@ -80,7 +88,12 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     /// The reference setting: r 8, α 16, dropout 0.1, all seven projections.
     fn default() -> Self {
-        Self { rank: 8, alpha: 16.0, dropout: 0.1, targets: Proj::ALL.to_vec() }
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: Proj::ALL.to_vec(),
+        }
     }
 }
 
@@ -148,7 +161,12 @@ impl<T: Real> Lora<T> {
     }
 
     pub fn n_params(&self) -> usize {
-        self.layers.iter().flatten().flatten().map(|p| p.a.len() + p.b.len()).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| p.a.len() + p.b.len())
+            .sum()
     }
 }
 
@@ -162,7 +180,11 @@ pub struct KvCache<T> {
 
 impl<T: Real> KvCache<T> {
     pub fn new(n_layers: usize) -> Self {
-        Self { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], len: 0 }
+        Self {
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+            len: 0,
+        }
     }
 
     /// Forgets every position from `len` on (to score several continuations of a prefix).
@@ -230,7 +252,13 @@ impl<T: Real> Transformer<T> {
 
     fn shape(&self, t: usize, s: usize) -> AttnShape {
         let c = &self.w.config;
-        AttnShape { t, s, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim }
+        AttnShape {
+            t,
+            s,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        }
     }
 
     /// A projection (base + LoRA) of `x` `[m][in]`; saves LoRA's u into `save` if given.
@@ -286,7 +314,15 @@ impl<T: Real> Transformer<T> {
         let mut k = proj!(Proj::K, &n1);
         let v = proj!(Proj::V, &n1);
         ops::rope_forward(&mut q, m, c.n_heads, c.head_dim, pos0, theta, c.rope_style);
-        ops::rope_forward(&mut k, m, c.n_kv_heads, c.head_dim, pos0, theta, c.rope_style);
+        ops::rope_forward(
+            &mut k,
+            m,
+            c.n_kv_heads,
+            c.head_dim,
+            pos0,
+            theta,
+            c.rope_style,
+        );
         let (attn, probs) = match cache {
             Some(cache) => {
                 cache.k[l].extend_from_slice(&k);
@@ -331,7 +367,13 @@ impl<T: Real> Transformer<T> {
     /// Logits `[rows][vocab]` of normed hidden rows.
     pub fn head(&self, hidden: &[T]) -> Vec<T> {
         let c = &self.w.config;
-        ops::linear_forward(hidden, self.w.head(), hidden.len() / c.hidden, c.hidden, c.vocab)
+        ops::linear_forward(
+            hidden,
+            self.w.head(),
+            hidden.len() / c.hidden,
+            c.hidden,
+            c.vocab,
+        )
     }
 
     /// Logits of every position, `[tokens][vocab]`.
@@ -358,7 +400,13 @@ impl<T: Real> Transformer<T> {
                             let k = p.shape(c).0;
                             acts.lora_mask[p.index()] = Some(
                                 (0..m * k)
-                                    .map(|_| if rng.random::<f64>() < p_drop { T::zero() } else { keep })
+                                    .map(|_| {
+                                        if rng.random::<f64>() < p_drop {
+                                            T::zero()
+                                        } else {
+                                            keep
+                                        }
+                                    })
                                     .collect(),
                             );
                         }
@@ -371,7 +419,14 @@ impl<T: Real> Transformer<T> {
         let eps = T::from_f64(c.norm_eps as f64);
         let (yn, rstd_out) = ops::rmsnorm_forward(&x, &self.w.output_norm, m, c.hidden, eps);
         let logits = self.head(&yn);
-        Activations { tokens: tokens.to_vec(), layers, y: x, yn, rstd_out, logits }
+        Activations {
+            tokens: tokens.to_vec(),
+            layers,
+            y: x,
+            yn,
+            rstd_out,
+            logits,
+        }
     }
 
     /// Mean cross-entropy of `targets` (None = not counted) under the saved logits.
@@ -381,7 +436,12 @@ impl<T: Real> Transformer<T> {
 
     /// Backward pass of the mean cross-entropy: LoRA gradients, and base-weight gradients
     /// when `base_grads` (used by the gradient checks; tuning keeps the base frozen).
-    pub fn backward(&self, acts: &Activations<T>, targets: &[Option<u32>], base_grads: bool) -> Grads<T> {
+    pub fn backward(
+        &self,
+        acts: &Activations<T>,
+        targets: &[Option<u32>],
+        base_grads: bool,
+    ) -> Grads<T> {
         let c = &self.w.config;
         let (m, d) = (acts.tokens.len(), c.hidden);
         let zeros = |w: &Weights<T>| {
@@ -418,7 +478,14 @@ impl<T: Real> Transformer<T> {
             Some(o) => o.as_mut_slice(),
             None => g.tok_embd.as_mut_slice(),
         });
-        ops::linear_backward(&dlogits, &acts.yn, self.w.head(), (m, d, c.vocab), &mut dyn_, head_grad);
+        ops::linear_backward(
+            &dlogits,
+            &acts.yn,
+            self.w.head(),
+            (m, d, c.vocab),
+            &mut dyn_,
+            head_grad,
+        );
         let mut dx = vec![T::zero(); m * d];
         ops::rmsnorm_backward(
             &dyn_,
@@ -458,9 +525,21 @@ impl<T: Real> Transformer<T> {
         let dw = gb.map(|g| p.weight_mut(&mut g.layers[l]).as_mut_slice());
         ops::linear_backward(dy, x, p.weight(&self.w.layers[l]), (m, k, n), dx, dw);
         if let (Some(lora), Some(gl)) = (&self.lora, gl) {
-            if let (Some(pair), Some(dpair)) = (&lora.layers[l][p.index()], &mut gl.layers[l][p.index()]) {
+            if let (Some(pair), Some(dpair)) =
+                (&lora.layers[l][p.index()], &mut gl.layers[l][p.index()])
+            {
                 let mask = a.lora_mask[p.index()].as_deref();
-                ops::lora_backward(dy, x, &a.lora_u[p.index()], pair, lora.scale(), m, mask, dx, dpair);
+                ops::lora_backward(
+                    dy,
+                    x,
+                    &a.lora_u[p.index()],
+                    pair,
+                    lora.scale(),
+                    m,
+                    mask,
+                    dx,
+                    dpair,
+                );
             }
         }
     }
@@ -482,27 +561,109 @@ impl<T: Real> Transformer<T> {
         // y = h + down(act): the residual passes dy to h unchanged.
         let mut dh = dy.clone();
         let mut dact = vec![T::zero(); m * c.ffn];
-        self.proj_backward(l, Proj::Down, &dy, &a.act, a, m, &mut dact, gb.as_deref_mut(), gl.as_deref_mut());
+        self.proj_backward(
+            l,
+            Proj::Down,
+            &dy,
+            &a.act,
+            a,
+            m,
+            &mut dact,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
         let (dgate, dup) = ops::swiglu_backward(&dact, &a.gate, &a.up);
         let mut dn2 = vec![T::zero(); m * d];
-        self.proj_backward(l, Proj::Gate, &dgate, &a.n2, a, m, &mut dn2, gb.as_deref_mut(), gl.as_deref_mut());
-        self.proj_backward(l, Proj::Up, &dup, &a.n2, a, m, &mut dn2, gb.as_deref_mut(), gl.as_deref_mut());
-        let dffn_norm = gb.as_deref_mut().map(|g| g.layers[l].ffn_norm.as_mut_slice());
+        self.proj_backward(
+            l,
+            Proj::Gate,
+            &dgate,
+            &a.n2,
+            a,
+            m,
+            &mut dn2,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
+        self.proj_backward(
+            l,
+            Proj::Up,
+            &dup,
+            &a.n2,
+            a,
+            m,
+            &mut dn2,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
+        let dffn_norm = gb
+            .as_deref_mut()
+            .map(|g| g.layers[l].ffn_norm.as_mut_slice());
         ops::rmsnorm_backward(&dn2, &a.h, &lw.ffn_norm, &a.rstd2, m, d, &mut dh, dffn_norm);
 
         // h = x + o(attn): the residual passes dh to x unchanged.
         let mut dx = dh.clone();
         let mut dattn = vec![T::zero(); m * c.q_dim()];
-        self.proj_backward(l, Proj::O, &dh, &a.attn, a, m, &mut dattn, gb.as_deref_mut(), gl.as_deref_mut());
-        let (mut dq, mut dk, dv) = ops::attention_backward(&dattn, &a.q, &a.k, &a.v, &a.probs, self.shape(m, m));
+        self.proj_backward(
+            l,
+            Proj::O,
+            &dh,
+            &a.attn,
+            a,
+            m,
+            &mut dattn,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
+        let (mut dq, mut dk, dv) =
+            ops::attention_backward(&dattn, &a.q, &a.k, &a.v, &a.probs, self.shape(m, m));
         ops::rope_backward(&mut dq, m, c.n_heads, c.head_dim, 0, theta, c.rope_style);
         ops::rope_backward(&mut dk, m, c.n_kv_heads, c.head_dim, 0, theta, c.rope_style);
         let mut dn1 = vec![T::zero(); m * d];
-        self.proj_backward(l, Proj::Q, &dq, &a.n1, a, m, &mut dn1, gb.as_deref_mut(), gl.as_deref_mut());
-        self.proj_backward(l, Proj::K, &dk, &a.n1, a, m, &mut dn1, gb.as_deref_mut(), gl.as_deref_mut());
-        self.proj_backward(l, Proj::V, &dv, &a.n1, a, m, &mut dn1, gb.as_deref_mut(), gl.as_deref_mut());
+        self.proj_backward(
+            l,
+            Proj::Q,
+            &dq,
+            &a.n1,
+            a,
+            m,
+            &mut dn1,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
+        self.proj_backward(
+            l,
+            Proj::K,
+            &dk,
+            &a.n1,
+            a,
+            m,
+            &mut dn1,
+            gb.as_deref_mut(),
+            gl.as_deref_mut(),
+        );
+        self.proj_backward(
+            l,
+            Proj::V,
+            &dv,
+            &a.n1,
+            a,
+            m,
+            &mut dn1,
+            gb.as_deref_mut(),
+            gl,
+        );
         let dattn_norm = gb.map(|g| g.layers[l].attn_norm.as_mut_slice());
-        ops::rmsnorm_backward(&dn1, &a.x, &lw.attn_norm, &a.rstd1, m, d, &mut dx, dattn_norm);
+        ops::rmsnorm_backward(
+            &dn1,
+            &a.x,
+            &lw.attn_norm,
+            &a.rstd1,
+            m,
+            d,
+            &mut dx,
+            dattn_norm,
+        );
         dx
     }
 }
