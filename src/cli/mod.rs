@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "edge-llm", version, about = "Private on-device LLM fine-tuning (Edge-LLM) — native CLI")]
+#[command(
+    name = "edge-llm",
+    version,
+    about = "Private on-device LLM fine-tuning (Edge-LLM) — native CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -88,6 +92,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show the GPU adapter (WebGPU/Vulkan) and its limits.
+    GpuInfo {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks on the GPU.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Write the seeded tiny test model (same GGUF layout as the default model).
     MakeTiny {
         #[arg(long)]
@@ -104,6 +118,25 @@ enum Cmd {
         kv_heads: usize,
         #[arg(long, default_value_t = 128)]
         ffn: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Matmul kernels (dense f32, q8/q4/q3/q2, GGUF blocks, 2:4 and 50 % sparse) on the
+    /// default model's shapes, with each kernel's speed relative to dense f32.
+    Kernels {
+        /// Rows of x to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 256])]
+        seq: Vec<usize>,
+        /// Shapes as IN×OUT (or INxOUT), comma-separated; default: the model's five.
+        #[arg(long, value_delimiter = ',')]
+        shapes: Vec<String>,
+        /// Target seconds of timed work per kernel and shape.
+        #[arg(long, default_value_t = 0.5)]
+        target_s: f64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -144,7 +177,8 @@ fn load(path: &Path) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     if text.trim().is_empty() {
         return Err(Error::Data(format!("{} is empty", path.display())));
     }
@@ -175,10 +209,19 @@ fn run(cmd: Cmd) -> Result<()> {
             if json {
                 println!("{v}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?
+                );
             }
         }
-        Cmd::Tokenize { model, text, file, max_tokens, json } => {
+        Cmd::Tokenize {
+            model,
+            text,
+            file,
+            max_tokens,
+            json,
+        } => {
             let text = match (text, file) {
                 (Some(t), _) => t,
                 (None, Some(f)) => read_text(&f)?,
@@ -198,17 +241,41 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             }
         }
-        Cmd::Generate { model, prompt, chat, max_tokens, temperature, top_p, seed, json } => {
+        Cmd::Generate {
+            model,
+            prompt,
+            chat,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            json,
+        } => {
             if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
-                return Err(Error::Invalid("need 0 < --top-p <= 1 and --temperature >= 0".into()));
+                return Err(Error::Invalid(
+                    "need 0 < --top-p <= 1 and --temperature >= 0".into(),
+                ));
             }
             let (_, tok, m) = load(&model)?;
-            let text = if chat { tok.chat_prompt(&prompt) } else { prompt };
+            let text = if chat {
+                tok.chat_prompt(&prompt)
+            } else {
+                prompt
+            };
             let ids = tok.encode(&text)?;
             let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-            stop.extend(tok.encode("<|im_end|>").ok().filter(|v| v.len() == 1).unwrap_or_default());
+            stop.extend(
+                tok.encode("<|im_end|>")
+                    .ok()
+                    .filter(|v| v.len() == 1)
+                    .unwrap_or_default(),
+            );
             let mut lm = CpuLm::new(&m);
-            let sampling = Sampling { temperature, top_p, seed };
+            let sampling = Sampling {
+                temperature,
+                top_p,
+                seed,
+            };
             let t0 = Instant::now();
             let mut shown = String::new();
             let mut so_far = Vec::new();
@@ -230,31 +297,56 @@ fn run(cmd: Cmd) -> Result<()> {
             let secs = t0.elapsed().as_secs_f64();
             let text = tok.decode(&out)?;
             if json {
-                println!("{}", json!({"text": text, "tokens": out.len(), "tokens_per_s": out.len() as f64 / secs}));
+                println!(
+                    "{}",
+                    json!({"text": text, "tokens": out.len(), "tokens_per_s": out.len() as f64 / secs})
+                );
             } else {
                 if text.len() > shown.len() {
                     print!("{}", &text[shown.len()..]);
                 }
                 println!();
-                eprintln!("[{} tokens, {:.1} tokens/s]", out.len(), out.len() as f64 / secs);
+                eprintln!(
+                    "[{} tokens, {:.1} tokens/s]",
+                    out.len(),
+                    out.len() as f64 / secs
+                );
             }
         }
-        Cmd::Perplexity { model, text, max_tokens, json } => {
+        Cmd::Perplexity {
+            model,
+            text,
+            max_tokens,
+            json,
+        } => {
             let body = read_text(&text)?;
             let (_, tok, m) = load(&model)?;
             let mut ids = tok.encode(&body)?;
             ids.truncate(max_tokens);
             let mut lm = CpuLm::new(&m);
             let pb = progress_bar(ids.len() as u64, "perplexity");
-            let r = eval::perplexity(&mut lm, &ids, 64, &mut |done, _| pb.set_position(done as u64))?;
+            let r = eval::perplexity(&mut lm, &ids, 64, &mut |done, _| {
+                pb.set_position(done as u64)
+            })?;
             pb.finish_and_clear();
             if json {
-                println!("{}", json!({"perplexity": r.perplexity, "tokens": r.tokens, "mean_nll": r.mean_nll}));
+                println!(
+                    "{}",
+                    json!({"perplexity": r.perplexity, "tokens": r.tokens, "mean_nll": r.mean_nll})
+                );
             } else {
-                println!("perplexity {:.4} over {} tokens (mean NLL {:.4})", r.perplexity, r.tokens, r.mean_nll);
+                println!(
+                    "perplexity {:.4} over {} tokens (mean NLL {:.4})",
+                    r.perplexity, r.tokens, r.mean_nll
+                );
             }
         }
-        Cmd::EvalMc { model, data, limit, json } => {
+        Cmd::EvalMc {
+            model,
+            data,
+            limit,
+            json,
+        } => {
             let ds = Dataset::load(&data)?;
             let Dataset::MultipleChoice(mut qs) = ds else {
                 return Err(Error::Data(format!(
@@ -275,20 +367,93 @@ fn run(cmd: Cmd) -> Result<()> {
             })?;
             pb.finish_and_clear();
             if json {
-                println!("{}", json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct}));
+                println!(
+                    "{}",
+                    json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct})
+                );
             } else {
                 println!("accuracy {:.4} ({}/{})", r.accuracy, r.correct, r.n);
             }
         }
-        Cmd::MakeTiny { out, seed, layers, hidden, heads, kv_heads, ffn } => {
-            let spec = tiny::TinySpec { n_layers: layers, hidden, n_heads: heads, n_kv_heads: kv_heads, ffn, seed };
+        Cmd::GpuInfo { json } => {
+            let ctx = crate::kernels::GpuContext::new_blocking(None)?;
+            let v = ctx.describe();
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?);
+            }
+        }
+        Cmd::Bench { what: BenchCmd::Kernels { seq, shapes, target_s, json } } => bench_kernels(seq, shapes, target_s, json)?,
+        Cmd::MakeTiny {
+            out,
+            seed,
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            ffn,
+        } => {
+            let spec = tiny::TinySpec {
+                n_layers: layers,
+                hidden,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                ffn,
+                seed,
+            };
             let bytes = tiny::generate(&spec)?;
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
             }
-            std::fs::write(&out, &bytes).map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
+            std::fs::write(&out, &bytes)
+                .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
             eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
         }
     }
+    Ok(())
+}
+
+fn bench_kernels(seq: Vec<usize>, shapes: Vec<String>, target_s: f64, json: bool) -> Result<()> {
+    use crate::kernels::bench::{self, BenchOptions};
+    let mut opts = BenchOptions { seq, target_s, ..Default::default() };
+    if !shapes.is_empty() {
+        opts.shapes = shapes
+            .iter()
+            .map(|s| {
+                let (a, b) = s.split_once(['×', 'x']).ok_or_else(|| Error::Invalid(format!("shape '{s}' is not IN×OUT")))?;
+                let p = |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Invalid(format!("shape '{s}' is not IN×OUT")));
+                Ok((p(a)?, p(b)?))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if opts.seq.contains(&0) || opts.shapes.iter().any(|&(k, n)| k == 0 || n == 0) {
+        return Err(Error::Invalid("sizes must be positive".into()));
+    }
+    // Timestamp queries where the adapter has them; the kernels never need them.
+    let ctx = pollster::block_on(crate::kernels::GpuContext::new_with_features(
+        None,
+        wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+    ))?;
+    eprintln!("adapter: {} ({}), limits: WebGPU defaults", ctx.info.name, ctx.info.backend);
+    if !json {
+        println!("{:<28} {:>4} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9}  timer", "kernel", "m", "k", "n", "ms", "GFLOP/s", "GB/s", "vs dense");
+    }
+    let rows = pollster::block_on(bench::bench_kernels(&ctx, &opts, &mut |r| {
+        if json {
+            println!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else {
+            let name = match &r.best_of {
+                Some(b) => format!("{} (= {})", r.kernel, b.trim_start_matches("dense_f32_")),
+                None => r.kernel.clone(),
+            };
+            println!(
+                "{:<28} {:>4} {:>5} {:>6} {:>10.3} {:>8.2} {:>8.2} {:>8.2}x  {}",
+                name, r.m, r.k, r.n, r.ms, r.gflops, r.gbps, r.vs_dense, r.timer
+            );
+        }
+    }))?;
+    eprintln!("{} measurements", rows.len());
     Ok(())
 }

@@ -54,6 +54,15 @@ impl GpuContext {
     /// Requests a high-performance adapter and a device with `limits`
     /// (default: `wgpu::Limits::default()`, the WebGPU baseline) and no optional features.
     pub async fn new(limits: Option<wgpu::Limits>) -> Result<GpuContext> {
+        Self::new_with_features(limits, wgpu::Features::empty()).await
+    }
+
+    /// [`GpuContext::new`], also enabling those of `optional` features the adapter offers
+    /// (e.g. timestamp queries for benchmarks); kernels never require any.
+    pub async fn new_with_features(
+        limits: Option<wgpu::Limits>,
+        optional: wgpu::Features,
+    ) -> Result<GpuContext> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
@@ -70,7 +79,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("edge-llm"),
-                required_features: wgpu::Features::empty(),
+                required_features: optional & adapter_features,
                 required_limits,
                 ..Default::default()
             })
@@ -138,11 +147,7 @@ impl GpuContext {
 
     /// The kernel cached under `name`, built by `build` the first time it is asked for.
     /// Creating a pipeline compiles a shader: do it once per context, not per dispatch.
-    pub fn kernel(
-        &self,
-        name: &str,
-        build: impl FnOnce(&wgpu::Device) -> Kernel,
-    ) -> Kernel {
+    pub fn kernel(&self, name: &str, build: impl FnOnce(&wgpu::Device) -> Kernel) -> Kernel {
         let mut cache = self.kernels.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(name.to_owned())

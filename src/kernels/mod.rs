@@ -4,6 +4,7 @@
 //! its bind group layout and dispatch, and has a CPU twin of the same name in
 //! [`crate::reference::ops`] that tests compare it against.
 
+pub mod bench;
 pub mod context;
 pub mod matmul;
 pub mod ops;
