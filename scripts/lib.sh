@@ -58,11 +58,11 @@ wasm_cargo() {
   if [ "$WASM_MODE" = rustup ]; then
     cargo "$sub" --target wasm32-unknown-unknown "$@"
   else
-    # Test binaries link libtest, so `test` needs it built from source too.
-    local std_crates=std,panic_abort
-    [ "$sub" = test ] && std_crates=std,panic_abort,test
+    # `test` is in the set for every subcommand: test binaries link libtest, and one set
+    # for all lets `build` and `test` share the std and dependency builds (a different set
+    # rebuilds everything, minutes on 2 cores).
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 ${WASM_RUSTFLAGS:-}" \
-      cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std="$std_crates" "$@"
+      cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort,test "$@"
   fi
 }
 

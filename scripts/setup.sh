@@ -14,7 +14,7 @@ for a in "$@"; do
   esac
 done
 
-apt_install mesa-vulkan-drivers chromium chromium-driver python3-pip ca-certificates
+apt_install mesa-vulkan-drivers chromium chromium-driver python3-pip python3-venv ca-certificates
 wasm_toolchain
 log "wasm toolchain: $WASM_MODE"
 
@@ -29,6 +29,8 @@ if [ -f "$ROOT/tests/e2e/package.json" ]; then
     (cd "$ROOT/tests/e2e" && npm install --no-audit --no-fund --silent && touch node_modules)
   fi
 fi
+
+python_env   # .venv with the cross-check's pinned packages (scripts/check-perplexity.sh)
 
 if [ "$WITH_DATA" -eq 1 ]; then
   bash "$ROOT/scripts/fetch-model.sh"

@@ -381,10 +381,21 @@ fn run(cmd: Cmd) -> Result<()> {
             if json {
                 println!("{v}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?
+                );
             }
         }
-        Cmd::Bench { what: BenchCmd::Kernels { seq, shapes, target_s, json } } => bench_kernels(seq, shapes, target_s, json)?,
+        Cmd::Bench {
+            what:
+                BenchCmd::Kernels {
+                    seq,
+                    shapes,
+                    target_s,
+                    json,
+                },
+        } => bench_kernels(seq, shapes, target_s, json)?,
         Cmd::MakeTiny {
             out,
             seed,
@@ -417,13 +428,23 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn bench_kernels(seq: Vec<usize>, shapes: Vec<String>, target_s: f64, json: bool) -> Result<()> {
     use crate::kernels::bench::{self, BenchOptions};
-    let mut opts = BenchOptions { seq, target_s, ..Default::default() };
+    let mut opts = BenchOptions {
+        seq,
+        target_s,
+        ..Default::default()
+    };
     if !shapes.is_empty() {
         opts.shapes = shapes
             .iter()
             .map(|s| {
-                let (a, b) = s.split_once(['×', 'x']).ok_or_else(|| Error::Invalid(format!("shape '{s}' is not IN×OUT")))?;
-                let p = |v: &str| v.trim().parse::<usize>().map_err(|_| Error::Invalid(format!("shape '{s}' is not IN×OUT")));
+                let (a, b) = s
+                    .split_once(['×', 'x'])
+                    .ok_or_else(|| Error::Invalid(format!("shape '{s}' is not IN×OUT")))?;
+                let p = |v: &str| {
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| Error::Invalid(format!("shape '{s}' is not IN×OUT")))
+                };
                 Ok((p(a)?, p(b)?))
             })
             .collect::<Result<_>>()?;
@@ -436,9 +457,15 @@ fn bench_kernels(seq: Vec<usize>, shapes: Vec<String>, target_s: f64, json: bool
         None,
         wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
     ))?;
-    eprintln!("adapter: {} ({}), limits: WebGPU defaults", ctx.info.name, ctx.info.backend);
+    eprintln!(
+        "adapter: {} ({}), limits: WebGPU defaults",
+        ctx.info.name, ctx.info.backend
+    );
     if !json {
-        println!("{:<28} {:>4} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9}  timer", "kernel", "m", "k", "n", "ms", "GFLOP/s", "GB/s", "vs dense");
+        println!(
+            "{:<28} {:>4} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9}  timer",
+            "kernel", "m", "k", "n", "ms", "GFLOP/s", "GB/s", "vs dense"
+        );
     }
     let rows = pollster::block_on(bench::bench_kernels(&ctx, &opts, &mut |r| {
         if json {

@@ -26,7 +26,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 /// The (in, out) shapes of the default model's matmuls: q/o, k/v, gate/up, down, LM head.
-pub const SHAPES: [(usize, usize); 5] = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)];
+pub const SHAPES: [(usize, usize); 5] = [
+    (576, 576),
+    (576, 192),
+    (576, 1536),
+    (1536, 576),
+    (576, 49152),
+];
 /// Rows of x: decoding (1) and a training sequence (256).
 pub const SEQ: [usize; 2] = [1, 256];
 /// Quantization group of the packed q-formats benchmarked.
@@ -66,7 +72,11 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        Self { shapes: SHAPES.to_vec(), seq: SEQ.to_vec(), target_s: 0.5 }
+        Self {
+            shapes: SHAPES.to_vec(),
+            seq: SEQ.to_vec(),
+            target_s: 0.5,
+        }
     }
 }
 
@@ -98,7 +108,9 @@ impl Timer {
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        Ok(Self { query: Some((set, buf)) })
+        Ok(Self {
+            query: Some((set, buf)),
+        })
     }
 
     fn name(&self) -> &'static str {
@@ -171,31 +183,72 @@ pub async fn bench_kernels(
         // Build every operand once per shape; the dense ones may not fit a binding.
         let mut ops: Vec<(String, usize, Op)> = Vec::new();
         let dense_bytes = n * k * 4;
-        if ctx.check_storage_binding("dense weight", dense_bytes as u64).is_ok() {
-            ops.push(("dense_f32_tiled".into(), dense_bytes, Op::Tiled(ctx.storage("w", bytemuck::cast_slice(&w))?)));
-            ops.push(("dense_f32_gemv".into(), dense_bytes, Op::Q(QMatmul::new(ctx), GpuWeight::dense(ctx, &w, n, k)?)));
+        if ctx
+            .check_storage_binding("dense weight", dense_bytes as u64)
+            .is_ok()
+        {
+            ops.push((
+                "dense_f32_tiled".into(),
+                dense_bytes,
+                Op::Tiled(ctx.storage("w", bytemuck::cast_slice(&w))?),
+            ));
+            ops.push((
+                "dense_f32_gemv".into(),
+                dense_bytes,
+                Op::Q(QMatmul::new(ctx), GpuWeight::dense(ctx, &w, n, k)?),
+            ));
             // The sparse kernels' tiling on the unpruned weight: a dense product in that
             // structure (its bitmask walk makes it an upper bound on a dedicated kernel).
             let blocked = UnstructuredMatrix::pack(&w, n, k, ValueType::F32)?;
-            ops.push(("dense_f32_blocked".into(), blocked.bytes(), Op::Sparse(GpuSparseMatrix::unstructured(ctx, &blocked, None)?)));
+            ops.push((
+                "dense_f32_blocked".into(),
+                blocked.bytes(),
+                Op::Sparse(GpuSparseMatrix::unstructured(ctx, &blocked, None)?),
+            ));
         }
         for bits in [8u32, 4, 3, 2] {
             let q = quantize(&w, n, k, bits, GROUP, true)?;
-            ops.push((format!("q{bits}"), q.bytes(), Op::Q(QMatmul::new(ctx), GpuWeight::quant(ctx, &q)?)));
+            ops.push((
+                format!("q{bits}"),
+                q.bytes(),
+                Op::Q(QMatmul::new(ctx), GpuWeight::quant(ctx, &q)?),
+            ));
         }
-        for (name, ty) in [("gguf_q8_0", GgmlType::Q8_0), ("gguf_q4_1", GgmlType::Q4_1), ("gguf_q4_0", GgmlType::Q4_0)] {
+        for (name, ty) in [
+            ("gguf_q8_0", GgmlType::Q8_0),
+            ("gguf_q4_1", GgmlType::Q4_1),
+            ("gguf_q4_0", GgmlType::Q4_0),
+        ] {
             let g = GgufBlockMatrix::quantize(ty, &w, n, k)?;
-            ops.push((name.into(), g.bytes(), Op::Q(QMatmul::new(ctx), GpuWeight::gguf(ctx, &g)?)));
+            ops.push((
+                name.into(),
+                g.bytes(),
+                Op::Q(QMatmul::new(ctx), GpuWeight::gguf(ctx, &g)?),
+            ));
         }
         let w24 = prune_magnitude_2of4(&w, n, k);
-        for (name, ty) in [("sparse_2of4", ValueType::F32), ("sparse_2of4_int4", ValueType::Int4)] {
+        for (name, ty) in [
+            ("sparse_2of4", ValueType::F32),
+            ("sparse_2of4_int4", ValueType::Int4),
+        ] {
             let s = Sparse24Matrix::pack(&w24, n, k, ty)?;
-            ops.push((name.into(), s.bytes(), Op::Sparse(GpuSparseMatrix::sparse24(ctx, &s)?)));
+            ops.push((
+                name.into(),
+                s.bytes(),
+                Op::Sparse(GpuSparseMatrix::sparse24(ctx, &s)?),
+            ));
         }
         let w50 = prune_magnitude(&w, n, k, 0.5);
-        for (name, ty) in [("sparse_unstructured50", ValueType::F32), ("sparse_unstructured50_int4", ValueType::Int4)] {
+        for (name, ty) in [
+            ("sparse_unstructured50", ValueType::F32),
+            ("sparse_unstructured50_int4", ValueType::Int4),
+        ] {
             let s = UnstructuredMatrix::pack(&w50, n, k, ty)?;
-            ops.push((name.into(), s.bytes(), Op::Sparse(GpuSparseMatrix::unstructured(ctx, &s, None)?)));
+            ops.push((
+                name.into(),
+                s.bytes(),
+                Op::Sparse(GpuSparseMatrix::unstructured(ctx, &s, None)?),
+            ));
         }
 
         for &m in &opts.seq {
@@ -219,8 +272,18 @@ pub async fn bench_kernels(
                 .iter()
                 .filter(|(nm, ..)| nm.starts_with("dense_f32"))
                 .map(|(nm, _, s, _)| (nm.clone(), *s))
-                .fold((String::new(), f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
-            let mk = |kernel: String, wbytes: usize, secs: f64, iters: usize, best_of: Option<String>| {
+                .fold((String::new(), f64::INFINITY), |a, b| {
+                    if b.1 < a.1 {
+                        b
+                    } else {
+                        a
+                    }
+                });
+            let mk = |kernel: String,
+                      wbytes: usize,
+                      secs: f64,
+                      iters: usize,
+                      best_of: Option<String>| {
                 let io = wbytes + (m * k + m * n) * 4;
                 BenchRow {
                     kernel,
@@ -230,7 +293,11 @@ pub async fn bench_kernels(
                     ms: secs * 1e3,
                     gflops: 2.0 * (m * k * n) as f64 / secs * 1e-9,
                     gbps: io as f64 / secs * 1e-9,
-                    vs_dense: if best_s.is_finite() { best_s / secs } else { f64::NAN },
+                    vs_dense: if best_s.is_finite() {
+                        best_s / secs
+                    } else {
+                        f64::NAN
+                    },
                     weight_bytes: wbytes,
                     iters,
                     timer: timer.name(),

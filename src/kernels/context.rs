@@ -32,7 +32,8 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     /// The best limits the adapter could have granted (for reports and memory plans).
     pub adapter_limits: wgpu::Limits,
-    /// The optional features the adapter offers (none are enabled on the device).
+    /// The optional features the adapter offers (the device enables only those asked for
+    /// through `new_with_features`; the kernels require none).
     pub adapter_features: wgpu::Features,
     kernels: Mutex<HashMap<String, Kernel>>,
 }

@@ -1,0 +1,185 @@
+// The page end to end: serve www/ as scripts/run.sh does (python3 -m http.server on a
+// free loopback port), open it in headless Chromium with WebGPU (SwiftShader), and check
+// that the adapter, the default model's configuration and the tokenized prompt appear.
+// Saves tests/e2e/artifacts/page.png. Needs www/pkg (scripts/build-wasm.sh) and
+// www/models/default.gguf (scripts/run.sh or scripts/test.sh link it).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const WWW = path.join(ROOT, 'www');
+const ARTIFACTS = path.join(HERE, 'artifacts');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+// WebGPU on SwiftShader, and no connections anywhere but the loopback server.
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+
+// Fetching and parsing the 90 MB model on a small shared CPU takes a while.
+const PAGE_TIMEOUT_MS = 180_000;
+
+let server, browser, base;
+const serverLog = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForServer(url, ms) {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch { /* not up yet */ }
+    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+before(async () => {
+  for (const [file, fix] of [
+    ['pkg/edge_llm.js', 'run scripts/build-wasm.sh'],
+    ['models/default.gguf', 'run scripts/run.sh or scripts/test.sh, which link the model there'],
+  ]) {
+    assert.ok(fs.existsSync(path.join(WWW, file)), `www/${file} is missing: ${fix}`);
+  }
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}/`;
+  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', WWW, String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  server.stderr.on('data', (d) => {
+    serverLog.push(String(d));
+    if (serverLog.length > 40) serverLog.shift();
+  });
+  await waitForServer(base, 15_000);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+});
+
+test('the server sends wasm as application/wasm', async () => {
+  const r = await fetch(`${base}pkg/edge_llm_bg.wasm`, { method: 'HEAD' });
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get('content-type'), 'application/wasm');
+});
+
+test('the page shows the WebGPU adapter, the model configuration and the tokenized prompt', async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const pageErrors = [];
+  const consoleErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.setDefaultTimeout(PAGE_TIMEOUT_MS);
+  try {
+    await page.goto(base);
+
+    // Each wait ends on success or on the page's own error message, whichever comes first.
+    const outcome = (okSelector, okText, errorSelector) => page.waitForFunction(
+      ([okSel, text, errSel]) => {
+        const err = document.querySelector(errSel);
+        if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+        const el = document.querySelector(okSel);
+        return el && (text === null || el.textContent === text) ? 'ok' : false;
+      },
+      [okSelector, okText, errorSelector],
+      { timeout: PAGE_TIMEOUT_MS },
+    ).then((h) => h.jsonValue());
+
+    assert.equal(await outcome('#gpu-table [data-key=backend] td', 'webgpu', '#gpu-error'), 'ok');
+    const adapter = await page.textContent('#gpu-table [data-key=adapter] td');
+    assert.ok(adapter && adapter !== '(unnamed)', `adapter name: ${adapter}`);
+    const maxBinding = await page.textContent('#gpu-table [data-key=max_storage_buffer_binding_size] td');
+    assert.match(maxBinding, /MiB/);
+
+    assert.equal(await outcome('#config-table [data-key=n_layers] td', '30', '#model-error'), 'ok');
+    assert.equal(await page.textContent('#config-table [data-key=hidden] td'), '576');
+
+    assert.equal(await outcome('#tokens .token', null, '#tokenizer-error'), 'ok');
+    const withChat = Number((await page.textContent('#token-count')).match(/^(\d+) tokens?$/)?.[1]);
+    assert.ok(withChat > 0, 'a token count');
+    const ids = JSON.parse(await page.textContent('#token-ids'));
+    assert.equal(ids.length, withChat);
+    assert.ok(ids.every((id) => Number.isInteger(id) && id >= 0 && id < 49152), `ids ${ids}`);
+
+    // Without the ChatML wrapper the same prompt has fewer tokens.
+    await page.uncheck('#chatml');
+    await page.waitForFunction((n) => {
+      const m = document.querySelector('#token-count').textContent.match(/^(\d+) tokens?$/);
+      return m && Number(m[1]) < n;
+    }, withChat);
+    await page.check('#chatml');
+    await page.waitForFunction((n) => document.querySelector('#token-count').textContent === `${n} tokens`, withChat);
+
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    for (const box of ['#gpu-error', '#model-error', '#tokenizer-error']) {
+      assert.equal(await page.isHidden(box), true, `${box}: ${await page.textContent(box)}`);
+    }
+    assert.match(await page.textContent('#gpu-features'), /^Adapter offers: /);
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'page.png'), fullPage: true });
+    if (consoleErrors.length) console.log(`browser console errors:\n${consoleErrors.join('\n')}`);
+    await page.close();
+  }
+});
+
+test('a file that is not GGUF gives a plain message, and a good file picked from disk loads', async () => {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.setDefaultTimeout(PAGE_TIMEOUT_MS);
+  try {
+    await page.goto(base);
+    await page.waitForSelector('#config-table [data-key=n_layers]');
+
+    await page.setInputFiles('#model-file', {
+      name: 'notes.gguf',
+      mimeType: 'application/octet-stream',
+      buffer: Buffer.from('this is not a GGUF file at all'),
+    });
+    await page.waitForSelector('#model-error:not([hidden])');
+    const message = await page.textContent('#model-error');
+    assert.match(message, /^Could not load notes\.gguf: /);
+    assert.doesNotMatch(message, /internal error/, 'a bad file must be an error, not a panic');
+    assert.equal(await page.isHidden('#config-table'), true);
+    assert.equal(await page.locator('#tokens .token').count(), 0);
+
+    await page.setInputFiles('#model-file', path.join(WWW, 'models', 'default.gguf'));
+    await page.waitForFunction(() => document.querySelector('#model-status').textContent === 'Loaded default.gguf.');
+    assert.equal(await page.isHidden('#model-error'), true);
+    assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '30');
+    await page.waitForSelector('#tokens .token');
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    await page.close();
+  }
+});

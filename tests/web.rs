@@ -1,0 +1,69 @@
+//! The GPU kernels in a real browser: headless Chromium's WebGPU (SwiftShader) through
+//! wasm-bindgen-test. Run by scripts/test.sh (`wasm_cargo test --test web`); see
+//! webdriver.json for the browser flags.
+#![cfg(target_arch = "wasm32")]
+
+use edge_llm::kernels::{matmul_nt, GpuContext};
+use edge_llm::reference::ops;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// Tolerance rule, as in tests/gpu_matmul.rs: |gpu − cpu| ≤ max(REL_TOL·(|gpu| + |cpu|), ABS_TOL).
+const REL_TOL: f32 = 1e-4;
+const ABS_TOL: f32 = 1e-3;
+
+/// Deterministic values in [-1, 1) (a small LCG: no rand state needed in the browser).
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+async fn context() -> GpuContext {
+    GpuContext::new(None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[wasm_bindgen_test]
+async fn adapter_is_browser_webgpu() {
+    let ctx = context().await;
+    assert_eq!(
+        ctx.info.backend,
+        wgpu::Backend::BrowserWebGpu,
+        "{}",
+        ctx.describe()
+    );
+    assert!(
+        ctx.describe()["max_storage_buffer_binding_size"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
+
+#[wasm_bindgen_test]
+async fn matmul_nt_matches_cpu_twin_on_awkward_shapes() {
+    let ctx = context().await;
+    for (m, k, n) in [(33, 70, 17), (1, 576, 192), (3, 1, 5)] {
+        let x = values(m * k, 1 + m as u32);
+        let w = values(n * k, 2 + n as u32);
+        let want = ops::matmul_nt(&x, &w, m, k, n);
+        let got = matmul_nt(&ctx, &x, &w, m, k, n)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.len(), m * n);
+        for (i, (&g, &c)) in got.iter().zip(&want).enumerate() {
+            let tol = (REL_TOL * (g.abs() + c.abs())).max(ABS_TOL);
+            assert!(
+                (g - c).abs() <= tol,
+                "m={m} k={k} n={n} y[{i}]: gpu {g} cpu {c}"
+            );
+        }
+    }
+}
