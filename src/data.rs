@@ -84,8 +84,13 @@ impl Dataset {
         }
         let lower = name.to_ascii_lowercase();
         let looks_jsonl = text.trim_start().starts_with('{');
-        if lower.ends_with(".txt") || (!lower.ends_with(".jsonl") && !lower.ends_with(".json") && !looks_jsonl) {
-            return Ok(Parsed { dataset: Dataset::Text(text.to_owned()), errors: Vec::new() });
+        if lower.ends_with(".txt")
+            || (!lower.ends_with(".jsonl") && !lower.ends_with(".json") && !looks_jsonl)
+        {
+            return Ok(Parsed {
+                dataset: Dataset::Text(text.to_owned()),
+                errors: Vec::new(),
+            });
         }
         let mut instruct = Vec::new();
         let mut mc = Vec::new();
@@ -95,7 +100,10 @@ impl Dataset {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |message: String| LineError { line: line_no, message };
+            let err = |message: String| LineError {
+                line: line_no,
+                message,
+            };
             let v: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => {
@@ -116,7 +124,11 @@ impl Dataset {
                 mc.len()
             )));
         }
-        let dataset = if mc.is_empty() { Dataset::Instruct(instruct) } else { Dataset::MultipleChoice(mc) };
+        let dataset = if mc.is_empty() {
+            Dataset::Instruct(instruct)
+        } else {
+            Dataset::MultipleChoice(mc)
+        };
         Ok(Parsed { dataset, errors })
     }
 
@@ -128,7 +140,10 @@ impl Dataset {
                 1 => String::new(),
                 n => format!(" (and {} more bad lines)", n - 1),
             };
-            return Err(Error::Data(format!("{name}:{}: {}{more}", e.line, e.message)));
+            return Err(Error::Data(format!(
+                "{name}:{}: {}{more}",
+                e.line, e.message
+            )));
         }
         if p.dataset.is_empty() {
             return Err(Error::Data(format!("{name} has no usable records")));
@@ -164,7 +179,11 @@ fn parse_record(v: &serde_json::Value) -> std::result::Result<Record, String> {
         let choices = match obj.get("choices") {
             Some(serde_json::Value::Array(a)) => a
                 .iter()
-                .map(|c| c.as_str().map(str::to_owned).ok_or("\"choices\" must hold strings"))
+                .map(|c| {
+                    c.as_str()
+                        .map(str::to_owned)
+                        .ok_or("\"choices\" must hold strings")
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()?,
             Some(_) => return Err("\"choices\" must be an array of strings".into()),
             None => return Err("missing \"choices\"".into()),
@@ -178,12 +197,22 @@ fn parse_record(v: &serde_json::Value) -> std::result::Result<Record, String> {
             .as_u64()
             .ok_or("\"answer\" must be a 0-based integer index")? as usize;
         if answer >= choices.len() {
-            return Err(format!("\"answer\" {answer} is out of range for {} choices", choices.len()));
+            return Err(format!(
+                "\"answer\" {answer} is out of range for {} choices",
+                choices.len()
+            ));
         }
-        return Ok(Record::Mc(McQuestion { question, choices, answer }));
+        return Ok(Record::Mc(McQuestion {
+            question,
+            choices,
+            answer,
+        }));
     }
     if obj.contains_key("prompt") || obj.contains_key("response") {
-        return Ok(Record::Instruct(Instruct { prompt: string("prompt")?, response: string("response")? }));
+        return Ok(Record::Instruct(Instruct {
+            prompt: string("prompt")?,
+            response: string("response")?,
+        }));
     }
     Err("expected {\"prompt\",\"response\"} or {\"question\",\"choices\",\"answer\"}".into())
 }
@@ -195,10 +224,17 @@ mod tests {
     #[test]
     fn formats_are_recognised() {
         let mc = r#"{"question": "2+2?", "choices": ["3", "4"], "answer": 1}"#;
-        assert!(matches!(Dataset::parse("a.jsonl", mc).unwrap(), Dataset::MultipleChoice(v) if v[0].answer == 1));
+        assert!(
+            matches!(Dataset::parse("a.jsonl", mc).unwrap(), Dataset::MultipleChoice(v) if v[0].answer == 1)
+        );
         let ins = "{\"prompt\": \"Hi\", \"response\": \" there\"}\n\n";
-        assert!(matches!(Dataset::parse("a.jsonl", ins).unwrap(), Dataset::Instruct(v) if v.len() == 1));
-        assert!(matches!(Dataset::parse("a.txt", "{ not json").unwrap(), Dataset::Text(_)));
+        assert!(
+            matches!(Dataset::parse("a.jsonl", ins).unwrap(), Dataset::Instruct(v) if v.len() == 1)
+        );
+        assert!(matches!(
+            Dataset::parse("a.txt", "{ not json").unwrap(),
+            Dataset::Text(_)
+        ));
     }
 
     #[test]
@@ -206,17 +242,30 @@ mod tests {
         let text = "{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\n{oops\n{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}\n";
         let p = Dataset::parse_lenient("x.jsonl", text).unwrap();
         assert_eq!(p.dataset.len(), 1);
-        assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            p.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         let e = Dataset::parse("x.jsonl", text).unwrap_err().to_string();
         assert!(e.contains("x.jsonl:2") && e.contains("1 more"), "{e}");
-        let e = Dataset::parse("x.jsonl", r#"{"question": "q", "choices": ["a", "b"], "answer": 5}"#).unwrap_err();
+        let e = Dataset::parse(
+            "x.jsonl",
+            r#"{"question": "q", "choices": ["a", "b"], "answer": 5}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
     }
 
     #[test]
     fn empty_and_mixed_files_are_refused() {
-        assert!(Dataset::parse("e.txt", " \n").unwrap_err().to_string().contains("empty"));
+        assert!(Dataset::parse("e.txt", " \n")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let mixed = "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}";
-        assert!(Dataset::parse("m.jsonl", mixed).unwrap_err().to_string().contains("mixes"));
+        assert!(Dataset::parse("m.jsonl", mixed)
+            .unwrap_err()
+            .to_string()
+            .contains("mixes"));
     }
 }

@@ -36,7 +36,10 @@ pub struct CpuLm<'a> {
 
 impl<'a> CpuLm<'a> {
     pub fn new(model: &'a Transformer<f32>) -> Self {
-        Self { model, cache: KvCache::new(model.w.config.n_layers) }
+        Self {
+            model,
+            cache: KvCache::new(model.w.config.n_layers),
+        }
     }
 }
 
@@ -68,7 +71,9 @@ impl CausalLm for CpuLm<'_> {
 
 fn check_tokens(tokens: &[u32], vocab: usize) -> Result<()> {
     match tokens.iter().find(|&&t| t as usize >= vocab) {
-        Some(t) => Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {vocab}"))),
+        Some(t) => Err(Error::Invalid(format!(
+            "token id {t} is outside the vocabulary of {vocab}"
+        ))),
         None => Ok(()),
     }
 }
@@ -90,7 +95,10 @@ pub fn perplexity(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
     if tokens.len() < 2 {
-        return Err(Error::Data(format!("perplexity needs at least 2 tokens, the text has {}", tokens.len())));
+        return Err(Error::Data(format!(
+            "perplexity needs at least 2 tokens, the text has {}",
+            tokens.len()
+        )));
     }
     lm.truncate(0);
     let vocab = lm.vocab();
@@ -108,7 +116,11 @@ pub fn perplexity(
         progress(done, tokens.len());
     }
     let n = (tokens.len() - 1) as f64;
-    Ok(Perplexity { perplexity: (nll / n).exp(), tokens: tokens.len(), mean_nll: nll / n })
+    Ok(Perplexity {
+        perplexity: (nll / n).exp(),
+        tokens: tokens.len(),
+        mean_nll: nll / n,
+    })
 }
 
 /// Summed log-likelihood of each choice's continuation tokens after the question.
@@ -170,7 +182,12 @@ pub fn eval_mc(
         predictions.push(best);
         progress(i + 1, questions.len(), correct);
     }
-    Ok(McResult { accuracy: correct as f64 / questions.len() as f64, n: questions.len(), correct, predictions })
+    Ok(McResult {
+        accuracy: correct as f64 / questions.len() as f64,
+        n: questions.len(),
+        correct,
+        predictions,
+    })
 }
 
 fn argmax_f64(v: &[f64]) -> usize {
@@ -193,7 +210,11 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 

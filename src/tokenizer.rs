@@ -37,7 +37,10 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 impl Tokenizer {
     /// Builds the tokenizer from GGUF metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if model != "gpt2" {
             return Err(Error::Tokenizer(format!(
                 "tokenizer.ggml.model '{model}' is not supported (only byte-level BPE, 'gpt2')"
@@ -63,7 +66,9 @@ impl Tokenizer {
             None => Vec::new(),
         };
         let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            Some(a) if a.len() == tokens.len() => {
+                a.iter().map(|v| v.as_i64().unwrap_or(1)).collect()
+            }
             Some(a) => {
                 return Err(Error::Tokenizer(format!(
                     "token_type has {} entries for {} tokens",
@@ -85,7 +90,9 @@ impl Tokenizer {
                 .split_once(' ')
                 .ok_or_else(|| Error::Tokenizer(format!("merge {i} {m:?} is not 'a b'")))?;
             if !vocab.contains_key(a) || !vocab.contains_key(b) {
-                return Err(Error::Tokenizer(format!("merge {i} {m:?} uses unknown tokens")));
+                return Err(Error::Tokenizer(format!(
+                    "merge {i} {m:?} uses unknown tokens"
+                )));
             }
             merges.push((a.to_owned(), b.to_owned()));
         }
@@ -94,7 +101,10 @@ impl Tokenizer {
             .build()
             .map_err(tok_err)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("gpt2");
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("gpt2");
         let byte_level = ByteLevel::new(false, false, true);
         if matches!(pre, "smollm" | "starcoder" | "qwen2" | "llama-bpe") {
             inner.with_pre_tokenizer(Some(Sequence::new(vec![
@@ -119,7 +129,10 @@ impl Tokenizer {
                 .filter(|&v| (v as usize) < tokens.len())
                 .map(|v| v as u32)
         };
-        let template = g.get("tokenizer.chat_template").and_then(Value::as_str).unwrap_or("");
+        let template = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         Ok(Self {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
@@ -140,7 +153,9 @@ impl Tokenizer {
         let chatml = find("<|im_start|>").is_some();
         Ok(Self {
             bos: find("<|im_start|>").or_else(|| find("<s>")),
-            eos: find("<|im_end|>").or_else(|| find("</s>")).or_else(|| find("<|endoftext|>")),
+            eos: find("<|im_end|>")
+                .or_else(|| find("</s>"))
+                .or_else(|| find("<|endoftext|>")),
             add_bos: false,
             default_system: None,
             chatml,
@@ -150,7 +165,12 @@ impl Tokenizer {
 
     /// Token ids of `text`; special tokens written in the text are recognised. No BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`, special tokens included.
@@ -177,7 +197,9 @@ impl Tokenizer {
         if let Some(sys) = &self.default_system {
             s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
         }
-        s.push_str(&format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"));
+        s.push_str(&format!(
+            "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        ));
         s
     }
 }
@@ -208,6 +230,9 @@ mod tests {
             default_system(t).as_deref(),
             Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
         );
-        assert_eq!(default_system("{{ '<|im_start|>system\n' + message['content'] + '<|im_end|>' }}"), None);
+        assert_eq!(
+            default_system("{{ '<|im_start|>system\n' + message['content'] + '<|im_end|>' }}"),
+            None
+        );
     }
 }

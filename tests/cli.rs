@@ -36,9 +36,17 @@ fn expect_error(args: &[&str], needle: &str) {
     assert_eq!(code, 1, "exit code for {args:?}; stderr: {err}");
     assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one-line error expected for {args:?}, got: {err}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one-line error expected for {args:?}, got: {err}"
+    );
     assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].to_lowercase().contains(needle), "{args:?}: '{}' lacks '{needle}'", lines[0]);
+    assert!(
+        lines[0].to_lowercase().contains(needle),
+        "{args:?}: '{}' lacks '{needle}'",
+        lines[0]
+    );
 }
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -61,13 +69,36 @@ fn commands_work_on_the_tiny_model() {
     assert_eq!(v["config"]["n_kv_heads"], 2);
     assert_eq!(v["tensor_types"]["Q4_1"], 14);
 
-    let (code, out, err) = run(&["generate", "--model", m, "--prompt", "the cat", "--max-tokens", "5", "--json"]);
+    let (code, out, err) = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "the cat",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(json(&out)["tokens"].as_u64().unwrap() <= 5);
 
     let text = scratch("text.txt");
-    let t = write(&text, b"the quick brown fox jumps over the lazy dog. ".repeat(20).as_slice());
-    let (code, out, err) = run(&["perplexity", "--model", m, "--text", &t, "--max-tokens", "100", "--json"]);
+    let t = write(
+        &text,
+        b"the quick brown fox jumps over the lazy dog. "
+            .repeat(20)
+            .as_slice(),
+    );
+    let (code, out, err) = run(&[
+        "perplexity",
+        "--model",
+        m,
+        "--text",
+        &t,
+        "--max-tokens",
+        "100",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v = json(&out);
     assert_eq!(v["tokens"], 100);
@@ -107,7 +138,12 @@ fn bad_model_files_give_one_line_errors() {
     // Absurd dimension: a 2^40 × 2^40 tensor in a tiny file.
     let mut w = GgufWriter::new();
     w.kv("general.architecture", Value::String("llama".into()));
-    w.tensor("token_embd.weight", &[1 << 40, 1 << 40], GgmlType::F32, vec![0; 64]);
+    w.tensor(
+        "token_embd.weight",
+        &[1 << 40, 1 << 40],
+        GgmlType::F32,
+        vec![0; 64],
+    );
     let p = write(&scratch("m4.gguf"), &w.to_bytes());
     expect_error(&["info", "--model", &p], "absurd dims");
 
@@ -117,7 +153,10 @@ fn bad_model_files_give_one_line_errors() {
     let p = write(&scratch("m5.gguf"), &w.to_bytes());
     expect_error(&["info", "--model", &p], "not supported");
 
-    expect_error(&["info", "--model", "/nonexistent/model.gguf"], "cannot read");
+    expect_error(
+        &["info", "--model", "/nonexistent/model.gguf"],
+        "cannot read",
+    );
 }
 
 #[test]
@@ -132,10 +171,22 @@ fn bad_data_files_give_one_line_errors() {
         &scratch("d3.jsonl"),
         b"{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 1}\n{\"question\": \"q\", \"choices\": [\"a\", \"b\"\n",
     );
-    expect_error(&["eval-mc", "--model", m, "--data", &bad], "d3.jsonl:2: not valid json");
-    let wrong = write(&scratch("d4.jsonl"), b"{\"prompt\": \"p\", \"response\": \"r\"}\n");
-    expect_error(&["eval-mc", "--model", m, "--data", &wrong], "multiple-choice");
-    let range = write(&scratch("d5.jsonl"), b"{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n");
+    expect_error(
+        &["eval-mc", "--model", m, "--data", &bad],
+        "d3.jsonl:2: not valid json",
+    );
+    let wrong = write(
+        &scratch("d4.jsonl"),
+        b"{\"prompt\": \"p\", \"response\": \"r\"}\n",
+    );
+    expect_error(
+        &["eval-mc", "--model", m, "--data", &wrong],
+        "multiple-choice",
+    );
+    let range = write(
+        &scratch("d5.jsonl"),
+        b"{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n",
+    );
     expect_error(&["eval-mc", "--model", m, "--data", &range], "out of range");
 }
 
@@ -144,7 +195,15 @@ fn tiny_generator_is_deterministic() {
     let a = tiny::generate(&tiny::TinySpec::default()).unwrap();
     let b = tiny::generate(&tiny::TinySpec::default()).unwrap();
     assert_eq!(a, b);
-    let c = tiny::generate(&tiny::TinySpec { seed: 1, ..Default::default() }).unwrap();
+    let c = tiny::generate(&tiny::TinySpec {
+        seed: 1,
+        ..Default::default()
+    })
+    .unwrap();
     assert_ne!(a, c);
-    assert!(tiny::generate(&tiny::TinySpec { hidden: 48, ..Default::default() }).is_err());
+    assert!(tiny::generate(&tiny::TinySpec {
+        hidden: 48,
+        ..Default::default()
+    })
+    .is_err());
 }

@@ -10,7 +10,8 @@ use edge_llm::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn model_path() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         return Some(p);
     }
@@ -26,7 +27,10 @@ fn tokenizer_matches_the_original() {
     let Some(p) = model_path() else { return };
     let f = ModelFile::open(p).unwrap();
     let tok = Tokenizer::from_gguf(&f.gguf).unwrap();
-    assert_eq!(tok.encode("Hello, world! 12345").unwrap(), [19556, 28, 905, 17, 216, 33, 34, 35, 36, 37]);
+    assert_eq!(
+        tok.encode("Hello, world! 12345").unwrap(),
+        [19556, 28, 905, 17, 216, 33, 34, 35, 36, 37]
+    );
     assert_eq!(tok.vocab_size(), 49152);
     // Control tokens are single ids; text round-trips.
     let ids = tok.encode("<|im_start|>user\nHi<|im_end|>").unwrap();
@@ -43,9 +47,19 @@ fn chat_answers_paris() {
     let f = ModelFile::open(p).unwrap();
     let tok = Tokenizer::from_gguf(&f.gguf).unwrap();
     let model = Transformer::new(f.weights().unwrap());
-    let prompt = tok.encode(&tok.chat_prompt("What is the capital of France?")).unwrap();
+    let prompt = tok
+        .encode(&tok.chat_prompt("What is the capital of France?"))
+        .unwrap();
     let mut lm = CpuLm::new(&model);
-    let out = eval::generate(&mut lm, &prompt, 16, &Sampling::default(), &[2], &mut |_| {}).unwrap();
+    let out = eval::generate(
+        &mut lm,
+        &prompt,
+        16,
+        &Sampling::default(),
+        &[2],
+        &mut |_| {},
+    )
+    .unwrap();
     let text = tok.decode(&out).unwrap();
     assert!(text.contains("Paris"), "answer: {text:?}");
 }
@@ -56,7 +70,8 @@ fn chat_answers_paris() {
 fn arc_easy_subset_above_chance() {
     let Some(p) = model_path() else { return };
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/arc-easy/validation.jsonl");
-    let Dataset::MultipleChoice(qs) = Dataset::load(&data).expect("run scripts/fetch-data.sh") else {
+    let Dataset::MultipleChoice(qs) = Dataset::load(&data).expect("run scripts/fetch-data.sh")
+    else {
         panic!("validation.jsonl is not multiple-choice")
     };
     assert_eq!(qs.len(), 570);

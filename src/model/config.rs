@@ -58,7 +58,10 @@ impl LlamaConfig {
                 .as_u64()
                 .ok_or_else(|| Error::Model(format!("{} is not a non-negative integer", key(k))))?;
             if v == 0 || v > max {
-                return Err(Error::Model(format!("{} = {v} is out of range 1..={max}", key(k))));
+                return Err(Error::Model(format!(
+                    "{} = {v} is out of range 1..={max}",
+                    key(k)
+                )));
             }
             Ok(v as usize)
         };
@@ -81,7 +84,9 @@ impl LlamaConfig {
         }
         let head_dim = hidden / n_heads;
         if head_dim % 2 != 0 {
-            return Err(Error::Model(format!("head_dim {head_dim} is odd; RoPE needs pairs")));
+            return Err(Error::Model(format!(
+                "head_dim {head_dim} is odd; RoPE needs pairs"
+            )));
         }
         let float = |k: &str, default: f64| -> Result<f32> {
             match g.get(&key(k)) {
@@ -134,7 +139,11 @@ impl LlamaConfig {
     pub fn n_params(&self) -> usize {
         let (d, f) = (self.hidden, self.ffn);
         let layer = d * self.q_dim() * 2 + d * self.kv_dim() * 2 + 3 * d * f + 2 * d;
-        let head = if self.tied_embeddings { 0 } else { self.vocab * d };
+        let head = if self.tied_embeddings {
+            0
+        } else {
+            self.vocab * d
+        };
         self.vocab * d + self.n_layers * layer + d + head
     }
 }

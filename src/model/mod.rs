@@ -21,7 +21,11 @@ impl ModelFile {
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
         let gguf = Gguf::parse(&bytes)?;
         let config = LlamaConfig::from_gguf(&gguf)?;
-        Ok(Self { gguf, bytes, config })
+        Ok(Self {
+            gguf,
+            bytes,
+            config,
+        })
     }
 
     /// From a file on disk (native only).

@@ -13,9 +13,7 @@ pub use ops::LoraPair;
 use num_traits::Float;
 
 /// The scalar types the reference runs in.
-pub trait Real:
-    Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync + 'static
-{
+pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync + 'static {
     /// C[m×n] = alpha·A·B + beta·C with explicit row/column strides (matrixmultiply's
     /// convention): A is m×k, B is k×n.
     #[allow(clippy::too_many_arguments)]
@@ -67,10 +65,17 @@ macro_rules! impl_real {
                 }
                 // Bounds: the furthest element each operand touches must be in its slice.
                 let last = |r: usize, cc: usize, rs: isize, cs: isize| {
-                    (r.saturating_sub(1) as isize * rs + cc.saturating_sub(1) as isize * cs) as usize
+                    (r.saturating_sub(1) as isize * rs + cc.saturating_sub(1) as isize * cs)
+                        as usize
                 };
-                assert!(k == 0 || last(m, k, rsa, csa) < a.len(), "gemm: A out of bounds");
-                assert!(k == 0 || last(k, n, rsb, csb) < b.len(), "gemm: B out of bounds");
+                assert!(
+                    k == 0 || last(m, k, rsa, csa) < a.len(),
+                    "gemm: A out of bounds"
+                );
+                assert!(
+                    k == 0 || last(k, n, rsb, csb) < b.len(),
+                    "gemm: B out of bounds"
+                );
                 assert!(last(m, n, rsc, csc) < c.len(), "gemm: C out of bounds");
                 // SAFETY: the asserts above keep every access inside the slices, and
                 // strides are non-negative in every call site of this crate.

@@ -10,18 +10,63 @@ use crate::model::RopeStyle;
 /// y[m×n] = x[m×k] · w[n×k]ᵀ (a linear layer without bias; `w` is `[out][in]`).
 pub fn matmul_nt<T: Real>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
     let mut y = vec![T::zero(); m * n];
-    T::gemm(m, k, n, T::one(), x, k as isize, 1, w, 1, k as isize, T::zero(), &mut y, n as isize, 1);
+    T::gemm(
+        m,
+        k,
+        n,
+        T::one(),
+        x,
+        k as isize,
+        1,
+        w,
+        1,
+        k as isize,
+        T::zero(),
+        &mut y,
+        n as isize,
+        1,
+    );
     y
 }
 
 /// dx[m×k] += dy[m×n] · w[n×k] (the input gradient of [`matmul_nt`]).
 pub fn matmul_nn_acc<T: Real>(dy: &[T], w: &[T], m: usize, k: usize, n: usize, dx: &mut [T]) {
-    T::gemm(m, n, k, T::one(), dy, n as isize, 1, w, k as isize, 1, T::one(), dx, k as isize, 1);
+    T::gemm(
+        m,
+        n,
+        k,
+        T::one(),
+        dy,
+        n as isize,
+        1,
+        w,
+        k as isize,
+        1,
+        T::one(),
+        dx,
+        k as isize,
+        1,
+    );
 }
 
 /// dw[n×k] += dy[m×n]ᵀ · x[m×k] (the weight gradient of [`matmul_nt`]).
 pub fn matmul_tn_acc<T: Real>(dy: &[T], x: &[T], m: usize, k: usize, n: usize, dw: &mut [T]) {
-    T::gemm(n, m, k, T::one(), dy, 1, n as isize, x, k as isize, 1, T::one(), dw, k as isize, 1);
+    T::gemm(
+        n,
+        m,
+        k,
+        T::one(),
+        dy,
+        1,
+        n as isize,
+        x,
+        k as isize,
+        1,
+        T::one(),
+        dw,
+        k as isize,
+        1,
+    );
 }
 
 /// Linear layer forward: y = x·Wᵀ.
@@ -57,7 +102,13 @@ pub struct LoraPair<T> {
 
 impl<T: Real> LoraPair<T> {
     pub fn zeros(rank: usize, k: usize, n: usize) -> Self {
-        Self { a: vec![T::zero(); rank * k], b: vec![T::zero(); n * rank], rank, k, n }
+        Self {
+            a: vec![T::zero(); rank * k],
+            b: vec![T::zero(); n * rank],
+            rank,
+            k,
+            n,
+        }
     }
 }
 
@@ -79,7 +130,22 @@ pub fn lora_forward<T: Real>(
         }
         None => matmul_nt(x, &p.a, m, k, r),
     };
-    T::gemm(m, r, n, scale, &u, r as isize, 1, &p.b, 1, r as isize, T::one(), y, n as isize, 1);
+    T::gemm(
+        m,
+        r,
+        n,
+        scale,
+        &u,
+        r as isize,
+        1,
+        &p.b,
+        1,
+        r as isize,
+        T::one(),
+        y,
+        n as isize,
+        1,
+    );
     u
 }
 
@@ -98,10 +164,40 @@ pub fn lora_backward<T: Real>(
 ) {
     let (k, n, r) = (p.k, p.n, p.rank);
     // db[n×r] += scale · dyᵀ·u
-    T::gemm(n, m, r, scale, dy, 1, n as isize, u, r as isize, 1, T::one(), &mut dp.b, r as isize, 1);
+    T::gemm(
+        n,
+        m,
+        r,
+        scale,
+        dy,
+        1,
+        n as isize,
+        u,
+        r as isize,
+        1,
+        T::one(),
+        &mut dp.b,
+        r as isize,
+        1,
+    );
     // du[m×r] = scale · dy·B
     let mut du = vec![T::zero(); m * r];
-    T::gemm(m, n, r, scale, dy, n as isize, 1, &p.b, r as isize, 1, T::zero(), &mut du, r as isize, 1);
+    T::gemm(
+        m,
+        n,
+        r,
+        scale,
+        dy,
+        n as isize,
+        1,
+        &p.b,
+        r as isize,
+        1,
+        T::zero(),
+        &mut du,
+        r as isize,
+        1,
+    );
     match mask {
         Some(mk) => {
             let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
@@ -265,7 +361,13 @@ pub struct AttnShape {
 /// Causal grouped-query attention. q `[t][H·hd]`, k and v `[s][Hkv·hd]`. Query head h reads
 /// KV head h / (H/Hkv). Returns (out `[t][H·hd]`, probs `[H][t][s]`).
 pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
-    let AttnShape { t, s, n_heads, n_kv_heads, head_dim: hd } = sh;
+    let AttnShape {
+        t,
+        s,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = sh;
     let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
     let scale = T::one() / T::from_f64(hd as f64).sqrt();
     let mut out = vec![T::zero(); t * qw];
@@ -310,7 +412,13 @@ pub fn attention_backward<T: Real>(
     probs: &[T],
     sh: AttnShape,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let AttnShape { t, s, n_heads, n_kv_heads, head_dim: hd } = sh;
+    let AttnShape {
+        t,
+        s,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+    } = sh;
     let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
     let scale = T::one() / T::from_f64(hd as f64).sqrt();
     let mut dq = vec![T::zero(); t * qw];
@@ -358,7 +466,10 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 /// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    gate.iter().zip(up).map(|(&g, &u)| g * sigmoid(g) * u).collect()
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| g * sigmoid(g) * u)
+        .collect()
 }
 
 /// SwiGLU backward: (dgate, dup).
@@ -382,7 +493,11 @@ pub fn log_softmax<T: Real>(row: &[T]) -> Vec<T> {
 
 /// Mean softmax cross-entropy over the rows whose target is `Some`. `logits` `[m][vocab]`.
 /// Returns (loss, number of counted rows); a batch with no target gives (0, 0).
-pub fn cross_entropy_forward<T: Real>(logits: &[T], targets: &[Option<u32>], vocab: usize) -> (T, usize) {
+pub fn cross_entropy_forward<T: Real>(
+    logits: &[T],
+    targets: &[Option<u32>],
+    vocab: usize,
+) -> (T, usize) {
     let mut total = T::zero();
     let mut n = 0;
     for (i, tg) in targets.iter().enumerate() {
