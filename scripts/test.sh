@@ -69,7 +69,7 @@ ok
 
 stage "wasm-bindgen-test in headless Chromium (tests/web.rs)"
 # --release shares the dependencies already built for www/pkg.
-CHROMEDRIVER=/usr/bin/chromedriver \
+WASM_BINDGEN_TEST_TIMEOUT=300 CHROMEDRIVER=/usr/bin/chromedriver \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   wasm_cargo test --release --test web
 ok

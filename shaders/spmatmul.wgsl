@@ -97,6 +97,14 @@ struct Tile {
     col: u32,
 }
 
+// Whether this workgroup has a tile. Kept apart from tile_of so it depends only on
+// workgroup-uniform values: the early return must be uniform control flow, or WGSL's
+// uniformity analysis (Tint, in browsers) rejects the barriers after it.
+fn tile_live(wid: vec3<u32>, nwg: vec3<u32>) -> bool {
+    let g = wid.x + wid.y * nwg.x;
+    return g < p.tiles_n * ((p.m + TM - 1u) / TM);
+}
+
 fn tile_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Tile {
     let g = wid.x + wid.y * nwg.x;
     let tiles_m = (p.m + TM - 1u) / TM;
@@ -123,10 +131,10 @@ fn sparse24_nt(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let t = tile_of(wid, nwg, lid);
-    if (!t.live) {
+    if (!tile_live(wid, nwg)) {
         return; // the whole workgroup: g is uniform
     }
+    let t = tile_of(wid, nwg, lid);
     let wr = min(t.col, p.n - 1u); // the weight row this invocation walks
     let vbase = wr * p.value_stride;
     var acc: array<f32, TM_MAX>;
@@ -191,10 +199,10 @@ fn unstructured_nt(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let t = tile_of(wid, nwg, lid);
-    if (!t.live) {
+    if (!tile_live(wid, nwg)) {
         return;
     }
+    let t = tile_of(wid, nwg, lid);
     let wr = min(t.col, p.n - 1u);
     var pos = row_ptr[wr];
     var acc: array<f32, TM_MAX>;

@@ -67,3 +67,21 @@ async fn matmul_nt_matches_cpu_twin_on_awkward_shapes() {
         }
     }
 }
+
+/// The same test bodies as the native kernel tests (tests/gpu_ops.rs), in the browser.
+#[wasm_bindgen_test]
+async fn op_kernels_match_cpu_twins() {
+    let ctx = context().await;
+    edge_llm::kernels::ops::checks::all(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The test bodies of tests/gpu_spmatmul.rs on a subset of its shapes, in the browser.
+#[wasm_bindgen_test]
+async fn sparse_matmul_kernels_match_cpu_twins() {
+    let ctx = context().await;
+    edge_llm::kernels::spmatmul::checks::browser_subset(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -598,11 +598,23 @@ pub mod checks {
     /// hold exactly its transpose, and each twin matches the dense product of the expanded
     /// matrix; the kernels match the twins.
     pub async fn kernels(ctx: &GpuContext) -> Result<()> {
+        kernels_on(ctx, &MS, &KS, &NS).await
+    }
+
+    /// A subset small enough for a browser's software WebGPU (SwiftShader): awkward
+    /// shapes only (1 row, k not a multiple of 4 or 32, n of 1 and 33).
+    pub async fn browser_subset(ctx: &GpuContext) -> Result<()> {
+        pruning()?;
+        refusals()?;
+        kernels_on(ctx, &[1, 37], &[6, 100], &[1, 33]).await
+    }
+
+    async fn kernels_on(ctx: &GpuContext, ms: &[usize], ks: &[usize], ns: &[usize]) -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut case = 0;
-        for &k in &KS {
-            for &n in &NS {
-                for &m in &MS {
+        for &k in ks {
+            for &n in ns {
+                for &m in ms {
                     case += 1;
                     for two_four in [true, false] {
                         let w = weight(n, k, case, two_four, &mut rng);
