@@ -85,3 +85,12 @@ async fn sparse_matmul_kernels_match_cpu_twins() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The test bodies of tests/gpu_qmatmul.rs on a subset of its variants, in the browser.
+#[wasm_bindgen_test]
+async fn quantized_matmul_kernels_match_cpu_twins() {
+    let ctx = context().await;
+    edge_llm::kernels::qmatmul::checks::browser_subset(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -606,16 +606,40 @@ pub mod checks {
 
     /// Every bits × group × symmetry on awkward shapes, plus the model's k on a few.
     pub async fn quant_formats(ctx: &GpuContext) -> Result<f32> {
+        quant_formats_on(ctx, &GROUPS, &[true, false], &|group| {
+            if group == 64 {
+                SHAPES.iter().chain(MODEL_SHAPES).copied().collect()
+            } else {
+                SHAPES.to_vec()
+            }
+        })
+        .await
+    }
+
+    /// A subset small enough for a browser's software WebGPU (SwiftShader): every bit
+    /// width, group 32 symmetric and 128 asymmetric, on awkward shapes; GGUF and dense.
+    pub async fn browser_subset(ctx: &GpuContext) -> Result<()> {
+        error_budgets()?;
+        let shapes = |_| vec![(1, 45, 70), (37, 200, 1), (3, 96, 5)];
+        quant_formats_on(ctx, &[32], &[true], &shapes).await?;
+        quant_formats_on(ctx, &[128], &[false], &shapes).await?;
+        gguf_formats(ctx).await?;
+        dense(ctx).await?;
+        Ok(())
+    }
+
+    async fn quant_formats_on(
+        ctx: &GpuContext,
+        groups: &[usize],
+        syms: &[bool],
+        shapes_of: &dyn Fn(usize) -> Vec<(usize, usize, usize)>,
+    ) -> Result<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let mut worst = 0.0f32;
         for bits in BITS {
-            for group in GROUPS {
-                for sym in [true, false] {
-                    let shapes: Vec<_> = if group == 64 {
-                        SHAPES.iter().chain(MODEL_SHAPES).copied().collect()
-                    } else {
-                        SHAPES.to_vec()
-                    };
+            for &group in groups {
+                for &sym in syms {
+                    let shapes = shapes_of(group);
                     for (m, k, n) in shapes {
                         let wd = random(n * k, &mut rng);
                         let q = quant::quantize(&wd, n, k, bits, group, sym)?;
