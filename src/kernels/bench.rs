@@ -165,6 +165,54 @@ async fn time(
     }
 }
 
+/// The bandwidth ceiling: a 64 MiB buffer-to-buffer copy (bytes read plus written), the
+/// most a memory-bound kernel can hope to move on this adapter.
+async fn copy_bandwidth(ctx: &GpuContext, timer: &Timer) -> Result<BenchRow> {
+    const BYTES: u64 = 64 << 20;
+    let a = ctx.storage_zeroed("copy src", BYTES)?;
+    let b = ctx.storage_zeroed("copy dst", BYTES)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let mut enc = ctx.encoder();
+        if let Some((set, _)) = &timer.query {
+            enc.write_timestamp(set, 0);
+        }
+        enc.copy_buffer_to_buffer(&a, 0, &b, 0, BYTES);
+        if let Some((set, buf)) = &timer.query {
+            enc.write_timestamp(set, 1);
+            enc.resolve_query_set(set, 0..2, buf, 0);
+        }
+        let t0 = web_time::Instant::now();
+        ctx.queue.submit([enc.finish()]);
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let mut secs = t0.elapsed().as_secs_f64();
+        if let Some((_, buf)) = &timer.query {
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&ctx.read_buffer(buf).await?);
+            let ns = ts[1].saturating_sub(ts[0]) as f64 * ctx.queue.get_timestamp_period() as f64;
+            if ns > 0.0 {
+                secs = ns * 1e-9;
+            }
+        }
+        best = best.min(secs);
+    }
+    Ok(BenchRow {
+        kernel: "copy_bandwidth".into(),
+        m: 0,
+        k: 0,
+        n: 0,
+        ms: best * 1e3,
+        gflops: 0.0,
+        gbps: 2.0 * BYTES as f64 / best * 1e-9,
+        vs_dense: f64::NAN,
+        weight_bytes: BYTES as usize,
+        iters: 3,
+        timer: timer.name(),
+        best_of: None,
+    })
+}
+
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -178,6 +226,9 @@ pub async fn bench_kernels(
     let timer = Timer::new(ctx)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
+    let copy = copy_bandwidth(ctx, &timer).await?;
+    progress(&copy);
+    rows.push(copy);
     for &(k, n) in &opts.shapes {
         let w = random(&mut rng, n * k);
         // Build every operand once per shape; the dense ones may not fit a binding.

@@ -118,7 +118,11 @@ pub struct Weights<T> {
 impl<T: Real> Weights<T> {
     /// The same weights in another precision (f64 for finite-difference checks).
     pub fn cast<U: Real>(&self) -> Weights<U> {
-        let c = |v: &Vec<T>| v.iter().map(|&x| U::from_f64(x.to_f64())).collect::<Vec<U>>();
+        let c = |v: &Vec<T>| {
+            v.iter()
+                .map(|&x| U::from_f64(x.to_f64()))
+                .collect::<Vec<U>>()
+        };
         Weights {
             config: self.config.clone(),
             tok_embd: c(&self.tok_embd),
