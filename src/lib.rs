@@ -4,6 +4,7 @@
 //! blocking I/O or file-system calls outside the `cfg`-gated native parts. See
 //! ARCHITECTURE.md for the layering.
 
+pub mod adapter;
 pub mod compress;
 pub mod data;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod kernels;
 pub mod model;
 pub mod reference;
 pub mod tokenizer;
+pub mod train;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
