@@ -116,34 +116,34 @@ pub struct Weights<T> {
 }
 
 impl<T: Real> Weights<T> {
-    /// The same weights in another precision (f64 for finite-difference checks).
-    pub fn cast<U: Real>(&self) -> Weights<U> {
-        let c = |v: &Vec<T>| {
-            v.iter()
-                .map(|&x| U::from_f64(x.to_f64()))
-                .collect::<Vec<U>>()
-        };
+    /// Every tensor mapped through `f`, keeping the structure (casts, zeroed gradients).
+    pub fn map<U>(&self, f: impl Fn(&[T]) -> Vec<U>) -> Weights<U> {
         Weights {
             config: self.config.clone(),
-            tok_embd: c(&self.tok_embd),
+            tok_embd: f(&self.tok_embd),
             layers: self
                 .layers
                 .iter()
                 .map(|l| LayerWeights {
-                    attn_norm: c(&l.attn_norm),
-                    wq: c(&l.wq),
-                    wk: c(&l.wk),
-                    wv: c(&l.wv),
-                    wo: c(&l.wo),
-                    ffn_norm: c(&l.ffn_norm),
-                    w_gate: c(&l.w_gate),
-                    w_up: c(&l.w_up),
-                    w_down: c(&l.w_down),
+                    attn_norm: f(&l.attn_norm),
+                    wq: f(&l.wq),
+                    wk: f(&l.wk),
+                    wv: f(&l.wv),
+                    wo: f(&l.wo),
+                    ffn_norm: f(&l.ffn_norm),
+                    w_gate: f(&l.w_gate),
+                    w_up: f(&l.w_up),
+                    w_down: f(&l.w_down),
                 })
                 .collect(),
-            output_norm: c(&self.output_norm),
-            output: self.output.as_ref().map(c),
+            output_norm: f(&self.output_norm),
+            output: self.output.as_deref().map(&f),
         }
+    }
+
+    /// The same weights in another precision (f64 for finite-difference checks).
+    pub fn cast<U: Real>(&self) -> Weights<U> {
+        self.map(|v| v.iter().map(|&x| U::from_f64(x.to_f64())).collect())
     }
 
     /// The LM head matrix `[vocab][hidden]`.

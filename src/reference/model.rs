@@ -444,31 +444,7 @@ impl<T: Real> Transformer<T> {
     ) -> Grads<T> {
         let c = &self.w.config;
         let (m, d) = (acts.tokens.len(), c.hidden);
-        let zeros = |w: &Weights<T>| {
-            let z = |v: &Vec<T>| vec![T::zero(); v.len()];
-            Weights {
-                config: w.config.clone(),
-                tok_embd: z(&w.tok_embd),
-                layers: w
-                    .layers
-                    .iter()
-                    .map(|l| LayerWeights {
-                        attn_norm: z(&l.attn_norm),
-                        wq: z(&l.wq),
-                        wk: z(&l.wk),
-                        wv: z(&l.wv),
-                        wo: z(&l.wo),
-                        ffn_norm: z(&l.ffn_norm),
-                        w_gate: z(&l.w_gate),
-                        w_up: z(&l.w_up),
-                        w_down: z(&l.w_down),
-                    })
-                    .collect(),
-                output_norm: z(&w.output_norm),
-                output: w.output.as_ref().map(z),
-            }
-        };
-        let mut gb = base_grads.then(|| zeros(&self.w));
+        let mut gb = base_grads.then(|| self.w.map(|v| vec![T::zero(); v.len()]));
         let mut gl = self.lora.as_ref().map(Lora::zeros_like);
 
         // Head and final norm.
