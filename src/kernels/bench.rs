@@ -319,11 +319,11 @@ pub async fn bench_kernels(
                 };
                 measured.push((name.clone(), *wbytes, secs, iters));
             }
-            let (best_name, best_s) = measured
+            let (best_name, best_s, best_iters) = measured
                 .iter()
                 .filter(|(nm, ..)| nm.starts_with("dense_f32"))
-                .map(|(nm, _, s, _)| (nm.clone(), *s))
-                .fold((String::new(), f64::INFINITY), |a, b| {
+                .map(|(nm, _, s, it)| (nm.clone(), *s, *it))
+                .fold((String::new(), f64::INFINITY, 0), |a, b| {
                     if b.1 < a.1 {
                         b
                     } else {
@@ -356,7 +356,13 @@ pub async fn bench_kernels(
                 }
             };
             if best_s.is_finite() {
-                let row = mk("dense_f32".into(), dense_bytes, best_s, 0, Some(best_name));
+                let row = mk(
+                    "dense_f32".into(),
+                    dense_bytes,
+                    best_s,
+                    best_iters,
+                    Some(best_name),
+                );
                 progress(&row);
                 rows.push(row);
             }
