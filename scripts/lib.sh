@@ -83,7 +83,7 @@ port_free() {
 
 # python_env : a virtualenv (.venv) with the pinned Python packages of the cross-checks.
 # Sets PY to its interpreter.
-PY_REQS="numpy==2.4.6 gguf==0.19.0"
+PY_REQS="numpy==2.4.6 gguf==0.19.0 safetensors==0.8.0"
 python_env() {
   local venv="$ROOT/.venv"
   PY="$venv/bin/python"

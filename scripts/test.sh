@@ -56,7 +56,7 @@ fi
 ok
 
 stage "cargo test (native; real model and GPU required)"
-EDGE_LLM_REQUIRE_MODEL=1 cargo test
+EDGE_LLM_REQUIRE_MODEL=1 EDGE_LLM_REQUIRE_PYTHON=1 cargo test
 ok
 
 stage "perplexity against an independent implementation (scripts/check-perplexity.sh)"

@@ -1,1 +1,104 @@
-//! Training (being written).
+//! LoRA fine-tuning, independent of where the model runs: data preparation
+//! ([`examples`]), the learning-rate schedule ([`schedule`]), the [`Backend`] trait a
+//! model implements, the [`Trainer`] loop, and resumable checkpoints ([`checkpoint`]).
+//! [`CpuBackend`] runs the reference transformer; the GPU engine implements the same trait.
+//!
+//! # The split between trainer and backend
+//! The backend owns the trainable tensors, their gradient accumulator and the AdamW
+//! moments; the trainer owns the data order, the schedule, accumulation counts, the
+//! dropout seeds, validation and early stopping. On a GPU the LoRA tensors, gradients and
+//! moments then stay on the device: a step uploads token ids, reads back two numbers (the
+//! loss sum and the gradient norm), and clipping + AdamW run as kernels. The trainer
+//! passes everything a step depends on (learning rate, step number, a dropout seed derived
+//! from (seed, step, micro-batch)), so a resumed run repeats an uninterrupted one exactly.
+//!
+//! The trait's methods return futures because a browser GPU can only read results back
+//! asynchronously; the CPU backend's futures are ready at once.
+
+pub mod checkpoint;
+pub mod cpu;
+pub mod examples;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{ParamState, Tensor, TrainState};
+pub use cpu::CpuBackend;
+pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
+pub use schedule::{Decay, LrSchedule};
+pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
+
+use crate::reference::optim::AdamW;
+use crate::Result;
+use std::future::Future;
+
+/// Summed cross-entropy (nats) over `count` counted targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossSum {
+    pub sum: f64,
+    pub count: usize,
+}
+
+impl LossSum {
+    pub fn add(&mut self, o: LossSum) {
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+
+    /// Mean loss per target (0 when nothing was counted).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+}
+
+/// A model that can be tuned: it holds the trainable (LoRA) tensors, a gradient
+/// accumulator and the optimizer moments; the base weights are frozen.
+pub trait Backend {
+    /// Forward and backward over `rows` with LoRA dropout drawn from `dropout_seed`; adds
+    /// `grad_scale`·∇(Σ target cross-entropy) into the gradient accumulator. Returns the
+    /// summed loss and the number of targets.
+    fn accumulate(
+        &mut self,
+        rows: &[&Row],
+        grad_scale: f64,
+        dropout_seed: u64,
+    ) -> impl Future<Output = Result<LossSum>>;
+
+    /// Clips the accumulated gradients to a global L2 norm of `max_grad_norm` (if given),
+    /// applies AdamW step `t` (from 1) with `opt`, and zeroes the accumulator. Returns the
+    /// norm before clipping; a non-finite norm is an error and changes nothing.
+    fn apply(
+        &mut self,
+        opt: &AdamW,
+        t: u64,
+        max_grad_norm: Option<f64>,
+    ) -> impl Future<Output = Result<f64>>;
+
+    /// Summed loss over `rows` without dropout and without touching gradients.
+    fn eval(&mut self, rows: &[&Row]) -> impl Future<Output = Result<LossSum>>;
+
+    /// The trainable tensors and optimizer moments (taken between optimizer steps).
+    fn save(&mut self) -> impl Future<Output = Result<ParamState>>;
+
+    /// Restores what [`Backend::save`] returned, checking that the shapes match.
+    fn load(&mut self, state: &ParamState) -> impl Future<Output = Result<()>>;
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit function of a 64-bit input.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seed that is a pure function of `seed` and `parts` (e.g. a stream name, the step,
+/// the micro-batch): nothing outside a checkpoint is needed to draw it again.
+pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
+    parts
+        .iter()
+        .fold(splitmix64(seed), |h, &p| splitmix64(h ^ splitmix64(p)))
+}

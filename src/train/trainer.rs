@@ -1,0 +1,357 @@
+//! The training loop: per optimizer step it takes `micro_batch × accum_steps` rows from
+//! the epoch's seeded shuffle, has the backend accumulate token-mean gradients over them,
+//! then clip + AdamW at the scheduled learning rate; every `eval_every` steps it measures
+//! the validation loss and stops early after `patience` evaluations without improvement.
+
+use super::checkpoint::TrainState;
+use super::examples::{permutation, Prepared, Row};
+use super::schedule::{Decay, LrSchedule};
+use super::{derive_seed, Backend, LossSum};
+use crate::reference::optim::AdamW;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+/// Stream names for [`derive_seed`], so the shuffle and dropout draws never coincide.
+const SHUFFLE: u64 = 1;
+const DROPOUT: u64 = 2;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    pub decay: Decay,
+    /// Share of the run spent warming up linearly from 0.
+    pub warmup_fraction: f64,
+    /// Rows per backend call, and backend calls per optimizer step.
+    pub micro_batch: usize,
+    pub accum_steps: usize,
+    /// Global gradient-norm clipping (None: off).
+    pub max_grad_norm: Option<f64>,
+    /// AdamW's decoupled weight decay (betas and eps are PyTorch's defaults).
+    pub weight_decay: f64,
+    /// Length of the run in epochs, unless `max_steps` is given.
+    pub epochs: f64,
+    pub max_steps: Option<u64>,
+    /// Validation every this many steps (0: never).
+    pub eval_every: u64,
+    /// Stop after this many evaluations without a new best (None: never stop early).
+    pub patience: Option<u32>,
+    /// Seeds shuffling and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The reference setting: lr 4e-4, 3 % warm-up, clipping at 0.3, no weight decay.
+    fn default() -> Self {
+        Self {
+            lr: 4e-4,
+            decay: Decay::Constant,
+            warmup_fraction: 0.03,
+            micro_batch: 1,
+            accum_steps: 4,
+            max_grad_norm: Some(0.3),
+            weight_decay: 0.0,
+            epochs: 1.0,
+            max_steps: None,
+            eval_every: 50,
+            patience: None,
+            seed: 0,
+        }
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepReport {
+    /// Optimizer steps done, this one included (from 1).
+    pub step: u64,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// Mean training loss over the step's targets (with dropout).
+    pub loss: f64,
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Input positions and counted targets in the step.
+    pub tokens: usize,
+    pub targets: usize,
+    /// Input positions per second over the step's forward, backward and update.
+    pub tokens_per_s: f64,
+    /// Validation loss when it was measured after this step.
+    pub val_loss: Option<f64>,
+}
+
+/// Why [`Trainer::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// Ran the steps asked for; the run is not over.
+    Steps,
+    /// Reached the schedule's last step.
+    Finished,
+    /// Validation loss stopped improving for `patience` evaluations.
+    EarlyStopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub stop: Stop,
+    pub best_val: Option<f64>,
+}
+
+pub struct Trainer<B> {
+    pub backend: B,
+    pub config: TrainConfig,
+    pub data: Prepared,
+    step: u64,
+    epoch: u64,
+    pos: usize,
+    best_val: Option<f64>,
+    bad_evals: u32,
+    /// The shuffled order of `epoch` (derived, not state).
+    order: Vec<usize>,
+}
+
+impl<B: Backend> Trainer<B> {
+    pub fn new(backend: B, config: TrainConfig, data: Prepared) -> Result<Self> {
+        if data.train.is_empty() {
+            return Err(Error::Data("no training rows".into()));
+        }
+        if config.micro_batch == 0 || config.accum_steps == 0 {
+            return Err(Error::Invalid(
+                "micro_batch and accum_steps must be at least 1".into(),
+            ));
+        }
+        if !(config.lr.is_finite() && config.lr >= 0.0) {
+            return Err(Error::Invalid(format!("learning rate {}", config.lr)));
+        }
+        let mut t = Self {
+            backend,
+            config,
+            data,
+            step: 0,
+            epoch: 0,
+            pos: 0,
+            best_val: None,
+            bad_evals: 0,
+            order: Vec::new(),
+        };
+        t.order = t.epoch_order(0);
+        Ok(t)
+    }
+
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let seed = derive_seed(self.config.seed, &[SHUFFLE, epoch]);
+        permutation(self.data.train.len(), seed)
+    }
+
+    pub fn rows_per_step(&self) -> usize {
+        self.config.micro_batch * self.config.accum_steps
+    }
+
+    /// Optimizer steps in one pass over the training rows.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.data.train.len().div_ceil(self.rows_per_step()) as u64
+    }
+
+    /// Steps of the whole run: `max_steps`, or `epochs` passes (at least 1).
+    pub fn total_steps(&self) -> u64 {
+        self.config.max_steps.unwrap_or_else(|| {
+            ((self.config.epochs.max(0.0) * self.steps_per_epoch() as f64).ceil() as u64).max(1)
+        })
+    }
+
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule::new(
+            self.config.lr,
+            self.config.warmup_fraction,
+            self.total_steps(),
+            self.config.decay,
+        )
+    }
+
+    /// Optimizer steps done.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn best_val(&self) -> Option<f64> {
+        self.best_val
+    }
+
+    fn early_stopped(&self) -> bool {
+        self.config
+            .patience
+            .is_some_and(|p| self.bad_evals >= p.max(1))
+    }
+
+    /// The next training row's index, moving to the next epoch's shuffle at the end.
+    fn next_row(&mut self) -> usize {
+        let i = self.order[self.pos];
+        self.pos += 1;
+        if self.pos == self.order.len() {
+            self.pos = 0;
+            self.epoch += 1;
+            self.order = self.epoch_order(self.epoch);
+        }
+        i
+    }
+
+    /// Mean cross-entropy over every validation target, without dropout (None: no
+    /// validation rows).
+    pub async fn validation_loss(&mut self) -> Result<Option<f64>> {
+        if self.data.val.is_empty() {
+            return Ok(None);
+        }
+        let mut total = LossSum::default();
+        let refs: Vec<&Row> = self.data.val.iter().collect();
+        for chunk in refs.chunks(self.config.micro_batch) {
+            total.add(self.backend.eval(chunk).await?);
+        }
+        Ok((total.count > 0).then(|| total.mean()))
+    }
+
+    /// One optimizer step; returns its report without validation.
+    async fn train_step(&mut self) -> Result<StepReport> {
+        let t0 = Instant::now();
+        let idx: Vec<usize> = (0..self.rows_per_step()).map(|_| self.next_row()).collect();
+        let rows: Vec<&Row> = idx.iter().map(|&i| &self.data.train[i]).collect();
+        let targets: usize = rows.iter().map(|r| r.n_targets()).sum();
+        let tokens: usize = rows.iter().map(|r| r.tokens.len()).sum();
+        // Token-mean over the whole step, however it is split into micro-batches.
+        let scale = 1.0 / targets.max(1) as f64;
+        let mut loss = LossSum::default();
+        for (k, micro) in rows.chunks(self.config.micro_batch).enumerate() {
+            let seed = derive_seed(self.config.seed, &[DROPOUT, self.step, k as u64]);
+            loss.add(self.backend.accumulate(micro, scale, seed).await?);
+        }
+        let lr = self.schedule().lr(self.step);
+        let opt = AdamW {
+            lr,
+            weight_decay: self.config.weight_decay,
+            ..AdamW::default()
+        };
+        let grad_norm = self
+            .backend
+            .apply(&opt, self.step + 1, self.config.max_grad_norm)
+            .await?;
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(StepReport {
+            step: self.step,
+            epoch: self.epoch as f64 + self.pos as f64 / self.data.train.len() as f64,
+            loss: loss.mean(),
+            lr,
+            grad_norm,
+            tokens,
+            targets,
+            tokens_per_s: if secs > 0.0 {
+                tokens as f64 / secs
+            } else {
+                0.0
+            },
+            val_loss: None,
+        })
+    }
+
+    /// Runs up to `steps` optimizer steps (fewer at the end of the schedule or on early
+    /// stopping), calling `on_step` after each.
+    pub async fn run(
+        &mut self,
+        steps: u64,
+        on_step: &mut dyn FnMut(&StepReport),
+    ) -> Result<RunSummary> {
+        let total = self.total_steps();
+        let mut done = 0;
+        let stop = loop {
+            if self.early_stopped() {
+                break Stop::EarlyStopped;
+            }
+            if self.step >= total {
+                break Stop::Finished;
+            }
+            if done == steps {
+                break Stop::Steps;
+            }
+            let mut report = self.train_step().await?;
+            done += 1;
+            let every = self.config.eval_every;
+            if every > 0 && self.step.is_multiple_of(every) {
+                report.val_loss = self.validation_loss().await?;
+                if let Some(v) = report.val_loss {
+                    if self.best_val.is_none_or(|b| v < b) {
+                        self.best_val = Some(v);
+                        self.bad_evals = 0;
+                    } else {
+                        self.bad_evals += 1;
+                    }
+                }
+            }
+            on_step(&report);
+        };
+        Ok(RunSummary {
+            steps: done,
+            stop,
+            best_val: self.best_val,
+        })
+    }
+
+    /// FNV-1a over the training rows: resuming on other data is refused.
+    fn data_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for r in &self.data.train {
+            eat(r.tokens.len() as u64);
+            for (&t, tg) in r.tokens.iter().zip(&r.targets) {
+                eat(t as u64);
+                eat(tg.map_or(u64::MAX, |x| x as u64));
+            }
+        }
+        h
+    }
+
+    /// The state to continue from later, exactly (between optimizer steps).
+    pub async fn checkpoint(&mut self) -> Result<TrainState> {
+        Ok(TrainState {
+            version: TrainState::VERSION,
+            seed: self.config.seed,
+            step: self.step,
+            epoch: self.epoch,
+            pos: self.pos,
+            best_val_bits: self.best_val.map(f64::to_bits),
+            bad_evals: self.bad_evals,
+            data_hash: self.data_hash(),
+            params: self.backend.save().await?,
+        })
+    }
+
+    /// Continues from `state`; the trainer must have been built with the same data and
+    /// seed (checked) and configuration (the schedule is recomputed from it).
+    pub async fn resume(&mut self, state: &TrainState) -> Result<()> {
+        if state.seed != self.config.seed {
+            return Err(Error::Invalid(format!(
+                "checkpoint seed {} differs from the configured {}",
+                state.seed, self.config.seed
+            )));
+        }
+        if state.data_hash != self.data_hash() || state.pos >= self.data.train.len() {
+            return Err(Error::Invalid(
+                "checkpoint was made on different training data".into(),
+            ));
+        }
+        self.backend.load(&state.params).await?;
+        self.step = state.step;
+        self.epoch = state.epoch;
+        self.pos = state.pos;
+        self.best_val = state.best_val();
+        self.bad_evals = state.bad_evals;
+        self.order = self.epoch_order(self.epoch);
+        Ok(())
+    }
+}
