@@ -8,6 +8,8 @@ use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use clap::{Parser, Subcommand};
+
+mod tune;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::Write;
@@ -53,6 +55,9 @@ enum Cmd {
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A LoRA adapter directory in PEFT format (from `tune --out`).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt in the model's chat template.
@@ -73,6 +78,9 @@ enum Cmd {
     Perplexity {
         #[arg(long)]
         model: PathBuf,
+        /// A LoRA adapter directory in PEFT format (from `tune --out`).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         text: PathBuf,
         #[arg(long, default_value_t = 1024)]
@@ -84,11 +92,76 @@ enum Cmd {
     EvalMc {
         #[arg(long)]
         model: PathBuf,
+        /// A LoRA adapter directory in PEFT format (from `tune --out`).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long)]
         data: PathBuf,
         /// Only the first N questions.
         #[arg(long)]
         limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tune LoRA adapters on a data file (CPU reference backend; the GPU backend is in
+    /// progress). Writes a PEFT adapter and a checkpoint to --out.
+    Tune {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Plain text, instruction JSONL or multiple-choice JSONL (data/README.md).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Optimizer steps (default: one epoch).
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long, default_value_t = 1.0)]
+        epochs: f64,
+        #[arg(long, default_value_t = 4e-4)]
+        lr: f64,
+        /// Cosine decay after warm-up (default: constant).
+        #[arg(long)]
+        cosine: bool,
+        #[arg(long, default_value_t = 0.03)]
+        warmup: f64,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        #[arg(long, default_value_t = 16.0)]
+        lora_alpha: f32,
+        #[arg(long, default_value_t = 0.1)]
+        lora_dropout: f32,
+        /// Projections to adapt: q,k,v,o,gate,up,down or all.
+        #[arg(long, default_value = "all")]
+        lora_targets: String,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// Rows per micro-batch and micro-batches per optimizer step.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        accum: usize,
+        #[arg(long, default_value_t = 0.3)]
+        clip: f64,
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+        /// Validation every N steps (0: only at the end).
+        #[arg(long, default_value_t = 50)]
+        eval_every: u64,
+        /// Stop after this many validations without improvement.
+        #[arg(long)]
+        patience: Option<u32>,
+        /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
+        #[arg(long, default_value_t = 50)]
+        save_every: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run saved in DIR with its saved settings.
+        #[arg(long, conflicts_with_all = ["model", "data", "steps", "epochs", "lr", "lora_rank", "seq_len", "seed"])]
+        resume: Option<PathBuf>,
+        /// Checkpoint and exit after N steps in this session (continue with --resume).
+        #[arg(long)]
+        stop_after: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -150,7 +223,7 @@ pub fn main() -> i32 {
         }
     };
     match run(cli.cmd) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             1
@@ -169,10 +242,13 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn load(path: &Path) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
+fn load(path: &Path, adapter: Option<&Path>) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
     let file = ModelFile::open(path)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
-    let model = Transformer::new(file.weights()?);
+    let mut model = Transformer::new(file.weights()?);
+    if let Some(dir) = adapter {
+        model.lora = Some(crate::adapter::load_dir(dir, &file.config)?);
+    }
     Ok((file, tok, model))
 }
 
@@ -185,7 +261,7 @@ fn read_text(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-fn run(cmd: Cmd) -> Result<()> {
+fn run(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Info { model, json } => {
             let file = ModelFile::open(&model)?;
@@ -243,6 +319,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Generate {
             model,
+            adapter,
             prompt,
             chat,
             max_tokens,
@@ -256,7 +333,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     "need 0 < --top-p <= 1 and --temperature >= 0".into(),
                 ));
             }
-            let (_, tok, m) = load(&model)?;
+            let (_, tok, m) = load(&model, adapter.as_deref())?;
             let text = if chat {
                 tok.chat_prompt(&prompt)
             } else {
@@ -315,12 +392,13 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Perplexity {
             model,
+            adapter,
             text,
             max_tokens,
             json,
         } => {
             let body = read_text(&text)?;
-            let (_, tok, m) = load(&model)?;
+            let (_, tok, m) = load(&model, adapter.as_deref())?;
             let mut ids = tok.encode(&body)?;
             ids.truncate(max_tokens);
             let mut lm = CpuLm::new(&m);
@@ -343,6 +421,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::EvalMc {
             model,
+            adapter,
             data,
             limit,
             json,
@@ -358,7 +437,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Some(n) = limit {
                 qs.truncate(n);
             }
-            let (_, tok, m) = load(&model)?;
+            let (_, tok, m) = load(&model, adapter.as_deref())?;
             let mut lm = CpuLm::new(&m);
             let pb = progress_bar(qs.len() as u64, "eval-mc");
             let r = eval::eval_mc(&mut lm, &tok, &qs, &mut |done, _, correct| {
@@ -422,8 +501,81 @@ fn run(cmd: Cmd) -> Result<()> {
                 .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
             eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
         }
+        Cmd::Tune {
+            model,
+            data,
+            steps,
+            epochs,
+            lr,
+            cosine,
+            warmup,
+            lora_rank,
+            lora_alpha,
+            lora_dropout,
+            lora_targets,
+            seq_len,
+            batch,
+            accum,
+            clip,
+            val_fraction,
+            eval_every,
+            patience,
+            save_every,
+            seed,
+            out,
+            resume,
+            stop_after,
+            json,
+        } => {
+            if resume.is_some() {
+                return tune::run(None, resume, out, stop_after, json);
+            }
+            let (Some(model), Some(data)) = (model, data) else {
+                return Err(Error::Invalid(
+                    "tune needs --model and --data (or --resume DIR)".into(),
+                ));
+            };
+            let spec = tune::RunSpec {
+                model,
+                data,
+                lora: crate::reference::LoraConfig {
+                    rank: lora_rank,
+                    alpha: lora_alpha,
+                    dropout: lora_dropout,
+                    targets: tune::parse_targets(&lora_targets)?,
+                },
+                data_config: crate::train::DataConfig {
+                    seq_len,
+                    val_fraction,
+                    seed,
+                },
+                train: crate::train::TrainConfig {
+                    lr,
+                    decay: tune::default_decay(cosine),
+                    warmup_fraction: warmup,
+                    micro_batch: batch,
+                    accum_steps: accum,
+                    max_grad_norm: (clip > 0.0).then_some(clip),
+                    epochs,
+                    max_steps: steps,
+                    eval_every,
+                    patience,
+                    seed,
+                    ..Default::default()
+                },
+                save_every,
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from("runs/tune"));
+            return tune::run(
+                Some(tune::NewRun { spec, out }),
+                None,
+                None,
+                stop_after,
+                json,
+            );
+        }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn bench_kernels(seq: Vec<usize>, shapes: Vec<String>, target_s: f64, json: bool) -> Result<()> {

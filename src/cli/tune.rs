@@ -1,0 +1,255 @@
+//! `edge-llm tune`: LoRA tuning with the training core (src/train) on the CPU reference
+//! backend. Writes the PEFT adapter and a checkpoint (every `--save-every` steps, at the
+//! end and on Ctrl-C) to `--out`; `--resume DIR` continues a run exactly.
+
+use crate::adapter;
+use crate::data::Dataset;
+use crate::model::ModelFile;
+use crate::reference::{LoraConfig, Proj};
+use crate::tokenizer::Tokenizer;
+use crate::train::{self, CpuBackend, DataConfig, Decay, Stop, TrainConfig, TrainState, Trainer};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything that defines a run; saved beside the checkpoint so `--resume` rebuilds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub lora: LoraConfig,
+    pub data_config: DataConfig,
+    pub train: TrainConfig,
+    pub save_every: u64,
+}
+
+pub const SPEC_FILE: &str = "tune_run.json";
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+
+fn io(e: impl std::fmt::Display, what: &Path) -> Error {
+    Error::Io(format!("{}: {e}", what.display()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).map_err(|e| io(e, &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(e, path))
+}
+
+/// The command-line settings of a new run.
+pub struct NewRun {
+    pub spec: RunSpec,
+    pub out: PathBuf,
+}
+
+/// Parses the projections list ("q,k,v,o,gate,up,down" or "all").
+pub fn parse_targets(s: &str) -> Result<Vec<Proj>> {
+    if s == "all" {
+        return Ok(Proj::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|p| match p.trim() {
+            "q" => Ok(Proj::Q),
+            "k" => Ok(Proj::K),
+            "v" => Ok(Proj::V),
+            "o" => Ok(Proj::O),
+            "gate" => Ok(Proj::Gate),
+            "up" => Ok(Proj::Up),
+            "down" => Ok(Proj::Down),
+            other => Err(Error::Invalid(format!(
+                "unknown LoRA target '{other}' (use q,k,v,o,gate,up,down or all)"
+            ))),
+        })
+        .collect()
+}
+
+/// Checks the settings a user can get wrong, with one message each.
+pub fn validate(spec: &RunSpec) -> Result<()> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    let (l, t, d) = (&spec.lora, &spec.train, &spec.data_config);
+    if l.rank == 0 || l.rank > 1024 {
+        return bad(format!("--lora-rank {} must be in 1..=1024", l.rank));
+    }
+    if !(0.0..1.0).contains(&l.dropout) {
+        return bad(format!("--lora-dropout {} must be in [0, 1)", l.dropout));
+    }
+    if !(t.lr > 0.0 && t.lr.is_finite()) {
+        return bad(format!("--lr {} must be positive", t.lr));
+    }
+    if d.seq_len < 2 {
+        return bad(format!("--seq-len {} must be at least 2", d.seq_len));
+    }
+    if t.micro_batch == 0 || t.accum_steps == 0 {
+        return bad("--batch and --accum must be at least 1".into());
+    }
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return bad(format!(
+            "--val-fraction {} must be in [0, 1)",
+            d.val_fraction
+        ));
+    }
+    if !(0.0..1.0).contains(&t.warmup_fraction) {
+        return bad(format!("--warmup {} must be in [0, 1)", t.warmup_fraction));
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) a tuning run; returns the process exit code (130 after Ctrl-C).
+pub fn run(
+    new: Option<NewRun>,
+    resume: Option<PathBuf>,
+    out_override: Option<PathBuf>,
+    stop_after: Option<u64>,
+    json: bool,
+) -> Result<i32> {
+    let (spec, out, state) = match (new, resume) {
+        (_, Some(dir)) => {
+            let read = |name: &str| {
+                let p = dir.join(name);
+                std::fs::read(&p).map_err(|e| {
+                    io(
+                        format!("cannot read ({e}); is this a tune output directory?"),
+                        &p,
+                    )
+                })
+            };
+            let spec: RunSpec = serde_json::from_slice(&read(SPEC_FILE)?)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join(SPEC_FILE).display())))?;
+            let state = TrainState::from_bytes(&read(CHECKPOINT_FILE)?)?;
+            (spec, out_override.unwrap_or(dir), Some(state))
+        }
+        (Some(n), None) => (n.spec, n.out, None),
+        (None, None) => return Err(Error::Invalid("nothing to run".into())),
+    };
+    validate(&spec)?;
+    let file = ModelFile::open(&spec.model)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let ds = Dataset::load(&spec.data)?;
+    let prepared = train::prepare(&ds, &tok, &spec.data_config)?;
+    let stats = prepared.stats.clone();
+    eprintln!(
+        "data: {} {} records → {} train rows ({} targets), {} validation rows; {} truncated, {} dropped",
+        stats.examples,
+        ds.kind(),
+        stats.train_rows,
+        stats.train_targets,
+        stats.val_rows,
+        stats.truncated,
+        stats.dropped
+    );
+    let backend = CpuBackend::new(file.weights()?, spec.lora.clone(), spec.train.seed);
+    let mut trainer = Trainer::new(backend, spec.train.clone(), prepared)?;
+    if let Some(state) = &state {
+        pollster::block_on(trainer.resume(state))?;
+        eprintln!(
+            "resumed at step {} of {}",
+            trainer.step(),
+            trainer.total_steps()
+        );
+    }
+    std::fs::create_dir_all(&out).map_err(|e| io(e, &out))?;
+    let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Io(e.to_string()))?;
+    write_atomic(&out.join(SPEC_FILE), &spec_json)?;
+    let base_name = adapter::gguf_model_name(&file.gguf)
+        .unwrap_or("edge-llm-base")
+        .to_owned();
+    let cfg = file.config.clone();
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // A second Ctrl-C while saving falls through to the default (exit).
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let save = |trainer: &mut Trainer<CpuBackend>| -> Result<()> {
+        let state = pollster::block_on(trainer.checkpoint())?;
+        write_atomic(&out.join(CHECKPOINT_FILE), &state.to_bytes()?)?;
+        let lora = trainer
+            .backend
+            .lora()
+            .ok_or_else(|| Error::Invalid("no adapters to save".into()))?;
+        adapter::save_dir(&out, lora, &cfg, &base_name)
+    };
+
+    let total = trainer.total_steps();
+    let pb = super::progress_bar(total, "tune");
+    pb.set_position(trainer.step());
+    let mut last_val = None;
+    let mut session_steps = 0u64;
+    let stop = loop {
+        let mut report = None;
+        let summary = pollster::block_on(trainer.run(1, &mut |r| report = Some(r.clone())))?;
+        if let Some(r) = report {
+            if r.val_loss.is_some() {
+                last_val = r.val_loss;
+            }
+            if json {
+                println!(
+                    "{}",
+                    json!({"step": r.step, "epoch": r.epoch, "loss": r.loss, "lr": r.lr,
+                           "grad_norm": r.grad_norm, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s,
+                           "val_loss": r.val_loss, "device": "cpu"})
+                );
+            }
+            pb.set_position(r.step);
+            pb.set_message(format!("tune loss {:.4}", r.loss));
+            if spec.save_every > 0 && r.step.is_multiple_of(spec.save_every) {
+                save(&mut trainer)?;
+            }
+        }
+        session_steps += 1;
+        if interrupted.load(Ordering::SeqCst) || stop_after.is_some_and(|n| session_steps >= n) {
+            break None;
+        }
+        if summary.stop != Stop::Steps {
+            break Some(summary.stop);
+        }
+    };
+    pb.finish_and_clear();
+    let val = pollster::block_on(trainer.validation_loss())?.or(last_val);
+    save(&mut trainer)?;
+    let v = json!({
+        "done": stop.is_some(),
+        "stopped_early": stop.is_none(),
+        "stop": stop.map(|s| format!("{s:?}")),
+        "steps": trainer.step(),
+        "val_loss": val,
+        "best_val_loss": trainer.best_val(),
+        "adapter": out.display().to_string(),
+        "checkpoint": out.join(CHECKPOINT_FILE).display().to_string(),
+        "device": "cpu",
+    });
+    if json {
+        println!("{v}");
+    } else {
+        eprintln!(
+            "{} after {} steps; validation loss {}; adapter and checkpoint in {}",
+            if stop.is_some() {
+                "done"
+            } else {
+                "interrupted (resume with --resume)"
+            },
+            trainer.step(),
+            val.map_or("n/a".into(), |x| format!("{x:.4}")),
+            out.display()
+        );
+    }
+    let by_signal = interrupted.load(Ordering::SeqCst);
+    Ok(if by_signal { 130 } else { 0 })
+}
+
+/// Default run settings (the reference's) for the flags a user leaves out.
+pub fn default_decay(cosine: bool) -> Decay {
+    if cosine {
+        Decay::Cosine
+    } else {
+        Decay::Constant
+    }
+}

@@ -1,0 +1,182 @@
+//! `edge-llm tune` end to end on the tiny model: outputs, a run stopped and resumed equals
+//! the uninterrupted run, and the saved PEFT adapter changes what `--adapter` evaluates.
+
+use edge_llm::model::tiny;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-llm-tune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let objs = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        objs,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn setup(dir: &Path) -> (String, String) {
+    let model = dir.join("tiny.gguf");
+    std::fs::write(&model, tiny::generate(&tiny::TinySpec::default()).unwrap()).unwrap();
+    let data = dir.join("text.txt");
+    std::fs::write(
+        &data,
+        "the quick brown fox jumps over the lazy dog. ".repeat(120),
+    )
+    .unwrap();
+    (model.display().to_string(), data.display().to_string())
+}
+
+#[test]
+fn stopped_and_resumed_equals_uninterrupted() {
+    let dir = scratch();
+    let (model, data) = setup(&dir);
+    let common = [
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--steps",
+        "8",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "4",
+        "--json",
+    ];
+    let full = dir.join("full");
+    let mut args = common.to_vec();
+    args.extend(["--out", full.to_str().unwrap()]);
+    let (code, objs, err) = run(&[&["tune"], args.as_slice()].concat());
+    assert_eq!(code, 0, "{err}");
+    let steps: Vec<&serde_json::Value> = objs.iter().filter(|o| o.get("step").is_some()).collect();
+    assert_eq!(steps.len(), 8);
+    let last = objs.last().unwrap();
+    assert_eq!(last["done"], true);
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "checkpoint.json",
+        "tune_run.json",
+    ] {
+        assert!(full.join(f).exists(), "{f} missing");
+    }
+    let first_loss = steps[0]["loss"].as_f64().unwrap();
+    let last_loss = steps[7]["loss"].as_f64().unwrap();
+    assert!(
+        last_loss < first_loss,
+        "loss did not fall: {first_loss} → {last_loss}"
+    );
+
+    let part = dir.join("part");
+    let mut args = common.to_vec();
+    args.extend(["--out", part.to_str().unwrap(), "--stop-after", "3"]);
+    let (code, objs_a, err) = run(&[&["tune"], args.as_slice()].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(objs_a.last().unwrap()["stopped_early"], true);
+    let (code, objs_b, err) = run(&["tune", "--resume", part.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let resumed: Vec<f64> = objs_a
+        .iter()
+        .chain(&objs_b)
+        .filter_map(|o| o.get("step").map(|_| o["loss"].as_f64().unwrap()))
+        .collect();
+    let straight: Vec<f64> = steps.iter().map(|o| o["loss"].as_f64().unwrap()).collect();
+    assert_eq!(resumed, straight, "resumed losses differ");
+    assert_eq!(objs_b.last().unwrap()["val_loss"], last["val_loss"]);
+    assert_eq!(
+        std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(full.join("adapter_model.safetensors")).unwrap()
+    );
+
+    // The adapter is used by the other commands.
+    let (code, base, err) = run(&[
+        "perplexity",
+        "--model",
+        &model,
+        "--text",
+        &data,
+        "--max-tokens",
+        "64",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, tuned, err) = run(&[
+        "perplexity",
+        "--model",
+        &model,
+        "--text",
+        &data,
+        "--max-tokens",
+        "64",
+        "--json",
+        "--adapter",
+        full.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (b, t) = (
+        base[0]["perplexity"].as_f64().unwrap(),
+        tuned[0]["perplexity"].as_f64().unwrap(),
+    );
+    assert!(t < b, "tuned perplexity {t} not below base {b}");
+}
+
+#[test]
+fn bad_tune_settings_are_refused() {
+    let dir = scratch();
+    let (model, data) = setup(&dir);
+    let (code, _, err) = run(&[
+        "tune",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--lora-rank",
+        "0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--lora-rank"), "{err}");
+    let (code, _, err) = run(&[
+        "tune",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--lora-targets",
+        "qq",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown LoRA target"), "{err}");
+    let (code, _, err) = run(&["tune", "--resume", dir.join("nope").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tune output directory"), "{err}");
+    let (code, _, err) = run(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "x",
+        "--adapter",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.lines().count() == 1 && err.starts_with("error:"),
+        "{err}"
+    );
+}
