@@ -1,0 +1,892 @@
+//! The whole LLaMA forward pass on the GPU for inference, composed from the kernel library,
+//! with a KV cache: a [`CausalLm`](crate::eval::CausalLm), so perplexity, multiple-choice
+//! scoring and generation run on the GPU unchanged.
+//!
+//! Per appended chunk of t tokens at positions pos0..: embedding gather → per block:
+//! rmsnorm, q/k/v (+ LoRA), RoPE on q and k, k/v copied into the cache at pos0, attention
+//! over the s = pos0 + t cached positions, o (+ LoRA) added to the residual, rmsnorm,
+//! gate/up (+ LoRA), SwiGLU, down (+ LoRA) added to the residual → final norm → head. All
+//! of it is recorded into one command encoder per chunk; only the logits are read back.
+//!
+//! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use super::plan::{Category, MemoryPlan};
+use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
+use crate::gguf::{quant as gq, GgmlType};
+use crate::kernels::context::GpuContext;
+use crate::kernels::ops::attention::{encode_attention_forward, MAX_HEAD_DIM};
+use crate::kernels::ops::embedding::encode_embedding_forward;
+use crate::kernels::ops::lora::{encode_lora_forward, LoraShape};
+use crate::kernels::ops::reduce::encode_col_sums_add;
+use crate::kernels::ops::rmsnorm::encode_rmsnorm_forward;
+use crate::kernels::ops::rope::{encode_rope, RopeTable};
+use crate::kernels::ops::swiglu::encode_swiglu_forward;
+use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
+use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::ops::AttnShape;
+use crate::reference::{Lora, LoraConfig, Proj};
+use crate::{Error, Result};
+
+/// How the projection and head matrices are held on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Dequantized to dense f32 (4 bytes per weight; the like-for-like baseline).
+    F32,
+    /// GGUF Q4_0/Q4_1/Q8_0 blocks repacked losslessly into the packed layout the fast GEMV
+    /// reads ([`GgufBlockMatrix::to_quant`]); tensors of other types stay dense f32.
+    Packed,
+}
+
+/// Construction options.
+#[derive(Clone, Debug)]
+pub struct GpuModelOptions {
+    pub format: WeightFormat,
+    /// Positions the KV cache holds (default min(context_length, [`DEFAULT_MAX_LEN`])).
+    pub max_len: Option<usize>,
+    /// Rows per forward chunk: activations and logits are sized for this many; longer
+    /// appends run in chunks of it.
+    pub max_t: usize,
+    /// Matmul kernel shape; None: [`default_path`] for the adapter.
+    pub path: Option<Path>,
+}
+
+/// Default cache length cap: enough for chat and evaluation, 94 MB of KV for SmolLM2-135M.
+pub const DEFAULT_MAX_LEN: usize = 2048;
+/// Default rows per chunk: 12.6 MB of logits for a 49152-token vocabulary.
+pub const DEFAULT_MAX_T: usize = 64;
+
+impl Default for GpuModelOptions {
+    fn default() -> Self {
+        Self {
+            format: WeightFormat::Packed,
+            max_len: None,
+            max_t: DEFAULT_MAX_T,
+            path: None,
+        }
+    }
+}
+
+/// GEMV for every chunk on CPU adapters (lavapipe, SwiftShader), where the 16×16 tiles are
+/// slower: SmolLM2-135M packed, a 16-token prefill took 10.1 s tiled and 1.0 s as GEMV on
+/// lavapipe. Real GPUs keep the automatic choice (tiles above a few rows).
+pub fn default_path(ctx: &GpuContext) -> Path {
+    if ctx.info.device_type == wgpu::DeviceType::Cpu {
+        Path::Gemv
+    } else {
+        Path::Auto
+    }
+}
+
+/// GGUF tensor names of the projections, in [`Proj`] order.
+const PROJ_NAMES: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+
+fn proj_tensor(l: usize, p: Proj) -> String {
+    format!("blk.{l}.{}.weight", PROJ_NAMES[p.index()])
+}
+
+/// Where a matrix lives: dense f32, or repacked from these GGUF blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Dense,
+    Packed(GgmlType),
+}
+
+fn is_block(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// Checks a 2-D tensor's dims (GGUF `[cols, rows]`) and picks its layout.
+fn layout(
+    file: &ModelFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    f: WeightFormat,
+) -> Result<Layout> {
+    let info = file
+        .gguf
+        .tensor(name)
+        .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+    if info.dims != [cols as u64, rows as u64] {
+        return Err(Error::Model(format!(
+            "tensor {name} has dims {:?}, expected [{cols}, {rows}]",
+            info.dims
+        )));
+    }
+    Ok(match f {
+        WeightFormat::Packed if is_block(info.ty) && cols.is_multiple_of(BLOCK) => {
+            Layout::Packed(info.ty)
+        }
+        _ => Layout::Dense,
+    })
+}
+
+/// The packed shape `to_quant` produces for `ty` (Q8_0: 8-bit symmetric, Q4_*: 4-bit
+/// asymmetric, groups of 32), without data: for sizing.
+fn packed_shape(ty: GgmlType, rows: usize, cols: usize) -> QuantMatrix {
+    QuantMatrix {
+        rows,
+        cols,
+        bits: if ty == GgmlType::Q8_0 { 8 } else { 4 },
+        group: BLOCK,
+        symmetric: ty == GgmlType::Q8_0,
+        data: Vec::new(),
+        scales: Vec::new(),
+    }
+}
+
+/// Plans the buffers of one matrix as [`GpuWeight`] allocates them.
+fn plan_matrix(plan: &mut MemoryPlan, name: &str, rows: usize, cols: usize, lay: Layout) {
+    let (r, c) = (rows as u64, cols as u64);
+    match lay {
+        Layout::Dense => {
+            plan.storage(name, Category::Weights, r * c * 4);
+            plan.storage(format!("{name} (placeholder)"), Category::Weights, 16);
+        }
+        Layout::Packed(ty) => {
+            let q = packed_shape(ty, rows, cols);
+            plan.storage(name, Category::Weights, r * q.words_per_row() as u64 * 4);
+            let s = r * q.scale_words_per_row() as u64 * 4;
+            plan.storage(format!("{name} scales"), Category::Weights, s);
+        }
+    }
+}
+
+/// Uploads one matrix in its layout, naming the tensor in any error.
+fn upload_matrix(
+    ctx: &GpuContext,
+    file: &ModelFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    lay: Layout,
+) -> Result<GpuWeight> {
+    let named = |e: Error| Error::Gpu(format!("{name}: {e}"));
+    match lay {
+        Layout::Dense => {
+            let w = file.tensor_f32(name, &[cols, rows])?;
+            GpuWeight::dense(ctx, &w, rows, cols).map_err(named)
+        }
+        Layout::Packed(ty) => {
+            let raw = file.gguf.tensor_data(&file.bytes, name)?;
+            let q = GgufBlockMatrix::from_bytes(ty, rows, cols, raw)?.to_quant()?;
+            GpuWeight::quant(ctx, &q).map_err(named)
+        }
+    }
+}
+
+/// How token rows reach the residual stream.
+enum Gather {
+    /// The embedding kernel reads this dense f32 table (the tied dense head's own buffer
+    /// when tied).
+    Gpu(wgpu::Buffer),
+    /// Packed embedding: the embedding kernel reads only f32, so the t rows are
+    /// dequantized on the CPU from the raw GGUF blocks and written (t·hidden floats).
+    Cpu {
+        ty: GgmlType,
+        row_bytes: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+struct Layer {
+    attn_norm: wgpu::Buffer,
+    ffn_norm: wgpu::Buffer,
+    /// In [`Proj`] order.
+    w: Vec<GpuWeight>,
+    k_cache: wgpu::Buffer,
+    v_cache: wgpu::Buffer,
+}
+
+/// Activation scratch for `max_t` rows, reused by every layer.
+struct Scratch {
+    tokens: wgpu::Buffer,
+    x: wgpu::Buffer,
+    n: wgpu::Buffer,
+    rstd: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    o: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    act: wgpu::Buffer,
+    lse: wgpu::Buffer,
+    logits: wgpu::Buffer,
+}
+
+struct GpuLora {
+    scale: f32,
+    rank: usize,
+    /// `pairs[l][proj.index()]` = (A `[rank][k]`, B `[n][rank]`).
+    pairs: Vec<Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>>,
+    /// u = x·Aᵀ, `[max_t][rank]`.
+    u: wgpu::Buffer,
+}
+
+/// Resolved sizes.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    max_len: usize,
+    max_t: usize,
+}
+
+fn dims(c: &LlamaConfig, opts: &GpuModelOptions) -> Result<Dims> {
+    let max_len = opts
+        .max_len
+        .unwrap_or(c.context_length.min(DEFAULT_MAX_LEN));
+    if max_len == 0 || max_len > c.context_length {
+        return Err(Error::Invalid(format!(
+            "GPU model: max_len {max_len} outside 1..={} (the model's context)",
+            c.context_length
+        )));
+    }
+    if opts.max_t == 0 {
+        return Err(Error::Invalid("GPU model: max_t must be at least 1".into()));
+    }
+    if c.head_dim > MAX_HEAD_DIM {
+        return Err(Error::Model(format!(
+            "head_dim {} exceeds the attention kernel's {MAX_HEAD_DIM}",
+            c.head_dim
+        )));
+    }
+    Ok(Dims {
+        max_len,
+        max_t: opts.max_t.min(max_len),
+    })
+}
+
+/// The LLaMA forward pass on the GPU with a KV cache.
+pub struct GpuModel<'c> {
+    ctx: &'c GpuContext,
+    pub config: LlamaConfig,
+    pub format: WeightFormat,
+    max_len: usize,
+    max_t: usize,
+    len: usize,
+    mm: QMatmul,
+    layers: Vec<Layer>,
+    output_norm: wgpu::Buffer,
+    head: GpuWeight,
+    gather: Gather,
+    rope: RopeTable,
+    s: Scratch,
+    lora: Option<GpuLora>,
+    readback: wgpu::Buffer,
+    plan: MemoryPlan,
+    allocated: u64,
+}
+
+impl<'c> GpuModel<'c> {
+    /// Every buffer [`GpuModel::new`] allocates for this file, options and LoRA setting,
+    /// computed from the header alone (no tensor is read).
+    pub fn plan(
+        file: &ModelFile,
+        opts: &GpuModelOptions,
+        lora: Option<&LoraConfig>,
+    ) -> Result<MemoryPlan> {
+        let c = &file.config;
+        let Dims { max_len, max_t } = dims(c, opts)?;
+        let (d, kv, f, vocab) = (c.hidden, c.kv_dim(), c.ffn, c.vocab);
+        let mut plan = MemoryPlan::default();
+        let f32s = |n: usize| n as u64 * 4;
+        for l in 0..c.n_layers {
+            plan.storage(
+                format!("blk.{l}.attn_norm.weight"),
+                Category::Weights,
+                f32s(d),
+            );
+            plan.storage(
+                format!("blk.{l}.ffn_norm.weight"),
+                Category::Weights,
+                f32s(d),
+            );
+            for p in Proj::ALL {
+                let (k, n) = p.shape(c);
+                let name = proj_tensor(l, p);
+                plan_matrix(
+                    &mut plan,
+                    &name,
+                    n,
+                    k,
+                    layout(file, &name, n, k, opts.format)?,
+                );
+            }
+            let cache = f32s(max_len * kv);
+            plan.storage(format!("kv cache k (layer {l})"), Category::KvCache, cache);
+            plan.storage(format!("kv cache v (layer {l})"), Category::KvCache, cache);
+        }
+        plan.storage("output_norm.weight", Category::Weights, f32s(d));
+        let embd = "token_embd.weight";
+        let embd_layout = layout(file, embd, vocab, d, opts.format)?;
+        if c.tied_embeddings {
+            plan_matrix(&mut plan, embd, vocab, d, embd_layout);
+        } else {
+            let out = "output.weight";
+            plan_matrix(
+                &mut plan,
+                out,
+                vocab,
+                d,
+                layout(file, out, vocab, d, opts.format)?,
+            );
+            if embd_layout == Layout::Dense {
+                plan.storage(embd, Category::Weights, f32s(vocab * d));
+            }
+        }
+        plan.storage(
+            "rope table",
+            Category::Activations,
+            f32s(max_len * c.head_dim),
+        );
+        let rows = [
+            ("tokens", 1),
+            ("x (residual)", d),
+            ("normed x", d),
+            ("rstd", 1),
+            ("q", c.q_dim()),
+            ("k", kv),
+            ("v", kv),
+            ("attention out", c.q_dim()),
+            ("projection out", d),
+            ("gate", f),
+            ("up", f),
+            ("swiglu out", f),
+            ("attention lse", c.n_heads),
+            ("logits", vocab),
+        ];
+        for (name, width) in rows {
+            plan.storage(name, Category::Activations, f32s(max_t * width));
+        }
+        if let Some(lc) = lora {
+            for l in 0..c.n_layers {
+                for &p in &lc.targets {
+                    let (k, n) = p.shape(c);
+                    let what = format!("lora {} (layer {l})", PROJ_NAMES[p.index()]);
+                    plan.storage(format!("{what} A"), Category::Lora, f32s(lc.rank * k));
+                    plan.storage(format!("{what} B"), Category::Lora, f32s(n * lc.rank));
+                }
+            }
+            plan.storage("lora u", Category::Lora, f32s(max_t * lc.rank));
+        }
+        plan.other("logits readback", Category::Readback, f32s(max_t * vocab));
+        Ok(plan)
+    }
+
+    /// Plans, checks the plan against the device's limits (naming any buffer that cannot
+    /// fit), then uploads the weights and allocates the cache and scratch once.
+    pub fn new(
+        ctx: &'c GpuContext,
+        file: &ModelFile,
+        opts: &GpuModelOptions,
+        lora: Option<&Lora<f32>>,
+    ) -> Result<Self> {
+        let c = file.config.clone();
+        let plan = Self::plan(file, opts, lora.map(|l| &l.config))?;
+        plan.check(&ctx.limits)?;
+        let Dims { max_len, max_t } = dims(&c, opts)?;
+        let (d, kv, f, vocab) = (c.hidden, c.kv_dim(), c.ffn, c.vocab);
+        let mut allocated = 0u64;
+        let mut track = |b: wgpu::Buffer| {
+            allocated += b.size();
+            b
+        };
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let w = file.tensor_f32(name, &[d])?;
+            ctx.storage(name, bytemuck::cast_slice(&w))
+        };
+        let zeros = |name: &str, len: usize| ctx.storage_zeroed(name, len as u64 * 4);
+
+        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut weight_bytes = 0u64;
+        for l in 0..c.n_layers {
+            let attn_norm = track(norm(&format!("blk.{l}.attn_norm.weight"))?);
+            let ffn_norm = track(norm(&format!("blk.{l}.ffn_norm.weight"))?);
+            let mut w = Vec::with_capacity(7);
+            for p in Proj::ALL {
+                let (k, n) = p.shape(&c);
+                let name = proj_tensor(l, p);
+                let lay = layout(file, &name, n, k, opts.format)?;
+                let gw = upload_matrix(ctx, file, &name, n, k, lay)?;
+                weight_bytes += gw.data.size() + gw.scales.size();
+                w.push(gw);
+            }
+            let k_cache = track(zeros(&format!("kv cache k (layer {l})"), max_len * kv)?);
+            let v_cache = track(zeros(&format!("kv cache v (layer {l})"), max_len * kv)?);
+            layers.push(Layer {
+                attn_norm,
+                ffn_norm,
+                w,
+                k_cache,
+                v_cache,
+            });
+        }
+        let output_norm = track(norm("output_norm.weight")?);
+        let embd = "token_embd.weight";
+        let embd_layout = layout(file, embd, vocab, d, opts.format)?;
+        let (head, gather) = if c.tied_embeddings {
+            let head = upload_matrix(ctx, file, embd, vocab, d, embd_layout)?;
+            let gather = match embd_layout {
+                Layout::Dense => Gather::Gpu(head.data.clone()),
+                Layout::Packed(ty) => cpu_gather(file, embd, ty, vocab, d)?,
+            };
+            (head, gather)
+        } else {
+            let out = "output.weight";
+            let head = upload_matrix(
+                ctx,
+                file,
+                out,
+                vocab,
+                d,
+                layout(file, out, vocab, d, opts.format)?,
+            )?;
+            let gather = match embd_layout {
+                Layout::Dense => {
+                    let w = file.tensor_f32(embd, &[d, vocab])?;
+                    Gather::Gpu(track(ctx.storage(embd, bytemuck::cast_slice(&w))?))
+                }
+                Layout::Packed(ty) => cpu_gather(file, embd, ty, vocab, d)?,
+            };
+            (head, gather)
+        };
+        weight_bytes += head.data.size() + head.scales.size();
+        let rope = RopeTable::new(ctx, c.head_dim, max_len, c.rope_theta as f64)?;
+        let rope_bytes = rope.buffer.size();
+        let s = Scratch {
+            tokens: track(zeros("tokens", max_t)?),
+            x: track(zeros("x (residual)", max_t * d)?),
+            n: track(zeros("normed x", max_t * d)?),
+            rstd: track(zeros("rstd", max_t)?),
+            q: track(zeros("q", max_t * c.q_dim())?),
+            k: track(zeros("k", max_t * kv)?),
+            v: track(zeros("v", max_t * kv)?),
+            attn: track(zeros("attention out", max_t * c.q_dim())?),
+            o: track(zeros("projection out", max_t * d)?),
+            gate: track(zeros("gate", max_t * f)?),
+            up: track(zeros("up", max_t * f)?),
+            act: track(zeros("swiglu out", max_t * f)?),
+            lse: track(zeros("attention lse", max_t * c.n_heads)?),
+            logits: track(zeros("logits", max_t * vocab)?),
+        };
+        let lora = match lora {
+            Some(lo) => Some(upload_lora(ctx, &c, lo, max_t, &mut track)?),
+            None => None,
+        };
+        let readback = track(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logits readback"),
+            size: (max_t * vocab * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }));
+        let allocated = allocated + weight_bytes + rope_bytes;
+        Ok(Self {
+            ctx,
+            config: c,
+            format: opts.format,
+            max_len,
+            max_t,
+            len: 0,
+            mm: QMatmul {
+                path: opts.path.unwrap_or_else(|| default_path(ctx)),
+                ..QMatmul::new(ctx)
+            },
+            layers,
+            output_norm,
+            head,
+            gather,
+            rope,
+            s,
+            lora,
+            readback,
+            plan,
+            allocated,
+        })
+    }
+
+    /// The plan this model was built from.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Bytes of the GPU buffers this model allocated (sum of their sizes).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// Rows per forward chunk.
+    pub fn max_t(&self) -> usize {
+        self.max_t
+    }
+
+    /// Replaces the adapter values (same ranks and targets as at construction), e.g. after
+    /// a training step; no allocation.
+    pub fn set_lora(&mut self, lora: &Lora<f32>) -> Result<()> {
+        let g = self
+            .lora
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("GPU model was built without LoRA".into()))?;
+        check_lora(&self.config, lora, g.rank, &g.pairs)?;
+        g.scale = lora.scale();
+        for (gl, ll) in g.pairs.iter().zip(&lora.layers) {
+            for (gp, lp) in gl.iter().zip(ll) {
+                if let (Some((a, b)), Some(p)) = (gp, lp) {
+                    self.ctx
+                        .queue
+                        .write_buffer(a, 0, bytemuck::cast_slice(&p.a));
+                    self.ctx
+                        .queue
+                        .write_buffer(b, 0, bytemuck::cast_slice(&p.b));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`
+    /// (runs in chunks of [`GpuModel::max_t`] rows).
+    pub async fn append_async(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let vocab = self.config.vocab;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if self.len + tokens.len() > self.max_len {
+            return Err(Error::Invalid(format!(
+                "context of {} tokens exceeds the GPU model's {} (max_len)",
+                self.len + tokens.len(),
+                self.max_len
+            )));
+        }
+        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        for chunk in tokens.chunks(self.max_t) {
+            out.extend(self.forward_chunk(chunk).await?);
+            self.len += chunk.len();
+        }
+        Ok(out)
+    }
+
+    async fn forward_chunk(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let ctx = self.ctx;
+        let (t, d) = (tokens.len(), self.config.hidden);
+        let mut enc = ctx.encoder();
+        match &self.gather {
+            Gather::Gpu(table) => {
+                ctx.queue
+                    .write_buffer(&self.s.tokens, 0, bytemuck::cast_slice(tokens));
+                encode_embedding_forward(ctx, &mut enc, &self.s.tokens, table, &self.s.x, t, d)?;
+            }
+            Gather::Cpu {
+                ty,
+                row_bytes,
+                bytes,
+            } => {
+                let mut rows = vec![0.0f32; t * d];
+                for (row, &tok) in rows.chunks_mut(d).zip(tokens) {
+                    let src = &bytes[tok as usize * row_bytes..][..*row_bytes];
+                    gq::dequantize(*ty, src, row).map_err(Error::Invalid)?;
+                }
+                ctx.queue
+                    .write_buffer(&self.s.x, 0, bytemuck::cast_slice(&rows));
+            }
+        }
+        for l in 0..self.layers.len() {
+            self.encode_block(&mut enc, l, t)?;
+        }
+        let c = &self.config;
+        let s = &self.s;
+        encode_rmsnorm_forward(
+            ctx,
+            &mut enc,
+            &s.x,
+            &self.output_norm,
+            &s.n,
+            &s.rstd,
+            t,
+            d,
+            c.norm_eps,
+        )?;
+        self.mm
+            .encode_nt(ctx, &mut enc, &self.head, &s.n, &s.logits, t)?;
+        let bytes = (t * c.vocab * 4) as u64;
+        enc.copy_buffer_to_buffer(&s.logits, 0, &self.readback, 0, bytes);
+        ctx.queue.submit([enc.finish()]);
+        read_mapped(ctx, &self.readback, bytes).await
+    }
+
+    /// A projection of `x` into `y` (t rows), plus its LoRA term if it has one.
+    fn encode_proj(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        p: Proj,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        t: usize,
+    ) -> Result<()> {
+        self.mm
+            .encode_nt(self.ctx, enc, &self.layers[l].w[p.index()], x, y, t)?;
+        if let Some(g) = &self.lora {
+            if let Some((a, b)) = &g.pairs[l][p.index()] {
+                let (k, n) = p.shape(&self.config);
+                let sh = LoraShape {
+                    m: t,
+                    k,
+                    n,
+                    rank: g.rank,
+                    scale: g.scale,
+                };
+                encode_lora_forward(self.ctx, enc, x, (a, b), None, &g.u, y, sh)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One block on t rows at positions len.., reading and updating the residual `x`.
+    fn encode_block(&self, enc: &mut wgpu::CommandEncoder, l: usize, t: usize) -> Result<()> {
+        let (ctx, c, s, lw) = (self.ctx, &self.config, &self.s, &self.layers[l]);
+        let (d, kv, pos0) = (c.hidden, c.kv_dim(), self.len);
+        let eps = c.norm_eps;
+        // x += y, as a one-row column sum (reduce.wgsl col_sums_add).
+        let add = |enc: &mut wgpu::CommandEncoder, y: &wgpu::Buffer| {
+            encode_col_sums_add(ctx, enc, y, 1, t * d, &s.x)
+        };
+
+        encode_rmsnorm_forward(ctx, enc, &s.x, &lw.attn_norm, &s.n, &s.rstd, t, d, eps)?;
+        self.encode_proj(enc, l, Proj::Q, &s.n, &s.q, t)?;
+        self.encode_proj(enc, l, Proj::K, &s.n, &s.k, t)?;
+        self.encode_proj(enc, l, Proj::V, &s.n, &s.v, t)?;
+        let style = c.rope_style;
+        encode_rope(ctx, enc, &s.q, &self.rope, t, c.n_heads, pos0, style, false)?;
+        encode_rope(
+            ctx,
+            enc,
+            &s.k,
+            &self.rope,
+            t,
+            c.n_kv_heads,
+            pos0,
+            style,
+            false,
+        )?;
+        let (off, bytes) = ((pos0 * kv * 4) as u64, (t * kv * 4) as u64);
+        enc.copy_buffer_to_buffer(&s.k, 0, &lw.k_cache, off, bytes);
+        enc.copy_buffer_to_buffer(&s.v, 0, &lw.v_cache, off, bytes);
+        let sh = AttnShape {
+            t,
+            s: pos0 + t,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        encode_attention_forward(
+            ctx,
+            enc,
+            &s.q,
+            &lw.k_cache,
+            &lw.v_cache,
+            &s.attn,
+            &s.lse,
+            sh,
+        )?;
+        self.encode_proj(enc, l, Proj::O, &s.attn, &s.o, t)?;
+        add(enc, &s.o)?;
+
+        encode_rmsnorm_forward(ctx, enc, &s.x, &lw.ffn_norm, &s.n, &s.rstd, t, d, eps)?;
+        self.encode_proj(enc, l, Proj::Gate, &s.n, &s.gate, t)?;
+        self.encode_proj(enc, l, Proj::Up, &s.n, &s.up, t)?;
+        encode_swiglu_forward(ctx, enc, &s.gate, &s.up, &s.act, t * c.ffn)?;
+        self.encode_proj(enc, l, Proj::Down, &s.act, &s.o, t)?;
+        add(enc, &s.o)
+    }
+}
+
+fn cpu_gather(
+    file: &ModelFile,
+    name: &str,
+    ty: GgmlType,
+    vocab: usize,
+    d: usize,
+) -> Result<Gather> {
+    let bytes = file.gguf.tensor_data(&file.bytes, name)?.to_vec();
+    let row_bytes = d / ty.block_elems() * ty.block_bytes();
+    if bytes.len() != vocab * row_bytes {
+        return Err(Error::Model(format!(
+            "{name}: {} bytes for {vocab} rows of {row_bytes}",
+            bytes.len()
+        )));
+    }
+    Ok(Gather::Cpu {
+        ty,
+        row_bytes,
+        bytes,
+    })
+}
+
+/// Checks that `lora` has the structure the GPU buffers were made for.
+fn check_lora(
+    c: &LlamaConfig,
+    lora: &Lora<f32>,
+    rank: usize,
+    pairs: &[Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>],
+) -> Result<()> {
+    let bad = |why: String| Err(Error::Invalid(format!("LoRA adapter: {why}")));
+    if lora.layers.len() != c.n_layers || lora.config.rank != rank {
+        return bad(format!(
+            "{} layers of rank {}, expected {} of rank {rank}",
+            lora.layers.len(),
+            lora.config.rank,
+            c.n_layers
+        ));
+    }
+    for (l, (ll, gl)) in lora.layers.iter().zip(pairs).enumerate() {
+        for p in Proj::ALL {
+            let (k, n) = p.shape(c);
+            match (&ll[p.index()], &gl[p.index()]) {
+                (None, None) => {}
+                (Some(q), Some(_)) if q.rank == rank && q.k == k && q.n == n => {
+                    if q.a.len() != rank * k || q.b.len() != n * rank {
+                        return bad(format!("layer {l} {p:?}: A/B lengths do not match"));
+                    }
+                }
+                _ => return bad(format!("layer {l} {p:?}: not the planned shape/targets")),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn upload_lora(
+    ctx: &GpuContext,
+    c: &LlamaConfig,
+    lora: &Lora<f32>,
+    max_t: usize,
+    track: &mut impl FnMut(wgpu::Buffer) -> wgpu::Buffer,
+) -> Result<GpuLora> {
+    let rank = lora.config.rank;
+    let mut pairs = Vec::with_capacity(c.n_layers);
+    for (l, ll) in lora.layers.iter().enumerate() {
+        let mut row = Vec::with_capacity(7);
+        for p in Proj::ALL {
+            let targeted = lora.config.targets.contains(&p);
+            let pair = match (&ll[p.index()], targeted) {
+                (Some(q), true) => {
+                    let what = format!("lora {} (layer {l})", PROJ_NAMES[p.index()]);
+                    let a = track(ctx.storage(&format!("{what} A"), bytemuck::cast_slice(&q.a))?);
+                    let b = track(ctx.storage(&format!("{what} B"), bytemuck::cast_slice(&q.b))?);
+                    Some((a, b))
+                }
+                (None, false) => None,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "LoRA adapter: layer {l} {p:?} presence disagrees with its targets"
+                    )))
+                }
+            };
+            row.push(pair);
+        }
+        pairs.push(row);
+    }
+    check_lora(c, lora, rank, &pairs)?;
+    let u = track(ctx.storage_zeroed("lora u", (max_t * rank * 4) as u64)?);
+    Ok(GpuLora {
+        scale: lora.scale(),
+        rank,
+        pairs,
+        u,
+    })
+}
+
+/// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32. Natively `poll`
+/// blocks until the map is done; in the browser it returns at once and the await yields
+/// to the event loop.
+async fn read_mapped(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+    let (done, wait) = oneshot();
+    buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| done.send(r));
+    ctx.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+    wait.await
+        .map_err(|e| Error::Gpu(format!("mapping the logits for readback: {e}")))?;
+    let out = {
+        let view = buf
+            .get_mapped_range(0..bytes)
+            .map_err(|e| Error::Gpu(format!("reading the mapped logits: {e}")))?;
+        bytemuck::pod_collect_to_vec(&view)
+    };
+    buf.unmap();
+    Ok(out)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl crate::eval::CausalLm for GpuModel<'_> {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    /// Only moves the length: later appends overwrite the cache from there.
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        pollster::block_on(self.append_async(tokens))
+    }
+}
+
+/// A one-value channel whose receiver is a future (a wgpu callback → async code, on both
+/// platforms, without an executor-specific dependency).
+fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
+    let slot = Arc::new(Mutex::new((None, None)));
+    (Sender(slot.clone()), Receiver(slot))
+}
+
+type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
+struct Sender<T>(Slot<T>);
+struct Receiver<T>(Slot<T>);
+
+impl<T> Sender<T> {
+    fn send(self, value: T) {
+        let waker = {
+            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.0 = Some(value);
+            slot.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for Receiver<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

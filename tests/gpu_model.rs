@@ -1,0 +1,357 @@
+//! The GPU model (src/engine) against the CPU reference: logits in both weight formats,
+//! prefill + decode through the KV cache, LoRA, greedy generation, truncation, the memory
+//! plan, the binding-limit refusal, and (opt-in) the real model.
+//!
+//! Needs a Vulkan adapter (lavapipe is enough). Without one the tests fail, unless
+//! EDGE_LLM_ALLOW_NO_GPU=1 (then they note and pass).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
+use edge_llm::eval::{self, CausalLm, CpuLm, Sampling};
+use edge_llm::kernels::qmatmul::Path;
+use edge_llm::kernels::GpuContext;
+use edge_llm::model::tiny::{self, TinySpec};
+use edge_llm::model::ModelFile;
+use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+
+/// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
+/// the CPU logits): f32 sums in another order, the same weights.
+const LOGIT_TOL_REL: f32 = 1e-3;
+
+fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
+    match GpuContext::new_blocking(limits) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
+            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
+            None
+        }
+        Err(e) => {
+            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
+        }
+    }
+}
+
+fn tiny_file() -> ModelFile {
+    ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()
+}
+
+/// Max |a − b| and the range of `b` (the reference).
+fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let max_diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    let hi = b.iter().cloned().fold(f32::MIN, f32::max);
+    let lo = b.iter().cloned().fold(f32::MAX, f32::min);
+    (max_diff, hi - lo)
+}
+
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
+    let (d, range) = diff(gpu, cpu);
+    assert!(
+        d.is_finite() && d <= LOGIT_TOL_REL * range,
+        "{what}: max |gpu − cpu| = {d:e} over a logit range of {range} (allowed {LOGIT_TOL_REL} × range)"
+    );
+}
+
+fn tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 5) % 250 + 3).collect()
+}
+
+fn opts(format: WeightFormat) -> GpuModelOptions {
+    GpuModelOptions {
+        format,
+        max_len: Some(64),
+        max_t: 16,
+        path: None,
+    }
+}
+
+fn cpu_logits(model: &Transformer<f32>, toks: &[u32]) -> Vec<f32> {
+    CpuLm::new(model).append(toks).unwrap()
+}
+
+#[test]
+fn logits_match_the_cpu_in_both_formats() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let cpu = Transformer::new(file.weights().unwrap());
+    let toks = tokens(10);
+    let want = cpu_logits(&cpu, &toks);
+    // Both kernel shapes: the adapter's default and the 16×16 tiles.
+    for path in [None, Some(Path::Tiled)] {
+        for format in [WeightFormat::F32, WeightFormat::Packed] {
+            let o = GpuModelOptions {
+                path,
+                ..opts(format)
+            };
+            let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
+            let got = gpu.append(&toks).unwrap();
+            assert_close(&format!("{format:?} {path:?}"), &got, &want);
+            let (d, range) = diff(&got, &want);
+            eprintln!("{format:?} {path:?}: max diff {d:e} (logit range {range})");
+        }
+    }
+}
+
+#[test]
+fn prefill_then_decode_equals_one_forward() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let cpu = Transformer::new(file.weights().unwrap());
+    let toks = tokens(10);
+    let want = cpu_logits(&cpu, &toks);
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
+    let whole = gpu.append(&toks).unwrap();
+    gpu.truncate(0);
+    let mut parts = gpu.append(&toks[..7]).unwrap();
+    for &t in &toks[7..] {
+        parts.extend(gpu.append(&[t]).unwrap());
+    }
+    assert_eq!(gpu.len(), 10);
+    assert_close("7 + 1 + 1 + 1 vs 10 (GPU)", &parts, &whole);
+    assert_close("7 + 1 + 1 + 1 vs CPU", &parts, &want);
+    // Chunks smaller than the append: max_t = 3 runs 10 tokens as 3 + 3 + 3 + 1.
+    let small = GpuModelOptions {
+        max_t: 3,
+        ..opts(WeightFormat::Packed)
+    };
+    let mut chunked = GpuModel::new(&ctx, &file, &small, None).unwrap();
+    assert_close("chunks of 3 vs CPU", &chunked.append(&toks).unwrap(), &want);
+}
+
+#[test]
+fn lora_matches_the_cpu() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let c = file.config.clone();
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: Proj::ALL.to_vec(),
+    };
+    let mut lora = Lora::<f32>::new(&c, cfg, 7);
+    // B starts at zero (PEFT); make it nonzero so the adapter changes the logits.
+    for (i, b) in lora
+        .layers
+        .iter_mut()
+        .flatten()
+        .flatten()
+        .flat_map(|p| p.b.iter_mut())
+        .enumerate()
+    {
+        *b = ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.2;
+    }
+    let base = Transformer::new(file.weights().unwrap());
+    let mut adapted = base.clone();
+    adapted.lora = Some(lora.clone());
+    let toks = tokens(9);
+    let want = cpu_logits(&adapted, &toks);
+    let (moved, _) = diff(&cpu_logits(&base, &toks), &want);
+    assert!(
+        moved > 1e-2,
+        "the adapter barely changes the logits ({moved})"
+    );
+    for format in [WeightFormat::F32, WeightFormat::Packed] {
+        let mut gpu = GpuModel::new(&ctx, &file, &opts(format), Some(&lora)).unwrap();
+        let mut got = gpu.append(&toks[..5]).unwrap();
+        got.extend(gpu.append(&toks[5..]).unwrap());
+        assert_close(&format!("LoRA {format:?}"), &got, &want);
+    }
+    // set_lora with zero B gives back the base model.
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32), Some(&lora)).unwrap();
+    for p in lora.layers.iter_mut().flatten().flatten() {
+        p.b.iter_mut().for_each(|b| *b = 0.0);
+    }
+    gpu.set_lora(&lora).unwrap();
+    assert_close(
+        "LoRA with B = 0",
+        &gpu.append(&toks).unwrap(),
+        &cpu_logits(&base, &toks),
+    );
+}
+
+#[test]
+fn greedy_generation_matches_the_cpu() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let cpu = Transformer::new(file.weights().unwrap());
+    let prompt = tokens(5);
+    let s = Sampling::default();
+    let want = eval::generate(&mut CpuLm::new(&cpu), &prompt, 12, &s, &[], &mut |_| {}).unwrap();
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32), None).unwrap();
+    let got = eval::generate(&mut gpu, &prompt, 12, &s, &[], &mut |_| {}).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 12);
+}
+
+#[test]
+fn truncate_and_reappend_gives_the_same_logits() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let toks = tokens(8);
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
+    let first = gpu.append(&toks).unwrap();
+    let vocab = gpu.vocab();
+    // Overwrite positions 4.. with other tokens, then go back and replay the originals.
+    gpu.truncate(4);
+    gpu.append(&tokens(20)[12..18]).unwrap();
+    gpu.truncate(4);
+    assert_eq!(gpu.len(), 4);
+    let again = gpu.append(&toks[4..]).unwrap();
+    assert_close("after truncate", &again, &first[4 * vocab..]);
+    // Perplexity runs through the trait unchanged and agrees with the CPU.
+    let cpu = Transformer::new(file.weights().unwrap());
+    let long = tokens(30);
+    let pc = eval::perplexity(&mut CpuLm::new(&cpu), &long, 7, &mut |_, _| {}).unwrap();
+    let pg = eval::perplexity(&mut gpu, &long, 7, &mut |_, _| {}).unwrap();
+    assert!(
+        (pc.mean_nll - pg.mean_nll).abs() < 1e-4 * pc.mean_nll.abs().max(1.0),
+        "perplexity: cpu {pc:?} gpu {pg:?}"
+    );
+}
+
+#[test]
+fn memory_plan_covers_what_is_allocated() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let lora = Lora::<f32>::new(&file.config, LoraConfig::default(), 1);
+    for format in [WeightFormat::F32, WeightFormat::Packed] {
+        for l in [None, Some(&lora)] {
+            let o = opts(format);
+            let plan = GpuModel::plan(&file, &o, l.map(|l| &l.config)).unwrap();
+            let gpu = GpuModel::new(&ctx, &file, &o, l).unwrap();
+            assert!(
+                plan.total() >= gpu.allocated_bytes(),
+                "{format:?}: plan {} < allocated {}",
+                plan.total(),
+                gpu.allocated_bytes()
+            );
+            // Every buffer is planned by the same sizes: the plan is exact.
+            assert_eq!(plan.total(), gpu.allocated_bytes(), "{format:?}\n{plan}");
+        }
+    }
+    // Packed weights are smaller than f32 ones.
+    let w = |f| {
+        GpuModel::plan(&file, &opts(f), None).unwrap().by_category()[0].1 // weights
+    };
+    assert!(w(WeightFormat::Packed) * 3 < w(WeightFormat::F32));
+}
+
+#[test]
+fn refuses_a_tensor_over_the_binding_limit_by_name() {
+    // The tiny token embedding is 272 × 64 f32 = 69,632 bytes; every other buffer is smaller
+    // than 48 KiB.
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: 48 << 10,
+        ..Default::default()
+    };
+    let Some(ctx) = context(Some(limits)) else {
+        return;
+    };
+    let file = tiny_file();
+    let err = match GpuModel::new(&ctx, &file, &opts(WeightFormat::F32), None) {
+        Ok(_) => panic!("a 68 KiB embedding was bound under a 48 KiB limit"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("token_embd.weight"), "{err}");
+    // Packed, the embedding (8-bit) fits.
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
+    assert_eq!(gpu.append(&tokens(3)).unwrap().len(), 3 * file.config.vocab);
+}
+
+fn model_path() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("EDGE_LLM_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
+        panic!("{} is missing: run scripts/fetch-model.sh", p.display());
+    }
+    eprintln!("note: {} absent; real-model GPU test skipped", p.display());
+    None
+}
+
+#[test]
+fn real_model_prefill_matches_the_cpu() {
+    let Some(path) = model_path() else { return };
+    let Some(ctx) = context(None) else { return };
+    let file = ModelFile::open(path).unwrap();
+    let toks: Vec<u32> = (0..16u32).map(|i| (i * 2713 + 101) % 49152).collect();
+    let o = GpuModelOptions {
+        format: WeightFormat::Packed,
+        max_len: Some(64),
+        max_t: 16,
+        path: None,
+    };
+    let t0 = Instant::now();
+    let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
+    let upload = t0.elapsed();
+    // The first run compiles the pipelines (GEMV and tiled variants).
+    let t0 = Instant::now();
+    gpu.append(&toks).unwrap();
+    let first = t0.elapsed();
+    gpu.truncate(0);
+    let t0 = Instant::now();
+    let got = gpu.append(&toks).unwrap();
+    let prefill = t0.elapsed();
+    let t0 = Instant::now();
+    for &t in &toks[..4] {
+        gpu.append(&[t]).unwrap();
+    }
+    let decode = t0.elapsed() / 4;
+    let cpu = Transformer::new(file.weights().unwrap());
+    let t0 = Instant::now();
+    let want = cpu_logits(&cpu, &toks);
+    let cpu_time = t0.elapsed();
+    let (d, range) = diff(&got, &want);
+    eprintln!(
+        "real model, 16 tokens, packed: max |gpu − cpu| = {d:e}, logit range {range}, \
+         relative {:e}; upload {upload:?}, first prefill (compiling) {first:?}, GPU prefill {prefill:?}, decode {decode:?}/token, \
+         CPU forward {cpu_time:?}; plan:\n{}",
+        d / range,
+        gpu.memory_plan()
+    );
+    assert_close("real model", &got, &want);
+}
+
+/// Decode speed of the two weight formats on the real model (prints; asserts only that
+/// both produce logits). `cargo test --release --test gpu_model -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn real_model_decode_timing() {
+    let Some(path) = model_path() else { return };
+    let Some(ctx) = context(None) else { return };
+    let file = ModelFile::open(path).unwrap();
+    let toks: Vec<u32> = (0..16u32).map(|i| (i * 2713 + 101) % 49152).collect();
+    for format in [WeightFormat::F32, WeightFormat::Packed] {
+        let o = GpuModelOptions {
+            format,
+            max_len: Some(64),
+            max_t: 16,
+            path: None,
+        };
+        let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
+        gpu.append(&toks).unwrap();
+        gpu.truncate(0);
+        let t0 = Instant::now();
+        gpu.append(&toks).unwrap();
+        let prefill = t0.elapsed();
+        let t0 = Instant::now();
+        for &t in &toks[..8] {
+            assert_eq!(gpu.append(&[t]).unwrap().len(), file.config.vocab);
+        }
+        eprintln!(
+            "{format:?}: weights {:.1} MiB, prefill 16 tokens {prefill:?}, decode {:?}/token",
+            gpu.memory_plan().by_category()[0].1 as f64 / 1048576.0,
+            t0.elapsed() / 8
+        );
+    }
+}
