@@ -207,3 +207,66 @@ fn tiny_generator_is_deterministic() {
     })
     .is_err());
 }
+
+/// The GPU model and the CPU reference behind the same commands agree.
+#[test]
+fn gpu_and_cpu_devices_agree() {
+    if std::env::var("EDGE_LLM_ALLOW_NO_GPU").is_ok_and(|v| v == "1")
+        && edge_llm::kernels::GpuContext::new_blocking(None).is_err()
+    {
+        eprintln!("note: no GPU adapter; skipped (EDGE_LLM_ALLOW_NO_GPU=1)");
+        return;
+    }
+    let m = tiny_model();
+    let m = m.to_str().unwrap();
+    let text = scratch("devices.txt");
+    let t = write(
+        &text,
+        b"she sells sea shells by the sea shore. "
+            .repeat(10)
+            .as_slice(),
+    );
+    let ppl = |device: &str| {
+        let (code, out, err) = run(&[
+            "perplexity",
+            "--model",
+            m,
+            "--text",
+            &t,
+            "--max-tokens",
+            "80",
+            "--json",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(if device == "gpu" {
+                "device: GPU"
+            } else {
+                "device: CPU"
+            }),
+            "{err}"
+        );
+        json(&out)["perplexity"].as_f64().unwrap()
+    };
+    let (g, c) = (ppl("gpu"), ppl("cpu"));
+    assert!((g - c).abs() <= 1e-4 * c, "gpu {g} vs cpu {c}");
+    let gen = |device: &str| {
+        let (code, out, err) = run(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "the sea",
+            "--max-tokens",
+            "8",
+            "--json",
+            "--device",
+            device,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        json(&out)["text"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(gen("gpu"), gen("cpu"));
+}

@@ -58,6 +58,10 @@ enum Cmd {
         /// A LoRA adapter directory in PEFT format (from `tune --out`).
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+        /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt in the model's chat template.
@@ -81,6 +85,10 @@ enum Cmd {
         /// A LoRA adapter directory in PEFT format (from `tune --out`).
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+        /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
         #[arg(long)]
         text: PathBuf,
         #[arg(long, default_value_t = 1024)]
@@ -95,6 +103,10 @@ enum Cmd {
         /// A LoRA adapter directory in PEFT format (from `tune --out`).
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+        /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
         #[arg(long)]
         data: PathBuf,
         /// Only the first N questions.
@@ -213,6 +225,47 @@ enum BenchCmd {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+/// Runs `f` on the chosen backend, both behind [`eval::CausalLm`].
+fn with_lm<R>(
+    device: Device,
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    f: impl FnOnce(&mut dyn eval::CausalLm) -> Result<R>,
+) -> Result<R> {
+    use crate::engine::{GpuModel, GpuModelOptions};
+    if device == Device::Cpu {
+        eprintln!("device: CPU reference");
+        return f(&mut CpuLm::new(model));
+    }
+    match crate::kernels::GpuContext::new_blocking(None) {
+        Ok(ctx) if device == Device::Gpu || ctx.info.device_type != wgpu::DeviceType::Cpu => {
+            eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
+            let mut gm =
+                GpuModel::new(&ctx, file, &GpuModelOptions::default(), model.lora.as_ref())?;
+            f(&mut gm)
+        }
+        Ok(ctx) => {
+            eprintln!(
+                "device: CPU reference ({} is a software adapter; --device gpu uses it anyway)",
+                ctx.info.name
+            );
+            f(&mut CpuLm::new(model))
+        }
+        Err(e) if device == Device::Gpu => Err(e),
+        Err(_) => {
+            eprintln!("device: CPU reference (no GPU adapter)");
+            f(&mut CpuLm::new(model))
+        }
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -320,6 +373,7 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Generate {
             model,
             adapter,
+            device,
             prompt,
             chat,
             max_tokens,
@@ -333,7 +387,7 @@ fn run(cmd: Cmd) -> Result<i32> {
                     "need 0 < --top-p <= 1 and --temperature >= 0".into(),
                 ));
             }
-            let (_, tok, m) = load(&model, adapter.as_deref())?;
+            let (file, tok, m) = load(&model, adapter.as_deref())?;
             let text = if chat {
                 tok.chat_prompt(&prompt)
             } else {
@@ -347,7 +401,6 @@ fn run(cmd: Cmd) -> Result<i32> {
                     .filter(|v| v.len() == 1)
                     .unwrap_or_default(),
             );
-            let mut lm = CpuLm::new(&m);
             let sampling = Sampling {
                 temperature,
                 top_p,
@@ -357,19 +410,21 @@ fn run(cmd: Cmd) -> Result<i32> {
             let mut shown = String::new();
             let mut so_far = Vec::new();
             let mut stdout = std::io::stdout();
-            let out = eval::generate(&mut lm, &ids, max_tokens, &sampling, &stop, &mut |id| {
-                if json {
-                    return;
-                }
-                so_far.push(id);
-                if let Ok(s) = tok.decode(&so_far) {
-                    // Print only whole characters: a multi-byte char may span tokens.
-                    if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
-                        let _ = write!(stdout, "{}", &s[shown.len()..]);
-                        let _ = stdout.flush();
-                        shown = s;
+            let out = with_lm(device, &file, &m, |lm| {
+                eval::generate(lm, &ids, max_tokens, &sampling, &stop, &mut |id| {
+                    if json {
+                        return;
                     }
-                }
+                    so_far.push(id);
+                    if let Ok(s) = tok.decode(&so_far) {
+                        // Print only whole characters: a multi-byte char may span tokens.
+                        if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
+                            let _ = write!(stdout, "{}", &s[shown.len()..]);
+                            let _ = stdout.flush();
+                            shown = s;
+                        }
+                    }
+                })
             })?;
             let secs = t0.elapsed().as_secs_f64();
             let text = tok.decode(&out)?;
@@ -393,18 +448,18 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Perplexity {
             model,
             adapter,
+            device,
             text,
             max_tokens,
             json,
         } => {
             let body = read_text(&text)?;
-            let (_, tok, m) = load(&model, adapter.as_deref())?;
+            let (file, tok, m) = load(&model, adapter.as_deref())?;
             let mut ids = tok.encode(&body)?;
             ids.truncate(max_tokens);
-            let mut lm = CpuLm::new(&m);
             let pb = progress_bar(ids.len() as u64, "perplexity");
-            let r = eval::perplexity(&mut lm, &ids, 64, &mut |done, _| {
-                pb.set_position(done as u64)
+            let r = with_lm(device, &file, &m, |lm| {
+                eval::perplexity(lm, &ids, 64, &mut |done, _| pb.set_position(done as u64))
             })?;
             pb.finish_and_clear();
             if json {
@@ -422,6 +477,7 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::EvalMc {
             model,
             adapter,
+            device,
             data,
             limit,
             json,
@@ -437,12 +493,13 @@ fn run(cmd: Cmd) -> Result<i32> {
             if let Some(n) = limit {
                 qs.truncate(n);
             }
-            let (_, tok, m) = load(&model, adapter.as_deref())?;
-            let mut lm = CpuLm::new(&m);
+            let (file, tok, m) = load(&model, adapter.as_deref())?;
             let pb = progress_bar(qs.len() as u64, "eval-mc");
-            let r = eval::eval_mc(&mut lm, &tok, &qs, &mut |done, _, correct| {
-                pb.set_position(done as u64);
-                pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+            let r = with_lm(device, &file, &m, |lm| {
+                eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
+                    pb.set_position(done as u64);
+                    pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+                })
             })?;
             pb.finish_and_clear();
             if json {
