@@ -10,11 +10,6 @@
 //!
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
-
 use super::plan::{Category, MemoryPlan};
 use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::{quant as gq, GgmlType};
@@ -812,25 +807,11 @@ fn upload_lora(
     })
 }
 
-/// Maps the first `bytes` of a MAP_READ buffer and copies them out as f32. Natively `poll`
-/// blocks until the map is done; in the browser it returns at once and the await yields
-/// to the event loop.
+/// The first `bytes` of a MAP_READ buffer as f32.
 async fn read_mapped(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
-    let (done, wait) = oneshot();
-    buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| done.send(r));
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-    wait.await
-        .map_err(|e| Error::Gpu(format!("mapping the logits for readback: {e}")))?;
-    let out = {
-        let view = buf
-            .get_mapped_range(0..bytes)
-            .map_err(|e| Error::Gpu(format!("reading the mapped logits: {e}")))?;
-        bytemuck::pod_collect_to_vec(&view)
-    };
-    buf.unmap();
-    Ok(out)
+    Ok(bytemuck::pod_collect_to_vec(
+        &ctx.map_read(buf, bytes).await?,
+    ))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -850,43 +831,5 @@ impl crate::eval::CausalLm for GpuModel<'_> {
     }
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.append_async(tokens))
-    }
-}
-
-/// A one-value channel whose receiver is a future (a wgpu callback → async code, on both
-/// platforms, without an executor-specific dependency).
-fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
-    let slot = Arc::new(Mutex::new((None, None)));
-    (Sender(slot.clone()), Receiver(slot))
-}
-
-type Slot<T> = Arc<Mutex<(Option<T>, Option<Waker>)>>;
-struct Sender<T>(Slot<T>);
-struct Receiver<T>(Slot<T>);
-
-impl<T> Sender<T> {
-    fn send(self, value: T) {
-        let waker = {
-            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            slot.0 = Some(value);
-            slot.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-impl<T> Future for Receiver<T> {
-    type Output = T;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.0.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                slot.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
     }
 }

@@ -191,19 +191,26 @@ impl GpuContext {
         encoder.copy_buffer_to_buffer(src, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
 
+        self.map_read(&staging, size).await
+    }
+
+    /// Maps the first `bytes` of a MAP_READ buffer, copies them out and unmaps it.
+    /// Natively `poll` blocks until the map is done; in the browser `poll` does nothing
+    /// and the await yields to the event loop until WebGPU maps the buffer.
+    pub async fn map_read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let (done, wait) = oneshot();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| done.send(r));
+        buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| done.send(r));
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         wait.await
             .map_err(|e| Error::Gpu(format!("mapping a buffer for readback: {e}")))?;
-        let bytes = staging
-            .get_mapped_range(..)
+        let out = buf
+            .get_mapped_range(0..bytes)
             .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?
             .to_vec();
-        staging.unmap();
-        Ok(bytes)
+        buf.unmap();
+        Ok(out)
     }
 }
 
