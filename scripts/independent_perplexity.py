@@ -17,34 +17,43 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--ids", required=True, help="JSON file with {\"ids\": [...]}")
-    a = ap.parse_args()
-
-    r = GGUFReader(a.model)
+def load_hf(path):
+    """Hyper-parameters and float64 weights of a GGUF model in Hugging Face layout:
+    `[out][in]` matrices, with attn_q/attn_k rows un-permuted back to the original order."""
+    r = GGUFReader(path)
     f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("tokenizer.")}
     arch = f["general.architecture"]
-    n_layers = f[f"{arch}.block_count"]
     d = f[f"{arch}.embedding_length"]
-    n_heads = f[f"{arch}.attention.head_count"]
-    n_kv = f[f"{arch}.attention.head_count_kv"]
-    theta = f[f"{arch}.rope.freq_base"]
-    eps = f[f"{arch}.attention.layer_norm_rms_epsilon"]
-    hd = d // n_heads
-
-    T = {}
-    for t in r.tensors:
-        w = dequantize(t.data, t.tensor_type).astype(np.float64)
-        T[t.name] = w.reshape([int(x) for x in reversed(t.shape)])  # GGUF ne=[in,out] -> [out][in]
+    hp = {
+        "n_layers": f[f"{arch}.block_count"],
+        "d": d,
+        "n_heads": f[f"{arch}.attention.head_count"],
+        "n_kv": f[f"{arch}.attention.head_count_kv"],
+        "theta": f[f"{arch}.rope.freq_base"],
+        "eps": f[f"{arch}.attention.layer_norm_rms_epsilon"],
+    }
+    hd = d // hp["n_heads"]
+    hp["hd"] = hd
 
     def unpermute(w, heads):
         # llama.cpp's converter did w.reshape(h, 2, hd/2, in).swapaxes(1, 2); invert it.
         out, inp = w.shape
         return w.reshape(heads, hd // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
 
-    ids = np.array(json.load(open(a.ids))["ids"], dtype=np.int64)
+    T = {}
+    for t in r.tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float64)
+        T[t.name] = w.reshape([int(x) for x in reversed(t.shape)])  # GGUF ne=[in,out] -> [out][in]
+    for l in range(hp["n_layers"]):
+        T[f"blk.{l}.attn_q.weight"] = unpermute(T[f"blk.{l}.attn_q.weight"], hp["n_heads"])
+        T[f"blk.{l}.attn_k.weight"] = unpermute(T[f"blk.{l}.attn_k.weight"], hp["n_kv"])
+    return hp, T
+
+
+def logits(hp, T, ids):
+    """Logits `[n][vocab]` of every position, half-split RoPE on HF-layout weights."""
+    n_layers, d, n_heads, n_kv, hd = hp["n_layers"], hp["d"], hp["n_heads"], hp["n_kv"], hp["hd"]
+    theta, eps = hp["theta"], hp["eps"]
     n = len(ids)
     emb = T["token_embd.weight"]
     x = emb[ids]
@@ -66,8 +75,8 @@ def main():
     for l in range(n_layers):
         p = lambda s: T[f"blk.{l}.{s}.weight"]
         h = rms(x, p("attn_norm"))
-        q = (h @ unpermute(p("attn_q"), n_heads).T).reshape(n, n_heads, hd)
-        k = (h @ unpermute(p("attn_k"), n_kv).T).reshape(n, n_kv, hd)
+        q = (h @ p("attn_q").T).reshape(n, n_heads, hd)
+        k = (h @ p("attn_k").T).reshape(n, n_kv, hd)
         v = (h @ p("attn_v").T).reshape(n, n_kv, hd)
         q, k = rope(q), rope(k)
         rep = n_heads // n_kv
@@ -83,11 +92,22 @@ def main():
         u = h @ p("ffn_up").T
         x = x + (g / (1 + np.exp(-g)) * u) @ p("ffn_down").T
     x = rms(x, T["output_norm.weight"])
-    head = T.get("output.weight", emb)
-    logits = x[:-1] @ head.T
-    m = logits.max(-1, keepdims=True)
-    lse = (np.log(np.exp(logits - m).sum(-1, keepdims=True)) + m)[:, 0]
-    nll = float((lse - logits[np.arange(n - 1), ids[1:]]).mean())
+    return x @ T.get("output.weight", emb).T
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--ids", required=True, help="JSON file with {\"ids\": [...]}")
+    a = ap.parse_args()
+
+    hp, T = load_hf(a.model)
+    ids = np.array(json.load(open(a.ids))["ids"], dtype=np.int64)
+    n = len(ids)
+    z = logits(hp, T, ids)[:-1]
+    m = z.max(-1, keepdims=True)
+    lse = (np.log(np.exp(z - m).sum(-1, keepdims=True)) + m)[:, 0]
+    nll = float((lse - z[np.arange(n - 1), ids[1:]]).mean())
     print(json.dumps({"perplexity": float(np.exp(nll)), "tokens": n, "mean_nll": nll}))
 
 
