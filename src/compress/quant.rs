@@ -349,17 +349,19 @@ fn check_nt(what: &str, x: usize, m: usize, k: usize) -> bool {
     ok
 }
 
-/// y[m×n] = x[m×k]·Wᵀ reading the packed codes block by block (the twin of the kernel
-/// `gemv_nt`/`tiled_nt` in shaders/qmatmul.wgsl). A mis-sized x gives an empty result.
-pub fn qmatmul_nt(x: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
-    let (k, n) = (w.cols, w.rows);
-    if !check_nt("qmatmul_nt", x.len(), m, k) {
-        return Vec::new();
-    }
+/// y[m×n] = x[m×k]·Wᵀ over a weight read 32 values at a time: `block(j, b)` gives the
+/// values of block `b` of row `j` (the last block of a row may be partial).
+fn blocked_nt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    block: impl Fn(usize, usize) -> [f32; BLOCK],
+) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];
     for j in 0..n {
-        for b in 0..w.blocks_per_row() {
-            let v = w.block_values(j, b);
+        for b in 0..k.div_ceil(BLOCK) {
+            let v = block(j, b);
             let c0 = b * BLOCK;
             let len = (k - c0).min(BLOCK);
             for r in 0..m {
@@ -371,17 +373,18 @@ pub fn qmatmul_nt(x: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
     y
 }
 
-/// dx[m×k] = dy[m×n]·W (the input gradient of a frozen quantized weight; twin of
-/// `gemv_nn`/`tiled_nn`). A mis-sized dy gives an empty result.
-pub fn qmatmul_nn(dy: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
-    let (k, n) = (w.cols, w.rows);
-    if !check_nt("qmatmul_nn", dy.len(), m, n) {
-        return Vec::new();
-    }
+/// dx[m×k] = dy[m×n]·W over a weight read block by block, as in [`blocked_nt`].
+fn blocked_nn(
+    dy: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    block: impl Fn(usize, usize) -> [f32; BLOCK],
+) -> Vec<f32> {
     let mut dx = vec![0.0f32; m * k];
     for j in 0..n {
-        for b in 0..w.blocks_per_row() {
-            let v = w.block_values(j, b);
+        for b in 0..k.div_ceil(BLOCK) {
+            let v = block(j, b);
             let c0 = b * BLOCK;
             let len = (k - c0).min(BLOCK);
             for r in 0..m {
@@ -393,6 +396,26 @@ pub fn qmatmul_nn(dy: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
         }
     }
     dx
+}
+
+/// y[m×n] = x[m×k]·Wᵀ reading the packed codes block by block (the twin of the kernel
+/// `gemv_nt`/`tiled_nt` in shaders/qmatmul.wgsl). A mis-sized x gives an empty result.
+pub fn qmatmul_nt(x: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
+    let (k, n) = (w.cols, w.rows);
+    if !check_nt("qmatmul_nt", x.len(), m, k) {
+        return Vec::new();
+    }
+    blocked_nt(x, m, k, n, |j, b| w.block_values(j, b))
+}
+
+/// dx[m×k] = dy[m×n]·W (the input gradient of a frozen quantized weight; twin of
+/// `gemv_nn`/`tiled_nn`). A mis-sized dy gives an empty result.
+pub fn qmatmul_nn(dy: &[f32], w: &QuantMatrix, m: usize) -> Vec<f32> {
+    let (k, n) = (w.cols, w.rows);
+    if !check_nt("qmatmul_nn", dy.len(), m, n) {
+        return Vec::new();
+    }
+    blocked_nn(dy, m, k, n, |j, b| w.block_values(j, b))
 }
 
 /// A GGUF Q4_0/Q4_1/Q8_0 weight `[rows][cols]` kept as its raw blocks (read in place by
@@ -584,17 +607,7 @@ pub fn gguf_matmul_nt(x: &[f32], w: &GgufBlockMatrix, m: usize) -> Vec<f32> {
     if !check_nt("gguf_matmul_nt", x.len(), m, k) {
         return Vec::new();
     }
-    let mut y = vec![0.0f32; m * n];
-    for j in 0..n {
-        for b in 0..w.blocks_per_row() {
-            let v = w.block_values(j, b);
-            for r in 0..m {
-                let xs = &x[r * k + b * gq::QK..r * k + (b + 1) * gq::QK];
-                y[r * n + j] += xs.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>();
-            }
-        }
-    }
-    y
+    blocked_nt(x, m, k, n, |j, b| w.block_values(j, b))
 }
 
 /// dx[m×k] = dy[m×n]·W for a GGUF block weight (twin of `gemv_nn`/`tiled_nn` in
@@ -604,22 +617,7 @@ pub fn gguf_matmul_nn(dy: &[f32], w: &GgufBlockMatrix, m: usize) -> Vec<f32> {
     if !check_nt("gguf_matmul_nn", dy.len(), m, n) {
         return Vec::new();
     }
-    let mut dx = vec![0.0f32; m * k];
-    for j in 0..n {
-        for b in 0..w.blocks_per_row() {
-            let v = w.block_values(j, b);
-            for r in 0..m {
-                let a = dy[r * n + j];
-                for (o, wv) in dx[r * k + b * gq::QK..r * k + (b + 1) * gq::QK]
-                    .iter_mut()
-                    .zip(&v)
-                {
-                    *o += a * wv;
-                }
-            }
-        }
-    }
-    dx
+    blocked_nn(dy, m, k, n, |j, b| w.block_values(j, b))
 }
 
 #[cfg(test)]
