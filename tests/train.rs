@@ -378,6 +378,11 @@ impl Backend for Scripted {
     async fn load(&mut self, _state: &ParamState) -> edge_llm::Result<()> {
         Ok(())
     }
+    async fn adapters(&mut self) -> edge_llm::Result<edge_llm::reference::Lora<f32>> {
+        Err(edge_llm::Error::Invalid(
+            "a scripted backend has no adapters".into(),
+        ))
+    }
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub fn default_path(ctx: &GpuContext) -> Path {
 }
 
 /// GGUF tensor names of the projections, in [`Proj`] order.
-const PROJ_NAMES: [&str; 7] = [
+pub(crate) const PROJ_NAMES: [&str; 7] = [
     "attn_q",
     "attn_k",
     "attn_v",
@@ -88,13 +88,13 @@ const PROJ_NAMES: [&str; 7] = [
     "ffn_down",
 ];
 
-fn proj_tensor(l: usize, p: Proj) -> String {
+pub(crate) fn proj_tensor(l: usize, p: Proj) -> String {
     format!("blk.{l}.{}.weight", PROJ_NAMES[p.index()])
 }
 
 /// Where a matrix lives: dense f32, or repacked from these GGUF blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
+pub(crate) enum Layout {
     Dense,
     Packed(GgmlType),
 }
@@ -104,7 +104,7 @@ fn is_block(ty: GgmlType) -> bool {
 }
 
 /// Checks a 2-D tensor's dims (GGUF `[cols, rows]`) and picks its layout.
-fn layout(
+pub(crate) fn layout(
     file: &ModelFile,
     name: &str,
     rows: usize,
@@ -144,7 +144,13 @@ fn packed_shape(ty: GgmlType, rows: usize, cols: usize) -> QuantMatrix {
 }
 
 /// Plans the buffers of one matrix as [`GpuWeight`] allocates them.
-fn plan_matrix(plan: &mut MemoryPlan, name: &str, rows: usize, cols: usize, lay: Layout) {
+pub(crate) fn plan_matrix(
+    plan: &mut MemoryPlan,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    lay: Layout,
+) {
     let (r, c) = (rows as u64, cols as u64);
     match lay {
         Layout::Dense => {
@@ -161,7 +167,7 @@ fn plan_matrix(plan: &mut MemoryPlan, name: &str, rows: usize, cols: usize, lay:
 }
 
 /// Uploads one matrix in its layout, naming the tensor in any error.
-fn upload_matrix(
+pub(crate) fn upload_matrix(
     ctx: &GpuContext,
     file: &ModelFile,
     name: &str,
@@ -184,7 +190,7 @@ fn upload_matrix(
 }
 
 /// How token rows reach the residual stream.
-enum Gather {
+pub(crate) enum Gather {
     /// The embedding kernel reads this dense f32 table (the tied dense head's own buffer
     /// when tied).
     Gpu(wgpu::Buffer),
@@ -711,7 +717,7 @@ impl<'c> GpuModel<'c> {
     }
 }
 
-fn cpu_gather(
+pub(crate) fn cpu_gather(
     file: &ModelFile,
     name: &str,
     ty: GgmlType,
@@ -808,7 +814,11 @@ fn upload_lora(
 }
 
 /// The first `bytes` of a MAP_READ buffer as f32.
-async fn read_mapped(ctx: &GpuContext, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<f32>> {
+pub(crate) async fn read_mapped(
+    ctx: &GpuContext,
+    buf: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<f32>> {
     Ok(bytemuck::pod_collect_to_vec(
         &ctx.map_read(buf, bytes).await?,
     ))

@@ -10,18 +10,28 @@ use serde::Serialize;
 pub enum Category {
     Weights,
     KvCache,
+    /// Kept from the forward pass for the backward pass (or, at inference, per chunk).
     Activations,
+    /// Reused by every layer: projection outputs, backward temporaries.
+    Scratch,
     Lora,
-    /// The mapped buffer the logits are copied into for readback.
+    /// LoRA gradient accumulators and the norm reduction.
+    Gradients,
+    /// AdamW's two moments per LoRA tensor.
+    Optimizer,
+    /// Mapped buffers results are copied into for readback.
     Readback,
 }
 
 impl Category {
-    pub const ALL: [Category; 5] = [
+    pub const ALL: [Category; 8] = [
         Category::Weights,
         Category::KvCache,
         Category::Activations,
+        Category::Scratch,
         Category::Lora,
+        Category::Gradients,
+        Category::Optimizer,
         Category::Readback,
     ];
 }
@@ -120,7 +130,7 @@ impl MemoryPlan {
 impl std::fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        for (c, b) in self.by_category() {
+        for (c, b) in self.by_category().into_iter().filter(|&(_, b)| b > 0) {
             writeln!(f, "{:<12} {:>10.2} MiB", format!("{c:?}"), mib(b))?;
         }
         write!(f, "{:<12} {:>10.2} MiB", "total", mib(self.total()))

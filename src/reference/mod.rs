@@ -7,8 +7,8 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 
-pub use model::{Activations, Grads, KvCache, Lora, LoraConfig, Proj, Transformer};
-pub use ops::LoraPair;
+pub use model::{lora_dropout, Activations, Grads, KvCache, Lora, LoraConfig, Proj, Transformer};
+pub use ops::{Dropout, LoraPair};
 
 use num_traits::Float;
 

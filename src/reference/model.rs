@@ -5,7 +5,7 @@
 //!        y = h + Wdown·(silu(Wgate·n2) ⊙ Wup·n2),           n2 = rmsnorm(h)
 //! Head:  logits = rmsnorm(y_last)·Eᵀ (tied) — every projection may carry a LoRA adapter.
 
-use super::ops::{self, AttnShape, LoraPair};
+use super::ops::{self, AttnShape, Dropout, LoraPair};
 use super::Real;
 use crate::model::{LayerWeights, Weights};
 use rand::{Rng, SeedableRng};
@@ -197,6 +197,16 @@ impl<T: Real> KvCache<T> {
     }
 }
 
+/// The dropout of layer `l`'s adapter on projection `p` for a row drawn with `seed`
+/// (None when `p_drop` is 0); the CPU reference and the GPU engine draw the same masks.
+pub fn lora_dropout(seed: u64, l: usize, p: Proj, p_drop: f32) -> Option<Dropout> {
+    Dropout::new(
+        seed,
+        (l * Proj::ALL.len() + p.index()) as u64,
+        p_drop as f64,
+    )
+}
+
 /// What one block's backward pass reads, saved by the training forward.
 #[derive(Clone, Debug, Default)]
 pub struct LayerActs<T> {
@@ -386,30 +396,16 @@ impl<T: Real> Transformer<T> {
     pub fn forward_train(&self, tokens: &[u32], dropout_seed: Option<u64>) -> Activations<T> {
         let c = &self.w.config;
         let m = tokens.len();
-        let mut rng = dropout_seed.map(ChaCha8Rng::seed_from_u64);
         let mut x = ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
             let mut acts = LayerActs::default();
-            if let (Some(lora), Some(rng)) = (&self.lora, rng.as_mut()) {
-                let p_drop = lora.config.dropout as f64;
-                if p_drop > 0.0 {
-                    let keep = T::from_f64(1.0 / (1.0 - p_drop));
-                    for p in Proj::ALL {
-                        if lora.layers[l][p.index()].is_some() {
-                            let k = p.shape(c).0;
-                            acts.lora_mask[p.index()] = Some(
-                                (0..m * k)
-                                    .map(|_| {
-                                        if rng.random::<f64>() < p_drop {
-                                            T::zero()
-                                        } else {
-                                            keep
-                                        }
-                                    })
-                                    .collect(),
-                            );
-                        }
+            if let (Some(lora), Some(seed)) = (&self.lora, dropout_seed) {
+                for p in Proj::ALL {
+                    if lora.layers[l][p.index()].is_some() {
+                        let k = p.shape(c).0;
+                        acts.lora_mask[p.index()] =
+                            lora_dropout(seed, l, p, lora.config.dropout).map(|d| d.mask(m * k));
                     }
                 }
             }

@@ -149,6 +149,65 @@ pub fn lora_forward<T: Real>(
     u
 }
 
+/// SplitMix64's finaliser: a well-mixed 64-bit function of a 64-bit input.
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A 32-bit integer hash (the "lowbias32" constants), written identically in
+/// shaders/lora.wgsl.
+pub fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// Inverted LoRA dropout as a counter-based function: element `i` of a mask is dropped
+/// when `hash32(hash32(i) ^ key) < threshold`, kept values are scaled by 1/(1 − p). The
+/// GPU evaluates the same function (shaders/lora.wgsl), so a mask is never stored or
+/// uploaded: backward recomputes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub key: u32,
+    /// round(p·2³²): the drop probability in 32-bit fixed point.
+    pub threshold: u32,
+    /// 1/(1 − p).
+    pub keep_scale: f64,
+}
+
+impl Dropout {
+    /// The mask of `stream` (e.g. layer·7 + projection) under `seed`; None when p = 0.
+    pub fn new(seed: u64, stream: u64, p: f64) -> Option<Self> {
+        if p <= 0.0 {
+            return None;
+        }
+        let key = splitmix64(seed ^ splitmix64(stream)) as u32;
+        let threshold = (p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
+        Some(Self {
+            key,
+            threshold,
+            keep_scale: 1.0 / (1.0 - p),
+        })
+    }
+
+    pub fn keeps(&self, i: u32) -> bool {
+        hash32(hash32(i) ^ self.key) >= self.threshold
+    }
+
+    /// The first `n` mask values: 0 or 1/(1 − p).
+    pub fn mask<T: Real>(&self, n: usize) -> Vec<T> {
+        let keep = T::from_f64(self.keep_scale);
+        (0..n as u32)
+            .map(|i| if self.keeps(i) { keep } else { T::zero() })
+            .collect()
+    }
+}
+
 /// LoRA backward: da += (scale·dy·B)ᵀ·drop(x), db += scale·dyᵀ·u, dx += (scale·dy·B·A)⊙mask.
 #[allow(clippy::too_many_arguments)]
 pub fn lora_backward<T: Real>(

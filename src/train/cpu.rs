@@ -187,6 +187,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    async fn adapters(&mut self) -> Result<Lora<f32>> {
+        Ok(self.lora_mut()?.clone())
+    }
+
     async fn load(&mut self, state: &ParamState) -> Result<()> {
         let lora = self.lora_mut()?;
         if state.lora != lora.config {

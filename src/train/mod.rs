@@ -27,7 +27,9 @@ pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
 
+use crate::reference::ops::splitmix64;
 use crate::reference::optim::AdamW;
+use crate::reference::Lora;
 use crate::Result;
 use std::future::Future;
 
@@ -85,14 +87,14 @@ pub trait Backend {
 
     /// Restores what [`Backend::save`] returned, checking that the shapes match.
     fn load(&mut self, state: &ParamState) -> impl Future<Output = Result<()>>;
-}
 
-/// SplitMix64's finaliser: a well-mixed 64-bit function of a 64-bit input.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    /// The adapters' current values, to export them.
+    fn adapters(&mut self) -> impl Future<Output = Result<Lora<f32>>>;
+
+    /// GPU memory this backend holds, in bytes (0 on the CPU).
+    fn gpu_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// A seed that is a pure function of `seed` and `parts` (e.g. a stream name, the step,

@@ -7,7 +7,7 @@
 
 use crate::kernels::context::GpuContext;
 use crate::model::RopeStyle;
-use crate::reference::ops::{self, AttnShape, LoraPair};
+use crate::reference::ops::{self, AttnShape, Dropout, LoraPair};
 use crate::reference::optim;
 use crate::{Error, Result};
 
@@ -407,15 +407,13 @@ pub async fn lora(ctx: &GpuContext) -> Result<()> {
                 n,
             };
             // Inverted dropout with p = 0.25: kept values scaled by 4/3.
-            let mask: Vec<f32> = values(m * k, seed + 8)
-                .iter()
-                .map(|&r| if r < -0.5 { 0.0 } else { 4.0 / 3.0 })
-                .collect();
-            let mask = dropout.then_some(&mask[..]);
+            let drop = Dropout::new(seed as u64, 3, 0.25).filter(|_| dropout);
+            let mask: Option<Vec<f32>> = drop.map(|d| d.mask(m * k));
+            let mask = mask.as_deref();
             let what = format!("m={m} k={k} n={n} rank={rank} dropout={dropout}");
             let mut want_y = y0.clone();
             let want_u = ops::lora_forward(&x, &pair, scale, m, mask, &mut want_y);
-            let (y, u) = lora::lora_forward(ctx, &x, &pair, scale, m, mask, &y0).await?;
+            let (y, u) = lora::lora_forward(ctx, &x, &pair, scale, m, drop, &y0).await?;
             compare(&format!("lora_forward y {what}"), &y, &want_y, MATMUL_TOL)?;
             compare(&format!("lora_forward u {what}"), &u, &want_u, MATMUL_TOL)?;
             let (mut want_dx, mut want_dp) = (dx0.clone(), dp0.clone());
@@ -431,7 +429,7 @@ pub async fn lora(ctx: &GpuContext) -> Result<()> {
                 &mut want_dp,
             );
             let (dx, da, db) =
-                lora::lora_backward(ctx, &dy, &x, &want_u, &pair, scale, m, mask, &dx0, &dp0)
+                lora::lora_backward(ctx, &dy, &x, &want_u, &pair, scale, m, drop, &dx0, &dp0)
                     .await?;
             compare(
                 &format!("lora_backward dx {what}"),

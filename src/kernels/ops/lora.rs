@@ -1,12 +1,12 @@
 //! LoRA forward (y += scale·(drop(x)·Aᵀ)·Bᵀ) and backward (dA, dB, dx), on the strided gemm
-//! of shaders/linear_backward.wgsl plus the dropout-mask pieces of shaders/lora.wgsl.
+//! of shaders/linear_backward.wgsl plus the hashed dropout of shaders/lora.wgsl.
 //! CPU twins: [`crate::reference::ops::lora_forward`], [`crate::reference::ops::lora_backward`].
 
 use super::linear::Gemm;
 use super::{check_len, groups, launch, read, to_u32, upload, zeros, WG};
 use crate::kernels::context::GpuContext;
 use crate::kernels::program::{Bind, KernelSpec};
-use crate::reference::ops::LoraPair;
+use crate::reference::ops::{Dropout, LoraPair};
 use crate::Result;
 
 const SOURCE: &str = include_str!("../../../shaders/lora.wgsl");
@@ -15,7 +15,9 @@ const SOURCE: &str = include_str!("../../../shaders/lora.wgsl");
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    key: u32,
+    threshold: u32,
+    keep_scale: f32,
 }
 
 /// The adapter's shape: A `[rank][k]`, B `[n][rank]`, over `m` rows.
@@ -28,47 +30,48 @@ pub struct LoraShape {
     pub scale: f32,
 }
 
-fn encode_mask(
+/// Records dst = src⊙mask (`acc`: dst += src⊙mask) over n values, the mask drawn by `d`.
+fn encode_dropout(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
-    entry: &'static str,
+    acc: bool,
     src: &wgpu::Buffer,
-    mask: &wgpu::Buffer,
     dst: &wgpu::Buffer,
     n: usize,
+    d: Dropout,
 ) -> Result<()> {
     let spec = KernelSpec {
         name: "lora",
         source: SOURCE,
-        entry,
-        binds: &[Bind::Read, Bind::Read, Bind::ReadWrite, Bind::Uniform],
+        entry: if acc {
+            "lora_dropout_acc"
+        } else {
+            "lora_dropout"
+        },
+        binds: &[Bind::Read, Bind::ReadWrite, Bind::Uniform],
         constants: &[],
     };
     let u = ctx.uniform(
-        "lora params",
+        "lora dropout params",
         &Params {
             n: to_u32("lora n", n)?,
-            _pad: [0; 3],
+            key: d.key,
+            threshold: d.threshold,
+            keep_scale: d.keep_scale as f32,
         },
     );
-    launch(
-        ctx,
-        encoder,
-        &spec,
-        &[src, mask, dst, &u],
-        groups("lora", n, WG)?,
-    )
+    launch(ctx, encoder, &spec, &[src, dst, &u], groups("lora", n, WG)?)
 }
 
-/// Records u `[m][rank]` = drop(x)·Aᵀ and y += scale·u·Bᵀ. With dropout, `mask` is
-/// (mask, xd) where xd (m·k scratch) receives drop(x), which backward needs.
+/// Records u `[m][rank]` = drop(x)·Aᵀ and y += scale·u·Bᵀ. With dropout, `dropout` is
+/// (mask, xd) where xd (m·k scratch) receives drop(x).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_lora_forward(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
     x: &wgpu::Buffer,
     (a, b): (&wgpu::Buffer, &wgpu::Buffer),
-    mask: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    dropout: Option<(Dropout, &wgpu::Buffer)>,
     u: &wgpu::Buffer,
     y: &wgpu::Buffer,
     sh: LoraShape,
@@ -80,9 +83,9 @@ pub fn encode_lora_forward(
         rank,
         scale,
     } = sh;
-    let xin = match mask {
-        Some((mk, xd)) => {
-            encode_mask(ctx, encoder, "lora_mask", x, mk, xd, m * k)?;
+    let xin = match dropout {
+        Some((d, xd)) => {
+            encode_dropout(ctx, encoder, false, x, xd, m * k, d)?;
             xd
         }
         None => x,
@@ -96,17 +99,17 @@ pub fn encode_lora_forward(
     .encode(ctx, encoder, u, b, y)
 }
 
-/// Records db += scale·dyᵀ·u, da += (scale·dy·B)ᵀ·xin and dx += (scale·dy·B·A)(⊙mask).
-/// `xin` is drop(x) (the forward's xd) or x without dropout; `du` is m·rank scratch; with
-/// dropout `mask` is (mask, scratch of m·k).
+/// Records db += scale·dyᵀ·u, da += (scale·dy·B)ᵀ·drop(x) and dx += (scale·dy·B·A)⊙mask,
+/// from the forward's input `x` and `u`. `du` is m·rank scratch; with dropout, `dropout`
+/// is (the forward's mask, m·k scratch), drop(x) being recomputed from the mask's key.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_lora_backward(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
     dy: &wgpu::Buffer,
-    (xin, u): (&wgpu::Buffer, &wgpu::Buffer),
+    (x, u): (&wgpu::Buffer, &wgpu::Buffer),
     (a, b): (&wgpu::Buffer, &wgpu::Buffer),
-    mask: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+    dropout: Option<(Dropout, &wgpu::Buffer)>,
     du: &wgpu::Buffer,
     (dx, da, db): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     sh: LoraShape,
@@ -129,33 +132,28 @@ pub fn encode_lora_backward(
         ..Gemm::nn(m, rank, n)
     }
     .encode(ctx, encoder, dy, b, du)?;
-    Gemm::tn(m, k, rank).encode(ctx, encoder, du, xin, da)?;
-    match mask {
-        Some((mk, dxd)) => {
+    match dropout {
+        Some((d, scratch)) => {
+            encode_dropout(ctx, encoder, false, x, scratch, m * k, d)?;
+            Gemm::tn(m, k, rank).encode(ctx, encoder, du, scratch, da)?;
             Gemm {
                 accumulate: false,
                 ..Gemm::nn(m, k, rank)
             }
-            .encode(ctx, encoder, du, a, dxd)?;
-            encode_mask(ctx, encoder, "lora_mask_acc", dxd, mk, dx, m * k)
+            .encode(ctx, encoder, du, a, scratch)?;
+            encode_dropout(ctx, encoder, true, scratch, dx, m * k, d)
         }
-        None => Gemm::nn(m, k, rank).encode(ctx, encoder, du, a, dx),
+        None => {
+            Gemm::tn(m, k, rank).encode(ctx, encoder, du, x, da)?;
+            Gemm::nn(m, k, rank).encode(ctx, encoder, du, a, dx)
+        }
     }
 }
 
-fn shape(
-    p: &LoraPair<f32>,
-    m: usize,
-    scale: f32,
-    x: &[f32],
-    mask: Option<&[f32]>,
-) -> Result<LoraShape> {
+fn shape(p: &LoraPair<f32>, m: usize, scale: f32, x: &[f32]) -> Result<LoraShape> {
     check_len("lora A", p.a.len(), p.rank * p.k)?;
     check_len("lora B", p.b.len(), p.n * p.rank)?;
     check_len("lora x", x.len(), m * p.k)?;
-    if let Some(mk) = mask {
-        check_len("lora mask", mk.len(), m * p.k)?;
-    }
     Ok(LoraShape {
         m,
         k: p.k,
@@ -172,10 +170,10 @@ pub async fn lora_forward(
     p: &LoraPair<f32>,
     scale: f32,
     m: usize,
-    mask: Option<&[f32]>,
+    dropout: Option<Dropout>,
     y: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let sh = shape(p, m, scale, x, mask)?;
+    let sh = shape(p, m, scale, x)?;
     check_len("lora y", y.len(), m * p.n)?;
     let (xb, ab, bb, yb) = (
         upload(ctx, "x", x)?,
@@ -184,17 +182,14 @@ pub async fn lora_forward(
         upload(ctx, "y", y)?,
     );
     let ub = zeros(ctx, "u", m * p.rank)?;
-    let masks = match mask {
-        Some(mk) => Some((upload(ctx, "mask", mk)?, zeros(ctx, "xd", m * p.k)?)),
-        None => None,
-    };
+    let scratch = zeros(ctx, "xd", m * p.k)?;
     let mut enc = ctx.encoder();
     encode_lora_forward(
         ctx,
         &mut enc,
         &xb,
         (&ab, &bb),
-        masks.as_ref().map(|(a, b)| (a, b)),
+        dropout.map(|d| (d, &scratch)),
         &ub,
         &yb,
         sh,
@@ -217,23 +212,19 @@ pub async fn lora_backward(
     p: &LoraPair<f32>,
     scale: f32,
     m: usize,
-    mask: Option<&[f32]>,
+    dropout: Option<Dropout>,
     dx: &[f32],
     dp: &LoraPair<f32>,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let sh = shape(p, m, scale, x, mask)?;
+    let sh = shape(p, m, scale, x)?;
     check_len("lora dy", dy.len(), m * p.n)?;
     check_len("lora u", u.len(), m * p.rank)?;
     check_len("lora dx", dx.len(), m * p.k)?;
     check_len("lora dA", dp.a.len(), p.a.len())?;
     check_len("lora dB", dp.b.len(), p.b.len())?;
-    let xin: Vec<f32> = match mask {
-        Some(mk) => x.iter().zip(mk).map(|(a, b)| a * b).collect(),
-        None => x.to_vec(),
-    };
     let (dyb, xb, ub) = (
         upload(ctx, "dy", dy)?,
-        upload(ctx, "xin", &xin)?,
+        upload(ctx, "x", x)?,
         upload(ctx, "u", u)?,
     );
     let (ab, bb) = (upload(ctx, "A", &p.a)?, upload(ctx, "B", &p.b)?);
@@ -243,10 +234,7 @@ pub async fn lora_backward(
         upload(ctx, "dB", &dp.b)?,
     );
     let du = zeros(ctx, "du", m * p.rank)?;
-    let masks = match mask {
-        Some(mk) => Some((upload(ctx, "mask", mk)?, zeros(ctx, "dxd", m * p.k)?)),
-        None => None,
-    };
+    let scratch = zeros(ctx, "dropout scratch", m * p.k)?;
     let mut enc = ctx.encoder();
     encode_lora_backward(
         ctx,
@@ -254,7 +242,7 @@ pub async fn lora_backward(
         &dyb,
         (&xb, &ub),
         (&ab, &bb),
-        masks.as_ref().map(|(a, b)| (a, b)),
+        dropout.map(|d| (d, &scratch)),
         &du,
         (&dxb, &dab, &dbb),
         sh,

@@ -1,0 +1,1307 @@
+//! LoRA training on the GPU: a [`Backend`] whose forward and backward passes are composed
+//! from the kernel library, with the base weights frozen (packed or f32) and the adapters,
+//! their gradients and AdamW moments resident on the device.
+//!
+//! One row of t ≤ `seq_len` tokens is one command buffer: embedding rows (gathered on the
+//! CPU from the GGUF bytes) → per block the forward of [`GpuModel`](super::GpuModel) with
+//! every activation the backward needs kept → final norm → the fused, vocabulary-chunked
+//! cross-entropy head (the t × vocab logits never exist) → its backward → per block, from
+//! the top, the backward pass: projections' input gradients through the frozen weights
+//! (`QMatmul::encode_nn`), LoRA dA/dB accumulated, SwiGLU, attention, RoPE and RMSNorm
+//! backward. Only the per-row losses are read back. LoRA dropout masks are a hash of
+//! (seed, layer, projection, element) computed in the shader, as the CPU reference does,
+//! so none is stored ([`crate::reference::Dropout`]).
+//!
+//! Memory is planned first ([`GpuTrainer::plan`]), checked against the device's limits and
+//! the user's budget, and allocated once. With `recompute`, only each block's input is kept
+//! and the block's forward is run again just before its backward (one set of block
+//! activations instead of one per layer). The head is split into parts that each fit one
+//! binding ([`cross_entropy::rows_per_part`]) and its logits are made in chunks that do too.
+
+use super::gpu_model::{
+    cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_matrix, Gather,
+    WeightFormat, PROJ_NAMES,
+};
+use super::plan::{Category, MemoryPlan};
+use crate::gguf::quant as gq;
+use crate::kernels::context::GpuContext;
+use crate::kernels::ops::adamw::{encode_adamw, encode_grad_norm2, norm_scratch_len, Slot};
+use crate::kernels::ops::attention::{
+    encode_attention_backward, encode_attention_forward, MAX_HEAD_DIM,
+};
+use crate::kernels::ops::cross_entropy::{
+    encode_cross_entropy_backward, encode_cross_entropy_forward, target_words, Head,
+};
+use crate::kernels::ops::lora::{encode_lora_backward, encode_lora_forward, LoraShape};
+use crate::kernels::ops::reduce::encode_col_sums_add;
+use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forward};
+use crate::kernels::ops::rope::{encode_rope, RopeTable};
+use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
+use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
+use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::ops::AttnShape;
+use crate::reference::optim::AdamW;
+use crate::reference::{lora_dropout, Lora, LoraConfig, Proj};
+use crate::train::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
+use crate::{Error, Result};
+
+/// Default vocabulary rows per logits chunk of the fused head.
+pub const DEFAULT_VOCAB_CHUNK: usize = 8192;
+
+/// What the trainer allocates for, chosen before anything is allocated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    pub format: WeightFormat,
+    /// Longest row (tokens) a step takes: every activation is sized for it.
+    pub seq_len: usize,
+    /// Keep only each block's input and run the block's forward again before its backward.
+    pub recompute: bool,
+    /// Vocabulary rows per logits chunk (lowered further to fit one binding).
+    pub vocab_chunk: usize,
+    /// Matmul kernel shape; None: [`default_path`] for the adapter.
+    pub path: Option<Path>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            format: WeightFormat::Packed,
+            seq_len: 256,
+            recompute: false,
+            vocab_chunk: DEFAULT_VOCAB_CHUNK,
+            path: None,
+        }
+    }
+}
+
+/// The head's split: rows per part and the logits chunk width, from the binding limit.
+#[derive(Clone, Copy, Debug)]
+struct HeadSplit {
+    rows_per_part: usize,
+    parts: usize,
+    chunk: usize,
+}
+
+fn binding_limit(limits: &wgpu::Limits) -> u64 {
+    limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size)
+}
+
+fn head_split(c: &LlamaConfig, opts: &TrainOptions, limits: &wgpu::Limits) -> Result<HeadSplit> {
+    let limit = binding_limit(limits);
+    let rows_per_part = (limit / (4 * c.hidden as u64)) as usize;
+    let chunk = opts
+        .vocab_chunk
+        .min((limit / (4 * opts.seq_len as u64)) as usize);
+    if rows_per_part == 0 || chunk == 0 {
+        return Err(Error::Gpu(format!(
+            "a head row of {} f32 or a logits column of {} rows exceeds the {limit}-byte \
+             binding limit (max_storage_buffer_binding_size)",
+            c.hidden, opts.seq_len
+        )));
+    }
+    let rows_per_part = rows_per_part.min(c.vocab);
+    Ok(HeadSplit {
+        rows_per_part,
+        parts: c.vocab.div_ceil(rows_per_part),
+        chunk: chunk.min(rows_per_part),
+    })
+}
+
+/// The activations one block keeps for its backward pass (t rows each).
+struct BlockActs {
+    x: wgpu::Buffer,
+    n1: wgpu::Buffer,
+    rstd1: wgpu::Buffer,
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    lse: wgpu::Buffer,
+    h: wgpu::Buffer,
+    n2: wgpu::Buffer,
+    rstd2: wgpu::Buffer,
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    act: wgpu::Buffer,
+    /// LoRA u = drop(x)·Aᵀ per targeted projection, [`Proj`] order.
+    u: Vec<Option<wgpu::Buffer>>,
+}
+
+/// Per-block activation widths (f32 per row), in [`BlockActs`] order, without x.
+fn block_widths(c: &LlamaConfig) -> [(&'static str, usize); 13] {
+    let (d, qd, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
+    [
+        ("n1", d),
+        ("rstd1", 1),
+        ("q", qd),
+        ("k", kv),
+        ("v", kv),
+        ("attn", qd),
+        ("lse", c.n_heads),
+        ("h", d),
+        ("n2", d),
+        ("rstd2", 1),
+        ("gate", f),
+        ("up", f),
+        ("act", f),
+    ]
+}
+
+/// Buffers every block reuses.
+struct Scratch {
+    recompute_out: wgpu::Buffer,
+    o: wgpu::Buffer,
+    drop: wgpu::Buffer,
+    du: wgpu::Buffer,
+    delta: wgpu::Buffer,
+    dx: wgpu::Buffer,
+    dn: wgpu::Buffer,
+    dtmp: wgpu::Buffer,
+    dact: wgpu::Buffer,
+    dgate: wgpu::Buffer,
+    dup: wgpu::Buffer,
+    dattn: wgpu::Buffer,
+    dq: wgpu::Buffer,
+    dk: wgpu::Buffer,
+    dv: wgpu::Buffer,
+    // The head.
+    y: wgpu::Buffer,
+    yn: wgpu::Buffer,
+    rstd_out: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    loss: wgpu::Buffer,
+    ce_lse: wgpu::Buffer,
+    ce_scratch: wgpu::Buffer,
+    ce_stats: wgpu::Buffer,
+    loss_read: wgpu::Buffer,
+    norm_partials: wgpu::Buffer,
+    norm2: wgpu::Buffer,
+    norm_read: wgpu::Buffer,
+}
+
+fn scratch_widths(c: &LlamaConfig, rank: usize) -> [(&'static str, usize); 14] {
+    let (d, qd, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
+    [
+        ("recompute out", d),
+        ("projection out", d),
+        ("dropout", d.max(qd).max(f)),
+        ("lora du", rank),
+        ("attention delta", c.n_heads),
+        ("dx", d),
+        ("dn", d),
+        ("dtmp", d.max(qd)),
+        ("dact", f),
+        ("dgate", f),
+        ("dup", f),
+        ("dattn", qd),
+        ("dq", qd),
+        ("dk", kv),
+    ]
+}
+
+struct BlockWeights {
+    attn_norm: wgpu::Buffer,
+    ffn_norm: wgpu::Buffer,
+    w: Vec<GpuWeight>,
+}
+
+/// One adapter tensor with its gradient and moments.
+struct Trained {
+    param: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
+    n: usize,
+}
+
+/// LoRA training on the GPU.
+pub struct GpuTrainer<'c> {
+    ctx: &'c GpuContext,
+    pub config: LlamaConfig,
+    lora_config: LoraConfig,
+    opts: TrainOptions,
+    split: HeadSplit,
+    mm: QMatmul,
+    blocks: Vec<BlockWeights>,
+    output_norm: wgpu::Buffer,
+    head: Vec<wgpu::Buffer>,
+    gather: Gather,
+    rope: RopeTable,
+    /// One per layer, or one shared set with `recompute`.
+    acts: Vec<BlockActs>,
+    /// Block inputs with `recompute` (one per layer), else empty.
+    inputs: Vec<wgpu::Buffer>,
+    s: Scratch,
+    /// `pairs[l][proj]` = indices into `trained` of (A, B).
+    pairs: Vec<Vec<Option<(usize, usize)>>>,
+    trained: Vec<Trained>,
+    plan: MemoryPlan,
+    allocated: u64,
+}
+
+impl<'c> GpuTrainer<'c> {
+    /// Every buffer [`GpuTrainer::new`] allocates, from the file's header, the LoRA setting,
+    /// the options and the device's limits (which decide how the head is split).
+    pub fn plan(
+        file: &ModelFile,
+        lora: &LoraConfig,
+        opts: &TrainOptions,
+        limits: &wgpu::Limits,
+    ) -> Result<MemoryPlan> {
+        let c = &file.config;
+        check_options(c, lora, opts)?;
+        let split = head_split(c, opts, limits)?;
+        let t = opts.seq_len;
+        let (d, vocab) = (c.hidden, c.vocab);
+        let f32s = |n: usize| n as u64 * 4;
+        let mut plan = MemoryPlan::default();
+        for l in 0..c.n_layers {
+            for norm in ["attn_norm", "ffn_norm"] {
+                let name = format!("blk.{l}.{norm}.weight");
+                plan.storage(name, Category::Weights, f32s(d));
+            }
+            for p in Proj::ALL {
+                let (k, n) = p.shape(c);
+                let name = proj_tensor(l, p);
+                let lay = layout(file, &name, n, k, opts.format)?;
+                plan_matrix(&mut plan, &name, n, k, lay);
+            }
+        }
+        plan.storage("output_norm.weight", Category::Weights, f32s(d));
+        let head_name = if c.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        for p in 0..split.parts {
+            let rows = split.rows_per_part.min(vocab - p * split.rows_per_part);
+            plan.storage(
+                format!("{head_name} f32 part {p}"),
+                Category::Weights,
+                f32s(rows * d),
+            );
+        }
+        plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
+        let sets = if opts.recompute { 1 } else { c.n_layers };
+        for l in 0..c.n_layers {
+            plan.storage(
+                format!("block {l} input"),
+                Category::Activations,
+                f32s(t * d),
+            );
+        }
+        if opts.recompute {
+            plan.storage("recompute input", Category::Scratch, f32s(t * d));
+        }
+        for set in 0..sets {
+            let cat = if opts.recompute {
+                Category::Scratch
+            } else {
+                Category::Activations
+            };
+            for (name, w) in block_widths(c) {
+                plan.storage(format!("block {set} {name}"), cat, f32s(t * w));
+            }
+            for &p in &lora.targets {
+                let name = format!("block {set} lora u {}", PROJ_NAMES[p.index()]);
+                plan.storage(name, cat, f32s(t * lora.rank));
+            }
+        }
+        for (name, w) in scratch_widths(c, lora.rank) {
+            plan.storage(name, Category::Scratch, f32s(t * w));
+        }
+        plan.storage("dv", Category::Scratch, f32s(t * c.kv_dim()));
+        for (name, w) in [
+            ("final x", d),
+            ("final normed x", d),
+            ("final rstd", 1),
+            ("targets", 1),
+            ("row losses", 1),
+            ("head lse", 1),
+            ("head stats", 3),
+        ] {
+            plan.storage(name, Category::Activations, f32s(t * w));
+        }
+        plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
+        let mut lens = Vec::new();
+        for l in 0..c.n_layers {
+            for &p in &lora.targets {
+                let (k, n) = p.shape(c);
+                for (ab, len) in [("A", lora.rank * k), ("B", n * lora.rank)] {
+                    let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
+                    plan.storage(what.clone(), Category::Lora, f32s(len));
+                    plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
+                    plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
+                    plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
+                    lens.push(len);
+                }
+            }
+        }
+        plan.storage(
+            "grad norm partials",
+            Category::Gradients,
+            f32s(norm_scratch_len(lens)),
+        );
+        plan.storage("grad norm", Category::Gradients, 4);
+        plan.other("loss readback", Category::Readback, f32s(t));
+        plan.other("norm readback", Category::Readback, 4);
+        Ok(plan)
+    }
+
+    /// Plans, checks the plan against the device's limits, then uploads the frozen weights
+    /// and `lora` and allocates everything else once.
+    pub fn new(
+        ctx: &'c GpuContext,
+        file: &ModelFile,
+        lora: &Lora<f32>,
+        opts: &TrainOptions,
+    ) -> Result<Self> {
+        let c = file.config.clone();
+        let lc = lora.config.clone();
+        let plan = Self::plan(file, &lc, opts, &ctx.limits)?;
+        plan.check(&ctx.limits)?;
+        let split = head_split(&c, opts, &ctx.limits)?;
+        let t = opts.seq_len;
+        let (d, vocab) = (c.hidden, c.vocab);
+        let mut allocated = 0u64;
+        let mut track = |b: wgpu::Buffer| {
+            allocated += b.size();
+            b
+        };
+        let zeros = |name: &str, len: usize| ctx.storage_zeroed(name, len as u64 * 4);
+        let norm = |name: &str| -> Result<wgpu::Buffer> {
+            let w = file.tensor_f32(name, &[d])?;
+            ctx.storage(name, bytemuck::cast_slice(&w))
+        };
+
+        let mut untracked = 0u64; // weights and the rope table, allocated by their types
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let attn_norm = track(norm(&format!("blk.{l}.attn_norm.weight"))?);
+            let ffn_norm = track(norm(&format!("blk.{l}.ffn_norm.weight"))?);
+            let mut w = Vec::with_capacity(7);
+            for p in Proj::ALL {
+                let (k, n) = p.shape(&c);
+                let name = proj_tensor(l, p);
+                let lay = layout(file, &name, n, k, opts.format)?;
+                let gw = upload_matrix(ctx, file, &name, n, k, lay)?;
+                untracked += gw.data.size() + gw.scales.size();
+                w.push(gw);
+            }
+            blocks.push(BlockWeights {
+                attn_norm,
+                ffn_norm,
+                w,
+            });
+        }
+        let output_norm = track(norm("output_norm.weight")?);
+        let head_name = if c.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        let e = file.tensor_f32(head_name, &[d, vocab])?;
+        let mut head = Vec::with_capacity(split.parts);
+        for (p, part) in e.chunks(split.rows_per_part * d).enumerate() {
+            let name = format!("{head_name} f32 part {p}");
+            head.push(track(ctx.storage(&name, bytemuck::cast_slice(part))?));
+        }
+        drop(e);
+        let embd = "token_embd.weight";
+        let info = file
+            .gguf
+            .tensor(embd)
+            .ok_or_else(|| Error::Model(format!("missing tensor {embd}")))?;
+        let gather = cpu_gather(file, embd, info.ty, vocab, d)?;
+        let rope = RopeTable::new(ctx, c.head_dim, t, c.rope_theta as f64)?;
+        untracked += rope.buffer.size();
+
+        let sets = if opts.recompute { 1 } else { c.n_layers };
+        let mut inputs = Vec::new();
+        let mut block_inputs = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            block_inputs.push(track(zeros(&format!("block {l} input"), t * d)?));
+        }
+        let mut acts = Vec::with_capacity(sets);
+        let mut block_inputs = block_inputs.into_iter();
+        for set in 0..sets {
+            let mut b = Vec::with_capacity(13);
+            for (name, w) in block_widths(&c) {
+                b.push(track(zeros(&format!("block {set} {name}"), t * w)?));
+            }
+            let mut u = vec![None; 7];
+            for &p in &lc.targets {
+                let name = format!("block {set} lora u {}", PROJ_NAMES[p.index()]);
+                u[p.index()] = Some(track(zeros(&name, t * lc.rank)?));
+            }
+            let x = if opts.recompute {
+                // The shared set's input is a copy of the kept input of the block it runs.
+                track(zeros("recompute input", t * d)?)
+            } else {
+                block_inputs.next().expect("one input per layer")
+            };
+            let mut b = b.into_iter();
+            let mut next = || b.next().expect("13 activation buffers");
+            acts.push(BlockActs {
+                x,
+                n1: next(),
+                rstd1: next(),
+                q: next(),
+                k: next(),
+                v: next(),
+                attn: next(),
+                lse: next(),
+                h: next(),
+                n2: next(),
+                rstd2: next(),
+                gate: next(),
+                up: next(),
+                act: next(),
+                u,
+            });
+        }
+        if opts.recompute {
+            inputs.extend(block_inputs);
+        }
+
+        let mut sc = Vec::with_capacity(14);
+        for (name, w) in scratch_widths(&c, lc.rank) {
+            sc.push(track(zeros(name, t * w)?));
+        }
+        let mut sc = sc.into_iter();
+        let mut next = || sc.next().expect("14 scratch buffers");
+        let (recompute_out, o, drop_, du, delta, dx, dn, dtmp, dact, dgate, dup, dattn, dq, dk) = (
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+        );
+        let mut trained = Vec::new();
+        let mut pairs = Vec::with_capacity(c.n_layers);
+        let mut lens = Vec::new();
+        check_adapters(&c, lora)?;
+        for (l, ll) in lora.layers.iter().enumerate() {
+            let mut row = vec![None; 7];
+            for &p in &lc.targets {
+                let pair = ll[p.index()].as_ref().ok_or_else(|| {
+                    Error::Invalid(format!("LoRA adapter: layer {l} has no {p:?} adapter"))
+                })?;
+                let mut idx = [0usize; 2];
+                for (i, (ab, vals)) in [("A", &pair.a), ("B", &pair.b)].into_iter().enumerate() {
+                    let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
+                    let n = vals.len();
+                    idx[i] = trained.len();
+                    trained.push(Trained {
+                        param: track(ctx.storage(&what, bytemuck::cast_slice(vals))?),
+                        grad: track(zeros(&format!("{what} grad"), n)?),
+                        m: track(zeros(&format!("{what} m"), n)?),
+                        v: track(zeros(&format!("{what} v"), n)?),
+                        n,
+                    });
+                    lens.push(n);
+                }
+                row[p.index()] = Some((idx[0], idx[1]));
+            }
+            pairs.push(row);
+        }
+        let readback = |name: &str, bytes: u64| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let s = Scratch {
+            recompute_out,
+            o,
+            drop: drop_,
+            du,
+            delta,
+            dx,
+            dn,
+            dtmp,
+            dact,
+            dgate,
+            dup,
+            dattn,
+            dq,
+            dk,
+            dv: track(zeros("dv", t * c.kv_dim())?),
+            y: track(zeros("final x", t * d)?),
+            yn: track(zeros("final normed x", t * d)?),
+            rstd_out: track(zeros("final rstd", t)?),
+            targets: track(zeros("targets", t)?),
+            loss: track(zeros("row losses", t)?),
+            ce_lse: track(zeros("head lse", t)?),
+            ce_stats: track(zeros("head stats", 3 * t)?),
+            ce_scratch: track(zeros("logits chunk", t * split.chunk)?),
+            norm_partials: track(zeros("grad norm partials", norm_scratch_len(lens))?),
+            norm2: track(zeros("grad norm", 1)?),
+            loss_read: track(readback("loss readback", (t * 4) as u64)),
+            norm_read: track(readback("norm readback", 4)),
+        };
+        let allocated = allocated + untracked;
+        Ok(Self {
+            ctx,
+            mm: QMatmul {
+                path: opts.path.unwrap_or_else(|| default_path(ctx)),
+                ..QMatmul::new(ctx)
+            },
+            config: c,
+            lora_config: lc,
+            opts: opts.clone(),
+            split,
+            blocks,
+            output_norm,
+            head,
+            gather,
+            rope,
+            acts,
+            inputs,
+            s,
+            pairs,
+            trained,
+            plan,
+            allocated,
+        })
+    }
+
+    /// The plan this trainer was built from.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Bytes of the GPU buffers this trainer allocated; all are allocated at construction,
+    /// so this is also the peak.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// The options this trainer was built with.
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// Buffers the LM head is split into, and vocabulary rows per logits chunk.
+    pub fn head_split(&self) -> (usize, usize) {
+        (self.split.parts, self.split.chunk)
+    }
+
+    fn check_row(&self, row: &Row) -> Result<()> {
+        let (t, vocab) = (row.tokens.len(), self.config.vocab);
+        if row.targets.len() != t {
+            return Err(Error::Invalid(format!(
+                "a row has {t} tokens but {} targets",
+                row.targets.len()
+            )));
+        }
+        if t == 0 || t > self.opts.seq_len {
+            return Err(Error::Invalid(format!(
+                "a row of {t} tokens does not fit the GPU trainer's sequence length of {} \
+                 (planned)",
+                self.opts.seq_len
+            )));
+        }
+        let ids = row.tokens.iter().chain(row.targets.iter().flatten());
+        if let Some(v) = ids.into_iter().find(|&&v| v as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {v} is outside the vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The embedding rows of `tokens`, written into `x`.
+    fn write_embedding(&self, tokens: &[u32], x: &wgpu::Buffer) -> Result<()> {
+        let d = self.config.hidden;
+        let Gather::Cpu {
+            ty,
+            row_bytes,
+            bytes,
+        } = &self.gather
+        else {
+            return Err(Error::Invalid(
+                "GPU trainer: embedding not on the CPU".into(),
+            ));
+        };
+        let mut rows = vec![0.0f32; tokens.len() * d];
+        for (row, &tok) in rows.chunks_mut(d).zip(tokens) {
+            let src = &bytes[tok as usize * row_bytes..][..*row_bytes];
+            gq::dequantize(*ty, src, row).map_err(Error::Invalid)?;
+        }
+        self.ctx
+            .queue
+            .write_buffer(x, 0, bytemuck::cast_slice(&rows));
+        Ok(())
+    }
+
+    fn shape(&self, p: Proj, t: usize) -> LoraShape {
+        let (k, n) = p.shape(&self.config);
+        LoraShape {
+            m: t,
+            k,
+            n,
+            rank: self.lora_config.rank,
+            scale: self.lora_config.alpha / self.lora_config.rank as f32,
+        }
+    }
+
+    fn dropout(&self, seed: Option<u64>, l: usize, p: Proj) -> Option<crate::reference::Dropout> {
+        seed.and_then(|s| lora_dropout(s, l, p, self.lora_config.dropout))
+    }
+
+    /// y = x·Wᵀ (+ LoRA of x, saving u) for block `l`'s projection `p`.
+    #[allow(clippy::too_many_arguments)]
+    fn proj_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        p: Proj,
+        a: &BlockActs,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        t: usize,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        self.mm
+            .encode_nt(ctx, enc, &self.blocks[l].w[p.index()], x, y, t)?;
+        if let (Some((ia, ib)), Some(u)) = (self.pairs[l][p.index()], &a.u[p.index()]) {
+            let ab = (&self.trained[ia].param, &self.trained[ib].param);
+            let drop = self.dropout(seed, l, p).map(|d| (d, &self.s.drop));
+            encode_lora_forward(ctx, enc, x, ab, drop, u, y, self.shape(p, t))?;
+        }
+        Ok(())
+    }
+
+    /// Block `l` forward on t rows from `a.x` into `out`, keeping its activations in `a`.
+    fn block_forward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        a: &BlockActs,
+        out: &wgpu::Buffer,
+        t: usize,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let (ctx, c, w) = (self.ctx, &self.config, &self.blocks[l]);
+        let (d, eps) = (c.hidden, c.norm_eps);
+        let o = &self.s.o;
+        encode_rmsnorm_forward(ctx, enc, &a.x, &w.attn_norm, &a.n1, &a.rstd1, t, d, eps)?;
+        self.proj_forward(enc, l, Proj::Q, a, &a.n1, &a.q, t, seed)?;
+        self.proj_forward(enc, l, Proj::K, a, &a.n1, &a.k, t, seed)?;
+        self.proj_forward(enc, l, Proj::V, a, &a.n1, &a.v, t, seed)?;
+        let style = c.rope_style;
+        encode_rope(ctx, enc, &a.q, &self.rope, t, c.n_heads, 0, style, false)?;
+        encode_rope(ctx, enc, &a.k, &self.rope, t, c.n_kv_heads, 0, style, false)?;
+        let sh = self.attn_shape(t);
+        encode_attention_forward(ctx, enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, sh)?;
+        self.proj_forward(enc, l, Proj::O, a, &a.attn, o, t, seed)?;
+        let bytes = (t * d * 4) as u64;
+        enc.copy_buffer_to_buffer(&a.x, 0, &a.h, 0, bytes);
+        encode_col_sums_add(ctx, enc, o, 1, t * d, &a.h)?;
+        encode_rmsnorm_forward(ctx, enc, &a.h, &w.ffn_norm, &a.n2, &a.rstd2, t, d, eps)?;
+        self.proj_forward(enc, l, Proj::Gate, a, &a.n2, &a.gate, t, seed)?;
+        self.proj_forward(enc, l, Proj::Up, a, &a.n2, &a.up, t, seed)?;
+        encode_swiglu_forward(ctx, enc, &a.gate, &a.up, &a.act, t * c.ffn)?;
+        self.proj_forward(enc, l, Proj::Down, a, &a.act, o, t, seed)?;
+        enc.copy_buffer_to_buffer(&a.h, 0, out, 0, bytes);
+        encode_col_sums_add(ctx, enc, o, 1, t * d, out)
+    }
+
+    fn attn_shape(&self, t: usize) -> AttnShape {
+        let c = &self.config;
+        AttnShape {
+            t,
+            s: t,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        }
+    }
+
+    /// dx (+)= dy·W for projection `p` (`acc`: added, else written) and the LoRA terms:
+    /// dx += LoRA's input gradient, dA/dB accumulated.
+    #[allow(clippy::too_many_arguments)]
+    fn proj_backward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        p: Proj,
+        a: &BlockActs,
+        (dy, x): (&wgpu::Buffer, &wgpu::Buffer),
+        dx: &wgpu::Buffer,
+        acc: bool,
+        t: usize,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let ctx = self.ctx;
+        let w = &self.blocks[l].w[p.index()];
+        if acc {
+            let k = p.shape(&self.config).0;
+            self.mm.encode_nn(ctx, enc, w, dy, &self.s.dtmp, t)?;
+            encode_col_sums_add(ctx, enc, &self.s.dtmp, 1, t * k, dx)?;
+        } else {
+            self.mm.encode_nn(ctx, enc, w, dy, dx, t)?;
+        }
+        if let (Some((ia, ib)), Some(u)) = (self.pairs[l][p.index()], &a.u[p.index()]) {
+            let (ta, tb) = (&self.trained[ia], &self.trained[ib]);
+            let drop = self.dropout(seed, l, p).map(|d| (d, &self.s.drop));
+            encode_lora_backward(
+                ctx,
+                enc,
+                dy,
+                (x, u),
+                (&ta.param, &tb.param),
+                drop,
+                &self.s.du,
+                (dx, &ta.grad, &tb.grad),
+                self.shape(p, t),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Block `l` backward: `s.dx` holds the gradient of the block's output and receives
+    /// the gradient of its input.
+    fn block_backward(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        l: usize,
+        a: &BlockActs,
+        t: usize,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let (ctx, c, w, s) = (self.ctx, &self.config, &self.blocks[l], &self.s);
+        let d = c.hidden;
+        // out = h + down(act): dh = dout + ∂ffn.
+        self.proj_backward(
+            enc,
+            l,
+            Proj::Down,
+            a,
+            (&s.dx, &a.act),
+            &s.dact,
+            false,
+            t,
+            seed,
+        )?;
+        let (gate, up) = (&a.gate, &a.up);
+        encode_swiglu_backward(ctx, enc, &s.dact, gate, up, &s.dgate, &s.dup, t * c.ffn)?;
+        self.proj_backward(
+            enc,
+            l,
+            Proj::Gate,
+            a,
+            (&s.dgate, &a.n2),
+            &s.dn,
+            false,
+            t,
+            seed,
+        )?;
+        self.proj_backward(enc, l, Proj::Up, a, (&s.dup, &a.n2), &s.dn, true, t, seed)?;
+        let fnorm = &w.ffn_norm;
+        encode_rmsnorm_backward(ctx, enc, &s.dn, &a.h, fnorm, &a.rstd2, &s.dx, None, t, d)?;
+        // h = x + o(attn): dx = dh + ∂attention.
+        self.proj_backward(
+            enc,
+            l,
+            Proj::O,
+            a,
+            (&s.dx, &a.attn),
+            &s.dattn,
+            false,
+            t,
+            seed,
+        )?;
+        let sh = self.attn_shape(t);
+        encode_attention_backward(
+            ctx,
+            enc,
+            &s.dattn,
+            (&a.q, &a.k, &a.v),
+            (&a.attn, &a.lse),
+            &s.delta,
+            (&s.dq, &s.dk, &s.dv),
+            sh,
+        )?;
+        let style = c.rope_style;
+        encode_rope(ctx, enc, &s.dq, &self.rope, t, c.n_heads, 0, style, true)?;
+        encode_rope(ctx, enc, &s.dk, &self.rope, t, c.n_kv_heads, 0, style, true)?;
+        self.proj_backward(enc, l, Proj::Q, a, (&s.dq, &a.n1), &s.dn, false, t, seed)?;
+        self.proj_backward(enc, l, Proj::K, a, (&s.dk, &a.n1), &s.dn, true, t, seed)?;
+        self.proj_backward(enc, l, Proj::V, a, (&s.dv, &a.n1), &s.dn, true, t, seed)?;
+        let anorm = &w.attn_norm;
+        encode_rmsnorm_backward(ctx, enc, &s.dn, &a.x, anorm, &a.rstd1, &s.dx, None, t, d)
+    }
+
+    fn head(&self) -> Head<'_> {
+        Head {
+            parts: &self.head,
+            rows_per_part: self.split.rows_per_part,
+            vocab: self.config.vocab,
+            d: self.config.hidden,
+        }
+    }
+
+    /// The acts set and input buffer of block `l`.
+    fn set(&self, l: usize) -> &BlockActs {
+        if self.opts.recompute {
+            &self.acts[0]
+        } else {
+            &self.acts[l]
+        }
+    }
+
+    /// Where block `l`'s input is kept.
+    fn input(&self, l: usize) -> &wgpu::Buffer {
+        if self.opts.recompute {
+            &self.inputs[l]
+        } else {
+            &self.acts[l].x
+        }
+    }
+
+    /// Forward over one row up to the per-row losses; with `train`, the backward pass too
+    /// (gradient of `grad_scale`·Σ loss). Returns the summed loss.
+    async fn row(&mut self, row: &Row, train: Option<(f64, Option<u64>)>) -> Result<LossSum> {
+        self.check_row(row)?;
+        let n = row.n_targets();
+        if n == 0 {
+            return Ok(LossSum::default());
+        }
+        let (ctx, c) = (self.ctx, &self.config);
+        let (t, d, nl) = (row.tokens.len(), c.hidden, c.n_layers);
+        let seed = train.and_then(|(_, s)| s);
+        let words = target_words(&row.targets, c.vocab)?;
+        ctx.queue
+            .write_buffer(&self.s.targets, 0, bytemuck::cast_slice(&words));
+        self.write_embedding(&row.tokens, self.input(0))?;
+        let mut enc = ctx.encoder();
+        let bytes = (t * d * 4) as u64;
+        for l in 0..nl {
+            let a = self.set(l);
+            if self.opts.recompute {
+                enc.copy_buffer_to_buffer(self.input(l), 0, &a.x, 0, bytes);
+            }
+            let out = if l + 1 < nl {
+                self.input(l + 1)
+            } else {
+                &self.s.y
+            };
+            self.block_forward(&mut enc, l, a, out, t, seed)?;
+        }
+        let s = &self.s;
+        let (eps, cw) = (c.norm_eps, self.split.chunk);
+        encode_rmsnorm_forward(
+            ctx,
+            &mut enc,
+            &s.y,
+            &self.output_norm,
+            &s.yn,
+            &s.rstd_out,
+            t,
+            d,
+            eps,
+        )?;
+        let head = self.head();
+        encode_cross_entropy_forward(
+            ctx,
+            &mut enc,
+            &s.yn,
+            &head,
+            &s.targets,
+            (&s.ce_scratch, &s.ce_stats),
+            (&s.loss, &s.ce_lse),
+            t,
+            cw,
+        )?;
+        if let Some((grad_scale, _)) = train {
+            enc.clear_buffer(&s.dn, 0, None);
+            enc.clear_buffer(&s.dx, 0, None);
+            // d(grad_scale·Σ loss) = d(mean loss)·grad_scale·n.
+            encode_cross_entropy_backward(
+                ctx,
+                &mut enc,
+                &s.yn,
+                &head,
+                (&s.targets, &s.ce_lse),
+                &s.ce_scratch,
+                &s.dn,
+                None,
+                (t, cw),
+                ((grad_scale * n as f64) as f32, n),
+            )?;
+            encode_rmsnorm_backward(
+                ctx,
+                &mut enc,
+                &s.dn,
+                &s.y,
+                &self.output_norm,
+                &s.rstd_out,
+                &s.dx,
+                None,
+                t,
+                d,
+            )?;
+            for l in (0..nl).rev() {
+                let a = self.set(l);
+                if self.opts.recompute {
+                    enc.copy_buffer_to_buffer(self.input(l), 0, &a.x, 0, bytes);
+                    self.block_forward(&mut enc, l, a, &s.recompute_out, t, seed)?;
+                }
+                self.block_backward(&mut enc, l, a, t, seed)?;
+            }
+        }
+        enc.copy_buffer_to_buffer(&s.loss, 0, &s.loss_read, 0, (t * 4) as u64);
+        ctx.queue.submit([enc.finish()]);
+        let losses = read_mapped(ctx, &s.loss_read, (t * 4) as u64).await?;
+        let sum: f64 = losses.iter().map(|&x| x as f64).sum();
+        if !sum.is_finite() {
+            return Err(Error::Invalid(format!(
+                "the loss of a row is {sum} (diverged?)"
+            )));
+        }
+        Ok(LossSum { sum, count: n })
+    }
+
+    async fn read_tensor(&self, b: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.ctx.read_buffer(b).await?;
+        let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        v.truncate(n);
+        Ok(v)
+    }
+
+    /// The adapters' current values, as the CPU reference holds them.
+    pub async fn read_adapters(&self) -> Result<Lora<f32>> {
+        let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0);
+        for (l, row) in self.pairs.iter().enumerate() {
+            for (pi, pair) in row.iter().enumerate() {
+                if let (Some((ia, ib)), Some(dst)) = (pair, lora.layers[l][pi].as_mut()) {
+                    dst.a = self
+                        .read_tensor(&self.trained[*ia].param, dst.a.len())
+                        .await?;
+                    dst.b = self
+                        .read_tensor(&self.trained[*ib].param, dst.b.len())
+                        .await?;
+                }
+            }
+        }
+        Ok(lora)
+    }
+
+    /// The accumulated gradients, shaped like the adapters (for tests against the CPU).
+    pub async fn gradients(&self) -> Result<Lora<f32>> {
+        let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0);
+        for (l, row) in self.pairs.iter().enumerate() {
+            for (pi, pair) in row.iter().enumerate() {
+                if let (Some((ia, ib)), Some(dst)) = (pair, lora.layers[l][pi].as_mut()) {
+                    dst.a = self
+                        .read_tensor(&self.trained[*ia].grad, dst.a.len())
+                        .await?;
+                    dst.b = self
+                        .read_tensor(&self.trained[*ib].grad, dst.b.len())
+                        .await?;
+                }
+            }
+        }
+        Ok(lora)
+    }
+
+    fn clear_grads(&self, enc: &mut wgpu::CommandEncoder) {
+        for tr in &self.trained {
+            enc.clear_buffer(&tr.grad, 0, None);
+        }
+    }
+}
+
+/// How [`fit_budget`] decided.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    pub options: TrainOptions,
+    pub plan: MemoryPlan,
+    /// What was changed from the requested options to fit, in words (empty: nothing).
+    pub changes: Vec<String>,
+}
+
+/// Logits chunk widths tried, widest first, when the budget is tight.
+const BUDGET_CHUNKS: [usize; 2] = [1024, 256];
+
+/// The options that fit `budget` bytes of GPU memory (and the device's limits): `opts` if
+/// it fits, else, cumulatively, with layer recompute, packed weights, and narrower logits
+/// chunks. When nothing fits, the error names the smallest plan's size and the longest
+/// sequence length that would fit. Nothing is allocated.
+pub fn fit_budget(
+    file: &ModelFile,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    limits: &wgpu::Limits,
+    budget: Option<u64>,
+) -> Result<Fit> {
+    let plan = GpuTrainer::plan(file, lora, opts, limits)?;
+    plan.check(limits)?;
+    let Some(budget) = budget else {
+        return Ok(Fit {
+            options: opts.clone(),
+            plan,
+            changes: Vec::new(),
+        });
+    };
+    let mut tries = vec![(opts.clone(), Vec::<String>::new())];
+    let mut cur = opts.clone();
+    let mut changes = Vec::new();
+    if !cur.recompute {
+        cur.recompute = true;
+        changes.push("layer recompute on".to_string());
+        tries.push((cur.clone(), changes.clone()));
+    }
+    if cur.format != WeightFormat::Packed {
+        cur.format = WeightFormat::Packed;
+        changes.push("packed weights".to_string());
+        tries.push((cur.clone(), changes.clone()));
+    }
+    for chunk in BUDGET_CHUNKS {
+        if cur.vocab_chunk > chunk {
+            cur.vocab_chunk = chunk;
+            changes.push(format!("logits chunk {chunk}"));
+            tries.push((cur.clone(), changes.clone()));
+        }
+    }
+    let mut smallest = None;
+    for (o, ch) in tries {
+        let p = GpuTrainer::plan(file, lora, &o, limits)?;
+        if p.check(limits).is_ok() && p.total() <= budget {
+            return Ok(Fit {
+                options: o,
+                plan: p,
+                changes: ch,
+            });
+        }
+        smallest = Some((o, p));
+    }
+    let (o, p) = smallest.expect("at least one candidate");
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    // The longest sequence the smallest settings fit in the budget.
+    let fits = |t: usize| -> bool {
+        let o = TrainOptions {
+            seq_len: t,
+            ..o.clone()
+        };
+        GpuTrainer::plan(file, lora, &o, limits).is_ok_and(|p| p.total() <= budget)
+    };
+    let advice = if fits(1) {
+        let (mut lo, mut hi) = (1, o.seq_len);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        format!(
+            "--seq-len {lo} would fit, or a budget of at least {} bytes",
+            p.total()
+        )
+    } else {
+        let w = p.by_category()[0].1;
+        format!(
+            "the frozen weights alone need {} ({w} bytes); no sequence length fits",
+            mib(w)
+        )
+    };
+    Err(Error::Invalid(format!(
+        "memory budget of {budget} bytes ({}) is too small to tune at --seq-len {}: the \
+         smallest plan (layer recompute, packed weights, logits chunk {}) needs {} bytes \
+         ({}); {advice}",
+        mib(budget),
+        o.seq_len,
+        o.vocab_chunk
+            .min(head_split(&file.config, &o, limits)?.chunk),
+        p.total(),
+        mib(p.total())
+    )))
+}
+
+fn check_options(c: &LlamaConfig, lora: &LoraConfig, opts: &TrainOptions) -> Result<()> {
+    if opts.seq_len < 1 || opts.seq_len > c.context_length {
+        return Err(Error::Invalid(format!(
+            "sequence length {} outside 1..={} (the model's context)",
+            opts.seq_len, c.context_length
+        )));
+    }
+    if opts.vocab_chunk == 0 {
+        return Err(Error::Invalid(
+            "the vocabulary chunk must be at least 1".into(),
+        ));
+    }
+    if c.head_dim > MAX_HEAD_DIM {
+        return Err(Error::Model(format!(
+            "head_dim {} exceeds the attention kernel's {MAX_HEAD_DIM}",
+            c.head_dim
+        )));
+    }
+    if lora.targets.is_empty() || lora.rank == 0 {
+        return Err(Error::Invalid(
+            "GPU training needs LoRA adapters (a rank and at least one target)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_adapters(c: &LlamaConfig, lora: &Lora<f32>) -> Result<()> {
+    let bad = |why: String| Err(Error::Invalid(format!("LoRA adapter: {why}")));
+    if lora.layers.len() != c.n_layers {
+        return bad(format!(
+            "{} layers, the model has {}",
+            lora.layers.len(),
+            c.n_layers
+        ));
+    }
+    for (l, ll) in lora.layers.iter().enumerate() {
+        for p in Proj::ALL {
+            let (k, n) = p.shape(c);
+            let targeted = lora.config.targets.contains(&p);
+            match &ll[p.index()] {
+                None if !targeted => {}
+                Some(q)
+                    if targeted
+                        && q.rank == lora.config.rank
+                        && q.a.len() == q.rank * k
+                        && q.b.len() == n * q.rank => {}
+                _ => return bad(format!("layer {l} {p:?}: not the configured shape/targets")),
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Backend for GpuTrainer<'_> {
+    async fn accumulate(
+        &mut self,
+        rows: &[&Row],
+        grad_scale: f64,
+        dropout_seed: u64,
+    ) -> Result<LossSum> {
+        let mut out = LossSum::default();
+        for (r, row) in rows.iter().enumerate() {
+            let seed = derive_seed(dropout_seed, &[r as u64]);
+            let loss = self.row(row, Some((grad_scale, Some(seed)))).await?;
+            out.add(loss);
+        }
+        Ok(out)
+    }
+
+    async fn apply(&mut self, opt: &AdamW, t: u64, max_grad_norm: Option<f64>) -> Result<f64> {
+        let ctx = self.ctx;
+        let grads: Vec<(&wgpu::Buffer, usize)> =
+            self.trained.iter().map(|tr| (&tr.grad, tr.n)).collect();
+        let mut enc = ctx.encoder();
+        encode_grad_norm2(ctx, &mut enc, &grads, &self.s.norm_partials, &self.s.norm2)?;
+        enc.copy_buffer_to_buffer(&self.s.norm2, 0, &self.s.norm_read, 0, 4);
+        ctx.queue.submit([enc.finish()]);
+        let norm2 = read_mapped(ctx, &self.s.norm_read, 4).await?[0];
+        let norm = (norm2 as f64).sqrt();
+        let mut enc = ctx.encoder();
+        if !norm.is_finite() {
+            self.clear_grads(&mut enc);
+            ctx.queue.submit([enc.finish()]);
+            return Err(Error::Invalid(format!(
+                "gradient norm is {norm} at step {t}; the step was skipped"
+            )));
+        }
+        let slots: Vec<Slot<'_>> = self
+            .trained
+            .iter()
+            .map(|tr| Slot {
+                param: &tr.param,
+                grad: &tr.grad,
+                m: &tr.m,
+                v: &tr.v,
+                n: tr.n,
+            })
+            .collect();
+        let max = max_grad_norm.map(|m| m as f32);
+        encode_adamw(ctx, &mut enc, &slots, &self.s.norm2, opt, t, max)?;
+        self.clear_grads(&mut enc);
+        ctx.queue.submit([enc.finish()]);
+        Ok(norm)
+    }
+
+    async fn eval(&mut self, rows: &[&Row]) -> Result<LossSum> {
+        let mut out = LossSum::default();
+        for row in rows {
+            out.add(self.row(row, None).await?);
+        }
+        Ok(out)
+    }
+
+    async fn save(&mut self) -> Result<ParamState> {
+        let (mut tensors, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for tr in &self.trained {
+            tensors.push(Tensor(self.read_tensor(&tr.param, tr.n).await?));
+            m.push(Tensor(self.read_tensor(&tr.m, tr.n).await?));
+            v.push(Tensor(self.read_tensor(&tr.v, tr.n).await?));
+        }
+        Ok(ParamState {
+            lora: self.lora_config.clone(),
+            tensors,
+            m,
+            v,
+        })
+    }
+
+    async fn adapters(&mut self) -> Result<Lora<f32>> {
+        self.read_adapters().await
+    }
+
+    fn gpu_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    async fn load(&mut self, state: &ParamState) -> Result<()> {
+        if state.lora != self.lora_config {
+            return Err(Error::Invalid(format!(
+                "checkpoint LoRA config {:?} differs from the model's {:?}",
+                state.lora, self.lora_config
+            )));
+        }
+        let n = self.trained.len();
+        let ok = state.tensors.len() == n
+            && state.m.len() == n
+            && state.v.len() == n
+            && self.trained.iter().enumerate().all(|(i, tr)| {
+                state.tensors[i].0.len() == tr.n
+                    && state.m[i].0.len() == tr.n
+                    && state.v[i].0.len() == tr.n
+            });
+        if !ok {
+            return Err(Error::Invalid(
+                "checkpoint tensors do not match the model's LoRA shapes".into(),
+            ));
+        }
+        let q = &self.ctx.queue;
+        for (i, tr) in self.trained.iter().enumerate() {
+            q.write_buffer(&tr.param, 0, bytemuck::cast_slice(&state.tensors[i].0));
+            q.write_buffer(&tr.m, 0, bytemuck::cast_slice(&state.m[i].0));
+            q.write_buffer(&tr.v, 0, bytemuck::cast_slice(&state.v[i].0));
+        }
+        let mut enc = self.ctx.encoder();
+        self.clear_grads(&mut enc);
+        q.submit([enc.finish()]);
+        Ok(())
+    }
+}

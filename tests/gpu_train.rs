@@ -1,0 +1,339 @@
+//! LoRA training on the GPU (lavapipe here) against the CPU reference on the tiny model:
+//! the losses and LoRA gradients of one accumulation (with dropout, in both weight formats,
+//! with and without layer recompute), whole training runs, the same run under a small
+//! binding limit that splits the head, exact resume, and the memory plan and budget.
+
+use edge_llm::data::Dataset;
+use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat};
+use edge_llm::kernels::context::GpuContext;
+use edge_llm::model::tiny::{generate, TinySpec};
+use edge_llm::model::ModelFile;
+use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+use edge_llm::tokenizer::Tokenizer;
+use edge_llm::train::{
+    derive_seed, prepare, Backend, CpuBackend, DataConfig, Row, StepReport, TrainConfig, Trainer,
+};
+use pollster::block_on;
+
+/// GPU gradients agree with the CPU's when max |gpu − cpu| ≤ GRAD_TOL_REL · max |cpu| over
+/// all LoRA gradients: f32 sums in another order through the same weights.
+const GRAD_TOL_REL: f32 = 1e-3;
+/// Losses (mean per target) agree within this relative difference.
+const LOSS_TOL_REL: f64 = 1e-4;
+/// The binding limit that splits the tiny head (272 × 64 f32 = 68 KiB) into three parts.
+const SMALL_BINDING: u64 = 32 << 10;
+
+fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
+    match GpuContext::new_blocking(limits) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
+            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
+            None
+        }
+        Err(e) => {
+            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
+        }
+    }
+}
+
+fn small_limits() -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffer_binding_size: SMALL_BINDING,
+        ..Default::default()
+    }
+}
+
+fn tiny_file() -> ModelFile {
+    ModelFile::from_bytes(generate(&TinySpec::default()).unwrap()).unwrap()
+}
+
+fn lora_config() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
+/// PEFT-initialised adapters with B filled too, so every gradient is non-zero.
+fn random_lora(file: &ModelFile, seed: u64) -> Lora<f32> {
+    let mut lora = Lora::new(&file.config, lora_config(), seed);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    for l in &mut lora.layers {
+        for p in l.iter_mut().flatten() {
+            for b in &mut p.b {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *b = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
+            }
+        }
+    }
+    lora
+}
+
+fn rows() -> Vec<Row> {
+    let row = |n: usize, k: u32| Row {
+        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+        targets: (0..n as u32)
+            .map(|i| (i % 3 != 0).then_some((i * 11 + k) % 260 + 3))
+            .collect(),
+    };
+    vec![row(24, 5), row(17, 9)]
+}
+
+fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {
+    TrainOptions {
+        format,
+        seq_len: 32,
+        recompute,
+        ..Default::default()
+    }
+}
+
+fn flat(l: &Lora<f32>) -> Vec<f32> {
+    let mut l = l.clone();
+    l.tensors_mut()
+        .into_iter()
+        .flat_map(|t| t.clone())
+        .collect()
+}
+
+#[test]
+fn one_accumulation_matches_the_cpu_reference() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny_file();
+    let lora = random_lora(&file, 3);
+    let rows = rows();
+    let refs: Vec<&Row> = rows.iter().collect();
+    let (scale, seed) = (0.25, 77);
+
+    // The CPU: Σ_rows grad_scale · ∇(Σ loss), dropout seeds derived as the backends do.
+    let model = Transformer {
+        w: file.weights().unwrap(),
+        lora: Some(lora.clone()),
+    };
+    let mut want = lora.zeros_like();
+    let mut want_loss = 0.0f64;
+    for (r, row) in rows.iter().enumerate() {
+        let acts = model.forward_train(&row.tokens, Some(derive_seed(seed, &[r as u64])));
+        let n = row.n_targets();
+        want_loss += model.loss(&acts, &row.targets) as f64 * n as f64;
+        let mut g = model.backward(&acts, &row.targets, false).lora.unwrap();
+        for (a, b) in want.tensors_mut().into_iter().zip(g.tensors_mut()) {
+            for (x, y) in a.iter_mut().zip(b.iter()) {
+                *x += (scale * n as f64) as f32 * y;
+            }
+        }
+    }
+    let want = flat(&want);
+    let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(max > 1e-3, "the reference gradients are all ~0 ({max})");
+
+    for (format, recompute) in [
+        (WeightFormat::F32, false),
+        (WeightFormat::Packed, false),
+        (WeightFormat::Packed, true),
+    ] {
+        let what = format!("{format:?} recompute={recompute}");
+        let mut gpu = GpuTrainer::new(&ctx, &file, &lora, &opts(format, recompute)).unwrap();
+        let loss = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
+        let rel = (loss.sum - want_loss).abs() / want_loss;
+        assert!(
+            rel < LOSS_TOL_REL,
+            "{what}: loss {} vs {want_loss}",
+            loss.sum
+        );
+        let got = flat(&block_on(gpu.gradients()).unwrap());
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{what}: loss rel diff {rel:e}, max |Δgrad| {d:e} of max |grad| {max:e}");
+        assert!(
+            d <= GRAD_TOL_REL * max,
+            "{what}: max |gpu − cpu| gradient {d:e} over max |grad| {max:e}"
+        );
+        assert_eq!(
+            gpu.allocated_bytes(),
+            gpu.memory_plan().total(),
+            "{what}: allocated bytes differ from the plan"
+        );
+    }
+}
+
+fn text_data(tok: &Tokenizer) -> edge_llm::train::Prepared {
+    let text = "It was the best of times, it was the worst of times, it was the age of \
+                wisdom, it was the age of foolishness, it was the epoch of belief. "
+        .repeat(4);
+    let ds = Dataset::Text(text);
+    let cfg = DataConfig {
+        seq_len: 32,
+        val_fraction: 0.2,
+        seed: 0,
+    };
+    prepare(&ds, tok, &cfg).unwrap()
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        lr: 3e-3,
+        max_steps: Some(6),
+        micro_batch: 2,
+        accum_steps: 2,
+        eval_every: 3,
+        ..Default::default()
+    }
+}
+
+fn losses<B: Backend>(trainer: &mut Trainer<B>, steps: u64) -> Vec<StepReport> {
+    let mut out = Vec::new();
+    block_on(trainer.run(steps, &mut |r| out.push(r.clone()))).unwrap();
+    out
+}
+
+fn assert_same_losses(what: &str, a: &[StepReport], b: &[StepReport], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{what}: step counts");
+    for (x, y) in a.iter().zip(b) {
+        let rel = (x.loss - y.loss).abs() / y.loss.abs().max(1e-12);
+        assert!(
+            rel <= tol,
+            "{what}: step {} loss {} vs {} (rel {rel:e})",
+            x.step,
+            x.loss,
+            y.loss
+        );
+        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
+            assert!((u - v).abs() / v <= tol, "{what}: val loss {u} vs {v}");
+        }
+    }
+}
+
+#[test]
+fn training_matches_the_cpu_and_a_split_head_gives_the_same_losses() {
+    let (Some(ctx), Some(small)) = (context(None), context(Some(small_limits()))) else {
+        return;
+    };
+    let file = tiny_file();
+    let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+    let data = text_data(&tok);
+    let config = train_config();
+    let lora = Lora::new(&file.config, lora_config(), config.seed);
+
+    let mut cpu_backend = CpuBackend::new(file.weights().unwrap(), lora_config(), config.seed);
+    cpu_backend.model.lora = Some(lora.clone());
+    let mut cpu = Trainer::new(cpu_backend, config.clone(), data.clone()).unwrap();
+    let want = losses(&mut cpu, 6);
+
+    let o = opts(WeightFormat::Packed, false);
+    let mut gpu = Trainer::new(
+        GpuTrainer::new(&ctx, &file, &lora, &o).unwrap(),
+        config.clone(),
+        data.clone(),
+    )
+    .unwrap();
+    let got = losses(&mut gpu, 6);
+    assert_same_losses("GPU vs CPU", &got, &want, 1e-3);
+    assert!(
+        got.last().unwrap().loss < got[0].loss,
+        "training lowered nothing"
+    );
+
+    let split = GpuTrainer::new(&small, &file, &lora, &o).unwrap();
+    let (parts, chunk) = split.head_split();
+    assert!(
+        parts >= 3 && chunk < file.config.vocab,
+        "{parts} parts, chunk {chunk}"
+    );
+    let big = gpu.backend.head_split();
+    assert_eq!(
+        big.0, 1,
+        "the default limit holds the tiny head in one buffer"
+    );
+    let mut small_run = Trainer::new(split, config, data).unwrap();
+    let got_small = losses(&mut small_run, 6);
+    assert_same_losses("32 KiB binding limit vs default", &got_small, &got, 1e-5);
+    let peak = small_run.backend.gpu_bytes();
+    assert!(peak <= small_run.backend.memory_plan().total());
+    for e in &small_run.backend.memory_plan().entries {
+        assert!(
+            !e.storage || e.bytes <= SMALL_BINDING,
+            "{} ({} bytes) over the binding limit",
+            e.name,
+            e.bytes
+        );
+    }
+}
+
+#[test]
+fn resume_on_the_gpu_equals_an_uninterrupted_run() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny_file();
+    let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+    let data = text_data(&tok);
+    let config = train_config();
+    let lora = Lora::new(&file.config, lora_config(), config.seed);
+    let o = opts(WeightFormat::Packed, true);
+    let new = || GpuTrainer::new(&ctx, &file, &lora, &o).unwrap();
+
+    let mut whole = Trainer::new(new(), config.clone(), data.clone()).unwrap();
+    let want = losses(&mut whole, 6);
+
+    let mut first = Trainer::new(new(), config.clone(), data.clone()).unwrap();
+    let mut got = losses(&mut first, 3);
+    let state = block_on(first.checkpoint()).unwrap();
+    drop(first);
+    let mut second = Trainer::new(new(), config, data).unwrap();
+    block_on(second.resume(&state)).unwrap();
+    got.extend(losses(&mut second, 3));
+    let a: Vec<u64> = got.iter().map(|r| r.loss.to_bits()).collect();
+    let b: Vec<u64> = want.iter().map(|r| r.loss.to_bits()).collect();
+    assert_eq!(a, b, "resumed losses differ from the uninterrupted run");
+    let wa = flat(&block_on(second.backend.adapters()).unwrap());
+    let wb = flat(&block_on(whole.backend.adapters()).unwrap());
+    assert_eq!(wa, wb, "resumed adapters differ");
+}
+
+#[test]
+fn the_budget_picks_recompute_or_refuses_before_allocating() {
+    let file = tiny_file();
+    let lc = lora_config();
+    let limits = wgpu::Limits::default();
+    let full = TrainOptions {
+        format: WeightFormat::F32,
+        seq_len: 64,
+        ..Default::default()
+    };
+    let p_full = GpuTrainer::plan(&file, &lc, &full, &limits).unwrap();
+    let recompute = TrainOptions {
+        recompute: true,
+        ..full.clone()
+    };
+    let p_re = GpuTrainer::plan(&file, &lc, &recompute, &limits).unwrap();
+    assert!(p_re.total() < p_full.total());
+
+    // No budget, or a generous one: the options as asked.
+    let fit = fit_budget(&file, &lc, &full, &limits, Some(p_full.total())).unwrap();
+    assert_eq!(fit.options, full);
+    assert!(fit.changes.is_empty());
+    // Just under: recompute turns on and the plan fits.
+    let fit = fit_budget(&file, &lc, &full, &limits, Some(p_full.total() - 1)).unwrap();
+    assert!(fit.options.recompute, "{:?}", fit.changes);
+    assert!(fit.plan.total() < p_full.total());
+    // Far too small: refused with the size needed and a sequence length that fits.
+    let err = fit_budget(&file, &lc, &full, &limits, Some(300_000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("memory budget of 300000 bytes"), "{err}");
+    assert!(err.contains("would fit"), "{err}");
+    let err = fit_budget(&file, &lc, &full, &limits, Some(1000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("frozen weights alone"), "{err}");
+}
