@@ -180,3 +180,89 @@ fn bad_tune_settings_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn gpu_tuning_matches_the_cpu_and_reports_its_memory() {
+    let dir = scratch().join("gpu");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (model, data) = setup(&dir);
+    let losses = |device: &str| {
+        let out = dir.join(device);
+        let (code, objs, err) = run(&[
+            "tune",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--steps",
+            "4",
+            "--seq-len",
+            "32",
+            "--lr",
+            "1e-2",
+            "--device",
+            device,
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        (code, objs, err)
+    };
+    let (code, gpu, err) = losses("gpu");
+    if code != 0 && std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") {
+        eprintln!("note: skipping the GPU tune (EDGE_LLM_ALLOW_NO_GPU=1): {err}");
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    let (code, cpu, err) = losses("cpu");
+    assert_eq!(code, 0, "{err}");
+    let steps = |objs: &[serde_json::Value]| -> Vec<f64> {
+        objs.iter()
+            .filter_map(|o| o.get("step").map(|_| o["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let (g, c) = (steps(&gpu), steps(&cpu));
+    assert_eq!(g.len(), 4);
+    for (a, b) in g.iter().zip(&c) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "GPU loss {a} vs CPU {b}");
+    }
+    for o in gpu.iter().filter(|o| o.get("step").is_some()) {
+        assert_eq!(o["device"], "gpu");
+        assert!(o["gpu_bytes"].as_u64().unwrap() > 0, "{o}");
+        assert!(o["tokens_per_s"].as_f64().unwrap() > 0.0, "{o}");
+    }
+    let last = gpu.last().unwrap();
+    let peak = last["peak_gpu_bytes"].as_u64().unwrap();
+    assert!(peak > 0 && last["val_loss"].as_f64().is_some(), "{last}");
+
+    // The plan command prints the same total the run allocated, without allocating.
+    let (code, plan, err) = run(&["plan", "--model", &model, "--seq-len", "32", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(plan[0]["total_bytes"].as_u64().unwrap(), peak);
+    // A budget that cannot fit is refused before anything is made, saying what would.
+    let refused = dir.join("refused");
+    let (code, _, err) = run(&[
+        "tune",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--steps",
+        "4",
+        "--seq-len",
+        "32",
+        "--device",
+        "gpu",
+        "--memory-budget",
+        "200K",
+        "--out",
+        refused.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("memory budget of 204800 bytes"), "{err}");
+    assert!(err.contains("needs"), "{err}");
+    assert!(
+        !refused.exists(),
+        "a refused run created its output directory"
+    );
+}

@@ -174,6 +174,47 @@ enum Cmd {
         /// Checkpoint and exit after N steps in this session (continue with --resume).
         #[arg(long)]
         stop_after: Option<u64>,
+        /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+        /// software adapter such as lavapipe); gpu: any WebGPU/Vulkan adapter.
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// GPU memory the run may use (bytes; K, M, G suffixes are KiB, MiB, GiB): layer
+        /// recompute and narrower logits chunks are chosen to fit, or the run is refused
+        /// before anything is allocated.
+        #[arg(long, value_parser = parse_bytes)]
+        memory_budget: Option<u64>,
+        /// Keep only each layer's input and recompute the layer before its backward pass.
+        #[arg(long)]
+        recompute: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the GPU memory plan of a tuning run (every buffer, by category) without
+    /// allocating anything, and whether it fits --memory-budget.
+    Plan {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        lora_rank: usize,
+        #[arg(long, default_value = "all")]
+        lora_targets: String,
+        /// Bytes (K, M, G suffixes are KiB, MiB, GiB).
+        #[arg(long, value_parser = parse_bytes)]
+        memory_budget: Option<u64>,
+        /// Plan for this max_storage_buffer_binding_size instead of this machine's adapter
+        /// (e.g. 128M, the WebGPU default a browser gives).
+        #[arg(long, value_parser = parse_bytes)]
+        binding_limit: Option<u64>,
+        /// Dense f32 base weights instead of the packed quantized blocks.
+        #[arg(long)]
+        f32: bool,
+        #[arg(long)]
+        recompute: bool,
+        /// How many of the largest buffers to list.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
         #[arg(long)]
         json: bool,
     },
@@ -226,10 +267,61 @@ enum BenchCmd {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Device {
+pub(crate) enum Device {
     Auto,
     Gpu,
     Cpu,
+}
+
+/// A byte count: digits with an optional K, M or G suffix (KiB, MiB, GiB).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("'{s}': use a number of bytes or K, M, G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 600M)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// The GPU to run on for `device`, or None for the CPU reference (saying which on stderr):
+/// auto takes a hardware GPU, not a software adapter, which is slower than the reference.
+pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuContext>> {
+    if device == Device::Cpu {
+        eprintln!("device: CPU reference");
+        return Ok(None);
+    }
+    match crate::kernels::GpuContext::new_blocking(None) {
+        Ok(ctx) if device == Device::Gpu || ctx.info.device_type != wgpu::DeviceType::Cpu => {
+            eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
+            Ok(Some(ctx))
+        }
+        Ok(ctx) => {
+            eprintln!(
+                "device: CPU reference ({} is a software adapter; --device gpu uses it anyway)",
+                ctx.info.name
+            );
+            Ok(None)
+        }
+        Err(e) if device == Device::Gpu => Err(e),
+        Err(_) => {
+            eprintln!("device: CPU reference (no GPU adapter)");
+            Ok(None)
+        }
+    }
 }
 
 /// Runs `f` on the chosen backend, both behind [`eval::CausalLm`].
@@ -240,29 +332,13 @@ fn with_lm<R>(
     f: impl FnOnce(&mut dyn eval::CausalLm) -> Result<R>,
 ) -> Result<R> {
     use crate::engine::{GpuModel, GpuModelOptions};
-    if device == Device::Cpu {
-        eprintln!("device: CPU reference");
-        return f(&mut CpuLm::new(model));
-    }
-    match crate::kernels::GpuContext::new_blocking(None) {
-        Ok(ctx) if device == Device::Gpu || ctx.info.device_type != wgpu::DeviceType::Cpu => {
-            eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
+    match pick_gpu(device)? {
+        Some(ctx) => {
             let mut gm =
                 GpuModel::new(&ctx, file, &GpuModelOptions::default(), model.lora.as_ref())?;
             f(&mut gm)
         }
-        Ok(ctx) => {
-            eprintln!(
-                "device: CPU reference ({} is a software adapter; --device gpu uses it anyway)",
-                ctx.info.name
-            );
-            f(&mut CpuLm::new(model))
-        }
-        Err(e) if device == Device::Gpu => Err(e),
-        Err(_) => {
-            eprintln!("device: CPU reference (no GPU adapter)");
-            f(&mut CpuLm::new(model))
-        }
+        None => f(&mut CpuLm::new(model)),
     }
 }
 
@@ -582,10 +658,20 @@ fn run(cmd: Cmd) -> Result<i32> {
             out,
             resume,
             stop_after,
+            device,
+            memory_budget,
+            recompute,
             json,
         } => {
+            let session = tune::Session {
+                device,
+                memory_budget,
+                recompute,
+                stop_after,
+                json,
+            };
             if resume.is_some() {
-                return tune::run(None, resume, out, stop_after, json);
+                return tune::run(None, resume, out, session);
             }
             let (Some(model), Some(data)) = (model, data) else {
                 return Err(Error::Invalid(
@@ -623,13 +709,44 @@ fn run(cmd: Cmd) -> Result<i32> {
                 save_every,
             };
             let out = out.unwrap_or_else(|| PathBuf::from("runs/tune"));
-            return tune::run(
-                Some(tune::NewRun { spec, out }),
-                None,
-                None,
-                stop_after,
+            return tune::run(Some(tune::NewRun { spec, out }), None, None, session);
+        }
+        Cmd::Plan {
+            model,
+            seq_len,
+            lora_rank,
+            lora_targets,
+            memory_budget,
+            binding_limit,
+            f32,
+            recompute,
+            top,
+            json,
+        } => {
+            let lora = crate::reference::LoraConfig {
+                rank: lora_rank,
+                targets: tune::parse_targets(&lora_targets)?,
+                ..Default::default()
+            };
+            let opts = crate::engine::TrainOptions {
+                format: if f32 {
+                    crate::engine::WeightFormat::F32
+                } else {
+                    crate::engine::WeightFormat::Packed
+                },
+                seq_len,
+                recompute,
+                ..Default::default()
+            };
+            tune::print_plan(
+                &model,
+                &lora,
+                &opts,
+                memory_budget,
+                binding_limit,
+                top,
                 json,
-            );
+            )?;
         }
     }
     Ok(0)

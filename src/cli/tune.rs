@@ -1,13 +1,20 @@
-//! `edge-llm tune`: LoRA tuning with the training core (src/train) on the CPU reference
-//! backend. Writes the PEFT adapter and a checkpoint (every `--save-every` steps, at the
-//! end and on Ctrl-C) to `--out`; `--resume DIR` continues a run exactly.
+//! `edge-llm tune`: LoRA tuning with the training core (src/train) on the GPU engine
+//! ([`GpuTrainer`]) or the CPU reference ([`CpuBackend`]). The GPU memory is planned and
+//! fitted to `--memory-budget` before anything is allocated. Writes the PEFT adapter and a
+//! checkpoint (every `--save-every` steps, at the end and on Ctrl-C) to `--out`;
+//! `--resume DIR` continues a run exactly, on either device.
 
+use super::Device;
 use crate::adapter;
 use crate::data::Dataset;
+use crate::engine::{fit_budget, GpuTrainer, TrainOptions};
 use crate::model::ModelFile;
+use crate::reference::Lora;
 use crate::reference::{LoraConfig, Proj};
 use crate::tokenizer::Tokenizer;
-use crate::train::{self, CpuBackend, DataConfig, Decay, Stop, TrainConfig, TrainState, Trainer};
+use crate::train::{
+    self, Backend, CpuBackend, DataConfig, Decay, Stop, TrainConfig, TrainState, Trainer,
+};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -97,13 +104,25 @@ pub fn validate(spec: &RunSpec) -> Result<()> {
     Ok(())
 }
 
+/// Where and how a session runs; not part of the saved run, so a run started on one
+/// device may resume on another.
+pub struct Session {
+    pub device: Device,
+    /// GPU memory the run may use, in bytes (planned before anything is allocated).
+    pub memory_budget: Option<u64>,
+    /// Layer recompute on the GPU (less memory, one more forward per block).
+    pub recompute: bool,
+    /// Checkpoint and exit after this many steps in this session.
+    pub stop_after: Option<u64>,
+    pub json: bool,
+}
+
 /// Runs (or resumes) a tuning run; returns the process exit code (130 after Ctrl-C).
 pub fn run(
     new: Option<NewRun>,
     resume: Option<PathBuf>,
     out_override: Option<PathBuf>,
-    stop_after: Option<u64>,
-    json: bool,
+    session: Session,
 ) -> Result<i32> {
     let (spec, out, state) = match (new, resume) {
         (_, Some(dir)) => {
@@ -140,8 +159,81 @@ pub fn run(
         stats.truncated,
         stats.dropped
     );
-    let backend = CpuBackend::new(file.weights()?, spec.lora.clone(), spec.train.seed);
-    let mut trainer = Trainer::new(backend, spec.train.clone(), prepared)?;
+    let opts = TrainOptions {
+        seq_len: spec.data_config.seq_len,
+        recompute: session.recompute,
+        ..Default::default()
+    };
+    let ctx = super::pick_gpu(session.device)?;
+    let limits = ctx
+        .as_ref()
+        .map_or_else(wgpu::Limits::default, |c| c.limits.clone());
+    // Planned (and refused when it cannot fit) before anything is allocated.
+    let fit = match (&ctx, session.memory_budget) {
+        (None, None) => None,
+        _ => {
+            let fit = fit_budget(&file, &spec.lora, &opts, &limits, session.memory_budget)?;
+            eprintln!(
+                "GPU memory plan: {:.1} MiB{}",
+                fit.plan.total() as f64 / 1048576.0,
+                if fit.changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (to fit the budget: {})", fit.changes.join(", "))
+                }
+            );
+            Some(fit)
+        }
+    };
+    let run = Prepared {
+        spec,
+        out,
+        state,
+        file: &file,
+        session: &session,
+    };
+    match (&ctx, fit) {
+        (Some(ctx), Some(fit)) => {
+            let lora = Lora::new(&file.config, run.spec.lora.clone(), run.spec.train.seed);
+            let backend = GpuTrainer::new(ctx, &file, &lora, &fit.options)?;
+            drive(backend, "gpu", prepared, run)
+        }
+        _ => {
+            if session.memory_budget.is_some() {
+                eprintln!("note: the memory budget plans GPU memory; this run is on the CPU");
+            }
+            let backend =
+                CpuBackend::new(file.weights()?, run.spec.lora.clone(), run.spec.train.seed);
+            drive(backend, "cpu", prepared, run)
+        }
+    }
+}
+
+/// What [`drive`] needs besides the backend and data.
+struct Prepared<'a> {
+    spec: RunSpec,
+    out: PathBuf,
+    state: Option<TrainState>,
+    file: &'a ModelFile,
+    session: &'a Session,
+}
+
+/// The training loop with progress, JSON reports, checkpoints and Ctrl-C, on any backend.
+fn drive<B: Backend>(
+    backend: B,
+    device: &str,
+    data: train::Prepared,
+    run: Prepared<'_>,
+) -> Result<i32> {
+    let Prepared {
+        spec,
+        out,
+        state,
+        file,
+        session,
+    } = run;
+    let json = session.json;
+    let mut trainer = Trainer::new(backend, spec.train.clone(), data)?;
     if let Some(state) = &state {
         pollster::block_on(trainer.resume(state))?;
         eprintln!(
@@ -168,14 +260,11 @@ pub fn run(
             }
         });
     }
-    let save = |trainer: &mut Trainer<CpuBackend>| -> Result<()> {
+    let save = |trainer: &mut Trainer<B>| -> Result<()> {
         let state = pollster::block_on(trainer.checkpoint())?;
         write_atomic(&out.join(CHECKPOINT_FILE), &state.to_bytes()?)?;
-        let lora = trainer
-            .backend
-            .lora()
-            .ok_or_else(|| Error::Invalid("no adapters to save".into()))?;
-        adapter::save_dir(&out, lora, &cfg, &base_name)
+        let lora = pollster::block_on(trainer.backend.adapters())?;
+        adapter::save_dir(&out, &lora, &cfg, &base_name)
     };
 
     let total = trainer.total_steps();
@@ -195,7 +284,8 @@ pub fn run(
                     "{}",
                     json!({"step": r.step, "epoch": r.epoch, "loss": r.loss, "lr": r.lr,
                            "grad_norm": r.grad_norm, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s,
-                           "val_loss": r.val_loss, "device": "cpu"})
+                           "val_loss": r.val_loss, "device": device,
+                           "gpu_bytes": trainer.backend.gpu_bytes()})
                 );
             }
             pb.set_position(r.step);
@@ -205,6 +295,7 @@ pub fn run(
             }
         }
         session_steps += 1;
+        let stop_after = session.stop_after;
         if interrupted.load(Ordering::SeqCst) || stop_after.is_some_and(|n| session_steps >= n) {
             break None;
         }
@@ -224,7 +315,9 @@ pub fn run(
         "best_val_loss": trainer.best_val(),
         "adapter": out.display().to_string(),
         "checkpoint": out.join(CHECKPOINT_FILE).display().to_string(),
-        "device": "cpu",
+        "device": device,
+        // Every GPU buffer is allocated when the backend is made, so the peak is the total.
+        "peak_gpu_bytes": trainer.backend.gpu_bytes(),
     });
     if json {
         println!("{v}");
@@ -243,6 +336,88 @@ pub fn run(
     }
     let by_signal = interrupted.load(Ordering::SeqCst);
     Ok(if by_signal { 130 } else { 0 })
+}
+
+/// `edge-llm plan`: the training memory plan for `model` on this machine's adapter (or the
+/// given binding limit), fitted to `budget`; nothing is allocated.
+pub fn print_plan(
+    model: &Path,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    budget: Option<u64>,
+    binding_limit: Option<u64>,
+    top: usize,
+    json: bool,
+) -> Result<()> {
+    let file = ModelFile::open(model)?;
+    let (mut limits, adapter) = match crate::kernels::GpuContext::new_blocking(None) {
+        Ok(ctx) => (ctx.limits.clone(), ctx.info.name.clone()),
+        Err(_) => (
+            wgpu::Limits::default(),
+            "no adapter: WebGPU defaults".to_string(),
+        ),
+    };
+    if let Some(b) = binding_limit {
+        limits.max_storage_buffer_binding_size = b;
+    }
+    let fit = fit_budget(&file, lora, opts, &limits, budget)?;
+    let (parts, chunk) = crate::engine::train::head_split_for(&file.config, &fit.options, &limits)?;
+    let mut largest: Vec<_> = fit.plan.entries.iter().collect();
+    largest.sort_by_key(|e| std::cmp::Reverse(e.bytes));
+    largest.truncate(top);
+    if json {
+        let v = json!({
+            "adapter": adapter,
+            "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+            "seq_len": fit.options.seq_len,
+            "recompute": fit.options.recompute,
+            "format": format!("{:?}", fit.options.format),
+            "head_parts": parts,
+            "logits_chunk": chunk,
+            "total_bytes": fit.plan.total(),
+            "budget_bytes": budget,
+            "changes": fit.changes,
+            "by_category": fit.plan.by_category().into_iter()
+                .map(|(c, b)| (format!("{c:?}").to_lowercase(), b))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "largest": largest,
+            "buffers": fit.plan.entries.len(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "tuning plan for {} on {adapter} (binding limit {:.0} MiB)",
+        model.display(),
+        mib(limits.max_storage_buffer_binding_size)
+    );
+    println!(
+        "seq_len {}, LoRA rank {} on {} projections, {:?} weights, layer recompute {}",
+        fit.options.seq_len,
+        lora.rank,
+        lora.targets.len(),
+        fit.options.format,
+        if fit.options.recompute { "on" } else { "off" }
+    );
+    println!("LM head: {parts} buffer(s), logits in chunks of {chunk} vocabulary rows");
+    println!("{}", fit.plan);
+    println!("{} buffers; the largest:", fit.plan.entries.len());
+    for e in largest {
+        println!("  {:>10.2} MiB  {}", mib(e.bytes), e.name);
+    }
+    if let Some(b) = budget {
+        println!(
+            "fits the budget of {:.1} MiB{}",
+            mib(b),
+            if fit.changes.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", fit.changes.join(", "))
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Default run settings (the reference's) for the flags a user leaves out.

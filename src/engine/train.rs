@@ -109,6 +109,17 @@ fn head_split(c: &LlamaConfig, opts: &TrainOptions, limits: &wgpu::Limits) -> Re
     })
 }
 
+/// (head buffers, logits chunk width) a plan with these options uses on a device with
+/// these limits.
+pub fn head_split_for(
+    c: &LlamaConfig,
+    opts: &TrainOptions,
+    limits: &wgpu::Limits,
+) -> Result<(usize, usize)> {
+    let s = head_split(c, opts, limits)?;
+    Ok((s.parts, s.chunk))
+}
+
 /// The activations one block keeps for its backward pass (t rows each).
 struct BlockActs {
     x: wgpu::Buffer,
@@ -1117,9 +1128,16 @@ pub fn fit_budget(
             p.total()
         )
     } else {
-        let w = p.by_category()[0].1;
+        let small = TrainOptions {
+            seq_len: 1,
+            ..o.clone()
+        };
+        let one = GpuTrainer::plan(file, lora, &small, limits)?;
+        let w = one.by_category()[0].1;
         format!(
-            "the frozen weights alone need {} ({w} bytes); no sequence length fits",
+            "even --seq-len 1 needs {} bytes ({}; the frozen weights alone {})",
+            one.total(),
+            mib(one.total()),
             mib(w)
         )
     };
