@@ -187,6 +187,8 @@ struct Scratch {
     ce_scratch: wgpu::Buffer,
     ce_stats: wgpu::Buffer,
     loss_read: wgpu::Buffer,
+    /// Adapters and moments are read back through this one buffer (the widest tensor).
+    tensor_read: wgpu::Buffer,
     norm_partials: wgpu::Buffer,
     norm2: wgpu::Buffer,
     norm_read: wgpu::Buffer,
@@ -353,11 +355,13 @@ impl<'c> GpuTrainer<'c> {
         plan.storage(
             "grad norm partials",
             Category::Gradients,
-            f32s(norm_scratch_len(lens)),
+            f32s(norm_scratch_len(lens.iter().copied())),
         );
         plan.storage("grad norm", Category::Gradients, 4);
         plan.other("loss readback", Category::Readback, f32s(t));
         plan.other("norm readback", Category::Readback, 4);
+        let widest = lens.iter().copied().max().unwrap_or(1);
+        plan.other("tensor readback", Category::Readback, f32s(widest));
         Ok(plan)
     }
 
@@ -559,6 +563,10 @@ impl<'c> GpuTrainer<'c> {
             ce_lse: track(zeros("head lse", t)?),
             ce_stats: track(zeros("head stats", 3 * t)?),
             ce_scratch: track(zeros("logits chunk", t * split.chunk)?),
+            tensor_read: track(readback(
+                "tensor readback",
+                (lens.iter().copied().max().unwrap_or(1) * 4) as u64,
+            )),
             norm_partials: track(zeros("grad norm partials", norm_scratch_len(lens))?),
             norm2: track(zeros("grad norm", 1)?),
             loss_read: track(readback("loss readback", (t * 4) as u64)),
@@ -989,11 +997,13 @@ impl<'c> GpuTrainer<'c> {
         Ok(LossSum { sum, count: n })
     }
 
+    /// The first n values of `b`, through the planned readback buffer.
     async fn read_tensor(&self, b: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
-        let bytes = self.ctx.read_buffer(b).await?;
-        let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        v.truncate(n);
-        Ok(v)
+        let bytes = (n * 4) as u64;
+        let mut enc = self.ctx.encoder();
+        enc.copy_buffer_to_buffer(b, 0, &self.s.tensor_read, 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        read_mapped(self.ctx, &self.s.tensor_read, bytes).await
     }
 
     /// The adapters' current values, as the CPU reference holds them.
