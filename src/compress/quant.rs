@@ -86,7 +86,7 @@ pub struct QuantMatrix {
     pub scales: Vec<u32>,
 }
 
-fn put_code(block: &mut [u32], bits: u32, c: usize, code: u32) {
+pub(crate) fn put_code(block: &mut [u32], bits: u32, c: usize, code: u32) {
     if bits == 3 {
         block[c / 16] |= (code & 3) << (2 * (c % 16));
         block[2] |= (code >> 2) << c;
