@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The page, served locally: sets up the machine (once), builds the WebAssembly, links the
-# default model beside the page and serves www/ on http://127.0.0.1:PORT/.
+# default model and the built-in data (ARC-Easy, Shakespeare) beside the page and serves
+# www/ on http://127.0.0.1:PORT/.
 #   scripts/run.sh              port 8080, or the next free one
 #   scripts/run.sh --port N     exactly port N
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,6 +22,12 @@ done
 bash "$ROOT/scripts/setup.sh"
 bash "$ROOT/scripts/build-wasm.sh"
 link_default_model
+# The tuning section's built-in data sets, served as www/data/<name>/ (git-ignored links).
+mkdir -p "$ROOT/www/data"
+for d in arc-easy shakespeare; do
+  [ -d "$ROOT/data/$d" ] || die "no data in data/$d: run scripts/setup.sh"
+  ln -sfn "../../data/$d" "$ROOT/www/data/$d"
+done
 
 if ! port_free "$PORT"; then
   [ "$EXACT" -eq 1 ] && die "port $PORT is in use: choose another with --port N"

@@ -76,6 +76,9 @@ ok
 
 stage "page end to end in headless Chromium (tests/e2e)"
 link_default_model
+# The tuning test trains the seeded tiny model in the page and compares with a native run.
+cargo build -q
+target/debug/edge-llm make-tiny --out www/models/tiny.gguf >/dev/null
 (cd tests/e2e && npm test --silent)
 ok
 

@@ -1,12 +1,26 @@
-//! The browser shell (wasm32 only): the wasm-bindgen API that www/app.js calls.
-//! It converts between JS values and the engine's types and does nothing else; the
-//! engine below it is the same code that runs natively.
+//! The browser shell (wasm32 only): the wasm-bindgen API that www/app.js and www/worker.js
+//! call. It converts between JS values and the engine's types and does nothing else; the
+//! engine below it is the same code that runs natively (`edge-llm tune` drives the same
+//! `Trainer` over the same `GpuTrainer`).
+//!
+//! One GPU device per page or worker: the first call that needs it creates a
+//! [`GpuContext`] and leaks it, so a [`WebTuner`]'s `GpuTrainer<'static>` can borrow it.
 
+use std::cell::OnceCell;
+
+use serde::Deserialize;
+use serde_json::json;
 use wasm_bindgen::prelude::*;
 
+use crate::adapter;
+use crate::data::{Dataset, LineError};
+use crate::engine::{fit_budget, Fit, GpuTrainer, TrainOptions};
 use crate::kernels::GpuContext;
-use crate::model::ModelFile;
+use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::{Lora, LoraConfig, Proj};
 use crate::tokenizer::Tokenizer;
+use crate::train::{self, Backend, DataConfig, Decay, TrainConfig, TrainState, Trainer};
+use crate::Error;
 
 fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
@@ -16,6 +30,25 @@ fn js_err(e: crate::Error) -> JsError {
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
+}
+
+thread_local! {
+    static GPU: OnceCell<&'static GpuContext> = const { OnceCell::new() };
+}
+
+/// This thread's GPU device, created on first use (WebGPU baseline limits).
+async fn shared_gpu() -> Result<&'static GpuContext, JsError> {
+    if let Some(ctx) = GPU.with(|g| g.get().copied()) {
+        return Ok(ctx);
+    }
+    let ctx = GpuContext::new(None).await.map_err(js_err)?;
+    // Another call may have finished first while this one awaited: keep the first.
+    Ok(GPU.with(|g| *g.get_or_init(|| Box::leak(Box::new(ctx)))))
+}
+
+fn gpu_ready() -> Result<&'static GpuContext, JsError> {
+    GPU.with(|g| g.get().copied())
+        .ok_or_else(|| JsError::new("no GPU device yet: await gpu_info() first"))
 }
 
 /// A model loaded from GGUF bytes: its header, configuration and tokenizer.
@@ -31,6 +64,193 @@ pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
     let model = ModelFile::from_bytes(bytes).map_err(js_err)?;
     let tokenizer = Tokenizer::from_gguf(&model.gguf).map_err(js_err)?;
     Ok(WebModel { model, tokenizer })
+}
+
+/// Tuning settings from the page, with the CLI's defaults (`edge-llm tune --help`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct TuneOptions {
+    /// Optimizer steps (None: `epochs` passes over the data).
+    steps: Option<u64>,
+    epochs: f64,
+    lr: f64,
+    cosine: bool,
+    warmup: f64,
+    lora_rank: usize,
+    lora_alpha: f32,
+    lora_dropout: f32,
+    lora_targets: Vec<Proj>,
+    seq_len: usize,
+    batch: usize,
+    accum: usize,
+    /// Gradient-norm clipping (0: off).
+    clip: f64,
+    val_fraction: f64,
+    eval_every: u64,
+    patience: Option<u32>,
+    seed: u64,
+    /// GPU bytes the run may use; None: only the device's limits.
+    memory_budget: Option<u64>,
+    recompute: bool,
+}
+
+impl Default for TuneOptions {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            epochs: 1.0,
+            lr: 4e-4,
+            cosine: false,
+            warmup: 0.03,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.1,
+            lora_targets: Proj::ALL.to_vec(),
+            seq_len: 256,
+            batch: 1,
+            accum: 4,
+            clip: 0.3,
+            val_fraction: 0.1,
+            eval_every: 50,
+            patience: None,
+            seed: 0,
+            memory_budget: None,
+            recompute: false,
+        }
+    }
+}
+
+impl TuneOptions {
+    fn parse(json: &str) -> crate::Result<Self> {
+        let o: Self = serde_json::from_str(json)
+            .map_err(|e| Error::Invalid(format!("tuning options: {e}")))?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// The checks of `edge-llm tune` (one shared function).
+    fn validate(&self) -> crate::Result<()> {
+        crate::train::validate(&self.lora(), &self.data(), &self.train())
+    }
+
+    fn lora(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: self.lora_targets.clone(),
+        }
+    }
+
+    fn data(&self) -> DataConfig {
+        DataConfig {
+            seq_len: self.seq_len,
+            val_fraction: self.val_fraction,
+            seed: self.seed,
+        }
+    }
+
+    fn train(&self) -> TrainConfig {
+        TrainConfig {
+            lr: self.lr,
+            decay: if self.cosine {
+                Decay::Cosine
+            } else {
+                Decay::Constant
+            },
+            warmup_fraction: self.warmup,
+            micro_batch: self.batch,
+            accum_steps: self.accum,
+            max_grad_norm: (self.clip > 0.0).then_some(self.clip),
+            epochs: self.epochs,
+            max_steps: self.steps,
+            eval_every: self.eval_every,
+            patience: self.patience,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
+    fn engine(&self) -> TrainOptions {
+        TrainOptions {
+            seq_len: self.seq_len,
+            recompute: self.recompute,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses data leniently as `kind` ("text", "instruct", "mc", or "auto": by the name's
+/// extension, else by content, as `Dataset::parse_lenient` does).
+fn parse_data(name: &str, text: &str, kind: &str) -> crate::Result<(Dataset, Vec<LineError>)> {
+    let as_name = match kind {
+        "auto" => name.to_owned(),
+        "text" => "data.txt".to_owned(),
+        "instruct" | "mc" => "data.jsonl".to_owned(),
+        other => {
+            return Err(Error::Invalid(format!(
+                "data kind '{other}' (use text, instruct, mc or auto)"
+            )))
+        }
+    };
+    let parsed = Dataset::parse_lenient(&as_name, text).map_err(|e| match e {
+        Error::Data(m) => Error::Data(m.replacen(&as_name, name, 1)),
+        e => e,
+    })?;
+    let got = parsed.dataset.kind();
+    let want = match kind {
+        "instruct" => Some("instruct"),
+        "mc" => Some("multiple-choice"),
+        _ => None,
+    };
+    if want.is_some_and(|w| w != got && !parsed.dataset.is_empty()) {
+        return Err(Error::Data(format!(
+            "{name} holds {got} records, not {}",
+            want.unwrap_or_default()
+        )));
+    }
+    if parsed.dataset.is_empty() {
+        let first = parsed
+            .errors
+            .first()
+            .map(|e| format!(" (line {}: {})", e.line, e.message))
+            .unwrap_or_default();
+        return Err(Error::Data(format!("{name} has no usable records{first}")));
+    }
+    Ok((parsed.dataset, parsed.errors))
+}
+
+/// What the page shows about prepared data: kind, records, problems, statistics.
+fn data_json(ds: &Dataset, problems: &[LineError], stats: &train::DataStats) -> serde_json::Value {
+    json!({
+        "kind": ds.kind(),
+        "records": ds.len(),
+        "problems": problems,
+        "stats": stats,
+    })
+}
+
+/// A [`Fit`] as the page shows it.
+fn fit_json(fit: &Fit, budget: Option<u64>, limits: &wgpu::Limits) -> serde_json::Value {
+    let mut largest: Vec<_> = fit.plan.entries.iter().collect();
+    largest.sort_by_key(|e| std::cmp::Reverse(e.bytes));
+    largest.truncate(5);
+    json!({
+        "total_bytes": fit.plan.total(),
+        "budget_bytes": budget,
+        "changes": fit.changes,
+        "seq_len": fit.options.seq_len,
+        "recompute": fit.options.recompute,
+        "format": format!("{:?}", fit.options.format),
+        "buffers": fit.plan.entries.len(),
+        "by_category": fit.plan.by_category().into_iter()
+            .filter(|&(_, b)| b > 0)
+            .map(|(c, b)| json!({"category": c, "bytes": b}))
+            .collect::<Vec<_>>(),
+        "largest": largest,
+        "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+        "max_buffer_size": limits.max_buffer_size,
+    })
 }
 
 #[wasm_bindgen]
@@ -62,12 +282,192 @@ impl WebModel {
     pub fn chat_prompt(&self, text: &str) -> String {
         self.tokenizer.chat_prompt(text)
     }
+
+    /// Parses and prepares data for tuning with `options_json`'s sequence length and split,
+    /// without touching the GPU: `{kind, records, problems: [{line, message}], stats}`.
+    /// Bad lines are listed, not fatal; no usable record is an error.
+    pub fn check_data(
+        &self,
+        name: &str,
+        text: &str,
+        kind: &str,
+        options_json: &str,
+    ) -> Result<String, JsError> {
+        let o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
+        let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
+        Ok(data_json(&ds, &problems, &prepared.stats).to_string())
+    }
+
+    /// The GPU memory plan of a tuning run with `options_json`, fitted to its
+    /// `memory_budget` on this thread's device (`gpu_info` must have run); nothing is
+    /// allocated. A budget that cannot fit is an error saying what would.
+    pub fn plan_tuning(&self, options_json: &str) -> Result<String, JsError> {
+        let ctx = gpu_ready()?;
+        let o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let fit = fit_budget(
+            &self.model,
+            &o.lora(),
+            &o.engine(),
+            &ctx.limits,
+            o.memory_budget,
+        )
+        .map_err(js_err)?;
+        Ok(fit_json(&fit, o.memory_budget, &ctx.limits).to_string())
+    }
+
+    /// Prepares the data, plans GPU memory (refusing a budget that cannot fit before
+    /// anything is allocated), uploads the model and creates the trainer.
+    pub fn tuner(
+        &self,
+        name: &str,
+        text: &str,
+        kind: &str,
+        options_json: &str,
+    ) -> Result<WebTuner, JsError> {
+        let ctx = gpu_ready()?;
+        let o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
+        let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
+        let data = data_json(&ds, &problems, &prepared.stats);
+        let lora_config = o.lora();
+        let fit = fit_budget(
+            &self.model,
+            &lora_config,
+            &o.engine(),
+            &ctx.limits,
+            o.memory_budget,
+        )
+        .map_err(js_err)?;
+        let plan = fit_json(&fit, o.memory_budget, &ctx.limits);
+        let lora = Lora::new(&self.model.config, lora_config, o.seed);
+        let backend = GpuTrainer::new(ctx, &self.model, &lora, &fit.options).map_err(js_err)?;
+        let trainer = Trainer::new(backend, o.train(), prepared).map_err(js_err)?;
+        Ok(WebTuner {
+            trainer,
+            config: self.model.config.clone(),
+            base_name: adapter::gguf_model_name(&self.model.gguf)
+                .unwrap_or("edge-llm-base")
+                .to_owned(),
+            plan,
+            data,
+        })
+    }
+}
+
+/// A LoRA tuning run on this thread's GPU: the same `Trainer` over `GpuTrainer` that
+/// `edge-llm tune` drives, one optimizer step per [`WebTuner::step`] call so the caller
+/// can pause, checkpoint and report between steps.
+#[wasm_bindgen]
+pub struct WebTuner {
+    trainer: Trainer<GpuTrainer<'static>>,
+    config: LlamaConfig,
+    base_name: String,
+    plan: serde_json::Value,
+    data: serde_json::Value,
+}
+
+#[wasm_bindgen]
+impl WebTuner {
+    /// The memory plan the trainer was built from, with the bytes it allocated.
+    pub fn plan_json(&self) -> String {
+        let mut v = self.plan.clone();
+        v["allocated_bytes"] = json!(self.trainer.backend.allocated_bytes());
+        v.to_string()
+    }
+
+    /// The prepared data: `{kind, records, problems, stats}`.
+    pub fn data_json(&self) -> String {
+        self.data.to_string()
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> f64 {
+        self.trainer.total_steps() as f64
+    }
+
+    /// Optimizer steps done.
+    pub fn current_step(&self) -> f64 {
+        self.trainer.step() as f64
+    }
+
+    /// GPU bytes held (all allocated at creation, so also the peak).
+    pub fn gpu_bytes(&self) -> f64 {
+        self.trainer.backend.gpu_bytes() as f64
+    }
+
+    /// One optimizer step: the `StepReport` as JSON plus `gpu_bytes`, `total_steps` and
+    /// `stop` ("steps" while the run goes on, "finished" or "early_stopped" at its end,
+    /// when `step` is null if no step was left to run).
+    pub async fn step(&mut self) -> Result<String, JsError> {
+        let mut report = None;
+        let summary = self
+            .trainer
+            .run(1, &mut |r| report = Some(r.clone()))
+            .await
+            .map_err(js_err)?;
+        // Run(1) returns Steps after a step even when it was the last: look ahead.
+        let stop = if self.trainer.step() >= self.trainer.total_steps() {
+            train::Stop::Finished
+        } else {
+            summary.stop
+        };
+        let mut v = match report {
+            Some(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
+            None => json!({"step": null}),
+        };
+        v["gpu_bytes"] = json!(self.trainer.backend.gpu_bytes());
+        v["total_steps"] = json!(self.trainer.total_steps());
+        v["stop"] = json!(stop);
+        v["best_val_loss"] = json!(self.trainer.best_val());
+        Ok(v.to_string())
+    }
+
+    /// Mean validation loss without dropout (undefined when there are no validation rows).
+    pub async fn validation_loss(&mut self) -> Result<Option<f64>, JsError> {
+        self.trainer.validation_loss().await.map_err(js_err)
+    }
+
+    /// The exact state to continue from (`TrainState::to_bytes`).
+    pub async fn checkpoint(&mut self) -> Result<Vec<u8>, JsError> {
+        let state = self.trainer.checkpoint().await.map_err(js_err)?;
+        state.to_bytes().map_err(js_err)
+    }
+
+    /// Continues from [`WebTuner::checkpoint`]'s bytes; refused when they were made with
+    /// another seed, other data or another LoRA shape. Returns the step reached.
+    pub async fn resume(&mut self, bytes: Vec<u8>) -> Result<f64, JsError> {
+        let state = TrainState::from_bytes(&bytes).map_err(js_err)?;
+        self.trainer.resume(&state).await.map_err(js_err)?;
+        Ok(self.trainer.step() as f64)
+    }
+
+    /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}` for
+    /// `adapter_model.safetensors` and `adapter_config.json`.
+    pub async fn adapter_files(&mut self) -> Result<js_sys::Object, JsError> {
+        let lora = self.trainer.backend.adapters().await.map_err(js_err)?;
+        let (bytes, config) =
+            adapter::export_peft(&lora, &self.config, &self.base_name).map_err(js_err)?;
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: &JsValue| {
+            js_sys::Reflect::set(&out, &JsValue::from_str(k), v)
+                .map(|_| ())
+                .map_err(|_| JsError::new("could not build the adapter object"))
+        };
+        set(
+            "safetensors",
+            &js_sys::Uint8Array::from(bytes.as_slice()).into(),
+        )?;
+        set("config", &JsValue::from_str(&config))?;
+        Ok(out)
+    }
 }
 
 /// The WebGPU adapter and its limits as JSON (`GpuContext::describe`), or an error that
-/// says what to do when the browser has no WebGPU.
+/// says what to do when the browser has no WebGPU. Creates this thread's device, which
+/// tuning then uses.
 #[wasm_bindgen]
 pub async fn gpu_info() -> Result<String, JsError> {
-    let ctx = GpuContext::new(None).await.map_err(js_err)?;
+    let ctx = shared_gpu().await?;
     Ok(ctx.describe().to_string())
 }

@@ -1,13 +1,17 @@
 // The page: WebGPU adapter info, the model (default or picked from disk) and its
-// configuration, and the prompt tokenized live. All work happens in ./pkg/edge_llm.js
-// (the Rust crate compiled to WebAssembly by scripts/build-wasm.sh).
+// configuration, the prompt tokenized live, and LoRA tuning. All work happens in
+// ./pkg/edge_llm.js (the Rust crate compiled to WebAssembly by scripts/build-wasm.sh); tuning
+// runs in ./worker.js, which has its own copy of the module and its own GPU device, so the
+// page stays responsive. Checkpoints go to IndexedDB, so a run survives a reload.
 
 const $ = (id) => document.getElementById(id);
 
-const DEFAULT_MODEL = 'models/default.gguf';
+// `?model=models/tiny.gguf` serves another model beside the page (tests use the tiny one).
+const DEFAULT_MODEL = new URLSearchParams(location.search).get('model') || 'models/default.gguf';
 
 let wasm = null;   // the wasm-bindgen module, once initialised
 let model = null;  // the loaded WebModel
+let modelInfo = null;  // {name, bytes, config} of the loaded model
 
 // ---------------------------------------------------------------- helpers
 
@@ -174,6 +178,8 @@ async function loadBytes(bytes, name) {
   status.classList.add('ok');
   $('prompt').disabled = false;
   tokenize();
+  modelInfo = { name, bytes: bytes.length, config };
+  await tuneModelLoaded(bytes);
 }
 
 async function loadDefault() {
@@ -194,6 +200,10 @@ async function loadDefault() {
 async function loadPicked(event) {
   const file = event.target.files[0];
   if (!file) return;
+  if (['starting', 'running', 'pausing', 'paused'].includes(tune.state)) {
+    showError('model-error', 'A tuning run is in progress: cancel it before loading another model.');
+    return;
+  }
   $('model-progress').hidden = true;
   const bytes = new Uint8Array(await file.arrayBuffer());
   await loadBytes(bytes, file.name);
@@ -238,6 +248,678 @@ function tokenize() {
   }
 }
 
+// ---------------------------------------------------------------- tuning
+
+// Built-in data served beside the page (scripts/run.sh links data/ into www/data/).
+const BUILTIN = {
+  'builtin:arc': { url: 'data/arc-easy/train.jsonl', name: 'arc-easy/train.jsonl', kind: 'mc' },
+  // The whole 4.7 MB takes long to tokenize in a tab; a slice is plenty for a demo run.
+  'builtin:shakespeare': { url: 'data/shakespeare/train.txt', name: 'shakespeare/train.txt', kind: 'text', limit: 256 * 1024 },
+};
+const RUN_KEY = 'current';
+
+const tune = {
+  worker: null,
+  state: 'idle',       // idle | starting | running | pausing | paused | done | cancelled | error
+  ready: false,        // data and plan checked for the current settings
+  created: false,      // the worker holds a tuner
+  run: null,           // {model, data, options, save_every}: what defines the run
+  step: 0,
+  total: 0,
+  plan: null,
+  history: { train: [], val: [] },
+  elapsedMs: 0,        // training time of earlier sessions of this run
+  sessionStart: 0,
+  sessionSteps: 0,
+  sessionMs: 0,
+  lastTokensPerS: 0,
+  file: null,          // {name, text} of the user's data file
+  builtinText: {},
+  checkSeq: 0,
+};
+
+// For the browser console and the page test: the run's state, loss history included.
+window.edgeLlmTune = tune;
+
+let nextCall = 1;
+const pending = new Map();
+
+function call(op, args = {}, transfer = []) {
+  return new Promise((resolve, reject) => {
+    const id = nextCall++;
+    pending.set(id, { resolve, reject });
+    tune.worker.postMessage({ id, op, args }, transfer);
+  });
+}
+
+function setTuneState(state) {
+  tune.state = state;
+  document.body.dataset.tuneState = state;
+  const busy = ['starting', 'running', 'pausing', 'paused'].includes(state);
+  $('data-box').disabled = busy;
+  $('settings-box').disabled = busy;
+  $('tune-start').disabled = busy || !tune.ready || !model;
+  $('tune-pause').disabled = state !== 'running';
+  $('tune-resume').disabled = state !== 'paused';
+  $('tune-cancel').disabled = !(state === 'running' || state === 'paused');
+  $('tune-download').disabled = !(tune.created && (state === 'paused' || state === 'done'));
+  $('resume-saved').disabled = busy || !model;
+}
+
+function showTuneError(message) {
+  showError('tune-error', message);
+}
+
+// ------------------------------------------------ IndexedDB: the saved run
+
+function idbOpen() {
+  return new Promise((resolve, reject) => {
+    const r = indexedDB.open('edge-llm', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('runs');
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+async function idb(mode, fn) {
+  const db = await idbOpen();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction('runs', mode);
+      const req = fn(tx.objectStore('runs'));
+      tx.oncomplete = () => resolve(req.result);
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
+    });
+  } finally {
+    db.close();
+  }
+}
+
+const idbGet = (key) => idb('readonly', (s) => s.get(key));
+const idbPut = (key, value) => idb('readwrite', (s) => s.put(value, key));
+const idbDelete = (key) => idb('readwrite', (s) => s.delete(key));
+
+async function saveRun(checkpoint, step, done) {
+  const record = {
+    version: 1,
+    savedAt: Date.now(),
+    ...tune.run,
+    step,
+    total: tune.total,
+    done,
+    elapsedMs: elapsedMs(),
+    history: tune.history,
+    checkpoint,
+  };
+  try {
+    await idbPut(RUN_KEY, record);
+    document.body.dataset.savedStep = String(step);
+    $('tune-status').dataset.saved = `${step}`;
+    return true;
+  } catch (e) {
+    showTuneError(`Could not save the checkpoint in this browser's storage (${messageOf(e)}). ` +
+      'The run goes on, but a reload would lose it: free some disk space or allow site storage.');
+    return false;
+  }
+}
+
+async function showSavedRun() {
+  let rec = null;
+  try { rec = await idbGet(RUN_KEY); } catch { /* no storage: nothing to offer */ }
+  const box = $('saved-run');
+  if (!rec || tune.created) { box.hidden = true; return; }
+  const when = new Date(rec.savedAt).toLocaleString();
+  const what = rec.done ? 'A finished run' : 'A saved run';
+  $('saved-run-text').textContent =
+    `${what} is stored in this browser: step ${rec.step} of ${rec.total} on ${rec.data.name}, ` +
+    `model ${rec.model.name}, saved ${when}.`;
+  box.hidden = false;
+}
+
+// ------------------------------------------------ data and settings
+
+function kib(bytes) { return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : mib(bytes); }
+
+function dataSource() {
+  return document.querySelector('input[name=data-source]:checked').value;
+}
+
+/// The current data as {source, name, kind, text}; fetches built-in data once.
+async function currentData() {
+  const source = dataSource();
+  if (source === 'file') {
+    if (!tune.file) throw new Error('Choose a data file (.txt, .jsonl) above, or pick a built-in data set.');
+    return { source, name: tune.file.name, kind: $('data-kind').value, text: tune.file.text };
+  }
+  const b = BUILTIN[source];
+  if (!(source in tune.builtinText)) {
+    const r = await fetch(b.url);
+    if (!r.ok) {
+      throw new Error(`Could not fetch ${b.url} (HTTP ${r.status}). Start the page with scripts/run.sh, ` +
+        'which places the built-in data there, or use your own file.');
+    }
+    let text = await r.text();
+    if (b.limit && text.length > b.limit) {
+      const cut = text.lastIndexOf('\n', b.limit);
+      text = text.slice(0, cut > 0 ? cut + 1 : b.limit);
+    }
+    tune.builtinText[source] = text;
+  }
+  return { source, name: b.name, kind: b.kind, text: tune.builtinText[source] };
+}
+
+function readOptions() {
+  const num = (id, label, { int = true, min = 0 } = {}) => {
+    const raw = $(id).value.trim();
+    const v = Number(raw);
+    if (raw === '' || !Number.isFinite(v) || (int && !Number.isInteger(v)) || v < min) {
+      throw new Error(`${label} must be ${int ? 'a whole number' : 'a number'} of at least ${min}.`);
+    }
+    return v;
+  };
+  const options = {
+    steps: num('opt-steps', 'Steps', { min: 1 }),
+    lr: num('opt-lr', 'Learning rate', { int: false, min: 1e-9 }),
+    lora_rank: num('opt-rank', 'LoRA rank', { min: 1 }),
+    seq_len: num('opt-seq', 'Sequence length', { min: 2 }),
+    eval_every: num('opt-eval', 'Validate every', { min: 0 }),
+    accum: num('opt-accum', 'Rows per step', { min: 1 }),
+  };
+  if ($('opt-budget').value.trim() !== '') {
+    options.memory_budget = Math.round(num('opt-budget', 'Memory budget', { int: false, min: 0.001 }) * 1024 * 1024);
+  }
+  return options;
+}
+
+function writeOptions(o, saveEvery) {
+  $('opt-steps').value = o.steps;
+  $('opt-lr').value = o.lr;
+  $('opt-rank').value = o.lora_rank;
+  $('opt-seq').value = o.seq_len;
+  $('opt-eval').value = o.eval_every;
+  $('opt-accum').value = o.accum;
+  $('opt-budget').value = o.memory_budget ? o.memory_budget / (1024 * 1024) : '';
+  $('opt-save').value = saveEvery;
+}
+
+function showPreview(text) {
+  const lines = text.split('\n').slice(0, 12).map((l) => (l.length > 300 ? `${l.slice(0, 300)}…` : l));
+  $('data-preview').textContent = lines.join('\n');
+  $('data-preview-box').hidden = false;
+}
+
+function showProblems(problems) {
+  const box = $('data-problems-box');
+  if (!problems.length) { box.hidden = true; return; }
+  $('data-problems-title').textContent =
+    `${problems.length} line${problems.length === 1 ? '' : 's'} cannot be used and will be skipped ` +
+    '(fix them in the file and pick it again to use them):';
+  const shown = problems.slice(0, 50).map((p) => {
+    const li = document.createElement('li');
+    li.textContent = `line ${p.line}: ${p.message}`;
+    return li;
+  });
+  if (problems.length > 50) {
+    const li = document.createElement('li');
+    li.textContent = `… and ${problems.length - 50} more`;
+    shown.push(li);
+  }
+  $('data-problems').replaceChildren(...shown);
+  box.hidden = false;
+}
+
+/// What preparation made of the data: records, rows, truncation, and the unusable lines.
+function showDataInfo(info, data) {
+  const s = info.stats;
+  $('data-status').textContent = `${data.name}: ` +
+    (info.kind === 'text'
+      ? `${kib(data.text.length)} of plain text → `
+      : `${info.records} ${info.kind} record${info.records === 1 ? '' : 's'} (${kib(data.text.length)}) → `) +
+    `${s.train_rows} training rows (${s.train_targets} target tokens), ${s.val_rows} validation rows` +
+    `${s.truncated ? `; ${s.truncated} cut to the sequence length` : ''}` +
+    `${s.dropped ? `; ${s.dropped} dropped (no target left)` : ''}.`;
+  $('data-status').dataset.trainRows = String(s.train_rows);
+  showPreview(data.text);
+  showProblems(info.problems);
+  showError('data-error', '');
+}
+
+function showPlan(plan) {
+  const rows = [
+    ['total', 'GPU memory planned', kib(plan.total_bytes)],
+    ...plan.by_category.map((c) => [`cat-${c.category}`, `· ${c.category.replace('_', ' ')}`, kib(c.bytes)]),
+    ['budget', 'Budget', plan.budget_bytes ? mib(plan.budget_bytes) : 'none (device limits only)'],
+    ['changes', 'To fit', plan.changes.length ? plan.changes.join(', ') : 'nothing changed'],
+    ['largest', 'Largest buffer', `${plan.largest[0]?.name} (${kib(plan.largest[0]?.bytes ?? 0)}; binding limit ${mib(plan.max_storage_buffer_binding_size)})`],
+  ];
+  fillTable($('plan-table'), rows);
+  $('plan-table').dataset.totalBytes = String(plan.total_bytes);
+}
+
+let checkTimer = 0;
+function scheduleCheck() {
+  clearTimeout(checkTimer);
+  checkTimer = setTimeout(checkSettings, 250);
+}
+
+/// Checks the data and plans memory for the current settings (nothing is allocated).
+async function checkSettings() {
+  if (!model || !tune.worker || ['starting', 'running', 'pausing', 'paused'].includes(tune.state)) return;
+  const seq = ++tune.checkSeq;
+  const stale = () => seq !== tune.checkSeq;
+  tune.ready = false;
+  setTuneState(tune.state);
+  showError('data-error', '');
+  showError('plan-error', '');
+  let data, options;
+  try {
+    options = readOptions();
+  } catch (e) {
+    showError('plan-error', messageOf(e));
+    return;
+  }
+  $('data-status').textContent = 'Checking the data…';
+  try {
+    data = await currentData();
+    if (stale()) return;
+    showPreview(data.text);
+    const info = await call('checkData', { name: data.name, text: data.text, kind: data.kind, options });
+    if (stale()) return;
+    showDataInfo(info, data);
+  } catch (e) {
+    if (stale()) return;
+    $('data-status').textContent = 'The data cannot be used.';
+    $('data-problems-box').hidden = true;
+    showError('data-error', `${messageOf(e)}\nPick a plain-text file, or JSONL with one ` +
+      '{"prompt", "response"} or {"question", "choices", "answer"} object per line (see data/README.md).');
+    return;
+  }
+  $('plan-status').textContent = 'Planning GPU memory…';
+  try {
+    const plan = await call('plan', { options });
+    if (stale()) return;
+    showPlan(plan);
+    $('plan-status').textContent = plan.budget_bytes
+      ? `Fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
+      : `Needs ${kib(plan.total_bytes)} of GPU memory.`;
+    tune.ready = true;
+  } catch (e) {
+    if (stale()) return;
+    $('plan-table').hidden = true;
+    $('plan-status').textContent = 'This run does not fit.';
+    showError('plan-error', `${messageOf(e)}\nRaise the memory budget (or leave it empty), or lower the ` +
+      'sequence length or the LoRA rank.');
+  }
+  setTuneState(tune.state);
+}
+
+// ------------------------------------------------ progress, time and the loss plot
+
+function elapsedMs() {
+  return tune.elapsedMs + (tune.state === 'running' || tune.state === 'pausing'
+    ? performance.now() - tune.sessionStart : 0);
+}
+
+function clock(ms) {
+  const s = Math.round(ms / 1000);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  const two = (n) => String(n).padStart(2, '0');
+  return h ? `${h}:${two(m)}:${two(sec)}` : `${m}:${two(sec)}`;
+}
+
+function showProgress() {
+  const bar = $('tune-progress');
+  bar.max = Math.max(tune.total, 1);
+  bar.value = tune.step;
+  const last = tune.history.train[tune.history.train.length - 1];
+  const perStep = tune.sessionSteps ? tune.sessionMs / tune.sessionSteps : 0;
+  const remaining = perStep ? clock(perStep * (tune.total - tune.step)) : '…';
+  const parts = [
+    `Step ${tune.step} of ${tune.total}`,
+    `elapsed ${clock(elapsedMs())}`,
+    tune.step < tune.total ? `remaining ~${remaining}` : 'done',
+  ];
+  if (last) parts.push(`loss ${last[1].toFixed(4)}`);
+  const lastVal = tune.history.val[tune.history.val.length - 1];
+  if (lastVal) parts.push(`validation ${lastVal[1].toFixed(4)}`);
+  if (tune.lastTokensPerS) parts.push(`${Math.round(tune.lastTokensPerS)} tokens/s`);
+  const state = { paused: ' (paused)', pausing: ' (pausing…)', done: ' (finished)', cancelled: ' (cancelled)' }[tune.state] || '';
+  $('tune-status').textContent = parts.join(' · ') + state;
+  $('tune-status').dataset.step = String(tune.step);
+}
+
+function drawPlot() {
+  const canvas = $('loss-plot');
+  const ctx = canvas.getContext('2d');
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = canvas.clientWidth || 800, cssH = canvas.clientHeight || 260;
+  if (canvas.width !== Math.round(cssW * dpr)) { canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr); }
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
+  const { train, val } = tune.history;
+  canvas.dataset.trainPoints = String(train.length);
+  canvas.dataset.valPoints = String(val.length);
+  const pad = { l: 52, r: 12, t: 12, b: 28 };
+  const w = cssW - pad.l - pad.r, h = cssH - pad.t - pad.b;
+  ctx.strokeStyle = '#dde1ea';
+  ctx.strokeRect(pad.l, pad.t, w, h);
+  ctx.fillStyle = '#5b6477';
+  ctx.font = '12px system-ui, sans-serif';
+  if (!train.length) {
+    ctx.fillText('The loss appears here once training starts.', pad.l + 12, pad.t + h / 2);
+    return;
+  }
+  const all = [...train, ...val].map((p) => p[1]).filter(Number.isFinite);
+  let lo = Math.min(...all), hi = Math.max(...all);
+  if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
+  const margin = (hi - lo) * 0.05;
+  lo -= margin; hi += margin;
+  const maxStep = Math.max(tune.total, train[train.length - 1][0], 1);
+  const x = (s) => pad.l + (s / maxStep) * w;
+  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * h;
+  ctx.textAlign = 'right';
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    ctx.fillText(v.toFixed(2), pad.l - 6, y(v) + 4);
+    ctx.strokeStyle = '#eef0f5';
+    ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + w, y(v)); ctx.stroke();
+  }
+  ctx.textAlign = 'center';
+  ctx.fillText('0', x(0), cssH - 8);
+  ctx.fillText(`step ${maxStep}`, x(maxStep) - 24, cssH - 8);
+  ctx.strokeStyle = '#2f6fde';
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  train.forEach(([s, v], i) => (i ? ctx.lineTo(x(s), y(v)) : ctx.moveTo(x(s), y(v))));
+  ctx.stroke();
+  if (train.length === 1) { ctx.fillStyle = '#2f6fde'; ctx.fillRect(x(train[0][0]) - 2, y(train[0][1]) - 2, 4, 4); }
+  ctx.fillStyle = '#e0781f';
+  for (const [s, v] of val) {
+    ctx.beginPath(); ctx.arc(x(s), y(v), 4, 0, 2 * Math.PI); ctx.fill();
+  }
+  ctx.lineWidth = 1;
+}
+
+function showGpuBytes(bytes) {
+  const planned = tune.plan ? tune.plan.total_bytes : 0;
+  $('tune-gpu').textContent = `GPU memory in use: ${kib(bytes)} of ${kib(planned)} planned` +
+    (bytes === planned ? ' (exactly the plan: everything is allocated once, up front)' : '');
+  $('tune-gpu').dataset.bytes = String(bytes);
+}
+
+// ------------------------------------------------ runs
+
+async function startRun(run, checkpoint) {
+  showTuneError('');
+  $('adapter-links').hidden = true;
+  setTuneState('starting');
+  $('tune-status').textContent = checkpoint ? 'Preparing the data and resuming the saved run…' : 'Preparing the data and allocating GPU memory…';
+  await nextFrame();
+  let made;
+  try {
+    made = await call('create', {
+      name: run.data.name, text: run.data.text, kind: run.data.kind,
+      options: run.options, checkpoint, save_every: run.save_every,
+    });
+  } catch (e) {
+    setTuneState('error');
+    $('tune-status').textContent = 'Not started.';
+    showTuneError(`${messageOf(e)}\n${/budget/.test(messageOf(e))
+      ? 'Raise the memory budget, or lower the sequence length or the LoRA rank.'
+      : 'Check the data and settings above, then press Start again.'}`);
+    return;
+  }
+  tune.created = true;
+  tune.run = { ...run, data: run.data.source === 'file' ? run.data : { ...run.data, text: undefined } };
+  tune.plan = made.plan;
+  tune.total = made.total;
+  tune.step = made.step;
+  tune.sessionSteps = 0;
+  tune.sessionMs = 0;
+  showPlan(made.plan);
+  $('plan-status').textContent = `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
+  showError('plan-error', '');
+  showDataInfo(made.data, run.data);
+  showGpuBytes(made.plan.allocated_bytes);
+  $('saved-run').hidden = true;
+  drawPlot();
+  if (made.step >= made.total) {
+    setTuneState('done');
+    showProgress();
+    return;
+  }
+  await runOn();
+}
+
+async function runOn() {
+  tune.sessionStart = performance.now();
+  setTuneState('running');
+  showProgress();
+  await call('run');
+}
+
+async function onStart() {
+  let data, options;
+  try {
+    options = readOptions();
+    data = await currentData();
+  } catch (e) {
+    showTuneError(messageOf(e));
+    return;
+  }
+  tune.history = { train: [], val: [] };
+  tune.elapsedMs = 0;
+  tune.lastTokensPerS = 0;
+  const saveEvery = Math.max(1, Number($('opt-save').value) || 10);
+  await startRun({
+    model: { name: modelInfo.name, bytes: modelInfo.bytes },
+    data,
+    options,
+    save_every: saveEvery,
+  }, null);
+}
+
+async function onResumeSaved() {
+  showTuneError('');
+  let rec;
+  try { rec = await idbGet(RUN_KEY); } catch (e) { showTuneError(messageOf(e)); return; }
+  if (!rec) { $('saved-run').hidden = true; return; }
+  if (!modelInfo || rec.model.name !== modelInfo.name || rec.model.bytes !== modelInfo.bytes) {
+    showTuneError(`The saved run was tuned on ${rec.model.name} (${mib(rec.model.bytes)}), but the page ` +
+      `has ${modelInfo ? `${modelInfo.name} (${mib(modelInfo.bytes)})` : 'no model'} loaded. Load that model ` +
+      '(pick the same .gguf file above), then resume.');
+    return;
+  }
+  writeOptions(rec.options, rec.save_every);
+  let data = rec.data;
+  if (data.source !== 'file') {
+    document.querySelector(`input[name=data-source][value="${data.source}"]`).checked = true;
+    try { data = await currentData(); } catch (e) { showTuneError(messageOf(e)); return; }
+  } else {
+    document.querySelector('input[name=data-source][value="file"]').checked = true;
+    tune.file = { name: data.name, text: data.text };
+    $('data-kind').value = data.kind;
+  }
+  tune.history = rec.history;
+  tune.elapsedMs = rec.elapsedMs;
+  tune.lastTokensPerS = 0;
+  await startRun({ model: rec.model, data, options: rec.options, save_every: rec.save_every }, rec.checkpoint);
+}
+
+async function onDiscardSaved() {
+  try { await idbDelete(RUN_KEY); } catch { /* nothing stored */ }
+  $('saved-run').hidden = true;
+}
+
+async function onDownload() {
+  showTuneError('');
+  let files;
+  try {
+    files = await call('adapter');
+  } catch (e) {
+    showTuneError(`The adapter could not be exported: ${messageOf(e)}`);
+    return;
+  }
+  const links = [
+    ['adapter_model.safetensors', new Blob([files.safetensors], { type: 'application/octet-stream' })],
+    ['adapter_config.json', new Blob([files.config], { type: 'application/json' })],
+  ].map(([name, blob]) => {
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    a.textContent = `${name} (${kib(blob.size)})`;
+    return a;
+  });
+  const box = $('adapter-links');
+  box.replaceChildren('The PEFT adapter (load it with peft.PeftModel.from_pretrained, or edge-llm --adapter DIR): ',
+    links[0], ' and ', links[1]);
+  box.hidden = false;
+  for (const a of links) a.click();
+}
+
+async function onWorkerEvent(m) {
+  switch (m.event) {
+    case 'step': {
+      const r = m.report;
+      tune.step = r.step;
+      tune.total = r.total_steps;
+      tune.sessionSteps += 1;
+      tune.sessionMs += r.step_ms;
+      tune.lastTokensPerS = r.tokens_per_s;
+      tune.history.train.push([r.step, r.loss]);
+      if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
+      showGpuBytes(r.gpu_bytes);
+      showProgress();
+      drawPlot();
+      break;
+    }
+    case 'checkpoint':
+      await saveRun(m.checkpoint, m.step, false);
+      break;
+    case 'paused':
+      tune.elapsedMs = elapsedMs();
+      setTuneState('paused');
+      await saveRun(m.checkpoint, m.step, false);
+      showProgress();
+      break;
+    case 'done':
+      tune.elapsedMs = elapsedMs();
+      if (m.val_loss !== null && !tune.history.val.some(([s]) => s === m.step)) {
+        tune.history.val.push([m.step, m.val_loss]);
+      }
+      setTuneState('done');
+      await saveRun(m.checkpoint, m.step, true);
+      showProgress();
+      drawPlot();
+      break;
+    case 'cancelled':
+      tune.created = false;
+      tune.elapsedMs = 0;
+      setTuneState('cancelled');
+      try { await idbDelete(RUN_KEY); } catch { /* nothing stored */ }
+      showProgress();
+      break;
+    case 'error':
+      tune.elapsedMs = elapsedMs();
+      setTuneState('error');
+      showTuneError(`Training stopped: ${m.message}\nThe last checkpoint is kept in this browser; reload ` +
+        'the page to resume from it.');
+      break;
+    default:
+      break;
+  }
+}
+
+let tuneWorkerReady = Promise.resolve();
+
+function setupTuning() {
+  setTuneState('idle');
+  drawPlot();
+  try {
+    tune.worker = new Worker('worker.js', { type: 'module' });
+  } catch (e) {
+    showTuneError(`The tuning worker could not start (${messageOf(e)}). Use a current Chrome or Edge.`);
+    return;
+  }
+  tune.worker.onmessage = (e) => {
+    const m = e.data;
+    if (m.id) {
+      const p = pending.get(m.id);
+      pending.delete(m.id);
+      if (m.ok) p.resolve(m.result); else p.reject(new Error(m.error));
+    } else {
+      onWorkerEvent(m);
+    }
+  };
+  tune.worker.onerror = (e) => {
+    setTuneState('error');
+    showTuneError(`The tuning worker failed: ${e.message || 'see the browser console'}. Reload the page.`);
+  };
+  tuneWorkerReady = call('init').then((r) => {
+    if (r.gpuError) {
+      showTuneError(`Tuning needs WebGPU, and this page has none in a worker: ${r.gpuError}`);
+    }
+  }, (e) => {
+    showTuneError(`The tuning worker did not start: ${messageOf(e)}. Build the module with ` +
+      'scripts/build-wasm.sh and reload.');
+  });
+
+  for (const el of document.querySelectorAll('input[name=data-source], #data-kind, #settings-box input')) {
+    el.addEventListener('change', scheduleCheck);
+    el.addEventListener('input', scheduleCheck);
+  }
+  $('data-file').addEventListener('change', async (e) => {
+    const file = e.target.files[0];
+    if (!file) return;
+    document.querySelector('input[name=data-source][value="file"]').checked = true;
+    try {
+      tune.file = { name: file.name, text: await file.text() };
+    } catch (err) {
+      tune.file = null;
+      showError('data-error', `Could not read ${file.name}: ${messageOf(err)}`);
+      return;
+    }
+    scheduleCheck();
+  });
+  $('tune-start').addEventListener('click', onStart);
+  $('tune-pause').addEventListener('click', async () => {
+    setTuneState('pausing');
+    showProgress();
+    await call('pause');
+  });
+  $('tune-resume').addEventListener('click', runOn);
+  $('tune-cancel').addEventListener('click', async () => {
+    setTuneState('pausing');
+    await call('cancel');
+  });
+  $('tune-download').addEventListener('click', onDownload);
+  $('resume-saved').addEventListener('click', onResumeSaved);
+  $('discard-saved').addEventListener('click', onDiscardSaved);
+  window.addEventListener('resize', drawPlot);
+  setInterval(() => { if (tune.state === 'running') showProgress(); }, 1000);
+}
+
+/// A model was loaded on the page: the worker gets its own copy; small models default to
+/// short rows.
+async function tuneModelLoaded(bytes) {
+  await tuneWorkerReady;
+  if (!tune.worker) return;
+  tune.created = false;
+  try {
+    await call('loadModel', { bytes }, [bytes.buffer]);
+  } catch (e) {
+    showTuneError(`The tuning worker could not load the model: ${messageOf(e)}`);
+    return;
+  }
+  if (!$('opt-seq').dataset.touched) {
+    $('opt-seq').value = modelInfo.config.hidden < 256 ? 64 : 256;
+  }
+  setTuneState('idle');
+  await showSavedRun();
+  await checkSettings();
+}
+
 // ---------------------------------------------------------------- start
 
 async function main() {
@@ -256,7 +938,9 @@ async function main() {
   $('prompt').addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(tokenize, 120); });
   $('chatml').addEventListener('change', tokenize);
   $('model-file').addEventListener('change', loadPicked);
-  await Promise.all([showGpu(), loadDefault()]);
+  $('opt-seq').addEventListener('input', () => { $('opt-seq').dataset.touched = 'true'; });
+  setupTuning();
+  await Promise.all([showGpu(), loadDefault(), tuneWorkerReady]);
   document.body.dataset.ready = 'true';
 }
 

@@ -75,33 +75,7 @@ pub fn parse_targets(s: &str) -> Result<Vec<Proj>> {
 
 /// Checks the settings a user can get wrong, with one message each.
 pub fn validate(spec: &RunSpec) -> Result<()> {
-    let bad = |m: String| Err(Error::Invalid(m));
-    let (l, t, d) = (&spec.lora, &spec.train, &spec.data_config);
-    if l.rank == 0 || l.rank > 1024 {
-        return bad(format!("--lora-rank {} must be in 1..=1024", l.rank));
-    }
-    if !(0.0..1.0).contains(&l.dropout) {
-        return bad(format!("--lora-dropout {} must be in [0, 1)", l.dropout));
-    }
-    if !(t.lr > 0.0 && t.lr.is_finite()) {
-        return bad(format!("--lr {} must be positive", t.lr));
-    }
-    if d.seq_len < 2 {
-        return bad(format!("--seq-len {} must be at least 2", d.seq_len));
-    }
-    if t.micro_batch == 0 || t.accum_steps == 0 {
-        return bad("--batch and --accum must be at least 1".into());
-    }
-    if !(0.0..1.0).contains(&d.val_fraction) {
-        return bad(format!(
-            "--val-fraction {} must be in [0, 1)",
-            d.val_fraction
-        ));
-    }
-    if !(0.0..1.0).contains(&t.warmup_fraction) {
-        return bad(format!("--warmup {} must be in [0, 1)", t.warmup_fraction));
-    }
-    Ok(())
+    train::validate(&spec.lora, &spec.data_config, &spec.train)
 }
 
 /// Where and how a session runs; not part of the saved run, so a run started on one

@@ -29,7 +29,7 @@ pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
 
 use crate::reference::ops::splitmix64;
 use crate::reference::optim::AdamW;
-use crate::reference::Lora;
+use crate::reference::{Lora, LoraConfig};
 use crate::Result;
 use std::future::Future;
 
@@ -95,6 +95,58 @@ pub trait Backend {
     fn gpu_bytes(&self) -> u64 {
         0
     }
+}
+
+/// Checks the settings a user can get wrong (from the CLI's flags or the page's form), one
+/// message each, naming the CLI flag.
+pub fn validate(lora: &LoraConfig, data: &DataConfig, train: &TrainConfig) -> Result<()> {
+    let bad = |m: String| Err(crate::Error::Invalid(m));
+    if lora.rank == 0 || lora.rank > 1024 {
+        return bad(format!(
+            "LoRA rank (--lora-rank) {} must be in 1..=1024",
+            lora.rank
+        ));
+    }
+    if lora.targets.is_empty() {
+        return bad("LoRA needs at least one target projection (--lora-targets)".into());
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        return bad(format!(
+            "LoRA dropout (--lora-dropout) {} must be in [0, 1)",
+            lora.dropout
+        ));
+    }
+    if !(train.lr > 0.0 && train.lr.is_finite()) {
+        return bad(format!(
+            "learning rate (--lr) {} must be positive",
+            train.lr
+        ));
+    }
+    if data.seq_len < 2 {
+        return bad(format!(
+            "sequence length (--seq-len) {} must be at least 2",
+            data.seq_len
+        ));
+    }
+    if train.max_steps == Some(0) {
+        return bad("steps (--steps) must be at least 1".into());
+    }
+    if train.micro_batch == 0 || train.accum_steps == 0 {
+        return bad("batch (--batch) and accumulation (--accum) must be at least 1".into());
+    }
+    if !(0.0..1.0).contains(&data.val_fraction) {
+        return bad(format!(
+            "validation share (--val-fraction) {} must be in [0, 1)",
+            data.val_fraction
+        ));
+    }
+    if !(0.0..1.0).contains(&train.warmup_fraction) {
+        return bad(format!(
+            "warm-up share (--warmup) {} must be in [0, 1)",
+            train.warmup_fraction
+        ));
+    }
+    Ok(())
 }
 
 /// A seed that is a pure function of `seed` and `parts` (e.g. a stream name, the step,

@@ -1,0 +1,327 @@
+// Tuning in the browser end to end: serve www/ (as scripts/run.sh does), open the page with
+// the seeded TINY model (`?model=models/tiny.gguf`) in headless Chromium with WebGPU
+// (SwiftShader), pick a small text file, tune a few steps in the worker, see the loss fall
+// and the plot grow, reload mid-run and resume from the IndexedDB checkpoint, finish, and
+// download the PEFT adapter (checked: a safetensors file with PEFT tensor names).
+// Saves tests/e2e/artifacts/tune-running.png (mid-run) and tune-done.png.
+// Needs www/pkg (scripts/build-wasm.sh); writes www/models/tiny.gguf with the CLI
+// (`edge-llm make-tiny`) when it is missing.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const WWW = path.join(ROOT, 'www');
+const ARTIFACTS = path.join(HERE, 'artifacts');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TINY = path.join(WWW, 'models', 'tiny.gguf');
+
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+
+// SwiftShader runs the kernels on a small shared CPU.
+const TIMEOUT_MS = 240_000;
+
+// The run: short rows and a high learning rate so a few steps visibly lower the loss.
+// The same settings as CLI flags, for the native cross-check.
+const STEPS = 24;
+const NATIVE_FLAGS = ['--steps', '24', '--lr', '0.01', '--seq-len', '32', '--eval-every', '4', '--accum', '1',
+  '--lora-rank', '4', '--seed', '0'];
+// Browser (SwiftShader) vs native (Vulkan) losses: |a − b| ≤ max(REL·(|a| + |b|), ABS).
+const LOSS_REL_TOL = 1e-3;
+const LOSS_ABS_TOL = 1e-3;
+const SAVE_EVERY = 4;
+const RELOAD_AFTER = 8;   // reload once a checkpoint at or after this step is stored
+
+let server, browser, base;
+const serverLog = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForServer(url, ms) {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch { /* not up yet */ }
+    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const edgeLlm = () => ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));
+
+/// The seeded tiny model, written by the CLI when missing.
+function ensureTinyModel() {
+  if (fs.existsSync(TINY)) return;
+  const bin = edgeLlm();
+  assert.ok(bin, 'www/models/tiny.gguf is missing and no edge-llm binary is built: run ' +
+    '`cargo run -- make-tiny --out www/models/tiny.gguf` (or `cargo build`) first');
+  fs.mkdirSync(path.dirname(TINY), { recursive: true });
+  execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
+}
+
+/// Reads a safetensors file's header: {name: {dtype, shape, data_offsets}}.
+function safetensorsHeader(buf) {
+  assert.ok(buf.length > 8, 'safetensors file too short');
+  const n = Number(buf.readBigUInt64LE(0));
+  assert.ok(n > 0 && 8 + n <= buf.length, `header length ${n} of a ${buf.length}-byte file`);
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const dataLen = buf.length - 8 - n;
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [a, b] = t.data_offsets;
+    assert.ok(a <= b && b <= dataLen, `${name}: offsets ${a}..${b} outside ${dataLen} data bytes`);
+    assert.equal(b - a, 4 * t.shape.reduce((x, y) => x * y, 1), `${name}: size of ${t.dtype} ${t.shape}`);
+  }
+  return header;
+}
+
+/// The same run natively (`edge-llm tune --device gpu`): {train: [[step, loss]], val: [[step, loss]]},
+/// or null without a CLI binary or (with EDGE_LLM_ALLOW_NO_GPU=1) without a native adapter.
+function nativeRun(text) {
+  const bin = edgeLlm();
+  if (!bin) return null;
+  const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-'));
+  const data = path.join(dir, 'song.txt');
+  fs.writeFileSync(data, text);
+  let out;
+  try {
+    out = execFileSync(bin, ['tune', '--model', TINY, '--data', data, ...NATIVE_FLAGS, '--device', 'gpu', '--json',
+      '--out', path.join(dir, 'run')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    if (process.env.EDGE_LLM_ALLOW_NO_GPU === '1') return null;
+    throw new Error(`the native run failed (set EDGE_LLM_ALLOW_NO_GPU=1 to skip it without a GPU):\n${e.stderr}`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const run = { train: [], val: [] };
+  for (const line of out.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const r = JSON.parse(line);
+    if (typeof r.step === 'number' && typeof r.loss === 'number') {
+      run.train.push([r.step, r.loss]);
+      if (typeof r.val_loss === 'number') run.val.push([r.step, r.val_loss]);
+    }
+  }
+  return run;
+}
+
+before(async () => {
+  assert.ok(fs.existsSync(path.join(WWW, 'pkg', 'edge_llm.js')), 'www/pkg is missing: run scripts/build-wasm.sh');
+  ensureTinyModel();
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}/`;
+  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', WWW, String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  server.stderr.on('data', (d) => {
+    serverLog.push(String(d));
+    if (serverLog.length > 40) serverLog.shift();
+  });
+  await waitForServer(base, 15_000);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+});
+
+// A small, repetitive text: a tiny random model learns it within a few steps.
+const TEXT = Array.from({ length: 60 }, (_, i) =>
+  `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
+
+const BAD_JSONL = [
+  '{"prompt": "Question: 2+2?\\nAnswer:", "response": " 4"}',
+  '{"prompt": "no response here"}',
+  'this line is not JSON',
+  '{"prompt": "Question: the sky?\\nAnswer:", "response": " blue"}',
+].join('\n');
+
+test('tune in the browser: plan, train, reload and resume from IndexedDB, download the adapter', async () => {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  const consoleErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const state = () => page.evaluate(() => document.body.dataset.tuneState);
+  const tuneError = async () => (await page.isVisible('#tune-error')) ? page.textContent('#tune-error') : '';
+  /// Waits for `fn` in the page, failing early with the page's tuning error if one shows.
+  const until = (fn, arg) => page.waitForFunction(([src, a]) => {
+    const err = document.querySelector('#tune-error');
+    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+    // eslint-disable-next-line no-new-func
+    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
+  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+
+  try {
+    await page.goto(`${base}?model=models/tiny.gguf`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '2');
+    assert.equal(await page.inputValue('#opt-seq'), '64', 'small models default to 64-token rows');
+
+    // A file with bad lines: the good ones are kept and the bad ones listed by line.
+    await page.setInputFiles('#data-file', { name: 'mixed.jsonl', mimeType: 'application/json', buffer: Buffer.from(BAD_JSONL) });
+    await page.waitForSelector('#data-problems-box:not([hidden])');
+    const problems = await page.locator('#data-problems li').allTextContents();
+    assert.deepEqual(problems.map((p) => p.match(/^line (\d+):/)?.[1]), ['2', '3'], problems.join('\n'));
+    assert.match(await page.textContent('#data-status'), /^mixed\.jsonl: 2 instruct records/);
+    assert.match(await page.textContent('#data-preview'), /Question: 2\+2/);
+
+    // The small text file, and the settings of a short run.
+    await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    for (const [id, v] of [['#opt-steps', STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
+      ['#opt-save', SAVE_EVERY], ['#opt-accum', 1], ['#opt-rank', 4]]) {
+      await page.fill(id, String(v));
+    }
+    // A budget far too small is refused before anything is allocated, with what would fit.
+    await page.fill('#opt-budget', '0.01');
+    await page.waitForSelector('#plan-error:not([hidden])');
+    assert.match(await page.textContent('#plan-error'), /too small/);
+    assert.equal(await page.isDisabled('#tune-start'), true);
+    await page.fill('#opt-budget', '');
+    await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
+    assert.match(await page.textContent('#data-status'), /^song\.txt: [\d.]+ KiB of plain text → \d+ training rows/);
+    const planned = Number(await page.getAttribute('#plan-table', 'data-total-bytes'));
+    assert.ok(planned > 0, 'a memory plan');
+
+    // Train until a checkpoint at or after RELOAD_AFTER is stored.
+    await page.click('#tune-start');
+    assert.equal(await until((n) => Number(document.body.dataset.savedStep || 0) >= n, RELOAD_AFTER), 'ok');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'tune-running.png'), fullPage: true });
+    const before = await page.evaluate(() => ({
+      history: window.edgeLlmTune.history,
+      gpu: Number(document.querySelector('#tune-gpu').dataset.bytes),
+      points: Number(document.querySelector('#loss-plot').dataset.trainPoints),
+    }));
+    assert.equal(before.gpu, planned, 'GPU bytes in use equal the plan');
+    assert.ok(before.points >= RELOAD_AFTER, `plot has ${before.points} points`);
+    const saved = Number(await page.evaluate(() => document.body.dataset.savedStep));
+    const firstLosses = before.history.train.slice(0, 3).map((p) => p[1]);
+
+    // Reload mid-run: the saved run is offered and continues from its checkpoint.
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await page.waitForSelector('#saved-run:not([hidden])');
+    assert.match(await page.textContent('#saved-run-text'), new RegExp(`step ${saved} of ${STEPS} on song\\.txt`));
+    await page.click('#resume-saved');
+    assert.equal(await until(() => ['running', 'done'].includes(document.body.dataset.tuneState)), 'ok');
+    const resumedAt = await page.evaluate(() => window.edgeLlmTune.history.train.length);
+    assert.equal(resumedAt, saved, 'the loss history up to the checkpoint is restored');
+    assert.match(await page.textContent('#data-status'), /^song\.txt: /, 'the resumed run\'s data is shown');
+
+    // Pause and resume once within the session, then let it finish.
+    assert.equal(await until((n) => window.edgeLlmTune.step >= n, saved + 2), 'ok');
+    if (await state() === 'running') {
+      await page.click('#tune-pause');
+      assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
+      await page.click('#tune-resume');
+    }
+    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    const after = await page.evaluate(() => ({
+      history: window.edgeLlmTune.history,
+      status: document.querySelector('#tune-status').textContent,
+      points: Number(document.querySelector('#loss-plot').dataset.trainPoints),
+      valPoints: Number(document.querySelector('#loss-plot').dataset.valPoints),
+    }));
+    const steps = after.history.train.map((p) => p[0]);
+    assert.deepEqual(steps, Array.from({ length: STEPS }, (_, i) => i + 1), 'one loss per step, in order, none repeated');
+    assert.equal(after.points, STEPS);
+    assert.ok(after.valPoints >= STEPS / 4, `${after.valPoints} validation points`);
+    const lastLosses = after.history.train.slice(-3).map((p) => p[1]);
+    const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
+    console.log(`loss: first steps ${firstLosses.map((x) => x.toFixed(3)).join(', ')}; ` +
+      `last steps ${lastLosses.map((x) => x.toFixed(3)).join(', ')}; ` +
+      `validation ${after.history.val.map(([s, v]) => `${s}:${v.toFixed(3)}`).join(' ')}`);
+    console.log(`status: ${after.status}`);
+    assert.ok(mean(lastLosses) < mean(firstLosses) - 0.3, 'the training loss falls');
+    const val = after.history.val;
+    assert.ok(val[val.length - 1][1] < val[0][1], 'the validation loss falls');
+
+    // The same engine core natively gives the same losses (the reload and resume included).
+    const native = nativeRun(TEXT);
+    if (native) {
+      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
+      for (const key of ['train', 'val']) {
+        assert.equal(native[key].length, after.history[key].length, `${key} points, native vs browser`);
+        native[key].forEach(([s, v], i) => {
+          const [ws, wv] = after.history[key][i];
+          assert.ok(s === ws && close(v, wv), `${key} loss at step ${s}: native ${v}, browser ${wv}`);
+        });
+      }
+      console.log('native run (edge-llm tune --device gpu): the same losses within tolerance');
+    } else {
+      console.log('native cross-check skipped (no edge-llm binary or no native adapter)');
+    }
+    await page.screenshot({ path: path.join(ARTIFACTS, 'tune-done.png'), fullPage: true });
+
+    // Download the adapter: two files, a safetensors with PEFT names and the PEFT config.
+    const downloads = [];
+    page.on('download', (d) => downloads.push(d));
+    await page.click('#tune-download');
+    await page.waitForSelector('#adapter-links:not([hidden])');
+    const deadline = Date.now() + 20_000;
+    while (downloads.length < 2 && Date.now() < deadline) await page.waitForTimeout(100);
+    const files = {};
+    for (const d of downloads) {
+      const to = path.join(ARTIFACTS, d.suggestedFilename());
+      await d.saveAs(to);
+      files[d.suggestedFilename()] = fs.readFileSync(to);
+    }
+    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors']);
+    const header = safetensorsHeader(files['adapter_model.safetensors']);
+    const names = Object.keys(header).filter((n) => n !== '__metadata__');
+    // 2 layers × 7 projections × (A, B).
+    assert.equal(names.length, 28, names.join('\n'));
+    assert.ok(names.includes('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'), names.join('\n'));
+    assert.ok(names.includes('base_model.model.model.layers.1.mlp.down_proj.lora_B.weight'), names.join('\n'));
+    assert.deepEqual(header['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'].shape, [4, 64]);
+    const config = JSON.parse(files['adapter_config.json'].toString('utf8'));
+    assert.equal(config.peft_type, 'LORA');
+    assert.equal(config.r, 4);
+    // LoRA B starts at zero: a trained adapter has moved it.
+    const b = header['base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight'];
+    const start = 8 + Number(files['adapter_model.safetensors'].readBigUInt64LE(0)) + b.data_offsets[0];
+    const floats = new Float32Array(files['adapter_model.safetensors'].buffer.slice(
+      files['adapter_model.safetensors'].byteOffset + start,
+      files['adapter_model.safetensors'].byteOffset + start + (b.data_offsets[1] - b.data_offsets[0])));
+    assert.ok(floats.some((x) => x !== 0) && floats.every(Number.isFinite), 'trained lora_B');
+
+    assert.equal(await tuneError(), '');
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'tune-last.png'), fullPage: true }).catch(() => {});
+    if (consoleErrors.length) console.log(`browser console errors:\n${consoleErrors.join('\n')}`);
+    await context.close();
+  }
+});
