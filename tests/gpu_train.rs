@@ -326,6 +326,25 @@ fn the_budget_picks_recompute_or_refuses_before_allocating() {
     let fit = fit_budget(&file, &lc, &full, &limits, Some(p_full.total() - 1)).unwrap();
     assert!(fit.options.recompute, "{:?}", fit.changes);
     assert!(fit.plan.total() < p_full.total());
+    // Smaller than every 64-token plan but enough for 32-token rows: the rows are chunked
+    // and accumulation doubles, so a step sees as many tokens.
+    let smallest = |t: usize| {
+        let o = TrainOptions {
+            seq_len: t,
+            recompute: true,
+            format: WeightFormat::Packed,
+            vocab_chunk: 256,
+            ..full.clone()
+        };
+        GpuTrainer::plan(&file, &lc, &o, &limits).unwrap().total()
+    };
+    let budget = smallest(40);
+    assert!(budget < smallest(64));
+    let fit = fit_budget(&file, &lc, &full, &limits, Some(budget)).unwrap();
+    assert_eq!(fit.options.seq_len, 40, "{:?}", fit.changes);
+    assert_eq!(fit.accum_factor, 2);
+    assert!(fit.plan.total() <= budget);
+    assert!(fit.changes.last().unwrap().contains("rows of 40 tokens"));
     // Far too small: refused with the size needed and a sequence length that fits.
     let err = fit_budget(&file, &lc, &full, &limits, Some(300_000))
         .unwrap_err()

@@ -118,21 +118,10 @@ pub fn run(
         (None, None) => return Err(Error::Invalid("nothing to run".into())),
     };
     validate(&spec)?;
+    let mut spec = spec;
     let file = ModelFile::open(&spec.model)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
     let ds = Dataset::load(&spec.data)?;
-    let prepared = train::prepare(&ds, &tok, &spec.data_config)?;
-    let stats = prepared.stats.clone();
-    eprintln!(
-        "data: {} {} records → {} train rows ({} targets), {} validation rows; {} truncated, {} dropped",
-        stats.examples,
-        ds.kind(),
-        stats.train_rows,
-        stats.train_targets,
-        stats.val_rows,
-        stats.truncated,
-        stats.dropped
-    );
     let opts = TrainOptions {
         seq_len: spec.data_config.seq_len,
         recompute: session.recompute,
@@ -156,9 +145,35 @@ pub fn run(
                     format!(" (to fit the budget: {})", fit.changes.join(", "))
                 }
             );
+            if state.is_none() && fit.options.seq_len != spec.data_config.seq_len {
+                // Sequence chunking: shorter rows, more accumulation, same tokens per step.
+                spec.data_config.seq_len = fit.options.seq_len;
+                spec.train.accum_steps *= fit.accum_factor;
+            }
             Some(fit)
         }
     };
+    if let (Some(f), true) = (&fit, state.is_some()) {
+        if f.options.seq_len != spec.data_config.seq_len {
+            return Err(Error::Invalid(format!(
+                "this run was made with rows of {} tokens, which do not fit the memory budget \
+                 ({} would); resume it with a larger --memory-budget",
+                spec.data_config.seq_len, f.options.seq_len
+            )));
+        }
+    }
+    let prepared = train::prepare(&ds, &tok, &spec.data_config)?;
+    let stats = prepared.stats.clone();
+    eprintln!(
+        "data: {} {} records → {} train rows ({} targets), {} validation rows; {} truncated, {} dropped",
+        stats.examples,
+        ds.kind(),
+        stats.train_rows,
+        stats.train_targets,
+        stats.val_rows,
+        stats.truncated,
+        stats.dropped
+    );
     let run = Prepared {
         spec,
         out,

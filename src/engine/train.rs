@@ -1056,15 +1056,24 @@ pub struct Fit {
     pub plan: MemoryPlan,
     /// What was changed from the requested options to fit, in words (empty: nothing).
     pub changes: Vec<String>,
+    /// When rows had to be shortened (`options.seq_len` below the requested length): the
+    /// factor to multiply gradient accumulation by, so an optimizer step still sees as many
+    /// tokens. 1 otherwise.
+    pub accum_factor: usize,
 }
 
 /// Logits chunk widths tried, widest first, when the budget is tight.
 const BUDGET_CHUNKS: [usize; 2] = [1024, 256];
 
+/// The shortest rows [`fit_budget`] chunks sequences into before it refuses.
+pub const MIN_CHUNKED_SEQ: usize = 32;
+
 /// The options that fit `budget` bytes of GPU memory (and the device's limits): `opts` if
-/// it fits, else, cumulatively, with layer recompute, packed weights, and narrower logits
-/// chunks. When nothing fits, the error names the smallest plan's size and the longest
-/// sequence length that would fit. Nothing is allocated.
+/// it fits, else, cumulatively, with layer recompute, packed weights, narrower logits
+/// chunks, and finally shorter rows (sequence chunking: the data is packed into the longest
+/// rows of at least [`MIN_CHUNKED_SEQ`] tokens that fit, and [`Fit::accum_factor`] says how
+/// much more gradient accumulation keeps the tokens per optimizer step). When nothing fits,
+/// the error names the smallest plan's size and what would fit. Nothing is allocated.
 pub fn fit_budget(
     file: &ModelFile,
     lora: &LoraConfig,
@@ -1079,6 +1088,7 @@ pub fn fit_budget(
             options: opts.clone(),
             plan,
             changes: Vec::new(),
+            accum_factor: 1,
         });
     };
     let mut tries = vec![(opts.clone(), Vec::<String>::new())];
@@ -1095,7 +1105,7 @@ pub fn fit_budget(
         tries.push((cur.clone(), changes.clone()));
     }
     for chunk in BUDGET_CHUNKS {
-        if cur.vocab_chunk > chunk {
+        if head_split(&file.config, &cur, limits)?.chunk > chunk {
             cur.vocab_chunk = chunk;
             changes.push(format!("logits chunk {chunk}"));
             tries.push((cur.clone(), changes.clone()));
@@ -1109,11 +1119,12 @@ pub fn fit_budget(
                 options: o,
                 plan: p,
                 changes: ch,
+                accum_factor: 1,
             });
         }
-        smallest = Some((o, p));
+        smallest = Some((o, p, ch));
     }
-    let (o, p) = smallest.expect("at least one candidate");
+    let (o, p, ch) = smallest.expect("at least one candidate");
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
     // The longest sequence the smallest settings fit in the budget.
     let fits = |t: usize| -> bool {
@@ -1121,9 +1132,10 @@ pub fn fit_budget(
             seq_len: t,
             ..o.clone()
         };
-        GpuTrainer::plan(file, lora, &o, limits).is_ok_and(|p| p.total() <= budget)
+        GpuTrainer::plan(file, lora, &o, limits)
+            .is_ok_and(|p| p.check(limits).is_ok() && p.total() <= budget)
     };
-    let advice = if fits(1) {
+    let longest = fits(1).then(|| {
         let (mut lo, mut hi) = (1, o.seq_len);
         while lo + 1 < hi {
             let mid = (lo + hi) / 2;
@@ -1133,6 +1145,25 @@ pub fn fit_budget(
                 hi = mid;
             }
         }
+        lo
+    });
+    if let Some(t) = longest.filter(|&t| t >= MIN_CHUNKED_SEQ) {
+        let factor = o.seq_len.div_ceil(t);
+        let options = TrainOptions { seq_len: t, ..o };
+        let plan = GpuTrainer::plan(file, lora, &options, limits)?;
+        let mut changes = ch;
+        changes.push(format!(
+            "rows of {t} tokens instead of {} with {factor}× gradient accumulation",
+            opts.seq_len
+        ));
+        return Ok(Fit {
+            options,
+            plan,
+            changes,
+            accum_factor: factor,
+        });
+    }
+    let advice = if let Some(lo) = longest {
         format!(
             "--seq-len {lo} would fit, or a budget of at least {} bytes",
             p.total()
