@@ -5,6 +5,8 @@
 //! Without one the test fails, unless EDGE_LLM_ALLOW_NO_GPU=1 (then it notes and passes).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+use common::context;
 use edge_llm::kernels::{matmul_nt, GpuContext, MatmulNt};
 use edge_llm::reference::ops;
 use edge_llm::Error;
@@ -35,19 +37,6 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (64, 576, 1536),
     (64, 1536, 576),
 ];
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()

@@ -6,13 +6,13 @@
 //! EDGE_LLM_ALLOW_NO_GPU=1 (then they note and pass).
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::path::PathBuf;
+mod common;
+use common::{context, model_path};
 use std::time::Instant;
 
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
 use edge_llm::eval::{self, CausalLm, CpuLm, Sampling};
 use edge_llm::kernels::qmatmul::Path;
-use edge_llm::kernels::GpuContext;
 use edge_llm::model::tiny::{self, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
@@ -20,19 +20,6 @@ use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
 /// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
 /// the CPU logits): f32 sums in another order, the same weights.
 const LOGIT_TOL_REL: f32 = 1e-3;
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 fn tiny_file() -> ModelFile {
     ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()
@@ -264,19 +251,6 @@ fn refuses_a_tensor_over_the_binding_limit_by_name() {
     // Packed, the embedding (8-bit) fits.
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
     assert_eq!(gpu.append(&tokens(3)).unwrap().len(), 3 * file.config.vocab);
-}
-
-fn model_path() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("EDGE_LLM_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run scripts/fetch-model.sh", p.display());
-    }
-    eprintln!("note: {} absent; real-model GPU test skipped", p.display());
-    None
 }
 
 #[test]

@@ -5,21 +5,9 @@
 //! Without one the test fails, unless EDGE_LLM_ALLOW_NO_GPU=1 (then it notes and passes).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+use common::context;
 use edge_llm::kernels::ops::checks;
-use edge_llm::kernels::GpuContext;
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 #[test]
 fn every_op_kernel_matches_its_cpu_twin() {

@@ -7,25 +7,14 @@
 //! EDGE_LLM_ALLOW_NO_GPU=1 (then they note and pass).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+use common::context;
 use std::time::Instant;
 
 use edge_llm::compress::quant;
 use edge_llm::gguf::GgmlType;
 use edge_llm::kernels::qmatmul::{checks, GpuWeight, Path, QMatmul, Tuning};
 use edge_llm::kernels::{GpuContext, MatmulNt};
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 #[test]
 fn qmatmul_checks_all() {

@@ -6,25 +6,14 @@
 //! EDGE_LLM_ALLOW_NO_GPU=1 (then they note and pass).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod common;
+use common::context;
 use edge_llm::compress::sparse::{self as sp, Sparse24Matrix, UnstructuredMatrix, ValueType};
 use edge_llm::kernels::spmatmul::{checks, SparseWeight};
-use edge_llm::kernels::{GpuContext, MatmulNt};
+use edge_llm::kernels::MatmulNt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 #[test]
 fn spmatmul_matches_cpu_twins() {

@@ -3,9 +3,10 @@
 //! with and without layer recompute), whole training runs, the same run under a small
 //! binding limit that splits the head, exact resume, and the memory plan and budget.
 
+mod common;
+use common::{context, model_path};
 use edge_llm::data::Dataset;
 use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat};
-use edge_llm::kernels::context::GpuContext;
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
@@ -22,19 +23,6 @@ const GRAD_TOL_REL: f32 = 1e-3;
 const LOSS_TOL_REL: f64 = 1e-4;
 /// The binding limit that splits the tiny head (272 × 64 f32 = 68 KiB) into three parts.
 const SMALL_BINDING: u64 = 32 << 10;
-
-fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
-    match GpuContext::new_blocking(limits) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("EDGE_LLM_ALLOW_NO_GPU").as_deref() == Ok("1") => {
-            eprintln!("note: skipping the GPU test (EDGE_LLM_ALLOW_NO_GPU=1): {e}");
-            None
-        }
-        Err(e) => {
-            panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
-        }
-    }
-}
 
 fn small_limits() -> wgpu::Limits {
     wgpu::Limits {
@@ -355,22 +343,6 @@ fn the_budget_picks_recompute_or_refuses_before_allocating() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("even --seq-len 1 needs"), "{err}");
-}
-
-fn model_path() -> Option<std::path::PathBuf> {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("EDGE_LLM_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run scripts/fetch-model.sh", p.display());
-    }
-    eprintln!(
-        "note: {} absent; real-model GPU training test skipped",
-        p.display()
-    );
-    None
 }
 
 /// The real SmolLM2-135M: one 16-token row's loss and every LoRA gradient (all seven

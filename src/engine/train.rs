@@ -620,27 +620,11 @@ impl<'c> GpuTrainer<'c> {
     }
 
     fn check_row(&self, row: &Row) -> Result<()> {
-        let (t, vocab) = (row.tokens.len(), self.config.vocab);
-        if row.targets.len() != t {
-            return Err(Error::Invalid(format!(
-                "a row has {t} tokens but {} targets",
-                row.targets.len()
-            )));
-        }
-        if t == 0 || t > self.opts.seq_len {
-            return Err(Error::Invalid(format!(
-                "a row of {t} tokens does not fit the GPU trainer's sequence length of {} \
-                 (planned)",
-                self.opts.seq_len
-            )));
-        }
-        let ids = row.tokens.iter().chain(row.targets.iter().flatten());
-        if let Some(v) = ids.into_iter().find(|&&v| v as usize >= vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {v} is outside the vocabulary of {vocab}"
-            )));
-        }
-        Ok(())
+        row.check(
+            self.config.vocab,
+            self.opts.seq_len,
+            "the GPU trainer's planned sequence length",
+        )
     }
 
     /// The embedding rows of `tokens`, written into `x`.
@@ -1008,33 +992,25 @@ impl<'c> GpuTrainer<'c> {
 
     /// The adapters' current values, as the CPU reference holds them.
     pub async fn read_adapters(&self) -> Result<Lora<f32>> {
-        let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0);
-        for (l, row) in self.pairs.iter().enumerate() {
-            for (pi, pair) in row.iter().enumerate() {
-                if let (Some((ia, ib)), Some(dst)) = (pair, lora.layers[l][pi].as_mut()) {
-                    dst.a = self
-                        .read_tensor(&self.trained[*ia].param, dst.a.len())
-                        .await?;
-                    dst.b = self
-                        .read_tensor(&self.trained[*ib].param, dst.b.len())
-                        .await?;
-                }
-            }
-        }
-        Ok(lora)
+        self.read_lora(|t| &t.param).await
     }
 
     /// The accumulated gradients, shaped like the adapters (for tests against the CPU).
     pub async fn gradients(&self) -> Result<Lora<f32>> {
+        self.read_lora(|t| &t.grad).await
+    }
+
+    /// One buffer of every trained tensor (`which`), shaped like the adapters.
+    async fn read_lora(&self, which: fn(&Trained) -> &wgpu::Buffer) -> Result<Lora<f32>> {
         let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0);
         for (l, row) in self.pairs.iter().enumerate() {
             for (pi, pair) in row.iter().enumerate() {
                 if let (Some((ia, ib)), Some(dst)) = (pair, lora.layers[l][pi].as_mut()) {
                     dst.a = self
-                        .read_tensor(&self.trained[*ia].grad, dst.a.len())
+                        .read_tensor(which(&self.trained[*ia]), dst.a.len())
                         .await?;
                     dst.b = self
-                        .read_tensor(&self.trained[*ib].grad, dst.b.len())
+                        .read_tensor(which(&self.trained[*ib]), dst.b.len())
                         .await?;
                 }
             }

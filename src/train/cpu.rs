@@ -50,28 +50,7 @@ impl CpuBackend {
 
     fn check_row(&self, row: &Row) -> Result<()> {
         let c = &self.model.w.config;
-        if row.tokens.len() != row.targets.len() {
-            return Err(Error::Invalid(format!(
-                "a row has {} tokens but {} targets",
-                row.tokens.len(),
-                row.targets.len()
-            )));
-        }
-        if row.tokens.len() > c.context_length {
-            return Err(Error::Invalid(format!(
-                "a row of {} tokens exceeds the model's context of {}",
-                row.tokens.len(),
-                c.context_length
-            )));
-        }
-        let ids = row.tokens.iter().chain(row.targets.iter().flatten());
-        if let Some(t) = ids.into_iter().find(|&&t| t as usize >= c.vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {t} is outside the vocabulary of {}",
-                c.vocab
-            )));
-        }
-        Ok(())
+        row.check(c.vocab, c.context_length, "the model's context")
     }
 }
 

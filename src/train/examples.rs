@@ -62,6 +62,29 @@ impl Row {
     pub fn n_targets(&self) -> usize {
         self.targets.iter().filter(|t| t.is_some()).count()
     }
+
+    /// Checks what a backend relies on: one target per token, 1..=`max_len` tokens (`what`
+    /// names the limit), every id inside the vocabulary.
+    pub fn check(&self, vocab: usize, max_len: usize, what: &str) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::Invalid(m));
+        let t = self.tokens.len();
+        if self.targets.len() != t {
+            return bad(format!(
+                "a row has {t} tokens but {} targets",
+                self.targets.len()
+            ));
+        }
+        if t == 0 || t > max_len {
+            return bad(format!(
+                "a row of {t} tokens does not fit {what} of {max_len}"
+            ));
+        }
+        let ids = self.tokens.iter().chain(self.targets.iter().flatten());
+        if let Some(v) = ids.into_iter().find(|&&v| v as usize >= vocab) {
+            return bad(format!("token id {v} is outside the vocabulary of {vocab}"));
+        }
+        Ok(())
+    }
 }
 
 /// How examples are made and split.
