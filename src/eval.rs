@@ -1,7 +1,12 @@
 //! Evaluation and generation on any backend that implements [`CausalLm`]: perplexity,
 //! zero-shot multiple-choice accuracy, and sampling (greedy, temperature, top-p).
-//! The CPU reference implements it here ([`CpuLm`]); the GPU engine implements the same
-//! trait, so the CLI and the web app share these functions.
+//!
+//! The functions are async over [`AsyncLm`] (`*_async`), because the GPU model's logits
+//! arrive through a buffer mapping that the browser cannot block on: the web app awaits
+//! them. [`CpuLm`] returns ready futures; [`GpuModel`](crate::engine::GpuModel) awaits the
+//! device. The blocking [`perplexity`], [`eval_mc`], [`score_choices`] and [`generate`]
+//! over the synchronous [`CausalLm`] (what the CLI calls) run the same async bodies, whose
+//! futures are then always ready, so they need no executor and work on wasm32 too.
 
 use crate::data::McQuestion;
 use crate::reference::ops::log_softmax;
@@ -11,6 +16,9 @@ use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 /// A causal language model with a growing context (a KV cache).
 pub trait CausalLm {
@@ -28,7 +36,54 @@ pub trait CausalLm {
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
 }
 
-/// The CPU reference as a [`CausalLm`].
+/// A causal language model whose `append` may wait for a device: the trait the
+/// evaluation functions are written against (the same pattern as `train::Backend`).
+pub trait AsyncLm {
+    fn vocab(&self) -> usize;
+    /// Longest context the model supports.
+    fn max_len(&self) -> usize;
+    /// Positions in the context.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets positions from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`.
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>>;
+}
+
+/// Any synchronous model is an [`AsyncLm`] whose futures are ready at once.
+impl AsyncLm for dyn CausalLm + '_ {
+    fn vocab(&self) -> usize {
+        CausalLm::vocab(self)
+    }
+    fn max_len(&self) -> usize {
+        CausalLm::max_len(self)
+    }
+    fn len(&self) -> usize {
+        CausalLm::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        CausalLm::truncate(self, len)
+    }
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>> {
+        std::future::ready(CausalLm::append(self, tokens))
+    }
+}
+
+/// Runs a future that never waits (an async evaluation over a synchronous model) to its
+/// end in one poll.
+fn now<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match pin!(fut).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(Error::Invalid(
+            "a blocking evaluation waited on a device: use the *_async functions".into(),
+        )),
+    }
+}
+
+/// The CPU reference as a [`CausalLm`] (and an [`AsyncLm`] with ready futures).
 pub struct CpuLm<'a> {
     pub model: &'a Transformer<f32>,
     cache: KvCache<f32>,
@@ -57,15 +112,34 @@ impl CausalLm for CpuLm<'_> {
         self.cache.truncate(len, self.model.w.config.kv_dim());
     }
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        check_tokens(tokens, self.vocab())?;
-        if self.cache.len + tokens.len() > self.max_len() {
+        let (vocab, max_len) = (CausalLm::vocab(self), CausalLm::max_len(self));
+        check_tokens(tokens, vocab)?;
+        if self.cache.len + tokens.len() > max_len {
             return Err(Error::Invalid(format!(
                 "context of {} tokens exceeds the model's {}",
                 self.cache.len + tokens.len(),
-                self.max_len()
+                max_len
             )));
         }
         Ok(self.model.logits(tokens, Some(&mut self.cache)))
+    }
+}
+
+impl AsyncLm for CpuLm<'_> {
+    fn vocab(&self) -> usize {
+        CausalLm::vocab(self)
+    }
+    fn max_len(&self) -> usize {
+        CausalLm::max_len(self)
+    }
+    fn len(&self) -> usize {
+        CausalLm::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        CausalLm::truncate(self, len)
+    }
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>> {
+        std::future::ready(CausalLm::append(self, tokens))
     }
 }
 
@@ -86,10 +160,20 @@ pub struct Perplexity {
     pub mean_nll: f64,
 }
 
-/// Perplexity of `tokens` (no BOS added): predicts tokens 2..N from their prefixes.
-/// Runs in chunks of `chunk` tokens through the KV cache, calling `progress(done, total)`.
+/// [`perplexity_async`] on a synchronous model.
 pub fn perplexity(
     lm: &mut dyn CausalLm,
+    tokens: &[u32],
+    chunk: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
+    now(perplexity_async(lm, tokens, chunk, progress))
+}
+
+/// Perplexity of `tokens` (no BOS added): predicts tokens 2..N from their prefixes.
+/// Runs in chunks of `chunk` tokens through the KV cache, calling `progress(done, total)`.
+pub async fn perplexity_async<L: AsyncLm + ?Sized>(
+    lm: &mut L,
     tokens: &[u32],
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
@@ -105,7 +189,7 @@ pub fn perplexity(
     let mut nll = 0.0f64;
     let mut done = 0;
     for part in tokens.chunks(chunk.max(1)) {
-        let logits = lm.append(part)?;
+        let logits = lm.append(part).await?;
         for (i, row) in logits.chunks(vocab).enumerate() {
             let pos = done + i; // this row predicts token pos + 1
             if let Some(&next) = tokens.get(pos + 1) {
@@ -123,15 +207,24 @@ pub fn perplexity(
     })
 }
 
-/// Summed log-likelihood of each choice's continuation tokens after the question.
+/// [`score_choices_async`] on a synchronous model.
 pub fn score_choices(lm: &mut dyn CausalLm, tok: &Tokenizer, q: &McQuestion) -> Result<Vec<f64>> {
+    now(score_choices_async(lm, tok, q))
+}
+
+/// Summed log-likelihood of each choice's continuation tokens after the question.
+pub async fn score_choices_async<L: AsyncLm + ?Sized>(
+    lm: &mut L,
+    tok: &Tokenizer,
+    q: &McQuestion,
+) -> Result<Vec<f64>> {
     let ctx = tok.encode(&q.context())?;
     if ctx.is_empty() {
         return Err(Error::Data("a question encodes to no tokens".into()));
     }
     lm.truncate(0);
     let vocab = lm.vocab();
-    let ctx_logits = lm.append(&ctx)?;
+    let ctx_logits = lm.append(&ctx).await?;
     let last = log_softmax(&ctx_logits[(ctx.len() - 1) * vocab..]);
     let mut scores = Vec::with_capacity(q.choices.len());
     for i in 0..q.choices.len() {
@@ -143,7 +236,7 @@ pub fn score_choices(lm: &mut dyn CausalLm, tok: &Tokenizer, q: &McQuestion) -> 
         let mut s = last[first as usize] as f64;
         if !rest.is_empty() {
             lm.truncate(ctx.len());
-            let logits = lm.append(&cont[..cont.len() - 1])?;
+            let logits = lm.append(&cont[..cont.len() - 1]).await?;
             for (row, &next) in logits.chunks(vocab).zip(rest) {
                 s += log_softmax(row)[next as usize] as f64;
             }
@@ -160,12 +253,24 @@ pub struct McResult {
     pub correct: usize,
     /// The chosen index per question.
     pub predictions: Vec<usize>,
+    /// Each question's summed log-likelihood per choice.
+    pub scores: Vec<Vec<f64>>,
+}
+
+/// [`eval_mc_async`] on a synchronous model.
+pub fn eval_mc(
+    lm: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    questions: &[McQuestion],
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<McResult> {
+    now(eval_mc_async(lm, tok, questions, progress))
 }
 
 /// Zero-shot accuracy: each question's prediction is the choice with the highest summed
-/// log-likelihood.
-pub fn eval_mc(
-    lm: &mut dyn CausalLm,
+/// log-likelihood. Calls `progress(done, total, correct)` after each question.
+pub async fn eval_mc_async<L: AsyncLm + ?Sized>(
+    lm: &mut L,
     tok: &Tokenizer,
     questions: &[McQuestion],
     progress: &mut dyn FnMut(usize, usize, usize),
@@ -175,11 +280,13 @@ pub fn eval_mc(
     }
     let mut correct = 0;
     let mut predictions = Vec::with_capacity(questions.len());
+    let mut all_scores = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
-        let scores = score_choices(lm, tok, q)?;
+        let scores = score_choices_async(lm, tok, q).await?;
         let best = argmax_f64(&scores);
         correct += usize::from(best == q.answer);
         predictions.push(best);
+        all_scores.push(scores);
         progress(i + 1, questions.len(), correct);
     }
     Ok(McResult {
@@ -187,6 +294,7 @@ pub fn eval_mc(
         n: questions.len(),
         correct,
         predictions,
+        scores: all_scores,
     })
 }
 
@@ -253,10 +361,24 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
     kept[kept.len() - 1] as u32
 }
 
-/// Generates up to `max_tokens` after `prompt`, stopping at any of `stop`. Calls
-/// `on_token` with each new token as it is produced (for streaming). Returns the new ids.
+/// [`generate_async`] on a synchronous model.
 pub fn generate(
     lm: &mut dyn CausalLm,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    stop: &[u32],
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Vec<u32>> {
+    now(generate_async(
+        lm, prompt, max_tokens, sampling, stop, on_token,
+    ))
+}
+
+/// Generates up to `max_tokens` after `prompt`, stopping at any of `stop`. Calls
+/// `on_token` with each new token as it is produced (for streaming). Returns the new ids.
+pub async fn generate_async<L: AsyncLm + ?Sized>(
+    lm: &mut L,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,
@@ -269,7 +391,7 @@ pub fn generate(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     lm.truncate(0);
     let vocab = lm.vocab();
-    let mut logits = lm.append(prompt)?;
+    let mut logits = lm.append(prompt).await?;
     let mut out = Vec::new();
     while out.len() < max_tokens && lm.len() < lm.max_len() {
         let row = &logits[logits.len() - vocab..];
@@ -279,7 +401,7 @@ pub fn generate(
         }
         out.push(next);
         on_token(next);
-        logits = lm.append(&[next])?;
+        logits = lm.append(&[next]).await?;
     }
     Ok(out)
 }

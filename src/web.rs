@@ -4,9 +4,14 @@
 //! `Trainer` over the same `GpuTrainer`).
 //!
 //! One GPU device per page or worker: the first call that needs it creates a
-//! [`GpuContext`] and leaks it, so a [`WebTuner`]'s `GpuTrainer<'static>` can borrow it.
+//! [`GpuContext`] and leaks it, so a [`WebTuner`]'s `GpuTrainer<'static>` and a [`WebLm`]'s
+//! `GpuModel<'static>` can borrow it.
+//!
+//! Evaluation and chat ([`WebLm`]) call the same `eval::*_async` functions as the CLI's
+//! blocking wrappers, awaiting the GPU's readbacks instead of blocking on them.
 
 use std::cell::OnceCell;
+use std::rc::Rc;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -14,7 +19,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::adapter;
 use crate::data::{Dataset, LineError};
-use crate::engine::{fit_budget, Fit, GpuTrainer, TrainOptions};
+use crate::engine::{fit_budget, Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
+use crate::eval::{self, Sampling};
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::{Lora, LoraConfig, Proj};
@@ -55,14 +61,15 @@ fn gpu_ready() -> Result<&'static GpuContext, JsError> {
 #[wasm_bindgen]
 pub struct WebModel {
     model: ModelFile,
-    tokenizer: Tokenizer,
+    /// Shared with the [`WebLm`]s built from this model.
+    tokenizer: Rc<Tokenizer>,
 }
 
 /// Parses a GGUF file (the bytes of `models/default.gguf` or of a file the user picked).
 #[wasm_bindgen]
 pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
     let model = ModelFile::from_bytes(bytes).map_err(js_err)?;
-    let tokenizer = Tokenizer::from_gguf(&model.gguf).map_err(js_err)?;
+    let tokenizer = Rc::new(Tokenizer::from_gguf(&model.gguf).map_err(js_err)?);
     Ok(WebModel { model, tokenizer })
 }
 
@@ -346,12 +353,333 @@ impl WebModel {
         Ok(WebTuner {
             trainer,
             config: self.model.config.clone(),
-            base_name: adapter::gguf_model_name(&self.model.gguf)
-                .unwrap_or("edge-llm-base")
-                .to_owned(),
+            base_name: self.base_name(),
             plan,
             data,
         })
+    }
+}
+
+#[wasm_bindgen]
+impl WebModel {
+    /// Reads a PEFT adapter (`adapter_model.safetensors` bytes and `adapter_config.json`
+    /// text) for this model; refused when its shapes or settings do not fit.
+    pub fn import_adapter(
+        &self,
+        safetensors: &[u8],
+        config_json: &str,
+    ) -> Result<WebAdapter, JsError> {
+        let lora =
+            adapter::import_peft(safetensors, config_json, &self.model.config).map_err(js_err)?;
+        Ok(WebAdapter {
+            lora,
+            config: self.model.config.clone(),
+            base_name: self.base_name(),
+        })
+    }
+
+    /// The base model on this thread's GPU for evaluation and generation (`gpu_info` must
+    /// have run). `options_json`: `{max_len?}` (KV-cache positions).
+    pub fn lm(&self, options_json: &str) -> Result<WebLm, JsError> {
+        self.build_lm(None, options_json)
+    }
+
+    /// The model with `adapter`'s LoRA (tuned or imported) on this thread's GPU.
+    pub fn lm_with_adapter(
+        &self,
+        adapter: &WebAdapter,
+        options_json: &str,
+    ) -> Result<WebLm, JsError> {
+        self.build_lm(Some(&adapter.lora), options_json)
+    }
+}
+
+impl WebModel {
+    fn base_name(&self) -> String {
+        adapter::gguf_model_name(&self.model.gguf)
+            .unwrap_or("edge-llm-base")
+            .to_owned()
+    }
+
+    fn build_lm(&self, lora: Option<&Lora<f32>>, options_json: &str) -> Result<WebLm, JsError> {
+        let ctx = gpu_ready()?;
+        let o: LmOptions = parse_json("model options", options_json).map_err(js_err)?;
+        let opts = GpuModelOptions {
+            max_len: o.max_len,
+            ..Default::default()
+        };
+        let gm = GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?;
+        Ok(WebLm {
+            gm,
+            tokenizer: Rc::clone(&self.tokenizer),
+            with_adapter: lora.is_some(),
+        })
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> crate::Result<T> {
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    serde_json::from_str(json).map_err(|e| Error::Invalid(format!("{what}: {e}")))
+}
+
+/// Options of [`WebModel::lm`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LmOptions {
+    max_len: Option<usize>,
+}
+
+/// Generation settings from the page (the CLI's `generate` defaults).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct GenerateOptions {
+    max_tokens: usize,
+    temperature: f32,
+    top_p: f32,
+    seed: u64,
+    /// Wrap the prompt as the user turn of the model's ChatML template.
+    chat: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            chat: true,
+        }
+    }
+}
+
+/// Adapter values (tuned or imported) to build a [`WebLm`] with, or to export.
+#[wasm_bindgen]
+pub struct WebAdapter {
+    lora: Lora<f32>,
+    config: LlamaConfig,
+    base_name: String,
+}
+
+#[wasm_bindgen]
+impl WebAdapter {
+    /// The LoRA rank.
+    pub fn rank(&self) -> usize {
+        self.lora.config.rank
+    }
+
+    /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}`.
+    pub fn files(&self) -> Result<js_sys::Object, JsError> {
+        peft_files(&self.lora, &self.config, &self.base_name)
+    }
+}
+
+fn peft_files(
+    lora: &Lora<f32>,
+    config: &LlamaConfig,
+    base_name: &str,
+) -> Result<js_sys::Object, JsError> {
+    let (bytes, config) = adapter::export_peft(lora, config, base_name).map_err(js_err)?;
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: &JsValue| {
+        js_sys::Reflect::set(&out, &JsValue::from_str(k), v)
+            .map(|_| ())
+            .map_err(|_| JsError::new("could not build the adapter object"))
+    };
+    set(
+        "safetensors",
+        &js_sys::Uint8Array::from(bytes.as_slice()).into(),
+    )?;
+    set("config", &JsValue::from_str(&config))?;
+    Ok(out)
+}
+
+/// Calls a JS progress callback, ignoring what it returns or throws (progress is advisory).
+fn notify(f: &Option<js_sys::Function>, args: &[JsValue]) {
+    if let Some(f) = f {
+        let arr: js_sys::Array = args.iter().collect();
+        let _ = f.apply(&JsValue::NULL, &arr);
+    }
+}
+
+/// The model on this thread's GPU with a KV cache, for perplexity, multiple-choice accuracy
+/// and generation: the engine's `GpuModel` behind the same `eval` functions as the CLI.
+#[wasm_bindgen]
+pub struct WebLm {
+    gm: GpuModel<'static>,
+    tokenizer: Rc<Tokenizer>,
+    with_adapter: bool,
+}
+
+#[wasm_bindgen]
+impl WebLm {
+    /// GPU bytes this model holds (weights, KV cache, scratch).
+    pub fn gpu_bytes(&self) -> f64 {
+        self.gm.allocated_bytes() as f64
+    }
+
+    /// Positions the KV cache holds: the longest prompt plus reply, or text evaluated.
+    pub fn max_len(&self) -> usize {
+        eval::AsyncLm::max_len(&self.gm)
+    }
+
+    /// Whether a LoRA adapter is applied.
+    pub fn has_adapter(&self) -> bool {
+        self.with_adapter
+    }
+
+    /// Perplexity of the first `max_tokens` tokens of `text` (at most the cache length):
+    /// `{perplexity, mean_nll, tokens, seconds}`. Calls `progress(done, total)`.
+    pub async fn perplexity(
+        &mut self,
+        text: String,
+        max_tokens: usize,
+        progress: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
+        let mut ids = self.tokenizer.encode(&text).map_err(js_err)?;
+        ids.truncate(max_tokens.min(eval::AsyncLm::max_len(&self.gm)));
+        let t0 = web_time::Instant::now();
+        let chunk = self.gm.max_t();
+        let r = eval::perplexity_async(&mut self.gm, &ids, chunk, &mut |done, total| {
+            notify(&progress, &[(done as f64).into(), (total as f64).into()])
+        })
+        .await
+        .map_err(js_err)?;
+        let mut v = serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?;
+        v["seconds"] = json!(t0.elapsed().as_secs_f64());
+        Ok(v.to_string())
+    }
+
+    /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL:
+    /// `{accuracy, n, correct, seconds, questions: [{question, choices, answer, predicted,
+    /// scores}]}`. Calls `progress(done, total, correct)` after each question.
+    pub async fn eval_mc(
+        &mut self,
+        jsonl: String,
+        limit: usize,
+        progress: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
+        let (ds, _) = parse_data("questions.jsonl", &jsonl, "mc").map_err(js_err)?;
+        let Dataset::MultipleChoice(mut qs) = ds else {
+            return Err(JsError::new("the questions are not multiple-choice JSONL"));
+        };
+        qs.truncate(limit.max(1));
+        let t0 = web_time::Instant::now();
+        let r = eval::eval_mc_async(
+            &mut self.gm,
+            &self.tokenizer,
+            &qs,
+            &mut |done, total, correct| {
+                notify(
+                    &progress,
+                    &[
+                        (done as f64).into(),
+                        (total as f64).into(),
+                        (correct as f64).into(),
+                    ],
+                )
+            },
+        )
+        .await
+        .map_err(js_err)?;
+        let questions: Vec<_> = qs
+            .iter()
+            .zip(r.predictions.iter().zip(&r.scores))
+            .map(|(q, (p, s))| {
+                json!({"question": q.question, "choices": q.choices, "answer": q.answer,
+                       "predicted": p, "scores": s})
+            })
+            .collect();
+        Ok(json!({
+            "accuracy": r.accuracy,
+            "n": r.n,
+            "correct": r.correct,
+            "seconds": t0.elapsed().as_secs_f64(),
+            "questions": questions,
+        })
+        .to_string())
+    }
+
+    /// Generates a reply to `prompt` (`options_json`: `{max_tokens, temperature, top_p,
+    /// seed, chat}`; temperature 0 is greedy), calling `on_text(piece)` with the new text
+    /// as whole characters arrive. Returns `{text, tokens, prompt_tokens, seconds,
+    /// tokens_per_s, prefill_seconds}`.
+    pub async fn generate(
+        &mut self,
+        prompt: String,
+        options_json: String,
+        on_text: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
+        let o: GenerateOptions = parse_json("generation options", &options_json).map_err(js_err)?;
+        let ok = (o.top_p > 0.0 && o.top_p <= 1.0) && o.temperature >= 0.0;
+        if !ok {
+            return Err(JsError::new("need 0 < top_p <= 1 and temperature >= 0"));
+        }
+        let tok = Rc::clone(&self.tokenizer);
+        let text = if o.chat {
+            tok.chat_prompt(&prompt)
+        } else {
+            prompt
+        };
+        let ids = tok.encode(&text).map_err(js_err)?;
+        let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+        stop.extend(
+            tok.encode("<|im_end|>")
+                .ok()
+                .filter(|v| v.len() == 1)
+                .unwrap_or_default(),
+        );
+        let sampling = Sampling {
+            temperature: o.temperature,
+            top_p: o.top_p,
+            seed: o.seed,
+        };
+        let t0 = web_time::Instant::now();
+        let mut first: Option<f64> = None;
+        let mut so_far = Vec::new();
+        let mut shown = String::new();
+        let out = eval::generate_async(
+            &mut self.gm,
+            &ids,
+            o.max_tokens,
+            &sampling,
+            &stop,
+            &mut |id| {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                so_far.push(id);
+                if let Ok(s) = tok.decode(&so_far) {
+                    // Whole characters only: a multi-byte character may span tokens.
+                    if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
+                        notify(&on_text, &[JsValue::from_str(&s[shown.len()..])]);
+                        shown = s;
+                    }
+                }
+            },
+        )
+        .await
+        .map_err(js_err)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let text = tok.decode(&out).map_err(js_err)?;
+        if text.len() > shown.len() && text.starts_with(&shown) {
+            notify(&on_text, &[JsValue::from_str(&text[shown.len()..])]);
+        }
+        // Decoding speed after the first token (the prompt's prefill excluded).
+        let prefill = first.unwrap_or(secs);
+        let decode_tps = if out.len() > 1 && secs > prefill {
+            (out.len() - 1) as f64 / (secs - prefill)
+        } else {
+            0.0
+        };
+        Ok(json!({
+            "text": text,
+            "tokens": out.len(),
+            "prompt_tokens": ids.len(),
+            "seconds": secs,
+            "prefill_seconds": prefill,
+            "tokens_per_s": out.len() as f64 / secs.max(1e-9),
+            "decode_tokens_per_s": decode_tps,
+        })
+        .to_string())
     }
 }
 
@@ -446,20 +774,18 @@ impl WebTuner {
     /// `adapter_model.safetensors` and `adapter_config.json`.
     pub async fn adapter_files(&mut self) -> Result<js_sys::Object, JsError> {
         let lora = self.trainer.backend.adapters().await.map_err(js_err)?;
-        let (bytes, config) =
-            adapter::export_peft(&lora, &self.config, &self.base_name).map_err(js_err)?;
-        let out = js_sys::Object::new();
-        let set = |k: &str, v: &JsValue| {
-            js_sys::Reflect::set(&out, &JsValue::from_str(k), v)
-                .map(|_| ())
-                .map_err(|_| JsError::new("could not build the adapter object"))
-        };
-        set(
-            "safetensors",
-            &js_sys::Uint8Array::from(bytes.as_slice()).into(),
-        )?;
-        set("config", &JsValue::from_str(&config))?;
-        Ok(out)
+        peft_files(&lora, &self.config, &self.base_name)
+    }
+
+    /// The adapter's current values, to evaluate with ([`WebModel::lm_with_adapter`]) or
+    /// keep after this tuner is freed.
+    pub async fn adapter(&mut self) -> Result<WebAdapter, JsError> {
+        let lora = self.trainer.backend.adapters().await.map_err(js_err)?;
+        Ok(WebAdapter {
+            lora,
+            config: self.config.clone(),
+            base_name: self.base_name.clone(),
+        })
     }
 }
 

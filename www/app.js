@@ -1,15 +1,17 @@
 // The page: WebGPU adapter info, the model (default or picked from disk) and its
-// configuration, the prompt tokenized live, and LoRA tuning. All work happens in
-// ./pkg/edge_llm.js (the Rust crate compiled to WebAssembly by scripts/build-wasm.sh); tuning
-// runs in ./worker.js, which has its own copy of the module and its own GPU device, so the
-// page stays responsive. Checkpoints go to IndexedDB, so a run survives a reload.
+// configuration, the prompt tokenized live, LoRA tuning, and evaluation and chat with the
+// tuned model. All work happens in ./pkg/edge_llm.js (the Rust crate compiled to
+// WebAssembly by scripts/build-wasm.sh), reached through ./edge-llm.js, the npm package's
+// wrapper (npm/index.js). Tuning, evaluation and chat run in ./worker.js, which has its own
+// copy of the module and its own GPU device, so the page stays responsive. Checkpoints go
+// to IndexedDB, so a run survives a reload.
 
 const $ = (id) => document.getElementById(id);
 
 // `?model=models/tiny.gguf` serves another model beside the page (tests use the tiny one).
 const DEFAULT_MODEL = new URLSearchParams(location.search).get('model') || 'models/default.gguf';
 
-let wasm = null;   // the wasm-bindgen module, once initialised
+let wasm = null;   // the edge-llm wrapper module (./edge-llm.js), once initialised
 let model = null;  // the loaded WebModel
 let modelInfo = null;  // {name, bytes, config} of the loaded model
 
@@ -64,7 +66,7 @@ async function showGpu() {
     return;
   }
   try {
-    const info = JSON.parse(await wasm.gpu_info());
+    const info = await wasm.gpuInfo();
     // wgpu reports only the adapter description; the browser's GPUAdapterInfo adds more.
     let vendor = '', architecture = '';
     try {
@@ -157,7 +159,7 @@ async function loadBytes(bytes, name) {
   await nextFrame();
   try {
     if (model) { model.free(); model = null; }
-    model = wasm.load_model(bytes);
+    model = await wasm.loadModel(bytes);
   } catch (e) {
     status.textContent = 'No model loaded.';
     $('config-table').hidden = true;
@@ -170,9 +172,9 @@ async function loadBytes(bytes, name) {
       '(for example SmolLM2-135M-Instruct, Q4_1, Q8_0, F16 or F32).');
     return;
   }
-  const config = JSON.parse(model.config_json());
+  const config = model.config;
   const rows = Object.entries(config).map(([k, v]) => [k, CONFIG_LABELS[k] ?? k, v]);
-  rows.push(['file_size', 'File size', mib(model.file_bytes())]);
+  rows.push(['file_size', 'File size', mib(model.fileBytes)]);
   fillTable($('config-table'), rows);
   status.textContent = `Loaded ${name}.`;
   status.classList.add('ok');
@@ -221,9 +223,9 @@ function tokenize() {
   const user = $('prompt').value;
   const tokens = $('tokens');
   try {
-    const text = $('chatml').checked ? model.chat_prompt(user) : user;
-    const ids = Array.from(model.tokenize(text));
-    const strings = model.token_strings(Uint32Array.from(ids));
+    const text = $('chatml').checked ? model.chatPrompt(user) : user;
+    const ids = model.tokenize(text);
+    const strings = model.tokenStrings(ids);
     tokens.replaceChildren(...ids.map((id, i) => {
       const chip = document.createElement('span');
       chip.className = 'token';
@@ -304,6 +306,7 @@ function setTuneState(state) {
   $('tune-cancel').disabled = !(state === 'running' || state === 'paused');
   $('tune-download').disabled = !(tune.created && (state === 'paused' || state === 'done'));
   $('resume-saved').disabled = busy || !model;
+  updateEvalControls();
 }
 
 function showTuneError(message) {
@@ -780,6 +783,10 @@ async function onDownload() {
 
 async function onWorkerEvent(m) {
   switch (m.event) {
+    case 'token':
+    case 'eval-progress':
+      onEvalEvent(m);
+      break;
     case 'step': {
       const r = m.report;
       tune.step = r.step;
@@ -808,6 +815,8 @@ async function onWorkerEvent(m) {
       if (m.val_loss !== null && !tune.history.val.some(([s]) => s === m.step)) {
         tune.history.val.push([m.step, m.val_loss]);
       }
+      document.querySelector('input[name=eval-source][value=tuned]').disabled = false;
+      document.querySelector('input[name=eval-source][value=tuned]').checked = true;
       setTuneState('done');
       await saveRun(m.checkpoint, m.step, true);
       showProgress();
@@ -916,16 +925,242 @@ async function tuneModelLoaded(bytes) {
     $('opt-seq').value = modelInfo.config.hidden < 256 ? 64 : 256;
   }
   setTuneState('idle');
+  evalModelLoaded();
   await showSavedRun();
   await checkSettings();
+}
+
+// ---------------------------------------------------------------- evaluate and chat
+
+// Evaluation and chat run in the same worker as tuning, on a model built with the chosen
+// adapter (the worker rebuilds it only when that changes).
+const evalState = { busy: false, mcQuestions: null, validationText: null, pieces: 0 };
+
+const evalSource = () => document.querySelector('input[name=eval-source]:checked').value;
+
+const SOURCE_LABELS = { base: 'base model', tuned: 'tuned adapter', file: 'adapter from disk' };
+
+function updateEvalControls() {
+  const tuningBusy = ['starting', 'running', 'pausing'].includes(tune.state);
+  const tunedRadio = document.querySelector('input[name=eval-source][value=tuned]');
+  tunedRadio.disabled = !(tune.created && ['paused', 'done'].includes(tune.state));
+  if (tunedRadio.disabled && tunedRadio.checked) {
+    document.querySelector('input[name=eval-source][value=base]').checked = true;
+  }
+  const off = !model || !tune.worker || evalState.busy || tuningBusy;
+  for (const id of ['ppl-run', 'mc-run', 'chat-send']) $(id).disabled = off;
+  $('eval-model-status').textContent = tuningBusy
+    ? 'Tuning is running: pause it or let it finish to evaluate.'
+    : ($('eval-model-status').dataset.info || 'Built on first use.');
+}
+
+function showEvalModel(info) {
+  const parts = [`Evaluating with the ${SOURCE_LABELS[info.source]}: ${mib(info.lm_bytes)} on the GPU ` +
+    `(KV cache for ${info.max_len} positions)`];
+  parts.push(info.trainer_bytes
+    ? `; the paused run's trainer holds ${mib(info.trainer_bytes)} more.`
+    : '.');
+  const el = $('eval-model-status');
+  el.dataset.info = parts.join('');
+  el.dataset.lmBytes = String(info.lm_bytes);
+  el.textContent = el.dataset.info;
+}
+
+/// Runs `fn` with the evaluation controls disabled, showing any error.
+async function evalTask(fn) {
+  if (evalState.busy) return;
+  evalState.busy = true;
+  showError('eval-error', '');
+  updateEvalControls();
+  try {
+    await fn();
+  } catch (e) {
+    showError('eval-error', messageOf(e));
+  } finally {
+    evalState.busy = false;
+    updateEvalControls();
+  }
+}
+
+async function pplText() {
+  const src = document.querySelector('input[name=ppl-source]:checked').value;
+  if (src === 'pasted') {
+    const text = $('ppl-text').value;
+    if (!text.trim()) throw new Error('Paste a text to score first.');
+    return { name: 'the pasted text', text };
+  }
+  if (src === 'validation') {
+    if (!evalState.validationText) {
+      const r = await fetch('data/shakespeare/validation.txt');
+      if (!r.ok) throw new Error(`could not fetch data/shakespeare/validation.txt (HTTP ${r.status}); start the page with scripts/run.sh`);
+      // Only the first tokens are scored: a slice is plenty.
+      evalState.validationText = (await r.text()).slice(0, 64 * 1024);
+    }
+    return { name: 'Shakespeare validation', text: evalState.validationText };
+  }
+  const data = await currentData();
+  return { name: data.name, text: data.text };
+}
+
+async function onPerplexity() {
+  await evalTask(async () => {
+    const maxTokens = Number($('ppl-max').value);
+    if (!Number.isInteger(maxTokens) || maxTokens < 2) throw new Error('Tokens must be a whole number of at least 2.');
+    const { name, text } = await pplText();
+    const source = evalSource();
+    $('ppl-status').textContent = `Scoring ${name} with the ${SOURCE_LABELS[source]}…`;
+    const r = await call('perplexity', { source, text, max_tokens: maxTokens });
+    showEvalModel(r);
+    const line = `${SOURCE_LABELS[source]}: perplexity ${r.perplexity.toFixed(3)} on ${name} ` +
+      `(${r.tokens} tokens, ${r.seconds.toFixed(1)} s)`;
+    $('ppl-status').textContent = line;
+    $('ppl-status').dataset.perplexity = String(r.perplexity);
+    const li = document.createElement('li');
+    li.textContent = line;
+    li.dataset.perplexity = String(r.perplexity);
+    li.dataset.source = source;
+    li.dataset.tokens = String(r.tokens);
+    $('ppl-history').append(li);
+  });
+}
+
+const LETTERS = 'ABCDEFGHIJ';
+
+async function onMc() {
+  await evalTask(async () => {
+    const limit = Number($('mc-n').value);
+    if (!Number.isInteger(limit) || limit < 1) throw new Error('Questions must be a whole number of at least 1.');
+    if (!evalState.mcQuestions) {
+      const r = await fetch('data/arc-easy/validation.jsonl');
+      if (!r.ok) throw new Error(`could not fetch data/arc-easy/validation.jsonl (HTTP ${r.status}); start the page with scripts/run.sh`);
+      evalState.mcQuestions = await r.text();
+    }
+    const source = evalSource();
+    $('mc-status').textContent = `Scoring ${limit} questions with the ${SOURCE_LABELS[source]}…`;
+    delete $('mc-status').dataset.accuracy;
+    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit });
+    showEvalModel(r);
+    $('mc-status').textContent = `${SOURCE_LABELS[source]}: accuracy ${r.accuracy.toFixed(3)} ` +
+      `(${r.correct} of ${r.n} right, ${r.seconds.toFixed(1)} s; chance is about 0.25)`;
+    $('mc-status').dataset.accuracy = String(r.accuracy);
+    const rows = r.questions.map((q, i) => {
+      const tr = document.createElement('tr');
+      const right = q.predicted === q.answer;
+      tr.className = right ? 'right' : 'wrong';
+      tr.dataset.predicted = String(q.predicted);
+      tr.dataset.answer = String(q.answer);
+      const cells = [String(i + 1), q.question,
+        `${LETTERS[q.predicted]}. ${q.choices[q.predicted]}`,
+        `${LETTERS[q.answer]}. ${q.choices[q.answer]}`, right ? '✓' : '✗'];
+      tr.append(...cells.map((c) => { const td = document.createElement('td'); td.textContent = c; return td; }));
+      return tr;
+    });
+    $('mc-table').querySelector('tbody').replaceChildren(...rows);
+    $('mc-table').hidden = false;
+  });
+}
+
+async function onChat() {
+  await evalTask(async () => {
+    const prompt = $('chat-input').value;
+    if (!prompt.trim()) throw new Error('Type a message first.');
+    const num = (id, label, min, int) => {
+      const v = Number($(id).value);
+      if (!Number.isFinite(v) || v < min || (int && !Number.isInteger(v))) {
+        throw new Error(`${label} must be ${int ? 'a whole number' : 'a number'} of at least ${min}.`);
+      }
+      return v;
+    };
+    const options = {
+      temperature: num('chat-temp', 'Temperature', 0, false),
+      topP: num('chat-topp', 'Top-p', 0.01, false),
+      maxTokens: num('chat-max', 'Max new tokens', 1, true),
+      seed: num('chat-seed', 'Seed', 0, true),
+      chat: $('chat-template').checked,
+    };
+    if (options.topP > 1) throw new Error('Top-p must be at most 1.');
+    const out = $('chat-output');
+    const you = document.createElement('span');
+    you.className = 'prompt';
+    you.textContent = `You: ${prompt}`;
+    const reply = document.createElement('span');
+    reply.id = 'chat-reply';
+    out.replaceChildren(you, reply);
+    evalState.pieces = 0;
+    out.dataset.pieces = '0';
+    const source = evalSource();
+    $('chat-status').textContent = `Generating with the ${SOURCE_LABELS[source]}…`;
+    const r = await call('generate', { source, prompt, options });
+    showEvalModel(r);
+    reply.textContent = r.text;  // the streamed pieces joined, made exact
+    const st = $('chat-status');
+    st.textContent = `${r.tokens} tokens in ${r.seconds.toFixed(2)} s: ${r.tokens_per_s.toFixed(1)} tokens/s ` +
+      `(${r.decode_tokens_per_s.toFixed(1)} tokens/s after the ${r.prompt_tokens}-token prompt's ` +
+      `${r.prefill_seconds.toFixed(2)} s).`;
+    st.dataset.tokens = String(r.tokens);
+    st.dataset.tokensPerS = String(r.tokens_per_s);
+    st.dataset.decodeTokensPerS = String(r.decode_tokens_per_s);
+  });
+}
+
+function onEvalEvent(m) {
+  if (m.event === 'token') {
+    const reply = $('chat-reply');
+    if (reply) reply.textContent += m.text;
+    evalState.pieces += 1;
+    $('chat-output').dataset.pieces = String(evalState.pieces);
+  } else if (m.what === 'perplexity') {
+    $('ppl-status').textContent = `Scoring: ${m.done} of ${m.total} tokens…`;
+  } else if (m.what === 'mc') {
+    $('mc-status').textContent = `Scoring: ${m.done} of ${m.total} questions, ${m.correct} right so far…`;
+  }
+}
+
+async function onAdapterFiles(e) {
+  const files = Array.from(e.target.files);
+  const st = files.find((f) => f.name.endsWith('.safetensors'));
+  const cfg = files.find((f) => f.name.endsWith('.json'));
+  await evalTask(async () => {
+    if (!st || !cfg) {
+      throw new Error('Pick both files of the PEFT adapter: adapter_model.safetensors and adapter_config.json.');
+    }
+    const safetensors = new Uint8Array(await st.arrayBuffer());
+    const r = await call('loadAdapter', { safetensors, config: await cfg.text(), name: st.name },
+      [safetensors.buffer]);
+    const radio = document.querySelector('input[name=eval-source][value=file]');
+    radio.disabled = false;
+    radio.checked = true;
+    $('eval-model-status').dataset.info = `Adapter ${r.name} loaded (rank ${r.rank}); the model is built on first use.`;
+  });
+}
+
+function setupEval() {
+  $('ppl-run').addEventListener('click', onPerplexity);
+  $('mc-run').addEventListener('click', onMc);
+  $('chat-send').addEventListener('click', onChat);
+  $('adapter-files').addEventListener('change', onAdapterFiles);
+  $('ppl-text').addEventListener('input', () => {
+    document.querySelector('input[name=ppl-source][value=pasted]').checked = true;
+  });
+  updateEvalControls();
+}
+
+/// A new model: adapters from disk and results belong to the old one.
+function evalModelLoaded() {
+  const radio = document.querySelector('input[name=eval-source][value=file]');
+  radio.disabled = true;
+  document.querySelector('input[name=eval-source][value=base]').checked = true;
+  delete $('eval-model-status').dataset.info;
+  $('ppl-history').replaceChildren();
+  updateEvalControls();
 }
 
 // ---------------------------------------------------------------- start
 
 async function main() {
   try {
-    wasm = await import('./pkg/edge_llm.js');
-    await wasm.default();
+    wasm = await import('./edge-llm.js');
+    await wasm.init();
   } catch (e) {
     const msg = `The WebAssembly module did not load (${messageOf(e)}). Build it with ` +
       'scripts/build-wasm.sh (scripts/run.sh does this) and reload.';
@@ -940,6 +1175,7 @@ async function main() {
   $('model-file').addEventListener('change', loadPicked);
   $('opt-seq').addEventListener('input', () => { $('opt-seq').dataset.touched = 'true'; });
   setupTuning();
+  setupEval();
   await Promise.all([showGpu(), loadDefault(), tuneWorkerReady]);
   document.body.dataset.ready = 'true';
 }

@@ -1,13 +1,23 @@
-// The tuning worker (an ES module worker): it owns its own instance of the wasm module, its
-// own WebGPU device, the model and the WebTuner, so the page never freezes while a step
-// runs. The page talks to it with requests ({id, op, args} → {id, ok, result | error}) and
-// receives training events ({event: 'step' | 'checkpoint' | 'paused' | 'done' |
-// 'cancelled' | 'error', ...}) while a run goes on.
+// The GPU worker (an ES module worker): it owns its own instance of the wasm module, its
+// own WebGPU device, the model, the tuner and the evaluation model, so the page never
+// freezes while a step or a token runs. The page talks to it with requests ({id, op, args}
+// → {id, ok, result | error}) and receives events: training ({event: 'step' | 'checkpoint'
+// | 'paused' | 'done' | 'cancelled' | 'error', ...}), evaluation progress ({event:
+// 'eval-progress', done, total, correct?}) and streamed chat text ({event: 'token', text}).
+// It drives the engine through ./edge-llm.js, the npm package's wrapper (npm/index.js).
 
-import init, * as wasm from './pkg/edge_llm.js';
+import { init, gpuInfo, loadModel } from './edge-llm.js';
 
-let model = null;   // WebModel
-let tuner = null;   // WebTuner
+let model = null;   // Model (the wrapper)
+let tuner = null;   // Tuner
+let tunerDone = false;  // the run finished: its trainer may be freed once its adapter is read
+let runSerial = 0;  // which run the tuner is, to tell its adapters apart
+let lm = null;      // Lm: the evaluation and chat model
+let lmKey = '';     // what `lm` was built from ('base', 'tuned:<run>:<step>', 'file:<n>')
+let tuned = null;   // {key, adapter}: the tuned adapter read from the tuner
+let fileAdapter = null;  // {key, adapter, name}: an adapter loaded from disk
+let fileSerial = 0;
+let evalBusy = false;
 let running = false;
 let looping = false;
 let cancelling = false;
@@ -24,34 +34,99 @@ const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
 function freeTuner() {
   if (tuner) { tuner.free(); tuner = null; }
+  tunerDone = false;
+}
+
+function freeLm() {
+  if (lm) { lm.free(); lm = null; }
+  lmKey = '';
+}
+
+function freeAdapters() {
+  if (tuned) { tuned.adapter.free(); tuned = null; }
+  if (fileAdapter) { fileAdapter.adapter.free(); fileAdapter = null; }
+}
+
+/// The evaluation model for `source` ('base' | 'tuned' | 'file'), rebuilt only when its
+/// weights change. Reading the tuned adapter out of a finished run frees that run's
+/// trainer, so the two never both hold GPU memory after tuning (a paused run keeps it:
+/// it may still continue).
+async function ensureLm(source) {
+  if (!model) throw new Error('no model loaded');
+  if (looping) throw new Error('a tuning run is in progress: pause it (or let it finish) before evaluating');
+  let key = 'base', adapter = null;
+  if (source === 'tuned') {
+    if (tuner) {
+      const k = `tuned:${runSerial}:${tuner.step}`;
+      if (!tuned || tuned.key !== k) {
+        if (tuned) tuned.adapter.free();
+        tuned = { key: k, adapter: await tuner.adapter() };
+      }
+      if (tunerDone) freeTuner();
+    }
+    if (!tuned) throw new Error('no tuned adapter yet: tune the model first, or load an adapter from disk');
+    ({ key, adapter } = tuned);
+  } else if (source === 'file') {
+    if (!fileAdapter) throw new Error('no adapter file loaded');
+    ({ key, adapter } = fileAdapter);
+  } else if (source !== 'base') {
+    throw new Error(`unknown model source ${source}`);
+  }
+  if (!lm || lmKey !== key) {
+    freeLm();
+    lm = await model.lm({ adapter });
+    lmKey = key;
+  }
+  return lm;
+}
+
+/// What the page shows about the evaluation model and the GPU memory held.
+function evalInfo(source) {
+  return {
+    source,
+    key: lmKey,
+    lm_bytes: lm ? lm.gpuBytes : 0,
+    max_len: lm ? lm.maxLen : 0,
+    trainer_bytes: tuner ? tuner.gpuBytes : 0,
+  };
+}
+
+/// Runs one evaluation at a time (they share the KV cache).
+async function exclusive(fn) {
+  if (evalBusy) throw new Error('an evaluation is already running');
+  evalBusy = true;
+  try { return await fn(); } finally { evalBusy = false; }
 }
 
 const ops = {
   async init() {
     await init();
     try {
-      return { gpu: JSON.parse(await wasm.gpu_info()) };
+      return { gpu: await gpuInfo() };
     } catch (e) {
       return { gpuError: messageOf(e) };
     }
   },
 
-  loadModel({ bytes }) {
+  async loadModel({ bytes }) {
     if (looping) throw new Error('a run is in progress: cancel it before loading another model');
+    if (evalBusy) throw new Error('an evaluation is running: wait for it before loading another model');
     freeTuner();
+    freeLm();
+    freeAdapters();
     if (model) { model.free(); model = null; }
-    model = wasm.load_model(bytes);
-    return JSON.parse(model.config_json());
+    model = await loadModel(bytes);
+    return model.config;
   },
 
   checkData({ name, text, kind, options }) {
     if (!model) throw new Error('no model loaded');
-    return JSON.parse(model.check_data(name, text, kind, JSON.stringify(options)));
+    return model.checkData({ name, text, kind, options });
   },
 
   plan({ options }) {
     if (!model) throw new Error('no model loaded');
-    return JSON.parse(model.plan_tuning(JSON.stringify(options)));
+    return model.plan(options);
   },
 
   // Creates the tuner (data preparation, memory plan, GPU allocation) and, given a
@@ -59,8 +134,12 @@ const ops = {
   async create({ name, text, kind, options, checkpoint, save_every }) {
     if (!model) throw new Error('no model loaded');
     if (looping) throw new Error('a run is already in progress');
+    if (evalBusy) throw new Error('an evaluation is running: wait for it before starting a run');
     freeTuner();
-    tuner = model.tuner(name, text, kind, JSON.stringify(options));
+    // The evaluation model's memory goes back before the trainer allocates its own.
+    freeLm();
+    tuner = await model.tuner({ name, text, kind, options });
+    runSerial += 1;
     saveEvery = save_every || 0;
     if (checkpoint) {
       try {
@@ -71,10 +150,10 @@ const ops = {
       }
     }
     return {
-      plan: JSON.parse(tuner.plan_json()),
-      data: JSON.parse(tuner.data_json()),
-      total: tuner.total_steps(),
-      step: tuner.current_step(),
+      plan: tuner.plan,
+      data: tuner.data,
+      total: tuner.totalSteps,
+      step: tuner.step,
     };
   },
 
@@ -103,16 +182,73 @@ const ops = {
   },
 
   async adapter() {
-    if (!tuner) throw new Error('no run: start one first');
     if (looping) throw new Error('pause the run before downloading the adapter');
-    const files = await tuner.adapter_files();
+    // After evaluation freed a finished run's trainer, its adapter values remain.
+    const files = tuner ? await tuner.exportAdapter() : tuned?.adapter.files();
+    if (!files) throw new Error('no run: start one first');
     return { safetensors: files.safetensors, config: files.config };
+  },
+
+  // ------------------------------------------------ evaluation and chat
+
+  /// A PEFT adapter from disk (adapter_model.safetensors + adapter_config.json).
+  loadAdapter({ safetensors, config, name }) {
+    if (!model) throw new Error('no model loaded');
+    const adapter = model.importAdapter({ safetensors, config });
+    if (fileAdapter) fileAdapter.adapter.free();
+    fileSerial += 1;
+    fileAdapter = { key: `file:${fileSerial}`, adapter, name };
+    return { name, rank: adapter.rank };
+  },
+
+  /// Builds (or reuses) the evaluation model and says what it holds.
+  prepareEval({ source }) {
+    return exclusive(async () => {
+      await ensureLm(source);
+      return evalInfo(source);
+    });
+  },
+
+  perplexity({ source, text, max_tokens }) {
+    return exclusive(async () => {
+      const m = await ensureLm(source);
+      const r = await m.perplexity(text, {
+        maxTokens: max_tokens,
+        onProgress: (done, total) => post({ event: 'eval-progress', what: 'perplexity', done, total }),
+      });
+      return { ...r, ...evalInfo(source) };
+    });
+  },
+
+  evalMc({ source, jsonl, limit }) {
+    return exclusive(async () => {
+      const m = await ensureLm(source);
+      const r = await m.evalMc(jsonl, {
+        limit,
+        onProgress: (done, total, correct) => post({ event: 'eval-progress', what: 'mc', done, total, correct }),
+      });
+      return { ...r, ...evalInfo(source) };
+    });
+  },
+
+  generate({ source, prompt, options }) {
+    return exclusive(async () => {
+      const m = await ensureLm(source);
+      const r = await m.generate(prompt, { ...options, onText: (text) => post({ event: 'token', text }) });
+      return { ...r, ...evalInfo(source) };
+    });
+  },
+
+  freeEval() {
+    if (evalBusy) throw new Error('an evaluation is running');
+    freeLm();
+    return evalInfo('');
   },
 };
 
 async function checkpointEvent(event, extra = {}) {
   const bytes = await tuner.checkpoint();
-  post({ event, step: tuner.current_step(), total: tuner.total_steps(), checkpoint: bytes, ...extra },
+  post({ event, step: tuner.step, total: tuner.totalSteps, checkpoint: bytes, ...extra },
     [bytes.buffer]);
 }
 
@@ -121,13 +257,14 @@ async function loop() {
   try {
     while (running) {
       const t0 = performance.now();
-      const report = JSON.parse(await tuner.step());
+      const report = await tuner.runStep();
       report.step_ms = performance.now() - t0;
       if (report.step !== null) post({ event: 'step', report });
       if (report.stop !== 'steps') {
         running = false;
-        const val = await tuner.validation_loss();
-        await checkpointEvent('done', { stop: report.stop, val_loss: val ?? null });
+        const val = await tuner.validationLoss();
+        tunerDone = true;
+        await checkpointEvent('done', { stop: report.stop, val_loss: val });
         return;
       }
       if (saveEvery > 0 && report.step % saveEvery === 0 && running) {

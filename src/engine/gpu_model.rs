@@ -1,6 +1,7 @@
 //! The whole LLaMA forward pass on the GPU for inference, composed from the kernel library,
-//! with a KV cache: a [`CausalLm`](crate::eval::CausalLm), so perplexity, multiple-choice
-//! scoring and generation run on the GPU unchanged.
+//! with a KV cache: an [`AsyncLm`](crate::eval::AsyncLm) (and natively a blocking
+//! [`CausalLm`](crate::eval::CausalLm)), so perplexity, multiple-choice scoring and
+//! generation run on the GPU unchanged, in the browser too.
 //!
 //! Per appended chunk of t tokens at positions pos0..: embedding gather → per block:
 //! rmsnorm, q/k/v (+ LoRA), RoPE on q and k, k/v copied into the cache at pos0, attention
@@ -824,6 +825,28 @@ pub(crate) async fn read_mapped(
     ))
 }
 
+/// The evaluation functions' async model: awaits the logits' readback, so it also runs in
+/// the browser (`eval::*_async`).
+impl crate::eval::AsyncLm for GpuModel<'_> {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    /// Only moves the length: later appends overwrite the cache from there.
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    fn append(&mut self, tokens: &[u32]) -> impl std::future::Future<Output = Result<Vec<f32>>> {
+        self.append_async(tokens)
+    }
+}
+
+/// Blocking, for the native CLI and tests (the browser cannot block: it uses `AsyncLm`).
 #[cfg(not(target_arch = "wasm32"))]
 impl crate::eval::CausalLm for GpuModel<'_> {
     fn vocab(&self) -> usize {

@@ -2,8 +2,11 @@
 // the seeded TINY model (`?model=models/tiny.gguf`) in headless Chromium with WebGPU
 // (SwiftShader), pick a small text file, tune a few steps in the worker, see the loss fall
 // and the plot grow, reload mid-run and resume from the IndexedDB checkpoint, finish, and
-// download the PEFT adapter (checked: a safetensors file with PEFT tensor names).
-// Saves tests/e2e/artifacts/tune-running.png (mid-run) and tune-done.png.
+// download the PEFT adapter (checked: a safetensors file with PEFT tensor names), then
+// evaluate: perplexity on the tuning text falls from the base model's, the same adapter
+// loaded back from the downloaded files gives the same perplexity, a chat reply streams,
+// and ARC-Easy accuracy on a few questions is shown per question.
+// Saves tests/e2e/artifacts/tune-running.png (mid-run), tune-done.png and eval.png.
 // Needs www/pkg (scripts/build-wasm.sh); writes www/models/tiny.gguf with the CLI
 // (`edge-llm make-tiny`) when it is missing.
 
@@ -46,6 +49,13 @@ const NATIVE_FLAGS = ['--steps', '24', '--lr', '0.01', '--seq-len', '32', '--eva
 const LOSS_REL_TOL = 1e-3;
 const LOSS_ABS_TOL = 1e-3;
 const SAVE_EVERY = 4;
+// Evaluation after tuning: tokens of the tuning text scored, chat length, ARC questions.
+const PPL_TOKENS = 128;
+const CHAT_TOKENS = 8;
+const MC_QUESTIONS = 5;
+// The adapter exported and imported back vs the tuned one: same weights, same perplexity
+// up to f32 rounding of the q/k row permutation (none: it is a reordering).
+const PPL_REL_TOL = 1e-4;
 const RELOAD_AFTER = 8;   // reload once a checkpoint at or after this step is stored
 
 let server, browser, base;
@@ -132,9 +142,23 @@ function nativeRun(text) {
   return run;
 }
 
+/// The built-in data beside the page (ARC-Easy validation for the accuracy check), linked
+/// as scripts/run.sh does when missing.
+function ensureDataLinks() {
+  for (const d of ['arc-easy', 'shakespeare']) {
+    const link = path.join(WWW, 'data', d);
+    if (fs.existsSync(link)) continue;
+    assert.ok(fs.existsSync(path.join(ROOT, 'data', d)), `data/${d} is missing: run scripts/setup.sh`);
+    fs.mkdirSync(path.dirname(link), { recursive: true });
+    fs.rmSync(link, { force: true });
+    fs.symlinkSync(path.join('..', '..', 'data', d), link);
+  }
+}
+
 before(async () => {
   assert.ok(fs.existsSync(path.join(WWW, 'pkg', 'edge_llm.js')), 'www/pkg is missing: run scripts/build-wasm.sh');
   ensureTinyModel();
+  ensureDataLinks();
   const port = await freePort();
   base = `http://127.0.0.1:${port}/`;
   server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', WWW, String(port)], {
@@ -182,6 +206,14 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
     return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
   }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
 
+  /// The same for the evaluation section's error box.
+  const untilEval = (fn, arg) => page.waitForFunction(([src, a]) => {
+    const err = document.querySelector('#eval-error');
+    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+    // eslint-disable-next-line no-new-func
+    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
+  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
     await page.waitForFunction(() => document.body.dataset.ready === 'true');
@@ -212,6 +244,21 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
     assert.match(await page.textContent('#data-status'), /^song\.txt: [\d.]+ KiB of plain text → \d+ training rows/);
     const planned = Number(await page.getAttribute('#plan-table', 'data-total-bytes'));
     assert.ok(planned > 0, 'a memory plan');
+
+    // The base model's perplexity on the tuning text, to compare after tuning.
+    // (The history of results lives in the page: the reload below clears it.)
+    const runPerplexity = async () => {
+      const n = await page.locator('#ppl-history li').count();
+      await page.fill('#ppl-max', String(PPL_TOKENS));
+      await page.click('#ppl-run');
+      assert.equal(await untilEval((k) => document.querySelectorAll('#ppl-history li').length > k, n), 'ok');
+      return page.$eval('#ppl-history li:last-child', (e) => ({
+        source: e.dataset.source, ppl: Number(e.dataset.perplexity), tokens: Number(e.dataset.tokens) }));
+    };
+    const basePpl = await runPerplexity();
+    assert.equal(basePpl.source, 'base');
+    assert.equal(basePpl.tokens, PPL_TOKENS);
+    assert.ok(Number.isFinite(basePpl.ppl) && basePpl.ppl > 1, `base perplexity ${basePpl.ppl}`);
 
     // Train until a checkpoint at or after RELOAD_AFTER is stored.
     await page.click('#tune-start');
@@ -316,7 +363,64 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
       files['adapter_model.safetensors'].byteOffset + start + (b.data_offsets[1] - b.data_offsets[0])));
     assert.ok(floats.some((x) => x !== 0) && floats.every(Number.isFinite), 'trained lora_B');
 
+    // Evaluate with the tuned adapter (selected when the run finished): the perplexity
+    // of the tuning text falls.
+    assert.equal(await page.isChecked('input[name=eval-source][value=tuned]'), true);
+    const tunedPpl = await runPerplexity();
+    assert.equal(tunedPpl.source, 'tuned');
+    console.log(`perplexity of the tuning text (${PPL_TOKENS} tokens): base ${basePpl.ppl.toFixed(3)}, ` +
+      `tuned ${tunedPpl.ppl.toFixed(3)}`);
+    assert.ok(tunedPpl.ppl < basePpl.ppl * 0.8, `tuned ${tunedPpl.ppl} vs base ${basePpl.ppl}`);
+    const lmBytes = Number(await page.getAttribute('#eval-model-status', 'data-lm-bytes'));
+    assert.ok(lmBytes > 0, 'the evaluation model reports its GPU memory');
+    assert.doesNotMatch(await page.textContent('#eval-model-status'), /trainer holds/,
+      'a finished run\'s trainer is freed once its adapter is read');
+
+    // The downloaded PEFT files, loaded back from disk: the same perplexity.
+    await page.setInputFiles('#adapter-files', ['adapter_model.safetensors', 'adapter_config.json']
+      .map((f) => path.join(ARTIFACTS, f)));
+    await page.waitForFunction(() => document.querySelector('input[name=eval-source][value=file]').checked);
+    await page.waitForFunction(() => !document.querySelector('#ppl-run').disabled);
+    const filePpl = await runPerplexity();
+    assert.equal(filePpl.source, 'file');
+    assert.ok(Math.abs(filePpl.ppl - tunedPpl.ppl) <= PPL_REL_TOL * tunedPpl.ppl,
+      `adapter from disk ${filePpl.ppl} vs tuned ${tunedPpl.ppl}`);
+
+    // Chat a few tokens with the tuned model, streamed piece by piece.
+    await page.check('input[name=eval-source][value=tuned]');
+    await page.fill('#chat-input', 'The cat sat on');
+    await page.uncheck('#chat-template');
+    await page.fill('#chat-max', String(CHAT_TOKENS));
+    await page.click('#chat-send');
+    assert.equal(await untilEval(() => document.querySelector('#chat-status').dataset.tokens !== undefined), 'ok');
+    const chat = await page.evaluate(() => ({
+      tokens: Number(document.querySelector('#chat-status').dataset.tokens),
+      tps: Number(document.querySelector('#chat-status').dataset.tokensPerS),
+      decodeTps: Number(document.querySelector('#chat-status').dataset.decodeTokensPerS),
+      pieces: Number(document.querySelector('#chat-output').dataset.pieces),
+      reply: document.querySelector('#chat-reply').textContent,
+    }));
+    console.log(`chat: ${chat.tokens} tokens at ${chat.tps.toFixed(1)} tokens/s ` +
+      `(${chat.decodeTps.toFixed(1)} after the prompt) in ${chat.pieces} streamed pieces: ${JSON.stringify(chat.reply)}`);
+    assert.ok(chat.tokens >= 1 && chat.tokens <= CHAT_TOKENS, `${chat.tokens} tokens`);
+    assert.ok(chat.pieces >= 1 && chat.reply.length > 0, 'streamed text');
+    if (chat.tokens >= 3) assert.ok(chat.pieces >= 2, `${chat.tokens} tokens arrived in ${chat.pieces} pieces`);
+
+    // ARC-Easy accuracy on a few validation questions, shown per question.
+    await page.fill('#mc-n', String(MC_QUESTIONS));
+    await page.click('#mc-run');
+    assert.equal(await untilEval(() => document.querySelector('#mc-status').dataset.accuracy !== undefined), 'ok');
+    const acc = Number(await page.getAttribute('#mc-status', 'data-accuracy'));
+    const rows = await page.$$eval('#mc-table tbody tr', (trs) => trs.map((t) => ({
+      predicted: Number(t.dataset.predicted), answer: Number(t.dataset.answer) })));
+    console.log(`ARC-Easy accuracy on ${rows.length} questions: ${acc}`);
+    assert.ok(acc >= 0 && acc <= 1, `accuracy ${acc}`);
+    assert.equal(rows.length, MC_QUESTIONS);
+    assert.equal(acc, rows.filter((r) => r.predicted === r.answer).length / rows.length);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'eval.png'), fullPage: true });
+
     assert.equal(await tuneError(), '');
+    assert.equal(await page.isHidden('#eval-error'), true, await page.textContent('#eval-error'));
     assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
   } finally {
     fs.mkdirSync(ARTIFACTS, { recursive: true });

@@ -1,0 +1,185 @@
+// edge-llm: LoRA fine-tuning, evaluation and generation of LLaMA-family GGUF models on
+// WebGPU, in the browser. A thin typed layer over the wasm-bindgen module in ./pkg (the
+// Rust engine): it parses the JSON the engine returns and adds a run loop with callbacks.
+// The same file is the npm package's entry and the page's (www/edge-llm.js links here),
+// so the app exercises exactly what the package ships.
+
+import initWasm, * as raw from './pkg/edge_llm.js';
+
+export { raw };
+
+let loading = null;
+
+/// Loads the WebAssembly module once (from `wasm`, a URL or bytes, or the file beside
+/// ./pkg/edge_llm.js). Call before anything else.
+export function init(wasm) {
+  loading ??= initWasm(wasm === undefined ? undefined : { module_or_path: wasm });
+  return loading;
+}
+
+/// Creates this thread's WebGPU device (once) and describes the adapter and its limits.
+/// Tuning and evaluation use this device; they call it themselves when needed.
+export async function gpuInfo() {
+  await init();
+  return JSON.parse(await raw.gpu_info());
+}
+
+/// A GGUF model from a URL, a Blob/File, an ArrayBuffer or a Uint8Array.
+export async function loadModel(source) {
+  await init();
+  let bytes;
+  if (typeof source === 'string' || source instanceof URL) {
+    const r = await fetch(source);
+    if (!r.ok) throw new Error(`could not fetch ${source}: HTTP ${r.status}`);
+    bytes = new Uint8Array(await r.arrayBuffer());
+  } else if (typeof Blob !== 'undefined' && source instanceof Blob) {
+    bytes = new Uint8Array(await source.arrayBuffer());
+  } else if (source instanceof ArrayBuffer) {
+    bytes = new Uint8Array(source);
+  } else if (source instanceof Uint8Array) {
+    bytes = source;
+  } else {
+    throw new TypeError('loadModel takes a URL, a Blob, an ArrayBuffer or a Uint8Array');
+  }
+  return new Model(raw.load_model(bytes));
+}
+
+const asJson = (o) => JSON.stringify(o ?? {});
+
+export class Model {
+  /// Wraps a `raw.WebModel` (use `loadModel`).
+  constructor(inner) {
+    this.inner = inner;
+    this.config = JSON.parse(inner.config_json());
+  }
+
+  get fileBytes() { return this.inner.file_bytes(); }
+
+  tokenize(text) { return Array.from(this.inner.tokenize(text)); }
+
+  tokenStrings(ids) { return this.inner.token_strings(Uint32Array.from(ids)); }
+
+  /// `text` as the user turn of the model's ChatML template.
+  chatPrompt(text) { return this.inner.chat_prompt(text); }
+
+  /// Parses and prepares tuning data without the GPU: `{kind, records, problems, stats}`.
+  checkData({ text, name = 'data.txt', kind = 'auto', options = {} }) {
+    return JSON.parse(this.inner.check_data(name, text, kind, asJson(options)));
+  }
+
+  /// The GPU memory plan of a tuning run (nothing is allocated).
+  async plan(options = {}) {
+    await gpuInfo();
+    return JSON.parse(this.inner.plan_tuning(asJson(options)));
+  }
+
+  /// A LoRA tuning run on `text` (plain text, instruction JSONL or multiple-choice JSONL;
+  /// `kind`: 'auto' | 'text' | 'instruct' | 'mc'); `options` as `edge-llm tune`
+  /// (steps, lr, seq_len, lora_rank, accum, …). Allocates the trainer on the GPU.
+  async tuner({ text, name = 'data.txt', kind = 'auto', options = {} }) {
+    await gpuInfo();
+    return new Tuner(this.inner.tuner(name, text, kind, asJson(options)));
+  }
+
+  /// Reads a PEFT adapter (`adapter_model.safetensors` bytes, `adapter_config.json` text).
+  importAdapter({ safetensors, config }) {
+    return new Adapter(this.inner.import_adapter(safetensors, config));
+  }
+
+  /// The model on the GPU for evaluation and generation, with `adapter` if given.
+  /// `maxLen`: KV-cache positions (default min(context, 2048)).
+  async lm({ adapter = null, maxLen } = {}) {
+    await gpuInfo();
+    const opts = asJson(maxLen ? { max_len: maxLen } : {});
+    return new Lm(adapter ? this.inner.lm_with_adapter(adapter.inner, opts) : this.inner.lm(opts));
+  }
+
+  free() { this.inner.free(); }
+}
+
+export class Tuner {
+  constructor(inner) {
+    this.inner = inner;
+    this.plan = JSON.parse(inner.plan_json());
+    this.data = JSON.parse(inner.data_json());
+  }
+
+  get totalSteps() { return this.inner.total_steps(); }
+  get step() { return this.inner.current_step(); }
+  get gpuBytes() { return this.inner.gpu_bytes(); }
+
+  /// One optimizer step: `{step, loss, lr, tokens_per_s, val_loss?, stop, …}`; `stop` is
+  /// 'steps' while the run goes on.
+  async runStep() {
+    return JSON.parse(await this.inner.step());
+  }
+
+  /// Steps until the run ends (or `signal` aborts), calling `onStep(report)` after each.
+  /// Returns the last report.
+  async run({ onStep, signal } = {}) {
+    let last = null;
+    while (!signal?.aborted) {
+      const r = await this.runStep();
+      if (r.step !== null) {
+        last = r;
+        onStep?.(r);
+      }
+      if (r.stop !== 'steps') break;
+    }
+    return last;
+  }
+
+  async validationLoss() { return (await this.inner.validation_loss()) ?? null; }
+
+  /// Bytes to continue from exactly (`resume`).
+  checkpoint() { return this.inner.checkpoint(); }
+
+  resume(bytes) { return this.inner.resume(bytes); }
+
+  /// The adapter's current values, to evaluate with or export.
+  async adapter() { return new Adapter(await this.inner.adapter()); }
+
+  /// `{safetensors: Uint8Array, config: string}`: the PEFT adapter files.
+  exportAdapter() { return this.inner.adapter_files(); }
+
+  free() { this.inner.free(); }
+}
+
+export class Adapter {
+  constructor(inner) { this.inner = inner; }
+
+  get rank() { return this.inner.rank(); }
+
+  /// `{safetensors: Uint8Array, config: string}`: `adapter_model.safetensors` and
+  /// `adapter_config.json`, loadable by PEFT and by `edge-llm --adapter`.
+  files() { return this.inner.files(); }
+
+  free() { this.inner.free(); }
+}
+
+export class Lm {
+  constructor(inner) { this.inner = inner; }
+
+  get gpuBytes() { return this.inner.gpu_bytes(); }
+  get maxLen() { return this.inner.max_len(); }
+  get hasAdapter() { return this.inner.has_adapter(); }
+
+  /// Perplexity of the first `maxTokens` tokens of `text`.
+  async perplexity(text, { maxTokens = 512, onProgress } = {}) {
+    return JSON.parse(await this.inner.perplexity(text, maxTokens, onProgress ?? null));
+  }
+
+  /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL
+  /// (`{"question", "choices", "answer"}` per line).
+  async evalMc(jsonl, { limit = 20, onProgress } = {}) {
+    return JSON.parse(await this.inner.eval_mc(jsonl, limit, onProgress ?? null));
+  }
+
+  /// A reply to `prompt`, streamed to `onText(piece)`; temperature 0 is greedy.
+  async generate(prompt, { maxTokens = 64, temperature = 0, topP = 1, seed = 0, chat = true, onText } = {}) {
+    const opts = { max_tokens: maxTokens, temperature, top_p: topP, seed, chat };
+    return JSON.parse(await this.inner.generate(prompt, JSON.stringify(opts), onText ?? null));
+  }
+
+  free() { this.inner.free(); }
+}

@@ -1,0 +1,163 @@
+// The npm package end to end: `bash scripts/pack-npm.sh` builds and packs it, the tarball is
+// installed into a scratch project (`npm install <tarball>`, offline: it has no
+// dependencies), and the README's example — the first ```js block of the INSTALLED README,
+// verbatim — runs in headless Chromium (WebGPU on SwiftShader) against the seeded tiny model,
+// importing 'edge-llm' through an import map. Checks that the loss fell, text was generated
+// and an adapter was exported.
+// Needs www/models/tiny.gguf (scripts/test.sh writes it; made here with the CLI if missing).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TINY = path.join(ROOT, 'www', 'models', 'tiny.gguf');
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+const TIMEOUT_MS = 240_000;
+
+// The same repetitive text as the page's tuning test: the tiny model learns it quickly.
+const TEXT = Array.from({ length: 60 }, (_, i) =>
+  `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
+
+let server, browser, base, scratch;
+const serverLog = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForServer(url, ms) {
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch { /* not up yet */ }
+    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function ensureTinyModel() {
+  if (fs.existsSync(TINY)) return;
+  const bin = ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));
+  assert.ok(bin, 'www/models/tiny.gguf is missing and no edge-llm binary is built: run `cargo build` first');
+  fs.mkdirSync(path.dirname(TINY), { recursive: true });
+  execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
+}
+
+before(async () => {
+  ensureTinyModel();
+  // Build and pack (the wasm build is skipped when www/pkg is up to date).
+  const out = execFileSync('bash', [path.join(ROOT, 'scripts', 'pack-npm.sh')], {
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const tarball = out.trim().split('\n').pop();
+  assert.ok(tarball.endsWith('.tgz') && fs.existsSync(tarball), `pack-npm.sh printed ${tarball}`);
+
+  scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'edge-llm-npm-'));
+  fs.writeFileSync(path.join(scratch, 'package.json'),
+    JSON.stringify({ name: 'scratch', private: true, type: 'module' }, null, 2));
+  execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--silent', tarball],
+    { cwd: scratch, stdio: 'inherit' });
+  const installed = path.join(scratch, 'node_modules', 'edge-llm');
+  const pkg = JSON.parse(fs.readFileSync(path.join(installed, 'package.json'), 'utf8'));
+  const cargoVersion = fs.readFileSync(path.join(ROOT, 'Cargo.toml'), 'utf8').match(/^version = "(.+)"$/m)[1];
+  assert.equal(pkg.name, 'edge-llm');
+  assert.equal(pkg.version, cargoVersion);
+  assert.equal(pkg.type, 'module');
+  assert.equal(pkg.license, 'MIT OR Apache-2.0');
+  for (const f of [pkg.main, pkg.types, 'pkg/edge_llm.d.ts', 'pkg/edge_llm_bg.wasm']) {
+    assert.ok(fs.existsSync(path.join(installed, f)), `the package has ${f}`);
+  }
+
+  // The README's example, verbatim, as the page's module script.
+  const readme = fs.readFileSync(path.join(installed, 'README.md'), 'utf8');
+  const example = readme.match(/```js\n([\s\S]*?)```/)?.[1];
+  assert.ok(example && example.includes("from 'edge-llm'"), 'the README has a js example importing edge-llm');
+  fs.writeFileSync(path.join(scratch, 'example.js'), example);
+  fs.writeFileSync(path.join(scratch, 'index.html'), `<!doctype html>
+<html><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<script type="importmap">{"imports": {"edge-llm": "./node_modules/edge-llm/index.js"}}</script>
+<script type="module" src="example.js"></script></head><body></body></html>
+`);
+  fs.copyFileSync(TINY, path.join(scratch, 'model.gguf'));
+  fs.writeFileSync(path.join(scratch, 'train.txt'), TEXT);
+
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}/`;
+  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', scratch, String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  server.stderr.on('data', (d) => {
+    serverLog.push(String(d));
+    if (serverLog.length > 40) serverLog.shift();
+  });
+  await waitForServer(base, 15_000);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+  if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+});
+
+test('the npm package: the README example tunes, evaluates, generates and exports in the browser', async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  const logs = [];
+  let resolveResult;
+  const result = new Promise((r) => { resolveResult = r; });
+  page.on('pageerror', (e) => { errors.push(String(e)); resolveResult(null); });
+  page.on('console', async (m) => {
+    if (m.type() === 'error') errors.push(m.text());
+    logs.push(m.text());
+    const arg = m.args()[0];
+    if (!arg) return;
+    const v = await arg.jsonValue().catch(() => null);
+    if (v && typeof v === 'object' && 'firstLoss' in v) resolveResult(v);
+  });
+  try {
+    await page.goto(base);
+    const r = await Promise.race([
+      result,
+      new Promise((_, reject) => setTimeout(() => reject(new Error('no result within the timeout')), TIMEOUT_MS)),
+    ]);
+    assert.ok(r, `the example failed:\n${errors.join('\n')}\n${logs.slice(-20).join('\n')}`);
+    console.log(`README example: loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}, perplexity ` +
+      `${r.perplexity.toFixed(3)}, reply ${JSON.stringify(r.reply)} at ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
+      `adapter ${r.adapterBytes} bytes`);
+    assert.ok(r.lastLoss < r.firstLoss - 1, `the loss fell: ${r.firstLoss} → ${r.lastLoss}`);
+    assert.ok(Number.isFinite(r.perplexity) && r.perplexity > 1, `perplexity ${r.perplexity}`);
+    assert.ok(typeof r.reply === 'string' && r.reply.length > 0, 'text was generated');
+    assert.ok(r.adapterBytes > 0 && r.adapterConfig === 'LORA', 'a PEFT adapter was exported');
+    assert.ok(logs.some((l) => /^step 20\/20: loss /.test(l)), 'the progress callback ran each step');
+    assert.deepEqual(errors, [], 'no errors in the page');
+  } finally {
+    await page.close();
+  }
+});
