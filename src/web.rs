@@ -333,10 +333,8 @@ impl WebModel {
         options_json: &str,
     ) -> Result<WebTuner, JsError> {
         let ctx = gpu_ready()?;
-        let o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let mut o = TuneOptions::parse(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
-        let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
-        let data = data_json(&ds, &problems, &prepared.stats);
         let lora_config = o.lora();
         let fit = fit_budget(
             &self.model,
@@ -346,6 +344,11 @@ impl WebModel {
             o.memory_budget,
         )
         .map_err(js_err)?;
+        // Sequence chunking chosen for the budget: shorter rows, more accumulation.
+        o.seq_len = fit.options.seq_len;
+        o.accum *= fit.accum_factor;
+        let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
+        let data = data_json(&ds, &problems, &prepared.stats);
         let plan = fit_json(&fit, o.memory_budget, &ctx.limits);
         let lora = Lora::new(&self.model.config, lora_config, o.seed);
         let backend = GpuTrainer::new(ctx, &self.model, &lora, &fit.options).map_err(js_err)?;
