@@ -76,6 +76,17 @@ link_default_model() {
   ln -sfn "../../models/cache/$(basename "$DEFAULT_MODEL")" "$ROOT/www/models/default.gguf"
 }
 
+# link_web_data : serves the built-in data sets beside the page as www/data/<name>/
+# (git-ignored links), for the tuning and evaluation sections.
+link_web_data() {
+  mkdir -p "$ROOT/www/data"
+  local d
+  for d in arc-easy shakespeare; do
+    [ -d "$ROOT/data/$d" ] || die "no data in data/$d: run scripts/setup.sh"
+    ln -sfn "../../data/$d" "$ROOT/www/data/$d"
+  done
+}
+
 # port_free PORT : true when nothing listens on 127.0.0.1:PORT.
 port_free() {
   python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null

@@ -22,12 +22,7 @@ done
 bash "$ROOT/scripts/setup.sh"
 bash "$ROOT/scripts/build-wasm.sh"
 link_default_model
-# The tuning section's built-in data sets, served as www/data/<name>/ (git-ignored links).
-mkdir -p "$ROOT/www/data"
-for d in arc-easy shakespeare; do
-  [ -d "$ROOT/data/$d" ] || die "no data in data/$d: run scripts/setup.sh"
-  ln -sfn "../../data/$d" "$ROOT/www/data/$d"
-done
+link_web_data
 
 if ! port_free "$PORT"; then
   [ "$EXACT" -eq 1 ] && die "port $PORT is in use: choose another with --port N"

@@ -74,8 +74,9 @@ WASM_BINDGEN_TEST_TIMEOUT=300 CHROMEDRIVER=/usr/bin/chromedriver \
   wasm_cargo test --release --test web
 ok
 
-stage "page end to end in headless Chromium (tests/e2e)"
+stage "page end to end in headless Chromium (tests/e2e: page, tuning, npm package)"
 link_default_model
+link_web_data
 # The tuning test trains the seeded tiny model in the page and compares with a native run.
 cargo build -q
 target/debug/edge-llm make-tiny --out www/models/tiny.gguf >/dev/null
