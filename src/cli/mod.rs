@@ -9,6 +9,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use clap::{Parser, Subcommand};
 
+mod compress;
 mod tune;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -228,6 +229,12 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// LUC sensitivity profile: per layer, output MSE and loss change when only that layer
+    /// is pruned (7 sparsities) or quantized (2/3/4/8 bits); cached, with an SVG plot.
+    Profile(compress::ProfileArgs),
+    /// Compress a model (pruning + quantization by a uniform, LUC or given policy) into a
+    /// compressed-model file that the other commands load in place of the GGUF.
+    Compress(compress::CompressArgs),
     /// Write the seeded tiny test model (same GGUF layout as the default model).
     MakeTiny {
         #[arg(long)]
@@ -608,6 +615,8 @@ fn run(cmd: Cmd) -> Result<i32> {
                     json,
                 },
         } => bench_kernels(seq, shapes, target_s, json)?,
+        Cmd::Profile(a) => compress::profile_cmd(a)?,
+        Cmd::Compress(a) => compress::compress_cmd(a)?,
         Cmd::MakeTiny {
             out,
             seed,

@@ -42,6 +42,13 @@ impl ModelFile {
 
     /// A tensor dequantized to f32, checked to have `dims` (GGUF order).
     pub fn tensor_f32(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
+        // A compressed-model file stores some projections packed (crate::compress::file).
+        if self.gguf.tensor(name).is_none() {
+            let packed = crate::compress::file::dense_f32(&self.gguf, &self.bytes, name, dims)?;
+            if let Some(w) = packed {
+                return Ok(w);
+            }
+        }
         let info = self
             .gguf
             .tensor(name)

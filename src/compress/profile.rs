@@ -1,0 +1,634 @@
+//! LUC sensitivity profiling (EDGE-LLM.md §1): for each transformer block alone, how much
+//! pruning it at each sparsity of [`SPARSITIES`] and quantizing it at each width of
+//! [`BITS`] hurts, measured two ways on calibration rows:
+//!
+//! * output MSE: Σ over the block's 7 projections of [`Hessian::output_mse`] (the mean
+//!   squared error of the projection's output over every calibration token, from XᵀX, so
+//!   no output is recomputed; computed as [`output_mse_gemm`]);
+//! * Δloss: the model's mean cross-entropy on the first `loss_rows` calibration rows with
+//!   only that block compressed, minus the uncompressed loss (one full forward per block
+//!   and level: L × 11 forwards per row, which is why `loss_rows` is small and may be 0).
+//!
+//! Pruning uses the chosen method (Wanda by default: calibration-aware and about 20× cheaper
+//! than SparseGPT's sweeps, which matters with 30 blocks × 7 levels × 7 projections);
+//! quantization is round-to-nearest with the policy's groups. The per-block sensitivity fed
+//! to the policies is the mean output MSE over levels (the reference's S_l).
+//!
+//! The Hessians (XᵀX of each projection input: n1 for q/k/v, attn for o, n2 for gate/up,
+//! act for down) are collected once by [`collect_hessians`] and are what SparseGPT/GPTQ
+//! need to compress, so `compress` reuses them.
+//!
+//! Natively, [`profile_cached`] keys a JSON cache file by a hash of the model bytes, the
+//! calibration tokens and the settings, so a second run with the same inputs is instant.
+
+use super::policy::PruneMethod;
+use super::prune::{prune_magnitude, prune_sparsegpt, prune_wanda, Hessian, ObsOptions, Sparsity};
+use super::quant::{quantize, BITS};
+use crate::model::LayerWeights;
+use crate::reference::{ops, Proj, Real, Transformer};
+use crate::train::Row;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Sparsity levels measured per block (EDGE-LLM.md §1).
+pub const SPARSITIES: [f64; 7] = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9];
+/// Version of the cached profile JSON; a different version is recomputed.
+pub const PROFILE_VERSION: u32 = 1;
+
+/// The four projection inputs of a block, by the activation `forward_train` saves.
+#[derive(Clone, Debug)]
+pub struct LayerHessians {
+    /// rmsnorm(x): input of q, k, v.
+    pub n1: Hessian,
+    /// Attention output: input of o.
+    pub attn: Hessian,
+    /// rmsnorm(h): input of gate, up.
+    pub n2: Hessian,
+    /// silu(gate)·up: input of down.
+    pub act: Hessian,
+}
+
+impl LayerHessians {
+    /// The statistics of projection `p`'s input.
+    pub fn of(&self, p: Proj) -> &Hessian {
+        match p {
+            Proj::Q | Proj::K | Proj::V => &self.n1,
+            Proj::O => &self.attn,
+            Proj::Gate | Proj::Up => &self.n2,
+            Proj::Down => &self.act,
+        }
+    }
+}
+
+/// Projection `p`'s weight `[out][in]` in a block.
+pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> &[f32] {
+    match p {
+        Proj::Q => &l.wq,
+        Proj::K => &l.wk,
+        Proj::V => &l.wv,
+        Proj::O => &l.wo,
+        Proj::Gate => &l.w_gate,
+        Proj::Up => &l.w_up,
+        Proj::Down => &l.w_down,
+    }
+}
+
+/// Mutable projection `p`'s weight in a block.
+pub fn weight_of_mut(l: &mut LayerWeights<f32>, p: Proj) -> &mut Vec<f32> {
+    match p {
+        Proj::Q => &mut l.wq,
+        Proj::K => &mut l.wk,
+        Proj::V => &mut l.wv,
+        Proj::O => &mut l.wo,
+        Proj::Gate => &mut l.w_gate,
+        Proj::Up => &mut l.w_up,
+        Proj::Down => &mut l.w_down,
+    }
+}
+
+/// Calibration rows from a dataset: its examples packed into rows of `seq_len` inputs
+/// (as training does), then `n` of them spread evenly over the data (all if fewer).
+pub fn calibration_rows(
+    ds: &crate::data::Dataset,
+    tok: &crate::tokenizer::Tokenizer,
+    n: usize,
+    seq_len: usize,
+) -> Result<Vec<Row>> {
+    use crate::train::examples::{make_examples, pack};
+    let mut stats = crate::train::DataStats::default();
+    let rows = pack(&make_examples(ds, tok, seq_len, &mut stats)?, seq_len);
+    if rows.is_empty() || n == 0 {
+        return Err(Error::Data(
+            "calibration: the data gives no row to calibrate on".into(),
+        ));
+    }
+    let total = rows.len();
+    let take = n.min(total);
+    Ok((0..take).map(|i| rows[i * total / take].clone()).collect())
+}
+
+/// XᵀX of every projection input of every block over the calibration rows (one training
+/// forward per row; memory: the block's activations of one row at a time).
+pub fn collect_hessians(
+    model: &Transformer<f32>,
+    rows: &[Row],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerHessians>> {
+    let c = &model.w.config;
+    let mut hs: Vec<LayerHessians> = (0..c.n_layers)
+        .map(|_| LayerHessians {
+            n1: Hessian::new(c.hidden),
+            attn: Hessian::new(c.q_dim()),
+            n2: Hessian::new(c.hidden),
+            act: Hessian::new(c.ffn),
+        })
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let m = row.tokens.len();
+        let acts = model.forward_train(&row.tokens, None);
+        for (h, a) in hs.iter_mut().zip(&acts.layers) {
+            h.n1.add(&a.n1, m)?;
+            h.attn.add(&a.attn, m)?;
+            h.n2.add(&a.n2, m)?;
+            h.act.add(&a.act, m)?;
+        }
+        progress(i + 1, rows.len());
+    }
+    Ok(hs)
+}
+
+/// How a profile is measured (part of the cache key).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileOptions {
+    /// Pruning method for the sparsity levels (unstructured pattern).
+    pub method: PruneMethod,
+    /// Quantization group (RTN) for the width levels.
+    pub group: usize,
+    pub symmetric: bool,
+    /// Calibration rows whose loss is measured per block and level (0: no Δloss).
+    pub loss_rows: usize,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        ProfileOptions {
+            method: PruneMethod::Wanda,
+            group: 32,
+            symmetric: true,
+            loss_rows: 2,
+        }
+    }
+}
+
+/// One block's measurements; index i of a `prune_*` vector is `SPARSITIES[i]`, of a
+/// `quant_*` vector `BITS[i]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerProfile {
+    pub prune_mse: Vec<f64>,
+    pub quant_mse: Vec<f64>,
+    /// Empty when `loss_rows` is 0.
+    pub prune_dloss: Vec<f64>,
+    pub quant_dloss: Vec<f64>,
+}
+
+/// A whole model's sensitivity profile (what the cache file holds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub version: u32,
+    /// Hex hash of (model bytes, calibration tokens, options): the cache key.
+    pub key: String,
+    pub options: ProfileOptions,
+    pub calib_rows: usize,
+    pub calib_tokens: usize,
+    pub sparsities: Vec<f64>,
+    pub bits: Vec<u32>,
+    /// Uncompressed loss on the loss rows (None when `loss_rows` is 0).
+    pub base_loss: Option<f64>,
+    pub layers: Vec<LayerProfile>,
+    /// Wall time of the measurement (with the Hessians when made by [`profile_cached`]).
+    pub seconds: f64,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+impl Profile {
+    /// S_l for pruning: mean output MSE over the sparsity levels.
+    pub fn prune_sensitivity(&self) -> Vec<f64> {
+        self.layers.iter().map(|l| mean(&l.prune_mse)).collect()
+    }
+
+    /// S_l for quantization: mean output MSE over the widths.
+    pub fn quant_sensitivity(&self) -> Vec<f64> {
+        self.layers.iter().map(|l| mean(&l.quant_mse)).collect()
+    }
+
+    /// Per-block error at each width of [`BITS`], as [`super::policy::allocate_bits`]
+    /// takes it.
+    pub fn quant_errors(&self) -> Vec<[f64; 4]> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut e = [0.0; 4];
+                for (d, s) in e.iter_mut().zip(&l.quant_mse) {
+                    *d = *s;
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// Checks the shape against a model of `n_layers` blocks (a cache file may be stale
+    /// or edited).
+    pub fn check(&self, n_layers: usize) -> Result<()> {
+        let ok = self.version == PROFILE_VERSION
+            && self.layers.len() == n_layers
+            && self.sparsities == SPARSITIES
+            && self.bits == BITS
+            && self.layers.iter().all(|l| {
+                l.prune_mse.len() == SPARSITIES.len()
+                    && l.quant_mse.len() == BITS.len()
+                    && l.prune_mse
+                        .iter()
+                        .chain(&l.quant_mse)
+                        .all(|v| v.is_finite() && *v >= 0.0)
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "profile: does not match this build or a model of {n_layers} layers"
+            )))
+        }
+    }
+
+    /// A plain-text table: one line per block.
+    pub fn table(&self) -> String {
+        let mut s = String::from("layer");
+        for p in &self.sparsities {
+            s += &format!(" {:>9}", format!("p{:.0}%", p * 100.0));
+        }
+        for b in &self.bits {
+            s += &format!(" {:>9}", format!("q{b}"));
+        }
+        s += &format!(" {:>9} {:>9}", "S_prune", "S_quant");
+        if self.base_loss.is_some() {
+            s += &format!(" {:>9} {:>9}", "dL_p50%", "dL_q4");
+        }
+        s.push('\n');
+        let (ps, qs) = (self.prune_sensitivity(), self.quant_sensitivity());
+        let i50 = SPARSITIES.iter().position(|&p| p == 0.5).unwrap_or(0);
+        let i4 = BITS.iter().position(|&b| b == 4).unwrap_or(0);
+        for (l, lp) in self.layers.iter().enumerate() {
+            s += &format!("{l:>5}");
+            for v in lp.prune_mse.iter().chain(&lp.quant_mse) {
+                s += &format!(" {v:>9.2e}");
+            }
+            s += &format!(" {:>9.2e} {:>9.2e}", ps[l], qs[l]);
+            if let (Some(a), Some(b)) = (lp.prune_dloss.get(i50), lp.quant_dloss.get(i4)) {
+                s += &format!(" {a:>+9.4} {b:>+9.4}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// A hand-written SVG: per-block output MSE (log scale) at every level, one polyline
+    /// per sparsity (left panel) and per width (right panel).
+    pub fn to_svg(&self) -> String {
+        let (w, h, pad) = (420.0f64, 300.0f64, 50.0f64);
+        let nl = self.layers.len().max(1);
+        let all: Vec<f64> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.prune_mse.iter().chain(&l.quant_mse))
+            .copied()
+            .filter(|v| *v > 0.0)
+            .collect();
+        let lo = all
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .log10()
+            .floor();
+        let hi = all
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .log10()
+            .ceil();
+        let (lo, hi) = if lo.is_finite() && hi > lo {
+            (lo, hi)
+        } else {
+            (-12.0, 0.0)
+        };
+        let floor = 10f64.powf(lo);
+        let x_of = |l: usize, x0: f64| {
+            x0 + pad + (w - 2.0 * pad) * l as f64 / (nl.saturating_sub(1).max(1)) as f64
+        };
+        let y_of = |v: f64| {
+            let t = (v.max(floor).log10() - lo) / (hi - lo);
+            h - pad - (h - 2.0 * pad) * t
+        };
+        let color =
+            |i: usize, n: usize| format!("hsl({:.0},70%,45%)", 240.0 * i as f64 / n.max(2) as f64);
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{h}\" \
+             font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+            2.0 * w
+        );
+        let panels: [(&str, f64, Series); 2] = [
+            (
+                "pruning: output MSE per layer",
+                0.0,
+                self.sparsities
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        (
+                            format!("{:.0}%", p * 100.0),
+                            self.layers.iter().map(|l| l.prune_mse[i]).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "quantization: output MSE per layer",
+                w,
+                self.bits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (
+                            format!("{b}-bit"),
+                            self.layers.iter().map(|l| l.quant_mse[i]).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        ];
+        for (title, x0, series) in &panels {
+            let x0 = *x0;
+            s += &format!(
+                "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"13\">{title}</text>\n",
+                x0 + w / 2.0
+            );
+            s += &format!(
+                "<line x1=\"{a}\" y1=\"{b}\" x2=\"{c}\" y2=\"{b}\" stroke=\"black\"/>\
+                 <line x1=\"{a}\" y1=\"{pad}\" x2=\"{a}\" y2=\"{b}\" stroke=\"black\"/>\n",
+                a = x0 + pad,
+                b = h - pad,
+                c = x0 + w - pad
+            );
+            let mut e = lo;
+            while e <= hi {
+                let y = y_of(10f64.powf(e));
+                s += &format!(
+                    "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+                     <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1e{e}</text>\n",
+                    x0 + pad,
+                    x0 + w - pad,
+                    x0 + pad - 4.0,
+                    y + 4.0
+                );
+                e += ((hi - lo) / 6.0).ceil().max(1.0);
+            }
+            for l in [0, nl - 1] {
+                s += &format!(
+                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{l}</text>\n",
+                    x_of(l, x0),
+                    h - pad + 14.0
+                );
+            }
+            s += &format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">layer</text>\n",
+                x0 + w / 2.0,
+                h - pad + 28.0
+            );
+            for (i, (name, ys)) in series.iter().enumerate() {
+                let pts: Vec<String> = ys
+                    .iter()
+                    .enumerate()
+                    .map(|(l, &v)| format!("{:.1},{:.1}", x_of(l, x0), y_of(v)))
+                    .collect();
+                let col = color(i, series.len());
+                s += &format!(
+                    "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"1.5\" points=\"{}\"/>\n\
+                     <text x=\"{}\" y=\"{}\" fill=\"{col}\">{name}</text>\n",
+                    pts.join(" "),
+                    x0 + w - pad + 4.0,
+                    pad + 12.0 * i as f64
+                );
+            }
+        }
+        s += "</svg>\n";
+        s
+    }
+}
+
+/// Named polylines of a plot panel.
+type Series = Vec<(String, Vec<f64>)>;
+
+/// Mean cross-entropy of `rows` under the model.
+fn loss_on(model: &Transformer<f32>, rows: &[Row]) -> f64 {
+    let vocab = model.w.config.vocab;
+    let mut total = 0.0;
+    for r in rows {
+        let logits = model.logits(&r.tokens, None);
+        total += ops::cross_entropy_forward(&logits, &r.targets, vocab).0 as f64;
+    }
+    total / rows.len().max(1) as f64
+}
+
+/// [`Hessian::output_mse`] by one matrix product: tr(D·H·Dᵀ)/(2n) with D = W − Ŵ `[n][k]`
+/// and `h` = H = 2XᵀX/m from [`Hessian::matrix`]. The same number (tested), but the
+/// product runs in the tuned, threaded gemm: the profile makes 77 such calls per block.
+pub fn output_mse_gemm(h: &[f64], k: usize, w: &[f32], w_hat: &[f32], n: usize) -> f64 {
+    assert_eq!(h.len(), k * k, "output_mse_gemm: H is not {k}×{k}");
+    assert!(
+        w.len() == n * k && w_hat.len() == n * k,
+        "output_mse_gemm: W is not {n}×{k}"
+    );
+    let d: Vec<f64> = w
+        .iter()
+        .zip(w_hat)
+        .map(|(&a, &b)| a as f64 - b as f64)
+        .collect();
+    let mut dh = vec![0.0f64; n * k];
+    let (ki, one) = (k as isize, 1);
+    f64::gemm(n, k, k, 1.0, &d, ki, one, h, ki, one, 0.0, &mut dh, ki, one);
+    d.iter().zip(&dh).map(|(a, b)| a * b).sum::<f64>() / (2.0 * n.max(1) as f64)
+}
+
+/// Projection `p` of block `lw` pruned by `method` at `sparsity` (unstructured).
+pub fn prune_proj(
+    lw: &LayerWeights<f32>,
+    p: Proj,
+    c: &crate::model::LlamaConfig,
+    hess: &Hessian,
+    method: PruneMethod,
+    s: Sparsity,
+) -> Result<Vec<f32>> {
+    let (k, n) = p.shape(c);
+    let w = weight_of(lw, p);
+    Ok(match method {
+        PruneMethod::Magnitude => prune_magnitude(w, n, k, s)?.w,
+        PruneMethod::Wanda => prune_wanda(w, n, k, &hess.column_norms(), s)?.w,
+        PruneMethod::SparseGpt => prune_sparsegpt(w, n, k, hess, s, ObsOptions::default())?.w,
+    })
+}
+
+/// Measures every block at every level (see the module doc). `progress(done, total)`
+/// counts (block, level) pairs. `model`'s weights are modified while a block is measured
+/// and restored before returning (also on error).
+pub fn profile(
+    model: &mut Transformer<f32>,
+    hess: &[LayerHessians],
+    calib: &[Row],
+    opts: &ProfileOptions,
+    key: String,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Profile> {
+    let t0 = web_time::Instant::now();
+    let c = model.w.config.clone();
+    if hess.len() != c.n_layers {
+        return Err(Error::Invalid(format!(
+            "profile: {} Hessians for {} layers",
+            hess.len(),
+            c.n_layers
+        )));
+    }
+    let loss_rows = &calib[..opts.loss_rows.min(calib.len())];
+    let base_loss = (!loss_rows.is_empty()).then(|| loss_on(model, loss_rows));
+    let levels = SPARSITIES.len() + BITS.len();
+    let total = c.n_layers * levels;
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for (l, hl) in hess.iter().enumerate() {
+        let orig = model.w.layers[l].clone();
+        let hm = [&hl.n1, &hl.attn, &hl.n2, &hl.act].map(|h| h.matrix());
+        let h_of = |p: Proj| match p {
+            Proj::Q | Proj::K | Proj::V => &hm[0],
+            Proj::O => &hm[1],
+            Proj::Gate | Proj::Up => &hm[2],
+            Proj::Down => &hm[3],
+        };
+        let mut lp = LayerProfile {
+            prune_mse: Vec::new(),
+            quant_mse: Vec::new(),
+            prune_dloss: Vec::new(),
+            quant_dloss: Vec::new(),
+        };
+        for i in 0..levels {
+            let mut mse = 0.0;
+            for p in Proj::ALL {
+                let (k, n) = p.shape(&c);
+                let h = hl.of(p);
+                let w = weight_of(&orig, p);
+                let w_hat = if i < SPARSITIES.len() {
+                    let s = Sparsity::Unstructured(SPARSITIES[i]);
+                    prune_proj(&orig, p, &c, h, opts.method, s)
+                } else {
+                    let b = BITS[i - SPARSITIES.len()];
+                    quantize(w, n, k, b, opts.group, opts.symmetric).map(|q| q.dequantize())
+                };
+                let w_hat = match w_hat {
+                    Ok(v) => v,
+                    Err(e) => {
+                        model.w.layers[l] = orig;
+                        return Err(e);
+                    }
+                };
+                mse += output_mse_gemm(h_of(p), k, w, &w_hat, n);
+                *weight_of_mut(&mut model.w.layers[l], p) = w_hat;
+            }
+            let dloss = base_loss.map(|b| loss_on(model, loss_rows) - b);
+            if i < SPARSITIES.len() {
+                lp.prune_mse.push(mse);
+                lp.prune_dloss.extend(dloss);
+            } else {
+                lp.quant_mse.push(mse);
+                lp.quant_dloss.extend(dloss);
+            }
+            progress(l * levels + i + 1, total);
+        }
+        model.w.layers[l] = orig;
+        layers.push(lp);
+    }
+    Ok(Profile {
+        version: PROFILE_VERSION,
+        key,
+        options: opts.clone(),
+        calib_rows: calib.len(),
+        calib_tokens: calib.iter().map(|r| r.tokens.len()).sum(),
+        sparsities: SPARSITIES.to_vec(),
+        bits: BITS.to_vec(),
+        base_loss,
+        layers,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// 64-bit FNV-1a, continued from `h` (stable across builds, unlike `DefaultHasher`).
+pub fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a's offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The cache key of a profile: model bytes, calibration tokens and targets, options.
+pub fn profile_key(model_bytes: &[u8], calib: &[Row], opts: &ProfileOptions) -> String {
+    let m = fnv1a(FNV_START, model_bytes);
+    let mut d = FNV_START;
+    for r in calib {
+        d = fnv1a(d, &(r.tokens.len() as u64).to_le_bytes());
+        for t in &r.tokens {
+            d = fnv1a(d, &t.to_le_bytes());
+        }
+        for t in &r.targets {
+            d = fnv1a(d, &t.map_or(u32::MAX, |v| v).to_le_bytes());
+        }
+    }
+    let o = fnv1a(
+        FNV_START,
+        serde_json::to_string(opts).unwrap_or_default().as_bytes(),
+    );
+    format!("{m:016x}-{d:016x}-{o:08x}", o = o as u32)
+}
+
+/// Where a profile was found or put, and whether it was read from the cache.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Cached {
+    pub profile: Profile,
+    pub path: std::path::PathBuf,
+    pub cached: bool,
+}
+
+/// The profile of `file` on `calib`, from `dir/<key>.json` if present and valid, else
+/// measured (Hessians, then every block and level) and written there. `progress(stage,
+/// done, total)` reports "calibrate" and "profile" stages.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn profile_cached(
+    dir: &std::path::Path,
+    file: &crate::model::ModelFile,
+    calib: &[Row],
+    opts: &ProfileOptions,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Cached> {
+    let key = profile_key(&file.bytes, calib, opts);
+    let path = dir.join(format!("{key}.json"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(p) = serde_json::from_str::<Profile>(&text) {
+            if p.key == key && p.check(file.config.n_layers).is_ok() {
+                return Ok(Cached {
+                    profile: p,
+                    path,
+                    cached: true,
+                });
+            }
+        }
+    }
+    let t0 = web_time::Instant::now();
+    let mut model = Transformer::new(file.weights()?);
+    let hess = collect_hessians(&model, calib, &mut |d, t| progress("calibrate", d, t))?;
+    let mut p = profile(&mut model, &hess, calib, opts, key, &mut |d, t| {
+        progress("profile", d, t)
+    })?;
+    p.seconds = t0.elapsed().as_secs_f64();
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(Cached {
+        profile: p,
+        path,
+        cached: false,
+    })
+}
