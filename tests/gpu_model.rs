@@ -329,3 +329,52 @@ fn real_model_decode_timing() {
         );
     }
 }
+
+/// A compressed-model file on the GPU: its quantized projections are read packed by the
+/// kernels (and a sparse layer as dense f32), giving the CPU reference's logits on the
+/// weights the file holds.
+#[test]
+fn compressed_file_logits_match_the_cpu() {
+    use edge_llm::compress::{file, policy};
+    let Some(ctx) = context(None) else { return };
+    let orig = tiny_file();
+    let n = orig.config.n_layers;
+    // Layer 0 at 3 bits dense, layer 1 at 50 % unstructured sparsity with int8 values.
+    let mut p =
+        policy::Policy::from_layers(&[0.0, 0.5], &[3, 8], policy::Allocation::Manual).unwrap();
+    // Without calibration data: magnitude pruning and round-to-nearest.
+    p.prune = policy::PruneMethod::Magnitude;
+    p.quant = policy::QuantMethod::Rtn;
+    let (tensors, _) =
+        file::compress_model(&orig.weights().unwrap(), None, &p, &mut |_, _| {}).unwrap();
+    let back =
+        ModelFile::from_bytes(file::write(&orig.gguf, &orig.bytes, &p, &tensors).unwrap()).unwrap();
+    assert_eq!(file::policy_of(&back.gguf, n).unwrap().as_ref(), Some(&p));
+    let cpu = Transformer::new(back.weights().unwrap());
+    let toks = tokens(12);
+    let want = cpu_logits(&cpu, &toks);
+    for f in [WeightFormat::Packed, WeightFormat::F32] {
+        let mut gpu = GpuModel::new(&ctx, &back, &opts(f), None).unwrap();
+        assert_close(
+            &format!("compressed file, {f:?}"),
+            &gpu.append(&toks).unwrap(),
+            &want,
+        );
+    }
+    // Packed, the 3-bit layer takes 3/32 of its f32 bytes plus scales.
+    let packed = GpuModel::plan(&back, &opts(WeightFormat::Packed), None).unwrap();
+    let dense = GpuModel::plan(&back, &opts(WeightFormat::F32), None).unwrap();
+    let q = |plan: &edge_llm::engine::MemoryPlan| -> u64 {
+        plan.entries
+            .iter()
+            .filter(|e| e.name.starts_with("blk.0.attn_q.weight"))
+            .map(|e| e.bytes)
+            .sum()
+    };
+    assert!(
+        q(&packed) * 4 < q(&dense),
+        "{} vs {}",
+        q(&packed),
+        q(&dense)
+    );
+}

@@ -12,6 +12,7 @@
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
 use super::plan::{Category, MemoryPlan};
+use crate::compress::file::{self as cfile, Packed, TensorFormat};
 use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::{quant as gq, GgmlType};
 use crate::kernels::context::GpuContext;
@@ -94,10 +95,13 @@ pub(crate) fn proj_tensor(l: usize, p: Proj) -> String {
 }
 
 /// Where a matrix lives: dense f32, or repacked from these GGUF blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Layout {
     Dense,
     Packed(GgmlType),
+    /// A quantized projection of a compressed-model file ([`crate::compress::file`]), read
+    /// by the packed kernels as stored. (Its sparse projections are uploaded dense for now.)
+    Compressed(TensorFormat),
 }
 
 fn is_block(ty: GgmlType) -> bool {
@@ -112,10 +116,19 @@ pub(crate) fn layout(
     cols: usize,
     f: WeightFormat,
 ) -> Result<Layout> {
-    let info = file
-        .gguf
-        .tensor(name)
-        .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
+    let Some(info) = file.gguf.tensor(name) else {
+        return match cfile::format_of(&file.gguf, name)? {
+            Some(fmt) if fmt.shape() != (rows, cols) => Err(Error::Model(format!(
+                "compressed tensor {name} is {:?}, expected ({rows}, {cols})",
+                fmt.shape()
+            ))),
+            Some(fmt @ TensorFormat::Quant { .. }) if f == WeightFormat::Packed => {
+                Ok(Layout::Compressed(fmt))
+            }
+            Some(_) => Ok(Layout::Dense),
+            None => Err(Error::Model(format!("missing tensor {name}"))),
+        };
+    };
     if info.dims != [cols as u64, rows as u64] {
         return Err(Error::Model(format!(
             "tensor {name} has dims {:?}, expected [{cols}, {rows}]",
@@ -158,8 +171,22 @@ pub(crate) fn plan_matrix(
             plan.storage(name, Category::Weights, r * c * 4);
             plan.storage(format!("{name} (placeholder)"), Category::Weights, 16);
         }
-        Layout::Packed(ty) => {
-            let q = packed_shape(ty, rows, cols);
+        Layout::Packed(_) | Layout::Compressed(_) => {
+            let q = match lay {
+                Layout::Packed(ty) => packed_shape(ty, rows, cols),
+                Layout::Compressed(TensorFormat::Quant {
+                    bits,
+                    group,
+                    symmetric,
+                    ..
+                }) => QuantMatrix {
+                    bits,
+                    group,
+                    symmetric,
+                    ..packed_shape(GgmlType::Q8_0, rows, cols)
+                },
+                _ => unreachable!("a dense layout"),
+            };
             plan.storage(name, Category::Weights, r * q.words_per_row() as u64 * 4);
             let s = r * q.scale_words_per_row() as u64 * 4;
             plan.storage(format!("{name} scales"), Category::Weights, s);
@@ -187,6 +214,12 @@ pub(crate) fn upload_matrix(
             let q = GgufBlockMatrix::from_bytes(ty, rows, cols, raw)?.to_quant()?;
             GpuWeight::quant(ctx, &q).map_err(named)
         }
+        Layout::Compressed(_) => match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
+            Some(Packed::Quant(q)) => GpuWeight::quant(ctx, &q).map_err(named),
+            _ => Err(Error::Model(format!(
+                "{name}: not a quantized compressed tensor"
+            ))),
+        },
     }
 }
 
@@ -445,6 +478,7 @@ impl<'c> GpuModel<'c> {
             let gather = match embd_layout {
                 Layout::Dense => Gather::Gpu(head.data.clone()),
                 Layout::Packed(ty) => cpu_gather(file, embd, ty, vocab, d)?,
+                Layout::Compressed(_) => return Err(compressed_embedding()),
             };
             (head, gather)
         } else {
@@ -463,6 +497,7 @@ impl<'c> GpuModel<'c> {
                     Gather::Gpu(track(ctx.storage(embd, bytemuck::cast_slice(&w))?))
                 }
                 Layout::Packed(ty) => cpu_gather(file, embd, ty, vocab, d)?,
+                Layout::Compressed(_) => return Err(compressed_embedding()),
             };
             (head, gather)
         };
@@ -716,6 +751,10 @@ impl<'c> GpuModel<'c> {
         self.encode_proj(enc, l, Proj::Down, &s.act, &s.o, t)?;
         add(enc, &s.o)
     }
+}
+
+fn compressed_embedding() -> Error {
+    Error::Model("token_embd.weight: a compressed embedding is not supported".into())
 }
 
 pub(crate) fn cpu_gather(
