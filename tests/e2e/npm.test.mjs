@@ -7,29 +7,13 @@
 // Needs www/models/tiny.gguf (scripts/test.sh writes it; made here with the CLI if missing).
 
 import { test, before, after } from 'node:test';
+import { ROOT, TINY, serve, launchBrowser, ensureTinyModel } from './harness.mjs';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TINY = path.join(ROOT, 'www', 'models', 'tiny.gguf');
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--enable-unsafe-webgpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-  '--no-first-run',
-];
 const TIMEOUT_MS = 240_000;
 
 // The same repetitive text as the page's tuning test: the tiny model learns it quickly.
@@ -37,38 +21,6 @@ const TEXT = Array.from({ length: 60 }, (_, i) =>
   `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
 
 let server, browser, base, scratch;
-const serverLog = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForServer(url, ms) {
-  const until = Date.now() + ms;
-  for (;;) {
-    try {
-      const r = await fetch(url);
-      if (r.ok) return;
-    } catch { /* not up yet */ }
-    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function ensureTinyModel() {
-  if (fs.existsSync(TINY)) return;
-  const bin = ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));
-  assert.ok(bin, 'www/models/tiny.gguf is missing and no edge-llm binary is built: run `cargo build` first');
-  fs.mkdirSync(path.dirname(TINY), { recursive: true });
-  execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
-}
 
 before(async () => {
   ensureTinyModel();
@@ -107,17 +59,8 @@ before(async () => {
   fs.copyFileSync(TINY, path.join(scratch, 'model.gguf'));
   fs.writeFileSync(path.join(scratch, 'train.txt'), TEXT);
 
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}/`;
-  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', scratch, String(port)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  server.stderr.on('data', (d) => {
-    serverLog.push(String(d));
-    if (serverLog.length > 40) serverLog.shift();
-  });
-  await waitForServer(base, 15_000);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  ({ server, base } = await serve(scratch));
+  browser = await launchBrowser();
 });
 
 after(async () => {

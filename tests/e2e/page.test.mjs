@@ -5,60 +5,15 @@
 // www/models/default.gguf (scripts/run.sh or scripts/test.sh link it).
 
 import { test, before, after } from 'node:test';
+import { WWW, ARTIFACTS, serve, launchBrowser } from './harness.mjs';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const WWW = path.join(ROOT, 'www');
-const ARTIFACTS = path.join(HERE, 'artifacts');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-
-// WebGPU on SwiftShader, and no connections anywhere but the loopback server.
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--enable-unsafe-webgpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-  '--no-first-run',
-];
 
 // Fetching and parsing the 90 MB model on a small shared CPU takes a while.
 const PAGE_TIMEOUT_MS = 180_000;
 
 let server, browser, base;
-const serverLog = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForServer(url, ms) {
-  const until = Date.now() + ms;
-  for (;;) {
-    try {
-      const r = await fetch(url);
-      if (r.ok) return;
-    } catch { /* not up yet */ }
-    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 before(async () => {
   for (const [file, fix] of [
@@ -67,17 +22,8 @@ before(async () => {
   ]) {
     assert.ok(fs.existsSync(path.join(WWW, file)), `www/${file} is missing: ${fix}`);
   }
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}/`;
-  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', WWW, String(port)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  server.stderr.on('data', (d) => {
-    serverLog.push(String(d));
-    if (serverLog.length > 40) serverLog.shift();
-  });
-  await waitForServer(base, 15_000);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  ({ server, base } = await serve(WWW));
+  browser = await launchBrowser();
 });
 
 after(async () => {

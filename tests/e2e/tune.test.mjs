@@ -11,31 +11,11 @@
 // (`edge-llm make-tiny`) when it is missing.
 
 import { test, before, after } from 'node:test';
+import { ROOT, WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm } from './harness.mjs';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const WWW = path.join(ROOT, 'www');
-const ARTIFACTS = path.join(HERE, 'artifacts');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const TINY = path.join(WWW, 'models', 'tiny.gguf');
-
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--enable-unsafe-webgpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-  '--no-first-run',
-];
 
 // SwiftShader runs the kernels on a small shared CPU.
 const TIMEOUT_MS = 240_000;
@@ -59,42 +39,6 @@ const PPL_REL_TOL = 1e-4;
 const RELOAD_AFTER = 8;   // reload once a checkpoint at or after this step is stored
 
 let server, browser, base;
-const serverLog = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForServer(url, ms) {
-  const until = Date.now() + ms;
-  for (;;) {
-    try {
-      const r = await fetch(url);
-      if (r.ok) return;
-    } catch { /* not up yet */ }
-    if (Date.now() > until) throw new Error(`server did not answer ${url} within ${ms} ms:\n${serverLog.join('')}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-const edgeLlm = () => ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));
-
-/// The seeded tiny model, written by the CLI when missing.
-function ensureTinyModel() {
-  if (fs.existsSync(TINY)) return;
-  const bin = edgeLlm();
-  assert.ok(bin, 'www/models/tiny.gguf is missing and no edge-llm binary is built: run ' +
-    '`cargo run -- make-tiny --out www/models/tiny.gguf` (or `cargo build`) first');
-  fs.mkdirSync(path.dirname(TINY), { recursive: true });
-  execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
-}
 
 /// Reads a safetensors file's header: {name: {dtype, shape, data_offsets}}.
 function safetensorsHeader(buf) {
@@ -159,17 +103,8 @@ before(async () => {
   assert.ok(fs.existsSync(path.join(WWW, 'pkg', 'edge_llm.js')), 'www/pkg is missing: run scripts/build-wasm.sh');
   ensureTinyModel();
   ensureDataLinks();
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}/`;
-  server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', WWW, String(port)], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  server.stderr.on('data', (d) => {
-    serverLog.push(String(d));
-    if (serverLog.length > 40) serverLog.shift();
-  });
-  await waitForServer(base, 15_000);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  ({ server, base } = await serve(WWW));
+  browser = await launchBrowser();
 });
 
 after(async () => {

@@ -1,0 +1,85 @@
+// What the end-to-end tests share: paths, headless Chromium with WebGPU (SwiftShader) and no
+// connections beyond loopback, a static server like scripts/run.sh's (python3 -m
+// http.server on a free loopback port), and the seeded tiny model.
+
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(HERE, '..', '..');
+export const WWW = path.join(ROOT, 'www');
+export const ARTIFACTS = path.join(HERE, 'artifacts');
+export const TINY = path.join(WWW, 'models', 'tiny.gguf');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+// WebGPU on SwiftShader, and no connections anywhere but the loopback server.
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--enable-unsafe-webgpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-quic',
+  '--no-first-run',
+];
+
+export function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/// Serves `dir` on a free loopback port; resolves to { server, base } once it answers.
+export async function serve(dir, ms = 15_000) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}/`;
+  const log = [];
+  const server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', dir, String(port)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  server.stderr.on('data', (d) => {
+    log.push(String(d));
+    if (log.length > 40) log.shift();
+  });
+  const until = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(base);
+      if (r.ok) return { server, base };
+    } catch { /* not up yet */ }
+    if (Date.now() > until) {
+      server.kill();
+      throw new Error(`server did not answer ${base} within ${ms} ms:\n${log.join('')}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/// The built CLI binary (debug or release), if any.
+export const edgeLlm = () =>
+  ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));
+
+/// The seeded tiny model at www/models/tiny.gguf, written by the CLI when missing.
+export function ensureTinyModel() {
+  if (fs.existsSync(TINY)) return;
+  const bin = edgeLlm();
+  assert.ok(bin, 'www/models/tiny.gguf is missing and no edge-llm binary is built: run ' +
+    '`cargo run -- make-tiny --out www/models/tiny.gguf` (or `cargo build`) first');
+  fs.mkdirSync(path.dirname(TINY), { recursive: true });
+  execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
+}
