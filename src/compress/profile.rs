@@ -62,15 +62,7 @@ impl LayerHessians {
 
 /// Projection `p`'s weight `[out][in]` in a block.
 pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> &[f32] {
-    match p {
-        Proj::Q => &l.wq,
-        Proj::K => &l.wk,
-        Proj::V => &l.wv,
-        Proj::O => &l.wo,
-        Proj::Gate => &l.w_gate,
-        Proj::Up => &l.w_up,
-        Proj::Down => &l.w_down,
-    }
+    p.weight(l)
 }
 
 /// Mutable projection `p`'s weight in a block.

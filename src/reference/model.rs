@@ -51,7 +51,8 @@ impl Proj {
         }
     }
 
-    fn weight<T>(self, l: &LayerWeights<T>) -> &[T] {
+    /// This projection's weight `[out][in]` in a block.
+    pub fn weight<T>(self, l: &LayerWeights<T>) -> &[T] {
         match self {
             Proj::Q => &l.wq,
             Proj::K => &l.wk,
