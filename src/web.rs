@@ -238,26 +238,15 @@ fn data_json(ds: &Dataset, problems: &[LineError], stats: &train::DataStats) -> 
 }
 
 /// A [`Fit`] as the page shows it.
-fn fit_json(fit: &Fit, budget: Option<u64>, limits: &wgpu::Limits) -> serde_json::Value {
-    let mut largest: Vec<_> = fit.plan.entries.iter().collect();
-    largest.sort_by_key(|e| std::cmp::Reverse(e.bytes));
-    largest.truncate(5);
-    json!({
-        "total_bytes": fit.plan.total(),
-        "budget_bytes": budget,
-        "changes": fit.changes,
-        "seq_len": fit.options.seq_len,
-        "recompute": fit.options.recompute,
-        "format": format!("{:?}", fit.options.format),
-        "buffers": fit.plan.entries.len(),
-        "by_category": fit.plan.by_category().into_iter()
-            .filter(|&(_, b)| b > 0)
-            .map(|(c, b)| json!({"category": c, "bytes": b}))
-            .collect::<Vec<_>>(),
-        "largest": largest,
-        "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
-        "max_buffer_size": limits.max_buffer_size,
-    })
+/// The fitted plan as the page shows it (`Fit::report`, the five largest buffers).
+fn fit_json(
+    fit: &Fit,
+    c: &LlamaConfig,
+    budget: Option<u64>,
+    limits: &wgpu::Limits,
+) -> crate::Result<serde_json::Value> {
+    let report = fit.report(c, limits, budget, 5)?;
+    serde_json::to_value(report).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 #[wasm_bindgen]
@@ -320,7 +309,11 @@ impl WebModel {
             o.memory_budget,
         )
         .map_err(js_err)?;
-        Ok(fit_json(&fit, o.memory_budget, &ctx.limits).to_string())
+        Ok(
+            fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits)
+                .map_err(js_err)?
+                .to_string(),
+        )
     }
 
     /// Prepares the data, plans GPU memory (refusing a budget that cannot fit before
@@ -349,7 +342,8 @@ impl WebModel {
         o.accum *= fit.accum_factor;
         let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
         let data = data_json(&ds, &problems, &prepared.stats);
-        let plan = fit_json(&fit, o.memory_budget, &ctx.limits);
+        let plan =
+            fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits).map_err(js_err)?;
         let lora = Lora::new(&self.model.config, lora_config, o.seed);
         let backend = GpuTrainer::new(ctx, &self.model, &lora, &fit.options).map_err(js_err)?;
         let trainer = Trainer::new(backend, o.train(), prepared).map_err(js_err)?;

@@ -350,28 +350,10 @@ pub fn print_plan(
         limits.max_storage_buffer_binding_size = b;
     }
     let fit = fit_budget(&file, lora, opts, &limits, budget)?;
-    let (parts, chunk) = crate::engine::train::head_split_for(&file.config, &fit.options, &limits)?;
-    let mut largest: Vec<_> = fit.plan.entries.iter().collect();
-    largest.sort_by_key(|e| std::cmp::Reverse(e.bytes));
-    largest.truncate(top);
+    let report = fit.report(&file.config, &limits, budget, top)?;
     if json {
-        let v = json!({
-            "adapter": adapter,
-            "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
-            "seq_len": fit.options.seq_len,
-            "recompute": fit.options.recompute,
-            "format": format!("{:?}", fit.options.format),
-            "head_parts": parts,
-            "logits_chunk": chunk,
-            "total_bytes": fit.plan.total(),
-            "budget_bytes": budget,
-            "changes": fit.changes,
-            "by_category": fit.plan.by_category().into_iter()
-                .map(|(c, b)| (format!("{c:?}").to_lowercase(), b))
-                .collect::<std::collections::BTreeMap<_, _>>(),
-            "largest": largest,
-            "buffers": fit.plan.entries.len(),
-        });
+        let mut v = serde_json::to_value(&report).map_err(|e| Error::Io(e.to_string()))?;
+        v["adapter"] = adapter.clone().into();
         println!("{v}");
         return Ok(());
     }
@@ -389,10 +371,13 @@ pub fn print_plan(
         fit.options.format,
         if fit.options.recompute { "on" } else { "off" }
     );
-    println!("LM head: {parts} buffer(s), logits in chunks of {chunk} vocabulary rows");
+    println!(
+        "LM head: {} buffer(s), logits in chunks of {} vocabulary rows",
+        report.head_parts, report.logits_chunk
+    );
     println!("{}", fit.plan);
     println!("{} buffers; the largest:", fit.plan.entries.len());
-    for e in largest {
+    for e in &report.largest {
         println!("  {:>10.2} MiB  {}", mib(e.bytes), e.name);
     }
     if let Some(b) = budget {

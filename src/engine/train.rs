@@ -22,7 +22,7 @@ use super::gpu_model::{
     cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_matrix, Gather,
     WeightFormat, PROJ_NAMES,
 };
-use super::plan::{Category, MemoryPlan};
+use super::plan::{Category, MemoryPlan, PlanEntry};
 use crate::gguf::quant as gq;
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::adamw::{encode_adamw, encode_grad_norm2, norm_scratch_len, Slot};
@@ -44,6 +44,7 @@ use crate::reference::optim::AdamW;
 use crate::reference::{lora_dropout, Lora, LoraConfig, Proj};
 use crate::train::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
 use crate::{Error, Result};
+use serde::Serialize;
 
 /// Default vocabulary rows per logits chunk of the fused head.
 pub const DEFAULT_VOCAB_CHUNK: usize = 8192;
@@ -107,17 +108,6 @@ fn head_split(c: &LlamaConfig, opts: &TrainOptions, limits: &wgpu::Limits) -> Re
         parts: c.vocab.div_ceil(rows_per_part),
         chunk: chunk.min(rows_per_part),
     })
-}
-
-/// (head buffers, logits chunk width) a plan with these options uses on a device with
-/// these limits.
-pub fn head_split_for(
-    c: &LlamaConfig,
-    opts: &TrainOptions,
-    limits: &wgpu::Limits,
-) -> Result<(usize, usize)> {
-    let s = head_split(c, opts, limits)?;
-    Ok((s.parts, s.chunk))
 }
 
 /// The activations one block keeps for its backward pass (t rows each).
@@ -1036,6 +1026,74 @@ pub struct Fit {
     /// factor to multiply gradient accumulation by, so an optimizer step still sees as many
     /// tokens. 1 otherwise.
     pub accum_factor: usize,
+}
+
+/// A fitted plan as `edge-llm plan --json` prints it and the page shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FitReport<'a> {
+    pub total_bytes: u64,
+    pub budget_bytes: Option<u64>,
+    pub changes: &'a [String],
+    pub seq_len: usize,
+    pub accum_factor: usize,
+    pub recompute: bool,
+    pub format: String,
+    /// Buffers the LM head is split into, and vocabulary rows per logits chunk.
+    pub head_parts: usize,
+    pub logits_chunk: usize,
+    pub buffers: usize,
+    /// Non-empty categories, in [`Category::ALL`] order.
+    pub by_category: Vec<CategoryBytes>,
+    /// The largest buffers, largest first.
+    pub largest: Vec<&'a PlanEntry>,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+}
+
+/// Bytes of one category of a plan.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CategoryBytes {
+    pub category: Category,
+    pub bytes: u64,
+}
+
+impl Fit {
+    /// The report of this fit for model `c` on a device with `limits`, listing the `top`
+    /// largest buffers.
+    pub fn report(
+        &self,
+        c: &LlamaConfig,
+        limits: &wgpu::Limits,
+        budget: Option<u64>,
+        top: usize,
+    ) -> Result<FitReport<'_>> {
+        let split = head_split(c, &self.options, limits)?;
+        let mut largest: Vec<_> = self.plan.entries.iter().collect();
+        largest.sort_by_key(|e| std::cmp::Reverse(e.bytes));
+        largest.truncate(top);
+        Ok(FitReport {
+            total_bytes: self.plan.total(),
+            budget_bytes: budget,
+            changes: &self.changes,
+            seq_len: self.options.seq_len,
+            accum_factor: self.accum_factor,
+            recompute: self.options.recompute,
+            format: format!("{:?}", self.options.format),
+            head_parts: split.parts,
+            logits_chunk: split.chunk,
+            buffers: self.plan.entries.len(),
+            by_category: self
+                .plan
+                .by_category()
+                .into_iter()
+                .filter(|&(_, bytes)| bytes > 0)
+                .map(|(category, bytes)| CategoryBytes { category, bytes })
+                .collect(),
+            largest,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+        })
+    }
 }
 
 /// Logits chunk widths tried, widest first, when the budget is tight.
