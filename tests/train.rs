@@ -373,6 +373,8 @@ impl Backend for Scripted {
             tensors: vec![],
             m: vec![],
             v: vec![],
+            exits: Vec::new(),
+            steps: Vec::new(),
         })
     }
     async fn load(&mut self, _state: &ParamState) -> edge_llm::Result<()> {

@@ -41,7 +41,7 @@ use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
-use crate::reference::{lora_dropout, Lora, LoraConfig, Proj};
+use crate::reference::{lora_dropout, Lora, LoraConfig, Proj, Span};
 use crate::train::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -253,106 +253,34 @@ impl<'c> GpuTrainer<'c> {
         opts: &TrainOptions,
         limits: &wgpu::Limits,
     ) -> Result<MemoryPlan> {
-        let c = &file.config;
-        check_options(c, lora, opts)?;
-        let split = head_split(c, opts, limits)?;
-        let t = opts.seq_len;
-        let (d, vocab) = (c.hidden, c.vocab);
-        let f32s = |n: usize| n as u64 * 4;
-        let mut plan = MemoryPlan::default();
-        for l in 0..c.n_layers {
-            for norm in ["attn_norm", "ffn_norm"] {
-                let name = format!("blk.{l}.{norm}.weight");
-                plan.storage(name, Category::Weights, f32s(d));
-            }
-            for p in Proj::ALL {
-                let (k, n) = p.shape(c);
-                let name = proj_tensor(l, p);
-                let lay = layout(file, &name, n, k, opts.format)?;
-                plan_matrix(&mut plan, &name, n, k, lay);
-            }
-        }
-        plan.storage("output_norm.weight", Category::Weights, f32s(d));
-        let head_name = if c.tied_embeddings {
-            "token_embd.weight"
-        } else {
-            "output.weight"
+        let all = Span {
+            layers: 0..file.config.n_layers,
+            exit: None,
         };
-        for p in 0..split.parts {
-            let rows = split.rows_per_part.min(vocab - p * split.rows_per_part);
-            plan.storage(
-                format!("{head_name} f32 part {p}"),
-                Category::Weights,
-                f32s(rows * d),
-            );
-        }
-        plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
-        let sets = if opts.recompute { 1 } else { c.n_layers };
-        for l in 0..c.n_layers {
-            plan.storage(
-                format!("block {l} input"),
-                Category::Activations,
-                f32s(t * d),
-            );
-        }
-        if opts.recompute {
-            plan.storage("recompute input", Category::Scratch, f32s(t * d));
-        }
-        for set in 0..sets {
-            let cat = if opts.recompute {
-                Category::Scratch
-            } else {
-                Category::Activations
-            };
-            for (name, w) in block_widths(c) {
-                plan.storage(format!("block {set} {name}"), cat, f32s(t * w));
-            }
-            for &p in &lora.targets {
-                let name = format!("block {set} lora u {}", PROJ_NAMES[p.index()]);
-                plan.storage(name, cat, f32s(t * lora.rank));
+        plan_span(file, lora, opts, limits, &all)
+    }
+
+    /// The GPU memory of adaptive layer tuning over `windows`: the largest window's plan
+    /// (buffers sized once for the largest). A window holds its own blocks' weights,
+    /// activations and LoRA state, its exit adapter, and one slot for a frozen block below
+    /// it, streamed through to fill the prefix cache (kept in host memory); blocks above
+    /// it are not needed. The GPU engine does not run windows yet (they run on the CPU
+    /// backend): this is the accounting `edge-llm bench tune` reports for windowed modes.
+    pub fn plan_windows(
+        file: &ModelFile,
+        lora: &LoraConfig,
+        opts: &TrainOptions,
+        limits: &wgpu::Limits,
+        windows: &[Span],
+    ) -> Result<MemoryPlan> {
+        let mut best: Option<MemoryPlan> = None;
+        for w in windows {
+            let p = plan_span(file, lora, opts, limits, w)?;
+            if best.as_ref().is_none_or(|b| p.total() > b.total()) {
+                best = Some(p);
             }
         }
-        for (name, w) in scratch_widths(c, lora.rank) {
-            plan.storage(name, Category::Scratch, f32s(t * w));
-        }
-        plan.storage("dv", Category::Scratch, f32s(t * c.kv_dim()));
-        for (name, w) in [
-            ("final x", d),
-            ("final normed x", d),
-            ("final rstd", 1),
-            ("targets", 1),
-            ("row losses", 1),
-            ("head lse", 1),
-            ("head stats", 3),
-        ] {
-            plan.storage(name, Category::Activations, f32s(t * w));
-        }
-        plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
-        let mut lens = Vec::new();
-        for l in 0..c.n_layers {
-            for &p in &lora.targets {
-                let (k, n) = p.shape(c);
-                for (ab, len) in [("A", lora.rank * k), ("B", n * lora.rank)] {
-                    let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
-                    plan.storage(what.clone(), Category::Lora, f32s(len));
-                    plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
-                    plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
-                    plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
-                    lens.push(len);
-                }
-            }
-        }
-        plan.storage(
-            "grad norm partials",
-            Category::Gradients,
-            f32s(norm_scratch_len(lens.iter().copied())),
-        );
-        plan.storage("grad norm", Category::Gradients, 4);
-        plan.other("loss readback", Category::Readback, f32s(t));
-        plan.other("norm readback", Category::Readback, 4);
-        let widest = lens.iter().copied().max().unwrap_or(1);
-        plan.other("tensor readback", Category::Readback, f32s(widest));
-        Ok(plan)
+        best.ok_or_else(|| Error::Invalid("no windows to plan".into()))
     }
 
     /// Plans, checks the plan against the device's limits, then uploads the frozen weights
@@ -1354,6 +1282,8 @@ impl Backend for GpuTrainer<'_> {
             tensors,
             m,
             v,
+            exits: Vec::new(),
+            steps: Vec::new(),
         })
     }
 
@@ -1366,6 +1296,13 @@ impl Backend for GpuTrainer<'_> {
     }
 
     async fn load(&mut self, state: &ParamState) -> Result<()> {
+        if !state.exits.is_empty() {
+            return Err(Error::Invalid(
+                "this checkpoint has early exits (adaptive layer tuning), which the GPU engine \
+                 does not run yet; resume it with --device cpu"
+                    .into(),
+            ));
+        }
         if state.lora != self.lora_config {
             return Err(Error::Invalid(format!(
                 "checkpoint LoRA config {:?} differs from the model's {:?}",
@@ -1397,4 +1334,149 @@ impl Backend for GpuTrainer<'_> {
         q.submit([enc.finish()]);
         Ok(())
     }
+}
+
+/// The plan of a tuning step whose gradients cover `span` (every block: full depth).
+fn plan_span(
+    file: &ModelFile,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    limits: &wgpu::Limits,
+    span: &Span,
+) -> Result<MemoryPlan> {
+    let c = &file.config;
+    check_options(c, lora, opts)?;
+    if span.layers.is_empty() || span.layers.end > c.n_layers {
+        return Err(Error::Invalid(format!(
+            "window {:?} does not fit {} blocks",
+            span.layers, c.n_layers
+        )));
+    }
+    let split = head_split(c, opts, limits)?;
+    let t = opts.seq_len;
+    let (d, vocab) = (c.hidden, c.vocab);
+    let f32s = |n: usize| n as u64 * 4;
+    let mut plan = MemoryPlan::default();
+    let blocks = span.layers.clone();
+    let weights = |plan: &mut MemoryPlan, l: usize, tag: &str| -> Result<()> {
+        for norm in ["attn_norm", "ffn_norm"] {
+            let name = format!("blk.{l}.{norm}.weight{tag}");
+            plan.storage(name, Category::Weights, f32s(d));
+        }
+        for p in Proj::ALL {
+            let (k, n) = p.shape(c);
+            let name = proj_tensor(l, p);
+            let lay = layout(file, &name, n, k, opts.format)?;
+            plan_matrix(plan, &format!("{name}{tag}"), n, k, lay);
+        }
+        Ok(())
+    };
+    for l in blocks.clone() {
+        weights(&mut plan, l, "")?;
+    }
+    if blocks.start > 0 {
+        // One slot for the frozen blocks below, streamed through one at a time.
+        let mut widest = (0, 0);
+        for l in 0..blocks.start {
+            let mut one = MemoryPlan::default();
+            weights(&mut one, l, "")?;
+            if one.total() > widest.1 {
+                widest = (l, one.total());
+            }
+        }
+        weights(&mut plan, widest.0, " (frozen-block slot)")?;
+    }
+    plan.storage("output_norm.weight", Category::Weights, f32s(d));
+    let head_name = if c.tied_embeddings {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
+    for p in 0..split.parts {
+        let rows = split.rows_per_part.min(vocab - p * split.rows_per_part);
+        plan.storage(
+            format!("{head_name} f32 part {p}"),
+            Category::Weights,
+            f32s(rows * d),
+        );
+    }
+    plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
+    let sets = if opts.recompute { 1 } else { blocks.len() };
+    for l in blocks.clone() {
+        plan.storage(
+            format!("block {l} input"),
+            Category::Activations,
+            f32s(t * d),
+        );
+    }
+    if opts.recompute {
+        plan.storage("recompute input", Category::Scratch, f32s(t * d));
+    }
+    for set in 0..sets {
+        let cat = if opts.recompute {
+            Category::Scratch
+        } else {
+            Category::Activations
+        };
+        for (name, w) in block_widths(c) {
+            plan.storage(format!("block {set} {name}"), cat, f32s(t * w));
+        }
+        for &p in &lora.targets {
+            let name = format!("block {set} lora u {}", PROJ_NAMES[p.index()]);
+            plan.storage(name, cat, f32s(t * lora.rank));
+        }
+    }
+    for (name, w) in scratch_widths(c, lora.rank) {
+        plan.storage(name, Category::Scratch, f32s(t * w));
+    }
+    plan.storage("dv", Category::Scratch, f32s(t * c.kv_dim()));
+    for (name, w) in [
+        ("final x", d),
+        ("final normed x", d),
+        ("final rstd", 1),
+        ("targets", 1),
+        ("row losses", 1),
+        ("head lse", 1),
+        ("head stats", 3),
+    ] {
+        plan.storage(name, Category::Activations, f32s(t * w));
+    }
+    plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
+    let mut lens = Vec::new();
+    for l in blocks.clone() {
+        for &p in &lora.targets {
+            let (k, n) = p.shape(c);
+            for (ab, len) in [("A", lora.rank * k), ("B", n * lora.rank)] {
+                let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
+                plan.storage(what.clone(), Category::Lora, f32s(len));
+                plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
+                plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
+                plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
+                lens.push(len);
+            }
+        }
+    }
+    if span.exit.is_some() {
+        for (ab, len) in [("A", lora.rank * d), ("B", d * lora.rank)] {
+            let what = format!("exit adapter {ab}");
+            plan.storage(what.clone(), Category::Lora, f32s(len));
+            plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
+            plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
+            plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
+            lens.push(len);
+        }
+        plan.storage("exit adapter u", Category::Activations, f32s(t * lora.rank));
+        plan.storage("exit output", Category::Activations, f32s(t * d));
+    }
+    plan.storage(
+        "grad norm partials",
+        Category::Gradients,
+        f32s(norm_scratch_len(lens.iter().copied())),
+    );
+    plan.storage("grad norm", Category::Gradients, 4);
+    plan.other("loss readback", Category::Readback, f32s(t));
+    plan.other("norm readback", Category::Readback, 4);
+    let widest = lens.iter().copied().max().unwrap_or(1);
+    plan.other("tensor readback", Category::Readback, f32s(widest));
+    Ok(plan)
 }

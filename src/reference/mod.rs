@@ -7,7 +7,10 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 
-pub use model::{lora_dropout, Activations, Grads, KvCache, Lora, LoraConfig, Proj, Transformer};
+pub use model::{
+    lora_dropout, Activations, Exit, Grads, KvCache, Lora, LoraConfig, Owner, Proj, Span,
+    Transformer,
+};
 pub use ops::{Dropout, LoraPair};
 
 use num_traits::Float;

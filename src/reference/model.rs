@@ -98,11 +98,23 @@ impl Default for LoraConfig {
     }
 }
 
-/// LoRA adapters for every layer: `layers[l][proj.index()]`.
+/// LoRA adapters for every layer: `layers[l][proj.index()]`, and the early exits' adapters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Lora<T> {
     pub config: LoraConfig,
     pub layers: Vec<[Option<LoraPair<T>>; 7]>,
+    /// Early exits (adaptive layer tuning), shallow to deep; empty for plain LoRA.
+    pub exits: Vec<Exit<T>>,
+}
+
+/// An early exit after block `after` (a count of blocks, 1..=n_layers). Its only trainable
+/// part is a rank-r residual adapter on the hidden state, z = y + s·B·A·y (A `[r][d]`,
+/// B `[d][r]`, B = 0 at first); z then goes through the model's own final norm and tied LM
+/// head, so an exit costs 2·r·d parameters instead of a 28 M-parameter head copy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exit<T> {
+    pub after: usize,
+    pub pair: LoraPair<T>,
 }
 
 impl<T: Real> Lora<T> {
@@ -126,7 +138,30 @@ impl<T: Real> Lora<T> {
                 })
             })
             .collect();
-        Self { config, layers }
+        Self {
+            config,
+            layers,
+            exits: Vec::new(),
+        }
+    }
+
+    /// Adds exits after the given block counts (ascending, each in 1..=n_layers), with
+    /// PEFT's initialisation drawn from `seed` (B = 0: an exit starts as the plain head).
+    pub fn with_exits(mut self, after: &[usize], hidden: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let d = hidden;
+        self.exits = after
+            .iter()
+            .map(|&after| {
+                let mut pair = LoraPair::zeros(self.config.rank, d, d);
+                let bound = 1.0 / (d as f64).sqrt();
+                for a in &mut pair.a {
+                    *a = T::from_f64(rng.random_range(-bound..bound));
+                }
+                Exit { after, pair }
+            })
+            .collect();
+        self
     }
 
     /// Same structure, all zeros (a gradient accumulator).
@@ -142,6 +177,14 @@ impl<T: Real> Lora<T> {
                     })
                 })
                 .collect(),
+            exits: self
+                .exits
+                .iter()
+                .map(|e| Exit {
+                    after: e.after,
+                    pair: LoraPair::zeros(e.pair.rank, e.pair.k, e.pair.n),
+                })
+                .collect(),
         }
     }
 
@@ -149,7 +192,8 @@ impl<T: Real> Lora<T> {
         T::from_f64(self.config.alpha as f64 / self.config.rank as f64)
     }
 
-    /// Every trainable tensor, in a fixed order (layer, projection, A then B).
+    /// Every trainable tensor, in a fixed order (layer, projection, A then B; then the
+    /// exits, A then B).
     pub fn tensors_mut(&mut self) -> Vec<&mut Vec<T>> {
         let mut v = Vec::new();
         for l in &mut self.layers {
@@ -158,17 +202,58 @@ impl<T: Real> Lora<T> {
                 v.push(&mut p.b);
             }
         }
+        for e in &mut self.exits {
+            v.push(&mut e.pair.a);
+            v.push(&mut e.pair.b);
+        }
+        v
+    }
+
+    /// What each tensor of [`Self::tensors_mut`] belongs to, in the same order.
+    pub fn owners(&self) -> Vec<Owner> {
+        let mut v = Vec::new();
+        for (l, ps) in self.layers.iter().enumerate() {
+            for _ in ps.iter().flatten() {
+                v.extend([Owner::Layer(l); 2]);
+            }
+        }
+        for k in 0..self.exits.len() {
+            v.extend([Owner::Exit(k); 2]);
+        }
         v
     }
 
     pub fn n_params(&self) -> usize {
+        let exits: usize = self
+            .exits
+            .iter()
+            .map(|e| e.pair.a.len() + e.pair.b.len())
+            .sum();
         self.layers
             .iter()
             .flatten()
             .flatten()
             .map(|p| p.a.len() + p.b.len())
-            .sum()
+            .sum::<usize>()
+            + exits
     }
+}
+
+/// The block or exit a trainable tensor belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Layer(usize),
+    Exit(usize),
+}
+
+/// What a training forward covers: blocks `layers` carry gradients (the blocks below run
+/// frozen, without dropout; those above are not run), and the loss is read at exit `exit`
+/// (an index into [`Lora::exits`]) or, with None, at the model's own head after the last
+/// block of `layers` (which must then be the model's last).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub layers: std::ops::Range<usize>,
+    pub exit: Option<usize>,
 }
 
 /// Keys and values (after RoPE) of the positions seen so far, per layer.
@@ -234,11 +319,18 @@ pub struct LayerActs<T> {
 #[derive(Clone, Debug)]
 pub struct Activations<T> {
     pub tokens: Vec<u32>,
+    pub span: Span,
+    /// Saved activations of the blocks in `span.layers`, in order.
     pub layers: Vec<LayerActs<T>>,
-    /// Input of the final norm, its output and rstd.
+    /// Output of the last block run; the exit adapter's u (empty without an exit); its
+    /// output z (= y without an exit), the final norm's output and rstd.
     pub y: Vec<T>,
+    pub exit_u: Vec<T>,
+    pub z: Vec<T>,
     pub yn: Vec<T>,
     pub rstd_out: Vec<T>,
+    /// The positions whose logits were made (those with a target), and those logits.
+    pub rows: Vec<usize>,
     pub logits: Vec<T>,
 }
 
@@ -392,14 +484,55 @@ impl<T: Real> Transformer<T> {
         self.head(&self.forward_hidden(tokens, cache))
     }
 
-    /// Training forward: saves the activations. `dropout_seed` draws the LoRA dropout masks
-    /// (None: no dropout, as in evaluation and gradient checks).
-    pub fn forward_train(&self, tokens: &[u32], dropout_seed: Option<u64>) -> Activations<T> {
+    /// Runs blocks `from..to` frozen (no dropout, nothing saved) on hidden rows `x`; with
+    /// `from` = 0 and `x` None, starts from the token embeddings.
+    pub fn forward_blocks(
+        &self,
+        tokens: &[u32],
+        x: Option<Vec<T>>,
+        from: usize,
+        to: usize,
+    ) -> Vec<T> {
         let c = &self.w.config;
         let m = tokens.len();
-        let mut x = ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
+        let mut x = x.unwrap_or_else(|| ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden));
+        for l in from..to {
+            x = self.block_forward(l, &x, m, None, None);
+        }
+        x
+    }
+
+    /// Training forward over every block to the model's head, with logits for every
+    /// position. `dropout_seed` draws the LoRA dropout masks (None: no dropout, as in
+    /// evaluation and gradient checks).
+    pub fn forward_train(&self, tokens: &[u32], dropout_seed: Option<u64>) -> Activations<T> {
+        let span = Span {
+            layers: 0..self.w.config.n_layers,
+            exit: None,
+        };
+        self.forward_span(tokens, None, &span, None, dropout_seed)
+    }
+
+    /// Training forward over `span`: `input` is the hidden state entering
+    /// `span.layers.start` (None: computed from the embeddings through the frozen blocks
+    /// below), and logits are made only at positions with a target (all without
+    /// `targets`). Saves what [`Self::backward`] reads, for the span's blocks only.
+    pub fn forward_span(
+        &self,
+        tokens: &[u32],
+        input: Option<Vec<T>>,
+        span: &Span,
+        targets: Option<&[Option<u32>]>,
+        dropout_seed: Option<u64>,
+    ) -> Activations<T> {
+        let c = &self.w.config;
+        let m = tokens.len();
+        let mut x = match input {
+            Some(x) => x,
+            None => self.forward_blocks(tokens, None, 0, span.layers.start),
+        };
+        let mut layers = Vec::with_capacity(span.layers.len());
+        for l in span.layers.clone() {
             let mut acts = LayerActs::default();
             if let (Some(lora), Some(seed)) = (&self.lora, dropout_seed) {
                 for p in Proj::ALL {
@@ -413,26 +546,80 @@ impl<T: Real> Transformer<T> {
             x = self.block_forward(l, &x, m, None, Some(&mut acts));
             layers.push(acts);
         }
+        let (z, exit_u) = match self.exit(span.exit) {
+            Some((pair, scale)) => {
+                let mut z = x.clone();
+                let u = ops::lora_forward(&x, pair, scale, m, None, &mut z);
+                (z, u)
+            }
+            None => (x.clone(), Vec::new()),
+        };
         let eps = T::from_f64(c.norm_eps as f64);
-        let (yn, rstd_out) = ops::rmsnorm_forward(&x, &self.w.output_norm, m, c.hidden, eps);
-        let logits = self.head(&yn);
+        let (yn, rstd_out) = ops::rmsnorm_forward(&z, &self.w.output_norm, m, c.hidden, eps);
+        let rows: Vec<usize> = match targets {
+            Some(t) => (0..m).filter(|&i| t[i].is_some()).collect(),
+            None => (0..m).collect(),
+        };
+        let logits = self.head(&gather_rows(&yn, &rows, c.hidden));
         Activations {
             tokens: tokens.to_vec(),
+            span: span.clone(),
             layers,
             y: x,
+            exit_u,
+            z,
             yn,
             rstd_out,
+            rows,
             logits,
         }
     }
 
-    /// Mean cross-entropy of `targets` (None = not counted) under the saved logits.
-    pub fn loss(&self, acts: &Activations<T>, targets: &[Option<u32>]) -> T {
-        ops::cross_entropy_forward(&acts.logits, targets, self.w.config.vocab).0
+    /// Exit `k`'s adapter and LoRA scale (None for the model's own head).
+    fn exit(&self, k: Option<usize>) -> Option<(&LoraPair<T>, T)> {
+        let lora = self.lora.as_ref()?;
+        Some((&lora.exits.get(k?)?.pair, lora.scale()))
     }
 
-    /// Backward pass of the mean cross-entropy: LoRA gradients, and base-weight gradients
-    /// when `base_grads` (used by the gradient checks; tuning keeps the base frozen).
+    /// Logits `[tokens][vocab]` at every exit, in one pass to the deepest: what exit
+    /// voting combines. Empty without exits. With a cache, `tokens` follow the cached
+    /// positions (as in [`Self::logits`]); blocks past the deepest exit are not run, so
+    /// such a cache serves only further `exit_logits` calls.
+    pub fn exit_logits(&self, tokens: &[u32], mut cache: Option<&mut KvCache<T>>) -> Vec<Vec<T>> {
+        let c = &self.w.config;
+        let m = tokens.len();
+        let Some(lora) = &self.lora else {
+            return Vec::new();
+        };
+        let eps = T::from_f64(c.norm_eps as f64);
+        let mut x = ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
+        let mut done = 0;
+        let mut out = Vec::with_capacity(lora.exits.len());
+        for e in &lora.exits {
+            for l in done..e.after {
+                x = self.block_forward(l, &x, m, cache.as_deref_mut(), None);
+            }
+            done = e.after;
+            let mut z = x.clone();
+            ops::lora_forward(&x, &e.pair, lora.scale(), m, None, &mut z);
+            let yn = ops::rmsnorm_forward(&z, &self.w.output_norm, m, c.hidden, eps).0;
+            out.push(self.head(&yn));
+        }
+        if let Some(cache) = cache {
+            cache.len += m;
+        }
+        out
+    }
+
+    /// Mean cross-entropy of `targets` (None = not counted) under the saved logits.
+    pub fn loss(&self, acts: &Activations<T>, targets: &[Option<u32>]) -> T {
+        let t: Vec<Option<u32>> = acts.rows.iter().map(|&i| targets[i]).collect();
+        ops::cross_entropy_forward(&acts.logits, &t, self.w.config.vocab).0
+    }
+
+    /// Backward pass of the mean cross-entropy over the span of `acts`: LoRA gradients
+    /// (the span's blocks and its exit), and base-weight gradients when `base_grads`
+    /// (used by the gradient checks over the whole model; tuning keeps the base frozen).
     pub fn backward(
         &self,
         acts: &Activations<T>,
@@ -444,38 +631,62 @@ impl<T: Real> Transformer<T> {
         let mut gb = base_grads.then(|| self.w.map(|v| vec![T::zero(); v.len()]));
         let mut gl = self.lora.as_ref().map(Lora::zeros_like);
 
-        // Head and final norm.
-        let dlogits = ops::cross_entropy_backward(&acts.logits, targets, c.vocab, T::one());
-        let mut dyn_ = vec![T::zero(); m * d];
+        // Head (on the rows with logits) and final norm.
+        let t: Vec<Option<u32>> = acts.rows.iter().map(|&i| targets[i]).collect();
+        let dlogits = ops::cross_entropy_backward(&acts.logits, &t, c.vocab, T::one());
+        let mut dyn_rows = vec![T::zero(); acts.rows.len() * d];
         let head_grad = gb.as_mut().map(|g| match &mut g.output {
             Some(o) => o.as_mut_slice(),
             None => g.tok_embd.as_mut_slice(),
         });
         ops::linear_backward(
             &dlogits,
-            &acts.yn,
+            &gather_rows(&acts.yn, &acts.rows, d),
             self.w.head(),
-            (m, d, c.vocab),
-            &mut dyn_,
+            (acts.rows.len(), d, c.vocab),
+            &mut dyn_rows,
             head_grad,
         );
-        let mut dx = vec![T::zero(); m * d];
+        let mut dyn_ = vec![T::zero(); m * d];
+        for (j, &i) in acts.rows.iter().enumerate() {
+            dyn_[i * d..(i + 1) * d].copy_from_slice(&dyn_rows[j * d..(j + 1) * d]);
+        }
+        let mut dz = vec![T::zero(); m * d];
         ops::rmsnorm_backward(
             &dyn_,
-            &acts.y,
+            &acts.z,
             &self.w.output_norm,
             &acts.rstd_out,
             m,
             d,
-            &mut dx,
+            &mut dz,
             gb.as_mut().map(|g| g.output_norm.as_mut_slice()),
         );
+        let mut dx = dz.clone();
+        if let (Some((pair, scale)), Some(k), Some(gl)) =
+            (self.exit(acts.span.exit), acts.span.exit, gl.as_mut())
+        {
+            let dpair = &mut gl.exits[k].pair;
+            ops::lora_backward(
+                &dz,
+                &acts.y,
+                &acts.exit_u,
+                pair,
+                scale,
+                m,
+                None,
+                &mut dx,
+                dpair,
+            );
+        }
 
-        for l in (0..c.n_layers).rev() {
-            dx = self.block_backward(l, &acts.layers[l], dx, m, gb.as_mut(), gl.as_mut());
+        for (i, l) in acts.span.layers.clone().enumerate().rev() {
+            dx = self.block_backward(l, &acts.layers[i], dx, m, gb.as_mut(), gl.as_mut());
         }
         if let Some(g) = gb.as_mut() {
-            ops::embedding_backward(&dx, &acts.tokens, d, &mut g.tok_embd);
+            if acts.span.layers.start == 0 {
+                ops::embedding_backward(&dx, &acts.tokens, d, &mut g.tok_embd);
+            }
         }
         Grads { lora: gl, base: gb }
     }
@@ -639,4 +850,13 @@ impl<T: Real> Transformer<T> {
         );
         dx
     }
+}
+
+/// Rows `rows` of a `[*][d]` matrix, in order.
+fn gather_rows<T: Copy>(x: &[T], rows: &[usize], d: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &i in rows {
+        out.extend_from_slice(&x[i * d..(i + 1) * d]);
+    }
+    out
 }

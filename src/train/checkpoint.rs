@@ -43,6 +43,13 @@ pub struct ParamState {
     pub tensors: Vec<Tensor>,
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
+    /// Block counts after which the early exits sit (their tensors follow the layers').
+    #[serde(default)]
+    pub exits: Vec<usize>,
+    /// AdamW steps each tensor has taken, where tensors are trained in windows (empty when
+    /// every tensor takes every step: the trainer's step is then the count).
+    #[serde(default)]
+    pub steps: Vec<u64>,
 }
 
 /// Everything needed to continue a run exactly: the backend's tensors and moments, and
@@ -63,6 +70,11 @@ pub struct TrainState {
     /// Fingerprint of the training rows, to refuse resuming on other data.
     pub data_hash: u64,
     pub params: ParamState,
+    /// Layer tuning's schedule and the phases run so far (which window, its losses).
+    #[serde(default)]
+    pub layers: Option<super::layers::LayerSchedule>,
+    #[serde(default)]
+    pub phases: Vec<super::layers::Phase>,
 }
 
 impl TrainState {

@@ -1,12 +1,21 @@
 //! The [`Backend`] on the CPU reference transformer (f32): LoRA tensors, their gradient
 //! accumulator and AdamW moments in host memory; `reference::optim` does the step.
+//!
+//! It also runs adaptive layer tuning: with a [`Span`] set, only that window of blocks
+//! carries gradients, the forward stops at the window's exit, and the hidden state entering
+//! the window is taken from a [`PrefixCache`] — the blocks below are frozen, so their
+//! output for a row changes only when one of them is trained again.
 
 use super::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
+
+/// Stream name for [`derive_seed`]: the exits' initialisation.
+const EXITS: u64 = 3;
 use crate::model::Weights;
 use crate::reference::ops::cross_entropy_forward;
 use crate::reference::optim::{adamw_step, clip_grad_norm, sum_squares, AdamW};
-use crate::reference::{Lora, LoraConfig, Transformer};
+use crate::reference::{Lora, LoraConfig, Owner, Span, Transformer};
 use crate::{Error, Result};
+use std::collections::HashMap;
 
 pub struct CpuBackend {
     /// The frozen base and the trained adapters (`model.lora` is always `Some`).
@@ -14,27 +23,145 @@ pub struct CpuBackend {
     grad: Lora<f32>,
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// AdamW steps taken per tensor (bias correction when tensors train in windows).
+    steps: Vec<u64>,
+    /// The window being trained (None: every block, to the model's last exit or head).
+    span: Option<Span>,
+    /// Optimizer updates per block: a cached prefix is valid while the blocks below its
+    /// depth have the updates it was computed with.
+    versions: Vec<u64>,
+    pub cache: PrefixCache,
+}
+
+/// Hidden states of training and validation rows at some depth, computed by frozen
+/// blocks, so a window's forward starts there instead of at the embeddings.
+#[derive(Debug, Default)]
+pub struct PrefixCache {
+    entries: HashMap<Vec<u32>, Prefix>,
+    /// Bytes of hidden states held, and the most it may hold.
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Rows served from the cache, and rows whose prefix was computed from the embeddings.
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[derive(Debug)]
+struct Prefix {
+    depth: usize,
+    stamp: u64,
+    x: Vec<f32>,
 }
 
 impl CpuBackend {
+    /// Host memory the prefix cache may use unless told otherwise.
+    pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
+
     /// Base weights plus fresh LoRA adapters (PEFT's initialisation, seeded).
     pub fn new(weights: Weights<f32>, lora: LoraConfig, seed: u64) -> Self {
-        let adapters = Lora::new(&weights.config, lora, seed);
+        Self::with_exits(weights, lora, &[], seed)
+    }
+
+    /// Like [`Self::new`], with early exits after the given block counts (for adaptive
+    /// layer tuning; their adapters are drawn from a seed derived from `seed`).
+    pub fn with_exits(weights: Weights<f32>, lora: LoraConfig, exits: &[usize], seed: u64) -> Self {
+        let d = weights.config.hidden;
+        let adapters = Lora::new(&weights.config, lora, seed).with_exits(
+            exits,
+            d,
+            derive_seed(seed, &[EXITS]),
+        );
         let mut grad = adapters.zeros_like();
         let zeros: Vec<Vec<f32>> = grad
             .tensors_mut()
             .iter()
             .map(|t| vec![0.0; t.len()])
             .collect();
+        let n_layers = weights.config.n_layers;
         Self {
             model: Transformer {
                 w: weights,
                 lora: Some(adapters),
             },
             grad,
+            steps: vec![0; zeros.len()],
             m: zeros.clone(),
             v: zeros,
+            span: None,
+            versions: vec![0; n_layers],
+            cache: PrefixCache {
+                max_bytes: Self::DEFAULT_CACHE_BYTES,
+                ..Default::default()
+            },
         }
+    }
+
+    /// The exits' block counts.
+    pub fn exits(&self) -> Vec<usize> {
+        self.lora()
+            .map_or(Vec::new(), |l| l.exits.iter().map(|e| e.after).collect())
+    }
+
+    /// The span a step trains now: the window set, or every block to the last exit (or
+    /// the model's head when there are no exits).
+    fn current_span(&self) -> Span {
+        self.span.clone().unwrap_or_else(|| {
+            let n = self.model.w.config.n_layers;
+            let exit = self
+                .lora()
+                .and_then(|l| l.exits.iter().rposition(|e| e.after == n));
+            Span { layers: 0..n, exit }
+        })
+    }
+
+    fn stamp(&self, depth: usize) -> u64 {
+        self.versions[..depth].iter().sum()
+    }
+
+    /// The hidden state entering block `start` for `tokens`, from the cache where it is
+    /// valid (extending it to `start` if it is shallower), else from the embeddings.
+    fn prefix(&mut self, tokens: &[u32], start: usize) -> Option<Vec<f32>> {
+        if start == 0 {
+            return None;
+        }
+        let want = self.stamp(start);
+        let d = self.model.w.config.hidden;
+        let valid = self
+            .cache
+            .entries
+            .get(tokens)
+            .filter(|p| p.depth <= start && p.stamp == self.stamp(p.depth));
+        let x = match valid {
+            Some(p) if p.depth == start => {
+                self.cache.hits += 1;
+                return Some(p.x.clone());
+            }
+            Some(p) => {
+                self.cache.hits += 1;
+                self.model
+                    .forward_blocks(tokens, Some(p.x.clone()), p.depth, start)
+            }
+            None => {
+                self.cache.misses += 1;
+                self.model.forward_blocks(tokens, None, 0, start)
+            }
+        };
+        let bytes = (tokens.len() * d * 4) as u64;
+        let held = self.cache.entries.contains_key(tokens);
+        if held || self.cache.bytes + bytes <= self.cache.max_bytes {
+            if !held {
+                self.cache.bytes += bytes;
+            }
+            self.cache.entries.insert(
+                tokens.to_vec(),
+                Prefix {
+                    depth: start,
+                    stamp: want,
+                    x: x.clone(),
+                },
+            );
+        }
+        Some(x)
     }
 
     pub fn lora(&self) -> Option<&Lora<f32>> {
@@ -69,7 +196,11 @@ impl Backend for CpuBackend {
                 continue;
             }
             let seed = derive_seed(dropout_seed, &[r as u64]);
-            let acts = self.model.forward_train(&row.tokens, Some(seed));
+            let span = self.current_span();
+            let input = self.prefix(&row.tokens, span.layers.start);
+            let acts =
+                self.model
+                    .forward_span(&row.tokens, input, &span, Some(&row.targets), Some(seed));
             let loss = self.model.loss(&acts, &row.targets);
             let mut g = self
                 .model
@@ -118,29 +249,52 @@ impl Backend for CpuBackend {
             .lora
             .as_mut()
             .ok_or_else(|| Error::Invalid("the CPU backend has no LoRA adapters".into()))?;
-        for (((p, g), m), v) in lora
+        let owners = lora.owners();
+        let span = self.span.clone();
+        let active = |o: &Owner| match (&span, *o) {
+            (None, _) => true,
+            (Some(s), Owner::Layer(l)) => s.layers.contains(&l),
+            (Some(s), Owner::Exit(k)) => s.exit == Some(k),
+        };
+        for (i, ((((p, g), m), v), o)) in lora
             .tensors_mut()
             .into_iter()
             .zip(grads)
             .zip(&mut self.m)
             .zip(&mut self.v)
+            .zip(&owners)
+            .enumerate()
         {
-            adamw_step(opt, t, p, g, m, v);
+            if active(o) {
+                // Without a window every tensor steps together: the trainer's count.
+                self.steps[i] = if span.is_some() { self.steps[i] + 1 } else { t };
+                adamw_step(opt, self.steps[i], p, g, m, v);
+            }
             g.fill(0.0);
+        }
+        for (l, ver) in self.versions.iter_mut().enumerate() {
+            if span.as_ref().is_none_or(|s| s.layers.contains(&l)) {
+                *ver += 1;
+            }
         }
         Ok(norm)
     }
 
     async fn eval(&mut self, rows: &[&Row]) -> Result<LossSum> {
         let vocab = self.model.w.config.vocab;
+        let span = self.current_span();
         let mut out = LossSum::default();
         for row in rows {
             self.check_row(row)?;
             if row.n_targets() == 0 {
                 continue;
             }
-            let logits = self.model.logits(&row.tokens, None);
-            let (loss, n) = cross_entropy_forward(&logits, &row.targets, vocab);
+            let input = self.prefix(&row.tokens, span.layers.start);
+            let acts = self
+                .model
+                .forward_span(&row.tokens, input, &span, Some(&row.targets), None);
+            let t: Vec<Option<u32>> = acts.rows.iter().map(|&i| row.targets[i]).collect();
+            let (loss, n) = cross_entropy_forward(&acts.logits, &t, vocab);
             out.add(LossSum {
                 sum: loss as f64 * n as f64,
                 count: n,
@@ -151,6 +305,7 @@ impl Backend for CpuBackend {
 
     async fn save(&mut self) -> Result<ParamState> {
         let (m, v) = (self.m.clone(), self.v.clone());
+        let (exits, steps) = (self.exits(), self.steps.clone());
         let lora = self.lora_mut()?;
         let config = lora.config.clone();
         let tensors = lora
@@ -163,6 +318,8 @@ impl Backend for CpuBackend {
             tensors,
             m: m.into_iter().map(Tensor).collect(),
             v: v.into_iter().map(Tensor).collect(),
+            exits,
+            steps,
         })
     }
 
@@ -171,6 +328,13 @@ impl Backend for CpuBackend {
     }
 
     async fn load(&mut self, state: &ParamState) -> Result<()> {
+        let exits = self.exits();
+        if state.exits != exits {
+            return Err(Error::Invalid(format!(
+                "checkpoint exits {:?} differ from the model's {exits:?}",
+                state.exits
+            )));
+        }
         let lora = self.lora_mut()?;
         if state.lora != lora.config {
             return Err(Error::Invalid(format!(
@@ -197,11 +361,46 @@ impl Backend for CpuBackend {
         for (d, s) in dst.iter_mut().zip(&state.tensors) {
             d.copy_from_slice(&s.0);
         }
+        self.steps = if state.steps.len() == n {
+            state.steps.clone()
+        } else {
+            vec![0; n]
+        };
         self.m = state.m.iter().map(|t| t.0.clone()).collect();
         self.v = state.v.iter().map(|t| t.0.clone()).collect();
         for g in self.grad.tensors_mut() {
             g.fill(0.0);
         }
+        // Every block may have changed: no cached prefix is valid any more.
+        for v in &mut self.versions {
+            *v += 1;
+        }
+        Ok(())
+    }
+
+    fn set_span(&mut self, span: Option<&Span>) -> Result<()> {
+        if let Some(s) = span {
+            let n = self.model.w.config.n_layers;
+            let n_exits = self.exits().len();
+            let exit_at = s
+                .exit
+                .and_then(|k| self.lora()?.exits.get(k).map(|e| e.after));
+            let ok = s.layers.start < s.layers.end
+                && s.layers.end <= n
+                && match s.exit {
+                    Some(k) => k < n_exits && exit_at == Some(s.layers.end),
+                    None => s.layers.end == n,
+                };
+            if !ok {
+                return Err(Error::Invalid(format!(
+                    "window {:?} (exit {:?}) does not fit a model of {n} blocks with exits {:?}",
+                    s.layers,
+                    s.exit,
+                    self.exits()
+                )));
+            }
+        }
+        self.span = span.cloned();
         Ok(())
     }
 }

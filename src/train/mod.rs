@@ -18,18 +18,20 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod examples;
+pub mod layers;
 pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{ParamState, Tensor, TrainState};
 pub use cpu::CpuBackend;
 pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
+pub use layers::{exits_every, LayerSchedule, Phase, WindowOrder};
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
 
 use crate::reference::ops::splitmix64;
 use crate::reference::optim::AdamW;
-use crate::reference::{Lora, LoraConfig};
+use crate::reference::{Lora, LoraConfig, Span};
 use crate::Result;
 use std::future::Future;
 
@@ -94,6 +96,19 @@ pub trait Backend {
     /// GPU memory this backend holds, in bytes (0 on the CPU).
     fn gpu_bytes(&self) -> u64 {
         0
+    }
+
+    /// Trains only the window `span` from now on (None: every block). Backends that
+    /// cannot run windows refuse one.
+    fn set_span(&mut self, span: Option<&Span>) -> Result<()> {
+        match span {
+            None => Ok(()),
+            Some(_) => Err(crate::Error::Invalid(
+                "this backend trains every layer; layer windows (adaptive layer tuning) run \
+                 on the CPU backend (--device cpu)"
+                    .into(),
+            )),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::checkpoint::TrainState;
 use super::examples::{permutation, Prepared, Row};
+use super::layers::{LayerSchedule, Phase};
 use super::schedule::{Decay, LrSchedule};
 use super::{derive_seed, Backend, LossSum};
 use crate::reference::optim::AdamW;
@@ -39,6 +40,9 @@ pub struct TrainConfig {
     pub patience: Option<u32>,
     /// Seeds shuffling and dropout.
     pub seed: u64,
+    /// Adaptive layer tuning: train one window of blocks at a time (None: every block).
+    #[serde(default)]
+    pub layers: Option<LayerSchedule>,
 }
 
 impl Default for TrainConfig {
@@ -57,6 +61,7 @@ impl Default for TrainConfig {
             eval_every: 50,
             patience: None,
             seed: 0,
+            layers: None,
         }
     }
 }
@@ -78,8 +83,11 @@ pub struct StepReport {
     pub targets: usize,
     /// Input positions per second over the step's forward, backward and update.
     pub tokens_per_s: f64,
-    /// Validation loss when it was measured after this step.
+    /// Validation loss when it was measured after this step (at the window's exit).
     pub val_loss: Option<f64>,
+    /// The window trained (adaptive layer tuning), an index into the schedule's windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
 }
 
 /// Why [`Trainer::run`] returned.
@@ -112,6 +120,9 @@ pub struct Trainer<B> {
     bad_evals: u32,
     /// The shuffled order of `epoch` (derived, not state).
     order: Vec<usize>,
+    /// Layer tuning: the phases run so far, and the window the backend is set to.
+    phases: Vec<Phase>,
+    window: Option<usize>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -137,6 +148,8 @@ impl<B: Backend> Trainer<B> {
             best_val: None,
             bad_evals: 0,
             order: Vec::new(),
+            phases: Vec::new(),
+            window: None,
         };
         t.order = t.epoch_order(0);
         Ok(t)
@@ -181,6 +194,53 @@ impl<B: Backend> Trainer<B> {
         self.best_val
     }
 
+    /// Layer tuning's phases so far (which window trained when, with its losses).
+    pub fn phases(&self) -> &[Phase] {
+        &self.phases
+    }
+
+    /// Sets the backend to the window of the coming step, opening a phase when it starts.
+    /// A new window resets early stopping: its exit's losses are not comparable to the
+    /// last window's.
+    fn enter_window(&mut self) -> Result<Option<usize>> {
+        let Some(ls) = &self.config.layers else {
+            return Ok(None);
+        };
+        let total = self.total_steps();
+        let w = ls.window_at(self.step, total, &self.phases);
+        let len = ls.phase_len(total);
+        let opens = self
+            .phases
+            .last()
+            .is_none_or(|p| p.window != w || self.step >= p.start + len);
+        if opens {
+            self.phases.push(Phase {
+                window: w,
+                start: self.step,
+                losses: Vec::new(),
+            });
+        }
+        if self.window != Some(w) {
+            let span = ls
+                .windows
+                .get(w)
+                .ok_or_else(|| Error::Invalid(format!("layer schedule has no window {w}")))?;
+            self.backend.set_span(Some(span))?;
+            self.window = Some(w);
+            self.best_val = None;
+            self.bad_evals = 0;
+        }
+        Ok(Some(w))
+    }
+
+    /// Leaves layer tuning's window: the backend trains and evaluates the whole model (to
+    /// the last exit) again, e.g. for the final validation.
+    pub fn leave_window(&mut self) -> Result<()> {
+        self.backend.set_span(None)?;
+        self.window = None;
+        Ok(())
+    }
+
     fn early_stopped(&self) -> bool {
         self.config
             .patience
@@ -216,6 +276,7 @@ impl<B: Backend> Trainer<B> {
     /// One optimizer step; returns its report without validation.
     async fn train_step(&mut self) -> Result<StepReport> {
         let t0 = Instant::now();
+        let window = self.enter_window()?;
         let idx: Vec<usize> = (0..self.rows_per_step()).map(|_| self.next_row()).collect();
         let rows: Vec<&Row> = idx.iter().map(|&i| &self.data.train[i]).collect();
         let targets: usize = rows.iter().map(|r| r.n_targets()).sum();
@@ -238,6 +299,9 @@ impl<B: Backend> Trainer<B> {
             .apply(&opt, self.step + 1, self.config.max_grad_norm)
             .await?;
         self.step += 1;
+        if let Some(p) = self.phases.last_mut().filter(|_| window.is_some()) {
+            p.losses.push(loss.mean());
+        }
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepReport {
             step: self.step,
@@ -253,6 +317,7 @@ impl<B: Backend> Trainer<B> {
                 0.0
             },
             val_loss: None,
+            window,
         })
     }
 
@@ -328,6 +393,8 @@ impl<B: Backend> Trainer<B> {
             bad_evals: self.bad_evals,
             data_hash: self.data_hash(),
             params: self.backend.save().await?,
+            layers: self.config.layers.clone(),
+            phases: self.phases.clone(),
         })
     }
 
@@ -345,7 +412,17 @@ impl<B: Backend> Trainer<B> {
                 "checkpoint was made on different training data".into(),
             ));
         }
+        if state.layers != self.config.layers {
+            return Err(Error::Invalid(
+                "checkpoint was made with another layer-tuning schedule (--mode, \
+                 --exit-stride, --window-schedule)"
+                    .into(),
+            ));
+        }
         self.backend.load(&state.params).await?;
+        self.phases = state.phases.clone();
+        self.window = None;
+        self.backend.set_span(None)?;
         self.step = state.step;
         self.epoch = state.epoch;
         self.pos = state.pos;

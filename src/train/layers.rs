@@ -1,0 +1,219 @@
+//! Adaptive layer tuning's schedule: which window of blocks trains at each optimizer step.
+//!
+//! Windows are the blocks between consecutive exits (exit k after block `exits[k]` closes
+//! window k), so each window's loss is read at its own exit. Two orders:
+//! - **reference**: the steps split into equal phases, one per window, shallow to deep,
+//!   each visited once (the paper's released schedule);
+//! - **adaptive**: a first sweep as above over half of the steps (so every layer is
+//!   updated), then phases of the same length each given to the window whose last phase
+//!   lowered its exit's training loss the most per step (first half of the phase's losses
+//!   against the second); ties go to the deeper window.
+//!
+//! The phases run so far, with their losses, are part of the checkpoint, so a resumed
+//! adaptive run makes the same choices as an uninterrupted one.
+
+use crate::reference::Span;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowOrder {
+    Reference,
+    Adaptive,
+}
+
+impl std::str::FromStr for WindowOrder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "reference" => Ok(Self::Reference),
+            "adaptive" => Ok(Self::Adaptive),
+            _ => Err(Error::Invalid(format!(
+                "window schedule {s:?}: expected reference or adaptive"
+            ))),
+        }
+    }
+}
+
+/// The windows a run trains and in what order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSchedule {
+    pub windows: Vec<Span>,
+    pub order: WindowOrder,
+}
+
+/// One phase of a run: a window trained from step `start` (0-based) with these losses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub window: usize,
+    pub start: u64,
+    /// Stored as bit patterns: JSON numbers need not round-trip exactly, and a resumed
+    /// adaptive run must make the same choices.
+    #[serde(with = "f64_bits")]
+    pub losses: Vec<f64>,
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        let bits: Vec<u64> = v.iter().map(|x| x.to_bits()).collect();
+        bits.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Ok(Vec::<u64>::deserialize(d)?
+            .into_iter()
+            .map(f64::from_bits)
+            .collect())
+    }
+}
+
+/// Exits after every `stride` blocks, the last after the model's last block (a shorter
+/// final window when `stride` does not divide `n_layers`).
+pub fn exits_every(n_layers: usize, stride: usize) -> Result<Vec<usize>> {
+    if stride == 0 || stride > n_layers {
+        return Err(Error::Invalid(format!(
+            "exit stride (--exit-stride) {stride} must be in 1..={n_layers} (the model's blocks)"
+        )));
+    }
+    let mut v: Vec<usize> = (1..=n_layers / stride).map(|k| k * stride).collect();
+    if v.last() != Some(&n_layers) {
+        v.push(n_layers);
+    }
+    Ok(v)
+}
+
+impl LayerSchedule {
+    /// One window per exit: blocks (exits[k−1], exits[k]], read at exit k.
+    pub fn from_exits(exits: &[usize], order: WindowOrder) -> Self {
+        let windows = exits
+            .iter()
+            .enumerate()
+            .map(|(k, &end)| Span {
+                layers: if k == 0 { 0 } else { exits[k - 1] }..end,
+                exit: Some(k),
+            })
+            .collect();
+        Self { windows, order }
+    }
+
+    /// Steps per phase for a run of `total` steps.
+    pub fn phase_len(&self, total: u64) -> u64 {
+        let n = self.windows.len().max(1) as u64;
+        match self.order {
+            WindowOrder::Reference => total.div_ceil(n).max(1),
+            WindowOrder::Adaptive => (total / (2 * n)).max(1),
+        }
+    }
+
+    /// The window of step `step` (0-based) of `total`, given the phases run before it.
+    pub fn window_at(&self, step: u64, total: u64, phases: &[Phase]) -> usize {
+        let n = self.windows.len();
+        let p = step / self.phase_len(total);
+        if (p as usize) < n {
+            return p as usize;
+        }
+        // Adaptive, past the first sweep: keep the phase's window until its end.
+        if let Some(last) = phases.last() {
+            if step < last.start + self.phase_len(total) && step >= last.start {
+                return last.window;
+            }
+        }
+        let mut best = (n - 1, f64::NEG_INFINITY);
+        for w in 0..n {
+            let Some(ph) = phases.iter().rev().find(|ph| ph.window == w) else {
+                continue;
+            };
+            let g = gain_per_step(&ph.losses);
+            if g >= best.1 {
+                best = (w, g);
+            }
+        }
+        best.0
+    }
+}
+
+/// How much a phase lowered its loss per step: mean of its first half minus mean of its
+/// second half, over half its length (0 for fewer than two steps).
+pub fn gain_per_step(losses: &[f64]) -> f64 {
+    if losses.len() < 2 {
+        return 0.0;
+    }
+    let h = losses.len() / 2;
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    (mean(&losses[..h]) - mean(&losses[losses.len() - h..])) / h as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_cover_the_model() {
+        assert_eq!(exits_every(30, 6).unwrap(), vec![6, 12, 18, 24, 30]);
+        assert_eq!(exits_every(30, 8).unwrap(), vec![8, 16, 24, 30]);
+        assert_eq!(exits_every(4, 4).unwrap(), vec![4]);
+        assert!(exits_every(4, 0).is_err() && exits_every(4, 5).is_err());
+        let s = LayerSchedule::from_exits(&[8, 16, 24, 30], WindowOrder::Reference);
+        assert_eq!(s.windows[0].layers, 0..8);
+        assert_eq!(s.windows[3].layers, 24..30);
+        assert_eq!(s.windows[3].exit, Some(3));
+    }
+
+    #[test]
+    fn reference_visits_each_window_once_shallow_to_deep() {
+        let s = LayerSchedule::from_exits(&[2, 4, 6], WindowOrder::Reference);
+        let w: Vec<usize> = (0..9).map(|t| s.window_at(t, 9, &[])).collect();
+        assert_eq!(w, vec![0, 0, 0, 1, 1, 1, 2, 2, 2]);
+        // 10 steps: phases of 4, 4, 2.
+        let w: Vec<usize> = (0..10).map(|t| s.window_at(t, 10, &[])).collect();
+        assert_eq!(w, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn adaptive_sweeps_then_follows_the_largest_gain() {
+        let s = LayerSchedule::from_exits(&[2, 4, 6], WindowOrder::Adaptive);
+        // 12 steps: phases of 2; the sweep takes steps 0..6.
+        assert_eq!(s.phase_len(12), 2);
+        let phases = vec![
+            Phase {
+                window: 0,
+                start: 0,
+                losses: vec![3.0, 2.0],
+            },
+            Phase {
+                window: 1,
+                start: 2,
+                losses: vec![3.0, 2.9],
+            },
+            Phase {
+                window: 2,
+                start: 4,
+                losses: vec![3.0, 2.5],
+            },
+        ];
+        let sweep: Vec<usize> = (0..6).map(|t| s.window_at(t, 12, &phases)).collect();
+        assert_eq!(sweep, vec![0, 0, 1, 1, 2, 2]);
+        // Window 0 gained 1.0 per step, the most.
+        assert_eq!(s.window_at(6, 12, &phases), 0);
+        let mut more = phases.clone();
+        more.push(Phase {
+            window: 0,
+            start: 6,
+            losses: vec![2.0],
+        });
+        assert_eq!(s.window_at(7, 12, &more), 0, "a phase runs to its end");
+        more[3].losses.push(2.0);
+        // Window 0's latest phase gained nothing: window 2 (0.5) now leads.
+        assert_eq!(s.window_at(8, 12, &more), 2);
+    }
+
+    #[test]
+    fn gain_compares_halves() {
+        assert_eq!(gain_per_step(&[1.0]), 0.0);
+        assert!((gain_per_step(&[4.0, 3.0, 2.0, 1.0]) - 1.0).abs() < 1e-12);
+        assert!(gain_per_step(&[1.0, 2.0]) < 0.0);
+    }
+}
