@@ -8,12 +8,15 @@
 //! (half-split RoPE). ΔW = scale·B·A has B's row order, so B of q/k is un-permuted on export
 //! and permuted back on import; A (its columns are the hidden input) is unaffected.
 //!
+//! Early exits (adaptive layer tuning) are not PEFT: they go to their own file,
+//! [`EXITS_FILE`], beside the PEFT pair, which stays exactly what PEFT reads.
+//!
 //! The core is pure (bytes in, bytes out) for the browser; [`save_dir`]/[`load_dir`] are
 //! the native file helpers.
 
 use crate::model::{LlamaConfig, RopeStyle};
 use crate::reference::ops::LoraPair;
-use crate::reference::{Lora, LoraConfig, Proj};
+use crate::reference::{Exit, Lora, LoraConfig, Proj};
 use crate::{Error, Result};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -22,6 +25,8 @@ use serde_json::{json, Value};
 /// File names PEFT's `save_pretrained` writes and `from_pretrained` reads.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The early exits' adapters, when the adapter has exits (see [`export_exits`]).
+pub const EXITS_FILE: &str = "exits.safetensors";
 
 /// PEFT's module name of a projection (`target_modules` entries).
 pub fn peft_module(p: Proj) -> &'static str {
@@ -361,6 +366,7 @@ pub fn import_peft(safetensors: &[u8], config_json: &str, cfg: &LlamaConfig) -> 
             targets,
         },
         layers,
+        exits: Vec::new(),
     })
 }
 
@@ -385,7 +391,120 @@ fn to_f32(t: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
     Ok(v)
 }
 
-/// Writes the two PEFT files into `dir` (created if needed).
+/// The safetensors name of the exit after block `after`'s `lora_A` (`which` = 'A', shape
+/// `[r][hidden]`) or `lora_B` (`[hidden][r]`) in [`EXITS_FILE`].
+pub fn exit_tensor_name(after: usize, which: char) -> String {
+    format!("exit.{after}.lora_{which}.weight")
+}
+
+fn exits_invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(format!("early exits ({EXITS_FILE}): {}", msg.into()))
+}
+
+/// Writes `lora.exits` as [`EXITS_FILE`] bytes (f32; A `[r][hidden]`, B `[hidden][r]`, r
+/// the adapter's rank, since the exits share its scale α/r). Exits must sit after block
+/// counts in 1..=n_layers, strictly ascending.
+pub fn export_exits(lora: &Lora<f32>, cfg: &LlamaConfig) -> Result<Vec<u8>> {
+    let (r, d) = (lora.config.rank, cfg.hidden);
+    let mut prev = 0;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for e in &lora.exits {
+        if e.after <= prev || e.after > cfg.n_layers {
+            return Err(exits_invalid(format!(
+                "exit after block {} (after {prev}): exits must be strictly ascending in 1..={}",
+                e.after, cfg.n_layers
+            )));
+        }
+        prev = e.after;
+        let p = &e.pair;
+        if (p.rank, p.k, p.n) != (r, d, d) || p.a.len() != r * d || p.b.len() != d * r {
+            return Err(exits_invalid(format!(
+                "exit after block {}: pair is r {} {}→{} (A {} B {} values), expected r {r} {d}→{d}",
+                e.after,
+                p.rank,
+                p.k,
+                p.n,
+                p.a.len(),
+                p.b.len()
+            )));
+        }
+        tensors.push((exit_tensor_name(e.after, 'A'), vec![r, d], f32_bytes(&p.a)));
+        tensors.push((exit_tensor_name(e.after, 'B'), vec![d, r], f32_bytes(&p.b)));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| exits_invalid(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| exits_invalid(e.to_string()))
+}
+
+/// Reads [`EXITS_FILE`] bytes into exits for an adapter of rank `rank` on `cfg`, shallow to
+/// deep. Refuses unknown tensors, a missing half of a pair, wrong shapes and exits outside
+/// 1..=n_layers.
+pub fn import_exits(bytes: &[u8], rank: usize, cfg: &LlamaConfig) -> Result<Vec<Exit<f32>>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| exits_invalid(e.to_string()))?;
+    let mut afters = Vec::new();
+    for name in st.names() {
+        let after = name
+            .strip_prefix("exit.")
+            .and_then(|s| s.strip_suffix(".lora_A.weight").or(s.strip_suffix(".lora_B.weight")))
+            .and_then(|n| n.parse::<usize>().ok().filter(|a| a.to_string() == n))
+            .ok_or_else(|| {
+                exits_invalid(format!(
+                    "unexpected tensor {name} (expected exit.N.lora_A.weight / exit.N.lora_B.weight)"
+                ))
+            })?;
+        if !(1..=cfg.n_layers).contains(&after) {
+            return Err(exits_invalid(format!(
+                "an exit after block {after}, but the model has {} blocks",
+                cfg.n_layers
+            )));
+        }
+        afters.push(after);
+    }
+    afters.sort_unstable();
+    afters.dedup();
+    if afters.is_empty() {
+        return Err(exits_invalid("the file holds no exits"));
+    }
+    let d = cfg.hidden;
+    let read = |name: String, shape: [usize; 2]| -> Result<Vec<f32>> {
+        let t = st
+            .tensor(&name)
+            .map_err(|_| exits_invalid(format!("missing tensor {name}")))?;
+        if t.shape() != shape {
+            return Err(exits_invalid(format!(
+                "tensor {name} has shape {:?}, expected {shape:?} (adapter rank {rank}, hidden {d})",
+                t.shape()
+            )));
+        }
+        to_f32(&t).map_err(|e| exits_invalid(format!("tensor {name}: {e}")))
+    };
+    afters
+        .into_iter()
+        .map(|after| {
+            let a = read(exit_tensor_name(after, 'A'), [rank, d])?;
+            let b = read(exit_tensor_name(after, 'B'), [d, rank])?;
+            Ok(Exit {
+                after,
+                pair: LoraPair {
+                    a,
+                    b,
+                    rank,
+                    k: d,
+                    n: d,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Writes the two PEFT files into `dir` (created if needed), and [`EXITS_FILE`] when the
+/// adapter has exits (removing a stale one when it has none).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn save_dir(
     dir: impl AsRef<std::path::Path>,
@@ -395,16 +514,30 @@ pub fn save_dir(
 ) -> Result<()> {
     let dir = dir.as_ref();
     let (bytes, json) = export_peft(lora, cfg, base_name)?;
+    let exits = (!lora.exits.is_empty())
+        .then(|| export_exits(lora, cfg))
+        .transpose()?;
     let io = |p: &std::path::Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     for (name, data) in [(WEIGHTS_FILE, bytes), (CONFIG_FILE, json.into_bytes())] {
         let p = dir.join(name);
         std::fs::write(&p, data).map_err(|e| io(&p, e))?;
     }
+    let p = dir.join(EXITS_FILE);
+    match exits {
+        Some(data) => std::fs::write(&p, data).map_err(|e| io(&p, e))?,
+        None => {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(io(&p, e));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
-/// Reads the two PEFT files from `dir`.
+/// Reads the two PEFT files from `dir`, and the exits from [`EXITS_FILE`] if it is there.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_dir(dir: impl AsRef<std::path::Path>, cfg: &LlamaConfig) -> Result<Lora<f32>> {
     let dir = dir.as_ref();
@@ -415,7 +548,11 @@ pub fn load_dir(dir: impl AsRef<std::path::Path>, cfg: &LlamaConfig) -> Result<L
     let bytes = read(WEIGHTS_FILE)?;
     let json = String::from_utf8(read(CONFIG_FILE)?)
         .map_err(|_| invalid(format!("{CONFIG_FILE} is not UTF-8")))?;
-    import_peft(&bytes, &json, cfg)
+    let mut lora = import_peft(&bytes, &json, cfg)?;
+    if dir.join(EXITS_FILE).exists() {
+        lora.exits = import_exits(&read(EXITS_FILE)?, lora.config.rank, cfg)?;
+    }
+    Ok(lora)
 }
 
 #[cfg(test)]

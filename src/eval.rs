@@ -7,11 +7,15 @@
 //! device. The blocking [`perplexity`], [`eval_mc`], [`score_choices`] and [`generate`]
 //! over the synchronous [`CausalLm`] (what the CLI calls) run the same async bodies, whose
 //! futures are then always ready, so they need no executor and work on wasm32 too.
+//!
+//! Models with early exits implement [`ExitLm`] (each exit's logits per position); the
+//! `*_exits`/`*_vote`/`*_voted` functions combine the exits by a [`Vote`] rule (CPU only).
 
 use crate::data::McQuestion;
 use crate::reference::ops::log_softmax;
 use crate::reference::{KvCache, Transformer};
 use crate::tokenizer::Tokenizer;
+use crate::vote::{self, Vote};
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -339,6 +343,21 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
     }
     let scaled: Vec<f32> = logits.iter().map(|&x| x / s.temperature).collect();
     let probs: Vec<f32> = log_softmax(&scaled).into_iter().map(f32::exp).collect();
+    sample_probs(&probs, s, rng)
+}
+
+/// Picks the next token from a distribution that already carries the temperature (such
+/// as a voted one): the most likely with `temperature` 0, else nucleus sampling.
+pub fn sample_probs(probs: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        let mut best = 0;
+        for (i, &x) in probs.iter().enumerate() {
+            if x > probs[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     // Nucleus: the smallest prefix whose mass reaches top_p.
@@ -402,6 +421,273 @@ pub async fn generate_async<L: AsyncLm + ?Sized>(
         out.push(next);
         on_token(next);
         logits = lm.append(&[next]).await?;
+    }
+    Ok(out)
+}
+
+/// A causal language model with early exits and a growing context: the exit-voting
+/// counterpart of [`CausalLm`], whose `append` returns every exit's logits.
+pub trait ExitLm {
+    fn vocab(&self) -> usize;
+    /// Longest context the model supports.
+    fn max_len(&self) -> usize;
+    /// Positions in the context.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets positions from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// The block counts after which the exits sit, shallow to deep.
+    fn exits(&self) -> Vec<usize>;
+    /// Appends `tokens` and returns each exit's logits of every appended position,
+    /// `[exit][n·vocab]`.
+    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// The CPU reference's exits as an [`ExitLm`], with a KV cache (the GPU engine has no
+/// exits).
+pub struct CpuExitLm<'a> {
+    pub model: &'a Transformer<f32>,
+    cache: KvCache<f32>,
+}
+
+impl<'a> CpuExitLm<'a> {
+    /// Refuses a model whose adapter has no exits.
+    pub fn new(model: &'a Transformer<f32>) -> Result<Self> {
+        if model.lora.as_ref().is_none_or(|l| l.exits.is_empty()) {
+            return Err(Error::Invalid(
+                "exit voting needs an adapter with early exits".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            cache: KvCache::new(model.w.config.n_layers),
+        })
+    }
+}
+
+impl ExitLm for CpuExitLm<'_> {
+    fn vocab(&self) -> usize {
+        self.model.w.config.vocab
+    }
+    fn max_len(&self) -> usize {
+        self.model.w.config.context_length
+    }
+    fn len(&self) -> usize {
+        self.cache.len
+    }
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len, self.model.w.config.kv_dim());
+    }
+    fn exits(&self) -> Vec<usize> {
+        self.model
+            .lora
+            .as_ref()
+            .map(|l| l.exits.iter().map(|e| e.after).collect())
+            .unwrap_or_default()
+    }
+    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        check_tokens(tokens, self.vocab())?;
+        if self.cache.len + tokens.len() > self.max_len() {
+            return Err(Error::Invalid(format!(
+                "context of {} tokens exceeds the model's {}",
+                self.cache.len + tokens.len(),
+                self.max_len()
+            )));
+        }
+        Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
+    }
+}
+
+/// Summed log-likelihood of each choice's continuation under each exit, `[exit][choice]`:
+/// the scoring of [`score_choices_async`] (the question's context once, then each
+/// choice's continuation tokens), at every exit.
+pub fn score_choices_exits(
+    lm: &mut dyn ExitLm,
+    tok: &Tokenizer,
+    q: &McQuestion,
+) -> Result<Vec<Vec<f64>>> {
+    let ctx = tok.encode(&q.context())?;
+    if ctx.is_empty() {
+        return Err(Error::Data("a question encodes to no tokens".into()));
+    }
+    lm.truncate(0);
+    let vocab = lm.vocab();
+    let ctx_logits = lm.append(&ctx)?;
+    let last: Vec<Vec<f32>> = ctx_logits
+        .iter()
+        .map(|l| log_softmax(&l[(ctx.len() - 1) * vocab..]))
+        .collect();
+    let mut scores = vec![Vec::with_capacity(q.choices.len()); last.len()];
+    for i in 0..q.choices.len() {
+        let cont = tok.encode(&q.continuation(i))?;
+        let Some((&first, rest)) = cont.split_first() else {
+            scores.iter_mut().for_each(|s| s.push(f64::NEG_INFINITY));
+            continue;
+        };
+        let mut s: Vec<f64> = last.iter().map(|l| l[first as usize] as f64).collect();
+        if !rest.is_empty() {
+            lm.truncate(ctx.len());
+            let logits = lm.append(&cont[..cont.len() - 1])?;
+            for (s, exit) in s.iter_mut().zip(&logits) {
+                for (row, &next) in exit.chunks(vocab).zip(rest) {
+                    *s += log_softmax(row)[next as usize] as f64;
+                }
+            }
+        }
+        for (all, s) in scores.iter_mut().zip(s) {
+            all.push(s);
+        }
+    }
+    Ok(scores)
+}
+
+/// Accuracy of one exit on its own.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitAccuracy {
+    /// Block count the exit sits after.
+    pub after: usize,
+    pub accuracy: f64,
+    pub correct: usize,
+}
+
+/// Accuracy of one voting rule.
+#[derive(Clone, Debug, Serialize)]
+pub struct VoteAccuracy {
+    pub rule: Vote,
+    pub accuracy: f64,
+    pub correct: usize,
+}
+
+/// Multiple-choice accuracy with exit voting: the chosen rule's, every exit's and every
+/// rule's (EDGE-LLM.md §3 reports per-exit accuracy beside the voted one).
+#[derive(Clone, Debug, Serialize)]
+pub struct McVoteResult {
+    pub rule: Vote,
+    /// The chosen rule's accuracy.
+    pub accuracy: f64,
+    pub n: usize,
+    pub correct: usize,
+    pub exits: Vec<ExitAccuracy>,
+    /// Every rule, in [`Vote::ALL`] order.
+    pub votes: Vec<VoteAccuracy>,
+    /// The chosen rule's choice per question.
+    pub predictions: Vec<usize>,
+    /// Each question's summed log-likelihoods, `[question][exit][choice]`.
+    pub scores: Vec<Vec<Vec<f64>>>,
+}
+
+/// Zero-shot accuracy with exit voting: a choice's probability under exit k is
+/// exp(its summed log-likelihood there), and `rule` combines the exits. Calls
+/// `progress(done, total, correct)` (by `rule`) after each question.
+pub fn eval_mc_vote(
+    lm: &mut dyn ExitLm,
+    tok: &Tokenizer,
+    questions: &[McQuestion],
+    rule: Vote,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<McVoteResult> {
+    if questions.is_empty() {
+        return Err(Error::Data("no questions to evaluate".into()));
+    }
+    let afters = lm.exits();
+    let mut exit_correct = vec![0usize; afters.len()];
+    let mut vote_correct = [0usize; Vote::ALL.len()];
+    let mut predictions = Vec::with_capacity(questions.len());
+    let mut all_scores = Vec::with_capacity(questions.len());
+    for (i, q) in questions.iter().enumerate() {
+        let scores = score_choices_exits(lm, tok, q)?;
+        for (c, s) in exit_correct.iter_mut().zip(&scores) {
+            *c += usize::from(argmax_f64(s) == q.answer);
+        }
+        for (c, r) in vote_correct.iter_mut().zip(Vote::ALL) {
+            *c += usize::from(vote::pick_log(r, &scores)? == q.answer);
+        }
+        predictions.push(vote::pick_log(rule, &scores)?);
+        all_scores.push(scores);
+        let k = Vote::ALL.iter().position(|&r| r == rule).unwrap_or(0);
+        progress(i + 1, questions.len(), vote_correct[k]);
+    }
+    let n = questions.len();
+    let frac = |c: usize| c as f64 / n as f64;
+    let votes: Vec<VoteAccuracy> = Vote::ALL
+        .into_iter()
+        .zip(vote_correct)
+        .map(|(rule, correct)| VoteAccuracy {
+            rule,
+            accuracy: frac(correct),
+            correct,
+        })
+        .collect();
+    let correct = votes
+        .iter()
+        .find(|v| v.rule == rule)
+        .map_or(0, |v| v.correct);
+    Ok(McVoteResult {
+        rule,
+        accuracy: frac(correct),
+        n,
+        correct,
+        exits: afters
+            .into_iter()
+            .zip(exit_correct)
+            .map(|(after, correct)| ExitAccuracy {
+                after,
+                accuracy: frac(correct),
+                correct,
+            })
+            .collect(),
+        votes,
+        predictions,
+        scores: all_scores,
+    })
+}
+
+/// The voted next-token distribution of one position from each exit's logits row:
+/// softmax(logits / temperature) per exit (temperature 1 when sampling is greedy), then
+/// [`vote::combine`].
+pub fn voted_distribution(rows: &[&[f32]], rule: Vote, temperature: f32) -> Result<Vec<f32>> {
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let dists: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|row| {
+            let scaled: Vec<f32> = row.iter().map(|&x| x / t).collect();
+            log_softmax(&scaled).into_iter().map(f32::exp).collect()
+        })
+        .collect();
+    vote::combine(rule, &dists)
+}
+
+/// [`generate`] from the exits' voted distribution ([`voted_distribution`]), then
+/// greedy or nucleus sampling as `sampling` says ([`sample_probs`]).
+pub fn generate_voted(
+    lm: &mut dyn ExitLm,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    rule: Vote,
+    stop: &[u32],
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::Invalid("the prompt is empty".into()));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    lm.truncate(0);
+    let vocab = lm.vocab();
+    let mut logits = lm.append(prompt)?;
+    let mut out = Vec::new();
+    while out.len() < max_tokens && lm.len() < lm.max_len() {
+        let rows: Vec<&[f32]> = logits.iter().map(|l| &l[l.len() - vocab..]).collect();
+        let probs = voted_distribution(&rows, rule, sampling.temperature)?;
+        let next = sample_probs(&probs, sampling, &mut rng);
+        if stop.contains(&next) {
+            break;
+        }
+        out.push(next);
+        on_token(next);
+        logits = lm.append(&[next])?;
     }
     Ok(out)
 }
