@@ -292,54 +292,31 @@ fn make_policy(a: &CompressArgs, file: &ModelFile, rows: Option<&[Row]>) -> Resu
     Ok(p)
 }
 
+/// What [`compress_file`] wrote.
+pub(crate) struct Compressed {
+    pub policy: Policy,
+    pub reports: Vec<TensorReport>,
+    pub file_bytes: usize,
+    pub original_file_bytes: usize,
+    pub seconds: f64,
+}
+
 pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
-    let file = ModelFile::open(&a.model)?;
-    if file::is_compressed(&file.gguf) {
-        return Err(Error::Invalid(format!(
-            "{} is already compressed; compress the original model",
-            a.model.display()
-        )));
-    }
-    let rows = match &a.calib.calib {
-        Some(_) => Some(calib_rows(&file, &a.calib)?),
-        None => None,
-    };
-    let policy = make_policy(&a, &file, rows.as_deref())?;
-    if rows.is_none() && policy.quant == QuantMethod::Gptq {
-        eprintln!("note: no --calib, so dense layers are quantized by round-to-nearest, not GPTQ");
-    }
-    let model = Transformer::new(file.weights()?);
-    let hess = match &rows {
-        Some(r) => {
-            let pb = progress_bar(r.len() as u64, "calibrate");
-            let h = collect_hessians(&model, r, &mut |d, _| pb.set_position(d as u64))?;
-            pb.finish_and_clear();
-            Some(h)
-        }
-        None => None,
-    };
-    let total = (file.config.n_layers * Proj::ALL.len()) as u64;
-    let pb = progress_bar(total, "compress");
-    let t0 = std::time::Instant::now();
-    let (tensors, reports) =
-        file::compress_model(&model.w, hess.as_deref(), &policy, &mut |d, _| {
-            pb.set_position(d as u64)
-        })?;
-    pb.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    let bytes = file::write(&file.gguf, &file.bytes, &policy, &tensors)?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
-    }
-    std::fs::write(&a.out, &bytes).map_err(|e| io(e, &a.out))?;
+    let Compressed {
+        policy,
+        reports,
+        file_bytes,
+        original_file_bytes,
+        seconds: secs,
+    } = compress_file(&a)?;
     let f32_bytes: usize = reports.iter().map(|r| r.f32_bytes).sum();
     let packed: usize = reports.iter().map(|r| r.packed_bytes).sum();
     let notes = notes(&policy, &reports);
     if a.json {
         println!(
             "{}",
-            json!({"out": a.out, "policy": policy, "file_bytes": bytes.len(),
-                   "original_file_bytes": file.bytes.len(), "projection_f32_bytes": f32_bytes,
+            json!({"out": a.out, "policy": policy, "file_bytes": file_bytes,
+                   "original_file_bytes": original_file_bytes, "projection_f32_bytes": f32_bytes,
                    "projection_packed_bytes": packed, "seconds": secs, "notes": notes,
                    "tensors": reports})
         );
@@ -362,13 +339,68 @@ pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
             f32_bytes as f64 / 1048576.0,
             packed as f64 / 1048576.0,
             100.0 * packed as f64 / f32_bytes as f64,
-            bytes.len() as f64 / 1048576.0,
-            file.bytes.len() as f64 / 1048576.0,
+            file_bytes as f64 / 1048576.0,
+            original_file_bytes as f64 / 1048576.0,
             secs
         );
         println!("wrote {}", a.out.display());
     }
     Ok(())
+}
+
+/// Compresses `a.model` by the policy the arguments give and writes `a.out`; progress on
+/// stderr only.
+pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
+    let file = ModelFile::open(&a.model)?;
+    if file::is_compressed(&file.gguf) {
+        return Err(Error::Invalid(format!(
+            "{} is already compressed; compress the original model",
+            a.model.display()
+        )));
+    }
+    let rows = match &a.calib.calib {
+        Some(_) => Some(calib_rows(&file, &a.calib)?),
+        None => None,
+    };
+    let policy = make_policy(a, &file, rows.as_deref())?;
+    if rows.is_none() && policy.quant == QuantMethod::Gptq {
+        eprintln!("note: no --calib, so dense layers are quantized by round-to-nearest, not GPTQ");
+    }
+    let model = Transformer::new(file.weights()?);
+    // Hessians only where a stage reads them: SparseGPT/Wanda pruning or GPTQ.
+    let needs_hess = policy.quant == QuantMethod::Gptq
+        || (policy.prune != PruneMethod::Magnitude
+            && policy.layers.iter().any(|l| l.sparsity > 0.0));
+    let hess = match rows.as_ref().filter(|_| needs_hess) {
+        Some(r) => {
+            let pb = progress_bar(r.len() as u64, "calibrate");
+            let h = collect_hessians(&model, r, &mut |d, _| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            Some(h)
+        }
+        None => None,
+    };
+    let total = (file.config.n_layers * Proj::ALL.len()) as u64;
+    let pb = progress_bar(total, "compress");
+    let t0 = std::time::Instant::now();
+    let (tensors, reports) =
+        file::compress_model(&model.w, hess.as_deref(), &policy, &mut |d, _| {
+            pb.set_position(d as u64)
+        })?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let bytes = file::write(&file.gguf, &file.bytes, &policy, &tensors)?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    }
+    std::fs::write(&a.out, &bytes).map_err(|e| io(e, &a.out))?;
+    Ok(Compressed {
+        policy,
+        reports,
+        file_bytes: bytes.len(),
+        original_file_bytes: file.bytes.len(),
+        seconds: secs,
+    })
 }
 
 /// What the output should say about choices the formats forced.

@@ -9,6 +9,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod compress;
 mod tune;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -76,6 +77,10 @@ enum Cmd {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Sample from the early exits' voted distribution (max, mean, majority, last;
+        /// default max when the adapter has exits; CPU reference only).
+        #[arg(long)]
+        vote: Option<crate::vote::Vote>,
         #[arg(long)]
         json: bool,
     },
@@ -113,6 +118,11 @@ enum Cmd {
         /// Only the first N questions.
         #[arg(long)]
         limit: Option<usize>,
+        /// Combine the early exits' answers by this rule (max, mean, majority, last;
+        /// default max when the adapter has exits; CPU reference only). Every exit's and
+        /// every rule's accuracy is reported too.
+        #[arg(long)]
+        vote: Option<crate::vote::Vote>,
         #[arg(long)]
         json: bool,
     },
@@ -187,6 +197,21 @@ enum Cmd {
         /// Keep only each layer's input and recompute the layer before its backward pass.
         #[arg(long)]
         recompute: bool,
+        /// vanilla: LoRA on every block; compress-then-tune: the same on a compressed
+        /// model; partial: the last --partial-layers blocks only; edge: windows of blocks
+        /// between early exits, trained in turn (adaptive layer tuning).
+        #[arg(long, value_enum, default_value_t = tune::Mode::Vanilla)]
+        mode: tune::Mode,
+        /// Edge mode: an exit after every this many blocks (and after the last).
+        #[arg(long, default_value_t = tune::DEFAULT_EXIT_STRIDE)]
+        exit_stride: usize,
+        /// Edge mode: reference (equal phases, shallow to deep) or adaptive (a sweep, then
+        /// the window whose exit loss fell fastest).
+        #[arg(long, default_value = "reference")]
+        window_schedule: String,
+        /// Partial mode: how many of the last blocks are tuned.
+        #[arg(long, default_value_t = tune::DEFAULT_EXIT_STRIDE)]
+        partial_layers: usize,
         #[arg(long)]
         json: bool,
     },
@@ -271,6 +296,10 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The tuning modes (vanilla, compress-then-tune, partial, edge) back to back on the
+    /// same data: step time, tokens/s, GPU memory plan, validation loss, accuracy, and
+    /// each mode's ratios to vanilla; writes table.md, losses.svg and results.json.
+    Tune(Box<bench::BenchTuneArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -463,6 +492,7 @@ fn run(cmd: Cmd) -> Result<i32> {
             temperature,
             top_p,
             seed,
+            vote,
             json,
         } => {
             if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 || temperature < 0.0 {
@@ -493,22 +523,45 @@ fn run(cmd: Cmd) -> Result<i32> {
             let mut shown = String::new();
             let mut so_far = Vec::new();
             let mut stdout = std::io::stdout();
-            let out = with_lm(device, &file, &m, |lm| {
-                eval::generate(lm, &ids, max_tokens, &sampling, &stop, &mut |id| {
-                    if json {
-                        return;
+            let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
+            let rule = crate::vote::resolve(vote, has_exits)?;
+            if rule.is_some() && device == Device::Gpu {
+                return Err(Error::Invalid(
+                    "exit voting runs on the CPU reference only (the GPU engine has no early exits): use --device cpu or auto".into(),
+                ));
+            }
+            let mut on_token = |id| {
+                if json {
+                    return;
+                }
+                so_far.push(id);
+                if let Ok(s) = tok.decode(&so_far) {
+                    // Print only whole characters: a multi-byte char may span tokens.
+                    if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
+                        let _ = write!(stdout, "{}", &s[shown.len()..]);
+                        let _ = stdout.flush();
+                        shown = s;
                     }
-                    so_far.push(id);
-                    if let Ok(s) = tok.decode(&so_far) {
-                        // Print only whole characters: a multi-byte char may span tokens.
-                        if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
-                            let _ = write!(stdout, "{}", &s[shown.len()..]);
-                            let _ = stdout.flush();
-                            shown = s;
-                        }
-                    }
-                })
-            })?;
+                }
+            };
+            let out = match rule {
+                Some(rule) => {
+                    eprintln!("device: CPU reference (exit voting: {rule})");
+                    let mut lm = eval::CpuExitLm::new(&m)?;
+                    eval::generate_voted(
+                        &mut lm,
+                        &ids,
+                        max_tokens,
+                        &sampling,
+                        rule,
+                        &stop,
+                        &mut on_token,
+                    )?
+                }
+                None => with_lm(device, &file, &m, |lm| {
+                    eval::generate(lm, &ids, max_tokens, &sampling, &stop, &mut on_token)
+                })?,
+            };
             let secs = t0.elapsed().as_secs_f64();
             let text = tok.decode(&out)?;
             if json {
@@ -563,6 +616,7 @@ fn run(cmd: Cmd) -> Result<i32> {
             device,
             data,
             limit,
+            vote,
             json,
         } => {
             let ds = Dataset::load(&data)?;
@@ -577,6 +631,47 @@ fn run(cmd: Cmd) -> Result<i32> {
                 qs.truncate(n);
             }
             let (file, tok, m) = load(&model, adapter.as_deref())?;
+            let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
+            if let Some(rule) = crate::vote::resolve(vote, has_exits)? {
+                if device == Device::Gpu {
+                    return Err(Error::Invalid(
+                        "exit voting runs on the CPU reference only (the GPU engine has no early exits): use --device cpu or auto".into(),
+                    ));
+                }
+                eprintln!("device: CPU reference (exit voting: {rule})");
+                let pb = progress_bar(qs.len() as u64, "eval-mc");
+                let mut lm = eval::CpuExitLm::new(&m)?;
+                let r = eval::eval_mc_vote(&mut lm, &tok, &qs, rule, &mut |done, _, correct| {
+                    pb.set_position(done as u64);
+                    pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+                })?;
+                pb.finish_and_clear();
+                if json {
+                    println!(
+                        "{}",
+                        json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
+                               "vote": r.rule, "exits": r.exits, "votes": r.votes})
+                    );
+                } else {
+                    for e in &r.exits {
+                        println!(
+                            "exit after block {:<3} accuracy {:.4} ({}/{})",
+                            e.after, e.accuracy, e.correct, r.n
+                        );
+                    }
+                    for v in &r.votes {
+                        println!(
+                            "vote {:<15} accuracy {:.4} ({}/{})",
+                            v.rule, v.accuracy, v.correct, r.n
+                        );
+                    }
+                    println!(
+                        "accuracy {:.4} ({}/{}) by vote {}",
+                        r.accuracy, r.correct, r.n, r.rule
+                    );
+                }
+                return Ok(0);
+            }
             let pb = progress_bar(qs.len() as u64, "eval-mc");
             let r = with_lm(device, &file, &m, |lm| {
                 eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
@@ -615,6 +710,9 @@ fn run(cmd: Cmd) -> Result<i32> {
                     json,
                 },
         } => bench_kernels(seq, shapes, target_s, json)?,
+        Cmd::Bench {
+            what: BenchCmd::Tune(a),
+        } => bench::bench_tune(*a)?,
         Cmd::Profile(a) => compress::profile_cmd(a)?,
         Cmd::Compress(a) => compress::compress_cmd(a)?,
         Cmd::MakeTiny {
@@ -670,8 +768,18 @@ fn run(cmd: Cmd) -> Result<i32> {
             device,
             memory_budget,
             recompute,
+            mode,
+            exit_stride,
+            window_schedule,
+            partial_layers,
             json,
         } => {
+            let mode = tune::ModeArgs {
+                mode,
+                exit_stride,
+                window_schedule: window_schedule.parse()?,
+                partial_layers,
+            };
             let session = tune::Session {
                 device,
                 memory_budget,
@@ -716,9 +824,12 @@ fn run(cmd: Cmd) -> Result<i32> {
                     ..Default::default()
                 },
                 save_every,
+                mode: mode.mode,
+                exits: Vec::new(),
             };
             let out = out.unwrap_or_else(|| PathBuf::from("runs/tune"));
-            return tune::run(Some(tune::NewRun { spec, out }), None, None, session);
+            let run = tune::NewRun { spec, mode, out };
+            return tune::run(Some(run), None, None, session);
         }
         Cmd::Plan {
             model,

@@ -1,0 +1,499 @@
+//! `edge-llm bench tune`: the tuning modes back to back on the same data, steps, sequence
+//! length and LoRA rank, each measured the same way, with every ratio taken against
+//! vanilla in the same run.
+//!
+//! Per mode: mean optimizer-step time and tokens per second (training steps only, no
+//! validation inside the timed part), the GPU memory plan of the mode at the browser's
+//! default limits (the engine's accounting, [`GpuTrainer::plan`] /
+//! [`GpuTrainer::plan_windows`]), the final validation loss (whole model, last exit), and
+//! multiple-choice accuracy (edge: voted and last exit). All modes run on the CPU
+//! backend, because the GPU engine does not run layer windows yet; the memory column is
+//! therefore a plan, not a measurement — for full-depth modes the GPU engine allocates
+//! exactly that plan (tests/gpu_train.rs).
+
+use super::compress::{
+    compress_file, AllocationArg, CalibArgs, CompressArgs, MethodArg, PatternArg, QuantArg,
+};
+use super::progress_bar;
+use super::tune::{apply_mode, Mode, ModeArgs, RunSpec, DEFAULT_EXIT_STRIDE};
+use crate::data::Dataset;
+use crate::engine::{GpuTrainer, TrainOptions, WeightFormat};
+use crate::eval::{self, CpuExitLm, CpuLm};
+use crate::model::ModelFile;
+use crate::reference::LoraConfig;
+use crate::tokenizer::Tokenizer;
+use crate::train::{self, CpuBackend, DataConfig, StepReport, TrainConfig, Trainer, WindowOrder};
+use crate::vote::Vote;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchTuneArgs {
+    /// The uncompressed model (compressed copies are made from it for the modes that
+    /// need them).
+    #[arg(long, default_value = "models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Training data (any format `tune` takes).
+    #[arg(long, default_value = "data/arc-easy/train.jsonl")]
+    pub data: PathBuf,
+    /// Multiple-choice questions for the accuracy column (none: skip it).
+    #[arg(long, default_value = "data/arc-easy/validation.jsonl")]
+    pub eval_data: PathBuf,
+    /// Evaluate only the first N questions (default: all).
+    #[arg(long)]
+    pub questions: Option<usize>,
+    /// Skip the accuracy column.
+    #[arg(long)]
+    pub no_eval: bool,
+    /// Modes, comma-separated, in order.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = Mode::ALL.to_vec())]
+    pub modes: Vec<Mode>,
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub accum: usize,
+    #[arg(long, default_value_t = 4e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
+    pub exit_stride: usize,
+    /// reference or adaptive.
+    #[arg(long, default_value = "reference")]
+    pub window_schedule: String,
+    #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
+    pub partial_layers: usize,
+    /// Compression of compress-then-tune (uniform) and edge (LUC): mean sparsity.
+    #[arg(long, default_value_t = 0.0)]
+    pub sparsity: f64,
+    /// ... and bits (uniform: the width; LUC: the mean bits per weight).
+    #[arg(long, default_value_t = 4.0)]
+    pub bits: f64,
+    /// Quantizer of the compressed modes (RTN needs no Hessians).
+    #[arg(long, value_enum, default_value_t = QuantArg::Rtn)]
+    pub quant: QuantArg,
+    /// Symmetric groups instead of asymmetric ones.
+    #[arg(long)]
+    pub symmetric: bool,
+    /// LUC's profile: calibration text (default: --data), rows and tokens per row.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub calib_rows: usize,
+    #[arg(long, default_value_t = 128)]
+    pub calib_seq_len: usize,
+    /// Directory of cached profiles.
+    #[arg(long, default_value = "runs/profile")]
+    pub cache_dir: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the compressed models, table.md, losses.svg and results.json go.
+    #[arg(long, default_value = "runs/bench-tune")]
+    pub out: PathBuf,
+    /// One JSON object per mode on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One mode's measurements.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ModeResult {
+    pub mode: &'static str,
+    pub model: PathBuf,
+    pub steps: u64,
+    pub tokens: usize,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    /// The GPU engine's memory plan for this mode (browser default limits).
+    pub peak_gpu_bytes: u64,
+    pub val_loss: Option<f64>,
+    /// Voted (edge: max rule) or plain accuracy; None without evaluation.
+    pub accuracy: Option<f64>,
+    /// Edge: the deepest exit alone, and every exit.
+    pub last_exit_accuracy: Option<f64>,
+    pub exit_accuracies: Vec<(usize, f64)>,
+    pub speedup_vs_vanilla: Option<f64>,
+    pub memory_ratio_vs_vanilla: Option<f64>,
+    /// Prefix cache (windowed modes): rows served from it and rows computed.
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+    pub losses: Vec<f64>,
+}
+
+fn io(e: impl std::fmt::Display, p: &Path) -> Error {
+    Error::Io(format!("{}: {e}", p.display()))
+}
+
+/// Makes (or reuses, when present from an earlier run of the same settings) the
+/// compressed model a mode tunes.
+fn compressed_model(a: &BenchTuneArgs, allocation: AllocationArg) -> Result<PathBuf> {
+    let name = match allocation {
+        AllocationArg::Uniform => "uniform",
+        AllocationArg::Luc => "luc",
+    };
+    let out = a.out.join(format!(
+        "{name}-s{}-b{}-{:?}{}.gguf",
+        a.sparsity,
+        a.bits,
+        a.quant,
+        if a.symmetric { "-sym" } else { "" }
+    ));
+    if out.exists() {
+        eprintln!("{name} model: reusing {}", out.display());
+        return Ok(out);
+    }
+    // Uniform RTN without pruning reads no calibration data.
+    let calibrate =
+        allocation == AllocationArg::Luc || a.sparsity > 0.0 || a.quant == QuantArg::Gptq;
+    let calib = CalibArgs {
+        calib: calibrate.then(|| a.calib.clone().unwrap_or_else(|| a.data.clone())),
+        calib_rows: a.calib_rows,
+        seq_len: a.calib_seq_len,
+        loss_rows: 2,
+        profile_method: MethodArg::Wanda,
+        cache_dir: a.cache_dir.clone(),
+    };
+    let args = CompressArgs {
+        model: a.model.clone(),
+        calib,
+        sparsity: a.sparsity,
+        bits: a.bits,
+        allocation,
+        policy: None,
+        method: MethodArg::Sparsegpt,
+        pattern: PatternArg::Unstructured,
+        quant: a.quant,
+        group: 32,
+        asymmetric: !a.symmetric,
+        out: out.clone(),
+        json: false,
+    };
+    let c = compress_file(&args)?;
+    eprintln!(
+        "{name} model: {} ({:.1} MiB, {:.1} s)",
+        out.display(),
+        c.file_bytes as f64 / 1048576.0,
+        c.seconds
+    );
+    Ok(out)
+}
+
+pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
+    if a.modes.is_empty() {
+        return Err(Error::Invalid("--modes lists no mode".into()));
+    }
+    let order: WindowOrder = a.window_schedule.parse()?;
+    std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
+    let ds = Dataset::load(&a.data)?;
+    let questions = if a.no_eval {
+        Vec::new()
+    } else {
+        match Dataset::load(&a.eval_data)? {
+            Dataset::MultipleChoice(mut q) => {
+                if let Some(n) = a.questions {
+                    q.truncate(n);
+                }
+                q
+            }
+            other => {
+                return Err(Error::Data(format!(
+                    "{} holds {} data; --eval-data needs multiple-choice JSONL",
+                    a.eval_data.display(),
+                    other.kind()
+                )))
+            }
+        }
+    };
+    let mut results: Vec<ModeResult> = Vec::new();
+    for &mode in &a.modes {
+        let model = match mode {
+            Mode::Vanilla | Mode::Partial => a.model.clone(),
+            Mode::CompressThenTune => compressed_model(&a, AllocationArg::Uniform)?,
+            Mode::Edge => compressed_model(&a, AllocationArg::Luc)?,
+        };
+        let mode_args = ModeArgs {
+            mode,
+            exit_stride: a.exit_stride,
+            window_schedule: order,
+            partial_layers: a.partial_layers,
+        };
+        let r = run_mode(&a, &model, &mode_args, &ds, &questions)?;
+        results.push(r);
+    }
+    let base = results
+        .iter()
+        .find(|r| r.mode == Mode::Vanilla.name())
+        .map(|r| (r.step_ms, r.peak_gpu_bytes));
+    for r in &mut results {
+        if let Some((ms, bytes)) = base {
+            r.speedup_vs_vanilla = Some(ms / r.step_ms);
+            r.memory_ratio_vs_vanilla = Some(bytes as f64 / r.peak_gpu_bytes as f64);
+        }
+    }
+    let table = markdown(&a, &results);
+    let svg = loss_svg(&results);
+    let files = [
+        ("table.md", table.clone().into_bytes()),
+        ("losses.svg", svg.into_bytes()),
+        (
+            "results.json",
+            serde_json::to_vec_pretty(&results).map_err(|e| Error::Io(e.to_string()))?,
+        ),
+    ];
+    for (name, bytes) in files {
+        let p = a.out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| io(e, &p))?;
+    }
+    if a.json {
+        for r in &results {
+            let mut v = serde_json::to_value(r).map_err(|e| Error::Io(e.to_string()))?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("losses");
+            }
+            println!("{v}");
+        }
+    } else {
+        print!("{table}");
+    }
+    eprintln!(
+        "wrote {}, {} and {}",
+        a.out.join("table.md").display(),
+        a.out.join("losses.svg").display(),
+        a.out.join("results.json").display()
+    );
+    Ok(())
+}
+
+fn run_mode(
+    a: &BenchTuneArgs,
+    model: &Path,
+    mode_args: &ModeArgs,
+    ds: &Dataset,
+    questions: &[crate::data::McQuestion],
+) -> Result<ModeResult> {
+    let mode = mode_args.mode;
+    let file = ModelFile::open(model)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let lora = LoraConfig {
+        rank: a.lora_rank,
+        alpha: 2.0 * a.lora_rank as f32,
+        ..LoraConfig::default()
+    };
+    let mut spec = RunSpec {
+        model: model.to_path_buf(),
+        data: a.data.clone(),
+        lora: lora.clone(),
+        data_config: DataConfig {
+            seq_len: a.seq_len,
+            val_fraction: a.val_fraction,
+            seed: a.seed,
+        },
+        train: TrainConfig {
+            micro_batch: a.batch,
+            accum_steps: a.accum,
+            lr: a.lr,
+            max_steps: Some(a.steps),
+            eval_every: 0,
+            seed: a.seed,
+            ..TrainConfig::default()
+        },
+        save_every: 0,
+        mode,
+        exits: Vec::new(),
+    };
+    apply_mode(&mut spec, file.config.n_layers, mode_args)?;
+    train::validate(&spec.lora, &spec.data_config, &spec.train)?;
+
+    // The GPU plan of this mode: f32 weights for the uncompressed modes, as vanilla is
+    // defined; packed for the compressed ones.
+    let opts = TrainOptions {
+        seq_len: a.seq_len,
+        format: match mode {
+            Mode::Vanilla | Mode::Partial => WeightFormat::F32,
+            Mode::CompressThenTune | Mode::Edge => WeightFormat::Packed,
+        },
+        ..TrainOptions::default()
+    };
+    let limits = wgpu::Limits::default();
+    let plan = match &spec.train.layers {
+        None => GpuTrainer::plan(&file, &lora, &opts, &limits)?,
+        Some(ls) => GpuTrainer::plan_windows(&file, &lora, &opts, &limits, &ls.windows)?,
+    };
+
+    let data = train::prepare(ds, &tok, &spec.data_config)?;
+    let backend = CpuBackend::with_exits(file.weights()?, lora, &spec.exits, a.seed);
+    let mut trainer = Trainer::new(backend, spec.train.clone(), data)?;
+    let pb = progress_bar(a.steps, mode.name());
+    let mut reports: Vec<StepReport> = Vec::new();
+    pollster::block_on(trainer.run(a.steps, &mut |r| {
+        pb.set_position(r.step);
+        pb.set_message(format!("{} loss {:.4}", mode.name(), r.loss));
+        reports.push(r.clone());
+    }))?;
+    pb.finish_and_clear();
+    let secs: f64 = reports
+        .iter()
+        .map(|r| r.tokens as f64 / r.tokens_per_s.max(1e-12))
+        .sum();
+    let tokens: usize = reports.iter().map(|r| r.tokens).sum();
+    let steps = reports.len() as u64;
+    trainer.leave_window()?;
+    let val_loss = pollster::block_on(trainer.validation_loss())?;
+
+    let m = &trainer.backend.model;
+    let (mut accuracy, mut last_exit_accuracy, mut exit_accuracies) = (None, None, Vec::new());
+    if !questions.is_empty() {
+        let pb = progress_bar(questions.len() as u64, "eval-mc");
+        let mut progress = |done: usize, _: usize, correct: usize| {
+            pb.set_position(done as u64);
+            pb.set_message(format!(
+                "{} acc {:.3}",
+                mode.name(),
+                correct as f64 / done as f64
+            ));
+        };
+        if spec.exits.is_empty() {
+            let r = eval::eval_mc(&mut CpuLm::new(m), &tok, questions, &mut progress)?;
+            accuracy = Some(r.accuracy);
+        } else {
+            let mut lm = CpuExitLm::new(m)?;
+            let r = eval::eval_mc_vote(&mut lm, &tok, questions, Vote::Max, &mut progress)?;
+            accuracy = Some(r.accuracy);
+            last_exit_accuracy = r.exits.last().map(|e| e.accuracy);
+            exit_accuracies = r.exits.iter().map(|e| (e.after, e.accuracy)).collect();
+        }
+        pb.finish_and_clear();
+    }
+    let cache = &trainer.backend.cache;
+    let r = ModeResult {
+        mode: mode.name(),
+        model: model.to_path_buf(),
+        steps,
+        tokens,
+        step_ms: 1e3 * secs / steps.max(1) as f64,
+        tokens_per_s: tokens as f64 / secs.max(1e-12),
+        peak_gpu_bytes: plan.total(),
+        val_loss,
+        accuracy,
+        last_exit_accuracy,
+        exit_accuracies,
+        speedup_vs_vanilla: None,
+        memory_ratio_vs_vanilla: None,
+        prefix_hits: cache.hits,
+        prefix_misses: cache.misses,
+        losses: reports.iter().map(|r| r.loss).collect(),
+    };
+    eprintln!(
+        "{}: {:.0} ms/step, {:.1} tokens/s, plan {:.1} MiB, val loss {}, accuracy {}",
+        r.mode,
+        r.step_ms,
+        r.tokens_per_s,
+        r.peak_gpu_bytes as f64 / 1048576.0,
+        r.val_loss.map_or("n/a".into(), |v| format!("{v:.4}")),
+        r.accuracy.map_or("n/a".into(), |v| format!("{v:.4}"))
+    );
+    Ok(r)
+}
+
+fn markdown(a: &BenchTuneArgs, rs: &[ModeResult]) -> String {
+    let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
+    let mut s = format!(
+        "Tuning modes, {} steps × {} row(s) of ≤ {} tokens, LoRA r {}, LR {}, on the CPU \
+         backend. GPU MiB = the GPU engine's memory plan for the mode (browser default \
+         limits); ratios are vanilla ÷ mode (higher is better).\n\n",
+        a.steps,
+        a.batch * a.accum,
+        a.seq_len,
+        a.lora_rank,
+        a.lr
+    );
+    s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | speedup | memory ratio |\n";
+    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for r in rs {
+        s += &format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} |\n",
+            r.mode,
+            r.step_ms,
+            r.tokens_per_s,
+            r.peak_gpu_bytes as f64 / 1048576.0,
+            opt(r.val_loss, &|v| format!("{v:.4}")),
+            opt(r.accuracy, &|v| format!("{:.2} %", 100.0 * v)),
+            opt(r.last_exit_accuracy, &|v| format!("{:.2} %", 100.0 * v)),
+            opt(r.speedup_vs_vanilla, &|v| format!("{v:.2}×")),
+            opt(r.memory_ratio_vs_vanilla, &|v| format!("{v:.2}×")),
+        );
+    }
+    for r in rs.iter().filter(|r| !r.exit_accuracies.is_empty()) {
+        let per: Vec<String> = r
+            .exit_accuracies
+            .iter()
+            .map(|(l, acc)| format!("after {l}: {:.2} %", 100.0 * acc))
+            .collect();
+        s += &format!("\n{} per exit: {}\n", r.mode, per.join(", "));
+    }
+    s
+}
+
+/// Training loss per step (mean over 10-step windows) of every mode, one line each.
+fn loss_svg(rs: &[ModeResult]) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 400.0;
+    const PAD: f64 = 50.0;
+    const COLORS: [&str; 4] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+    let smooth = |v: &[f64]| -> Vec<f64> {
+        v.chunks(10)
+            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+            .collect()
+    };
+    let series: Vec<Vec<f64>> = rs.iter().map(|r| smooth(&r.losses)).collect();
+    let all = series.iter().flatten().copied().filter(|x| x.is_finite());
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let (lo, hi) = if lo < hi { (lo, hi) } else { (0.0, 1.0) };
+    let n = series.iter().map(Vec::len).max().unwrap_or(1).max(2);
+    let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / (n - 1) as f64;
+    let y = |v: f64| H - PAD - (H - 2.0 * PAD) * (v - lo) / (hi - lo);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
+         fill=\"white\"/>\n<text x=\"{PAD}\" y=\"20\">training loss (mean of 10 steps) by \
+         step: {lo:.3} … {hi:.3}</text>\n<line x1=\"{PAD}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" \
+         stroke=\"black\"/>\n",
+        H - PAD,
+        W - PAD,
+        H - PAD
+    );
+    for (k, (r, v)) in rs.iter().zip(&series).enumerate() {
+        let c = COLORS[k % COLORS.len()];
+        let pts: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| format!("{:.1},{:.1}", x(i), y(l)))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>\n",
+            pts.join(" "),
+            W - PAD - 140.0,
+            40.0 + 16.0 * k as f64,
+            r.mode
+        );
+    }
+    s += &format!(
+        "<text x=\"{PAD}\" y=\"{}\">step 1</text><text x=\"{}\" y=\"{}\">step {}</text>\n</svg>\n",
+        H - PAD + 16.0,
+        W - PAD - 40.0,
+        H - PAD + 16.0,
+        rs.iter().map(|r| r.losses.len()).max().unwrap_or(0)
+    );
+    s
+}
