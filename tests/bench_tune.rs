@@ -1,0 +1,217 @@
+//! `edge-llm tune --mode …` and `edge-llm bench tune` end to end on a 4-block tiny model:
+//! an edge run trains its windows in order, resumes exactly and leaves an adapter with
+//! exits that `eval-mc` votes with; the benchmark reports every mode with its ratios to
+//! vanilla and writes its table, plot and JSON.
+
+use edge_llm::model::tiny;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-llm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let objs = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        objs,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The tiny model with 4 blocks, and 40 made-up multiple-choice questions.
+fn setup(dir: &Path) -> (String, String) {
+    let model = dir.join("tiny4.gguf");
+    let spec = tiny::TinySpec {
+        n_layers: 4,
+        ..Default::default()
+    };
+    std::fs::write(&model, tiny::generate(&spec).unwrap()).unwrap();
+    let words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"];
+    let mut lines = String::new();
+    for i in 0..40 {
+        let choices: Vec<&str> = (0..4).map(|k| words[(i + 3 * k) % words.len()]).collect();
+        lines += &serde_json::json!({
+            "question": format!("Which word is number {}?", i % 4),
+            "choices": choices,
+            "answer": i % 4,
+        })
+        .to_string();
+        lines.push('\n');
+    }
+    let data = dir.join("mc.jsonl");
+    std::fs::write(&data, lines).unwrap();
+    (model.display().to_string(), data.display().to_string())
+}
+
+#[test]
+fn edge_mode_trains_windows_resumes_and_votes() {
+    let dir = scratch("edge-mode");
+    let (model, data) = setup(&dir);
+    let out = dir.join("run").display().to_string();
+    let common = [
+        "tune",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--steps",
+        "8",
+        "--seq-len",
+        "48",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "4",
+        "--mode",
+        "edge",
+        "--exit-stride",
+        "2",
+        "--json",
+    ];
+    let whole = dir.join("whole").display().to_string();
+    let (code, want, err) = run(&[&common[..], &["--out", &whole]].concat());
+    assert_eq!(code, 0, "{err}");
+    let windows: Vec<u64> = want
+        .iter()
+        .filter_map(|o| o.get("window").and_then(|w| w.as_u64()))
+        .collect();
+    assert_eq!(windows, [0, 0, 0, 0, 1, 1, 1, 1], "{want:?}");
+    let last = want.last().unwrap();
+    assert_eq!(last["mode"], "edge");
+
+    // Stopped after 3 steps (inside the first window) and resumed: the same run.
+    let (code, mut got, err) = run(&[&common[..], &["--out", &out, "--stop-after", "3"]].concat());
+    assert_eq!(code, 0, "{err}");
+    got.pop();
+    let (code, rest, err) = run(&["tune", "--resume", &out, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    got.extend(rest);
+    let key = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .filter(|o| o.get("step").is_some())
+            .map(|o| format!("{} {} {}", o["step"], o["loss"], o["window"]))
+            .collect()
+    };
+    assert_eq!(key(&got), key(&want));
+
+    // The adapter carries its exits; eval-mc votes with them by default.
+    assert!(Path::new(&out).join("exits.safetensors").exists());
+    let (code, objs, err) = run(&[
+        "eval-mc",
+        "--model",
+        &model,
+        "--adapter",
+        &out,
+        "--data",
+        &data,
+        "--limit",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = &objs[0];
+    assert_eq!(r["vote"], "max", "{r}");
+    assert_eq!(r["exits"].as_array().unwrap().len(), 2);
+
+    // Windows do not run on the GPU engine: refused up front, nothing written.
+    let refused = dir.join("refused").display().to_string();
+    let (code, _, err) = run(&[&common[..], &["--out", &refused, "--device", "gpu"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("--device cpu"), "{err}");
+    assert!(!Path::new(&refused).exists());
+}
+
+#[test]
+fn bench_tune_reports_every_mode_against_vanilla() {
+    let dir = scratch("bench-tune");
+    let (model, data) = setup(&dir);
+    let out = dir.join("bench");
+    let (code, objs, err) = run(&[
+        "bench",
+        "tune",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--eval-data",
+        &data,
+        "--questions",
+        "8",
+        "--steps",
+        "6",
+        "--seq-len",
+        "96",
+        "--exit-stride",
+        "2",
+        "--partial-layers",
+        "2",
+        "--calib-rows",
+        "2",
+        "--calib-seq-len",
+        "96",
+        "--cache-dir",
+        &dir.join("profile").display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let modes: Vec<&str> = objs.iter().map(|o| o["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["vanilla", "compress-then-tune", "partial", "edge"]);
+    for o in &objs {
+        for k in [
+            "step_ms",
+            "tokens_per_s",
+            "peak_gpu_bytes",
+            "val_loss",
+            "accuracy",
+            "speedup_vs_vanilla",
+            "memory_ratio_vs_vanilla",
+        ] {
+            assert!(o[k].is_number(), "{k} of {o}");
+        }
+        assert_eq!(o["steps"], 6);
+    }
+    let f = |i: usize, k: &str| objs[i][k].as_f64().unwrap();
+    assert_eq!(f(0, "speedup_vs_vanilla"), 1.0);
+    assert_eq!(f(0, "memory_ratio_vs_vanilla"), 1.0);
+    // Ratios are vanilla ÷ mode of the reported figures.
+    for i in 1..4 {
+        let m = f(0, "peak_gpu_bytes") / f(i, "peak_gpu_bytes");
+        assert!((f(i, "memory_ratio_vs_vanilla") - m).abs() < 1e-9);
+        let s = f(0, "step_ms") / f(i, "step_ms");
+        assert!((f(i, "speedup_vs_vanilla") - s).abs() < 1e-9);
+    }
+    // The plans: packed weights and one window hold less than f32 at full depth.
+    assert!(f(1, "memory_ratio_vs_vanilla") > 1.0);
+    assert!(f(3, "memory_ratio_vs_vanilla") > f(1, "memory_ratio_vs_vanilla"));
+    // Edge: voted and last-exit accuracy, one per exit, prefix cache used.
+    assert!(objs[3]["last_exit_accuracy"].is_number());
+    assert_eq!(objs[3]["exit_accuracies"].as_array().unwrap().len(), 2);
+    assert!(
+        objs[3]["prefix_hits"].as_u64().unwrap() + objs[3]["prefix_misses"].as_u64().unwrap() > 0
+    );
+    for name in ["table.md", "losses.svg", "results.json"] {
+        let p = out.join(name);
+        assert!(
+            std::fs::metadata(&p).unwrap().len() > 100,
+            "{}",
+            p.display()
+        );
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("| edge |"), "{table}");
+}
