@@ -165,7 +165,7 @@ fn get_profile(file: &ModelFile, rows: &[Row], a: &CalibArgs) -> Result<profile:
         loss_rows: a.loss_rows,
         ..ProfileOptions::default()
     };
-    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    let mut bar: Option<(String, super::Progress)> = None;
     let r = profile::profile_cached(&a.cache_dir, file, rows, &opts, &mut |stage, d, t| {
         if bar.as_ref().is_none_or(|(s, _)| s != stage) {
             if let Some((_, b)) = bar.take() {
