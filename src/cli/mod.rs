@@ -301,6 +301,9 @@ enum BenchCmd {
     /// same data: step time, tokens/s, GPU memory plan, validation loss, accuracy, and
     /// each mode's ratios to vanilla; writes table.md, losses.svg and results.json.
     Tune(Box<bench::BenchTuneArgs>),
+    /// Uniform vs LUC compression at the same mean sparsity and bits: perplexity,
+    /// accuracy, GPU bytes and GPU forward time relative to the f32 model.
+    Compress(Box<bench::BenchCompressArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -781,6 +784,9 @@ fn run(cmd: Cmd) -> Result<i32> {
         Cmd::Bench {
             what: BenchCmd::Tune(a),
         } => bench::bench_tune(*a)?,
+        Cmd::Bench {
+            what: BenchCmd::Compress(a),
+        } => bench::bench_compress(*a)?,
         Cmd::Profile(a) => compress::profile_cmd(a)?,
         Cmd::Compress(a) => compress::compress_cmd(a)?,
         Cmd::MakeTiny {

@@ -10,12 +10,10 @@ use crate::data::Dataset;
 use crate::engine::{fit_budget, GpuTrainer, TrainOptions};
 use crate::model::ModelFile;
 use crate::reference::Lora;
-use crate::reference::Span;
 use crate::reference::{LoraConfig, Proj};
 use crate::tokenizer::Tokenizer;
 use crate::train::{
-    self, exits_every, Backend, CpuBackend, DataConfig, Decay, LayerSchedule, Stop, TrainConfig,
-    TrainState, Trainer, WindowOrder,
+    self, Backend, CpuBackend, DataConfig, Decay, Stop, TrainConfig, TrainState, Trainer,
 };
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -41,94 +39,16 @@ pub struct RunSpec {
     pub exits: Vec<usize>,
 }
 
-/// The tuning modes `edge-llm tune --mode` and `edge-llm bench tune` compare.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// LoRA on every block of the model as given, full-depth backprop.
-    #[default]
-    Vanilla,
-    /// The same on a compressed model (uniform compression first: `edge-llm compress`).
-    CompressThenTune,
-    /// LoRA on the last `--partial-layers` blocks only; the frozen blocks below are cached.
-    Partial,
-    /// LUC-compressed model, windows of blocks between early exits trained in turn.
-    Edge,
-}
-
-impl Mode {
-    /// In the order `bench tune` runs them (vanilla first: the others' ratios refer to it).
-    pub const ALL: [Mode; 4] = [
-        Mode::Vanilla,
-        Mode::CompressThenTune,
-        Mode::Partial,
-        Mode::Edge,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Vanilla => "vanilla",
-            Mode::CompressThenTune => "compress-then-tune",
-            Mode::Partial => "partial",
-            Mode::Edge => "edge",
-        }
-    }
-}
-
-/// The 30-block default model gets exits after blocks 6, 12, 18, 24 and 30: five windows
-/// of six blocks. Six divides 30, so every window is the same size (the paper's 8 of 32
-/// would leave a 6-block remainder), and a window is a fifth of the depth — close to the
-/// reference's quarter, with one more exit to vote.
-pub const DEFAULT_EXIT_STRIDE: usize = 6;
-
-/// The mode flags of a new run.
-#[derive(Clone, Debug)]
-pub struct ModeArgs {
-    pub mode: Mode,
-    pub exit_stride: usize,
-    pub window_schedule: WindowOrder,
-    pub partial_layers: usize,
-}
-
-impl Default for ModeArgs {
-    fn default() -> Self {
-        Self {
-            mode: Mode::Vanilla,
-            exit_stride: DEFAULT_EXIT_STRIDE,
-            window_schedule: WindowOrder::Reference,
-            partial_layers: DEFAULT_EXIT_STRIDE,
-        }
-    }
-}
+/// The modes live in the library (`train::modes`), shared with the page.
+pub use crate::train::{Mode, ModeArgs, DEFAULT_EXIT_STRIDE};
 
 /// Sets the run's exits and layer schedule for `m.mode` on a model of `n_layers` blocks
-/// (a stride or partial depth larger than the model is clamped to it).
+/// (`train::mode_layers`: a stride larger than the model is clamped to it).
 pub fn apply_mode(spec: &mut RunSpec, n_layers: usize, m: &ModeArgs) -> Result<()> {
+    let ml = train::mode_layers(n_layers, m)?;
     spec.mode = m.mode;
-    spec.exits.clear();
-    spec.train.layers = None;
-    match m.mode {
-        Mode::Vanilla | Mode::CompressThenTune => {}
-        Mode::Partial => {
-            let k = m.partial_layers;
-            if k == 0 || k > n_layers {
-                return Err(Error::Invalid(format!(
-                    "--partial-layers {k} must be in 1..={n_layers} (the model's blocks)"
-                )));
-            }
-            spec.train.layers = Some(LayerSchedule {
-                windows: vec![Span {
-                    layers: n_layers - k..n_layers,
-                    exit: None,
-                }],
-                order: WindowOrder::Reference,
-            });
-        }
-        Mode::Edge => {
-            spec.exits = exits_every(n_layers, m.exit_stride.min(n_layers))?;
-            spec.train.layers = Some(LayerSchedule::from_exits(&spec.exits, m.window_schedule));
-        }
-    }
+    spec.exits = ml.exits;
+    spec.train.layers = ml.layers;
     Ok(())
 }
 
