@@ -347,9 +347,8 @@ fn cli_profile_compress_and_load() {
         let args: Vec<&str> = [&["compress", "--model", &tiny][..], &calib, extra].concat();
         run(&args)
     };
+    // LUC is the default allocation.
     let (code, out, err) = compress(&[
-        "--allocation",
-        "luc",
         "--sparsity",
         "0.3",
         "--bits",

@@ -62,7 +62,7 @@ pub(crate) enum QuantArg {
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct CalibArgs {
     /// Calibration text (plain text, instruction or multiple-choice JSONL): the user's
-    /// training data.
+    /// training data (default: the general text data/shakespeare/train.txt).
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// Calibration rows, spread evenly over the data (the issue's default is 128; see the
@@ -110,8 +110,9 @@ pub(crate) struct CompressArgs {
     /// Code width (uniform) or target mean bits per weight (luc): 2, 3, 4 or 8.
     #[arg(long, default_value_t = 4.0)]
     pub bits: f64,
-    /// uniform: every layer alike; luc: per-layer sparsity and width from the profile.
-    #[arg(long, value_enum, default_value_t = AllocationArg::Uniform)]
+    /// luc: per-layer sparsity and width from the profile (calibrated on --calib, or the
+    /// general text when none is given); uniform: every layer alike.
+    #[arg(long, value_enum, default_value_t = AllocationArg::Luc)]
     pub allocation: AllocationArg,
     /// A policy JSON file (overrides --sparsity, --bits, --allocation and the method
     /// flags; see src/compress/policy.rs).
@@ -142,10 +143,25 @@ fn io(e: impl std::fmt::Display, p: &Path) -> Error {
     Error::Io(format!("{}: {e}", p.display()))
 }
 
+/// The general text calibrated on when no `--calib` is given (fetched by scripts/setup.sh).
+pub(crate) const GENERAL_CALIB: &str = "data/shakespeare/train.txt";
+
 fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
-    let path = a.calib.as_ref().ok_or_else(|| {
-        Error::Invalid("calibration text needed: --calib FILE (e.g. your training data)".into())
-    })?;
+    let general = PathBuf::from(GENERAL_CALIB);
+    let path = match &a.calib {
+        Some(p) => p,
+        None if general.exists() => {
+            eprintln!("calibration: no --calib given; using the general text {GENERAL_CALIB}");
+            &general
+        }
+        None => {
+            return Err(Error::Invalid(format!(
+                "calibration text needed: --calib FILE (e.g. your training data; \
+                 {GENERAL_CALIB}, the default, is missing: run scripts/setup.sh), or \
+                 --allocation uniform"
+            )))
+        }
+    };
     let tok = Tokenizer::from_gguf(&file.gguf)?;
     let ds = Dataset::load(path)?;
     let rows = calibration_rows(&ds, &tok, a.calib_rows, a.seq_len)?;
@@ -358,9 +374,12 @@ pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
             a.model.display()
         )));
     }
-    let rows = match &a.calib.calib {
-        Some(_) => Some(calib_rows(&file, &a.calib)?),
-        None => None,
+    // LUC profiles, so it calibrates even without --calib (on the general text).
+    let luc = a.policy.is_none() && a.allocation == AllocationArg::Luc;
+    let rows = if a.calib.calib.is_some() || luc {
+        Some(calib_rows(&file, &a.calib)?)
+    } else {
+        None
     };
     let policy = make_policy(a, &file, rows.as_deref())?;
     if rows.is_none() && policy.quant == QuantMethod::Gptq {
