@@ -331,8 +331,8 @@ fn real_model_decode_timing() {
 }
 
 /// A compressed-model file on the GPU: its quantized projections are read packed by the
-/// kernels (and a sparse layer as dense f32), giving the CPU reference's logits on the
-/// weights the file holds.
+/// kernels (and its sparse layer by the sparse kernels), giving the CPU reference's logits
+/// on the weights the file holds.
 #[test]
 fn compressed_file_logits_match_the_cpu() {
     use edge_llm::compress::{file, policy};
@@ -377,4 +377,93 @@ fn compressed_file_logits_match_the_cpu() {
         q(&packed),
         q(&dense)
     );
+}
+
+/// The tiny model with its projections in turn 2:4, unstructured (60 %) and quantized
+/// (projection i = 7·layer + p takes kind i mod 3), values int8 / 8 bits in layer 0 and
+/// int4 / 4 bits in layer 1: each kind in both blocks and several projection shapes. One
+/// policy has one sparse pattern, so the file is assembled from three compressions (its
+/// stored policy is the quantized one's).
+fn mixed_sparse_file() -> ModelFile {
+    use edge_llm::compress::file;
+    use edge_llm::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+    let orig = tiny_file();
+    let w = orig.weights().unwrap();
+    let n = orig.config.n_layers;
+    let bits: Vec<u32> = (0..n).map(|l| if l % 2 == 0 { 8 } else { 4 }).collect();
+    let make = |sparsity: f64, pattern: Pattern| {
+        let mut p = Policy::from_layers(&vec![sparsity; n], &bits, Allocation::Manual).unwrap();
+        p.pattern = pattern;
+        p.prune = PruneMethod::Magnitude;
+        p.quant = QuantMethod::Rtn;
+        let (t, _) = file::compress_model(&w, None, &p, &mut |_, _| {}).unwrap();
+        (p, t)
+    };
+    let kinds = [
+        make(0.5, Pattern::TwoOfFour),
+        make(0.6, Pattern::Unstructured),
+        make(0.0, Pattern::Unstructured),
+    ];
+    let tensors: Vec<_> = (0..kinds[0].1.len())
+        .map(|i| kinds[i % 3].1[i].clone())
+        .collect();
+    let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
+    ModelFile::from_bytes(bytes).unwrap()
+}
+
+/// Bytes the plan gives the projections (every buffer of `blk.*` but the norms).
+fn projection_bytes(plan: &edge_llm::engine::MemoryPlan) -> u64 {
+    plan.entries
+        .iter()
+        .filter(|e| e.name.starts_with("blk.") && !e.name.contains("_norm"))
+        .map(|e| e.bytes)
+        .sum()
+}
+
+/// Sparse projections of a compressed file are uploaded packed and multiplied by the sparse
+/// kernels: the CPU reference's logits on the file's weights (prefill, then one-token
+/// decodes), the exact plan, and a fraction of the f32 upload's bytes.
+#[test]
+fn sparse_file_is_read_packed_and_matches_the_cpu() {
+    let Some(ctx) = context(None) else { return };
+    let file = mixed_sparse_file();
+    let cpu = Transformer::new(file.weights().unwrap());
+    let toks = tokens(14);
+    let want = cpu_logits(&cpu, &toks);
+    let vocab = file.config.vocab;
+    for f in [WeightFormat::Packed, WeightFormat::F32] {
+        let mut gpu = GpuModel::new(&ctx, &file, &opts(f), None).unwrap();
+        let mut got = gpu.append(&toks[..12]).unwrap();
+        for &t in &toks[12..] {
+            got.extend(gpu.append(&[t]).unwrap());
+        }
+        assert_eq!(got.len(), toks.len() * vocab);
+        assert_close(&format!("sparse file, {f:?}"), &got, &want);
+        assert_eq!(
+            gpu.memory_plan().total(),
+            gpu.allocated_bytes(),
+            "{f:?}\n{}",
+            gpu.memory_plan()
+        );
+    }
+    let packed = GpuModel::plan(&file, &opts(WeightFormat::Packed), None).unwrap();
+    let dense = GpuModel::plan(&file, &opts(WeightFormat::F32), None).unwrap();
+    // Planned in their own arrays: 5 projections 2:4 (i mod 3 = 0 of 14), 5 unstructured.
+    let count = |end: &str| {
+        packed
+            .entries
+            .iter()
+            .filter(|e| e.name.ends_with(end))
+            .count()
+    };
+    assert_eq!((count(" idx"), count(" masks")), (5, 5), "{packed:#?}");
+    let (p, d) = (projection_bytes(&packed), projection_bytes(&dense));
+    let (pw, dw) = (packed.by_category()[0].1, dense.by_category()[0].1);
+    eprintln!(
+        "sparse file plan: projections {p} bytes packed vs {d} f32 ({:.2}×); all weights {pw} vs {dw}",
+        d as f64 / p as f64
+    );
+    // int8/int4 codes at ≤ 50 % density plus their index arrays: under a third of f32.
+    assert!(3 * p < d, "projections: {p} packed vs {d} f32 bytes");
+    assert!(pw < dw, "weights: {pw} packed vs {dw} f32 bytes");
 }

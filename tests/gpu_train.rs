@@ -7,9 +7,10 @@ mod common;
 use common::{context, model_path};
 use edge_llm::data::Dataset;
 use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat};
+use edge_llm::kernels::context::GpuContext;
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
-use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+use edge_llm::reference::{Lora, LoraConfig, Proj, Span, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::train::{
     derive_seed, prepare, Backend, CpuBackend, DataConfig, Row, StepReport, TrainConfig, Trainer,
@@ -93,8 +94,23 @@ fn one_accumulation_matches_the_cpu_reference() {
     let Some(ctx) = context(None) else {
         return;
     };
-    let file = tiny_file();
-    let lora = random_lora(&file, 3);
+    let cases = [
+        (WeightFormat::F32, false),
+        (WeightFormat::Packed, false),
+        (WeightFormat::Packed, true),
+    ];
+    assert_one_accumulation(&ctx, "tiny", &tiny_file(), &cases);
+}
+
+/// One accumulation over `rows()` on `file` in each (format, recompute) case: the loss and
+/// every LoRA gradient against the CPU reference, and allocated bytes == the plan.
+fn assert_one_accumulation(
+    ctx: &GpuContext,
+    name: &str,
+    file: &ModelFile,
+    cases: &[(WeightFormat, bool)],
+) {
+    let lora = random_lora(file, 3);
     let rows = rows();
     let refs: Vec<&Row> = rows.iter().collect();
     let (scale, seed) = (0.25, 77);
@@ -121,13 +137,9 @@ fn one_accumulation_matches_the_cpu_reference() {
     let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     assert!(max > 1e-3, "the reference gradients are all ~0 ({max})");
 
-    for (format, recompute) in [
-        (WeightFormat::F32, false),
-        (WeightFormat::Packed, false),
-        (WeightFormat::Packed, true),
-    ] {
-        let what = format!("{format:?} recompute={recompute}");
-        let mut gpu = GpuTrainer::new(&ctx, &file, &lora, &opts(format, recompute)).unwrap();
+    for &(format, recompute) in cases {
+        let what = format!("{name} {format:?} recompute={recompute}");
+        let mut gpu = GpuTrainer::new(ctx, file, &lora, &opts(format, recompute)).unwrap();
         let loss = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
         let rel = (loss.sum - want_loss).abs() / want_loss;
         assert!(
@@ -152,6 +164,96 @@ fn one_accumulation_matches_the_cpu_reference() {
             "{what}: allocated bytes differ from the plan"
         );
     }
+}
+
+/// The tiny model with its projections in turn 2:4, unstructured (60 %) and quantized
+/// (projection i = 7·layer + p takes kind i mod 3), values int8 / 8 bits in layer 0 and
+/// int4 / 4 bits in layer 1 (as tests/gpu_model.rs builds it).
+fn mixed_sparse_file() -> ModelFile {
+    use edge_llm::compress::file;
+    use edge_llm::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+    let orig = tiny_file();
+    let w = orig.weights().unwrap();
+    let n = orig.config.n_layers;
+    let bits: Vec<u32> = (0..n).map(|l| if l % 2 == 0 { 8 } else { 4 }).collect();
+    let make = |sparsity: f64, pattern: Pattern| {
+        let mut p = Policy::from_layers(&vec![sparsity; n], &bits, Allocation::Manual).unwrap();
+        p.pattern = pattern;
+        p.prune = PruneMethod::Magnitude;
+        p.quant = QuantMethod::Rtn;
+        let (t, _) = file::compress_model(&w, None, &p, &mut |_, _| {}).unwrap();
+        (p, t)
+    };
+    let kinds = [
+        make(0.5, Pattern::TwoOfFour),
+        make(0.6, Pattern::Unstructured),
+        make(0.0, Pattern::Unstructured),
+    ];
+    let tensors: Vec<_> = (0..kinds[0].1.len())
+        .map(|i| kinds[i % 3].1[i].clone())
+        .collect();
+    let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
+    ModelFile::from_bytes(bytes).unwrap()
+}
+
+/// Sparse projections are read packed by the trainer (forward through the sparse kernels,
+/// input gradients through their transposed copies): the CPU's loss and gradients on the
+/// file's weights, and fewer planned bytes than the f32 upload even with the copies.
+#[test]
+fn sparse_file_gradients_match_the_cpu_reference() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = mixed_sparse_file();
+    let cases = [
+        (WeightFormat::Packed, false),
+        (WeightFormat::Packed, true),
+        (WeightFormat::F32, false),
+    ];
+    assert_one_accumulation(&ctx, "sparse file", &file, &cases);
+
+    let lc = lora_config();
+    let limits = wgpu::Limits::default();
+    let plan = |f| GpuTrainer::plan(&file, &lc, &opts(f, false), &limits).unwrap();
+    let (packed, dense) = (plan(WeightFormat::Packed), plan(WeightFormat::F32));
+    let proj = |p: &edge_llm::engine::MemoryPlan| -> u64 {
+        p.entries
+            .iter()
+            .filter(|e| e.name.starts_with("blk.") && !e.name.contains("_norm"))
+            .map(|e| e.bytes)
+            .sum()
+    };
+    let copies: u64 = packed
+        .entries
+        .iter()
+        .filter(|e| e.name.contains(" transposed "))
+        .map(|e| e.bytes)
+        .sum();
+    let (p, d) = (proj(&packed), proj(&dense));
+    eprintln!(
+        "sparse file trainer plan: projections {p} bytes packed ({copies} of them transposed \
+         copies) vs {d} f32 ({:.2}×)",
+        d as f64 / p as f64
+    );
+    assert!(copies > 0, "no transposed copy planned");
+    assert!(2 * p < d, "projections: {p} packed vs {d} f32 bytes");
+
+    // A window over the top block: its weights with their copies, the frozen-block slot
+    // below (forward only) without.
+    let top = Span {
+        layers: 1..2,
+        exit: None,
+    };
+    let o = opts(WeightFormat::Packed, false);
+    let w = GpuTrainer::plan_windows(&file, &lc, &o, &limits, &[top]).unwrap();
+    let has = |tag: &str| w.entries.iter().any(|e| e.name.contains(tag));
+    assert!(has(" transposed ") && has("(frozen-block slot)"), "{w:#?}");
+    assert!(
+        !w.entries
+            .iter()
+            .any(|e| e.name.starts_with("blk.0.") && e.name.contains(" transposed ")),
+        "the frozen slot holds a transposed copy"
+    );
 }
 
 fn text_data(tok: &Tokenizer) -> edge_llm::train::Prepared {

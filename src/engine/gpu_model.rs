@@ -23,7 +23,8 @@ use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::encode_rmsnorm_forward;
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::swiglu::encode_swiglu_forward;
-use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
+use crate::kernels::qmatmul::{FrozenWeight, GpuWeight, Path, QMatmul};
+use crate::kernels::spmatmul::{grad_buffers_sparse24, grad_buffers_unstructured, SparseWeight};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::{Lora, LoraConfig, Proj};
@@ -35,7 +36,8 @@ pub enum WeightFormat {
     /// Dequantized to dense f32 (4 bytes per weight; the like-for-like baseline).
     F32,
     /// GGUF Q4_0/Q4_1/Q8_0 blocks repacked losslessly into the packed layout the fast GEMV
-    /// reads ([`GgufBlockMatrix::to_quant`]); tensors of other types stay dense f32.
+    /// reads ([`GgufBlockMatrix::to_quant`]); tensors of other types stay dense f32. A
+    /// compressed file's projections stay as stored: quantized or sparse.
     Packed,
 }
 
@@ -94,13 +96,14 @@ pub(crate) fn proj_tensor(l: usize, p: Proj) -> String {
     format!("blk.{l}.{}.weight", PROJ_NAMES[p.index()])
 }
 
-/// Where a matrix lives: dense f32, or repacked from these GGUF blocks.
+/// Where a matrix lives: dense f32, repacked from these GGUF blocks, or as a compressed
+/// file stores it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Layout {
     Dense,
     Packed(GgmlType),
-    /// A quantized projection of a compressed-model file ([`crate::compress::file`]), read
-    /// by the packed kernels as stored. (Its sparse projections are uploaded dense for now.)
+    /// A projection of a compressed-model file ([`crate::compress::file`]) read as stored:
+    /// quantized by the packed kernels, 2:4 or unstructured by the sparse ones.
     Compressed(TensorFormat),
 }
 
@@ -122,9 +125,7 @@ pub(crate) fn layout(
                 "compressed tensor {name} is {:?}, expected ({rows}, {cols})",
                 fmt.shape()
             ))),
-            Some(fmt @ TensorFormat::Quant { .. }) if f == WeightFormat::Packed => {
-                Ok(Layout::Compressed(fmt))
-            }
+            Some(fmt) if f == WeightFormat::Packed => Ok(Layout::Compressed(fmt)),
             Some(_) => Ok(Layout::Dense),
             None => Err(Error::Model(format!("missing tensor {name}"))),
         };
@@ -157,21 +158,29 @@ fn packed_shape(ty: GgmlType, rows: usize, cols: usize) -> QuantMatrix {
     }
 }
 
-/// Plans the buffers of one matrix as [`GpuWeight`] allocates them.
+/// Plans the buffers of matrix `name` as [`upload_proj`] allocates them, labelled
+/// `name` + `tag`; `grad`: with the transposed copy a sparse weight's input gradient reads.
+/// Header-only except for that copy, whose size depends on the stored codes.
 pub(crate) fn plan_matrix(
     plan: &mut MemoryPlan,
+    file: &ModelFile,
     name: &str,
-    rows: usize,
-    cols: usize,
+    tag: &str,
+    (rows, cols): (usize, usize),
     lay: Layout,
-) {
+    grad: bool,
+) -> Result<()> {
     let (r, c) = (rows as u64, cols as u64);
+    let label = format!("{name}{tag}");
     match lay {
         Layout::Dense => {
-            plan.storage(name, Category::Weights, r * c * 4);
-            plan.storage(format!("{name} (placeholder)"), Category::Weights, 16);
+            plan.storage(&label, Category::Weights, r * c * 4);
+            plan.storage(format!("{label} (placeholder)"), Category::Weights, 16);
         }
-        Layout::Packed(_) | Layout::Compressed(_) => {
+        Layout::Compressed(
+            fmt @ (TensorFormat::Sparse24 { .. } | TensorFormat::Unstructured { .. }),
+        ) => plan_sparse(plan, file, name, &label, fmt, grad)?,
+        Layout::Packed(_) | Layout::Compressed(TensorFormat::Quant { .. }) => {
             let q = match lay {
                 Layout::Packed(ty) => packed_shape(ty, rows, cols),
                 Layout::Compressed(TensorFormat::Quant {
@@ -185,13 +194,59 @@ pub(crate) fn plan_matrix(
                     symmetric,
                     ..packed_shape(GgmlType::Q8_0, rows, cols)
                 },
-                _ => unreachable!("a dense layout"),
+                _ => unreachable!("matched above"),
             };
-            plan.storage(name, Category::Weights, r * q.words_per_row() as u64 * 4);
+            plan.storage(&label, Category::Weights, r * q.words_per_row() as u64 * 4);
             let s = r * q.scale_words_per_row() as u64 * 4;
-            plan.storage(format!("{name} scales"), Category::Weights, s);
+            plan.storage(format!("{label} scales"), Category::Weights, s);
         }
     }
+    Ok(())
+}
+
+/// A sparse projection's buffers: each array of the file as stored (f32 values have no
+/// scales: a placeholder), plus with `grad` the transposed copy, counted from the codes.
+fn plan_sparse(
+    plan: &mut MemoryPlan,
+    file: &ModelFile,
+    name: &str,
+    label: &str,
+    fmt: TensorFormat,
+    grad: bool,
+) -> Result<()> {
+    let (arrays, values): (&[&str], _) = match fmt {
+        TensorFormat::Sparse24 { values, .. } => (&["values", "scales", "idx"], values),
+        TensorFormat::Unstructured { values, .. } => {
+            (&["values", "scales", "masks", "row_ptr"], values)
+        }
+        TensorFormat::Quant { .. } => {
+            return Err(Error::Model(format!("{name}: not a sparse tensor")))
+        }
+    };
+    for &a in arrays {
+        let words = if a == "scales" && values == cfile::Values::F32 {
+            0
+        } else {
+            let t = format!("{name}.{a}");
+            let info = file
+                .gguf
+                .tensor(&t)
+                .ok_or_else(|| Error::Model(format!("missing tensor {t}")))?;
+            info.dims.first().copied().unwrap_or(0)
+        };
+        plan.storage(format!("{label} {a}"), Category::Weights, words * 4);
+    }
+    if grad {
+        let copy = match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
+            Some(Packed::Sparse24(w)) => grad_buffers_sparse24(&w),
+            Some(Packed::Unstructured(w)) => grad_buffers_unstructured(&w),
+            _ => return Err(Error::Model(format!("{name}: not a sparse tensor"))),
+        };
+        for (a, bytes) in copy {
+            plan.storage(format!("{label} transposed {a}"), Category::Weights, bytes);
+        }
+    }
+    Ok(())
 }
 
 /// Uploads one matrix in its layout, naming the tensor in any error.
@@ -223,6 +278,30 @@ pub(crate) fn upload_matrix(
     }
 }
 
+/// Uploads one projection in its layout: sparse ones for the sparse kernels (`grad`: with
+/// the transposed copy for the input gradient), the rest as [`upload_matrix`].
+pub(crate) fn upload_proj(
+    ctx: &GpuContext,
+    file: &ModelFile,
+    name: &str,
+    (rows, cols): (usize, usize),
+    lay: Layout,
+    grad: bool,
+) -> Result<FrozenWeight> {
+    let named = |e: Error| Error::Gpu(format!("{name}: {e}"));
+    match lay {
+        Layout::Compressed(TensorFormat::Sparse24 { .. } | TensorFormat::Unstructured { .. }) => {
+            let w = match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
+                Some(Packed::Sparse24(w)) => SparseWeight::sparse24(ctx, &w, grad),
+                Some(Packed::Unstructured(w)) => SparseWeight::unstructured(ctx, &w, grad),
+                _ => return Err(Error::Model(format!("{name}: not a sparse tensor"))),
+            };
+            w.map(|w| FrozenWeight::Sparse(Box::new(w))).map_err(named)
+        }
+        _ => upload_matrix(ctx, file, name, rows, cols, lay).map(FrozenWeight::Packed),
+    }
+}
+
 /// How token rows reach the residual stream.
 pub(crate) enum Gather {
     /// The embedding kernel reads this dense f32 table (the tied dense head's own buffer
@@ -241,7 +320,7 @@ struct Layer {
     attn_norm: wgpu::Buffer,
     ffn_norm: wgpu::Buffer,
     /// In [`Proj`] order.
-    w: Vec<GpuWeight>,
+    w: Vec<FrozenWeight>,
     k_cache: wgpu::Buffer,
     v_cache: wgpu::Buffer,
 }
@@ -353,13 +432,8 @@ impl<'c> GpuModel<'c> {
             for p in Proj::ALL {
                 let (k, n) = p.shape(c);
                 let name = proj_tensor(l, p);
-                plan_matrix(
-                    &mut plan,
-                    &name,
-                    n,
-                    k,
-                    layout(file, &name, n, k, opts.format)?,
-                );
+                let lay = layout(file, &name, n, k, opts.format)?;
+                plan_matrix(&mut plan, file, &name, "", (n, k), lay, false)?;
             }
             let cache = f32s(max_len * kv);
             plan.storage(format!("kv cache k (layer {l})"), Category::KvCache, cache);
@@ -369,16 +443,11 @@ impl<'c> GpuModel<'c> {
         let embd = "token_embd.weight";
         let embd_layout = layout(file, embd, vocab, d, opts.format)?;
         if c.tied_embeddings {
-            plan_matrix(&mut plan, embd, vocab, d, embd_layout);
+            plan_matrix(&mut plan, file, embd, "", (vocab, d), embd_layout, false)?;
         } else {
             let out = "output.weight";
-            plan_matrix(
-                &mut plan,
-                out,
-                vocab,
-                d,
-                layout(file, out, vocab, d, opts.format)?,
-            );
+            let lay = layout(file, out, vocab, d, opts.format)?;
+            plan_matrix(&mut plan, file, out, "", (vocab, d), lay, false)?;
             if embd_layout == Layout::Dense {
                 plan.storage(embd, Category::Weights, f32s(vocab * d));
             }
@@ -456,8 +525,8 @@ impl<'c> GpuModel<'c> {
                 let (k, n) = p.shape(&c);
                 let name = proj_tensor(l, p);
                 let lay = layout(file, &name, n, k, opts.format)?;
-                let gw = upload_matrix(ctx, file, &name, n, k, lay)?;
-                weight_bytes += gw.data.size() + gw.scales.size();
+                let gw = upload_proj(ctx, file, &name, (n, k), lay, false)?;
+                weight_bytes += gw.bytes();
                 w.push(gw);
             }
             let k_cache = track(zeros(&format!("kv cache k (layer {l})"), max_len * kv)?);
@@ -676,8 +745,7 @@ impl<'c> GpuModel<'c> {
         y: &wgpu::Buffer,
         t: usize,
     ) -> Result<()> {
-        self.mm
-            .encode_nt(self.ctx, enc, &self.layers[l].w[p.index()], x, y, t)?;
+        self.layers[l].w[p.index()].encode_nt(&self.mm, self.ctx, enc, x, y, t)?;
         if let Some(g) = &self.lora {
             if let Some((a, b)) = &g.pairs[l][p.index()] {
                 let (k, n) = p.shape(&self.config);

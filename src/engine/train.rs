@@ -1,16 +1,17 @@
 //! LoRA training on the GPU: a [`Backend`] whose forward and backward passes are composed
-//! from the kernel library, with the base weights frozen (packed or f32) and the adapters,
-//! their gradients and AdamW moments resident on the device.
+//! from the kernel library, with the base weights frozen (f32, packed or sparse) and the
+//! adapters, their gradients and AdamW moments resident on the device.
 //!
 //! One row of t ≤ `seq_len` tokens is one command buffer: embedding rows (gathered on the
 //! CPU from the GGUF bytes) → per block the forward of [`GpuModel`](super::GpuModel) with
 //! every activation the backward needs kept → final norm → the fused, vocabulary-chunked
 //! cross-entropy head (the t × vocab logits never exist) → its backward → per block, from
 //! the top, the backward pass: projections' input gradients through the frozen weights
-//! (`QMatmul::encode_nn`), LoRA dA/dB accumulated, SwiGLU, attention, RoPE and RMSNorm
-//! backward. Only the per-row losses are read back. LoRA dropout masks are a hash of
-//! (seed, layer, projection, element) computed in the shader, as the CPU reference does,
-//! so none is stored ([`crate::reference::Dropout`]).
+//! (`FrozenWeight::encode_nn`: qmatmul, or the sparse kernels through a transposed copy),
+//! LoRA dA/dB accumulated, SwiGLU, attention, RoPE and RMSNorm backward. Only the per-row
+//! losses are read back. LoRA dropout masks are a hash of (seed, layer, projection,
+//! element) computed in the shader, as the CPU reference does, so none is stored
+//! ([`crate::reference::Dropout`]).
 //!
 //! Memory is planned first ([`GpuTrainer::plan`]), checked against the device's limits and
 //! the user's budget, and allocated once. With `recompute`, only each block's input is kept
@@ -19,7 +20,7 @@
 //! binding ([`cross_entropy::rows_per_part`]) and its logits are made in chunks that do too.
 
 use super::gpu_model::{
-    cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_matrix, Gather,
+    cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_proj, Gather,
     WeightFormat, PROJ_NAMES,
 };
 use super::plan::{Category, MemoryPlan, PlanEntry};
@@ -37,7 +38,7 @@ use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forward};
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
-use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
+use crate::kernels::qmatmul::{FrozenWeight, Path, QMatmul};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
@@ -207,7 +208,7 @@ fn scratch_widths(c: &LlamaConfig, rank: usize) -> [(&'static str, usize); 14] {
 struct BlockWeights {
     attn_norm: wgpu::Buffer,
     ffn_norm: wgpu::Buffer,
-    w: Vec<GpuWeight>,
+    w: Vec<FrozenWeight>,
 }
 
 /// One adapter tensor with its gradient and moments.
@@ -246,7 +247,9 @@ pub struct GpuTrainer<'c> {
 
 impl<'c> GpuTrainer<'c> {
     /// Every buffer [`GpuTrainer::new`] allocates, from the file's header, the LoRA setting,
-    /// the options and the device's limits (which decide how the head is split).
+    /// the options and the device's limits (which decide how the head is split). Sparse
+    /// projections of a compressed file are also read: their codes size the transposed
+    /// copies the input gradient uses.
     pub fn plan(
         file: &ModelFile,
         lora: &LoraConfig,
@@ -319,8 +322,8 @@ impl<'c> GpuTrainer<'c> {
                 let (k, n) = p.shape(&c);
                 let name = proj_tensor(l, p);
                 let lay = layout(file, &name, n, k, opts.format)?;
-                let gw = upload_matrix(ctx, file, &name, n, k, lay)?;
-                untracked += gw.data.size() + gw.scales.size();
+                let gw = upload_proj(ctx, file, &name, (n, k), lay, true)?;
+                untracked += gw.bytes();
                 w.push(gw);
             }
             blocks.push(BlockWeights {
@@ -598,8 +601,7 @@ impl<'c> GpuTrainer<'c> {
         seed: Option<u64>,
     ) -> Result<()> {
         let ctx = self.ctx;
-        self.mm
-            .encode_nt(ctx, enc, &self.blocks[l].w[p.index()], x, y, t)?;
+        self.blocks[l].w[p.index()].encode_nt(&self.mm, ctx, enc, x, y, t)?;
         if let (Some((ia, ib)), Some(u)) = (self.pairs[l][p.index()], &a.u[p.index()]) {
             let ab = (&self.trained[ia].param, &self.trained[ib].param);
             let drop = self.dropout(seed, l, p).map(|d| (d, &self.s.drop));
@@ -673,10 +675,10 @@ impl<'c> GpuTrainer<'c> {
         let w = &self.blocks[l].w[p.index()];
         if acc {
             let k = p.shape(&self.config).0;
-            self.mm.encode_nn(ctx, enc, w, dy, &self.s.dtmp, t)?;
+            w.encode_nn(&self.mm, ctx, enc, dy, &self.s.dtmp, t)?;
             encode_col_sums_add(ctx, enc, &self.s.dtmp, 1, t * k, dx)?;
         } else {
-            self.mm.encode_nn(ctx, enc, w, dy, dx, t)?;
+            w.encode_nn(&self.mm, ctx, enc, dy, dx, t)?;
         }
         if let (Some((ia, ib)), Some(u)) = (self.pairs[l][p.index()], &a.u[p.index()]) {
             let (ta, tb) = (&self.trained[ia], &self.trained[ib]);
@@ -1358,7 +1360,8 @@ fn plan_span(
     let f32s = |n: usize| n as u64 * 4;
     let mut plan = MemoryPlan::default();
     let blocks = span.layers.clone();
-    let weights = |plan: &mut MemoryPlan, l: usize, tag: &str| -> Result<()> {
+    // `grad`: the block's input gradient is taken (sparse weights need a transposed copy).
+    let weights = |plan: &mut MemoryPlan, l: usize, tag: &str, grad: bool| -> Result<()> {
         for norm in ["attn_norm", "ffn_norm"] {
             let name = format!("blk.{l}.{norm}.weight{tag}");
             plan.storage(name, Category::Weights, f32s(d));
@@ -1367,24 +1370,25 @@ fn plan_span(
             let (k, n) = p.shape(c);
             let name = proj_tensor(l, p);
             let lay = layout(file, &name, n, k, opts.format)?;
-            plan_matrix(plan, &format!("{name}{tag}"), n, k, lay);
+            plan_matrix(plan, file, &name, tag, (n, k), lay, grad)?;
         }
         Ok(())
     };
     for l in blocks.clone() {
-        weights(&mut plan, l, "")?;
+        weights(&mut plan, l, "", true)?;
     }
     if blocks.start > 0 {
-        // One slot for the frozen blocks below, streamed through one at a time.
+        // One slot for the frozen blocks below, streamed through one at a time (forward
+        // only).
         let mut widest = (0, 0);
         for l in 0..blocks.start {
             let mut one = MemoryPlan::default();
-            weights(&mut one, l, "")?;
+            weights(&mut one, l, "", false)?;
             if one.total() > widest.1 {
                 widest = (l, one.total());
             }
         }
-        weights(&mut plan, widest.0, " (frozen-block slot)")?;
+        weights(&mut plan, widest.0, " (frozen-block slot)", false)?;
     }
     plan.storage("output_norm.weight", Category::Weights, f32s(d));
     let head_name = if c.tied_embeddings {

@@ -13,6 +13,7 @@
 
 use super::context::{GpuContext, Kernel};
 use super::program::{Bind, KernelSpec};
+use super::spmatmul::SparseWeight;
 use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::GgmlType;
 use crate::{Error, Result};
@@ -131,6 +132,65 @@ impl GpuWeight {
 
     fn blocks_per_row(&self) -> usize {
         self.cols.div_ceil(BLOCK)
+    }
+
+    /// Bytes of its buffers (data and scales or placeholder).
+    pub fn bytes(&self) -> u64 {
+        self.data.size() + self.scales.size()
+    }
+}
+
+/// A frozen projection weight in the form it is resident in: read by the qmatmul kernels
+/// (dense f32, quantized, GGUF blocks) or by the sparse ones ([`SparseWeight`]), so a
+/// model has one call site per projection whatever the file holds.
+#[derive(Debug)]
+pub enum FrozenWeight {
+    Packed(GpuWeight),
+    /// 2:4 or unstructured, f32/int8/int4 values; the input gradient needs its transposed
+    /// copy (uploaded `with_grad`). Boxed: two resident matrices are larger than a
+    /// [`GpuWeight`].
+    Sparse(Box<SparseWeight>),
+}
+
+impl FrozenWeight {
+    /// Records y[m×n] = x[m×k]·Wᵀ (`mm` picks the qmatmul path; the sparse kernels have one).
+    pub fn encode_nt(
+        &self,
+        mm: &QMatmul,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        m: usize,
+    ) -> Result<()> {
+        match self {
+            FrozenWeight::Packed(w) => mm.encode_nt(ctx, encoder, w, x, y, m),
+            FrozenWeight::Sparse(w) => w.encode_nt(ctx, encoder, x, y, m),
+        }
+    }
+
+    /// Records dx[m×k] = dy[m×n]·W (overwrites dx).
+    pub fn encode_nn(
+        &self,
+        mm: &QMatmul,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        dy: &wgpu::Buffer,
+        dx: &wgpu::Buffer,
+        m: usize,
+    ) -> Result<()> {
+        match self {
+            FrozenWeight::Packed(w) => mm.encode_nn(ctx, encoder, w, dy, dx, m),
+            FrozenWeight::Sparse(w) => w.encode_nn(ctx, encoder, dy, dx, m),
+        }
+    }
+
+    /// Bytes of its GPU buffers.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            FrozenWeight::Packed(w) => w.bytes(),
+            FrozenWeight::Sparse(w) => w.bytes(),
+        }
     }
 }
 

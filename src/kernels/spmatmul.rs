@@ -152,6 +152,17 @@ impl GpuSparseMatrix {
         })
     }
 
+    /// Bytes of its buffers; `with_scales: false` leaves out a scales buffer it shares.
+    pub fn bytes(&self, with_scales: bool) -> u64 {
+        let own = self.vals.size() + self.pattern.size();
+        let scales = if with_scales { self.scales.size() } else { 0 };
+        let row_ptr = match &self.layout {
+            Layout::Unstructured { row_ptr, .. } => row_ptr.size(),
+            Layout::Sparse24 { .. } => 0,
+        };
+        own + scales + row_ptr
+    }
+
     /// Workgroups for m rows of x.
     pub fn workgroups(&self, m: usize) -> u64 {
         (m as u64).div_ceil(tile_rows(m) as u64) * (self.rows as u64).div_ceil(WG_N as u64)
@@ -269,6 +280,11 @@ impl SparseWeight {
         Ok(SparseWeight { fwd, grad })
     }
 
+    /// Bytes of every buffer it holds (the shared scales once).
+    pub fn bytes(&self) -> u64 {
+        self.fwd.bytes(true) + self.grad.as_ref().map_or(0, |g| g.bytes(false))
+    }
+
     /// Records y[m×n] = x[m×k]·Wᵀ.
     pub fn encode_nt(
         &self,
@@ -295,6 +311,77 @@ impl SparseWeight {
         })?;
         t.encode(ctx, encoder, dy, dx, m)
     }
+}
+
+/// The buffers of the transposed copy `with_grad` adds, as (name, bytes) in upload order:
+/// masks, row pointers and values (the scales are shared). Counted from the stored codes
+/// without building the copy, so a memory plan can size it exactly: the copy keeps only the
+/// entries whose code is not zero, padding each of its rows to 8 value positions.
+pub fn grad_buffers_sparse24(w: &Sparse24Matrix) -> [(&'static str, u64); 3] {
+    let mut counts = vec![0usize; w.k];
+    for r in 0..w.n {
+        for g in 0..w.groups() {
+            let nib = (w.idx[r * w.idx_stride + g / 8] >> (4 * (g % 8))) as usize;
+            for (slot, i) in [(0, nib & 3), (1, (nib >> 2) & 3)] {
+                let c = 4 * g + i;
+                if c < w.k && !is_zero(&w.values, r * w.value_stride + 2 * g + slot) {
+                    counts[c] += 1;
+                }
+            }
+        }
+    }
+    transposed_buffers(w.k, w.n, &counts, w.values.ty)
+}
+
+/// [`grad_buffers_sparse24`] for an unstructured weight.
+pub fn grad_buffers_unstructured(w: &UnstructuredMatrix) -> [(&'static str, u64); 3] {
+    let mut counts = vec![0usize; w.cols];
+    let nb = w.blocks();
+    for r in 0..w.rows {
+        let mut p = w.row_ptr[r] as usize;
+        for b in 0..nb {
+            let mut mask = w.masks[r * nb + b];
+            while mask != 0 {
+                let c = b * crate::compress::sparse::BLOCK + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if !is_zero(&w.values, p) {
+                    counts[c] += 1;
+                }
+                p += 1;
+            }
+        }
+    }
+    transposed_buffers(w.cols, w.rows, &counts, w.values.ty)
+}
+
+/// Whether the code at `pos` is zero (±0.0 or code 0), as the transposed copy decides.
+fn is_zero(v: &crate::compress::sparse::PackedValues, pos: usize) -> bool {
+    v.raw(pos) << 1 == 0
+}
+
+/// Buffer sizes of an unstructured `[rows][cols]` matrix whose row r stores `counts[r]`
+/// values of type `ty` (as `GpuContext::storage` allocates them: at least 4 bytes).
+fn transposed_buffers(
+    rows: usize,
+    cols: usize,
+    counts: &[usize],
+    ty: ValueType,
+) -> [(&'static str, u64); 3] {
+    let per_word = match ty {
+        ValueType::F32 => 1,
+        ValueType::Int8 => 4,
+        ValueType::Int4 => 8,
+    };
+    let positions: usize = counts.iter().map(|&n| n.next_multiple_of(8)).sum();
+    let bytes = |words: usize| (4 * words as u64).max(4);
+    [
+        (
+            "masks",
+            bytes(rows * cols.div_ceil(crate::compress::sparse::BLOCK)),
+        ),
+        ("row_ptr", bytes(rows + 1)),
+        ("values", bytes(positions.div_ceil(per_word))),
+    ]
 }
 
 /// Uploads `x`, runs `op` into a zeroed `m×out` buffer and reads it back, turning wgpu
@@ -698,10 +785,53 @@ pub mod checks {
         Ok(())
     }
 
+    /// The transposed copy's buffers are sized from the codes exactly as the upload
+    /// allocates them (a memory plan relies on it), on int4 codes that round to zero.
+    pub fn planned_bytes(ctx: &GpuContext) -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let b = |words: usize| (4 * words as u64).max(4);
+        let sum = |a: [(&str, u64); 3]| a.iter().map(|e| e.1).sum::<u64>();
+        for (n, k) in [(1, 6), (33, 100), (70, 37)] {
+            for ty in ValueType::ALL {
+                let w = random(n * k, &mut rng);
+                let s24 = Sparse24Matrix::pack(&sp::prune_magnitude_2of4(&w, n, k), n, k, ty)?;
+                let un = UnstructuredMatrix::pack(&sp::prune_magnitude(&w, n, k, 0.3), n, k, ty)?;
+                let fwd_24 =
+                    b(s24.values.words.len()) + b(s24.values.scales.len()) + b(s24.idx.len());
+                let fwd_un = b(un.values.words.len())
+                    + b(un.values.scales.len())
+                    + b(un.masks.len())
+                    + b(un.row_ptr.len());
+                let cases = [
+                    (
+                        "sparse24",
+                        SparseWeight::sparse24(ctx, &s24, true)?,
+                        fwd_24 + sum(grad_buffers_sparse24(&s24)),
+                    ),
+                    (
+                        "unstructured",
+                        SparseWeight::unstructured(ctx, &un, true)?,
+                        fwd_un + sum(grad_buffers_unstructured(&un)),
+                    ),
+                ];
+                for (what, up, want) in cases {
+                    if up.bytes() != want {
+                        return Err(Error::Invalid(format!(
+                            "{what} {ty:?} {n}×{k}: uploaded {} bytes, sized {want}",
+                            up.bytes()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every check that runs under any limits.
     pub async fn all(ctx: &GpuContext) -> Result<()> {
         pruning()?;
         refusals()?;
+        planned_bytes(ctx)?;
         kernels(ctx).await
     }
 
