@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod examples;
 pub mod layers;
+pub mod modes;
 pub mod schedule;
 pub mod trainer;
 
@@ -26,6 +27,7 @@ pub use checkpoint::{ParamState, Tensor, TrainState};
 pub use cpu::CpuBackend;
 pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
 pub use layers::{exits_every, LayerSchedule, Phase, WindowOrder};
+pub use modes::{mode_layers, Mode, ModeArgs, ModeLayers, DEFAULT_EXIT_STRIDE};
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
 
