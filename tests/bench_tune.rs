@@ -215,3 +215,74 @@ fn bench_tune_reports_every_mode_against_vanilla() {
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(table.contains("| edge |"), "{table}");
 }
+
+#[test]
+fn bench_compress_compares_uniform_and_luc_at_each_budget() {
+    let dir = scratch("bench-compress");
+    let (model, data) = setup(&dir);
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "the cat sat on the mat and the dog ran. ".repeat(40)).unwrap();
+    let text = text.display().to_string();
+    let out = dir.join("bench");
+    let (code, rows, err) = run(&[
+        "bench",
+        "compress",
+        "--model",
+        &model,
+        "--calib",
+        &text,
+        "--calib-rows",
+        "4",
+        "--calib-seq-len",
+        "64",
+        "--cache-dir",
+        &dir.join("profile").display().to_string(),
+        "--text",
+        &text,
+        "--ppl-tokens",
+        "128",
+        "--eval-data",
+        &data,
+        "--questions",
+        "6",
+        "--bits",
+        "4,3",
+        "--forward-tokens",
+        "32",
+        "--forward-reps",
+        "1",
+        "--out",
+        &out.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let key: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["policy"].as_str().unwrap().to_owned(),
+                r["mean_bits"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("f32", 32.0),
+        ("uniform", 4.0),
+        ("luc", 4.0),
+        ("uniform", 3.0),
+        ("luc", 3.0),
+    ];
+    assert_eq!(key, want.map(|(p, b)| (p.to_owned(), b)));
+    let base = rows[0]["gpu_weight_bytes"].as_f64().unwrap();
+    for r in &rows[1..] {
+        assert!(r["perplexity"].as_f64().unwrap().is_finite(), "{r}");
+        assert!(r["accuracy"].is_number(), "{r}");
+        // Half the weights pruned and the rest packed: well under the f32 upload.
+        assert!(r["gpu_weight_bytes"].as_f64().unwrap() < 0.9 * base, "{r}");
+        assert_eq!(r["mean_sparsity"], 0.5);
+    }
+    // The forward time is measured on the GPU (lavapipe here) relative to f32.
+    assert_eq!(rows[0]["forward_vs_f32"], 1.0);
+    assert!(rows[1]["forward_ms"].as_f64().unwrap() > 0.0);
+    assert!(out.join("table.md").exists());
+}
