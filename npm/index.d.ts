@@ -57,6 +57,61 @@ export interface TuneOptions {
   seed?: number;
   memory_budget?: number | null;
   recompute?: boolean;
+  /** Which layers train (`edge-llm tune --mode`). Partial and edge train windows of
+   * layers on the CPU (the GPU engine does not run them yet); compress-then-tune needs a
+   * compressed model. Default 'vanilla'. */
+  mode?: TuneMode;
+  /** Edge mode: an exit after every this many blocks, the last at the top (clamped to the
+   * model's blocks; default 6). */
+  exit_stride?: number;
+  /** Edge mode: windows shallow to deep once ('reference', default), or a sweep then the
+   * window whose exit loss fell fastest ('adaptive'). */
+  window_schedule?: WindowSchedule;
+  /** Partial mode: the last this many blocks train (default 6; at most the model's). */
+  partial_layers?: number;
+}
+
+export type TuneMode = 'vanilla' | 'compress-then-tune' | 'partial' | 'edge';
+export type WindowSchedule = 'reference' | 'adaptive';
+export type VoteRule = 'max' | 'mean' | 'majority' | 'last';
+
+/** A window of blocks a run trains: blocks `layers[0]..layers[1]` (0-based, end
+ * excluded), its loss read at the exit after `exit_after` blocks (null: the model's head). */
+export interface TuneWindow {
+  index: number;
+  layers: [number, number];
+  exit_after: number | null;
+}
+
+/** The memory plan of a run (`edge-llm plan --json`'s report) and where it runs. */
+export interface TunePlan {
+  total_bytes: number;
+  budget_bytes: number | null;
+  changes: string[];
+  seq_len: number;
+  accum_factor: number;
+  recompute: boolean;
+  format: string;
+  head_parts: number;
+  logits_chunk: number;
+  buffers: number;
+  by_category: Array<{ category: string; bytes: number }>;
+  largest: Array<{ name: string; category: string; bytes: number; storage: boolean }>;
+  max_storage_buffer_binding_size: number;
+  max_buffer_size: number;
+  mode: TuneMode;
+  /** 'cpu' for windowed modes: then the plan is what the largest window would need on the
+   * GPU, not what the run holds. */
+  device: 'gpu' | 'cpu';
+  /** Block counts after which early exits sit (edge mode). */
+  exits: number[];
+  windows: TuneWindow[];
+  window_schedule: WindowSchedule | null;
+  /** Whether the model file is compressed. */
+  compressed: boolean;
+  /** Bytes the trainer allocated (Tuner.plan only; 0 on the CPU). */
+  allocated_bytes?: number;
+  [key: string]: unknown;
 }
 
 export type DataKind = 'auto' | 'text' | 'instruct' | 'mc';
@@ -71,7 +126,11 @@ export interface DataInput {
 
 export interface StepReport {
   step: number | null;
+  /** Mean training loss of the step, at the window's exit in windowed modes. */
   loss: number;
+  /** The window trained (an index into the plan's `windows`; windowed modes only). */
+  window?: number;
+  device: 'gpu' | 'cpu';
   lr: number;
   tokens_per_s: number;
   val_loss?: number | null;
@@ -87,30 +146,35 @@ export interface PeftFiles {
   safetensors: Uint8Array;
   /** adapter_config.json */
   config: string;
+  /** exits.safetensors: the early exits (adapters with exits only; PEFT has none). */
+  exits?: Uint8Array;
 }
 
 export declare class Model {
   readonly inner: Raw.WebModel;
   readonly config: LlamaConfig;
   readonly fileBytes: number;
+  /** Whether the file is a compressed model (compress-then-tune needs one). */
+  readonly compressed: boolean;
   tokenize(text: string): number[];
   tokenStrings(ids: number[]): string[];
   chatPrompt(text: string): string;
   checkData(input: DataInput): { kind: string; records: number; problems: Array<{ line: number; message: string }>; stats: Record<string, unknown> };
-  plan(options?: TuneOptions): Promise<Record<string, unknown>>;
+  plan(options?: TuneOptions): Promise<TunePlan>;
   tuner(input: DataInput): Promise<Tuner>;
-  importAdapter(files: { safetensors: Uint8Array; config: string }): Adapter;
+  importAdapter(files: { safetensors: Uint8Array; config: string; exits?: Uint8Array | null }): Adapter;
   lm(options?: { adapter?: Adapter | null; maxLen?: number }): Promise<Lm>;
   free(): void;
 }
 
 export declare class Tuner {
   readonly inner: Raw.WebTuner;
-  readonly plan: Record<string, unknown>;
+  readonly plan: TunePlan;
   readonly data: Record<string, unknown>;
   readonly totalSteps: number;
   readonly step: number;
   readonly gpuBytes: number;
+  readonly device: 'gpu' | 'cpu';
   runStep(): Promise<StepReport>;
   run(options?: { onStep?: (report: StepReport) => void; signal?: AbortSignal }): Promise<StepReport | null>;
   validationLoss(): Promise<number | null>;
@@ -124,6 +188,7 @@ export declare class Tuner {
 export declare class Adapter {
   readonly inner: Raw.WebAdapter;
   readonly rank: number;
+  readonly exits: number[];
   files(): PeftFiles;
   free(): void;
 }
@@ -136,11 +201,25 @@ export interface PerplexityResult {
 }
 
 export interface McResult {
+  /** Accuracy of the model, or of the chosen vote with early exits. */
   accuracy: number;
   n: number;
   correct: number;
   seconds: number;
-  questions: Array<{ question: string; choices: string[]; answer: number; predicted: number; scores: number[] }>;
+  device: 'gpu' | 'cpu';
+  questions: Array<{
+    question: string; choices: string[]; answer: number; predicted: number;
+    /** Summed log-likelihood per choice (with exits: at the last exit). */
+    scores: number[];
+    /** With exits: each exit's answer. */
+    exit_predictions?: number[];
+  }>;
+  /** With exits: the rule that chose `predicted`. */
+  vote?: VoteRule;
+  /** With exits: each exit's accuracy on its own, shallow to deep. */
+  exits?: Array<{ after: number; accuracy: number; correct: number }>;
+  /** With exits: every rule's accuracy. */
+  votes?: Array<{ rule: VoteRule; accuracy: number; correct: number }>;
 }
 
 export interface GenerateResult {
@@ -151,6 +230,9 @@ export interface GenerateResult {
   prefill_seconds: number;
   tokens_per_s: number;
   decode_tokens_per_s: number;
+  device: 'gpu' | 'cpu';
+  /** With exits: the rule the exits' distributions were combined by. */
+  vote: VoteRule | null;
 }
 
 export declare class Lm {
@@ -158,12 +240,16 @@ export declare class Lm {
   readonly gpuBytes: number;
   readonly maxLen: number;
   readonly hasAdapter: boolean;
+  /** Block counts after which the adapter's early exits sit (empty: none). */
+  readonly exits: number[];
   perplexity(text: string, options?: { maxTokens?: number; onProgress?: (done: number, total: number) => void }): Promise<PerplexityResult>;
-  evalMc(jsonl: string, options?: { limit?: number; onProgress?: (done: number, total: number, correct: number) => void }): Promise<McResult>;
+  evalMc(jsonl: string, options?: { limit?: number; vote?: VoteRule; onProgress?: (done: number, total: number, correct: number) => void }): Promise<McResult>;
   generate(prompt: string, options?: {
     maxTokens?: number; temperature?: number; topP?: number; seed?: number;
     /** Wrap the prompt in the model's ChatML template (default true). */
     chat?: boolean;
+    /** With early exits: how their distributions are combined (default 'max'). */
+    vote?: VoteRule;
     onText?: (piece: string) => void;
   }): Promise<GenerateResult>;
   free(): void;

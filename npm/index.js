@@ -55,6 +55,10 @@ export class Model {
 
   get fileBytes() { return this.inner.file_bytes(); }
 
+  /// Whether the file is a compressed model (`edge-llm compress`): compress-then-tune
+  /// needs one.
+  get compressed() { return this.inner.is_compressed(); }
+
   tokenize(text) { return Array.from(this.inner.tokenize(text)); }
 
   tokenStrings(ids) { return this.inner.token_strings(Uint32Array.from(ids)); }
@@ -67,7 +71,9 @@ export class Model {
     return JSON.parse(this.inner.check_data(name, text, kind, asJson(options)));
   }
 
-  /// The GPU memory plan of a tuning run (nothing is allocated).
+  /// The GPU memory plan of a tuning run (nothing is allocated), with `mode`, `device`,
+  /// `exits` and `windows`. Windowed modes (partial, edge) train on the CPU: their plan is
+  /// what the largest window would need on the GPU.
   async plan(options = {}) {
     await gpuInfo();
     return JSON.parse(this.inner.plan_tuning(asJson(options)));
@@ -75,15 +81,17 @@ export class Model {
 
   /// A LoRA tuning run on `text` (plain text, instruction JSONL or multiple-choice JSONL;
   /// `kind`: 'auto' | 'text' | 'instruct' | 'mc'); `options` as `edge-llm tune`
-  /// (steps, lr, seq_len, lora_rank, accum, …). Allocates the trainer on the GPU.
+  /// (steps, lr, seq_len, lora_rank, accum, mode, exit_stride, …). Full-depth modes
+  /// allocate the trainer on the GPU; partial and edge train on the CPU in this thread.
   async tuner({ text, name = 'data.txt', kind = 'auto', options = {} }) {
     await gpuInfo();
     return new Tuner(this.inner.tuner(name, text, kind, asJson(options)));
   }
 
-  /// Reads a PEFT adapter (`adapter_model.safetensors` bytes, `adapter_config.json` text).
-  importAdapter({ safetensors, config }) {
-    return new Adapter(this.inner.import_adapter(safetensors, config));
+  /// Reads a PEFT adapter (`adapter_model.safetensors` bytes, `adapter_config.json` text),
+  /// with its early exits (`exits.safetensors` bytes) if given.
+  importAdapter({ safetensors, config, exits = null }) {
+    return new Adapter(this.inner.import_adapter(safetensors, config, exits ?? undefined));
   }
 
   /// The model on the GPU for evaluation and generation, with `adapter` if given.
@@ -107,6 +115,8 @@ export class Tuner {
   get totalSteps() { return this.inner.total_steps(); }
   get step() { return this.inner.current_step(); }
   get gpuBytes() { return this.inner.gpu_bytes(); }
+  /// 'gpu', or 'cpu' for windowed modes.
+  get device() { return this.inner.device(); }
 
   /// One optimizer step: `{step, loss, lr, tokens_per_s, val_loss?, stop, …}`; `stop` is
   /// 'steps' while the run goes on.
@@ -129,6 +139,8 @@ export class Tuner {
     return last;
   }
 
+  /// The whole model's validation loss (to its last exit): it leaves the layer window,
+  /// so call it at the end of a run.
   async validationLoss() { return (await this.inner.validation_loss()) ?? null; }
 
   /// Bytes to continue from exactly (`resume`).
@@ -139,7 +151,8 @@ export class Tuner {
   /// The adapter's current values, to evaluate with or export.
   async adapter() { return new Adapter(await this.inner.adapter()); }
 
-  /// `{safetensors: Uint8Array, config: string}`: the PEFT adapter files.
+  /// `{safetensors: Uint8Array, config: string, exits?: Uint8Array}`: the PEFT adapter
+  /// files, and `exits.safetensors` when the run has early exits.
   exportAdapter() { return this.inner.adapter_files(); }
 
   free() { this.inner.free(); }
@@ -149,9 +162,12 @@ export class Adapter {
   constructor(inner) { this.inner = inner; }
 
   get rank() { return this.inner.rank(); }
+  /// Block counts after which its early exits sit (empty: plain LoRA).
+  get exits() { return Array.from(this.inner.exits()); }
 
-  /// `{safetensors: Uint8Array, config: string}`: `adapter_model.safetensors` and
-  /// `adapter_config.json`, loadable by PEFT and by `edge-llm --adapter`.
+  /// `{safetensors: Uint8Array, config: string, exits?: Uint8Array}`:
+  /// `adapter_model.safetensors` and `adapter_config.json`, loadable by PEFT and by
+  /// `edge-llm --adapter`, and `exits.safetensors` when it has early exits.
   files() { return this.inner.files(); }
 
   free() { this.inner.free(); }
@@ -163,6 +179,9 @@ export class Lm {
   get gpuBytes() { return this.inner.gpu_bytes(); }
   get maxLen() { return this.inner.max_len(); }
   get hasAdapter() { return this.inner.has_adapter(); }
+  /// Block counts after which the adapter's early exits sit (empty: none). With exits,
+  /// accuracy and generation vote over them on the CPU.
+  get exits() { return Array.from(this.inner.exits()); }
 
   /// Perplexity of the first `maxTokens` tokens of `text`.
   async perplexity(text, { maxTokens = 512, onProgress } = {}) {
@@ -170,14 +189,17 @@ export class Lm {
   }
 
   /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL
-  /// (`{"question", "choices", "answer"}` per line).
-  async evalMc(jsonl, { limit = 20, onProgress } = {}) {
-    return JSON.parse(await this.inner.eval_mc(jsonl, limit, onProgress ?? null));
+  /// (`{"question", "choices", "answer"}` per line). With early exits: every exit's and
+  /// every voting rule's accuracy, the answer voted by `vote` (default 'max').
+  async evalMc(jsonl, { limit = 20, onProgress, vote } = {}) {
+    return JSON.parse(await this.inner.eval_mc(jsonl, limit, onProgress ?? null, vote ?? undefined));
   }
 
-  /// A reply to `prompt`, streamed to `onText(piece)`; temperature 0 is greedy.
-  async generate(prompt, { maxTokens = 64, temperature = 0, topP = 1, seed = 0, chat = true, onText } = {}) {
+  /// A reply to `prompt`, streamed to `onText(piece)`; temperature 0 is greedy. With
+  /// early exits it samples their distributions combined by `vote` (default 'max').
+  async generate(prompt, { maxTokens = 64, temperature = 0, topP = 1, seed = 0, chat = true, vote, onText } = {}) {
     const opts = { max_tokens: maxTokens, temperature, top_p: topP, seed, chat };
+    if (vote) opts.vote = vote;
     return JSON.parse(await this.inner.generate(prompt, JSON.stringify(opts), onText ?? null));
   }
 

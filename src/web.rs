@@ -9,6 +9,11 @@
 //!
 //! Evaluation and chat ([`WebLm`]) call the same `eval::*_async` functions as the CLI's
 //! blocking wrappers, awaiting the GPU's readbacks instead of blocking on them.
+//!
+//! Windowed modes (partial, edge: adaptive layer tuning) and exit voting run on the CPU
+//! reference inside the worker (wasm, one thread): the GPU engine does not run layer
+//! windows or early exits yet. Their GPU memory is still planned
+//! (`GpuTrainer::plan_windows`) so the page can say what a window would need.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -20,12 +25,17 @@ use wasm_bindgen::prelude::*;
 use crate::adapter;
 use crate::data::{Dataset, LineError};
 use crate::engine::{fit_budget, Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
-use crate::eval::{self, Sampling};
+use crate::eval::{self, CpuExitLm, Sampling};
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::{Lora, LoraConfig, Proj};
+use crate::reference::optim::AdamW;
+use crate::reference::{Lora, LoraConfig, Proj, Span, Transformer};
 use crate::tokenizer::Tokenizer;
-use crate::train::{self, Backend, DataConfig, Decay, TrainConfig, TrainState, Trainer};
+use crate::train::{
+    self, Backend, CpuBackend, DataConfig, Decay, LossSum, Mode, ModeArgs, ModeLayers, ParamState,
+    Row, TrainConfig, TrainState, Trainer, WindowOrder,
+};
+use crate::vote::Vote;
 use crate::Error;
 
 fn js_err(e: crate::Error) -> JsError {
@@ -99,6 +109,14 @@ struct TuneOptions {
     /// GPU bytes the run may use; None: only the device's limits.
     memory_budget: Option<u64>,
     recompute: bool,
+    /// Which layers train (`edge-llm tune --mode`); partial and edge run on the CPU.
+    mode: Mode,
+    /// Edge mode: an exit after every this many blocks (clamped to the model's blocks).
+    exit_stride: usize,
+    /// Edge mode: the order of the windows (reference or adaptive).
+    window_schedule: WindowOrder,
+    /// Partial mode: the last this many blocks train.
+    partial_layers: usize,
 }
 
 impl Default for TuneOptions {
@@ -123,6 +141,10 @@ impl Default for TuneOptions {
             seed: 0,
             memory_budget: None,
             recompute: false,
+            mode: Mode::Vanilla,
+            exit_stride: ModeArgs::default().exit_stride,
+            window_schedule: WindowOrder::Reference,
+            partial_layers: ModeArgs::default().partial_layers,
         }
     }
 }
@@ -175,6 +197,15 @@ impl TuneOptions {
             patience: self.patience,
             seed: self.seed,
             ..Default::default()
+        }
+    }
+
+    fn mode_args(&self) -> ModeArgs {
+        ModeArgs {
+            mode: self.mode,
+            exit_stride: self.exit_stride,
+            window_schedule: self.window_schedule,
+            partial_layers: self.partial_layers,
         }
     }
 
@@ -262,6 +293,12 @@ impl WebModel {
         self.model.bytes.len()
     }
 
+    /// Whether the file is a compressed model (`edge-llm compress`), which
+    /// compress-then-tune needs.
+    pub fn is_compressed(&self) -> bool {
+        crate::compress::file::is_compressed(&self.model.gguf)
+    }
+
     /// Token ids of `text` (no special tokens added).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
         self.tokenizer.encode(text).map_err(js_err)
@@ -295,29 +332,21 @@ impl WebModel {
         Ok(data_json(&ds, &problems, &prepared.stats).to_string())
     }
 
-    /// The GPU memory plan of a tuning run with `options_json`, fitted to its
-    /// `memory_budget` on this thread's device (`gpu_info` must have run); nothing is
-    /// allocated. A budget that cannot fit is an error saying what would.
+    /// The GPU memory plan of a tuning run with `options_json`; nothing is allocated.
+    /// Full-depth modes: fitted to its `memory_budget` on this thread's device (`gpu_info`
+    /// must have run); a budget that cannot fit is an error saying what would. Windowed
+    /// modes (partial, edge): the largest window's plan (`GpuTrainer::plan_windows`), a
+    /// plan only, since those runs train on the CPU.
     pub fn plan_tuning(&self, options_json: &str) -> Result<String, JsError> {
-        let ctx = gpu_ready()?;
         let o = TuneOptions::parse(options_json).map_err(js_err)?;
-        let fit = fit_budget(
-            &self.model,
-            &o.lora(),
-            &o.engine(),
-            &ctx.limits,
-            o.memory_budget,
-        )
-        .map_err(js_err)?;
-        Ok(
-            fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits)
-                .map_err(js_err)?
-                .to_string(),
-        )
+        let ml = self.mode_layers(&o).map_err(js_err)?;
+        let (_, plan) = self.plan(&o, &ml).map_err(js_err)?;
+        Ok(plan.to_string())
     }
 
     /// Prepares the data, plans GPU memory (refusing a budget that cannot fit before
-    /// anything is allocated), uploads the model and creates the trainer.
+    /// anything is allocated) and creates the trainer: on the GPU for full-depth modes
+    /// (the model is uploaded), on the CPU reference for windowed ones.
     pub fn tuner(
         &self,
         name: &str,
@@ -325,28 +354,34 @@ impl WebModel {
         kind: &str,
         options_json: &str,
     ) -> Result<WebTuner, JsError> {
-        let ctx = gpu_ready()?;
         let mut o = TuneOptions::parse(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
-        let lora_config = o.lora();
-        let fit = fit_budget(
-            &self.model,
-            &lora_config,
-            &o.engine(),
-            &ctx.limits,
-            o.memory_budget,
-        )
-        .map_err(js_err)?;
-        // Sequence chunking chosen for the budget: shorter rows, more accumulation.
-        o.seq_len = fit.options.seq_len;
-        o.accum *= fit.accum_factor;
+        let ml = self.mode_layers(&o).map_err(js_err)?;
+        let (fit, plan) = self.plan(&o, &ml).map_err(js_err)?;
+        if let Some(fit) = &fit {
+            // Sequence chunking chosen for the budget: shorter rows, more accumulation.
+            o.seq_len = fit.options.seq_len;
+            o.accum *= fit.accum_factor;
+        }
         let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
         let data = data_json(&ds, &problems, &prepared.stats);
-        let plan =
-            fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits).map_err(js_err)?;
-        let lora = Lora::new(&self.model.config, lora_config, o.seed);
-        let backend = GpuTrainer::new(ctx, &self.model, &lora, &fit.options).map_err(js_err)?;
-        let trainer = Trainer::new(backend, o.train(), prepared).map_err(js_err)?;
+        let backend = match &fit {
+            Some(fit) => {
+                let lora = Lora::new(&self.model.config, o.lora(), o.seed);
+                let gpu = GpuTrainer::new(gpu_ready()?, &self.model, &lora, &fit.options)
+                    .map_err(js_err)?;
+                WebBackend::Gpu(Box::new(gpu))
+            }
+            None => {
+                let weights = self.model.weights().map_err(js_err)?;
+                let mut cpu = CpuBackend::with_exits(weights, o.lora(), &ml.exits, o.seed);
+                cpu.cache.max_bytes = WEB_PREFIX_CACHE_BYTES;
+                WebBackend::Cpu(Box::new(cpu))
+            }
+        };
+        let mut config = o.train();
+        config.layers = ml.layers;
+        let trainer = Trainer::new(backend, config, prepared).map_err(js_err)?;
         Ok(WebTuner {
             trainer,
             config: self.model.config.clone(),
@@ -357,17 +392,211 @@ impl WebModel {
     }
 }
 
+/// Host memory the prefix cache of a windowed run may hold in the tab: a wasm32 module has
+/// 4 GiB in all, which the model file and its f32 weights already share (native: 2 GiB).
+const WEB_PREFIX_CACHE_BYTES: u64 = 256 << 20;
+
+impl WebModel {
+    /// The exits and layer schedule `o`'s mode asks for on this model (the CLI's mapping),
+    /// refusing what this model cannot do.
+    fn mode_layers(&self, o: &TuneOptions) -> crate::Result<ModeLayers> {
+        let compressed = crate::compress::file::is_compressed(&self.model.gguf);
+        if o.mode == Mode::CompressThenTune && !compressed {
+            return Err(Error::Invalid(
+                "compress-then-tune tunes a compressed model, and this one is not compressed: \
+                 load a .gguf written by `edge-llm compress`, or pick vanilla"
+                    .into(),
+            ));
+        }
+        if o.mode.windowed() && o.recompute {
+            return Err(Error::Invalid(format!(
+                "layer recompute is a GPU setting; {} mode trains on the CPU in this tab",
+                o.mode.name()
+            )));
+        }
+        train::mode_layers(self.model.config.n_layers, &o.mode_args())
+    }
+
+    /// The plan of a run (`fit_json` plus where it runs and its windows), and the fit a
+    /// full-depth run is built from (None: a windowed run, on the CPU).
+    fn plan(
+        &self,
+        o: &TuneOptions,
+        ml: &ModeLayers,
+    ) -> crate::Result<(Option<Fit>, serde_json::Value)> {
+        let c = &self.model.config;
+        let (fit, mut v) = match &ml.layers {
+            None => {
+                let ctx = gpu_ready()
+                    .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))?;
+                let fit = fit_budget(
+                    &self.model,
+                    &o.lora(),
+                    &o.engine(),
+                    &ctx.limits,
+                    o.memory_budget,
+                )?;
+                let v = fit_json(&fit, c, o.memory_budget, &ctx.limits)?;
+                (Some(fit), v)
+            }
+            Some(ls) => {
+                // The device's limits where there is one; WebGPU's defaults otherwise.
+                let limits = GPU
+                    .with(|g| g.get().map(|ctx| ctx.limits.clone()))
+                    .unwrap_or_default();
+                let plan = GpuTrainer::plan_windows(
+                    &self.model,
+                    &o.lora(),
+                    &o.engine(),
+                    &limits,
+                    &ls.windows,
+                )?;
+                let window = Fit {
+                    options: o.engine(),
+                    plan,
+                    changes: Vec::new(),
+                    accum_factor: 1,
+                };
+                (None, fit_json(&window, c, None, &limits)?)
+            }
+        };
+        v["mode"] = json!(o.mode.name());
+        v["device"] = json!(if fit.is_some() { "gpu" } else { "cpu" });
+        v["exits"] = json!(ml.exits);
+        v["windows"] = windows_json(ml, &self.model.config);
+        v["window_schedule"] = json!(ml.layers.as_ref().map(|l| l.order));
+        v["compressed"] = json!(crate::compress::file::is_compressed(&self.model.gguf));
+        Ok((fit, v))
+    }
+}
+
+/// The windows of a layer schedule for the page: `[{index, layers: [start, end], exit_after}]`
+/// (blocks `start..end`, 0-based; `exit_after` null when the loss is read at the model's head).
+fn windows_json(ml: &ModeLayers, c: &LlamaConfig) -> serde_json::Value {
+    let Some(ls) = &ml.layers else {
+        return json!([{"index": 0, "layers": [0, c.n_layers], "exit_after": null}]);
+    };
+    let windows: Vec<_> = ls
+        .windows
+        .iter()
+        .enumerate()
+        .map(|(i, w): (usize, &Span)| {
+            json!({"index": i, "layers": [w.layers.start, w.layers.end],
+                   "exit_after": w.exit.and_then(|k| ml.exits.get(k))})
+        })
+        .collect();
+    json!(windows)
+}
+
+/// The trainer's backend: the GPU engine (full-depth modes) or the CPU reference (layer
+/// windows and exits, which the GPU engine does not run yet), behind one `Trainer` so
+/// every operation (step, checkpoint, resume, adapter, validation) has one code path.
+enum WebBackend {
+    Gpu(Box<GpuTrainer<'static>>),
+    Cpu(Box<CpuBackend>),
+}
+
+impl WebBackend {
+    fn device(&self) -> &'static str {
+        match self {
+            WebBackend::Gpu(_) => "gpu",
+            WebBackend::Cpu(_) => "cpu",
+        }
+    }
+
+    fn allocated_bytes(&self) -> u64 {
+        match self {
+            WebBackend::Gpu(b) => b.allocated_bytes(),
+            WebBackend::Cpu(_) => 0,
+        }
+    }
+}
+
+impl Backend for WebBackend {
+    async fn accumulate(
+        &mut self,
+        rows: &[&Row],
+        grad_scale: f64,
+        dropout_seed: u64,
+    ) -> crate::Result<LossSum> {
+        match self {
+            WebBackend::Gpu(b) => b.accumulate(rows, grad_scale, dropout_seed).await,
+            WebBackend::Cpu(b) => b.accumulate(rows, grad_scale, dropout_seed).await,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        opt: &AdamW,
+        t: u64,
+        max_grad_norm: Option<f64>,
+    ) -> crate::Result<f64> {
+        match self {
+            WebBackend::Gpu(b) => b.apply(opt, t, max_grad_norm).await,
+            WebBackend::Cpu(b) => b.apply(opt, t, max_grad_norm).await,
+        }
+    }
+
+    async fn eval(&mut self, rows: &[&Row]) -> crate::Result<LossSum> {
+        match self {
+            WebBackend::Gpu(b) => b.eval(rows).await,
+            WebBackend::Cpu(b) => b.eval(rows).await,
+        }
+    }
+
+    async fn save(&mut self) -> crate::Result<ParamState> {
+        match self {
+            WebBackend::Gpu(b) => b.save().await,
+            WebBackend::Cpu(b) => b.save().await,
+        }
+    }
+
+    async fn load(&mut self, state: &ParamState) -> crate::Result<()> {
+        match self {
+            WebBackend::Gpu(b) => b.load(state).await,
+            WebBackend::Cpu(b) => b.load(state).await,
+        }
+    }
+
+    async fn adapters(&mut self) -> crate::Result<Lora<f32>> {
+        match self {
+            WebBackend::Gpu(b) => b.adapters().await,
+            WebBackend::Cpu(b) => b.adapters().await,
+        }
+    }
+
+    fn gpu_bytes(&self) -> u64 {
+        match self {
+            WebBackend::Gpu(b) => b.gpu_bytes(),
+            WebBackend::Cpu(b) => b.gpu_bytes(),
+        }
+    }
+
+    fn set_span(&mut self, span: Option<&Span>) -> crate::Result<()> {
+        match self {
+            WebBackend::Gpu(b) => b.set_span(span),
+            WebBackend::Cpu(b) => b.set_span(span),
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl WebModel {
     /// Reads a PEFT adapter (`adapter_model.safetensors` bytes and `adapter_config.json`
-    /// text) for this model; refused when its shapes or settings do not fit.
+    /// text) for this model, with its early exits (`exits.safetensors` bytes) if given;
+    /// refused when its shapes or settings do not fit.
     pub fn import_adapter(
         &self,
         safetensors: &[u8],
         config_json: &str,
+        exits: Option<Vec<u8>>,
     ) -> Result<WebAdapter, JsError> {
-        let lora =
+        let mut lora =
             adapter::import_peft(safetensors, config_json, &self.model.config).map_err(js_err)?;
+        if let Some(bytes) = exits {
+            lora.exits = adapter::import_exits(&bytes, lora.config.rank, &self.model.config)
+                .map_err(js_err)?;
+        }
         Ok(WebAdapter {
             lora,
             config: self.model.config.clone(),
@@ -406,8 +635,18 @@ impl WebModel {
             ..Default::default()
         };
         let gm = GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?;
+        // Exits run on the CPU reference (the GPU engine has none): voted accuracy and
+        // voted generation use this copy; perplexity stays on the GPU.
+        let exits = match lora.filter(|l| !l.exits.is_empty()) {
+            Some(l) => Some(Transformer {
+                w: self.model.weights().map_err(js_err)?,
+                lora: Some(l.clone()),
+            }),
+            None => None,
+        };
         Ok(WebLm {
             gm,
+            exits,
             tokenizer: Rc::clone(&self.tokenizer),
             with_adapter: lora.is_some(),
         })
@@ -436,6 +675,9 @@ struct GenerateOptions {
     seed: u64,
     /// Wrap the prompt as the user turn of the model's ChatML template.
     chat: bool,
+    /// With early exits: sample the exits' distributions combined by this rule (default
+    /// max).
+    vote: Option<Vote>,
 }
 
 impl Default for GenerateOptions {
@@ -446,6 +688,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             chat: true,
+            vote: None,
         }
     }
 }
@@ -465,7 +708,13 @@ impl WebAdapter {
         self.lora.config.rank
     }
 
-    /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}`.
+    /// The block counts after which its early exits sit (empty: plain LoRA).
+    pub fn exits(&self) -> Vec<u32> {
+        exit_afters(&self.lora)
+    }
+
+    /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}`, and
+    /// `exits: Uint8Array` (`exits.safetensors`) when it has early exits.
     pub fn files(&self) -> Result<js_sys::Object, JsError> {
         peft_files(&self.lora, &self.config, &self.base_name)
     }
@@ -473,10 +722,10 @@ impl WebAdapter {
 
 fn peft_files(
     lora: &Lora<f32>,
-    config: &LlamaConfig,
+    config_of: &LlamaConfig,
     base_name: &str,
 ) -> Result<js_sys::Object, JsError> {
-    let (bytes, config) = adapter::export_peft(lora, config, base_name).map_err(js_err)?;
+    let (bytes, config) = adapter::export_peft(lora, config_of, base_name).map_err(js_err)?;
     let out = js_sys::Object::new();
     let set = |k: &str, v: &JsValue| {
         js_sys::Reflect::set(&out, &JsValue::from_str(k), v)
@@ -488,7 +737,15 @@ fn peft_files(
         &js_sys::Uint8Array::from(bytes.as_slice()).into(),
     )?;
     set("config", &JsValue::from_str(&config))?;
+    if !lora.exits.is_empty() {
+        let exits = adapter::export_exits(lora, config_of).map_err(js_err)?;
+        set("exits", &js_sys::Uint8Array::from(exits.as_slice()).into())?;
+    }
     Ok(out)
+}
+
+fn exit_afters(lora: &Lora<f32>) -> Vec<u32> {
+    lora.exits.iter().map(|e| e.after as u32).collect()
 }
 
 /// Calls a JS progress callback, ignoring what it returns or throws (progress is advisory).
@@ -504,8 +761,33 @@ fn notify(f: &Option<js_sys::Function>, args: &[JsValue]) {
 #[wasm_bindgen]
 pub struct WebLm {
     gm: GpuModel<'static>,
+    /// The model with the adapter's early exits on the CPU reference (None: no exits).
+    exits: Option<Transformer<f32>>,
     tokenizer: Rc<Tokenizer>,
     with_adapter: bool,
+}
+
+impl WebLm {
+    /// The voting rule for `asked` (default max with exits); asking without exits is an
+    /// error.
+    fn vote_rule(&self, asked: Option<Vote>) -> crate::Result<Option<Vote>> {
+        match (asked, &self.exits) {
+            (Some(r), None) => Err(Error::Invalid(format!(
+                "voting ({r}) needs an adapter with early exits: tune in edge mode, or load \
+                 the adapter with its {}",
+                adapter::EXITS_FILE
+            ))),
+            (asked, Some(_)) => Ok(Some(asked.unwrap_or(Vote::Max))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn exit_lm(&self) -> crate::Result<CpuExitLm<'_>> {
+        let m = self.exits.as_ref().ok_or_else(|| {
+            Error::Invalid("exit voting needs an adapter with early exits".into())
+        })?;
+        CpuExitLm::new(m)
+    }
 }
 
 #[wasm_bindgen]
@@ -523,6 +805,15 @@ impl WebLm {
     /// Whether a LoRA adapter is applied.
     pub fn has_adapter(&self) -> bool {
         self.with_adapter
+    }
+
+    /// The block counts after which the adapter's early exits sit (empty: none).
+    pub fn exits(&self) -> Vec<u32> {
+        self.exits
+            .as_ref()
+            .and_then(|m| m.lora.as_ref())
+            .map(exit_afters)
+            .unwrap_or_default()
     }
 
     /// Perplexity of the first `max_tokens` tokens of `text` (at most the cache length):
@@ -548,20 +839,74 @@ impl WebLm {
     }
 
     /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL:
-    /// `{accuracy, n, correct, seconds, questions: [{question, choices, answer, predicted,
-    /// scores}]}`. Calls `progress(done, total, correct)` after each question.
+    /// `{accuracy, n, correct, seconds, device, questions: [{question, choices, answer,
+    /// predicted, scores}]}`. With early exits (on the CPU) the answer is voted by `vote`
+    /// (max, mean, majority, last; default max) and the result adds `vote`, `exits: [{after,
+    /// accuracy, correct}]`, `votes: [{rule, accuracy, correct}]` and per question
+    /// `exit_predictions`. Calls `progress(done, total, correct)` after each question.
     pub async fn eval_mc(
         &mut self,
         jsonl: String,
         limit: usize,
         progress: Option<js_sys::Function>,
+        vote: Option<String>,
     ) -> Result<String, JsError> {
         let (ds, _) = parse_data("questions.jsonl", &jsonl, "mc").map_err(js_err)?;
         let Dataset::MultipleChoice(mut qs) = ds else {
             return Err(JsError::new("the questions are not multiple-choice JSONL"));
         };
         qs.truncate(limit.max(1));
+        let asked = vote
+            .map(|v| v.parse::<Vote>())
+            .transpose()
+            .map_err(js_err)?;
         let t0 = web_time::Instant::now();
+        if let Some(rule) = self.vote_rule(asked).map_err(js_err)? {
+            let mut lm = self.exit_lm().map_err(js_err)?;
+            let r = eval::eval_mc_vote(
+                &mut lm,
+                &self.tokenizer,
+                &qs,
+                rule,
+                &mut |done, total, correct| {
+                    notify(
+                        &progress,
+                        &[
+                            (done as f64).into(),
+                            (total as f64).into(),
+                            (correct as f64).into(),
+                        ],
+                    )
+                },
+            )
+            .map_err(js_err)?;
+            let argmax = |s: &[f64]| {
+                (0..s.len())
+                    .max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
+                    .unwrap_or(0)
+            };
+            let questions: Vec<_> = qs
+                .iter()
+                .zip(r.predictions.iter().zip(&r.scores))
+                .map(|(q, (p, s))| {
+                    let by_exit: Vec<usize> = s.iter().map(|e| argmax(e)).collect();
+                    json!({"question": q.question, "choices": q.choices, "answer": q.answer,
+                           "predicted": p, "scores": s.last(), "exit_predictions": by_exit})
+                })
+                .collect();
+            return Ok(json!({
+                "accuracy": r.accuracy,
+                "n": r.n,
+                "correct": r.correct,
+                "seconds": t0.elapsed().as_secs_f64(),
+                "device": "cpu",
+                "vote": r.rule,
+                "exits": r.exits,
+                "votes": r.votes,
+                "questions": questions,
+            })
+            .to_string());
+        }
         let r = eval::eval_mc_async(
             &mut self.gm,
             &self.tokenizer,
@@ -592,6 +937,7 @@ impl WebLm {
             "n": r.n,
             "correct": r.correct,
             "seconds": t0.elapsed().as_secs_f64(),
+            "device": "gpu",
             "questions": questions,
         })
         .to_string())
@@ -631,29 +977,47 @@ impl WebLm {
             top_p: o.top_p,
             seed: o.seed,
         };
+        let rule = self.vote_rule(o.vote).map_err(js_err)?;
         let t0 = web_time::Instant::now();
         let mut first: Option<f64> = None;
         let mut so_far = Vec::new();
         let mut shown = String::new();
-        let out = eval::generate_async(
-            &mut self.gm,
-            &ids,
-            o.max_tokens,
-            &sampling,
-            &stop,
-            &mut |id| {
-                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                so_far.push(id);
-                if let Ok(s) = tok.decode(&so_far) {
-                    // Whole characters only: a multi-byte character may span tokens.
-                    if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
-                        notify(&on_text, &[JsValue::from_str(&s[shown.len()..])]);
-                        shown = s;
-                    }
+        let mut on_token = |id| {
+            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            so_far.push(id);
+            if let Ok(s) = tok.decode(&so_far) {
+                // Whole characters only: a multi-byte character may span tokens.
+                if s.len() > shown.len() && !s.ends_with('\u{FFFD}') {
+                    notify(&on_text, &[JsValue::from_str(&s[shown.len()..])]);
+                    shown = s;
                 }
-            },
-        )
-        .await
+            }
+        };
+        let out = match rule {
+            Some(rule) => {
+                let mut lm = self.exit_lm().map_err(js_err)?;
+                eval::generate_voted(
+                    &mut lm,
+                    &ids,
+                    o.max_tokens,
+                    &sampling,
+                    rule,
+                    &stop,
+                    &mut on_token,
+                )
+            }
+            None => {
+                eval::generate_async(
+                    &mut self.gm,
+                    &ids,
+                    o.max_tokens,
+                    &sampling,
+                    &stop,
+                    &mut on_token,
+                )
+                .await
+            }
+        }
         .map_err(js_err)?;
         let secs = t0.elapsed().as_secs_f64();
         let text = tok.decode(&out).map_err(js_err)?;
@@ -675,17 +1039,19 @@ impl WebLm {
             "prefill_seconds": prefill,
             "tokens_per_s": out.len() as f64 / secs.max(1e-9),
             "decode_tokens_per_s": decode_tps,
+            "device": if rule.is_some() { "cpu" } else { "gpu" },
+            "vote": rule,
         })
         .to_string())
     }
 }
 
-/// A LoRA tuning run on this thread's GPU: the same `Trainer` over `GpuTrainer` that
-/// `edge-llm tune` drives, one optimizer step per [`WebTuner::step`] call so the caller
-/// can pause, checkpoint and report between steps.
+/// A LoRA tuning run: the same `Trainer` that `edge-llm tune` drives, over the GPU engine
+/// (full-depth modes) or the CPU reference (windowed modes), one optimizer step per
+/// [`WebTuner::step`] call so the caller can pause, checkpoint and report between steps.
 #[wasm_bindgen]
 pub struct WebTuner {
-    trainer: Trainer<GpuTrainer<'static>>,
+    trainer: Trainer<WebBackend>,
     config: LlamaConfig,
     base_name: String,
     plan: serde_json::Value,
@@ -716,12 +1082,18 @@ impl WebTuner {
         self.trainer.step() as f64
     }
 
-    /// GPU bytes held (all allocated at creation, so also the peak).
+    /// GPU bytes held (all allocated at creation, so also the peak; 0 on the CPU).
     pub fn gpu_bytes(&self) -> f64 {
         self.trainer.backend.gpu_bytes() as f64
     }
 
-    /// One optimizer step: the `StepReport` as JSON plus `gpu_bytes`, `total_steps` and
+    /// Where the run trains: "gpu" or "cpu" (windowed modes).
+    pub fn device(&self) -> String {
+        self.trainer.backend.device().into()
+    }
+
+    /// One optimizer step: the `StepReport` as JSON (with `window`, the index into the
+    /// plan's `windows`, in windowed modes) plus `device`, `gpu_bytes`, `total_steps` and
     /// `stop` ("steps" while the run goes on, "finished" or "early_stopped" at its end,
     /// when `step` is null if no step was left to run).
     pub async fn step(&mut self) -> Result<String, JsError> {
@@ -741,6 +1113,7 @@ impl WebTuner {
             Some(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
             None => json!({"step": null}),
         };
+        v["device"] = json!(self.trainer.backend.device());
         v["gpu_bytes"] = json!(self.trainer.backend.gpu_bytes());
         v["total_steps"] = json!(self.trainer.total_steps());
         v["stop"] = json!(stop);
@@ -748,8 +1121,11 @@ impl WebTuner {
         Ok(v.to_string())
     }
 
-    /// Mean validation loss without dropout (undefined when there are no validation rows).
+    /// Mean validation loss of the whole model (to its last exit) without dropout
+    /// (undefined when there are no validation rows). It leaves the layer window, which the
+    /// next step enters again (and with it resets early stopping): call it at the end.
     pub async fn validation_loss(&mut self) -> Result<Option<f64>, JsError> {
+        self.trainer.leave_window().map_err(js_err)?;
         self.trainer.validation_loss().await.map_err(js_err)
     }
 
@@ -760,15 +1136,37 @@ impl WebTuner {
     }
 
     /// Continues from [`WebTuner::checkpoint`]'s bytes; refused when they were made with
-    /// another seed, other data or another LoRA shape. Returns the step reached.
+    /// another seed, other data, another LoRA shape or another mode (the checkpoint holds
+    /// the layer schedule). Returns the step reached.
     pub async fn resume(&mut self, bytes: Vec<u8>) -> Result<f64, JsError> {
         let state = TrainState::from_bytes(&bytes).map_err(js_err)?;
+        if state.layers != self.trainer.config.layers {
+            let what = |l: &Option<train::LayerSchedule>| match l {
+                None => "every layer (vanilla or compress-then-tune)".to_string(),
+                Some(ls) => format!(
+                    "{} window(s) in {} order",
+                    ls.windows.len(),
+                    match ls.order {
+                        WindowOrder::Reference => "reference",
+                        WindowOrder::Adaptive => "adaptive",
+                    }
+                ),
+            };
+            return Err(JsError::new(&format!(
+                "this checkpoint was made with another mode, exit stride, partial layers or \
+                 window schedule (it trains {}; these settings train {}): resume it with its \
+                 own settings",
+                what(&state.layers),
+                what(&self.trainer.config.layers)
+            )));
+        }
         self.trainer.resume(&state).await.map_err(js_err)?;
         Ok(self.trainer.step() as f64)
     }
 
     /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}` for
-    /// `adapter_model.safetensors` and `adapter_config.json`.
+    /// `adapter_model.safetensors` and `adapter_config.json`, and `exits: Uint8Array`
+    /// (`exits.safetensors`) when the run has early exits.
     pub async fn adapter_files(&mut self) -> Result<js_sys::Object, JsError> {
         let lora = self.trainer.backend.adapters().await.map_err(js_err)?;
         peft_files(&lora, &self.config, &self.base_name)

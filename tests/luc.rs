@@ -348,14 +348,7 @@ fn cli_profile_compress_and_load() {
         run(&args)
     };
     // LUC is the default allocation.
-    let (code, out, err) = compress(&[
-        "--sparsity",
-        "0.3",
-        "--bits",
-        "3",
-        "--out",
-        &p("luc.gguf"),
-    ]);
+    let (code, out, err) = compress(&["--sparsity", "0.3", "--bits", "3", "--out", &p("luc.gguf")]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("profile: cached") && out.contains("\"allocation\": \"luc\""),

@@ -269,6 +269,7 @@ const tune = {
   step: 0,
   total: 0,
   plan: null,
+  device: 'gpu',       // where the run trains: 'gpu', or 'cpu' for windowed modes
   history: { train: [], val: [] },
   elapsedMs: 0,        // training time of earlier sessions of this run
   sessionStart: 0,
@@ -432,7 +433,58 @@ function readOptions() {
   if ($('opt-budget').value.trim() !== '') {
     options.memory_budget = Math.round(num('opt-budget', 'Memory budget', { int: false, min: 0.001 }) * 1024 * 1024);
   }
+  const mode = $('opt-mode').value;
+  const blocks = modelInfo ? modelInfo.config.n_layers : Infinity;
+  options.mode = mode;
+  if (mode === 'compress-then-tune' && model && !model.compressed) {
+    throw new Error('Compress-then-tune tunes a compressed model, and this one is not compressed: load a ' +
+      '.gguf written by `edge-llm compress`, or pick vanilla.');
+  }
+  if (mode === 'edge') {
+    options.exit_stride = num('opt-exit-stride', 'Exit every', { min: 1 });
+    if (options.exit_stride > blocks) {
+      throw new Error(`Exit every must be at most the model's ${blocks} blocks (one exit, at the top).`);
+    }
+    options.window_schedule = $('opt-window-schedule').value;
+  }
+  if (mode === 'partial') {
+    options.partial_layers = num('opt-partial', 'Blocks to tune', { min: 1 });
+    if (options.partial_layers > blocks) {
+      throw new Error(`Blocks to tune must be at most the model's ${blocks} blocks.`);
+    }
+  }
   return options;
+}
+
+const WINDOWED = ['partial', 'edge'];
+
+/// Shows the selected mode's own inputs and says where it runs.
+function updateModeControls() {
+  const mode = $('opt-mode').value;
+  document.body.dataset.mode = mode;
+  for (const el of document.querySelectorAll('#mode-box [data-modes]')) {
+    el.hidden = !el.dataset.modes.split(' ').includes(mode);
+  }
+  const compressed = model ? model.compressed : false;
+  let note;
+  if (WINDOWED.includes(mode)) {
+    note = 'Edge and partial modes run on the CPU in this tab: the GPU engine does not run layer windows yet ' +
+      '(slower than the GPU; the plan below is what a window would need on the GPU).';
+    if (mode === 'edge') {
+      note += ' Each window of blocks trains in turn with its loss read at its own early exit; the exits are ' +
+        'saved as exits.safetensors beside the PEFT files and vote in evaluation.';
+      if (model && !compressed) {
+        note += ' Edge mode is defined on a LUC-compressed model (edge-llm compress --allocation luc); this ' +
+          'one is not compressed and is tuned as it is.';
+      }
+    }
+  } else if (mode === 'compress-then-tune') {
+    note = compressed ? 'Every block of this compressed model trains on the GPU.'
+      : 'Compress-then-tune needs a compressed model (edge-llm compress); this one is not.';
+  } else {
+    note = 'Every block trains on the GPU.';
+  }
+  $('mode-note').textContent = note;
 }
 
 function writeOptions(o, saveEvery) {
@@ -444,6 +496,11 @@ function writeOptions(o, saveEvery) {
   $('opt-accum').value = o.accum;
   $('opt-budget').value = o.memory_budget ? o.memory_budget / (1024 * 1024) : '';
   $('opt-save').value = saveEvery;
+  $('opt-mode').value = o.mode || 'vanilla';
+  if (o.exit_stride) $('opt-exit-stride').value = o.exit_stride;
+  if (o.window_schedule) $('opt-window-schedule').value = o.window_schedule;
+  if (o.partial_layers) $('opt-partial').value = o.partial_layers;
+  updateModeControls();
 }
 
 function showPreview(text) {
@@ -488,16 +545,37 @@ function showDataInfo(info, data) {
   showError('data-error', '');
 }
 
+/// `window` of a plan as the page says it: 1-based blocks and the exit it is read at.
+function windowLabel(index, plan = tune.plan) {
+  const w = plan?.windows?.[index];
+  if (!w) return `window ${index + 1}`;
+  const [a, b] = w.layers;
+  const blocks = b - a === 1 ? `block ${b}` : `blocks ${a + 1}–${b}`;
+  return `window ${index + 1} (${blocks}, ${w.exit_after === null ? 'model head' : `exit after ${w.exit_after}`})`;
+}
+
 function showPlan(plan) {
+  const cpu = plan.device === 'cpu';
   const rows = [
-    ['total', 'GPU memory planned', kib(plan.total_bytes)],
+    ['total', cpu ? 'GPU memory a window would need (plan only)' : 'GPU memory planned', kib(plan.total_bytes)],
     ...plan.by_category.map((c) => [`cat-${c.category}`, `· ${c.category.replace('_', ' ')}`, kib(c.bytes)]),
     ['budget', 'Budget', plan.budget_bytes ? mib(plan.budget_bytes) : 'none (device limits only)'],
     ['changes', 'To fit', plan.changes.length ? plan.changes.join(', ') : 'nothing changed'],
     ['largest', 'Largest buffer', `${plan.largest[0]?.name} (${kib(plan.largest[0]?.bytes ?? 0)}; binding limit ${mib(plan.max_storage_buffer_binding_size)})`],
+    ['device', 'Runs on', cpu
+      ? 'the CPU in this tab (the GPU engine does not run layer windows yet)'
+      : 'the GPU'],
   ];
+  if (cpu) {
+    // No budget is fitted for a run on the CPU.
+    rows.splice(0, rows.length, ...rows.filter(([key]) => key !== 'budget' && key !== 'changes'));
+    rows.push(['windows', 'Windows (trained in turn)',
+      `${plan.windows.map((w) => windowLabel(w.index, plan)).join('; ')}; ${plan.window_schedule ?? 'reference'} order`]);
+    if (plan.exits.length) rows.push(['exits', 'Early exits after blocks', plan.exits.join(', ')]);
+  }
   fillTable($('plan-table'), rows);
   $('plan-table').dataset.totalBytes = String(plan.total_bytes);
+  $('plan-table').dataset.device = plan.device;
 }
 
 let checkTimer = 0;
@@ -543,16 +621,25 @@ async function checkSettings() {
     const plan = await call('plan', { options });
     if (stale()) return;
     showPlan(plan);
-    $('plan-status').textContent = plan.budget_bytes
-      ? `Fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
-      : `Needs ${kib(plan.total_bytes)} of GPU memory.`;
+    if (plan.device === 'cpu') {
+      $('plan-status').textContent = `Plan only: the largest window would need ${kib(plan.total_bytes)} of GPU ` +
+        'memory, but this run trains on the CPU in this tab (the GPU engine does not run layer windows yet)' +
+        `${options.memory_budget ? '; the memory budget applies to GPU runs' : ''}.`;
+    } else {
+      $('plan-status').textContent = plan.budget_bytes
+        ? `Fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
+        : `Needs ${kib(plan.total_bytes)} of GPU memory.`;
+    }
     tune.ready = true;
   } catch (e) {
     if (stale()) return;
     $('plan-table').hidden = true;
-    $('plan-status').textContent = 'This run does not fit.';
-    showError('plan-error', `${messageOf(e)}\nRaise the memory budget (or leave it empty), or lower the ` +
-      'sequence length or the LoRA rank.');
+    const msg = messageOf(e);
+    const memory = /budget|too small|binding|fit/.test(msg);
+    $('plan-status').textContent = memory ? 'This run does not fit.' : 'These settings cannot run.';
+    showError('plan-error', memory
+      ? `${msg}\nRaise the memory budget (or leave it empty), or lower the sequence length or the LoRA rank.`
+      : `${msg}\nChange the mode or its settings above.`);
   }
   setTuneState(tune.state);
 }
@@ -583,6 +670,7 @@ function showProgress() {
     `elapsed ${clock(elapsedMs())}`,
     tune.step < tune.total ? `remaining ~${remaining}` : 'done',
   ];
+  if (last && last[2] !== null && last[2] !== undefined) parts.push(windowLabel(last[2]));
   if (last) parts.push(`loss ${last[1].toFixed(4)}`);
   const lastVal = tune.history.val[tune.history.val.length - 1];
   if (lastVal) parts.push(`validation ${lastVal[1].toFixed(4)}`);
@@ -590,6 +678,7 @@ function showProgress() {
   const state = { paused: ' (paused)', pausing: ' (pausing…)', done: ' (finished)', cancelled: ' (cancelled)' }[tune.state] || '';
   $('tune-status').textContent = parts.join(' · ') + state;
   $('tune-status').dataset.step = String(tune.step);
+  if (last && last[2] !== null && last[2] !== undefined) $('tune-status').dataset.window = String(last[2]);
 }
 
 function drawPlot() {
@@ -603,6 +692,10 @@ function drawPlot() {
   const { train, val } = tune.history;
   canvas.dataset.trainPoints = String(train.length);
   canvas.dataset.valPoints = String(val.length);
+  // Windowed modes: [step, loss, window]; each window's losses are read at its own exit.
+  const windows = [...new Set(train.map((p) => p[2]).filter((w) => w !== null && w !== undefined))];
+  canvas.dataset.windows = windows.join(',');
+  showLegend(windows);
   const pad = { l: 52, r: 12, t: 12, b: 28 };
   const w = cssW - pad.l - pad.r, h = cssH - pad.t - pad.b;
   ctx.strokeStyle = '#dde1ea';
@@ -631,12 +724,25 @@ function drawPlot() {
   ctx.textAlign = 'center';
   ctx.fillText('0', x(0), cssH - 8);
   ctx.fillText(`step ${maxStep}`, x(maxStep) - 24, cssH - 8);
-  ctx.strokeStyle = '#2f6fde';
   ctx.lineWidth = 1.5;
-  ctx.beginPath();
-  train.forEach(([s, v], i) => (i ? ctx.lineTo(x(s), y(v)) : ctx.moveTo(x(s), y(v))));
-  ctx.stroke();
-  if (train.length === 1) { ctx.fillStyle = '#2f6fde'; ctx.fillRect(x(train[0][0]) - 2, y(train[0][1]) - 2, 4, 4); }
+  // One stroke per run of steps in the same window, joined to the previous point.
+  let prev = null;
+  for (let i = 0; i < train.length;) {
+    const w = train[i][2];
+    let j = i;
+    while (j < train.length && train[j][2] === w) j++;
+    ctx.strokeStyle = windowColour(w);
+    ctx.beginPath();
+    if (prev) ctx.moveTo(x(prev[0]), y(prev[1])); else ctx.moveTo(x(train[i][0]), y(train[i][1]));
+    for (let k = i; k < j; k++) ctx.lineTo(x(train[k][0]), y(train[k][1]));
+    ctx.stroke();
+    if (j - i === 1 && !prev) {
+      ctx.fillStyle = windowColour(w);
+      ctx.fillRect(x(train[i][0]) - 2, y(train[i][1]) - 2, 4, 4);
+    }
+    prev = train[j - 1];
+    i = j;
+  }
   ctx.fillStyle = '#e0781f';
   for (const [s, v] of val) {
     ctx.beginPath(); ctx.arc(x(s), y(v), 4, 0, 2 * Math.PI); ctx.fill();
@@ -644,7 +750,47 @@ function drawPlot() {
   ctx.lineWidth = 1;
 }
 
+// Training-loss colours by window (the first is the single-window colour).
+const WINDOW_COLOURS = ['#2f6fde', '#17a589', '#8e44ad', '#c0392b', '#b7950b', '#2c3e50', '#d35400', '#7f8c8d'];
+const windowColour = (w) => WINDOW_COLOURS[(w ?? 0) % WINDOW_COLOURS.length];
+
+/// The plot's legend: one training-loss swatch per window seen (windowed modes).
+function showLegend(windows) {
+  const legend = $('loss-legend');
+  const key = windows.join(',');
+  if (legend.dataset.windows === key && legend.childNodes.length) return;
+  legend.dataset.windows = key;
+  const swatch = (cls, colour) => {
+    const s = document.createElement('span');
+    s.className = `swatch ${cls}`;
+    if (colour) s.style.background = colour;
+    return s;
+  };
+  const items = [];
+  if (windows.length) {
+    for (const w of windows) {
+      const item = document.createElement('span');
+      item.className = 'window';
+      item.dataset.window = String(w);
+      item.append(swatch('train', windowColour(w)), ` training loss, ${windowLabel(w)}`);
+      items.push(item);
+    }
+  } else {
+    items.push(swatch('train'), ' training loss');
+  }
+  items.push(swatch('val'), windows.length ? ' validation loss (at the window\'s exit; the last: whole model)' : ' validation loss');
+  legend.replaceChildren(...items);
+}
+
 function showGpuBytes(bytes) {
+  if (tune.device === 'cpu') {
+    $('tune-gpu').textContent = 'Training on the CPU in this tab (edge and partial modes: the GPU engine does ' +
+      'not run layer windows yet); no GPU memory is held by the trainer.';
+    $('tune-gpu').dataset.bytes = '0';
+    $('tune-gpu').dataset.device = 'cpu';
+    return;
+  }
+  $('tune-gpu').dataset.device = 'gpu';
   const planned = tune.plan ? tune.plan.total_bytes : 0;
   $('tune-gpu').textContent = `GPU memory in use: ${kib(bytes)} of ${kib(planned)} planned` +
     (bytes === planned ? ' (exactly the plan: everything is allocated once, up front)' : '');
@@ -676,12 +822,15 @@ async function startRun(run, checkpoint) {
   tune.created = true;
   tune.run = { ...run, data: run.data.source === 'file' ? run.data : { ...run.data, text: undefined } };
   tune.plan = made.plan;
+  tune.device = made.device;
   tune.total = made.total;
   tune.step = made.step;
   tune.sessionSteps = 0;
   tune.sessionMs = 0;
   showPlan(made.plan);
-  $('plan-status').textContent = `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
+  $('plan-status').textContent = made.device === 'cpu'
+    ? `This run trains on the CPU in this tab; a window would need ${kib(made.plan.total_bytes)} of GPU memory (plan).`
+    : `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
   showError('plan-error', '');
   showDataInfo(made.data, run.data);
   showGpuBytes(made.plan.allocated_bytes);
@@ -764,10 +913,12 @@ async function onDownload() {
     showTuneError(`The adapter could not be exported: ${messageOf(e)}`);
     return;
   }
-  const links = [
+  const named = [
     ['adapter_model.safetensors', new Blob([files.safetensors], { type: 'application/octet-stream' })],
     ['adapter_config.json', new Blob([files.config], { type: 'application/json' })],
-  ].map(([name, blob]) => {
+  ];
+  if (files.exits) named.push(['exits.safetensors', new Blob([files.exits], { type: 'application/octet-stream' })]);
+  const links = named.map(([name, blob]) => {
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);
     a.download = name;
@@ -777,6 +928,9 @@ async function onDownload() {
   const box = $('adapter-links');
   box.replaceChildren('The PEFT adapter (load it with peft.PeftModel.from_pretrained, or edge-llm --adapter DIR): ',
     links[0], ' and ', links[1]);
+  if (links[2]) {
+    box.append('; its early exits (PEFT has none; edge-llm reads them from the same directory): ', links[2]);
+  }
   box.hidden = false;
   for (const a of links) a.click();
 }
@@ -794,7 +948,7 @@ async function onWorkerEvent(m) {
       tune.sessionSteps += 1;
       tune.sessionMs += r.step_ms;
       tune.lastTokensPerS = r.tokens_per_s;
-      tune.history.train.push([r.step, r.loss]);
+      tune.history.train.push([r.step, r.loss, r.window ?? null]);
       if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
       showGpuBytes(r.gpu_bytes);
       showProgress();
@@ -874,7 +1028,9 @@ function setupTuning() {
       'scripts/build-wasm.sh and reload.');
   });
 
-  for (const el of document.querySelectorAll('input[name=data-source], #data-kind, #settings-box input')) {
+  $('opt-mode').addEventListener('change', updateModeControls);
+  updateModeControls();
+  for (const el of document.querySelectorAll('input[name=data-source], #data-kind, #settings-box input, #settings-box select')) {
     el.addEventListener('change', scheduleCheck);
     el.addEventListener('input', scheduleCheck);
   }
@@ -924,6 +1080,14 @@ async function tuneModelLoaded(bytes) {
   if (!$('opt-seq').dataset.touched) {
     $('opt-seq').value = modelInfo.config.hidden < 256 ? 64 : 256;
   }
+  // Exit stride and partial depth: 6 blocks (five windows of the 30-block default model),
+  // at most the model's blocks.
+  const blocks = modelInfo.config.n_layers;
+  for (const id of ['opt-exit-stride', 'opt-partial']) {
+    $(id).max = String(blocks);
+    if (!$(id).dataset.touched || Number($(id).value) > blocks) $(id).value = String(Math.min(6, blocks));
+  }
+  updateModeControls();
   setTuneState('idle');
   evalModelLoaded();
   await showSavedRun();
@@ -960,9 +1124,14 @@ function showEvalModel(info) {
   parts.push(info.trainer_bytes
     ? `; the paused run's trainer holds ${mib(info.trainer_bytes)} more.`
     : '.');
+  if (info.lm_exits && info.lm_exits.length) {
+    parts.push(` Its early exits (after blocks ${info.lm_exits.join(', ')}) run on the CPU in this tab: accuracy and ` +
+      'chat vote over them; perplexity uses the GPU model (the exits are not applied there).');
+  }
   const el = $('eval-model-status');
   el.dataset.info = parts.join('');
   el.dataset.lmBytes = String(info.lm_bytes);
+  el.dataset.exits = (info.lm_exits || []).join(',');
   el.textContent = el.dataset.info;
 }
 
@@ -1038,17 +1207,23 @@ async function onMc() {
     const source = evalSource();
     $('mc-status').textContent = `Scoring ${limit} questions with the ${SOURCE_LABELS[source]}…`;
     delete $('mc-status').dataset.accuracy;
-    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit });
+    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value });
     showEvalModel(r);
-    $('mc-status').textContent = `${SOURCE_LABELS[source]}: accuracy ${r.accuracy.toFixed(3)} ` +
+    const voted = r.vote ? ` voted by ${r.vote} over exits after blocks ${r.exits.map((e) => e.after).join(', ')} (CPU)` : '';
+    $('mc-status').textContent = `${SOURCE_LABELS[source]}${voted}: accuracy ${r.accuracy.toFixed(3)} ` +
       `(${r.correct} of ${r.n} right, ${r.seconds.toFixed(1)} s; chance is about 0.25)`;
     $('mc-status').dataset.accuracy = String(r.accuracy);
+    showExitAccuracy(r);
     const rows = r.questions.map((q, i) => {
       const tr = document.createElement('tr');
       const right = q.predicted === q.answer;
       tr.className = right ? 'right' : 'wrong';
       tr.dataset.predicted = String(q.predicted);
       tr.dataset.answer = String(q.answer);
+      if (q.exit_predictions) {
+        tr.title = `each exit's answer: ${q.exit_predictions.map((p, k) =>
+          `after block ${r.exits[k].after}: ${LETTERS[p]}`).join(', ')}`;
+      }
       const cells = [String(i + 1), q.question,
         `${LETTERS[q.predicted]}. ${q.choices[q.predicted]}`,
         `${LETTERS[q.answer]}. ${q.choices[q.answer]}`, right ? '✓' : '✗'];
@@ -1058,6 +1233,23 @@ async function onMc() {
     $('mc-table').querySelector('tbody').replaceChildren(...rows);
     $('mc-table').hidden = false;
   });
+}
+
+/// With early exits: each exit's accuracy on its own and each voting rule's.
+function showExitAccuracy(r) {
+  const table = $('mc-exits');
+  if (!r.exits) { table.hidden = true; return; }
+  const acc = (a, c) => `${a.toFixed(3)} (${c} of ${r.n})`;
+  fillTable(table, [
+    ...r.exits.map((e) => [`exit-${e.after}`, `Exit after block ${e.after} alone`, acc(e.accuracy, e.correct)]),
+    ...r.votes.map((v) => [`vote-${v.rule}`, `Vote: ${v.rule}${v.rule === r.vote ? ' (chosen)' : ''}`, acc(v.accuracy, v.correct)]),
+  ]);
+  for (const tr of table.querySelectorAll('tbody tr')) {
+    const [kind, what] = tr.dataset.key.split('-');
+    const item = kind === 'exit' ? r.exits.find((e) => String(e.after) === what) : r.votes.find((v) => v.rule === what);
+    tr.dataset.accuracy = String(item.accuracy);
+    if (kind === 'vote' && what === r.vote) tr.classList.add('chosen');
+  }
 }
 
 async function onChat() {
@@ -1077,6 +1269,7 @@ async function onChat() {
       maxTokens: num('chat-max', 'Max new tokens', 1, true),
       seed: num('chat-seed', 'Seed', 0, true),
       chat: $('chat-template').checked,
+      vote: $('eval-vote').value,
     };
     if (options.topP > 1) throw new Error('Top-p must be at most 1.');
     const out = $('chat-output');
@@ -1096,7 +1289,8 @@ async function onChat() {
     const st = $('chat-status');
     st.textContent = `${r.tokens} tokens in ${r.seconds.toFixed(2)} s: ${r.tokens_per_s.toFixed(1)} tokens/s ` +
       `(${r.decode_tokens_per_s.toFixed(1)} tokens/s after the ${r.prompt_tokens}-token prompt's ` +
-      `${r.prefill_seconds.toFixed(2)} s).`;
+      `${r.prefill_seconds.toFixed(2)} s)${r.vote ? `, sampled from the exits' distributions voted by ${r.vote} on the CPU` : ''}.`;
+    st.dataset.vote = r.vote ?? '';
     st.dataset.tokens = String(r.tokens);
     st.dataset.tokensPerS = String(r.tokens_per_s);
     st.dataset.decodeTokensPerS = String(r.decode_tokens_per_s);
@@ -1118,19 +1312,24 @@ function onEvalEvent(m) {
 
 async function onAdapterFiles(e) {
   const files = Array.from(e.target.files);
-  const st = files.find((f) => f.name.endsWith('.safetensors'));
+  const isExits = (f) => /exits[^/]*\.safetensors$/.test(f.name);
+  const st = files.find((f) => f.name.endsWith('.safetensors') && !isExits(f));
   const cfg = files.find((f) => f.name.endsWith('.json'));
+  const ex = files.find(isExits);
   await evalTask(async () => {
     if (!st || !cfg) {
-      throw new Error('Pick both files of the PEFT adapter: adapter_model.safetensors and adapter_config.json.');
+      throw new Error('Pick both files of the PEFT adapter: adapter_model.safetensors and adapter_config.json ' +
+        '(and exits.safetensors for an adapter with early exits).');
     }
     const safetensors = new Uint8Array(await st.arrayBuffer());
-    const r = await call('loadAdapter', { safetensors, config: await cfg.text(), name: st.name },
-      [safetensors.buffer]);
+    const exits = ex ? new Uint8Array(await ex.arrayBuffer()) : null;
+    const r = await call('loadAdapter', { safetensors, config: await cfg.text(), exits, name: st.name },
+      [safetensors.buffer, ...(exits ? [exits.buffer] : [])]);
     const radio = document.querySelector('input[name=eval-source][value=file]');
     radio.disabled = false;
     radio.checked = true;
-    $('eval-model-status').dataset.info = `Adapter ${r.name} loaded (rank ${r.rank}); the model is built on first use.`;
+    $('eval-model-status').dataset.info = `Adapter ${r.name} loaded (rank ${r.rank}` +
+      `${r.exits.length ? `, early exits after blocks ${r.exits.join(', ')}` : ''}); the model is built on first use.`;
   });
 }
 
@@ -1173,7 +1372,9 @@ async function main() {
   $('prompt').addEventListener('input', () => { clearTimeout(timer); timer = setTimeout(tokenize, 120); });
   $('chatml').addEventListener('change', tokenize);
   $('model-file').addEventListener('change', loadPicked);
-  $('opt-seq').addEventListener('input', () => { $('opt-seq').dataset.touched = 'true'; });
+  for (const id of ['opt-seq', 'opt-exit-stride', 'opt-partial']) {
+    $(id).addEventListener('input', () => { $(id).dataset.touched = 'true'; });
+  }
   setupTuning();
   setupEval();
   await Promise.all([showGpu(), loadDefault(), tuneWorkerReady]);

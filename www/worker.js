@@ -5,6 +5,8 @@
 // | 'paused' | 'done' | 'cancelled' | 'error', ...}), evaluation progress ({event:
 // 'eval-progress', done, total, correct?}) and streamed chat text ({event: 'token', text}).
 // It drives the engine through ./edge-llm.js, the npm package's wrapper (npm/index.js).
+// Windowed tuning modes (partial, edge) and exit voting run on the CPU reference in this
+// worker (one thread): the GPU engine does not run layer windows or early exits yet.
 
 import { init, gpuInfo, loadModel } from './edge-llm.js';
 
@@ -87,6 +89,7 @@ function evalInfo(source) {
     key: lmKey,
     lm_bytes: lm ? lm.gpuBytes : 0,
     max_len: lm ? lm.maxLen : 0,
+    lm_exits: lm ? lm.exits : [],
     trainer_bytes: tuner ? tuner.gpuBytes : 0,
   };
 }
@@ -154,6 +157,7 @@ const ops = {
       data: tuner.data,
       total: tuner.totalSteps,
       step: tuner.step,
+      device: tuner.device,
     };
   },
 
@@ -186,19 +190,20 @@ const ops = {
     // After evaluation freed a finished run's trainer, its adapter values remain.
     const files = tuner ? await tuner.exportAdapter() : tuned?.adapter.files();
     if (!files) throw new Error('no run: start one first');
-    return { safetensors: files.safetensors, config: files.config };
+    return { safetensors: files.safetensors, config: files.config, exits: files.exits ?? null };
   },
 
   // ------------------------------------------------ evaluation and chat
 
-  /// A PEFT adapter from disk (adapter_model.safetensors + adapter_config.json).
-  loadAdapter({ safetensors, config, name }) {
+  /// A PEFT adapter from disk (adapter_model.safetensors + adapter_config.json), with its
+  /// early exits (exits.safetensors) when given.
+  loadAdapter({ safetensors, config, exits, name }) {
     if (!model) throw new Error('no model loaded');
-    const adapter = model.importAdapter({ safetensors, config });
+    const adapter = model.importAdapter({ safetensors, config, exits });
     if (fileAdapter) fileAdapter.adapter.free();
     fileSerial += 1;
     fileAdapter = { key: `file:${fileSerial}`, adapter, name };
-    return { name, rank: adapter.rank };
+    return { name, rank: adapter.rank, exits: adapter.exits };
   },
 
   /// Builds (or reuses) the evaluation model and says what it holds.
@@ -220,11 +225,13 @@ const ops = {
     });
   },
 
-  evalMc({ source, jsonl, limit }) {
+  evalMc({ source, jsonl, limit, vote }) {
     return exclusive(async () => {
       const m = await ensureLm(source);
       const r = await m.evalMc(jsonl, {
         limit,
+        // The rule applies to adapters with early exits; others score on the GPU alone.
+        vote: m.exits.length ? vote : undefined,
         onProgress: (done, total, correct) => post({ event: 'eval-progress', what: 'mc', done, total, correct }),
       });
       return { ...r, ...evalInfo(source) };
@@ -234,7 +241,8 @@ const ops = {
   generate({ source, prompt, options }) {
     return exclusive(async () => {
       const m = await ensureLm(source);
-      const r = await m.generate(prompt, { ...options, onText: (text) => post({ event: 'token', text }) });
+      const vote = m.exits.length ? options.vote : undefined;
+      const r = await m.generate(prompt, { ...options, vote, onText: (text) => post({ event: 'token', text }) });
       return { ...r, ...evalInfo(source) };
     });
   },
@@ -291,7 +299,8 @@ self.onmessage = async (e) => {
   try {
     if (!(op in ops)) throw new Error(`unknown request ${op}`);
     const result = await ops[op](args || {});
-    const transfer = result && result.safetensors ? [result.safetensors.buffer] : [];
+    const transfer = result && result.safetensors
+      ? [result.safetensors.buffer, ...(result.exits ? [result.exits.buffer] : [])] : [];
     post({ id, ok: true, result }, transfer);
   } catch (err) {
     post({ id, ok: false, error: messageOf(err) });

@@ -6,6 +6,9 @@
 // evaluate: perplexity on the tuning text falls from the base model's, the same adapter
 // loaded back from the downloaded files gives the same perplexity, a chat reply streams,
 // and ARC-Easy accuracy on a few questions is shown per question.
+// A second test tunes in edge mode (windows between early exits, on the CPU in the worker)
+// and checks windows, losses (against `edge-llm tune --mode edge --device cpu`), per-exit
+// and voted accuracy (against `edge-llm eval-mc --vote`), voted chat and exits.safetensors.
 // Saves tests/e2e/artifacts/tune-running.png (mid-run), tune-done.png and eval.png.
 // Needs www/pkg (scripts/build-wasm.sh); writes www/models/tiny.gguf with the CLI
 // (`edge-llm make-tiny`) when it is missing.
@@ -361,6 +364,237 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'tune-last.png'), fullPage: true }).catch(() => {});
     if (consoleErrors.length) console.log(`browser console errors:\n${consoleErrors.join('\n')}`);
+    await context.close();
+  }
+});
+
+// Edge mode (adaptive layer tuning) in the browser: exits after blocks 1 and 2 of the tiny
+// model, windows trained in turn on the CPU in the worker, per-exit and voted accuracy,
+// voted chat, and the adapter's exits.safetensors downloaded and loaded back.
+// Saves tests/e2e/artifacts/edge-done.png and edge-eval.png.
+const EDGE_STEPS = 12;   // reference schedule: window 0 for steps 1–6, window 1 for 7–12
+const EDGE_MC_QUESTIONS = 40;  // on the CPU: fast, and enough for rules to differ
+const EDGE_FLAGS = ['--steps', String(EDGE_STEPS), '--lr', '0.01', '--seq-len', '32', '--eval-every', '4',
+  '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1'];
+
+/// Runs the CLI (`edge-llm ARGS --json`) and returns its JSON lines, or null without a binary.
+function cliJson(args) {
+  const bin = edgeLlm();
+  if (!bin) return null;
+  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+}
+
+test('edge mode: windows on the CPU, per-window losses, per-exit and voted accuracy, exits.safetensors', async () => {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const untilIn = (box) => (fn, arg) => page.waitForFunction(([b, src, a]) => {
+    const err = document.querySelector(b);
+    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+    // eslint-disable-next-line no-new-func
+    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
+  }, [box, fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+  const until = untilIn('#tune-error');
+  const untilEval = untilIn('#eval-error');
+  const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
+  try {
+    await page.goto(`${base}?model=models/tiny.gguf`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    // Clamped to the model's 2 blocks.
+    assert.equal(await page.inputValue('#opt-exit-stride'), '2');
+    assert.equal(await page.inputValue('#opt-partial'), '2');
+    await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    for (const [id, v] of [['#opt-steps', EDGE_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
+      ['#opt-save', 4], ['#opt-accum', 1], ['#opt-rank', 4]]) {
+      await page.fill(id, String(v));
+    }
+
+    // Bad combinations get plain messages and no Start.
+    await page.selectOption('#opt-mode', 'compress-then-tune');
+    await page.waitForSelector('#plan-error:not([hidden])');
+    assert.match(await page.textContent('#plan-error'), /compressed model.*not compressed/);
+    assert.equal(await page.isDisabled('#tune-start'), true);
+    await page.selectOption('#opt-mode', 'partial');
+    await page.fill('#opt-partial', '3');
+    await page.waitForFunction(() => /at most the model's 2 blocks/.test(document.querySelector('#plan-error').textContent));
+    assert.equal(await page.isDisabled('#tune-start'), true);
+    await page.fill('#opt-partial', '1');
+    await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
+    assert.equal(await page.getAttribute('#plan-table', 'data-device'), 'cpu');
+
+    // Edge mode, an exit after every block: a plan only, and the CPU said plainly.
+    await page.selectOption('#opt-mode', 'edge');
+    await page.fill('#opt-exit-stride', '1');
+    await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
+      /exits/.test(document.querySelector('#plan-table [data-key=exits]')?.textContent ?? ''));
+    assert.match(await page.textContent('#mode-note'), /run on the CPU in this tab: the GPU engine does not run layer windows yet/);
+    assert.match(await page.textContent('#plan-status'), /^Plan only: the largest window would need/);
+    assert.equal(await page.textContent('#plan-table [data-key=exits] td'), '1, 2');
+    assert.match(await page.textContent('#plan-table [data-key=windows] td'),
+      /window 1 \(block 1, exit after 1\); window 2 \(block 2, exit after 2\); reference order/);
+
+    await page.click('#tune-start');
+    assert.equal(await until((n) => Number(document.body.dataset.savedStep || 0) >= n, 4), 'ok');
+    assert.equal(await page.getAttribute('#tune-gpu', 'data-device'), 'cpu');
+    assert.match(await page.textContent('#tune-gpu'), /Training on the CPU in this tab/);
+    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    const run = await page.evaluate(() => ({
+      history: window.edgeLlmTune.history,
+      windows: document.querySelector('#loss-plot').dataset.windows,
+      points: Number(document.querySelector('#loss-plot').dataset.trainPoints),
+      legend: [...document.querySelectorAll('#loss-legend .window')].map((e) => e.textContent),
+    }));
+    const train = run.history.train;
+    console.log(`edge losses: ${train.map(([s, v, w]) => `${s}:w${w}:${v.toFixed(3)}`).join(' ')}; ` +
+      `validation ${run.history.val.map(([s, v]) => `${s}:${v.toFixed(3)}`).join(' ')}`);
+    assert.deepEqual(train.map((p) => p[0]), Array.from({ length: EDGE_STEPS }, (_, i) => i + 1));
+    assert.deepEqual(train.map((p) => p[2]), Array.from({ length: EDGE_STEPS }, (_, i) => (i < EDGE_STEPS / 2 ? 0 : 1)),
+      'windows 0 then 1, in order');
+    assert.equal(run.points, EDGE_STEPS);
+    assert.equal(run.windows, '0,1', 'the plot colours the losses by window');
+    assert.deepEqual(run.legend, [' training loss, window 1 (block 1, exit after 1)',
+      ' training loss, window 2 (block 2, exit after 2)']);
+    for (const w of [0, 1]) {
+      const losses = train.filter((p) => p[2] === w).map((p) => p[1]);
+      assert.ok(mean(losses.slice(-2)) < mean(losses.slice(0, 2)), `window ${w}'s loss falls: ${losses.join(', ')}`);
+    }
+    assert.ok(train[train.length - 1][1] < train[0][1] - 0.3, 'the loss falls over the run');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'edge-done.png'), fullPage: true });
+
+    // The same run natively on the CPU reference: the same windows and losses.
+    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-edge-'));
+    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
+    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...EDGE_FLAGS,
+      '--device', 'cpu', '--out', path.join(nativeDir, 'run')]);
+    fs.rmSync(nativeDir, { recursive: true, force: true });
+    if (native) {
+      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
+      const steps = native.filter((r) => typeof r.loss === 'number');
+      assert.equal(steps.length, EDGE_STEPS);
+      steps.forEach((r, i) => {
+        const [s, v, w] = train[i];
+        assert.ok(r.step === s && r.window === w && close(r.loss, v),
+          `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
+      });
+      console.log('native run (edge-llm tune --mode edge --device cpu): the same windows and losses');
+    } else {
+      console.log('native cross-check skipped (no edge-llm binary)');
+    }
+
+    // The adapter: the PEFT pair and exits.safetensors (both exits, trained).
+    const downloads = [];
+    page.on('download', (d) => downloads.push(d));
+    await page.click('#tune-download');
+    await page.waitForSelector('#adapter-links:not([hidden])');
+    const deadline = Date.now() + 20_000;
+    while (downloads.length < 3 && Date.now() < deadline) await page.waitForTimeout(100);
+    const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'edge-adapter-'));
+    const files = {};
+    for (const d of downloads) {
+      const to = path.join(dir, d.suggestedFilename());
+      await d.saveAs(to);
+      files[d.suggestedFilename()] = fs.readFileSync(to);
+    }
+    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'exits.safetensors']);
+    const exits = safetensorsHeader(files['exits.safetensors']);
+    assert.deepEqual(Object.keys(exits).filter((n) => n !== '__metadata__').sort(),
+      ['exit.1.lora_A.weight', 'exit.1.lora_B.weight', 'exit.2.lora_A.weight', 'exit.2.lora_B.weight']);
+    assert.deepEqual(exits['exit.1.lora_A.weight'].shape, [4, 64]);
+    assert.deepEqual(exits['exit.2.lora_B.weight'].shape, [64, 4]);
+    for (const k of [1, 2]) {
+      const t = exits[`exit.${k}.lora_B.weight`];
+      const buf = files['exits.safetensors'];
+      const at = buf.byteOffset + 8 + Number(buf.readBigUInt64LE(0)) + t.data_offsets[0];
+      const b = new Float32Array(buf.buffer.slice(at, at + t.data_offsets[1] - t.data_offsets[0]));
+      assert.ok(b.some((x) => x !== 0) && b.every(Number.isFinite), `exit ${k}'s lora_B was trained`);
+    }
+
+    // Accuracy per exit and per voting rule, on the CPU with the tuned adapter.
+    assert.equal(await page.isChecked('input[name=eval-source][value=tuned]'), true);
+    const mc = async () => {
+      await page.evaluate(() => { delete document.querySelector('#mc-status').dataset.accuracy; });
+      await page.fill('#mc-n', String(EDGE_MC_QUESTIONS));
+      await page.click('#mc-run');
+      assert.equal(await untilEval(() => document.querySelector('#mc-status').dataset.accuracy !== undefined), 'ok');
+      return page.evaluate(() => ({
+        accuracy: Number(document.querySelector('#mc-status').dataset.accuracy),
+        status: document.querySelector('#mc-status').textContent,
+        rows: Object.fromEntries([...document.querySelectorAll('#mc-exits tbody tr')]
+          .map((tr) => [tr.dataset.key, Number(tr.dataset.accuracy)])),
+        questions: document.querySelectorAll('#mc-table tbody tr').length,
+      }));
+    };
+    const tuned = await mc();
+    console.log(`edge accuracy on ${EDGE_MC_QUESTIONS} questions: ${JSON.stringify(tuned.rows)}; ${tuned.status}`);
+    assert.deepEqual(Object.keys(tuned.rows),
+      ['exit-1', 'exit-2', 'vote-max', 'vote-mean', 'vote-majority', 'vote-last']);
+    assert.equal(tuned.accuracy, tuned.rows['vote-max'], 'the chosen rule (max) is the headline accuracy');
+    assert.equal(tuned.rows['vote-last'], tuned.rows['exit-2'], 'voting by the last exit is that exit alone');
+    assert.match(tuned.status, /voted by max over exits after blocks 1, 2 \(CPU\)/);
+    assert.equal(tuned.questions, EDGE_MC_QUESTIONS);
+    assert.equal(await page.getAttribute('#eval-model-status', 'data-exits'), '1,2');
+    // The CLI on the downloaded directory (exits.safetensors beside the PEFT pair) agrees.
+    const cli = cliJson(['eval-mc', '--model', TINY, '--adapter', dir, '--data',
+      path.join(ROOT, 'data', 'arc-easy', 'validation.jsonl'), '--limit', String(EDGE_MC_QUESTIONS),
+      '--vote', 'max', '--device', 'cpu']);
+    if (cli) {
+      const r = cli[cli.length - 1];
+      const rows = Object.fromEntries([...r.exits.map((e) => [`exit-${e.after}`, e.accuracy]),
+        ...r.votes.map((v) => [`vote-${v.rule}`, v.accuracy])]);
+      assert.deepEqual(tuned.rows, rows, 'edge-llm eval-mc --vote on the downloaded adapter');
+    }
+
+    // Chat samples the voted distribution.
+    await page.fill('#chat-input', 'The cat sat on');
+    await page.uncheck('#chat-template');
+    await page.fill('#chat-max', String(CHAT_TOKENS));
+    await page.click('#chat-send');
+    assert.equal(await untilEval(() => document.querySelector('#chat-status').dataset.tokens !== undefined), 'ok');
+    assert.equal(await page.getAttribute('#chat-status', 'data-vote'), 'max');
+    assert.ok(Number(await page.getAttribute('#chat-status', 'data-tokens')) >= 1);
+
+    // The three downloaded files loaded back: the same accuracies, exit by exit.
+    await page.setInputFiles('#adapter-files', ['adapter_model.safetensors', 'adapter_config.json', 'exits.safetensors']
+      .map((f) => path.join(dir, f)));
+    await page.waitForFunction(() => document.querySelector('input[name=eval-source][value=file]').checked);
+    await page.waitForFunction(() => !document.querySelector('#mc-run').disabled);
+    const fromDisk = await mc();
+    assert.deepEqual(fromDisk.rows, tuned.rows, 'the adapter from disk votes as the tuned one');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'edge-eval.png'), fullPage: true });
+
+    // A checkpoint resumes only under its own schedule (through the npm wrapper, on the CPU).
+    const refused = await page.evaluate(async (text) => {
+      const m = await import('./edge-llm.js');
+      const model = await m.loadModel('models/tiny.gguf');
+      const options = { steps: 4, seq_len: 32, accum: 1, lora_rank: 4, mode: 'edge', exit_stride: 1 };
+      const a = await model.tuner({ text, name: 'song.txt', options });
+      const r = await a.runStep();
+      const bytes = await a.checkpoint();
+      const b = await model.tuner({ text, name: 'song.txt', options: { ...options, exit_stride: 2 } });
+      let message = null;
+      try { await b.resume(bytes); } catch (e) { message = e.message; }
+      const c = await model.tuner({ text, name: 'song.txt', options });
+      const at = await c.resume(bytes);
+      const out = { message, device: a.device, window: r.window, stepDevice: r.device, at };
+      for (const x of [a, b, c, model]) x.free();
+      return out;
+    }, TEXT);
+    assert.equal(refused.device, 'cpu');
+    assert.equal(refused.stepDevice, 'cpu');
+    assert.equal(refused.window, 0);
+    assert.equal(refused.at, 1, 'the same settings resume');
+    assert.match(refused.message ?? '', /another mode, exit stride, partial layers or window schedule/);
+
+    assert.equal(await page.isHidden('#tune-error'), true, await page.textContent('#tune-error'));
+    assert.equal(await page.isHidden('#eval-error'), true, await page.textContent('#eval-error'));
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'edge-last.png'), fullPage: true }).catch(() => {});
     await context.close();
   }
 });
