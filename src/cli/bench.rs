@@ -2,7 +2,8 @@
 //! length and LoRA rank, each measured the same way, with every ratio taken against
 //! vanilla in the same run.
 //!
-//! Per mode: mean optimizer-step time and tokens per second (training steps only, no
+//! The modes take turns, `--chunk` steps each, so a shared machine's changing load falls on
+//! all of them alike. Per mode: mean optimizer-step time and tokens per second (training steps only, no
 //! validation inside the timed part), the GPU memory plan of the mode at the browser's
 //! default limits (the engine's accounting, [`GpuTrainer::plan`] /
 //! [`GpuTrainer::plan_windows`]), the final validation loss (whole model, last exit), and
@@ -52,6 +53,10 @@ pub(crate) struct BenchTuneArgs {
     pub modes: Vec<Mode>,
     #[arg(long, default_value_t = 300)]
     pub steps: u64,
+    /// Steps each mode runs per turn: the modes take turns so that the machine's load
+    /// falls on all of them alike.
+    #[arg(long, default_value_t = 10)]
+    pub chunk: u64,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     #[arg(long, default_value_t = 1)]
@@ -212,7 +217,7 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             }
         }
     };
-    let mut results: Vec<ModeResult> = Vec::new();
+    let mut runs: Vec<ModeRun> = Vec::new();
     for &mode in &a.modes {
         let model = match mode {
             Mode::Vanilla | Mode::Partial => a.model.clone(),
@@ -225,8 +230,35 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             window_schedule: order,
             partial_layers: a.partial_layers,
         };
-        let r = run_mode(&a, &model, &mode_args, &ds, &questions)?;
-        results.push(r);
+        runs.push(prepare_mode(&a, &model, &mode_args, &ds)?);
+    }
+    // Round robin, `--chunk` steps per mode per turn: a shared machine's load changes over
+    // an hour, and interleaving spreads it over every mode alike instead of over whichever
+    // ran at a busy time.
+    let chunk = a.chunk.max(1);
+    let total = a.steps * runs.len() as u64;
+    let pb = progress_bar(total, "bench tune");
+    let mut done = 0;
+    while runs.iter().any(|r| r.steps_left(a.steps) > 0) {
+        for r in &mut runs {
+            let n = r.steps_left(a.steps).min(chunk);
+            if n == 0 {
+                continue;
+            }
+            let name = r.mode.name();
+            let reports = &mut r.reports;
+            pollster::block_on(r.trainer.run(n, &mut |rep| {
+                reports.push(rep.clone());
+                done += 1;
+                pb.set_position(done);
+                pb.set_message(format!("{name} step {} loss {:.4}", rep.step, rep.loss));
+            }))?;
+        }
+    }
+    pb.finish_and_clear();
+    let mut results: Vec<ModeResult> = Vec::new();
+    for r in runs {
+        results.push(finish_mode(r, &questions)?);
     }
     let base = results
         .iter()
@@ -272,13 +304,34 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_mode(
+/// One mode's run in progress.
+struct ModeRun {
+    mode: Mode,
+    model: PathBuf,
+    tok: Tokenizer,
+    exits: Vec<usize>,
+    plan_bytes: u64,
+    trainer: Trainer<CpuBackend>,
+    reports: Vec<StepReport>,
+}
+
+impl ModeRun {
+    /// Steps still to run (0 also when the trainer finished early).
+    fn steps_left(&self, steps: u64) -> u64 {
+        if self.trainer.step() >= self.trainer.total_steps() {
+            0
+        } else {
+            steps.saturating_sub(self.reports.len() as u64)
+        }
+    }
+}
+
+fn prepare_mode(
     a: &BenchTuneArgs,
     model: &Path,
     mode_args: &ModeArgs,
     ds: &Dataset,
-    questions: &[crate::data::McQuestion],
-) -> Result<ModeResult> {
+) -> Result<ModeRun> {
     let mode = mode_args.mode;
     let file = ModelFile::open(model)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
@@ -327,18 +380,29 @@ fn run_mode(
         None => GpuTrainer::plan(&file, &lora, &opts, &limits)?,
         Some(ls) => GpuTrainer::plan_windows(&file, &lora, &opts, &limits, &ls.windows)?,
     };
-
     let data = train::prepare(ds, &tok, &spec.data_config)?;
     let backend = CpuBackend::with_exits(file.weights()?, lora, &spec.exits, a.seed);
-    let mut trainer = Trainer::new(backend, spec.train.clone(), data)?;
-    let pb = progress_bar(a.steps, mode.name());
-    let mut reports: Vec<StepReport> = Vec::new();
-    pollster::block_on(trainer.run(a.steps, &mut |r| {
-        pb.set_position(r.step);
-        pb.set_message(format!("{} loss {:.4}", mode.name(), r.loss));
-        reports.push(r.clone());
-    }))?;
-    pb.finish_and_clear();
+    Ok(ModeRun {
+        mode,
+        model: model.to_path_buf(),
+        tok,
+        exits: spec.exits.clone(),
+        plan_bytes: plan.total(),
+        trainer: Trainer::new(backend, spec.train, data)?,
+        reports: Vec::new(),
+    })
+}
+
+fn finish_mode(run: ModeRun, questions: &[crate::data::McQuestion]) -> Result<ModeResult> {
+    let ModeRun {
+        mode,
+        model,
+        tok,
+        exits,
+        plan_bytes,
+        mut trainer,
+        reports,
+    } = run;
     let secs: f64 = reports
         .iter()
         .map(|r| r.tokens as f64 / r.tokens_per_s.max(1e-12))
@@ -360,7 +424,7 @@ fn run_mode(
                 correct as f64 / done as f64
             ));
         };
-        if spec.exits.is_empty() {
+        if exits.is_empty() {
             let r = eval::eval_mc(&mut CpuLm::new(m), &tok, questions, &mut progress)?;
             accuracy = Some(r.accuracy);
         } else {
@@ -375,12 +439,12 @@ fn run_mode(
     let cache = &trainer.backend.cache;
     let r = ModeResult {
         mode: mode.name(),
-        model: model.to_path_buf(),
+        model,
         steps,
         tokens,
         step_ms: 1e3 * secs / steps.max(1) as f64,
         tokens_per_s: tokens as f64 / secs.max(1e-12),
-        peak_gpu_bytes: plan.total(),
+        peak_gpu_bytes: plan_bytes,
         val_loss,
         accuracy,
         last_exit_accuracy,
@@ -641,6 +705,7 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
         }
     }
     let mut rows: Vec<CompressRow> = Vec::new();
+    let mut timed: Vec<(ModelFile, GpuModelOptions, Vec<u32>)> = Vec::new();
     for (policy, sparsity, bits, path) in jobs {
         let file = ModelFile::open(&path)?;
         let tok = Tokenizer::from_gguf(&file.gguf)?;
@@ -674,22 +739,6 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
             .iter()
             .find(|(c, _)| *c == crate::engine::Category::Weights)
             .map_or(0, |x| x.1);
-        let forward_ms = match &ctx {
-            Some(ctx) => {
-                let mut gm = GpuModel::new(ctx, &file, &opts, None)?;
-                let tokens: Vec<u32> = ids.iter().copied().cycle().take(a.forward_tokens).collect();
-                let mut times = Vec::new();
-                for _ in 0..a.forward_reps.max(1) {
-                    eval::CausalLm::truncate(&mut gm, 0);
-                    let t0 = std::time::Instant::now();
-                    eval::CausalLm::append(&mut gm, &tokens)?;
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
-                times.sort_by(f64::total_cmp);
-                Some(times[times.len() / 2])
-            }
-            None => None,
-        };
         let row = CompressRow {
             policy,
             mean_sparsity: sparsity,
@@ -699,21 +748,42 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
             accuracy,
             gpu_bytes: plan.total(),
             gpu_weight_bytes: weights,
-            forward_ms,
+            forward_ms: None,
             forward_vs_f32: None,
         };
         eprintln!(
-            "{} (s {}, b {}): perplexity {:.2}, accuracy {}, GPU weights {:.1} MiB, forward {}",
+            "{} (s {}, b {}): perplexity {:.2}, accuracy {}, GPU weights {:.1} MiB",
             row.policy,
             row.mean_sparsity,
             row.mean_bits,
             row.perplexity,
             row.accuracy.map_or("n/a".into(), |x| format!("{x:.4}")),
             row.gpu_weight_bytes as f64 / 1048576.0,
-            row.forward_ms
-                .map_or("n/a".into(), |x| format!("{x:.0} ms"))
         );
         rows.push(row);
+        timed.push((file, opts, ids));
+    }
+    // GPU forward times, the models taking turns (the median of `forward_reps` each), so
+    // the machine's load falls on all of them alike.
+    if let Some(ctx) = &ctx {
+        let mut models = Vec::new();
+        for (file, opts, ids) in &timed {
+            let tokens: Vec<u32> = ids.iter().copied().cycle().take(a.forward_tokens).collect();
+            models.push((GpuModel::new(ctx, file, opts, None)?, tokens));
+        }
+        let mut times = vec![Vec::new(); models.len()];
+        for _ in 0..a.forward_reps.max(1) {
+            for (k, (gm, tokens)) in models.iter_mut().enumerate() {
+                eval::CausalLm::truncate(gm, 0);
+                let t0 = std::time::Instant::now();
+                eval::CausalLm::append(gm, tokens)?;
+                times[k].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        for (r, mut t) in rows.iter_mut().zip(times) {
+            t.sort_by(f64::total_cmp);
+            r.forward_ms = Some(t[t.len() / 2]);
+        }
     }
     let base = rows.first().and_then(|r| r.forward_ms);
     for r in &mut rows {
