@@ -112,7 +112,7 @@ impl LayerSchedule {
     pub fn window_at(&self, step: u64, total: u64, phases: &[Phase]) -> usize {
         let n = self.windows.len();
         let p = step / self.phase_len(total);
-        if (p as usize) < n {
+        if n == 0 || (p as usize) < n {
             return p as usize;
         }
         // Adaptive, past the first sweep: keep the phase's window until its end.
@@ -208,6 +208,17 @@ mod tests {
         more[3].losses.push(2.0);
         // Window 0's latest phase gained nothing: window 2 (0.5) now leads.
         assert_eq!(s.window_at(8, 12, &more), 2);
+    }
+
+    #[test]
+    fn an_empty_schedule_does_not_panic() {
+        // A hand-edited tune_run.json can hold no windows; the trainer then refuses it.
+        let s = LayerSchedule {
+            windows: Vec::new(),
+            order: WindowOrder::Adaptive,
+        };
+        assert_eq!(s.phase_len(10), 5);
+        let _ = s.window_at(7, 10, &[]);
     }
 
     #[test]
