@@ -86,8 +86,11 @@ fn profile_measures_and_caches() {
             lp.prune_mse, lp.quant_mse, lp.prune_dloss
         );
     }
+    // Sensitivities are loss changes here (measured): finite, and may be slightly
+    // negative on a few rows (noise); the sparsity rule min-max normalises them.
+    assert!(p.has_dloss());
     for s in p.prune_sensitivity().iter().chain(&p.quant_sensitivity()) {
-        assert!(s.is_finite() && *s >= 0.0);
+        assert!(s.is_finite());
     }
     assert!(p.to_svg().starts_with("<svg") && p.table().lines().count() == n + 1);
 

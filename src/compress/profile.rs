@@ -186,25 +186,49 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 impl Profile {
-    /// S_l for pruning: mean output MSE over the sparsity levels.
-    pub fn prune_sensitivity(&self) -> Vec<f64> {
-        self.layers.iter().map(|l| mean(&l.prune_mse)).collect()
+    /// Whether the loss change was measured for every block (`loss_rows` > 0).
+    pub fn has_dloss(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| l.prune_dloss.len() == SPARSITIES.len() && l.quant_dloss.len() == BITS.len())
     }
 
-    /// S_l for quantization: mean output MSE over the widths.
+    /// S_l for pruning: the mean loss change over the sparsity levels where it was
+    /// measured, else the mean output MSE. The loss change is what the policy should
+    /// spare: a block's output MSE grows with the residual stream's scale through depth
+    /// (SmolLM2-135M: 0.2 at block 0, 7.8 at block 29), so ranking by it prunes the first
+    /// blocks hardest although their loss change is the largest (0.84 at block 0). On
+    /// the real model at mean sparsity 0.5 and 4 bits, the MSE ranking gave perplexity
+    /// 88.3 against uniform's 62.9 (runs/bench-compress).
+    pub fn prune_sensitivity(&self) -> Vec<f64> {
+        let dl = self.has_dloss();
+        self.layers
+            .iter()
+            .map(|l| mean(if dl { &l.prune_dloss } else { &l.prune_mse }))
+            .collect()
+    }
+
+    /// S_l for quantization, by the same rule as [`Self::prune_sensitivity`].
     pub fn quant_sensitivity(&self) -> Vec<f64> {
-        self.layers.iter().map(|l| mean(&l.quant_mse)).collect()
+        let dl = self.has_dloss();
+        self.layers
+            .iter()
+            .map(|l| mean(if dl { &l.quant_dloss } else { &l.quant_mse }))
+            .collect()
     }
 
     /// Per-block error at each width of [`BITS`], as [`super::policy::allocate_bits`]
-    /// takes it.
+    /// takes it: the loss change where measured (a negative change, noise on few rows,
+    /// counts as 0), else the output MSE.
     pub fn quant_errors(&self) -> Vec<[f64; 4]> {
+        let dl = self.has_dloss();
         self.layers
             .iter()
             .map(|l| {
                 let mut e = [0.0; 4];
-                for (d, s) in e.iter_mut().zip(&l.quant_mse) {
-                    *d = *s;
+                let src = if dl { &l.quant_dloss } else { &l.quant_mse };
+                for (d, s) in e.iter_mut().zip(src) {
+                    *d = s.max(0.0);
                 }
                 e
             })
