@@ -137,6 +137,26 @@ fn io(e: impl std::fmt::Display, p: &Path) -> Error {
     Error::Io(format!("{}: {e}", p.display()))
 }
 
+/// The first `n` (all by default) multiple-choice questions of `path`; none with `skip`.
+fn questions(path: &Path, n: Option<usize>, skip: bool) -> Result<Vec<crate::data::McQuestion>> {
+    if skip {
+        return Ok(Vec::new());
+    }
+    match Dataset::load(path)? {
+        Dataset::MultipleChoice(mut q) => {
+            if let Some(n) = n {
+                q.truncate(n);
+            }
+            Ok(q)
+        }
+        other => Err(Error::Data(format!(
+            "{} holds {} data; --eval-data needs multiple-choice JSONL",
+            path.display(),
+            other.kind()
+        ))),
+    }
+}
+
 /// Makes (or reuses, when present from an earlier run of the same settings) the
 /// compressed model a mode tunes.
 fn compressed_model(a: &BenchTuneArgs, allocation: AllocationArg) -> Result<PathBuf> {
@@ -198,25 +218,7 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
     let order: WindowOrder = a.window_schedule.parse()?;
     std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
     let ds = Dataset::load(&a.data)?;
-    let questions = if a.no_eval {
-        Vec::new()
-    } else {
-        match Dataset::load(&a.eval_data)? {
-            Dataset::MultipleChoice(mut q) => {
-                if let Some(n) = a.questions {
-                    q.truncate(n);
-                }
-                q
-            }
-            other => {
-                return Err(Error::Data(format!(
-                    "{} holds {} data; --eval-data needs multiple-choice JSONL",
-                    a.eval_data.display(),
-                    other.kind()
-                )))
-            }
-        }
-    };
+    let questions = questions(&a.eval_data, a.questions, a.no_eval)?;
     let mut runs: Vec<ModeRun> = Vec::new();
     for &mode in &a.modes {
         let model = match mode {
@@ -635,25 +637,7 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
     use crate::engine::{GpuModel, GpuModelOptions};
     std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
     let text = std::fs::read_to_string(&a.text).map_err(|e| io(e, &a.text))?;
-    let questions = if a.no_eval {
-        Vec::new()
-    } else {
-        match Dataset::load(&a.eval_data)? {
-            Dataset::MultipleChoice(mut q) => {
-                if let Some(n) = a.questions {
-                    q.truncate(n);
-                }
-                q
-            }
-            other => {
-                return Err(Error::Data(format!(
-                    "{} holds {} data; --eval-data needs multiple-choice JSONL",
-                    a.eval_data.display(),
-                    other.kind()
-                )))
-            }
-        }
-    };
+    let questions = questions(&a.eval_data, a.questions, a.no_eval)?;
     let ctx = super::pick_gpu(super::Device::Gpu).ok().flatten();
     if ctx.is_none() {
         eprintln!("no GPU adapter: the forward-time column is skipped");
