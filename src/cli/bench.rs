@@ -137,6 +137,15 @@ fn io(e: impl std::fmt::Display, p: &Path) -> Error {
     Error::Io(format!("{}: {e}", p.display()))
 }
 
+/// Writes each (file name, bytes) into `dir`.
+fn write_outputs<const N: usize>(dir: &Path, files: [(&str, Vec<u8>); N]) -> Result<()> {
+    for (name, bytes) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).map_err(|e| io(e, &p))?;
+    }
+    Ok(())
+}
+
 /// The first `n` (all by default) multiple-choice questions of `path`; none with `skip`.
 fn questions(path: &Path, n: Option<usize>, skip: bool) -> Result<Vec<crate::data::McQuestion>> {
     if skip {
@@ -282,10 +291,7 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             serde_json::to_vec_pretty(&results).map_err(|e| Error::Io(e.to_string()))?,
         ),
     ];
-    for (name, bytes) in files {
-        let p = a.out.join(name);
-        std::fs::write(&p, bytes).map_err(|e| io(e, &p))?;
-    }
+    write_outputs(&a.out, files)?;
     if a.json {
         for r in &results {
             let mut v = serde_json::to_value(r).map_err(|e| Error::Io(e.to_string()))?;
@@ -812,10 +818,7 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
             serde_json::to_vec_pretty(&rows).map_err(|e| Error::Io(e.to_string()))?,
         ),
     ];
-    for (name, bytes) in files {
-        let p = a.out.join(name);
-        std::fs::write(&p, bytes).map_err(|e| io(e, &p))?;
-    }
+    write_outputs(&a.out, files)?;
     if a.json {
         for r in &rows {
             println!(

@@ -65,19 +65,6 @@ pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> &[f32] {
     p.weight(l)
 }
 
-/// Mutable projection `p`'s weight in a block.
-pub fn weight_of_mut(l: &mut LayerWeights<f32>, p: Proj) -> &mut Vec<f32> {
-    match p {
-        Proj::Q => &mut l.wq,
-        Proj::K => &mut l.wk,
-        Proj::V => &mut l.wv,
-        Proj::O => &mut l.wo,
-        Proj::Gate => &mut l.w_gate,
-        Proj::Up => &mut l.w_up,
-        Proj::Down => &mut l.w_down,
-    }
-}
-
 /// Calibration rows from a dataset: its examples packed into rows of `seq_len` inputs
 /// (as training does), then `n` of them spread evenly over the data (all if fewer).
 pub fn calibration_rows(
@@ -536,7 +523,7 @@ pub fn profile(
                     }
                 };
                 mse += output_mse_gemm(h_of(p), k, w, &w_hat, n);
-                *weight_of_mut(&mut model.w.layers[l], p) = w_hat;
+                *p.weight_mut(&mut model.w.layers[l]) = w_hat;
             }
             let dloss = base_loss.map(|b| loss_on(model, loss_rows) - b);
             if i < SPARSITIES.len() {

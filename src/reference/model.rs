@@ -64,7 +64,7 @@ impl Proj {
         }
     }
 
-    fn weight_mut<T>(self, l: &mut LayerWeights<T>) -> &mut Vec<T> {
+    pub fn weight_mut<T>(self, l: &mut LayerWeights<T>) -> &mut Vec<T> {
         match self {
             Proj::Q => &mut l.wq,
             Proj::K => &mut l.wk,
