@@ -472,9 +472,10 @@ pub struct TensorReport {
     pub packed_bytes: usize,
 }
 
-/// The sparse value type for a sparse layer at `bits`: no kernel reads sparse and
-/// sub-8-bit-quantized weights jointly except with int4 values, so 8 bits → int8 and
-/// 2/3/4 bits → int4 (2 and 3 round up to 4: the caller reports it).
+/// The sparse value container for a sparse layer at `bits`: the sparse kernels read int8
+/// and int4 codes, so 8 bits → int8 and 2/3/4 bits → int4. The values stay on the
+/// policy's grid (a 3-bit layer uses codes ±3 of the nibble): the accuracy is that of
+/// `bits`, the storage that of the container (the caller reports it).
 pub fn sparse_values_for(bits: u32) -> ValueType {
     if bits >= 8 {
         ValueType::Int8
@@ -534,14 +535,16 @@ pub fn compress_model(
                             s,
                         )?,
                     };
+                    // The policy's grid in the container's codes (3 bits in int4 nibbles).
                     let ty = sparse_values_for(lp.bits);
+                    let bits = lp.bits.min(ty.bits());
                     let packed = match policy.pattern {
                         Pattern::TwoOfFour => {
-                            Packed::Sparse24(Sparse24Matrix::pack(&pruned, n, k, ty)?)
+                            Packed::Sparse24(Sparse24Matrix::pack_bits(&pruned, n, k, ty, bits)?)
                         }
-                        Pattern::Unstructured => {
-                            Packed::Unstructured(UnstructuredMatrix::pack(&pruned, n, k, ty)?)
-                        }
+                        Pattern::Unstructured => Packed::Unstructured(
+                            UnstructuredMatrix::pack_bits(&pruned, n, k, ty, bits)?,
+                        ),
                     };
                     (packed, None)
                 }

@@ -55,12 +55,28 @@ impl ValueType {
         }
     }
 
-    fn qmax(self) -> f32 {
+    /// Bits of one stored code (32 for f32).
+    pub fn bits(self) -> u32 {
         match self {
-            ValueType::F32 => 0.0,
-            ValueType::Int8 => 127.0,
-            ValueType::Int4 => 7.0,
+            ValueType::F32 => 32,
+            ValueType::Int8 => 8,
+            ValueType::Int4 => 4,
         }
+    }
+
+    /// The largest code of a symmetric `bits`-bit grid stored in this type: 2^(bits−1) − 1
+    /// (a 3-bit grid in int4 nibbles uses codes ±3). Refuses a grid wider than the type.
+    fn grid_qmax(self, bits: u32) -> Result<f32> {
+        if self == ValueType::F32 {
+            return Ok(0.0);
+        }
+        if !(2..=self.bits()).contains(&bits) {
+            return Err(Error::Invalid(format!(
+                "a {bits}-bit grid cannot be stored in {self:?} values (2 to {} bits)",
+                self.bits()
+            )));
+        }
+        Ok(((1u32 << (bits - 1)) - 1) as f32)
     }
 
     fn per_word(self) -> usize {
@@ -161,14 +177,15 @@ impl PackedValues {
         }
     }
 
-    /// Stores `v` at `pos` for entry (row, col), quantizing it with that entry's scale.
-    fn put(&mut self, pos: usize, row: usize, col: usize, v: f32) {
+    /// Stores `v` at `pos` for entry (row, col), quantizing it with that entry's scale to
+    /// codes within ±`qmax`.
+    fn put(&mut self, pos: usize, row: usize, col: usize, v: f32, qmax: f32) {
         let raw = match self.ty {
             ValueType::F32 => v.to_bits(),
-            ty => {
+            _ => {
                 let s = self.scale(row, col);
                 let q = if s > 0.0 {
-                    (v / s).round().clamp(-ty.qmax(), ty.qmax())
+                    (v / s).round().clamp(-qmax, qmax)
                 } else {
                     0.0
                 };
@@ -186,7 +203,7 @@ impl PackedValues {
 
 /// The f16 scales (absmax/qmax per row and QCOLS columns) of a dense `[n][k]` weight,
 /// packed two per u32, and the number of scales per row.
-fn scales_of(w: &[f32], n: usize, k: usize, ty: ValueType) -> (Vec<u32>, usize) {
+fn scales_of(w: &[f32], n: usize, k: usize, ty: ValueType, qmax: f32) -> (Vec<u32>, usize) {
     let gpr = k.div_ceil(QCOLS);
     if ty == ValueType::F32 {
         return (Vec::new(), gpr);
@@ -197,7 +214,7 @@ fn scales_of(w: &[f32], n: usize, k: usize, ty: ValueType) -> (Vec<u32>, usize) 
             let cols = g * QCOLS..((g + 1) * QCOLS).min(k);
             let absmax = w[r * k..][cols].iter().fold(0.0f32, |a, v| a.max(v.abs()));
             // A scale over f16's range saturates; the codes then saturate too.
-            let s = f16::from_f32((absmax / ty.qmax()).min(f16::MAX.to_f32()));
+            let s = f16::from_f32((absmax / qmax).min(f16::MAX.to_f32()));
             let i = r * gpr + g;
             packed[i / 2] |= (s.to_bits() as u32) << (16 * (i % 2));
         }
@@ -241,11 +258,18 @@ impl Sparse24Matrix {
     /// Packs a dense `[n][k]` weight with at most 2 non-zeros in every group of 4
     /// consecutive columns; refuses any other pattern.
     pub fn pack(w: &[f32], n: usize, k: usize, ty: ValueType) -> Result<Self> {
+        Self::pack_bits(w, n, k, ty, ty.bits())
+    }
+
+    /// [`Self::pack`] with the kept values on a `bits`-bit grid stored in `ty`'s codes
+    /// (e.g. 3-bit values in int4 nibbles: the kernels read them unchanged).
+    pub fn pack_bits(w: &[f32], n: usize, k: usize, ty: ValueType, bits: u32) -> Result<Self> {
         check_dense("sparse24", w, n, k)?;
+        let qmax = ty.grid_qmax(bits)?;
         let groups = k.div_ceil(4);
         let value_stride = (2 * groups).next_multiple_of(ROW_ALIGN);
         let idx_stride = groups.div_ceil(8);
-        let (scales, gpr) = scales_of(w, n, k, ty);
+        let (scales, gpr) = scales_of(w, n, k, ty, qmax);
         let mut values = PackedValues::new(ty, n * value_stride, scales, gpr);
         let mut idx = vec![0u32; n * idx_stride];
         for r in 0..n {
@@ -274,7 +298,7 @@ impl Sparse24Matrix {
                 for (slot, &i) in kept.iter().enumerate() {
                     let c = 4 * g + i;
                     let v = if c < k { w[r * k + c] } else { 0.0 };
-                    values.put(r * value_stride + 2 * g + slot, r, c.min(k - 1), v);
+                    values.put(r * value_stride + 2 * g + slot, r, c.min(k - 1), v, qmax);
                 }
                 idx[r * idx_stride + g / 8] |= ((kept[0] | kept[1] << 2) as u32) << (4 * (g % 8));
             }
@@ -350,8 +374,14 @@ pub struct UnstructuredMatrix {
 impl UnstructuredMatrix {
     /// Packs the non-zeros of a dense `[n][k]` weight.
     pub fn pack(w: &[f32], n: usize, k: usize, ty: ValueType) -> Result<Self> {
+        Self::pack_bits(w, n, k, ty, ty.bits())
+    }
+
+    /// [`Self::pack`] with the values on a `bits`-bit grid stored in `ty`'s codes.
+    pub fn pack_bits(w: &[f32], n: usize, k: usize, ty: ValueType, bits: u32) -> Result<Self> {
         check_dense("unstructured", w, n, k)?;
-        let (scales, gpr) = scales_of(w, n, k, ty);
+        let qmax = ty.grid_qmax(bits)?;
+        let (scales, gpr) = scales_of(w, n, k, ty, qmax);
         let proto = PackedValues::new(ty, 0, scales, gpr);
         let mut m = UnstructuredMatrix::layout(n, k, &proto, |r, f| {
             for c in 0..k {
@@ -365,7 +395,7 @@ impl UnstructuredMatrix {
             for c in 0..k {
                 let v = w[r * k + c];
                 if v != 0.0 {
-                    m.values.put(pos, r, c, v);
+                    m.values.put(pos, r, c, v, qmax);
                     pos += 1;
                 }
             }
@@ -608,7 +638,7 @@ mod tests {
     #[test]
     fn int_codes_round_trip() {
         for ty in [ValueType::Int8, ValueType::Int4] {
-            let q = ty.qmax() as i32;
+            let q = ty.grid_qmax(ty.bits()).unwrap() as i32;
             let mut v = PackedValues::new(ty, 20, Vec::new(), 0);
             for p in 0..20 {
                 v.set_raw(p, ((p as i32 % (2 * q + 1)) - q) as u32);
@@ -617,5 +647,52 @@ mod tests {
                 assert_eq!(v.raw(p) as i32, (p as i32 % (2 * q + 1)) - q, "{ty:?} {p}");
             }
         }
+    }
+
+    /// A 3-bit (2-bit) grid in int4 codes: every code within ±3 (±1), every value a code
+    /// times the group's scale absmax/3 (absmax/1), so the largest weight is exact.
+    #[test]
+    fn narrow_grids_in_int4() {
+        let (n, k) = (3, 70);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    ((i * 37 % 23) as f32 - 11.0) / 7.0
+                }
+            })
+            .collect();
+        for (bits, qmax) in [(2u32, 1i32), (3, 3), (4, 7)] {
+            let m = UnstructuredMatrix::pack_bits(&w, n, k, ValueType::Int4, bits).unwrap();
+            let mut codes = std::collections::BTreeSet::new();
+            m.for_each(|r, c, p| {
+                let code = m.values.raw(p) as i32;
+                assert!(code.abs() <= qmax, "{bits} bits: code {code} at ({r},{c})");
+                codes.insert(code);
+            });
+            assert_eq!(
+                *codes.iter().max().unwrap(),
+                qmax,
+                "{bits} bits use the whole grid"
+            );
+            let absmax = w[..64].iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let s = f16::from_f32(absmax / qmax as f32).to_f32();
+            assert_eq!(
+                m.values.scale(0, 0),
+                s,
+                "{bits} bits: scale of row 0, group 0"
+            );
+            // Round to nearest: within half a step of the original everywhere.
+            m.for_each(|r, c, p| {
+                let e = (m.values.get(p, r, c) - w[r * k + c]).abs();
+                assert!(
+                    e <= 0.5 * m.values.scale(r, c) * 1.01,
+                    "{bits} bits: ({r},{c}) off by {e}"
+                );
+            });
+        }
+        assert!(UnstructuredMatrix::pack_bits(&w, n, k, ValueType::Int4, 5).is_err());
+        assert!(Sparse24Matrix::pack_bits(&[0.0; 8], 2, 4, ValueType::Int8, 1).is_err());
     }
 }
