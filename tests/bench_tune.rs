@@ -126,12 +126,37 @@ fn edge_mode_trains_windows_resumes_and_votes() {
     assert_eq!(r["vote"], "max", "{r}");
     assert_eq!(r["exits"].as_array().unwrap().len(), 2);
 
-    // Windows do not run on the GPU engine: refused up front, nothing written.
-    let refused = dir.join("refused").display().to_string();
-    let (code, _, err) = run(&[&common[..], &["--out", &refused, "--device", "gpu"]].concat());
-    assert_eq!(code, 1);
-    assert!(err.contains("--device cpu"), "{err}");
-    assert!(!Path::new(&refused).exists());
+    // The GPU engine runs the same windows: the same steps, windows and losses (within
+    // f32 rounding of another summation order).
+    let on_gpu = dir.join("gpu").display().to_string();
+    let (code, got, err) = run(&[&common[..], &["--out", &on_gpu, "--device", "gpu"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let steps = |v: &[serde_json::Value]| -> Vec<(u64, f64, u64)> {
+        v.iter()
+            .filter(|o| o.get("step").is_some() && o.get("loss").is_some())
+            .map(|o| {
+                let f = |k: &str| o[k].as_f64().unwrap_or(f64::NAN);
+                (
+                    o["step"].as_u64().unwrap(),
+                    f("loss"),
+                    o["window"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (g, w) = (steps(&got), steps(&want));
+    assert_eq!(g.len(), w.len(), "{got:?}");
+    for ((gs, gl, gw), (ws, wl, ww)) in g.iter().zip(&w) {
+        assert_eq!((gs, gw), (ws, ww));
+        assert!(
+            (gl - wl).abs() <= 1e-3 * wl,
+            "step {gs}: GPU loss {gl} vs CPU {wl}"
+        );
+    }
+    let last = got.last().unwrap();
+    assert_eq!(last["device"], "gpu", "{last}");
+    assert!(last["peak_gpu_bytes"].as_u64().unwrap() > 0, "{last}");
+    assert!(Path::new(&on_gpu).join("exits.safetensors").exists());
 }
 
 #[test]

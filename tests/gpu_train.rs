@@ -238,21 +238,29 @@ fn sparse_file_gradients_match_the_cpu_reference() {
     assert!(copies > 0, "no transposed copy planned");
     assert!(2 * p < d, "projections: {p} packed vs {d} f32 bytes");
 
-    // A window over the top block: its weights with their copies, the frozen-block slot
-    // below (forward only) without.
+    // A window over the top block: its weights with their copies, the frozen block below
+    // (resident, forward only) without.
     let top = Span {
         layers: 1..2,
         exit: None,
     };
     let o = opts(WeightFormat::Packed, false);
     let w = GpuTrainer::plan_windows(&file, &lc, &o, &limits, &[top]).unwrap();
-    let has = |tag: &str| w.entries.iter().any(|e| e.name.contains(tag));
-    assert!(has(" transposed ") && has("(frozen-block slot)"), "{w:#?}");
-    assert!(
-        !w.entries
+    let has = |prefix: &str, tag: &str| {
+        w.entries
             .iter()
-            .any(|e| e.name.starts_with("blk.0.") && e.name.contains(" transposed ")),
-        "the frozen slot holds a transposed copy"
+            .any(|e| e.name.starts_with(prefix) && e.name.contains(tag))
+    };
+    assert!(has("blk.1.", " transposed ") && has("blk.0.", ""), "{w:#?}");
+    assert!(
+        !has("blk.0.", " transposed "),
+        "the frozen block holds a transposed copy"
+    );
+    assert!(
+        w.total() < packed.total(),
+        "{} vs {}",
+        w.total(),
+        packed.total()
     );
 }
 

@@ -7,9 +7,9 @@
 use super::Device;
 use crate::adapter;
 use crate::data::Dataset;
+use crate::engine::train::fit_budget_windows;
 use crate::engine::{fit_budget, GpuTrainer, TrainOptions};
 use crate::model::ModelFile;
-use crate::reference::Lora;
 use crate::reference::{LoraConfig, Proj};
 use crate::tokenizer::Tokenizer;
 use crate::train::{
@@ -146,14 +146,7 @@ pub fn run(
     validate(&spec)?;
     let mut spec = spec;
     let file = ModelFile::open(&spec.model)?;
-    let windowed = spec.train.layers.is_some();
-    if windowed && session.device == Device::Gpu {
-        return Err(Error::Invalid(format!(
-            "--mode {} trains windows of layers, which the GPU engine does not run yet; use \
-             --device cpu (or auto)",
-            spec.mode.name()
-        )));
-    }
+    let windows = spec.train.layers.as_ref().map(|ls| ls.windows.clone());
     let tok = Tokenizer::from_gguf(&file.gguf)?;
     let ds = Dataset::load(&spec.data)?;
     let opts = TrainOptions {
@@ -161,12 +154,7 @@ pub fn run(
         recompute: session.recompute,
         ..Default::default()
     };
-    let ctx = if windowed {
-        eprintln!("device: CPU reference (layer windows run on the CPU backend)");
-        None
-    } else {
-        super::pick_gpu(session.device)?
-    };
+    let ctx = super::pick_gpu(session.device)?;
     let limits = ctx
         .as_ref()
         .map_or_else(wgpu::Limits::default, |c| c.limits.clone());
@@ -174,7 +162,9 @@ pub fn run(
     let fit = match (&ctx, session.memory_budget) {
         (None, None) => None,
         _ => {
-            let fit = fit_budget(&file, &spec.lora, &opts, &limits, session.memory_budget)?;
+            let budget = session.memory_budget;
+            let w = windows.as_deref();
+            let fit = fit_budget_windows(&file, &spec.lora, &opts, &limits, budget, w)?;
             eprintln!(
                 "GPU memory plan: {:.1} MiB{}",
                 fit.plan.total() as f64 / 1048576.0,
@@ -222,8 +212,12 @@ pub fn run(
     };
     match (&ctx, fit) {
         (Some(ctx), Some(fit)) => {
-            let lora = Lora::new(&file.config, run.spec.lora.clone(), run.spec.train.seed);
-            let backend = GpuTrainer::new(ctx, &file, &lora, &fit.options)?;
+            let (lc, seed) = (run.spec.lora.clone(), run.spec.train.seed);
+            let lora = train::cpu::initial_adapters(&file.config, lc, &run.spec.exits, seed);
+            let backend = match &windows {
+                Some(w) => GpuTrainer::with_windows(ctx, &file, &lora, &fit.options, w)?,
+                None => GpuTrainer::new(ctx, &file, &lora, &fit.options)?,
+            };
             drive(backend, "gpu", prepared, run)
         }
         _ => {

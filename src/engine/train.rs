@@ -18,6 +18,16 @@
 //! and the block's forward is run again just before its backward (one set of block
 //! activations instead of one per layer). The head is split into parts that each fit one
 //! binding ([`cross_entropy::rows_per_part`]) and its logits are made in chunks that do too.
+//!
+//! Adaptive layer tuning ([`GpuTrainer::with_windows`], [`Backend::set_span`]) runs as on
+//! the CPU backend: the frozen blocks below a window forward only (no dropout, nothing
+//! kept) in place through the first activation set, or not at all when the window's input
+//! is in the host-memory [`PrefixCache`]; the window's blocks keep their activations; an
+//! exit adds its adapter (the LoRA kernels on an identity projection) before the final
+//! norm and head; backward stops at the window's first block; AdamW steps only the
+//! window's tensors and its exit's, each with its own step count. Every block up to the
+//! deepest window stays resident (the frozen ones without a sparse weight's transposed
+//! copy); activations are sized for the longest window.
 
 use super::gpu_model::{
     cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_proj, Gather,
@@ -42,7 +52,9 @@ use crate::kernels::qmatmul::{FrozenWeight, Path, QMatmul};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
-use crate::reference::{lora_dropout, Lora, LoraConfig, Proj, Span};
+use crate::reference::{lora_dropout, Lora, LoraConfig, Owner, Proj, Span};
+use crate::train::cpu::{bump_versions, check_span, default_span, PrefixCache};
+use crate::train::CpuBackend;
 use crate::train::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -220,6 +232,49 @@ struct Trained {
     n: usize,
 }
 
+/// What a set of spans needs resident: blocks `0..resident` (frozen ones run forward
+/// only), `cap` blocks' activations (the longest span), the input-gradient side of the
+/// blocks any span trains, and the exit buffers when a span ends at an exit.
+struct Cover {
+    resident: usize,
+    cap: usize,
+    grad: Vec<bool>,
+    exit: bool,
+    /// A span starts above block 0: its input is read back into the prefix cache.
+    prefix: bool,
+}
+
+impl Cover {
+    fn of(n_layers: usize, spans: &[Span]) -> Result<Self> {
+        let mut c = Cover {
+            resident: 0,
+            cap: 0,
+            grad: vec![false; n_layers],
+            exit: false,
+            prefix: false,
+        };
+        for s in spans {
+            if s.layers.is_empty() || s.layers.end > n_layers {
+                return Err(Error::Invalid(format!(
+                    "window {:?} does not fit {n_layers} blocks",
+                    s.layers
+                )));
+            }
+            c.resident = c.resident.max(s.layers.end);
+            c.cap = c.cap.max(s.layers.len());
+            c.exit |= s.exit.is_some();
+            c.prefix |= s.layers.start > 0;
+            for l in s.layers.clone() {
+                c.grad[l] = true;
+            }
+        }
+        if spans.is_empty() {
+            return Err(Error::Invalid("no windows to plan".into()));
+        }
+        Ok(c)
+    }
+}
+
 /// LoRA training on the GPU.
 pub struct GpuTrainer<'c> {
     ctx: &'c GpuContext,
@@ -228,19 +283,39 @@ pub struct GpuTrainer<'c> {
     opts: TrainOptions,
     split: HeadSplit,
     mm: QMatmul,
+    /// Blocks `0..cover.resident`.
     blocks: Vec<BlockWeights>,
+    cover: Cover,
     output_norm: wgpu::Buffer,
     head: Vec<wgpu::Buffer>,
     gather: Gather,
     rope: RopeTable,
-    /// One per layer, or one shared set with `recompute`.
+    /// One per block of the longest span, or one shared set with `recompute`.
     acts: Vec<BlockActs>,
-    /// Block inputs with `recompute` (one per layer), else empty.
+    /// Block inputs with `recompute` (one per block of the longest span), else empty.
     inputs: Vec<wgpu::Buffer>,
     s: Scratch,
     /// `pairs[l][proj]` = indices into `trained` of (A, B).
     pairs: Vec<Vec<Option<(usize, usize)>>>,
     trained: Vec<Trained>,
+    /// Per exit: its block count and the indices into `trained` of (A, B).
+    exits: Vec<(usize, (usize, usize))>,
+    /// The exit adapter's u and output z (when a planned span ends at an exit).
+    exit_bufs: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    /// What each of `trained` belongs to, and its AdamW steps (bias correction when
+    /// tensors train in windows, kept as [`crate::train::CpuBackend`] keeps them).
+    owners: Vec<Owner>,
+    steps: Vec<u64>,
+    /// The spans this trainer was planned for, and the one trained now (None: every block
+    /// to the last exit, or the head).
+    windows: Vec<Span>,
+    span: Option<Span>,
+    /// Hidden states entering a window, kept in host memory as on the CPU backend, with
+    /// per-block optimizer-update counts that say when one is stale.
+    pub cache: PrefixCache,
+    versions: Vec<u64>,
+    /// Where a window's input is read back into the cache (when one starts above block 0).
+    prefix_read: Option<wgpu::Buffer>,
     plan: MemoryPlan,
     allocated: u64,
 }
@@ -260,15 +335,15 @@ impl<'c> GpuTrainer<'c> {
             layers: 0..file.config.n_layers,
             exit: None,
         };
-        plan_span(file, lora, opts, limits, &all)
+        plan_spans(file, lora, 0, opts, limits, &[all])
     }
 
-    /// The GPU memory of adaptive layer tuning over `windows`: the largest window's plan
-    /// (buffers sized once for the largest). A window holds its own blocks' weights,
-    /// activations and LoRA state, its exit adapter, and one slot for a frozen block below
-    /// it, streamed through to fill the prefix cache (kept in host memory); blocks above
-    /// it are not needed. The GPU engine does not run windows yet (they run on the CPU
-    /// backend): this is the accounting `edge-llm bench tune` reports for windowed modes.
+    /// The GPU memory of adaptive layer tuning over `windows` (what
+    /// [`GpuTrainer::with_windows`] allocates, with one exit per exit index the windows
+    /// name): every block up to the deepest window's end resident (the frozen blocks
+    /// below a window run forward only, without saved activations), activations for the
+    /// longest window, the input-gradient side (sparse transposed copies) only of blocks a
+    /// window trains, all LoRA and exit state, and the exit's u and output.
     pub fn plan_windows(
         file: &ModelFile,
         lora: &LoraConfig,
@@ -276,27 +351,47 @@ impl<'c> GpuTrainer<'c> {
         limits: &wgpu::Limits,
         windows: &[Span],
     ) -> Result<MemoryPlan> {
-        let mut best: Option<MemoryPlan> = None;
-        for w in windows {
-            let p = plan_span(file, lora, opts, limits, w)?;
-            if best.as_ref().is_none_or(|b| p.total() > b.total()) {
-                best = Some(p);
-            }
-        }
-        best.ok_or_else(|| Error::Invalid("no windows to plan".into()))
+        let n_exits = windows
+            .iter()
+            .filter_map(|w| w.exit)
+            .max()
+            .map_or(0, |k| k + 1);
+        plan_spans(file, lora, n_exits, opts, limits, windows)
     }
 
     /// Plans, checks the plan against the device's limits, then uploads the frozen weights
-    /// and `lora` and allocates everything else once.
+    /// and `lora` and allocates everything else once. Trains every block (to the last exit
+    /// when `lora` has one after the last block); [`GpuTrainer::with_windows`] for layer
+    /// windows.
     pub fn new(
         ctx: &'c GpuContext,
         file: &ModelFile,
         lora: &Lora<f32>,
         opts: &TrainOptions,
     ) -> Result<Self> {
+        let afters: Vec<usize> = lora.exits.iter().map(|e| e.after).collect();
+        let all = default_span(file.config.n_layers, &afters);
+        Self::with_windows(ctx, file, lora, opts, &[all])
+    }
+
+    /// Like [`GpuTrainer::new`], sized for adaptive layer tuning over `windows` (spans
+    /// whose exits index `lora.exits`): [`Backend::set_span`] then accepts any of them.
+    pub fn with_windows(
+        ctx: &'c GpuContext,
+        file: &ModelFile,
+        lora: &Lora<f32>,
+        opts: &TrainOptions,
+        windows: &[Span],
+    ) -> Result<Self> {
         let c = file.config.clone();
         let lc = lora.config.clone();
-        let plan = Self::plan(file, &lc, opts, &ctx.limits)?;
+        check_adapters(&c, lora)?;
+        let afters: Vec<usize> = lora.exits.iter().map(|e| e.after).collect();
+        for w in windows {
+            check_span(c.n_layers, &afters, w)?;
+        }
+        let cover = Cover::of(c.n_layers, windows)?;
+        let plan = plan_spans(file, &lc, lora.exits.len(), opts, &ctx.limits, windows)?;
         plan.check(&ctx.limits)?;
         let split = head_split(&c, opts, &ctx.limits)?;
         let t = opts.seq_len;
@@ -313,8 +408,8 @@ impl<'c> GpuTrainer<'c> {
         };
 
         let mut untracked = 0u64; // weights and the rope table, allocated by their types
-        let mut blocks = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
+        let mut blocks = Vec::with_capacity(cover.resident);
+        for l in 0..cover.resident {
             let attn_norm = track(norm(&format!("blk.{l}.attn_norm.weight"))?);
             let ffn_norm = track(norm(&format!("blk.{l}.ffn_norm.weight"))?);
             let mut w = Vec::with_capacity(7);
@@ -322,7 +417,7 @@ impl<'c> GpuTrainer<'c> {
                 let (k, n) = p.shape(&c);
                 let name = proj_tensor(l, p);
                 let lay = layout(file, &name, n, k, opts.format)?;
-                let gw = upload_proj(ctx, file, &name, (n, k), lay, true)?;
+                let gw = upload_proj(ctx, file, &name, (n, k), lay, cover.grad[l])?;
                 untracked += gw.bytes();
                 w.push(gw);
             }
@@ -354,11 +449,11 @@ impl<'c> GpuTrainer<'c> {
         let rope = RopeTable::new(ctx, c.head_dim, t, c.rope_theta as f64)?;
         untracked += rope.buffer.size();
 
-        let sets = if opts.recompute { 1 } else { c.n_layers };
+        let sets = if opts.recompute { 1 } else { cover.cap };
         let mut inputs = Vec::new();
-        let mut block_inputs = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            block_inputs.push(track(zeros(&format!("block {l} input"), t * d)?));
+        let mut block_inputs = Vec::with_capacity(cover.cap);
+        for i in 0..cover.cap {
+            block_inputs.push(track(zeros(&format!("block {i} input"), t * d)?));
         }
         let mut acts = Vec::with_capacity(sets);
         let mut block_inputs = block_inputs.into_iter();
@@ -424,34 +519,51 @@ impl<'c> GpuTrainer<'c> {
             next(),
             next(),
         );
+        // In `Lora::tensors_mut` order, so checkpoints move between this and the CPU.
         let mut trained = Vec::new();
+        let mut owners = Vec::new();
         let mut pairs = Vec::with_capacity(c.n_layers);
         let mut lens = Vec::new();
-        check_adapters(&c, lora)?;
+        let mut upload = |what: String, vals: &[f32], owner: Owner| -> Result<usize> {
+            let n = vals.len();
+            trained.push(Trained {
+                param: track(ctx.storage(&what, bytemuck::cast_slice(vals))?),
+                grad: track(zeros(&format!("{what} grad"), n)?),
+                m: track(zeros(&format!("{what} m"), n)?),
+                v: track(zeros(&format!("{what} v"), n)?),
+                n,
+            });
+            owners.push(owner);
+            lens.push(n);
+            Ok(trained.len() - 1)
+        };
         for (l, ll) in lora.layers.iter().enumerate() {
             let mut row = vec![None; 7];
-            for &p in &lc.targets {
+            for p in Proj::ALL.into_iter().filter(|p| lc.targets.contains(p)) {
                 let pair = ll[p.index()].as_ref().ok_or_else(|| {
                     Error::Invalid(format!("LoRA adapter: layer {l} has no {p:?} adapter"))
                 })?;
-                let mut idx = [0usize; 2];
-                for (i, (ab, vals)) in [("A", &pair.a), ("B", &pair.b)].into_iter().enumerate() {
-                    let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
-                    let n = vals.len();
-                    idx[i] = trained.len();
-                    trained.push(Trained {
-                        param: track(ctx.storage(&what, bytemuck::cast_slice(vals))?),
-                        grad: track(zeros(&format!("{what} grad"), n)?),
-                        m: track(zeros(&format!("{what} m"), n)?),
-                        v: track(zeros(&format!("{what} v"), n)?),
-                        n,
-                    });
-                    lens.push(n);
-                }
-                row[p.index()] = Some((idx[0], idx[1]));
+                let what = |ab: &str| format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
+                let ia = upload(what("A"), &pair.a, Owner::Layer(l))?;
+                let ib = upload(what("B"), &pair.b, Owner::Layer(l))?;
+                row[p.index()] = Some((ia, ib));
             }
             pairs.push(row);
         }
+        let mut exits = Vec::with_capacity(lora.exits.len());
+        for (k, e) in lora.exits.iter().enumerate() {
+            let ia = upload(format!("exit {k} adapter A"), &e.pair.a, Owner::Exit(k))?;
+            let ib = upload(format!("exit {k} adapter B"), &e.pair.b, Owner::Exit(k))?;
+            exits.push((e.after, (ia, ib)));
+        }
+        let exit_bufs = if cover.exit {
+            Some((
+                track(zeros("exit adapter u", t * lc.rank)?),
+                track(zeros("exit output", t * d)?),
+            ))
+        } else {
+            None
+        };
         let readback = |name: &str, bytes: u64| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(name),
@@ -460,6 +572,9 @@ impl<'c> GpuTrainer<'c> {
                 mapped_at_creation: false,
             })
         };
+        let prefix_read = cover
+            .prefix
+            .then(|| track(readback("prefix readback", (t * d * 4) as u64)));
         let s = Scratch {
             recompute_out,
             o,
@@ -505,6 +620,7 @@ impl<'c> GpuTrainer<'c> {
             opts: opts.clone(),
             split,
             blocks,
+            cover,
             output_norm,
             head,
             gather,
@@ -513,7 +629,16 @@ impl<'c> GpuTrainer<'c> {
             inputs,
             s,
             pairs,
+            steps: vec![0; trained.len()],
             trained,
+            exits,
+            exit_bufs,
+            owners,
+            windows: windows.to_vec(),
+            span: None,
+            cache: PrefixCache::with_max_bytes(CpuBackend::DEFAULT_CACHE_BYTES),
+            versions: vec![0; file.config.n_layers],
+            prefix_read,
             plan,
             allocated,
         })
@@ -780,22 +905,50 @@ impl<'c> GpuTrainer<'c> {
         }
     }
 
-    /// The acts set and input buffer of block `l`.
-    fn set(&self, l: usize) -> &BlockActs {
+    /// The acts set of the span's `i`-th block.
+    fn set(&self, i: usize) -> &BlockActs {
         if self.opts.recompute {
             &self.acts[0]
         } else {
-            &self.acts[l]
+            &self.acts[i]
         }
     }
 
-    /// Where block `l`'s input is kept.
-    fn input(&self, l: usize) -> &wgpu::Buffer {
+    /// Where the span's `i`-th block's input is kept.
+    fn input(&self, i: usize) -> &wgpu::Buffer {
         if self.opts.recompute {
-            &self.inputs[l]
+            &self.inputs[i]
         } else {
-            &self.acts[l].x
+            &self.acts[i].x
         }
+    }
+
+    /// The span a step trains now: the window set, or every block to the last exit (or
+    /// the model's head when there is no exit after the last block).
+    fn current_span(&self) -> Span {
+        self.span.clone().unwrap_or_else(|| {
+            let afters: Vec<usize> = self.exits.iter().map(|e| e.0).collect();
+            default_span(self.config.n_layers, &afters)
+        })
+    }
+
+    /// Refuses a span this trainer's buffers were not planned for: evaluating it needs its
+    /// blocks resident, training it (`train`) their activations and gradient side too.
+    fn check_planned(&self, s: &Span, train: bool) -> Result<()> {
+        let cv = &self.cover;
+        let trainable = s.layers.len() <= cv.cap && s.layers.clone().all(|l| cv.grad[l]);
+        let ok = s.layers.end <= cv.resident
+            && (trainable || !train)
+            && (s.exit.is_none() || self.exit_bufs.is_some());
+        if ok {
+            return Ok(());
+        }
+        let planned: Vec<_> = self.windows.iter().map(|w| (&w.layers, w.exit)).collect();
+        Err(Error::Invalid(format!(
+            "window {:?} (exit {:?}) was not planned for this GPU trainer (planned: {planned:?}); \
+             build it with GpuTrainer::with_windows for the windows it will train",
+            s.layers, s.exit
+        )))
     }
 
     /// Forward over one row up to the per-row losses; with `train`, the backward pass too
@@ -806,22 +959,49 @@ impl<'c> GpuTrainer<'c> {
         if n == 0 {
             return Ok(LossSum::default());
         }
+        let span = self.current_span();
+        self.check_planned(&span, train.is_some())?;
+        let start = span.layers.start;
+        self.prefix(&row.tokens, start).await?;
         let (ctx, c) = (self.ctx, &self.config);
-        let (t, d, nl) = (row.tokens.len(), c.hidden, c.n_layers);
+        // Without a backward pass the span's blocks run as the frozen ones do.
+        let window = if train.is_some() {
+            span.layers.clone()
+        } else {
+            span.layers.end..span.layers.end
+        };
+        let exit = match span.exit {
+            Some(k) => {
+                let (_, (ia, ib)) = self
+                    .exits
+                    .get(k)
+                    .ok_or_else(|| Error::Invalid(format!("the GPU trainer has no exit {k}")))?;
+                let (u, z) = self
+                    .exit_bufs
+                    .as_ref()
+                    .ok_or_else(|| Error::Invalid("no exit buffers were planned".into()))?;
+                Some((&self.trained[*ia], &self.trained[*ib], u, z))
+            }
+            None => None,
+        };
+        let (t, d, nw) = (row.tokens.len(), c.hidden, window.len());
         let seed = train.and_then(|(_, s)| s);
         let words = target_words(&row.targets, c.vocab)?;
         ctx.queue
             .write_buffer(&self.s.targets, 0, bytemuck::cast_slice(&words));
-        self.write_embedding(&row.tokens, self.input(0))?;
         let mut enc = ctx.encoder();
         let bytes = (t * d * 4) as u64;
-        for l in 0..nl {
-            let a = self.set(l);
+        self.frozen_blocks(&mut enc, start..window.start, t)?;
+        if window.is_empty() {
+            enc.copy_buffer_to_buffer(self.input(0), 0, &self.s.y, 0, bytes);
+        }
+        for (i, l) in window.clone().enumerate() {
+            let a = self.set(i);
             if self.opts.recompute {
-                enc.copy_buffer_to_buffer(self.input(l), 0, &a.x, 0, bytes);
+                enc.copy_buffer_to_buffer(self.input(i), 0, &a.x, 0, bytes);
             }
-            let out = if l + 1 < nl {
-                self.input(l + 1)
+            let out = if i + 1 < nw {
+                self.input(i + 1)
             } else {
                 &self.s.y
             };
@@ -829,10 +1009,25 @@ impl<'c> GpuTrainer<'c> {
         }
         let s = &self.s;
         let (eps, cw) = (c.norm_eps, self.split.chunk);
+        // The exit: z = y + s·B·A·y (a LoRA on an identity projection, no dropout).
+        let exit_shape = LoraShape {
+            k: d,
+            n: d,
+            ..self.shape(Proj::Q, t)
+        };
+        let normed = match exit {
+            Some((ta, tb, u, z)) => {
+                enc.copy_buffer_to_buffer(&s.y, 0, z, 0, bytes);
+                let ab = (&ta.param, &tb.param);
+                encode_lora_forward(ctx, &mut enc, &s.y, ab, None, u, z, exit_shape)?;
+                z
+            }
+            None => &s.y,
+        };
         encode_rmsnorm_forward(
             ctx,
             &mut enc,
-            &s.y,
+            normed,
             &self.output_norm,
             &s.yn,
             &s.rstd_out,
@@ -872,7 +1067,7 @@ impl<'c> GpuTrainer<'c> {
                 ctx,
                 &mut enc,
                 &s.dn,
-                &s.y,
+                normed,
                 &self.output_norm,
                 &s.rstd_out,
                 &s.dx,
@@ -880,10 +1075,25 @@ impl<'c> GpuTrainer<'c> {
                 t,
                 d,
             )?;
-            for l in (0..nl).rev() {
-                let a = self.set(l);
+            if let Some((ta, tb, u, _)) = exit {
+                // dy = dz + the adapter's input gradient; dz is read from a copy.
+                enc.copy_buffer_to_buffer(&s.dx, 0, &s.dn, 0, bytes);
+                encode_lora_backward(
+                    ctx,
+                    &mut enc,
+                    &s.dn,
+                    (&s.y, u),
+                    (&ta.param, &tb.param),
+                    None,
+                    &s.du,
+                    (&s.dx, &ta.grad, &tb.grad),
+                    exit_shape,
+                )?;
+            }
+            for (i, l) in window.clone().enumerate().rev() {
+                let a = self.set(i);
                 if self.opts.recompute {
-                    enc.copy_buffer_to_buffer(self.input(l), 0, &a.x, 0, bytes);
+                    enc.copy_buffer_to_buffer(self.input(i), 0, &a.x, 0, bytes);
                     self.block_forward(&mut enc, l, a, &s.recompute_out, t, seed)?;
                 }
                 self.block_backward(&mut enc, l, a, t, seed)?;
@@ -899,6 +1109,65 @@ impl<'c> GpuTrainer<'c> {
             )));
         }
         Ok(LossSum { sum, count: n })
+    }
+
+    /// Runs blocks `blocks` frozen (nothing kept, no dropout) in place in the first input,
+    /// through the first activation set.
+    fn frozen_blocks(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        blocks: std::ops::Range<usize>,
+        t: usize,
+    ) -> Result<()> {
+        let bytes = (t * self.config.hidden * 4) as u64;
+        for l in blocks {
+            let a = self.set(0);
+            if self.opts.recompute {
+                enc.copy_buffer_to_buffer(self.input(0), 0, &a.x, 0, bytes);
+            }
+            self.block_forward(enc, l, a, self.input(0), t, None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the hidden state entering block `start` into the first input: from the
+    /// prefix cache where valid (extended by the frozen blocks it lacks), else from the
+    /// embeddings through the frozen blocks; a state computed here is read back into the
+    /// cache when it has room.
+    async fn prefix(&mut self, tokens: &[u32], start: usize) -> Result<()> {
+        let ctx = self.ctx;
+        let bytes = (tokens.len() * self.config.hidden * 4) as u64;
+        let cached = if start > 0 {
+            self.cache.lookup(tokens, start, &self.versions)
+        } else {
+            None
+        };
+        let from = match cached {
+            Some((depth, x)) => {
+                let x0 = self.input(0);
+                ctx.queue.write_buffer(x0, 0, bytemuck::cast_slice(&x));
+                depth
+            }
+            None => {
+                self.write_embedding(tokens, self.input(0))?;
+                0
+            }
+        };
+        if from == start {
+            return Ok(());
+        }
+        let mut enc = ctx.encoder();
+        self.frozen_blocks(&mut enc, from..start, tokens.len())?;
+        let keep = (self.prefix_read.as_ref()).filter(|_| self.cache.has_room(tokens, bytes));
+        if let Some(rb) = keep {
+            enc.copy_buffer_to_buffer(self.input(0), 0, rb, 0, bytes);
+        }
+        ctx.queue.submit([enc.finish()]);
+        if let Some(rb) = keep {
+            let x = read_mapped(ctx, rb, bytes).await?;
+            self.cache.store(tokens, start, &self.versions, &x);
+        }
+        Ok(())
     }
 
     /// The first n values of `b`, through the planned readback buffer.
@@ -922,7 +1191,20 @@ impl<'c> GpuTrainer<'c> {
 
     /// One buffer of every trained tensor (`which`), shaped like the adapters.
     async fn read_lora(&self, which: fn(&Trained) -> &wgpu::Buffer) -> Result<Lora<f32>> {
-        let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0);
+        let afters: Vec<usize> = self.exits.iter().map(|e| e.0).collect();
+        let mut lora = Lora::new(&self.config, self.lora_config.clone(), 0).with_exits(
+            &afters,
+            self.config.hidden,
+            0,
+        );
+        for (dst, (_, (ia, ib))) in lora.exits.iter_mut().zip(&self.exits) {
+            dst.pair.a = self
+                .read_tensor(which(&self.trained[*ia]), dst.pair.a.len())
+                .await?;
+            dst.pair.b = self
+                .read_tensor(which(&self.trained[*ib]), dst.pair.b.len())
+                .await?;
+        }
         for (l, row) in self.pairs.iter().enumerate() {
             for (pi, pair) in row.iter().enumerate() {
                 if let (Some((ia, ib)), Some(dst)) = (pair, lora.layers[l][pi].as_mut()) {
@@ -1045,7 +1327,24 @@ pub fn fit_budget(
     limits: &wgpu::Limits,
     budget: Option<u64>,
 ) -> Result<Fit> {
-    let plan = GpuTrainer::plan(file, lora, opts, limits)?;
+    fit_budget_windows(file, lora, opts, limits, budget, None)
+}
+
+/// [`fit_budget`] for adaptive layer tuning over `windows` (planned as
+/// [`GpuTrainer::plan_windows`]); None: every block, as [`GpuTrainer::plan`].
+pub fn fit_budget_windows(
+    file: &ModelFile,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    limits: &wgpu::Limits,
+    budget: Option<u64>,
+    windows: Option<&[Span]>,
+) -> Result<Fit> {
+    let plan_of = |o: &TrainOptions| match windows {
+        Some(w) => GpuTrainer::plan_windows(file, lora, o, limits, w),
+        None => GpuTrainer::plan(file, lora, o, limits),
+    };
+    let plan = plan_of(opts)?;
     plan.check(limits)?;
     let Some(budget) = budget else {
         return Ok(Fit {
@@ -1077,7 +1376,7 @@ pub fn fit_budget(
     }
     let mut smallest = None;
     for (o, ch) in tries {
-        let p = GpuTrainer::plan(file, lora, &o, limits)?;
+        let p = plan_of(&o)?;
         if p.check(limits).is_ok() && p.total() <= budget {
             return Ok(Fit {
                 options: o,
@@ -1096,8 +1395,7 @@ pub fn fit_budget(
             seq_len: t,
             ..o.clone()
         };
-        GpuTrainer::plan(file, lora, &o, limits)
-            .is_ok_and(|p| p.check(limits).is_ok() && p.total() <= budget)
+        plan_of(&o).is_ok_and(|p| p.check(limits).is_ok() && p.total() <= budget)
     };
     let longest = fits(1).then(|| {
         let (mut lo, mut hi) = (1, o.seq_len);
@@ -1114,7 +1412,7 @@ pub fn fit_budget(
     if let Some(t) = longest.filter(|&t| t >= MIN_CHUNKED_SEQ) {
         let factor = o.seq_len.div_ceil(t);
         let options = TrainOptions { seq_len: t, ..o };
-        let plan = GpuTrainer::plan(file, lora, &options, limits)?;
+        let plan = plan_of(&options)?;
         let mut changes = ch;
         changes.push(format!(
             "rows of {t} tokens instead of {} with {factor}× gradient accumulation",
@@ -1137,7 +1435,7 @@ pub fn fit_budget(
             seq_len: 1,
             ..o.clone()
         };
-        let one = GpuTrainer::plan(file, lora, &small, limits)?;
+        let one = plan_of(&small)?;
         let w = one.by_category()[0].1;
         format!(
             "even --seq-len 1 needs {} bytes ({}; the frozen weights alone {})",
@@ -1209,6 +1507,23 @@ fn check_adapters(c: &LlamaConfig, lora: &Lora<f32>) -> Result<()> {
             }
         }
     }
+    let (r, d) = (lora.config.rank, c.hidden);
+    let mut last = 0;
+    for (k, e) in lora.exits.iter().enumerate() {
+        let p = &e.pair;
+        if e.after <= last
+            || e.after > c.n_layers
+            || p.rank != r
+            || p.a.len() != r * d
+            || p.b.len() != d * r
+        {
+            return bad(format!(
+                "exit {k} (after block {}): not a rank-{r} exit",
+                e.after
+            ));
+        }
+        last = e.after;
+    }
     Ok(())
 }
 
@@ -1246,21 +1561,37 @@ impl Backend for GpuTrainer<'_> {
                 "gradient norm is {norm} at step {t}; the step was skipped"
             )));
         }
-        let slots: Vec<Slot<'_>> = self
-            .trained
-            .iter()
-            .map(|tr| Slot {
+        // Only the span's tensors step, each with its own count (as on the CPU): one AdamW
+        // dispatch group per distinct count.
+        let span = self.span.clone();
+        let mut groups: std::collections::BTreeMap<u64, Vec<Slot<'_>>> = Default::default();
+        for ((tr, o), steps) in self.trained.iter().zip(&self.owners).zip(&mut self.steps) {
+            let active = match (&span, *o) {
+                (None, _) => true,
+                (Some(s), Owner::Layer(l)) => s.layers.contains(&l),
+                (Some(s), Owner::Exit(k)) => s.exit == Some(k),
+            };
+            if !active {
+                continue;
+            }
+            *steps = if span.is_some() { *steps + 1 } else { t };
+            groups.entry(*steps).or_default().push(Slot {
                 param: &tr.param,
                 grad: &tr.grad,
                 m: &tr.m,
                 v: &tr.v,
                 n: tr.n,
-            })
-            .collect();
+            });
+        }
         let max = max_grad_norm.map(|m| m as f32);
-        encode_adamw(ctx, &mut enc, &slots, &self.s.norm2, opt, t, max)?;
-        self.clear_grads(&mut enc);
+        for (steps, slots) in &groups {
+            encode_adamw(ctx, &mut enc, slots, &self.s.norm2, opt, *steps, max)?;
+        }
+        for tr in &self.trained {
+            enc.clear_buffer(&tr.grad, 0, None);
+        }
         ctx.queue.submit([enc.finish()]);
+        bump_versions(&mut self.versions, self.span.as_ref());
         Ok(norm)
     }
 
@@ -1284,8 +1615,8 @@ impl Backend for GpuTrainer<'_> {
             tensors,
             m,
             v,
-            exits: Vec::new(),
-            steps: Vec::new(),
+            exits: self.exits.iter().map(|e| e.0).collect(),
+            steps: self.steps.clone(),
         })
     }
 
@@ -1298,12 +1629,12 @@ impl Backend for GpuTrainer<'_> {
     }
 
     async fn load(&mut self, state: &ParamState) -> Result<()> {
-        if !state.exits.is_empty() {
-            return Err(Error::Invalid(
-                "this checkpoint has early exits (adaptive layer tuning), which the GPU engine \
-                 does not run yet; resume it with --device cpu"
-                    .into(),
-            ));
+        let exits: Vec<usize> = self.exits.iter().map(|e| e.0).collect();
+        if state.exits != exits {
+            return Err(Error::Invalid(format!(
+                "checkpoint exits {:?} differ from the model's {exits:?}",
+                state.exits
+            )));
         }
         if state.lora != self.lora_config {
             return Err(Error::Invalid(format!(
@@ -1331,64 +1662,59 @@ impl Backend for GpuTrainer<'_> {
             q.write_buffer(&tr.m, 0, bytemuck::cast_slice(&state.m[i].0));
             q.write_buffer(&tr.v, 0, bytemuck::cast_slice(&state.v[i].0));
         }
+        self.steps = if state.steps.len() == n {
+            state.steps.clone()
+        } else {
+            vec![0; n]
+        };
+        // Every block may have changed: no cached prefix is valid any more.
+        bump_versions(&mut self.versions, None);
         let mut enc = self.ctx.encoder();
         self.clear_grads(&mut enc);
         q.submit([enc.finish()]);
         Ok(())
     }
+
+    fn set_span(&mut self, span: Option<&Span>) -> Result<()> {
+        if let Some(s) = span {
+            let afters: Vec<usize> = self.exits.iter().map(|e| e.0).collect();
+            check_span(self.config.n_layers, &afters, s)?;
+            self.check_planned(s, true)?;
+        }
+        self.span = span.cloned();
+        Ok(())
+    }
 }
 
-/// The plan of a tuning step whose gradients cover `span` (every block: full depth).
-fn plan_span(
+/// The plan of a trainer for `spans` ([`Cover`]) with `n_exits` exit adapters: exactly
+/// the buffers [`GpuTrainer::with_windows`] allocates.
+fn plan_spans(
     file: &ModelFile,
     lora: &LoraConfig,
+    n_exits: usize,
     opts: &TrainOptions,
     limits: &wgpu::Limits,
-    span: &Span,
+    spans: &[Span],
 ) -> Result<MemoryPlan> {
     let c = &file.config;
     check_options(c, lora, opts)?;
-    if span.layers.is_empty() || span.layers.end > c.n_layers {
-        return Err(Error::Invalid(format!(
-            "window {:?} does not fit {} blocks",
-            span.layers, c.n_layers
-        )));
-    }
+    let cover = Cover::of(c.n_layers, spans)?;
     let split = head_split(c, opts, limits)?;
     let t = opts.seq_len;
     let (d, vocab) = (c.hidden, c.vocab);
     let f32s = |n: usize| n as u64 * 4;
     let mut plan = MemoryPlan::default();
-    let blocks = span.layers.clone();
-    // `grad`: the block's input gradient is taken (sparse weights need a transposed copy).
-    let weights = |plan: &mut MemoryPlan, l: usize, tag: &str, grad: bool| -> Result<()> {
+    for l in 0..cover.resident {
         for norm in ["attn_norm", "ffn_norm"] {
-            let name = format!("blk.{l}.{norm}.weight{tag}");
-            plan.storage(name, Category::Weights, f32s(d));
+            plan.storage(format!("blk.{l}.{norm}.weight"), Category::Weights, f32s(d));
         }
         for p in Proj::ALL {
             let (k, n) = p.shape(c);
             let name = proj_tensor(l, p);
             let lay = layout(file, &name, n, k, opts.format)?;
-            plan_matrix(plan, file, &name, tag, (n, k), lay, grad)?;
+            // Frozen-only blocks need no input-gradient side (sparse: no transposed copy).
+            plan_matrix(&mut plan, file, &name, "", (n, k), lay, cover.grad[l])?;
         }
-        Ok(())
-    };
-    for l in blocks.clone() {
-        weights(&mut plan, l, "", true)?;
-    }
-    if blocks.start > 0 {
-        // One slot for the frozen blocks below, streamed through one at a time (forward
-        // only).
-        let mut widest = (0, 0);
-        for l in 0..blocks.start {
-            let mut one = MemoryPlan::default();
-            weights(&mut one, l, "", false)?;
-            if one.total() > widest.1 {
-                widest = (l, one.total());
-            }
-        }
-        weights(&mut plan, widest.0, " (frozen-block slot)", false)?;
     }
     plan.storage("output_norm.weight", Category::Weights, f32s(d));
     let head_name = if c.tied_embeddings {
@@ -1405,10 +1731,10 @@ fn plan_span(
         );
     }
     plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
-    let sets = if opts.recompute { 1 } else { blocks.len() };
-    for l in blocks.clone() {
+    let sets = if opts.recompute { 1 } else { cover.cap };
+    for i in 0..cover.cap {
         plan.storage(
-            format!("block {l} input"),
+            format!("block {i} input"),
             Category::Activations,
             f32s(t * d),
         );
@@ -1447,28 +1773,28 @@ fn plan_span(
     }
     plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
     let mut lens = Vec::new();
-    for l in blocks.clone() {
+    let mut trained = |plan: &mut MemoryPlan, what: String, len: usize| {
+        plan.storage(what.clone(), Category::Lora, f32s(len));
+        plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
+        plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
+        plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
+        lens.push(len);
+    };
+    for l in 0..c.n_layers {
         for &p in &lora.targets {
             let (k, n) = p.shape(c);
             for (ab, len) in [("A", lora.rank * k), ("B", n * lora.rank)] {
                 let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
-                plan.storage(what.clone(), Category::Lora, f32s(len));
-                plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
-                plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
-                plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
-                lens.push(len);
+                trained(&mut plan, what, len);
             }
         }
     }
-    if span.exit.is_some() {
+    for k in 0..n_exits {
         for (ab, len) in [("A", lora.rank * d), ("B", d * lora.rank)] {
-            let what = format!("exit adapter {ab}");
-            plan.storage(what.clone(), Category::Lora, f32s(len));
-            plan.storage(format!("{what} grad"), Category::Gradients, f32s(len));
-            plan.storage(format!("{what} m"), Category::Optimizer, f32s(len));
-            plan.storage(format!("{what} v"), Category::Optimizer, f32s(len));
-            lens.push(len);
+            trained(&mut plan, format!("exit {k} adapter {ab}"), len);
         }
+    }
+    if cover.exit {
         plan.storage("exit adapter u", Category::Activations, f32s(t * lora.rank));
         plan.storage("exit output", Category::Activations, f32s(t * d));
     }
@@ -1478,6 +1804,9 @@ fn plan_span(
         f32s(norm_scratch_len(lens.iter().copied())),
     );
     plan.storage("grad norm", Category::Gradients, 4);
+    if cover.prefix {
+        plan.other("prefix readback", Category::Readback, f32s(t * d));
+    }
     plan.other("loss readback", Category::Readback, f32s(t));
     plan.other("norm readback", Category::Readback, 4);
     let widest = lens.iter().copied().max().unwrap_or(1);

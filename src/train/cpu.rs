@@ -53,6 +53,77 @@ struct Prefix {
     x: Vec<f32>,
 }
 
+/// The stamp of a prefix at `depth`: the blocks below it change only when their
+/// optimizer-update count (`versions[l]`) does.
+fn stamp(versions: &[u64], depth: usize) -> u64 {
+    versions[..depth].iter().sum()
+}
+
+/// Counts an optimizer update of the blocks `span` trains (every block without one).
+pub(crate) fn bump_versions(versions: &mut [u64], span: Option<&Span>) {
+    for (l, ver) in versions.iter_mut().enumerate() {
+        if span.is_none_or(|s| s.layers.contains(&l)) {
+            *ver += 1;
+        }
+    }
+}
+
+impl PrefixCache {
+    /// An empty cache that may hold `max_bytes` of hidden states.
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// The cached hidden state of `tokens` at the deepest valid depth ≤ `start` (blocks
+    /// updated as `versions` says), counting a hit, or None (a miss).
+    pub(crate) fn lookup(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        versions: &[u64],
+    ) -> Option<(usize, Vec<f32>)> {
+        let valid = self
+            .entries
+            .get(tokens)
+            .filter(|p| p.depth <= start && p.stamp == stamp(versions, p.depth));
+        match valid {
+            Some(p) => {
+                self.hits += 1;
+                Some((p.depth, p.x.clone()))
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether the state of `tokens` (`bytes` long) can be kept: held already or in budget.
+    pub(crate) fn has_room(&self, tokens: &[u32], bytes: u64) -> bool {
+        self.entries.contains_key(tokens) || self.bytes + bytes <= self.max_bytes
+    }
+
+    /// Keeps `x`, the hidden state of `tokens` entering block `depth`, if there is room.
+    pub(crate) fn store(&mut self, tokens: &[u32], depth: usize, versions: &[u64], x: &[f32]) {
+        let bytes = (x.len() * 4) as u64;
+        if !self.has_room(tokens, bytes) {
+            return;
+        }
+        if !self.entries.contains_key(tokens) {
+            self.bytes += bytes;
+        }
+        let p = Prefix {
+            depth,
+            stamp: stamp(versions, depth),
+            x: x.to_vec(),
+        };
+        self.entries.insert(tokens.to_vec(), p);
+    }
+}
+
 impl CpuBackend {
     /// Host memory the prefix cache may use unless told otherwise.
     pub const DEFAULT_CACHE_BYTES: u64 = 2 << 30;
@@ -65,12 +136,7 @@ impl CpuBackend {
     /// Like [`Self::new`], with early exits after the given block counts (for adaptive
     /// layer tuning; their adapters are drawn from a seed derived from `seed`).
     pub fn with_exits(weights: Weights<f32>, lora: LoraConfig, exits: &[usize], seed: u64) -> Self {
-        let d = weights.config.hidden;
-        let adapters = Lora::new(&weights.config, lora, seed).with_exits(
-            exits,
-            d,
-            derive_seed(seed, &[EXITS]),
-        );
+        let adapters = initial_adapters(&weights.config, lora, exits, seed);
         let mut grad = adapters.zeros_like();
         let zeros: Vec<Vec<f32>> = grad
             .tensors_mut()
@@ -105,17 +171,9 @@ impl CpuBackend {
     /// The span a step trains now: the window set, or every block to the last exit (or
     /// the model's head when there are no exits).
     fn current_span(&self) -> Span {
-        self.span.clone().unwrap_or_else(|| {
-            let n = self.model.w.config.n_layers;
-            let exit = self
-                .lora()
-                .and_then(|l| l.exits.iter().rposition(|e| e.after == n));
-            Span { layers: 0..n, exit }
-        })
-    }
-
-    fn stamp(&self, depth: usize) -> u64 {
-        self.versions[..depth].iter().sum()
+        self.span
+            .clone()
+            .unwrap_or_else(|| default_span(self.model.w.config.n_layers, &self.exits()))
     }
 
     /// The hidden state entering block `start` for `tokens`, from the cache where it is
@@ -124,43 +182,12 @@ impl CpuBackend {
         if start == 0 {
             return None;
         }
-        let want = self.stamp(start);
-        let d = self.model.w.config.hidden;
-        let valid = self
-            .cache
-            .entries
-            .get(tokens)
-            .filter(|p| p.depth <= start && p.stamp == self.stamp(p.depth));
-        let x = match valid {
-            Some(p) if p.depth == start => {
-                self.cache.hits += 1;
-                return Some(p.x.clone());
-            }
-            Some(p) => {
-                self.cache.hits += 1;
-                self.model
-                    .forward_blocks(tokens, Some(p.x.clone()), p.depth, start)
-            }
-            None => {
-                self.cache.misses += 1;
-                self.model.forward_blocks(tokens, None, 0, start)
-            }
+        let x = match self.cache.lookup(tokens, start, &self.versions) {
+            Some((depth, x)) if depth == start => return Some(x),
+            Some((depth, x)) => self.model.forward_blocks(tokens, Some(x), depth, start),
+            None => self.model.forward_blocks(tokens, None, 0, start),
         };
-        let bytes = (tokens.len() * d * 4) as u64;
-        let held = self.cache.entries.contains_key(tokens);
-        if held || self.cache.bytes + bytes <= self.cache.max_bytes {
-            if !held {
-                self.cache.bytes += bytes;
-            }
-            self.cache.entries.insert(
-                tokens.to_vec(),
-                Prefix {
-                    depth: start,
-                    stamp: want,
-                    x: x.clone(),
-                },
-            );
-        }
+        self.cache.store(tokens, start, &self.versions, &x);
         Some(x)
     }
 
@@ -272,11 +299,7 @@ impl Backend for CpuBackend {
             }
             g.fill(0.0);
         }
-        for (l, ver) in self.versions.iter_mut().enumerate() {
-            if span.as_ref().is_none_or(|s| s.layers.contains(&l)) {
-                *ver += 1;
-            }
-        }
+        bump_versions(&mut self.versions, span.as_ref());
         Ok(norm)
     }
 
@@ -380,27 +403,50 @@ impl Backend for CpuBackend {
 
     fn set_span(&mut self, span: Option<&Span>) -> Result<()> {
         if let Some(s) = span {
-            let n = self.model.w.config.n_layers;
-            let n_exits = self.exits().len();
-            let exit_at = s
-                .exit
-                .and_then(|k| self.lora()?.exits.get(k).map(|e| e.after));
-            let ok = s.layers.start < s.layers.end
-                && s.layers.end <= n
-                && match s.exit {
-                    Some(k) => k < n_exits && exit_at == Some(s.layers.end),
-                    None => s.layers.end == n,
-                };
-            if !ok {
-                return Err(Error::Invalid(format!(
-                    "window {:?} (exit {:?}) does not fit a model of {n} blocks with exits {:?}",
-                    s.layers,
-                    s.exit,
-                    self.exits()
-                )));
-            }
+            check_span(self.model.w.config.n_layers, &self.exits(), s)?;
         }
         self.span = span.cloned();
         Ok(())
+    }
+}
+
+/// Fresh adapters with exits after the given block counts, as every backend draws them
+/// from the run's seed (the exits from a seed derived from it).
+pub fn initial_adapters(
+    c: &crate::model::LlamaConfig,
+    lora: LoraConfig,
+    exits: &[usize],
+    seed: u64,
+) -> Lora<f32> {
+    Lora::new(c, lora, seed).with_exits(exits, c.hidden, derive_seed(seed, &[EXITS]))
+}
+
+/// The span trained without a window: every block, to the exit after the last block
+/// (`exits` are block counts) or else the model's head.
+pub(crate) fn default_span(n_layers: usize, exits: &[usize]) -> Span {
+    let exit = exits.iter().rposition(|&a| a == n_layers);
+    Span {
+        layers: 0..n_layers,
+        exit,
+    }
+}
+
+/// Refuses a window that is empty, runs past the model, or does not end at its exit
+/// (at the model's last block without one).
+pub(crate) fn check_span(n_layers: usize, exits: &[usize], s: &Span) -> Result<()> {
+    let ok = s.layers.start < s.layers.end
+        && s.layers.end <= n_layers
+        && match s.exit {
+            Some(k) => exits.get(k) == Some(&s.layers.end),
+            None => s.layers.end == n_layers,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "window {:?} (exit {:?}) does not fit a model of {n_layers} blocks with exits \
+             {exits:?}",
+            s.layers, s.exit
+        )))
     }
 }

@@ -106,8 +106,8 @@ pub trait Backend {
         match span {
             None => Ok(()),
             Some(_) => Err(crate::Error::Invalid(
-                "this backend trains every layer; layer windows (adaptive layer tuning) run \
-                 on the CPU backend (--device cpu)"
+                "this backend trains every layer; it does not run layer windows (adaptive \
+                 layer tuning)"
                     .into(),
             )),
         }

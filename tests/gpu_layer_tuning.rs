@@ -1,0 +1,538 @@
+//! Adaptive layer tuning on the GPU (lavapipe here) against the CPU backend on a 4-block
+//! tiny model with exits after blocks 2 and 4: per span (a window ending at an exit, one
+//! ending at the model's head, full depth) the loss, the LoRA and exit gradients, the
+//! AdamW step of only the span's tensors with per-tensor step counts, tensors outside the
+//! window untouched, checkpoints moving between the backends, allocated bytes equal to the
+//! plan, a scheduled run's losses, and a compressed (sparse) file.
+
+mod common;
+use common::context;
+use edge_llm::data::Dataset;
+use edge_llm::engine::{GpuTrainer, MemoryPlan, TrainOptions, WeightFormat};
+use edge_llm::kernels::context::GpuContext;
+use edge_llm::model::tiny::{generate, TinySpec};
+use edge_llm::model::ModelFile;
+use edge_llm::reference::optim::AdamW;
+use edge_llm::reference::{Lora, LoraConfig, Owner, Proj, Span, Transformer};
+use edge_llm::tokenizer::Tokenizer;
+use edge_llm::train::cpu::initial_adapters;
+use edge_llm::train::{
+    derive_seed, prepare, Backend, CpuBackend, DataConfig, LayerSchedule, Row, StepReport,
+    TrainConfig, Trainer, WindowOrder,
+};
+use pollster::block_on;
+
+const EXITS: [usize; 2] = [2, 4];
+/// GPU gradients agree with the CPU's when max |gpu − cpu| ≤ GRAD_TOL_REL · max |cpu|:
+/// f32 sums in another order through the same weights.
+const GRAD_TOL_REL: f32 = 1e-3;
+/// Losses (sum over targets) agree within this relative difference.
+const LOSS_TOL_REL: f64 = 1e-4;
+/// A scheduled run's per-step losses agree within this relative difference.
+const RUN_TOL_REL: f64 = 1e-3;
+
+fn tiny4() -> ModelFile {
+    let spec = TinySpec {
+        n_layers: 4,
+        ..Default::default()
+    };
+    ModelFile::from_bytes(generate(&spec).unwrap()).unwrap()
+}
+
+fn lora_config() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
+/// Adapters and exits with every zero (B) filled with small random values, so every path
+/// carries a gradient.
+fn random_lora(file: &ModelFile, seed: u64) -> Lora<f32> {
+    let mut lora = initial_adapters(&file.config, lora_config(), &EXITS, seed);
+    let mut s = (seed as u32) ^ 0x9e37_79b9;
+    for t in lora.tensors_mut() {
+        for x in t.iter_mut().filter(|x| **x == 0.0) {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *x = 0.2 * ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5);
+        }
+    }
+    lora
+}
+
+fn rows() -> Vec<Row> {
+    let row = |n: usize, k: u32| Row {
+        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+        targets: (0..n as u32)
+            .map(|i| (i % 3 != 0).then_some((i * 11 + k) % 260 + 3))
+            .collect(),
+    };
+    vec![row(24, 5), row(17, 9)]
+}
+
+fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {
+    TrainOptions {
+        format,
+        seq_len: 32,
+        recompute,
+        ..Default::default()
+    }
+}
+
+/// Edge mode's windows over the exits: blocks 0..2 to exit 0, 2..4 to exit 1.
+fn edge_windows() -> Vec<Span> {
+    LayerSchedule::from_exits(&EXITS, WindowOrder::Reference).windows
+}
+
+/// Every span the tests train: a window ending at exit 0 (block 0 frozen below), one
+/// ending at the model's head (blocks 0..3 frozen), and the full depth (to exit 1).
+fn spans() -> Vec<(&'static str, Option<Span>)> {
+    vec![
+        (
+            "window 1..2 → exit 0",
+            Some(Span {
+                layers: 1..2,
+                exit: Some(0),
+            }),
+        ),
+        (
+            "window 3..4 → head",
+            Some(Span {
+                layers: 3..4,
+                exit: None,
+            }),
+        ),
+        ("full depth → exit 1", None),
+    ]
+}
+
+fn planned_spans() -> Vec<Span> {
+    let full = Span {
+        layers: 0..4,
+        exit: Some(1),
+    };
+    spans()
+        .into_iter()
+        .map(|(_, s)| s.unwrap_or_else(|| full.clone()))
+        .collect()
+}
+
+fn flat(mut l: Lora<f32>) -> Vec<Vec<f32>> {
+    l.tensors_mut().into_iter().map(|t| t.clone()).collect()
+}
+
+fn max_abs(v: &[Vec<f32>]) -> f32 {
+    v.iter().flatten().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// The CPU reference's Σ_rows grad_scale·∇(Σ loss) over `span` with the adapters `lora`,
+/// dropout seeds derived as the backends derive them.
+fn reference_grads(
+    file: &ModelFile,
+    lora: &Lora<f32>,
+    span: &Span,
+    scale: f64,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let model = Transformer {
+        w: file.weights().unwrap(),
+        lora: Some(lora.clone()),
+    };
+    let mut want = lora.zeros_like();
+    for (r, row) in rows().iter().enumerate() {
+        let s = derive_seed(seed, &[r as u64]);
+        let acts = model.forward_span(&row.tokens, None, span, Some(&row.targets), Some(s));
+        let n = row.n_targets() as f64;
+        let mut g = model.backward(&acts, &row.targets, false).lora.unwrap();
+        for (a, b) in want.tensors_mut().into_iter().zip(g.tensors_mut()) {
+            for (x, y) in a.iter_mut().zip(b.iter()) {
+                *x += (scale * n) as f32 * y;
+            }
+        }
+    }
+    flat(want)
+}
+
+fn assert_allocation_is_the_plan(what: &str, gpu: &GpuTrainer<'_>, plan: &MemoryPlan) {
+    assert_eq!(gpu.allocated_bytes(), gpu.memory_plan().total(), "{what}");
+    assert_eq!(gpu.memory_plan(), plan, "{what}: not the public plan");
+}
+
+/// One accumulation and one AdamW step per span, in turn on the same pair of backends (so
+/// step counts diverge per tensor), on `file`.
+fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o: &TrainOptions) {
+    let lora = random_lora(file, 3);
+    let mut cpu = CpuBackend::with_exits(file.weights().unwrap(), lora_config(), &EXITS, 0);
+    cpu.model.lora = Some(lora.clone());
+    let planned = planned_spans();
+    let mut gpu = GpuTrainer::with_windows(ctx, file, &lora, o, &planned).unwrap();
+    let plan = GpuTrainer::plan_windows(file, &lora_config(), o, &ctx.limits, &planned).unwrap();
+    assert_allocation_is_the_plan(name, &gpu, &plan);
+    let rows = rows();
+    let refs: Vec<&Row> = rows.iter().collect();
+    let owners = lora.owners();
+    let full = Span {
+        layers: 0..4,
+        exit: Some(1),
+    };
+    for (t, (what, span)) in spans().into_iter().enumerate() {
+        let what = format!("{name} {:?} recompute={}: {what}", o.format, o.recompute);
+        let (scale, seed) = (0.25, 77 + t as u64);
+        cpu.set_span(span.as_ref()).unwrap();
+        gpu.set_span(span.as_ref()).unwrap();
+        let before = flat(block_on(gpu.adapters()).unwrap());
+        let cpu_before = flat(block_on(cpu.adapters()).unwrap());
+
+        let want_loss = block_on(cpu.accumulate(&refs, scale, seed)).unwrap();
+        let got_loss = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
+        assert_eq!(got_loss.count, want_loss.count, "{what}");
+        let rel = (got_loss.sum - want_loss.sum).abs() / want_loss.sum;
+        assert!(
+            rel < LOSS_TOL_REL,
+            "{what}: loss {} vs {}",
+            got_loss.sum,
+            want_loss.sum
+        );
+
+        // Gradients against the reference on the GPU's own adapters (the two backends'
+        // parameters drift apart by rounding after the first step).
+        let s = span.clone().unwrap_or_else(|| full.clone());
+        let own = block_on(gpu.adapters()).unwrap();
+        let want = reference_grads(file, &own, &s, scale, seed);
+        let got = flat(block_on(gpu.gradients()).unwrap());
+        let max = max_abs(&want);
+        assert!(
+            max > 1e-3,
+            "{what}: the reference gradients are all ~0 ({max})"
+        );
+        let d = got
+            .iter()
+            .flatten()
+            .zip(want.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{what}: loss rel diff {rel:e}, max |Δgrad| {d:e} of max |grad| {max:e}");
+        assert!(
+            d <= GRAD_TOL_REL * max,
+            "{what}: max |Δgrad| {d:e} vs {max:e}"
+        );
+
+        // AdamW with eps = max |grad|, so an update is a smooth function of the gradient
+        // (with a tiny eps, Adam's first step is lr·sign(g), which rounding can flip where
+        // g ≈ 0): |Δupdate| ≤ lr·|Δg|/eps.
+        let opt = AdamW {
+            lr: 1e-2,
+            eps: max as f64,
+            ..Default::default()
+        };
+        let step = t as u64 + 1;
+        block_on(cpu.apply(&opt, step, Some(1e3))).unwrap();
+        block_on(gpu.apply(&opt, step, Some(1e3))).unwrap();
+        let after = flat(block_on(gpu.adapters()).unwrap());
+        let cpu_after = flat(block_on(cpu.adapters()).unwrap());
+        let tol = 4.0 * opt.lr as f32 * GRAD_TOL_REL;
+        for (i, o) in owners.iter().enumerate() {
+            let active = match (&span, *o) {
+                (None, _) => true,
+                (Some(s), Owner::Layer(l)) => s.layers.contains(&l),
+                (Some(s), Owner::Exit(k)) => s.exit == Some(k),
+            };
+            if active {
+                assert_ne!(after[i], before[i], "{what}: {o:?} did not step");
+            } else {
+                assert_eq!(
+                    after[i], before[i],
+                    "{what}: {o:?} outside the window moved"
+                );
+            }
+            let du = after[i]
+                .iter()
+                .zip(&before[i])
+                .zip(cpu_after[i].iter().zip(&cpu_before[i]))
+                .map(|((a, b), (c, d))| ((a - b) - (c - d)).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                du <= tol,
+                "{what}: {o:?} update differs by {du:e} (tolerance {tol:e})"
+            );
+        }
+        let (gs, cs) = (block_on(gpu.save()).unwrap(), block_on(cpu.save()).unwrap());
+        assert_eq!(gs.steps, cs.steps, "{what}: per-tensor step counts");
+        assert_eq!(gs.exits, cs.exits, "{what}");
+    }
+    assert_allocation_is_the_plan(name, &gpu, &plan);
+    // The prefix cache served the same rows as the CPU's: misses at the first window,
+    // hits extended from depth 1 at the second (block 0 never changed).
+    let counts = |c: &edge_llm::train::cpu::PrefixCache| (c.misses, c.hits);
+    assert_eq!(counts(&gpu.cache), counts(&cpu.cache), "{name}");
+    assert_eq!(counts(&gpu.cache), (2, 2), "{name}");
+
+    // A checkpoint moves both ways: the GPU's state evaluates the same on the CPU, and
+    // the CPU's loads back into the GPU with its step counts.
+    let state = block_on(gpu.save()).unwrap();
+    let mut other = CpuBackend::with_exits(file.weights().unwrap(), lora_config(), &EXITS, 9);
+    block_on(other.load(&state)).unwrap();
+    let a = block_on(other.eval(&refs)).unwrap();
+    let b = block_on(gpu.eval(&refs)).unwrap();
+    assert!(
+        (a.sum - b.sum).abs() / a.sum < LOSS_TOL_REL,
+        "{a:?} vs {b:?}"
+    );
+    let cs = block_on(cpu.save()).unwrap();
+    block_on(gpu.load(&cs)).unwrap();
+    let back = block_on(gpu.save()).unwrap();
+    assert_eq!(back.steps, cs.steps);
+    assert_eq!(back.tensors, cs.tensors);
+}
+
+#[test]
+fn window_steps_match_the_cpu_backend() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny4();
+    assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::Packed, false));
+    assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::F32, true));
+}
+
+/// The tiny 4-block model with its projections in turn 2:4, unstructured (60 %) and
+/// quantized (as tests/gpu_train.rs builds its sparse file).
+fn sparse_file() -> ModelFile {
+    use edge_llm::compress::file;
+    use edge_llm::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+    let orig = tiny4();
+    let w = orig.weights().unwrap();
+    let n = orig.config.n_layers;
+    let bits: Vec<u32> = (0..n).map(|l| if l % 2 == 0 { 8 } else { 4 }).collect();
+    let make = |sparsity: f64, pattern: Pattern| {
+        let mut p = Policy::from_layers(&vec![sparsity; n], &bits, Allocation::Manual).unwrap();
+        p.pattern = pattern;
+        p.prune = PruneMethod::Magnitude;
+        p.quant = QuantMethod::Rtn;
+        let (t, _) = file::compress_model(&w, None, &p, &mut |_, _| {}).unwrap();
+        (p, t)
+    };
+    let kinds = [
+        make(0.5, Pattern::TwoOfFour),
+        make(0.6, Pattern::Unstructured),
+        make(0.0, Pattern::Unstructured),
+    ];
+    let tensors: Vec<_> = (0..kinds[0].1.len())
+        .map(|i| kinds[i % 3].1[i].clone())
+        .collect();
+    let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
+    ModelFile::from_bytes(bytes).unwrap()
+}
+
+/// Sparse weights: the frozen blocks below a window run through the sparse kernels
+/// without their transposed copies, which only the trained blocks get.
+#[test]
+fn sparse_file_windows_match_the_cpu_backend() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = sparse_file();
+    let o = opts(WeightFormat::Packed, false);
+    assert_spans_match_the_cpu(&ctx, "sparse tiny4", &file, &o);
+
+    let lc = lora_config();
+    let top = [Span {
+        layers: 3..4,
+        exit: Some(1),
+    }];
+    let plan = GpuTrainer::plan_windows(&file, &lc, &o, &ctx.limits, &top).unwrap();
+    let copies = |l: usize| {
+        plan.entries
+            .iter()
+            .any(|e| e.name.starts_with(&format!("blk.{l}.")) && e.name.contains(" transposed "))
+    };
+    assert!(copies(3) && !copies(0) && !copies(2), "{plan:#?}");
+}
+
+#[test]
+fn allocated_bytes_are_the_windows_plan_and_unplanned_windows_are_refused() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny4();
+    let lc = lora_config();
+    let lora = random_lora(&file, 5);
+    let windows = edge_windows();
+    for (format, recompute) in [(WeightFormat::Packed, false), (WeightFormat::F32, true)] {
+        let o = opts(format, recompute);
+        let gpu = GpuTrainer::with_windows(&ctx, &file, &lora, &o, &windows).unwrap();
+        let plan = GpuTrainer::plan_windows(&file, &lc, &o, &ctx.limits, &windows).unwrap();
+        assert_allocation_is_the_plan(&format!("{format:?} {recompute}"), &gpu, &plan);
+        // Two blocks' activations instead of four: less than full-depth training.
+        let full = GpuTrainer::plan(&file, &lc, &o, &ctx.limits).unwrap();
+        let acts = |p: &MemoryPlan| p.by_category()[2].1;
+        if !recompute {
+            assert!(
+                acts(&plan) < acts(&full),
+                "{} vs {}",
+                acts(&plan),
+                acts(&full)
+            );
+        }
+    }
+
+    // Planned for the top window only: blocks 0..2 have no gradient side, so the bottom
+    // window and the full depth are refused, and so is a window not ending at its exit.
+    let top = [windows[1].clone()];
+    let mut gpu =
+        GpuTrainer::with_windows(&ctx, &file, &lora, &opts(WeightFormat::Packed, false), &top)
+            .unwrap();
+    gpu.set_span(Some(&top[0])).unwrap();
+    let err = gpu.set_span(Some(&windows[0])).unwrap_err().to_string();
+    assert!(err.contains("was not planned"), "{err}");
+    let bad = Span {
+        layers: 2..3,
+        exit: Some(1),
+    };
+    let err = gpu.set_span(Some(&bad)).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+    // Without a window it evaluates the whole model (every block resident, none saved)
+    // but cannot train it.
+    gpu.set_span(None).unwrap();
+    let rows = rows();
+    assert!(block_on(gpu.eval(&[&rows[0]])).unwrap().count > 0);
+    let err = block_on(gpu.accumulate(&[&rows[0]], 1.0, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("was not planned"), "{err}");
+}
+
+fn text_data(tok: &Tokenizer) -> edge_llm::train::Prepared {
+    let text = "It was the best of times, it was the worst of times, it was the age of \
+                wisdom, it was the age of foolishness, it was the epoch of belief. "
+        .repeat(4);
+    let cfg = DataConfig {
+        seq_len: 32,
+        val_fraction: 0.2,
+        seed: 0,
+    };
+    prepare(&Dataset::Text(text), tok, &cfg).unwrap()
+}
+
+fn losses<B: Backend>(trainer: &mut Trainer<B>, steps: u64) -> Vec<StepReport> {
+    let mut out = Vec::new();
+    block_on(trainer.run(steps, &mut |r| out.push(r.clone()))).unwrap();
+    out
+}
+
+/// Edge mode's schedule through the `Trainer`: the same windows, losses and validation
+/// losses on the GPU as on the CPU, and the final whole-model validation too.
+#[test]
+fn a_scheduled_run_gives_the_cpu_losses() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny4();
+    let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+    let data = text_data(&tok);
+    let config = TrainConfig {
+        lr: 3e-3,
+        max_steps: Some(6),
+        micro_batch: 2,
+        accum_steps: 1,
+        eval_every: 2,
+        layers: Some(LayerSchedule::from_exits(&EXITS, WindowOrder::Reference)),
+        ..Default::default()
+    };
+    let cpu_backend =
+        CpuBackend::with_exits(file.weights().unwrap(), lora_config(), &EXITS, config.seed);
+    let mut cpu = Trainer::new(cpu_backend, config.clone(), data.clone()).unwrap();
+    let want = losses(&mut cpu, 6);
+
+    let lora = initial_adapters(&file.config, lora_config(), &EXITS, config.seed);
+    let o = opts(WeightFormat::Packed, false);
+    let windows = edge_windows();
+    let gpu_backend = GpuTrainer::with_windows(&ctx, &file, &lora, &o, &windows).unwrap();
+    let mut gpu = Trainer::new(gpu_backend, config, data).unwrap();
+    let got = losses(&mut gpu, 6);
+    assert_eq!(got.len(), want.len());
+    let mut windows_seen = Vec::new();
+    for (x, y) in got.iter().zip(&want) {
+        assert_eq!(x.window, y.window, "step {}", x.step);
+        windows_seen.push(x.window);
+        let rel = (x.loss - y.loss).abs() / y.loss;
+        assert!(
+            rel <= RUN_TOL_REL,
+            "step {}: {} vs {} ({rel:e})",
+            x.step,
+            x.loss,
+            y.loss
+        );
+        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
+            assert!(
+                (u - v).abs() / v <= RUN_TOL_REL,
+                "step {}: val {u} vs {v}",
+                x.step
+            );
+        }
+    }
+    assert!(windows_seen.contains(&Some(0)) && windows_seen.contains(&Some(1)));
+    gpu.leave_window().unwrap();
+    cpu.leave_window().unwrap();
+    let (a, b) = (
+        block_on(gpu.validation_loss()).unwrap().unwrap(),
+        block_on(cpu.validation_loss()).unwrap().unwrap(),
+    );
+    assert!(
+        (a - b).abs() / b <= RUN_TOL_REL,
+        "final validation {a} vs {b}"
+    );
+}
+
+/// A repeated row in a window is served from the prefix cache with the very loss of
+/// recomputing it; a step of a window below makes the entry stale (a miss again).
+#[test]
+fn the_prefix_cache_serves_repeated_rows_until_blocks_below_change() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny4();
+    let lora = random_lora(&file, 7);
+    let windows = edge_windows();
+    let o = opts(WeightFormat::Packed, false);
+    let mut gpu = GpuTrainer::with_windows(&ctx, &file, &lora, &o, &windows).unwrap();
+    let rows = rows();
+    let refs: Vec<&Row> = rows.iter().collect();
+    gpu.set_span(Some(&windows[1])).unwrap();
+    let first = block_on(gpu.eval(&refs)).unwrap();
+    let again = block_on(gpu.eval(&refs)).unwrap();
+    assert_eq!((gpu.cache.misses, gpu.cache.hits), (2, 2));
+    assert_eq!(first.sum.to_bits(), again.sum.to_bits());
+    assert!(gpu.cache.bytes > 0);
+
+    // Without room nothing is kept: every row recomputed, the same loss.
+    let mut cold = GpuTrainer::with_windows(&ctx, &file, &lora, &o, &windows).unwrap();
+    cold.cache.max_bytes = 0;
+    cold.set_span(Some(&windows[1])).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            block_on(cold.eval(&refs)).unwrap().sum.to_bits(),
+            first.sum.to_bits()
+        );
+    }
+    assert_eq!(
+        (cold.cache.misses, cold.cache.hits, cold.cache.bytes),
+        (4, 0, 0)
+    );
+
+    // A step of the window's own blocks keeps the entries; one of the blocks below
+    // makes them stale.
+    let opt = AdamW::default();
+    block_on(gpu.accumulate(&refs, 0.5, 1)).unwrap();
+    block_on(gpu.apply(&opt, 1, None)).unwrap();
+    block_on(gpu.eval(&refs)).unwrap();
+    assert_eq!((gpu.cache.misses, gpu.cache.hits), (2, 6));
+    gpu.set_span(Some(&windows[0])).unwrap();
+    block_on(gpu.accumulate(&refs, 0.5, 2)).unwrap();
+    block_on(gpu.apply(&opt, 2, None)).unwrap();
+    gpu.set_span(Some(&windows[1])).unwrap();
+    block_on(gpu.eval(&refs)).unwrap();
+    assert_eq!((gpu.cache.misses, gpu.cache.hits), (4, 6));
+}
