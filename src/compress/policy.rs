@@ -380,23 +380,31 @@ pub fn allocate_bits(err: &[[f64; 4]], counts: &[usize], target_bits: f64) -> Re
         ));
     }
     let budget = (budget_f as usize).min(max_units(unit));
-    // best[c]: least error of the layers so far within cost c; pick[l][c] their choice.
-    let mut best = vec![0.0f64; budget + 1];
+    // best[c]: least (error, spread) of the layers so far within cost c; pick[l][c] their
+    // choice. Equal errors (say, all measured 0) are broken by the spread Σ(8 − b)², which
+    // prefers even widths: 4 bits everywhere, not 2 beside 8 at the same mean.
+    let spread = |i: usize| (8 - BITS[i] as u64).pow(2);
+    let mut best = vec![(0.0f64, 0u64); budget + 1];
     let mut pick = vec![vec![u8::MAX; budget + 1]; counts.len()];
     for (l, e) in err.iter().enumerate() {
-        let mut next = vec![f64::INFINITY; budget + 1];
+        let mut next = vec![(f64::INFINITY, u64::MAX); budget + 1];
         for c in 0..=budget {
             for (i, &ei) in e.iter().enumerate() {
                 let ci = cost(l, i);
-                if ci <= c && best[c - ci] + ei < next[c] {
-                    next[c] = best[c - ci] + ei;
+                if ci > c {
+                    continue;
+                }
+                let (be, bs) = best[c - ci];
+                let cand = (be + ei, bs.saturating_add(spread(i)));
+                if cand.0 < next[c].0 || (cand.0 == next[c].0 && cand.1 < next[c].1) {
+                    next[c] = cand;
                     pick[l][c] = i as u8;
                 }
             }
         }
         best = next;
     }
-    if !best[budget].is_finite() {
+    if !best[budget].0.is_finite() {
         return bad(format!(
             "no allowed widths fit {target_bits} bits per weight"
         ));
@@ -535,6 +543,9 @@ mod tests {
         let err = [[inf, inf, 2.0, 1.0], [inf, inf, 5.0, 1.0]];
         assert_eq!(allocate_bits(&err, &[1, 1], 6.0).unwrap(), [4, 8]);
         assert!(allocate_bits(&err, &[1, 1], 3.5).is_err());
+        // Equal errors (all measured 0): the widest that fits, never 2 bits beside 8.
+        assert_eq!(allocate_bits(&[[0.0; 4]; 4], &[1; 4], 4.0).unwrap(), [4; 4]);
+        assert_eq!(allocate_bits(&[[0.0; 4]; 2], &[1; 2], 8.0).unwrap(), [8; 2]);
     }
 
     #[test]
