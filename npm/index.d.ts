@@ -58,8 +58,8 @@ export interface TuneOptions {
   memory_budget?: number | null;
   recompute?: boolean;
   /** Which layers train (`edge-llm tune --mode`). Partial and edge train windows of
-   * layers on the CPU (the GPU engine does not run them yet); compress-then-tune needs a
-   * compressed model. Default 'vanilla'. */
+   * layers on the GPU, one at a time; compress-then-tune needs a compressed model.
+   * Default 'vanilla'. */
   mode?: TuneMode;
   /** Edge mode: an exit after every this many blocks, the last at the top (clamped to the
    * model's blocks; default 6). */
@@ -100,16 +100,15 @@ export interface TunePlan {
   max_storage_buffer_binding_size: number;
   max_buffer_size: number;
   mode: TuneMode;
-  /** 'cpu' for windowed modes: then the plan is what the largest window would need on the
-   * GPU, not what the run holds. */
-  device: 'gpu' | 'cpu';
+  /** Where the run trains: every mode on the GPU. */
+  device: 'gpu';
   /** Block counts after which early exits sit (edge mode). */
   exits: number[];
   windows: TuneWindow[];
   window_schedule: WindowSchedule | null;
   /** Whether the model file is compressed. */
   compressed: boolean;
-  /** Bytes the trainer allocated (Tuner.plan only; 0 on the CPU). */
+  /** Bytes the trainer allocated (Tuner.plan only). */
   allocated_bytes?: number;
   [key: string]: unknown;
 }
@@ -130,7 +129,7 @@ export interface StepReport {
   loss: number;
   /** The window trained (an index into the plan's `windows`; windowed modes only). */
   window?: number;
-  device: 'gpu' | 'cpu';
+  device: 'gpu';
   lr: number;
   tokens_per_s: number;
   val_loss?: number | null;
@@ -156,6 +155,8 @@ export declare class Model {
   readonly fileBytes: number;
   /** Whether the file is a compressed model (compress-then-tune needs one). */
   readonly compressed: boolean;
+  /** The policy a compressed model was made with (null: not compressed). */
+  readonly policy: CompressionPolicy | null;
   tokenize(text: string): number[];
   tokenStrings(ids: number[]): string[];
   chatPrompt(text: string): string;
@@ -164,8 +165,167 @@ export declare class Model {
   tuner(input: DataInput): Promise<Tuner>;
   importAdapter(files: { safetensors: Uint8Array; config: string; exits?: Uint8Array | null }): Adapter;
   lm(options?: { adapter?: Adapter | null; maxLen?: number }): Promise<Lm>;
+  /** A copy of the GGUF file's bytes. */
+  bytes(): Uint8Array;
+  /** Checks a policy document against this model; throws the first problem. */
+  checkPolicy(policy: string | CompressionPolicy): CompressionPolicy;
+  /** The cache key of the profile `profile()` would measure on this data and options. */
+  profileKey(input: CompressInput): string;
+  /** Measures the LUC sensitivity profile (CPU, in the calling thread: use a worker). */
+  profile(input: CompressInput & { onProgress?: CompressProgress }): Promise<ProfileResult>;
+  /** Compresses the model as `edge-llm compress` does (CPU, in the calling thread: use a
+   * worker). */
+  compress(input: CompressInput & {
+    /** A policy document (text or object): overrides allocation, methods and widths. */
+    policy?: string | CompressionPolicy | null;
+    /** A profile from `profile()` or an earlier `compress()` (spares LUC the profiling). */
+    profile?: ProfileResult | null;
+    onProgress?: CompressProgress;
+  }): Promise<CompressResult>;
   free(): void;
 }
+
+/** Compression options, as `edge-llm compress` (all optional; these are the defaults). */
+export interface CompressOptions {
+  /** Target mean sparsity (default 0; 2:4: 0.5 or 0). */
+  sparsity?: number;
+  /** Code width (uniform) or target mean bits per weight (luc): 2, 3, 4 or 8 (default 4). */
+  bits?: number;
+  /** 'luc' (per-layer numbers from the sensitivity profile, default) or 'uniform'. */
+  allocation?: 'luc' | 'uniform';
+  /** Pruning (default 'sparsegpt'). */
+  method?: 'sparsegpt' | 'wanda' | 'magnitude';
+  pattern?: 'unstructured' | '2:4';
+  /** Dense-layer quantizer: GPTQ (RTN kept where better; default) or round-to-nearest. */
+  quant?: 'gptq' | 'rtn';
+  /** Columns per scale: 32 (default), 64 or 128. */
+  group?: number;
+  symmetric?: boolean;
+  /** Calibration rows spread over the data (default 16) and tokens per row (default 128). */
+  calib_rows?: number;
+  seq_len?: number;
+  /** Rows whose loss change is measured per block and level when profiling (default 2). */
+  loss_rows?: number;
+  /** Pruning method of the profile's levels (default 'wanda'). */
+  profile_method?: 'sparsegpt' | 'wanda' | 'magnitude';
+}
+
+export interface CompressInput {
+  /** Calibration text: the user's data (plain text, instruction or multiple-choice JSONL). */
+  text: string;
+  name?: string;
+  kind?: DataKind;
+  options?: CompressOptions;
+}
+
+/** `(stage, done, total)`; stages 'calibrate', 'profile' (LUC), 'compress'. */
+export type CompressProgress = (stage: 'calibrate' | 'profile' | 'compress', done: number, total: number) => void;
+
+/** A policy document (src/compress/policy.rs). */
+export interface CompressionPolicy {
+  version: number;
+  layers: Array<{ sparsity: number; bits: number }>;
+  pattern: 'unstructured' | '2:4';
+  prune: 'magnitude' | 'wanda' | 'sparsegpt';
+  quant: 'rtn' | 'gptq';
+  group: number;
+  symmetric: boolean;
+  allocation: 'luc' | 'uniform' | 'manual';
+}
+
+export interface ProfileResult {
+  /** The cache key (`profileKey`). */
+  key: string;
+  /** The measurements (per block, per level), as `edge-llm profile --json`'s `profile`. */
+  profile: Record<string, unknown>;
+  /** Per block: the sensitivity the policy reads (loss change, or output MSE without it). */
+  prune_sensitivity: number[];
+  quant_sensitivity: number[];
+  seconds: number;
+}
+
+export interface CompressedLayer {
+  layer: number;
+  sparsity: number;
+  bits: number;
+  /** 'quant', 'unstructured' or '2:4'. */
+  format: string;
+  /** Sparse value type ('int8', 'int4') when sparse. */
+  values: string | null;
+  f32_bytes: number;
+  packed_bytes: number;
+  prune_sensitivity: number | null;
+  quant_sensitivity: number | null;
+}
+
+/** `edge-llm compress --json`'s object, plus what the page shows. */
+export interface CompressSummary {
+  policy: CompressionPolicy;
+  file_bytes: number;
+  original_file_bytes: number;
+  projection_f32_bytes: number;
+  projection_packed_bytes: number;
+  /** Seconds compressing the projections (profile and Hessians excluded). */
+  seconds: number;
+  total_seconds: number;
+  notes: string[];
+  /** Choices made for the user (e.g. 2:4 with LUC allocates bits only). */
+  messages: string[];
+  tensors: Array<Record<string, unknown>>;
+  layers: CompressedLayer[];
+  options: CompressOptions;
+  user_policy: boolean;
+  calibration: { name: string; rows: number; tokens: number };
+  /** The profile LUC used: measured by this call or given. */
+  profile_info: { key: string; measured: boolean; seconds: number; base_loss: number | null; dloss: boolean } | null;
+}
+
+export interface CompressResult {
+  /** The compressed GGUF file (`loadModel` takes it; `edge-llm` reads it). */
+  bytes: Uint8Array;
+  summary: CompressSummary;
+  /** The profile this call measured (null when given one or not LUC). */
+  profile: ProfileResult | null;
+}
+
+export declare const RUN_REPORT_VERSION: 1;
+
+/** What `runReport` assembles (every part may be null). */
+export interface RunReport {
+  format: 'edge-llm run report';
+  version: typeof RUN_REPORT_VERSION;
+  created: string;
+  model: { name: string; file_bytes: number; config: LlamaConfig; compressed: boolean; policy: CompressionPolicy | null; [key: string]: unknown } | null;
+  compression: CompressSummary | null;
+  data: { name: string; kind: string; source?: string; stats?: Record<string, unknown>; [key: string]: unknown } | null;
+  tuning: {
+    options: TuneOptions;
+    mode: TuneMode;
+    device: 'gpu' | 'cpu';
+    steps: number;
+    total_steps: number;
+    state?: string;
+    losses: Array<{ step: number; loss: number; window: number | null }>;
+    validation: Array<{ step: number; loss: number }>;
+    windows?: TuneWindow[];
+    exits?: number[];
+    plan?: TunePlan | null;
+    seconds?: number;
+    tokens_per_s?: number | null;
+    [key: string]: unknown;
+  } | null;
+  evaluation: {
+    perplexity?: Array<PerplexityResult & { source: string; text: string }>;
+    accuracy?: (Omit<McResult, 'questions'> & { source: string }) | null;
+    chat?: (GenerateResult & { source: string }) | null;
+    [key: string]: unknown;
+  } | null;
+  gpu: GpuInfo | null;
+  [key: string]: unknown;
+}
+
+/** A run report from the parts the caller has (the page's "Download run report"). */
+export declare function runReport(parts?: Partial<Omit<RunReport, 'format' | 'version' | 'created'>>): RunReport;
 
 export declare class Tuner {
   readonly inner: Raw.WebTuner;
@@ -174,7 +334,7 @@ export declare class Tuner {
   readonly totalSteps: number;
   readonly step: number;
   readonly gpuBytes: number;
-  readonly device: 'gpu' | 'cpu';
+  readonly device: 'gpu';
   runStep(): Promise<StepReport>;
   run(options?: { onStep?: (report: StepReport) => void; signal?: AbortSignal }): Promise<StepReport | null>;
   validationLoss(): Promise<number | null>;

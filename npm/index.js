@@ -72,8 +72,7 @@ export class Model {
   }
 
   /// The GPU memory plan of a tuning run (nothing is allocated), with `mode`, `device`,
-  /// `exits` and `windows`. Windowed modes (partial, edge) train on the CPU: their plan is
-  /// what the largest window would need on the GPU.
+  /// `exits` and `windows` (windowed modes, partial and edge, plan their windows).
   async plan(options = {}) {
     await gpuInfo();
     return JSON.parse(this.inner.plan_tuning(asJson(options)));
@@ -81,8 +80,8 @@ export class Model {
 
   /// A LoRA tuning run on `text` (plain text, instruction JSONL or multiple-choice JSONL;
   /// `kind`: 'auto' | 'text' | 'instruct' | 'mc'); `options` as `edge-llm tune`
-  /// (steps, lr, seq_len, lora_rank, accum, mode, exit_stride, …). Full-depth modes
-  /// allocate the trainer on the GPU; partial and edge train on the CPU in this thread.
+  /// (steps, lr, seq_len, lora_rank, accum, mode, exit_stride, …). The trainer is
+  /// allocated on the GPU (partial and edge: their windows).
   async tuner({ text, name = 'data.txt', kind = 'auto', options = {} }) {
     await gpuInfo();
     return new Tuner(this.inner.tuner(name, text, kind, asJson(options)));
@@ -92,6 +91,58 @@ export class Model {
   /// with its early exits (`exits.safetensors` bytes) if given.
   importAdapter({ safetensors, config, exits = null }) {
     return new Adapter(this.inner.import_adapter(safetensors, config, exits ?? undefined));
+  }
+
+  /// The policy a compressed model was made with (null for an uncompressed model).
+  get policy() {
+    const p = this.inner.policy_json();
+    return p ? JSON.parse(p) : null;
+  }
+
+  /// A copy of the GGUF file's bytes (to send to another worker, or to save).
+  bytes() { return this.inner.bytes(); }
+
+  /// Checks a compression policy document (text or object) against this model; returns
+  /// it parsed, or throws the first problem (e.g. 'policy: 3 layer entries for a model of
+  /// 2 layers').
+  checkPolicy(policy) {
+    return JSON.parse(this.inner.check_policy(typeof policy === 'string' ? policy : JSON.stringify(policy)));
+  }
+
+  /// The cache key of the LUC profile `profile()` would measure on this data and these
+  /// compression options (a hash of the model, the calibration tokens and the profile
+  /// settings): keep profiles under it so a second LUC compression skips profiling.
+  profileKey({ text, name = 'data.txt', kind = 'auto', options = {} }) {
+    return this.inner.profile_key(name, text, kind, asJson(options));
+  }
+
+  /// Measures the LUC sensitivity profile (per block: the loss change and output error
+  /// at each sparsity and bit width) on `text`, calibrating as `options` say (`calib_rows`,
+  /// `seq_len`, `loss_rows`, `profile_method`). CPU work in the calling thread (use a
+  /// worker); `onProgress(stage, done, total)`, stages 'calibrate' then 'profile'.
+  /// Returns `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`.
+  async profile({ text, name = 'data.txt', kind = 'auto', options = {}, onProgress } = {}) {
+    return JSON.parse(await this.inner.profile(name, text, kind, asJson(options), onProgress ?? null));
+  }
+
+  /// Compresses the model as `edge-llm compress` does (the same engine code): `options`
+  /// are its flags (`sparsity`, `bits`, `allocation` 'luc' | 'uniform', `method`,
+  /// `pattern`, `quant`, `group`, `symmetric`, `calib_rows`, `seq_len`, …), calibrating on
+  /// `text`. `policy` (a policy document, as text or object) overrides the allocation;
+  /// `profile` (what `profile()` returned, e.g. from a cache) spares LUC the profiling.
+  /// CPU work in the calling thread (use a worker); `onProgress(stage, done, total)`.
+  /// Returns `{bytes, summary, profile}`: the compressed GGUF file, the summary (policy,
+  /// file sizes, per-layer sparsity, bits and sensitivity, notes) and the profile when
+  /// this call measured one (null otherwise), to cache under `profile.key`.
+  async compress({ text, name = 'data.txt', kind = 'auto', options = {}, policy = null, profile = null, onProgress } = {}) {
+    const policyText = policy == null ? undefined : (typeof policy === 'string' ? policy : JSON.stringify(policy));
+    const profileText = profile == null ? undefined : JSON.stringify(profile);
+    const r = await this.inner.compress(name, text, kind, asJson(options), policyText, profileText, onProgress ?? null);
+    return {
+      bytes: r.bytes,
+      summary: JSON.parse(r.summary),
+      profile: r.profile ? JSON.parse(r.profile) : null,
+    };
   }
 
   /// The model on the GPU for evaluation and generation, with `adapter` if given.
@@ -115,7 +166,7 @@ export class Tuner {
   get totalSteps() { return this.inner.total_steps(); }
   get step() { return this.inner.current_step(); }
   get gpuBytes() { return this.inner.gpu_bytes(); }
-  /// 'gpu', or 'cpu' for windowed modes.
+  /// 'gpu' (every mode trains on the GPU).
   get device() { return this.inner.device(); }
 
   /// One optimizer step: `{step, loss, lr, tokens_per_s, val_loss?, stop, …}`; `stop` is
@@ -204,4 +255,30 @@ export class Lm {
   }
 
   free() { this.inner.free(); }
+}
+
+/// The run report's format version (`runReport`).
+export const RUN_REPORT_VERSION = 1;
+
+/// A run report: one JSON document with what a session did, from the parts the caller has
+/// (each may be null): `model` ({name, file_bytes, config, compressed, policy}),
+/// `compression` (compress()'s summary), `data` ({name, kind, source, stats}), `tuning`
+/// ({options, mode, device, steps, total_steps, stop, losses: [{step, loss, window}],
+/// validation: [{step, loss}], windows, exits, plan, seconds}), `evaluation`
+/// ({perplexity, accuracy, chat}) and `gpu` (gpuInfo()). The page's "Download run report"
+/// writes it.
+export function runReport({ model = null, compression = null, data = null, tuning = null,
+  evaluation = null, gpu = null, ...extra } = {}) {
+  return {
+    format: 'edge-llm run report',
+    version: RUN_REPORT_VERSION,
+    created: new Date().toISOString(),
+    model,
+    compression,
+    data,
+    tuning,
+    evaluation,
+    gpu,
+    ...extra,
+  };
 }

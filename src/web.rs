@@ -10,10 +10,10 @@
 //! Evaluation and chat ([`WebLm`]) call the same `eval::*_async` functions as the CLI's
 //! blocking wrappers, awaiting the GPU's readbacks instead of blocking on them.
 //!
-//! Windowed modes (partial, edge: adaptive layer tuning) and exit voting run on the CPU
-//! reference inside the worker (wasm, one thread): the GPU engine does not run layer
-//! windows or early exits yet. Their GPU memory is still planned
-//! (`GpuTrainer::plan_windows`) so the page can say what a window would need.
+//! Every tuning mode trains on the GPU engine, windowed ones (partial, edge: adaptive
+//! layer tuning) through `GpuTrainer::with_windows`, planned by `plan_windows`. Exit
+//! voting at evaluation runs on the CPU reference inside the worker (wasm, one thread):
+//! the GPU model does not compute exits yet.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -23,17 +23,20 @@ use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 use crate::adapter;
+use crate::compress::pipeline::{self, CompressOptions};
+use crate::compress::policy::Policy;
+use crate::compress::profile::{profile_key, Profile};
 use crate::data::{Dataset, LineError};
-use crate::engine::{fit_budget, Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
+use crate::engine::train::fit_budget_windows;
+use crate::engine::{Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
 use crate::eval::{self, CpuExitLm, Sampling};
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::optim::AdamW;
 use crate::reference::{Lora, LoraConfig, Proj, Span, Transformer};
 use crate::tokenizer::Tokenizer;
 use crate::train::{
-    self, Backend, CpuBackend, DataConfig, Decay, LossSum, Mode, ModeArgs, ModeLayers, ParamState,
-    Row, TrainConfig, TrainState, Trainer, WindowOrder,
+    self, cpu::initial_adapters, Backend, DataConfig, Decay, Mode, ModeArgs, ModeLayers, Row,
+    TrainConfig, TrainState, Trainer, WindowOrder,
 };
 use crate::vote::Vote;
 use crate::Error;
@@ -332,11 +335,10 @@ impl WebModel {
         Ok(data_json(&ds, &problems, &prepared.stats).to_string())
     }
 
-    /// The GPU memory plan of a tuning run with `options_json`; nothing is allocated.
-    /// Full-depth modes: fitted to its `memory_budget` on this thread's device (`gpu_info`
-    /// must have run); a budget that cannot fit is an error saying what would. Windowed
-    /// modes (partial, edge): the largest window's plan (`GpuTrainer::plan_windows`), a
-    /// plan only, since those runs train on the CPU.
+    /// The GPU memory plan of a tuning run with `options_json`, fitted to its
+    /// `memory_budget` on this thread's device (`gpu_info` must have run); nothing is
+    /// allocated, and a budget that cannot fit is an error saying what would. Windowed
+    /// modes (partial, edge) plan their windows (`GpuTrainer::plan_windows`).
     pub fn plan_tuning(&self, options_json: &str) -> Result<String, JsError> {
         let o = TuneOptions::parse(options_json).map_err(js_err)?;
         let ml = self.mode_layers(&o).map_err(js_err)?;
@@ -345,8 +347,7 @@ impl WebModel {
     }
 
     /// Prepares the data, plans GPU memory (refusing a budget that cannot fit before
-    /// anything is allocated) and creates the trainer: on the GPU for full-depth modes
-    /// (the model is uploaded), on the CPU reference for windowed ones.
+    /// anything is allocated) and creates the trainer on the GPU (the model is uploaded).
     pub fn tuner(
         &self,
         name: &str,
@@ -358,27 +359,21 @@ impl WebModel {
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
         let ml = self.mode_layers(&o).map_err(js_err)?;
         let (fit, plan) = self.plan(&o, &ml).map_err(js_err)?;
-        if let Some(fit) = &fit {
-            // Sequence chunking chosen for the budget: shorter rows, more accumulation.
-            o.seq_len = fit.options.seq_len;
-            o.accum *= fit.accum_factor;
-        }
+        // Sequence chunking chosen for the budget: shorter rows, more accumulation.
+        o.seq_len = fit.options.seq_len;
+        o.accum *= fit.accum_factor;
         let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
         let data = data_json(&ds, &problems, &prepared.stats);
-        let backend = match &fit {
-            Some(fit) => {
-                let lora = Lora::new(&self.model.config, o.lora(), o.seed);
-                let gpu = GpuTrainer::new(gpu_ready()?, &self.model, &lora, &fit.options)
-                    .map_err(js_err)?;
-                WebBackend::Gpu(Box::new(gpu))
+        let lora = initial_adapters(&self.model.config, o.lora(), &ml.exits, o.seed);
+        let ctx = gpu_ready()?;
+        let mut backend = match &ml.layers {
+            Some(ls) => {
+                GpuTrainer::with_windows(ctx, &self.model, &lora, &fit.options, &ls.windows)
             }
-            None => {
-                let weights = self.model.weights().map_err(js_err)?;
-                let mut cpu = CpuBackend::with_exits(weights, o.lora(), &ml.exits, o.seed);
-                cpu.cache.max_bytes = WEB_PREFIX_CACHE_BYTES;
-                WebBackend::Cpu(Box::new(cpu))
-            }
-        };
+            None => GpuTrainer::new(ctx, &self.model, &lora, &fit.options),
+        }
+        .map_err(js_err)?;
+        backend.cache.max_bytes = WEB_PREFIX_CACHE_BYTES;
         let mut config = o.train();
         config.layers = ml.layers;
         let trainer = Trainer::new(backend, config, prepared).map_err(js_err)?;
@@ -390,6 +385,182 @@ impl WebModel {
             data,
         })
     }
+}
+
+#[wasm_bindgen]
+impl WebModel {
+    /// A copy of the GGUF file's bytes (to hand to another worker, or to download).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.model.bytes.clone()
+    }
+
+    /// The policy a compressed model was made with (`edge_llm.policy`), as JSON; None for
+    /// an uncompressed model.
+    pub fn policy_json(&self) -> Result<Option<String>, JsError> {
+        let p = crate::compress::file::policy_of(&self.model.gguf, self.model.config.n_layers)
+            .map_err(js_err)?;
+        Ok(p.map(|p| p.to_json()))
+    }
+
+    /// Checks a policy document against this model (the library's validation, whose
+    /// error names the first problem); returns it as pretty JSON.
+    pub fn check_policy(&self, policy_json: &str) -> Result<String, JsError> {
+        let p = Policy::from_json(policy_json, self.model.config.n_layers).map_err(js_err)?;
+        Ok(p.to_json())
+    }
+
+    /// The cache key of the profile that [`WebModel::profile`] would measure on this data
+    /// with `options_json` (`CompressOptions`): a hash of the model bytes, the calibration
+    /// tokens and the profile settings, as `edge-llm profile` keys its cache files.
+    pub fn profile_key(
+        &self,
+        name: &str,
+        text: &str,
+        kind: &str,
+        options_json: &str,
+    ) -> Result<String, JsError> {
+        let o = CompressOptions::from_json(options_json).map_err(js_err)?;
+        let rows = self.calibration(name, text, kind, &o).map_err(js_err)?;
+        Ok(profile_key(&self.model.bytes, &rows, &o.profile_options()))
+    }
+
+    /// Measures the LUC sensitivity profile on `text` (the user's data, or any text):
+    /// `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`. Calls
+    /// `progress(stage, done, total)` ("calibrate", then "profile"). CPU work in this thread.
+    pub async fn profile(
+        &self,
+        name: String,
+        text: String,
+        kind: String,
+        options_json: String,
+        progress: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
+        let o = CompressOptions::from_json(&options_json).map_err(js_err)?;
+        let rows = self.calibration(&name, &text, &kind, &o).map_err(js_err)?;
+        let p = pipeline::measure_file_profile(
+            &self.model,
+            &rows,
+            &o.profile_options(),
+            &mut |stage, done, total| notify_stage(&progress, stage, done, total),
+        )
+        .map_err(js_err)?;
+        Ok(profile_json(&p).to_string())
+    }
+
+    /// Compresses this model (`edge-llm compress`: the same `compress::pipeline`),
+    /// calibrating on `text`. `options_json`: `CompressOptions` (sparsity, bits,
+    /// allocation, method, pattern, quant, group, symmetric, calib_rows, seq_len,
+    /// loss_rows, profile_method). `policy_json`: a policy document that overrides the
+    /// allocation and methods (refused with the reason when it does not fit this model).
+    /// `cached_profile`: a profile from [`WebModel::profile`] (cached by the caller under
+    /// its `key`); without one LUC measures it. Returns `{bytes: Uint8Array, summary:
+    /// string, profile?: string}`: the compressed file, the summary (the CLI's `--json`
+    /// plus `layers`, `messages`, `calibration`, `profile_info`, `total_seconds`), and the
+    /// profile JSON when this call measured one.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn compress(
+        &self,
+        name: String,
+        text: String,
+        kind: String,
+        options_json: String,
+        policy_json: Option<String>,
+        cached_profile: Option<String>,
+        progress: Option<js_sys::Function>,
+    ) -> Result<js_sys::Object, JsError> {
+        let t0 = web_time::Instant::now();
+        let o = CompressOptions::from_json(&options_json).map_err(js_err)?;
+        let n = self.model.config.n_layers;
+        let user = policy_json
+            .as_deref()
+            .map(|t| Policy::from_json(t, n))
+            .transpose()
+            .map_err(js_err)?;
+        let profile = match cached_profile.as_deref() {
+            Some(t) => {
+                let v: serde_json::Value = serde_json::from_str(t)
+                    .map_err(|e| JsError::new(&format!("cached profile: {e}")))?;
+                let p: Profile = serde_json::from_value(v.get("profile").cloned().unwrap_or(v))
+                    .map_err(|e| JsError::new(&format!("cached profile: {e}")))?;
+                Some(p)
+            }
+            None => None,
+        };
+        let rows = self.calibration(&name, &text, &kind, &o).map_err(js_err)?;
+        let c = pipeline::compress(
+            &self.model,
+            Some(&rows),
+            &o,
+            user,
+            profile,
+            &mut |stage, done, total| notify_stage(&progress, stage, done, total),
+        )
+        .map_err(js_err)?;
+        let mut v = c.to_json();
+        v["layers"] = c.layers_json();
+        v["messages"] = json!(c.messages);
+        v["options"] = json!(o);
+        v["user_policy"] = json!(policy_json.is_some());
+        v["calibration"] = json!({
+            "name": name,
+            "rows": rows.len(),
+            "tokens": rows.iter().map(|r| r.tokens.len()).sum::<usize>(),
+        });
+        v["profile_info"] = match &c.profile {
+            Some(p) => json!({"key": p.key, "measured": c.profile_measured,
+                              "seconds": p.seconds, "base_loss": p.base_loss,
+                              "dloss": p.has_dloss()}),
+            None => serde_json::Value::Null,
+        };
+        v["total_seconds"] = json!(t0.elapsed().as_secs_f64());
+        let out = js_sys::Object::new();
+        let set = |k: &str, val: &JsValue| {
+            js_sys::Reflect::set(&out, &JsValue::from_str(k), val)
+                .map(|_| ())
+                .map_err(|_| JsError::new("could not build the compression result"))
+        };
+        set(
+            "bytes",
+            &js_sys::Uint8Array::from(c.bytes.as_slice()).into(),
+        )?;
+        set("summary", &JsValue::from_str(&v.to_string()))?;
+        if let Some(p) = c.profile.as_ref().filter(|_| c.profile_measured) {
+            set("profile", &JsValue::from_str(&profile_json(p).to_string()))?;
+        }
+        Ok(out)
+    }
+}
+
+impl WebModel {
+    /// Calibration rows from the user's data (parsed leniently, as for tuning).
+    fn calibration(
+        &self,
+        name: &str,
+        text: &str,
+        kind: &str,
+        o: &CompressOptions,
+    ) -> crate::Result<Vec<Row>> {
+        let (ds, _) = parse_data(name, text, kind)?;
+        pipeline::calibration(&ds, &self.tokenizer, o)
+    }
+}
+
+/// A profile as the page keeps it: the profile and its per-block sensitivities.
+fn profile_json(p: &Profile) -> serde_json::Value {
+    json!({"key": p.key, "profile": p, "prune_sensitivity": p.prune_sensitivity(),
+           "quant_sensitivity": p.quant_sensitivity(), "seconds": p.seconds})
+}
+
+/// Calls a JS progress callback with `(stage, done, total)`.
+fn notify_stage(f: &Option<js_sys::Function>, stage: &str, done: usize, total: usize) {
+    notify(
+        f,
+        &[
+            JsValue::from_str(stage),
+            (done as f64).into(),
+            (total as f64).into(),
+        ],
+    )
 }
 
 /// Host memory the prefix cache of a windowed run may hold in the tab: a wasm32 module has
@@ -408,60 +579,26 @@ impl WebModel {
                     .into(),
             ));
         }
-        if o.mode.windowed() && o.recompute {
-            return Err(Error::Invalid(format!(
-                "layer recompute is a GPU setting; {} mode trains on the CPU in this tab",
-                o.mode.name()
-            )));
-        }
         train::mode_layers(self.model.config.n_layers, &o.mode_args())
     }
 
-    /// The plan of a run (`fit_json` plus where it runs and its windows), and the fit a
-    /// full-depth run is built from (None: a windowed run, on the CPU).
-    fn plan(
-        &self,
-        o: &TuneOptions,
-        ml: &ModeLayers,
-    ) -> crate::Result<(Option<Fit>, serde_json::Value)> {
-        let c = &self.model.config;
-        let (fit, mut v) = match &ml.layers {
-            None => {
-                let ctx = gpu_ready()
-                    .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))?;
-                let fit = fit_budget(
-                    &self.model,
-                    &o.lora(),
-                    &o.engine(),
-                    &ctx.limits,
-                    o.memory_budget,
-                )?;
-                let v = fit_json(&fit, c, o.memory_budget, &ctx.limits)?;
-                (Some(fit), v)
-            }
-            Some(ls) => {
-                // The device's limits where there is one; WebGPU's defaults otherwise.
-                let limits = GPU
-                    .with(|g| g.get().map(|ctx| ctx.limits.clone()))
-                    .unwrap_or_default();
-                let plan = GpuTrainer::plan_windows(
-                    &self.model,
-                    &o.lora(),
-                    &o.engine(),
-                    &limits,
-                    &ls.windows,
-                )?;
-                let window = Fit {
-                    options: o.engine(),
-                    plan,
-                    changes: Vec::new(),
-                    accum_factor: 1,
-                };
-                (None, fit_json(&window, c, None, &limits)?)
-            }
-        };
+    /// The plan of a run (`fit_json` plus its mode, exits and windows) and the fit the
+    /// trainer is built from.
+    fn plan(&self, o: &TuneOptions, ml: &ModeLayers) -> crate::Result<(Fit, serde_json::Value)> {
+        let ctx = gpu_ready()
+            .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))?;
+        let windows = ml.layers.as_ref().map(|l| l.windows.as_slice());
+        let fit = fit_budget_windows(
+            &self.model,
+            &o.lora(),
+            &o.engine(),
+            &ctx.limits,
+            o.memory_budget,
+            windows,
+        )?;
+        let mut v = fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits)?;
         v["mode"] = json!(o.mode.name());
-        v["device"] = json!(if fit.is_some() { "gpu" } else { "cpu" });
+        v["device"] = json!("gpu");
         v["exits"] = json!(ml.exits);
         v["windows"] = windows_json(ml, &self.model.config);
         v["window_schedule"] = json!(ml.layers.as_ref().map(|l| l.order));
@@ -486,98 +623,6 @@ fn windows_json(ml: &ModeLayers, c: &LlamaConfig) -> serde_json::Value {
         })
         .collect();
     json!(windows)
-}
-
-/// The trainer's backend: the GPU engine (full-depth modes) or the CPU reference (layer
-/// windows and exits, which the GPU engine does not run yet), behind one `Trainer` so
-/// every operation (step, checkpoint, resume, adapter, validation) has one code path.
-enum WebBackend {
-    Gpu(Box<GpuTrainer<'static>>),
-    Cpu(Box<CpuBackend>),
-}
-
-impl WebBackend {
-    fn device(&self) -> &'static str {
-        match self {
-            WebBackend::Gpu(_) => "gpu",
-            WebBackend::Cpu(_) => "cpu",
-        }
-    }
-
-    fn allocated_bytes(&self) -> u64 {
-        match self {
-            WebBackend::Gpu(b) => b.allocated_bytes(),
-            WebBackend::Cpu(_) => 0,
-        }
-    }
-}
-
-impl Backend for WebBackend {
-    async fn accumulate(
-        &mut self,
-        rows: &[&Row],
-        grad_scale: f64,
-        dropout_seed: u64,
-    ) -> crate::Result<LossSum> {
-        match self {
-            WebBackend::Gpu(b) => b.accumulate(rows, grad_scale, dropout_seed).await,
-            WebBackend::Cpu(b) => b.accumulate(rows, grad_scale, dropout_seed).await,
-        }
-    }
-
-    async fn apply(
-        &mut self,
-        opt: &AdamW,
-        t: u64,
-        max_grad_norm: Option<f64>,
-    ) -> crate::Result<f64> {
-        match self {
-            WebBackend::Gpu(b) => b.apply(opt, t, max_grad_norm).await,
-            WebBackend::Cpu(b) => b.apply(opt, t, max_grad_norm).await,
-        }
-    }
-
-    async fn eval(&mut self, rows: &[&Row]) -> crate::Result<LossSum> {
-        match self {
-            WebBackend::Gpu(b) => b.eval(rows).await,
-            WebBackend::Cpu(b) => b.eval(rows).await,
-        }
-    }
-
-    async fn save(&mut self) -> crate::Result<ParamState> {
-        match self {
-            WebBackend::Gpu(b) => b.save().await,
-            WebBackend::Cpu(b) => b.save().await,
-        }
-    }
-
-    async fn load(&mut self, state: &ParamState) -> crate::Result<()> {
-        match self {
-            WebBackend::Gpu(b) => b.load(state).await,
-            WebBackend::Cpu(b) => b.load(state).await,
-        }
-    }
-
-    async fn adapters(&mut self) -> crate::Result<Lora<f32>> {
-        match self {
-            WebBackend::Gpu(b) => b.adapters().await,
-            WebBackend::Cpu(b) => b.adapters().await,
-        }
-    }
-
-    fn gpu_bytes(&self) -> u64 {
-        match self {
-            WebBackend::Gpu(b) => b.gpu_bytes(),
-            WebBackend::Cpu(b) => b.gpu_bytes(),
-        }
-    }
-
-    fn set_span(&mut self, span: Option<&Span>) -> crate::Result<()> {
-        match self {
-            WebBackend::Gpu(b) => b.set_span(span),
-            WebBackend::Cpu(b) => b.set_span(span),
-        }
-    }
 }
 
 #[wasm_bindgen]
@@ -1047,11 +1092,11 @@ impl WebLm {
 }
 
 /// A LoRA tuning run: the same `Trainer` that `edge-llm tune` drives, over the GPU engine
-/// (full-depth modes) or the CPU reference (windowed modes), one optimizer step per
+/// (windowed modes through its layer windows), one optimizer step per
 /// [`WebTuner::step`] call so the caller can pause, checkpoint and report between steps.
 #[wasm_bindgen]
 pub struct WebTuner {
-    trainer: Trainer<WebBackend>,
+    trainer: Trainer<GpuTrainer<'static>>,
     config: LlamaConfig,
     base_name: String,
     plan: serde_json::Value,
@@ -1082,14 +1127,14 @@ impl WebTuner {
         self.trainer.step() as f64
     }
 
-    /// GPU bytes held (all allocated at creation, so also the peak; 0 on the CPU).
+    /// GPU bytes held (all allocated at creation, so also the peak).
     pub fn gpu_bytes(&self) -> f64 {
         self.trainer.backend.gpu_bytes() as f64
     }
 
-    /// Where the run trains: "gpu" or "cpu" (windowed modes).
+    /// Where the run trains: "gpu" (every mode runs on the GPU engine).
     pub fn device(&self) -> String {
-        self.trainer.backend.device().into()
+        "gpu".into()
     }
 
     /// One optimizer step: the `StepReport` as JSON (with `window`, the index into the
@@ -1113,7 +1158,7 @@ impl WebTuner {
             Some(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
             None => json!({"step": null}),
         };
-        v["device"] = json!(self.trainer.backend.device());
+        v["device"] = json!("gpu");
         v["gpu_bytes"] = json!(self.trainer.backend.gpu_bytes());
         v["total_steps"] = json!(self.trainer.total_steps());
         v["stop"] = json!(stop);

@@ -13,7 +13,8 @@ const DEFAULT_MODEL = new URLSearchParams(location.search).get('model') || 'mode
 
 let wasm = null;   // the edge-llm wrapper module (./edge-llm.js), once initialised
 let model = null;  // the loaded WebModel
-let modelInfo = null;  // {name, bytes, config} of the loaded model
+let modelInfo = null;  // {name, bytes, config, compressed, policy} of the loaded model
+let gpuDescription = null;  // gpuInfo() of the page's adapter, for the run report
 
 // ---------------------------------------------------------------- helpers
 
@@ -67,6 +68,7 @@ async function showGpu() {
   }
   try {
     const info = await wasm.gpuInfo();
+    gpuDescription = info;
     // wgpu reports only the adapter description; the browser's GPUAdapterInfo adds more.
     let vendor = '', architecture = '';
     try {
@@ -151,7 +153,10 @@ async function fetchWithProgress(url) {
   return bytes;
 }
 
-async function loadBytes(bytes, name) {
+/// Loads `bytes` as the page's model. `origin` ({name, load}) says where the uncompressed
+/// original comes from (compression reads it again); 'derived' keeps the current one (the
+/// model was compressed from it here).
+async function loadBytes(bytes, name, origin = null) {
   const status = $('model-status');
   status.classList.remove('ok');
   status.textContent = `Reading ${name} (${mib(bytes.length)})…`;
@@ -175,12 +180,24 @@ async function loadBytes(bytes, name) {
   const config = model.config;
   const rows = Object.entries(config).map(([k, v]) => [k, CONFIG_LABELS[k] ?? k, v]);
   rows.push(['file_size', 'File size', mib(model.fileBytes)]);
+  if (model.compressed) {
+    let policy = null;
+    try { policy = model.policy; } catch { /* shown when the file is used */ }
+    rows.push(['compressed', 'Compressed', policy
+      ? `yes: ${policy.allocation} policy, ${policy.prune} ${policy.pattern} pruning, ${policy.quant}`
+      : 'yes']);
+  }
   fillTable($('config-table'), rows);
   status.textContent = `Loaded ${name}.`;
   status.classList.add('ok');
   $('prompt').disabled = false;
   tokenize();
-  modelInfo = { name, bytes: bytes.length, config };
+  let policy = null;
+  try { policy = model.policy; } catch { /* a damaged policy shows when the file is used */ }
+  modelInfo = { name, bytes: bytes.length, config, compressed: model.compressed, policy };
+  $('config-table').dataset.compressed = String(model.compressed);
+  $('config-table').dataset.name = name;
+  compressModelLoaded(origin);
   await tuneModelLoaded(bytes);
 }
 
@@ -196,7 +213,13 @@ async function loadDefault() {
       'which places the model there, or choose a .gguf file below.');
     return;
   }
-  await loadBytes(bytes, DEFAULT_MODEL);
+  await loadBytes(bytes, DEFAULT_MODEL, { name: DEFAULT_MODEL, load: () => fetchBytes(DEFAULT_MODEL) });
+}
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`could not fetch ${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
 }
 
 async function loadPicked(event) {
@@ -207,8 +230,12 @@ async function loadPicked(event) {
     return;
   }
   $('model-progress').hidden = true;
+  if (cmp.job) {
+    showError('model-error', 'A compression is running: cancel it before loading another model.');
+    return;
+  }
   const bytes = new Uint8Array(await file.arrayBuffer());
-  await loadBytes(bytes, file.name);
+  await loadBytes(bytes, file.name, { name: file.name, load: async () => new Uint8Array(await file.arrayBuffer()) });
 }
 
 // ---------------------------------------------------------------- tokenizer
@@ -269,7 +296,7 @@ const tune = {
   step: 0,
   total: 0,
   plan: null,
-  device: 'gpu',       // where the run trains: 'gpu', or 'cpu' for windowed modes
+  device: 'gpu',       // where the run trains (every mode: the GPU)
   history: { train: [], val: [] },
   elapsedMs: 0,        // training time of earlier sessions of this run
   sessionStart: 0,
@@ -279,6 +306,8 @@ const tune = {
   file: null,          // {name, text} of the user's data file
   builtinText: {},
   checkSeq: 0,
+  speeds: [],          // [step, tokens/s, ms] of this session's steps (the run report's timings)
+  dataInfo: null,      // what preparation made of the data (the run report's `data.stats`)
 };
 
 // For the browser console and the page test: the run's state, loss history included.
@@ -301,13 +330,15 @@ function setTuneState(state) {
   const busy = ['starting', 'running', 'pausing', 'paused'].includes(state);
   $('data-box').disabled = busy;
   $('settings-box').disabled = busy;
-  $('tune-start').disabled = busy || !tune.ready || !model;
+  // A compression ends by loading its model into the worker: no run starts meanwhile.
+  $('tune-start').disabled = busy || !tune.ready || !model || cmp.state === 'running';
   $('tune-pause').disabled = state !== 'running';
   $('tune-resume').disabled = state !== 'paused';
   $('tune-cancel').disabled = !(state === 'running' || state === 'paused');
   $('tune-download').disabled = !(tune.created && (state === 'paused' || state === 'done'));
   $('resume-saved').disabled = busy || !model;
   updateEvalControls();
+  updateCompressControls();
 }
 
 function showTuneError(message) {
@@ -396,6 +427,11 @@ async function currentData() {
     if (!tune.file) throw new Error('Choose a data file (.txt, .jsonl) above, or pick a built-in data set.');
     return { source, name: tune.file.name, kind: $('data-kind').value, text: tune.file.text };
   }
+  return builtinData(source);
+}
+
+/// A built-in data set (fetched once).
+async function builtinData(source) {
   const b = BUILTIN[source];
   if (!(source in tune.builtinText)) {
     const r = await fetch(b.url);
@@ -468,8 +504,8 @@ function updateModeControls() {
   const compressed = model ? model.compressed : false;
   let note;
   if (WINDOWED.includes(mode)) {
-    note = 'Edge and partial modes run on the CPU in this tab: the GPU engine does not run layer windows yet ' +
-      '(slower than the GPU; the plan below is what a window would need on the GPU).';
+    note = 'Edge and partial modes train one window of blocks at a time on the GPU: the blocks below it run ' +
+      'forward only (their output is cached per row) and nothing above it runs.';
     if (mode === 'edge') {
       note += ' Each window of blocks trains in turn with its loss read at its own early exit; the exits are ' +
         'saved as exits.safetensors beside the PEFT files and vote in evaluation.';
@@ -531,6 +567,7 @@ function showProblems(problems) {
 
 /// What preparation made of the data: records, rows, truncation, and the unusable lines.
 function showDataInfo(info, data) {
+  tune.dataInfo = info;
   const s = info.stats;
   $('data-status').textContent = `${data.name}: ` +
     (info.kind === 'text'
@@ -555,20 +592,16 @@ function windowLabel(index, plan = tune.plan) {
 }
 
 function showPlan(plan) {
-  const cpu = plan.device === 'cpu';
+  const windowed = plan.windows.length > 1 || plan.windows[0]?.layers[0] > 0;
   const rows = [
-    ['total', cpu ? 'GPU memory a window would need (plan only)' : 'GPU memory planned', kib(plan.total_bytes)],
+    ['total', 'GPU memory planned', kib(plan.total_bytes)],
     ...plan.by_category.map((c) => [`cat-${c.category}`, `· ${c.category.replace('_', ' ')}`, kib(c.bytes)]),
     ['budget', 'Budget', plan.budget_bytes ? mib(plan.budget_bytes) : 'none (device limits only)'],
     ['changes', 'To fit', plan.changes.length ? plan.changes.join(', ') : 'nothing changed'],
     ['largest', 'Largest buffer', `${plan.largest[0]?.name} (${kib(plan.largest[0]?.bytes ?? 0)}; binding limit ${mib(plan.max_storage_buffer_binding_size)})`],
-    ['device', 'Runs on', cpu
-      ? 'the CPU in this tab (the GPU engine does not run layer windows yet)'
-      : 'the GPU'],
+    ['device', 'Runs on', 'the GPU'],
   ];
-  if (cpu) {
-    // No budget is fitted for a run on the CPU.
-    rows.splice(0, rows.length, ...rows.filter(([key]) => key !== 'budget' && key !== 'changes'));
+  if (windowed) {
     rows.push(['windows', 'Windows (trained in turn)',
       `${plan.windows.map((w) => windowLabel(w.index, plan)).join('; ')}; ${plan.window_schedule ?? 'reference'} order`]);
     if (plan.exits.length) rows.push(['exits', 'Early exits after blocks', plan.exits.join(', ')]);
@@ -621,11 +654,7 @@ async function checkSettings() {
     const plan = await call('plan', { options });
     if (stale()) return;
     showPlan(plan);
-    if (plan.device === 'cpu') {
-      $('plan-status').textContent = `Plan only: the largest window would need ${kib(plan.total_bytes)} of GPU ` +
-        'memory, but this run trains on the CPU in this tab (the GPU engine does not run layer windows yet)' +
-        `${options.memory_budget ? '; the memory budget applies to GPU runs' : ''}.`;
-    } else {
+    {
       $('plan-status').textContent = plan.budget_bytes
         ? `Fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
         : `Needs ${kib(plan.total_bytes)} of GPU memory.`;
@@ -674,7 +703,10 @@ function showProgress() {
   if (last) parts.push(`loss ${last[1].toFixed(4)}`);
   const lastVal = tune.history.val[tune.history.val.length - 1];
   if (lastVal) parts.push(`validation ${lastVal[1].toFixed(4)}`);
-  if (tune.lastTokensPerS) parts.push(`${Math.round(tune.lastTokensPerS)} tokens/s`);
+  if (tune.lastTokensPerS) {
+    const t = tune.lastTokensPerS;
+    parts.push(`${t < 10 ? t.toFixed(2) : Math.round(t)} tokens/s`);
+  }
   const state = { paused: ' (paused)', pausing: ' (pausing…)', done: ' (finished)', cancelled: ' (cancelled)' }[tune.state] || '';
   $('tune-status').textContent = parts.join(' · ') + state;
   $('tune-status').dataset.step = String(tune.step);
@@ -783,13 +815,6 @@ function showLegend(windows) {
 }
 
 function showGpuBytes(bytes) {
-  if (tune.device === 'cpu') {
-    $('tune-gpu').textContent = 'Training on the CPU in this tab (edge and partial modes: the GPU engine does ' +
-      'not run layer windows yet); no GPU memory is held by the trainer.';
-    $('tune-gpu').dataset.bytes = '0';
-    $('tune-gpu').dataset.device = 'cpu';
-    return;
-  }
   $('tune-gpu').dataset.device = 'gpu';
   const planned = tune.plan ? tune.plan.total_bytes : 0;
   $('tune-gpu').textContent = `GPU memory in use: ${kib(bytes)} of ${kib(planned)} planned` +
@@ -828,9 +853,7 @@ async function startRun(run, checkpoint) {
   tune.sessionSteps = 0;
   tune.sessionMs = 0;
   showPlan(made.plan);
-  $('plan-status').textContent = made.device === 'cpu'
-    ? `This run trains on the CPU in this tab; a window would need ${kib(made.plan.total_bytes)} of GPU memory (plan).`
-    : `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
+  $('plan-status').textContent = `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
   showError('plan-error', '');
   showDataInfo(made.data, run.data);
   showGpuBytes(made.plan.allocated_bytes);
@@ -861,6 +884,7 @@ async function onStart() {
     return;
   }
   tune.history = { train: [], val: [] };
+  tune.speeds = [];
   tune.elapsedMs = 0;
   tune.lastTokensPerS = 0;
   const saveEvery = Math.max(1, Number($('opt-save').value) || 10);
@@ -949,6 +973,7 @@ async function onWorkerEvent(m) {
       tune.sessionMs += r.step_ms;
       tune.lastTokensPerS = r.tokens_per_s;
       tune.history.train.push([r.step, r.loss, r.window ?? null]);
+      tune.speeds.push([r.step, r.tokens_per_s, r.step_ms]);
       if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
       showGpuBytes(r.gpu_bytes);
       showProgress();
@@ -1098,7 +1123,9 @@ async function tuneModelLoaded(bytes) {
 
 // Evaluation and chat run in the same worker as tuning, on a model built with the chosen
 // adapter (the worker rebuilds it only when that changes).
-const evalState = { busy: false, mcQuestions: null, validationText: null, pieces: 0 };
+const evalState = { busy: false, mcQuestions: null, validationText: null, pieces: 0,
+  // The latest results, for the run report.
+  results: { perplexity: [], accuracy: null, chat: null } };
 
 const evalSource = () => document.querySelector('input[name=eval-source]:checked').value;
 
@@ -1111,7 +1138,7 @@ function updateEvalControls() {
   if (tunedRadio.disabled && tunedRadio.checked) {
     document.querySelector('input[name=eval-source][value=base]').checked = true;
   }
-  const off = !model || !tune.worker || evalState.busy || tuningBusy;
+  const off = !model || !tune.worker || evalState.busy || tuningBusy || cmp.state === 'running';
   for (const id of ['ppl-run', 'mc-run', 'chat-send']) $(id).disabled = off;
   $('eval-model-status').textContent = tuningBusy
     ? 'Tuning is running: pause it or let it finish to evaluate.'
@@ -1190,6 +1217,8 @@ async function onPerplexity() {
     li.dataset.source = source;
     li.dataset.tokens = String(r.tokens);
     $('ppl-history').append(li);
+    evalState.results.perplexity.push({ source, text: name, model: modelInfo?.name, perplexity: r.perplexity,
+      mean_nll: r.mean_nll, tokens: r.tokens, seconds: r.seconds });
   });
 }
 
@@ -1213,6 +1242,8 @@ async function onMc() {
     $('mc-status').textContent = `${SOURCE_LABELS[source]}${voted}: accuracy ${r.accuracy.toFixed(3)} ` +
       `(${r.correct} of ${r.n} right, ${r.seconds.toFixed(1)} s; chance is about 0.25)`;
     $('mc-status').dataset.accuracy = String(r.accuracy);
+    const { questions, ...accuracy } = r;
+    evalState.results.accuracy = { ...accuracy, source, model: modelInfo?.name, data: 'arc-easy/validation.jsonl' };
     showExitAccuracy(r);
     const rows = r.questions.map((q, i) => {
       const tr = document.createElement('tr');
@@ -1294,6 +1325,7 @@ async function onChat() {
     st.dataset.tokens = String(r.tokens);
     st.dataset.tokensPerS = String(r.tokens_per_s);
     st.dataset.decodeTokensPerS = String(r.decode_tokens_per_s);
+    evalState.results.chat = { ...r, source, model: modelInfo?.name, prompt };
   });
 }
 
@@ -1354,6 +1386,469 @@ function evalModelLoaded() {
   updateEvalControls();
 }
 
+// ---------------------------------------------------------------- compression
+
+// Profiling and compression run in a worker of their own (another instance of worker.js):
+// CPU work that blocks its worker until it ends, so Cancel terminates that worker and the
+// tuning worker (a paused run, the tuned adapter, the evaluation model) keeps everything.
+const cmp = {
+  state: 'idle',       // idle | running | done | cancelled | error
+  job: null,           // {call, terminate} of the running job's worker
+  original: null,      // {name, load} of the uncompressed model compression reads
+  policy: null,        // {name, text} of the policy file picked
+  summary: null,       // the last compression's summary
+  profile: null,       // the last profile shown
+  file: null,          // {name, blob} of the compressed model
+  startedAt: 0,
+  stage: null,         // {name, done, total, startedAt}
+};
+
+// For the browser console and the tests.
+window.edgeLlmCompress = cmp;
+
+const STAGE_LABELS = {
+  calibrate: 'Calibrating (one forward per row)',
+  profile: 'Profiling each block at every sparsity and width',
+  compress: 'Compressing the projections',
+};
+
+function updateCompressControls() {
+  const tuningBusy = ['starting', 'running', 'pausing', 'paused'].includes(tune.state);
+  const running = cmp.state === 'running';
+  document.body.dataset.compressState = cmp.state;
+  const off = !model || running || tuningBusy;
+  $('cmp-profile').disabled = off;
+  $('cmp-run').disabled = off;
+  $('cmp-cancel').disabled = !running;
+  $('cmp-download').disabled = !cmp.file || running;
+  $('compress-box').disabled = running;
+  $('report-download').disabled = !model;
+}
+
+/// A worker for one job: requests as the tuning worker's, events to `onEvent`.
+function jobWorker(onEvent) {
+  const w = new Worker('worker.js', { type: 'module' });
+  const pending = new Map();
+  let next = 1;
+  const failAll = (err) => {
+    for (const p of pending.values()) p.reject(err);
+    pending.clear();
+  };
+  w.onmessage = (e) => {
+    const m = e.data;
+    if (!m.id) { onEvent(m); return; }
+    const p = pending.get(m.id);
+    pending.delete(m.id);
+    if (p) { if (m.ok) p.resolve(m.result); else p.reject(new Error(m.error)); }
+  };
+  w.onerror = (e) => failAll(new Error(`the compression worker failed: ${e.message || 'see the browser console'}`));
+  return {
+    call(op, args = {}, transfer = []) {
+      return new Promise((resolve, reject) => {
+        const id = next++;
+        pending.set(id, { resolve, reject });
+        w.postMessage({ id, op, args }, transfer);
+      });
+    },
+    terminate(reason) {
+      w.terminate();
+      failAll(new Error(reason || 'stopped'));
+    },
+  };
+}
+
+function readCompressOptions() {
+  const num = (id, label, { int = false, min = 0, max = Infinity } = {}) => {
+    const raw = $(id).value.trim();
+    const v = Number(raw);
+    if (raw === '' || !Number.isFinite(v) || (int && !Number.isInteger(v)) || v < min || v > max) {
+      throw new Error(`${label} must be ${int ? 'a whole number' : 'a number'} from ${min}${max < Infinity ? ` to ${max}` : ' up'}.`);
+    }
+    return v;
+  };
+  const allocation = $('cmp-allocation').value;
+  const bits = num('cmp-bits', 'Bits', { min: 2, max: 8 });
+  if (allocation === 'uniform' && ![2, 3, 4, 8].includes(bits)) {
+    throw new Error('With uniform allocation, bits must be 2, 3, 4 or 8 (LUC takes a mean such as 3.5).');
+  }
+  return {
+    sparsity: num('cmp-sparsity', 'Mean sparsity', { min: 0, max: 0.9 }),
+    bits,
+    allocation,
+    method: $('cmp-method').value,
+    pattern: $('cmp-pattern').value,
+    quant: $('cmp-quant').value,
+    calib_rows: num('cmp-rows', 'Calibration rows', { int: true, min: 1 }),
+    seq_len: num('cmp-seq', 'Tokens per row', { int: true, min: 2 }),
+    loss_rows: num('cmp-loss-rows', 'Loss rows', { int: true, min: 0 }),
+  };
+}
+
+/// The calibration text: the user's file (or the tuning data), else the general text.
+async function calibData() {
+  const choice = $('cmp-calib').value;
+  if (choice === 'tune' || (choice === 'auto' && dataSource() === 'file' && tune.file)) {
+    return currentData();
+  }
+  return builtinData('builtin:shakespeare');
+}
+
+function showCompressProgress() {
+  const st = cmp.stage;
+  const bar = $('cmp-progress');
+  const status = $('cmp-status');
+  const elapsed = performance.now() - cmp.startedAt;
+  if (!st) {
+    bar.removeAttribute('value');
+    status.textContent = `Starting (reading the model) · elapsed ${clock(elapsed)}`;
+    return;
+  }
+  bar.max = Math.max(st.total, 1);
+  bar.value = st.done;
+  const inStage = performance.now() - st.startedAt;
+  const remaining = st.done > 0 ? clock((inStage / st.done) * (st.total - st.done)) : '…';
+  status.textContent = `${STAGE_LABELS[st.name] ?? st.name}: ${st.done} of ${st.total} · elapsed ${clock(elapsed)}` +
+    ` · this stage ~${remaining} left`;
+  status.dataset.stage = st.name;
+  status.dataset.progress = `${st.done}/${st.total}`;
+}
+
+function onCompressEvent(m) {
+  if (m.event !== 'compress-progress') return;
+  if (!cmp.stage || cmp.stage.name !== m.stage) {
+    cmp.stage = { name: m.stage, done: 0, total: m.total, startedAt: performance.now() };
+    cmp.stages = [...(cmp.stages || []), m.stage];
+    document.body.dataset.compressStages = cmp.stages.join(',');
+  }
+  cmp.stage.done = m.done;
+  cmp.stage.total = m.total;
+  showCompressProgress();
+}
+
+/// Runs `op` ('profile' | 'compress') on the original model in a job worker.
+async function runCompressJob(op) {
+  showError('cmp-error', '');
+  if (cmp.job) return;
+  if (['starting', 'running', 'pausing', 'paused'].includes(tune.state)) {
+    showError('cmp-error', 'A tuning run is in progress: cancel it or let it finish before compressing.');
+    return;
+  }
+  if (!cmp.original) {
+    showError('cmp-error', 'This model is already compressed and the page does not have the original it came ' +
+      'from: load the original .gguf above, then compress it.');
+    return;
+  }
+  let options, data;
+  try {
+    options = readCompressOptions();
+    data = await calibData();
+  } catch (e) {
+    showError('cmp-error', messageOf(e));
+    return;
+  }
+  const source = cmp.original;
+  const job = jobWorker(onCompressEvent);
+  cmp.job = job;
+  cmp.state = 'running';
+  cmp.stage = null;
+  cmp.stages = [];
+  delete document.body.dataset.compressStages;
+  cmp.startedAt = performance.now();
+  setTuneState(tune.state);
+  showCompressProgress();
+  let ticker = setInterval(showCompressProgress, 1000);
+  const stopTicker = () => { clearInterval(ticker); ticker = 0; };
+  try {
+    const bytes = await source.load();
+    await job.call('init', { gpu: false });
+    await job.call('loadModel', { bytes }, [bytes.buffer]);
+    const args = { name: data.name, text: data.text, kind: data.kind, options };
+    if (op === 'profile') {
+      const p = await job.call('profile', args);
+      stopTicker();
+      cmp.state = 'done';
+      showProfile(p, data, performance.now() - cmp.startedAt);
+    } else {
+      const r = await job.call('compress', { ...args, policy: cmp.policy ? cmp.policy.text : null });
+      stopTicker();
+      cmp.state = 'done';
+      await onCompressed(r, source, performance.now() - cmp.startedAt);
+    }
+  } catch (e) {
+    if (cmp.state === 'cancelled') {
+      $('cmp-status').textContent = 'Cancelled; the loaded model and any tuning are as they were.';
+    } else {
+      cmp.state = 'error';
+      const msg = messageOf(e);
+      $('cmp-status').textContent = op === 'profile' ? 'Profiling failed.' : 'Compression failed.';
+      const policyHint = cmp.policy && /policy/.test(msg)
+        ? `\nThe policy file ${cmp.policy.name} does not fit this model: fix it, or clear it to use the settings above.`
+        : '';
+      const memHint = /memory|unreachable|RuntimeError/i.test(msg)
+        ? '\nThe tab may have run out of memory: use fewer calibration rows or shorter rows.' : '';
+      showError('cmp-error', `${msg}${policyHint}${memHint}\nNothing was changed: the loaded model and any tuning are as they were.`);
+    }
+  } finally {
+    stopTicker();
+    job.terminate('finished');
+    cmp.job = null;
+    $('cmp-progress').value = $('cmp-progress').max;
+    setTuneState(tune.state);
+  }
+}
+
+function onCompressCancel() {
+  if (!cmp.job) return;
+  cmp.state = 'cancelled';
+  cmp.job.terminate('cancelled');
+}
+
+const fixed = (v, d = 3) => (v === null || v === undefined ? '—' : Number(v).toPrecision(d));
+
+/// The per-block table: sensitivity bars (from the profile), sparsity bars and bits.
+function showLayers(layers) {
+  const maxP = Math.max(...layers.map((l) => l.prune_sensitivity ?? 0), 1e-30);
+  const maxQ = Math.max(...layers.map((l) => l.quant_sensitivity ?? 0), 1e-30);
+  const bar = (cls, frac, text) => {
+    const td = document.createElement('td');
+    td.className = 'num';
+    if (frac !== null) {
+      const b = document.createElement('span');
+      b.className = `bar ${cls}`;
+      b.style.width = `${Math.max(0, Math.min(1, frac)) * 6}rem`;
+      td.append(b);
+    }
+    td.append(text);
+    return td;
+  };
+  const rows = layers.map((l) => {
+    const tr = document.createElement('tr');
+    tr.dataset.layer = String(l.layer);
+    if (l.sparsity !== undefined) tr.dataset.sparsity = String(l.sparsity);
+    if (l.bits !== undefined) tr.dataset.bits = String(l.bits);
+    if (l.prune_sensitivity !== null && l.prune_sensitivity !== undefined) tr.dataset.pruneSensitivity = String(l.prune_sensitivity);
+    const ps = l.prune_sensitivity ?? null, qs = l.quant_sensitivity ?? null;
+    const block = document.createElement('td');
+    block.textContent = String(l.layer + 1);
+    const stored = document.createElement('td');
+    stored.textContent = l.format ? `${l.format}${l.values ? ` (${l.values} values)` : ''}` : '—';
+    const bits = document.createElement('td');
+    bits.className = 'num';
+    bits.textContent = l.bits ?? '—';
+    tr.append(block,
+      bar('prune', ps === null ? null : ps / maxP, fixed(ps)),
+      bar('quant', qs === null ? null : qs / maxQ, fixed(qs)),
+      bar('sparsity', l.sparsity ?? null, l.sparsity === undefined ? '—' : l.sparsity.toFixed(3)),
+      bits, stored);
+    return tr;
+  });
+  $('cmp-layers').querySelector('tbody').replaceChildren(...rows);
+  $('cmp-layers').hidden = false;
+}
+
+function showProfile(p, data, ms) {
+  cmp.profile = p;
+  showLayers(p.prune_sensitivity.map((s, i) => ({ layer: i, prune_sensitivity: s, quant_sensitivity: p.quant_sensitivity[i] })));
+  const how = p.cached ? 'from this browser\'s cache' : `measured in ${p.seconds.toFixed(1)} s`;
+  const status = $('cmp-status');
+  status.textContent = `Profile of ${p.prune_sensitivity.length} blocks on ${data.name}: ${how} ` +
+    `(key ${p.key}). Sensitivity is the loss change with only that block compressed` +
+    `${p.profile.base_loss === null ? ' (here: the output error, no loss rows)' : ''}; LUC spares the most sensitive blocks.`;
+  status.dataset.profileKey = p.key;
+  status.dataset.profileCached = String(p.cached);
+  delete status.dataset.stage;
+  $('cmp-summary').hidden = true;
+  $('cmp-notes').hidden = true;
+}
+
+async function onCompressed(r, source, ms) {
+  const s = r.summary;
+  cmp.summary = s;
+  const base = source.name.split('/').pop().replace(/\.gguf$/i, '');
+  const name = `${base}-${s.policy.allocation}-s${s.options.sparsity}-b${s.options.bits}.gguf`;
+  cmp.file = { name, blob: new Blob([r.bytes], { type: 'application/octet-stream' }) };
+  showLayers(s.layers);
+  const counts = s.layers.map((l) => l.f32_bytes);
+  const meanBits = s.layers.reduce((a, l, i) => a + l.bits * counts[i], 0) / counts.reduce((a, b) => a + b, 0);
+  const meanSparsity = s.layers.reduce((a, l) => a + l.sparsity, 0) / s.layers.length;
+  const pct = (a, b) => `${((100 * a) / b).toFixed(1)} %`;
+  const prof = s.profile_info
+    ? (s.profile_cached ? `cached in this browser (key ${s.profile_info.key})`
+      : `measured in ${s.profile_info.seconds.toFixed(1)} s and cached (key ${s.profile_info.key})`)
+    : 'none (not LUC)';
+  fillTable($('cmp-summary'), [
+    ['allocation', 'Allocation', s.user_policy ? `policy file ${cmp.policy?.name ?? ''} (${s.policy.allocation})` : s.policy.allocation],
+    ['methods', 'Methods', `${s.policy.prune} ${s.policy.pattern} pruning, ${s.policy.quant} quantization, groups of ${s.policy.group}${s.policy.symmetric ? ', symmetric' : ', asymmetric'}`],
+    ['mean', 'Mean sparsity · bits per weight', `${meanSparsity.toFixed(3)} · ${meanBits.toFixed(2)}`],
+    ['file', 'File', `${mib(s.file_bytes)} (original ${mib(s.original_file_bytes)}: ${pct(s.file_bytes, s.original_file_bytes)})`],
+    ['projections', 'Projections', `${mib(s.projection_f32_bytes)} f32 → ${mib(s.projection_packed_bytes)} packed (${pct(s.projection_packed_bytes, s.projection_f32_bytes)})`],
+    ['calibration', 'Calibration', `${s.calibration.rows} rows, ${s.calibration.tokens} tokens of ${s.calibration.name}`],
+    ['profile', 'Profile', prof],
+    ['time', 'Time', `${(ms / 1000).toFixed(1)} s in all (projections ${s.seconds.toFixed(1)} s)`],
+  ]);
+  const table = $('cmp-summary');
+  table.dataset.fileBytes = String(s.file_bytes);
+  table.dataset.originalBytes = String(s.original_file_bytes);
+  table.dataset.allocation = s.policy.allocation;
+  const notes = [...s.messages, ...s.notes];
+  $('cmp-notes').replaceChildren(...notes.map((n) => { const li = document.createElement('li'); li.textContent = n; return li; }));
+  $('cmp-notes').hidden = !notes.length;
+  $('cmp-status').textContent = `Compressed in ${(ms / 1000).toFixed(1)} s; loading ${name} as the model…`;
+  delete $('cmp-status').dataset.stage;
+  await loadBytes(r.bytes, name, 'derived');
+  if (!model || !model.compressed) {
+    $('cmp-status').textContent = `Compressed in ${(ms / 1000).toFixed(1)} s, but loading it failed (see Model above); ` +
+      'the file can still be downloaded.';
+    return;
+  }
+  $('cmp-status').textContent = `Compressed in ${(ms / 1000).toFixed(1)} s: ${name} is now the loaded model ` +
+    '(tuning, evaluation and chat use it; compress-then-tune and edge mode tune it).';
+  $('cmp-status').dataset.done = 'true';
+}
+
+/// A model was loaded: where its original comes from, and whether earlier results hold.
+function compressModelLoaded(origin) {
+  if (origin === 'derived') return;  // the compressed model made here: keep its original
+  cmp.original = model && !model.compressed ? origin : null;
+  cmp.summary = null;
+  cmp.profile = null;
+  cmp.file = null;
+  $('cmp-summary').hidden = true;
+  $('cmp-layers').hidden = true;
+  $('cmp-notes').hidden = true;
+  if (model && model.compressed) {
+    $('cmp-status').textContent = 'This model is already compressed' +
+      `${modelInfo?.policy ? ` (${modelInfo.policy.allocation} policy)` : ''}; load the original to compress it again.`;
+  }
+  checkPolicyFile();
+  updateCompressControls();
+}
+
+/// Checks the picked policy file against the loaded model (the library's validation).
+function checkPolicyFile() {
+  const st = $('cmp-policy-status');
+  $('cmp-policy-clear').hidden = !cmp.policy;
+  if (!cmp.policy) { st.hidden = true; return true; }
+  st.hidden = false;
+  if (!model) return false;
+  try {
+    const p = model.checkPolicy(cmp.policy.text);
+    st.textContent = `Policy ${cmp.policy.name}: ${p.layers.length} blocks, ${p.prune} ${p.pattern} pruning, ` +
+      `${p.quant} quantization; it overrides the sparsity, bits, allocation and methods above.`;
+    st.classList.add('ok');
+    showError('cmp-error', '');
+    return true;
+  } catch (e) {
+    st.textContent = `Policy ${cmp.policy.name} cannot be used.`;
+    st.classList.remove('ok');
+    showError('cmp-error', `${cmp.policy.name}: ${messageOf(e)}\nFix the file, or clear it to use the settings above. ` +
+      'Nothing was changed.');
+    return false;
+  }
+}
+
+async function onPolicyFile(e) {
+  const file = e.target.files[0];
+  if (!file) return;
+  try {
+    cmp.policy = { name: file.name, text: await file.text() };
+  } catch (err) {
+    cmp.policy = null;
+    showError('cmp-error', `Could not read ${file.name}: ${messageOf(err)}`);
+    return;
+  }
+  checkPolicyFile();
+}
+
+function onPolicyClear() {
+  cmp.policy = null;
+  $('cmp-policy').value = '';
+  showError('cmp-error', '');
+  checkPolicyFile();
+}
+
+function onCompressDownload() {
+  if (!cmp.file) return;
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(cmp.file.blob);
+  a.download = cmp.file.name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+}
+
+function setupCompress() {
+  $('cmp-profile').addEventListener('click', () => runCompressJob('profile'));
+  $('cmp-run').addEventListener('click', () => runCompressJob('compress'));
+  $('cmp-cancel').addEventListener('click', onCompressCancel);
+  $('cmp-download').addEventListener('click', onCompressDownload);
+  $('cmp-policy').addEventListener('change', onPolicyFile);
+  $('cmp-policy-clear').addEventListener('click', onPolicyClear);
+  updateCompressControls();
+}
+
+// ---------------------------------------------------------------- run report
+
+/// Everything the page has at this moment, as `runReport` (edge-llm.js) assembles it.
+function buildReport() {
+  const run = tune.run;
+  const history = tune.history;
+  const windowsOf = tune.plan?.windows;
+  const tuning = run ? {
+    options: run.options,
+    mode: run.options.mode ?? 'vanilla',
+    device: tune.device,
+    state: tune.state,
+    steps: tune.step,
+    total_steps: tune.total,
+    save_every: run.save_every,
+    losses: history.train.map(([step, loss, window]) => ({ step, loss, window: window ?? null })),
+    validation: history.val.map(([step, loss]) => ({ step, loss })),
+    windows: windowsOf ?? null,
+    exits: tune.plan?.exits ?? [],
+    window_schedule: tune.plan?.window_schedule ?? null,
+    plan: tune.plan,
+    seconds: elapsedMs() / 1000,
+    tokens_per_s: tune.speeds.length ? tune.speeds.reduce((a, [, t]) => a + t, 0) / tune.speeds.length : null,
+    step_timings: tune.speeds.map(([step, tps, ms]) => ({ step, tokens_per_s: tps, ms })),
+    model: run.model,
+  } : null;
+  const data = run ? {
+    name: run.data.name, kind: run.data.kind, source: run.data.source,
+    bytes: run.data.text ? run.data.text.length : undefined,
+    stats: tune.dataInfo?.stats ?? null, records: tune.dataInfo?.records ?? null,
+  } : null;
+  return wasm.runReport({
+    model: modelInfo ? {
+      name: modelInfo.name, file_bytes: modelInfo.bytes, config: modelInfo.config,
+      compressed: modelInfo.compressed, policy: modelInfo.policy,
+      compressed_from: modelInfo.compressed && cmp.summary ? cmp.original?.name ?? null : null,
+    } : null,
+    compression: cmp.summary,
+    data,
+    tuning,
+    evaluation: evalState.results,
+    gpu: gpuDescription,
+  });
+}
+
+function onReport() {
+  let report;
+  try {
+    report = buildReport();
+  } catch (e) {
+    $('report-status').textContent = `The report could not be made: ${messageOf(e)}`;
+    return;
+  }
+  const blob = new Blob([JSON.stringify(report, null, 2)], { type: 'application/json' });
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = 'edge-llm-run-report.json';
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+  $('report-status').textContent = `edge-llm-run-report.json (${kib(blob.size)}): model ${report.model?.name ?? '—'}` +
+    `${report.tuning ? `, ${report.tuning.steps} tuning steps` : ''}${report.compression ? ', compression' : ''}.`;
+}
+
 // ---------------------------------------------------------------- start
 
 async function main() {
@@ -1377,6 +1872,8 @@ async function main() {
   }
   setupTuning();
   setupEval();
+  setupCompress();
+  $('report-download').addEventListener('click', onReport);
   await Promise.all([showGpu(), loadDefault(), tuneWorkerReady]);
   document.body.dataset.ready = 'true';
 }

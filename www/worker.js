@@ -3,10 +3,11 @@
 // freezes while a step or a token runs. The page talks to it with requests ({id, op, args}
 // → {id, ok, result | error}) and receives events: training ({event: 'step' | 'checkpoint'
 // | 'paused' | 'done' | 'cancelled' | 'error', ...}), evaluation progress ({event:
-// 'eval-progress', done, total, correct?}) and streamed chat text ({event: 'token', text}).
+// 'eval-progress', done, total, correct?}), streamed chat text ({event: 'token', text})
+// and profiling/compression progress ({event: 'compress-progress', stage, done, total}).
 // It drives the engine through ./edge-llm.js, the npm package's wrapper (npm/index.js).
-// Windowed tuning modes (partial, edge) and exit voting run on the CPU reference in this
-// worker (one thread): the GPU engine does not run layer windows or early exits yet.
+// Every tuning mode trains on the GPU; exit voting at evaluation runs on the CPU reference
+// in this worker (one thread): the GPU model does not compute early exits yet.
 
 import { init, gpuInfo, loadModel } from './edge-llm.js';
 
@@ -102,8 +103,10 @@ async function exclusive(fn) {
 }
 
 const ops = {
-  async init() {
+  // `gpu: false`: no WebGPU device (the compression worker needs none).
+  async init({ gpu = true } = {}) {
     await init();
+    if (!gpu) return {};
     try {
       return { gpu: await gpuInfo() };
     } catch (e) {
@@ -247,10 +250,80 @@ const ops = {
     });
   },
 
+  // ------------------------------------------------ profiling and compression
+  // CPU work that blocks this worker until it ends: the page runs it in a worker of its
+  // own (another instance of this script), so that cancelling (terminating that worker)
+  // loses nothing here.
+
+  /// The LUC profile on this data: from the cache (IndexedDB, keyed by its profile key)
+  /// or measured and stored there.
+  async profile({ name, text, kind, options }) {
+    if (!model) throw new Error('no model loaded');
+    const key = model.profileKey({ name, text, kind, options });
+    const cached = await profiles.get(key);
+    if (cached) return { ...cached, cached: true };
+    const p = await model.profile({ name, text, kind, options, onProgress: compressProgress });
+    await profiles.put(key, p);
+    return { ...p, cached: false };
+  },
+
+  /// The compressed model's bytes and summary; LUC reuses (and fills) the profile cache.
+  async compress({ name, text, kind, options, policy }) {
+    if (!model) throw new Error('no model loaded');
+    if (model.compressed) {
+      throw new Error('this model is already compressed: load the original model to compress it again');
+    }
+    let profile = null, key = null;
+    if (!policy && (options.allocation ?? 'luc') === 'luc') {
+      key = model.profileKey({ name, text, kind, options });
+      profile = await profiles.get(key);
+    }
+    const r = await model.compress({ name, text, kind, options, policy, profile, onProgress: compressProgress });
+    if (r.profile) await profiles.put(r.profile.key, r.profile);
+    r.summary.profile_cached = Boolean(profile);
+    return { bytes: r.bytes, summary: r.summary };
+  },
+
   freeEval() {
     if (evalBusy) throw new Error('an evaluation is running');
     freeLm();
     return evalInfo('');
+  },
+};
+
+const compressProgress = (stage, done, total) => post({ event: 'compress-progress', stage, done, total });
+
+/// Profiles kept across page loads, by profile key (a database of their own, so the page's
+/// run store keeps its version).
+const profiles = {
+  open() {
+    return new Promise((resolve, reject) => {
+      const r = indexedDB.open('edge-llm-profiles', 1);
+      r.onupgradeneeded = () => r.result.createObjectStore('profiles');
+      r.onsuccess = () => resolve(r.result);
+      r.onerror = () => reject(r.error);
+    });
+  },
+  async tx(mode, fn) {
+    const db = await this.open();
+    try {
+      return await new Promise((resolve, reject) => {
+        const tx = db.transaction('profiles', mode);
+        const req = fn(tx.objectStore('profiles'));
+        tx.oncomplete = () => resolve(req.result);
+        tx.onerror = () => reject(tx.error);
+        tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
+      });
+    } finally {
+      db.close();
+    }
+  },
+  /// The cached profile, or null (also when storage is unavailable: it is only a cache).
+  async get(key) {
+    try { return (await this.tx('readonly', (s) => s.get(key))) ?? null; } catch { return null; }
+  },
+  async put(key, value) {
+    try { await this.tx('readwrite', (s) => s.put(value, key)); } catch { /* a cache: measured again next time */ }
   },
 };
 
@@ -301,6 +374,7 @@ self.onmessage = async (e) => {
     const result = await ops[op](args || {});
     const transfer = result && result.safetensors
       ? [result.safetensors.buffer, ...(result.exits ? [result.exits.buffer] : [])] : [];
+    if (result && result.bytes instanceof Uint8Array) transfer.push(result.bytes.buffer);
     post({ id, ok: true, result }, transfer);
   } catch (err) {
     post({ id, ok: false, error: messageOf(err) });

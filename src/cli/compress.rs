@@ -1,5 +1,6 @@
 //! `edge-llm profile` (LUC sensitivity per layer, cached) and `edge-llm compress` (a
-//! policy → the compressed-model file). See src/compress/profile.rs and file.rs.
+//! policy → the compressed-model file): flags, the profile's disk cache and the output
+//! around `compress::pipeline`, which the page calls too.
 //!
 //! Calibration defaults are small on purpose: the issue's 128 rows × 256 tokens costs
 //! about 128 training forwards plus 12 TFLOP of Hessian products on SmolLM2-135M, tens of
@@ -8,14 +9,12 @@
 
 use super::progress_bar;
 use crate::compress::file::{self, TensorReport};
-use crate::compress::policy::{
-    allocate_bits, sparsity_from_sensitivity, Allocation, Pattern, Policy, PruneMethod,
-    QuantMethod, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
-};
-use crate::compress::profile::{self, calibration_rows, collect_hessians, ProfileOptions};
+use crate::compress::pipeline::{self, CompressOptions};
+use crate::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+use crate::compress::profile;
 use crate::data::Dataset;
 use crate::model::ModelFile;
-use crate::reference::{Proj, Transformer};
+use crate::reference::Proj;
 use crate::tokenizer::Tokenizer;
 use crate::train::Row;
 use crate::{Error, Result};
@@ -91,6 +90,13 @@ pub(crate) struct ProfileArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub calib: CalibArgs,
+    /// Quantization group of the width levels: give `compress`'s --group, so that its
+    /// LUC finds this profile in the cache.
+    #[arg(long, default_value_t = 32)]
+    pub group: usize,
+    /// Asymmetric width levels, as `compress --asymmetric` quantizes.
+    #[arg(long)]
+    pub asymmetric: bool,
     /// Write the per-layer plot here (default: beside the cached JSON, .svg).
     #[arg(long)]
     pub svg: Option<PathBuf>,
@@ -164,7 +170,7 @@ fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
     };
     let tok = Tokenizer::from_gguf(&file.gguf)?;
     let ds = Dataset::load(path)?;
-    let rows = calibration_rows(&ds, &tok, a.calib_rows, a.seq_len)?;
+    let rows = pipeline::calibration(&ds, &tok, &a.options())?;
     eprintln!(
         "calibration: {} rows, {} tokens from {}",
         rows.len(),
@@ -174,28 +180,49 @@ fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The cached or freshly measured profile, with a progress bar per stage.
-fn get_profile(file: &ModelFile, rows: &[Row], a: &CalibArgs) -> Result<profile::Cached> {
-    let opts = ProfileOptions {
-        method: a.profile_method.method(),
-        loss_rows: a.loss_rows,
-        ..ProfileOptions::default()
-    };
-    let mut bar: Option<(String, super::Progress)> = None;
-    let r = profile::profile_cached(&a.cache_dir, file, rows, &opts, &mut |stage, d, t| {
-        if bar.as_ref().is_none_or(|(s, _)| s != stage) {
-            if let Some((_, b)) = bar.take() {
-                b.finish_and_clear();
-            }
-            bar = Some((stage.to_owned(), progress_bar(t as u64, stage)));
+/// Progress bars on stderr, one per stage ("calibrate", "profile", "compress"), each
+/// cleared when the next stage starts or when dropped.
+#[derive(Default)]
+struct StageBars(Option<(String, super::Progress)>);
+
+impl StageBars {
+    fn update(&mut self, stage: &str, done: usize, total: usize) {
+        if self.0.as_ref().is_none_or(|(s, _)| s != stage) {
+            self.finish();
+            self.0 = Some((stage.to_owned(), progress_bar(total as u64, stage)));
         }
-        if let Some((_, b)) = &bar {
-            b.set_position(d as u64);
+        if let Some((_, b)) = &self.0 {
+            b.set_position(done as u64);
         }
-    });
-    if let Some((_, b)) = bar {
-        b.finish_and_clear();
     }
+
+    fn finish(&mut self) {
+        if let Some((_, b)) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for StageBars {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The cached or freshly measured profile (`runs/profile/<key>.json`), with a progress
+/// bar per stage.
+fn get_profile(
+    file: &ModelFile,
+    rows: &[Row],
+    cache_dir: &Path,
+    o: &CompressOptions,
+) -> Result<profile::Cached> {
+    let opts = o.profile_options();
+    let mut bars = StageBars::default();
+    let r = profile::profile_cached(cache_dir, file, rows, &opts, &mut |stage, d, t| {
+        bars.update(stage, d, t)
+    });
+    bars.finish();
     let c = r?;
     if c.cached {
         eprintln!("profile: cached ({})", c.path.display());
@@ -212,7 +239,12 @@ fn get_profile(file: &ModelFile, rows: &[Row], a: &CalibArgs) -> Result<profile:
 pub(crate) fn profile_cmd(a: ProfileArgs) -> Result<()> {
     let file = ModelFile::open(&a.model)?;
     let rows = calib_rows(&file, &a.calib)?;
-    let c = get_profile(&file, &rows, &a.calib)?;
+    let o = CompressOptions {
+        group: a.group,
+        symmetric: !a.asymmetric,
+        ..a.calib.options()
+    };
+    let c = get_profile(&file, &rows, &a.calib.cache_dir, &o)?;
     let svg = a.svg.unwrap_or_else(|| c.path.with_extension("svg"));
     std::fs::write(&svg, c.profile.to_svg()).map_err(|e| io(e, &svg))?;
     if a.json {
@@ -235,108 +267,75 @@ pub(crate) fn profile_cmd(a: ProfileArgs) -> Result<()> {
     Ok(())
 }
 
-/// Weights per layer (all 7 projections), for the bit budget.
-fn layer_counts(c: &crate::model::LlamaConfig) -> Vec<usize> {
-    let per: usize = Proj::ALL
-        .iter()
-        .map(|p| {
-            let (k, n) = p.shape(c);
-            k * n
-        })
-        .sum();
-    vec![per; c.n_layers]
+impl CalibArgs {
+    /// The calibration half of the library's options (the rest at their defaults).
+    fn options(&self) -> CompressOptions {
+        CompressOptions {
+            calib_rows: self.calib_rows,
+            seq_len: self.seq_len,
+            loss_rows: self.loss_rows,
+            profile_method: self.profile_method.method(),
+            ..CompressOptions::default()
+        }
+    }
 }
 
-fn make_policy(a: &CompressArgs, file: &ModelFile, rows: Option<&[Row]>) -> Result<Policy> {
-    let n = file.config.n_layers;
-    if let Some(path) = &a.policy {
-        let text = std::fs::read_to_string(path).map_err(|e| io(e, path))?;
-        return Policy::from_json(&text, n)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())));
+impl CompressArgs {
+    /// The library's options for these flags.
+    fn options(&self) -> CompressOptions {
+        CompressOptions {
+            sparsity: self.sparsity,
+            bits: self.bits,
+            allocation: match self.allocation {
+                AllocationArg::Uniform => Allocation::Uniform,
+                AllocationArg::Luc => Allocation::Luc,
+            },
+            method: self.method.method(),
+            pattern: match self.pattern {
+                PatternArg::Unstructured => Pattern::Unstructured,
+                PatternArg::TwoOfFour => Pattern::TwoOfFour,
+            },
+            quant: match self.quant {
+                QuantArg::Gptq => QuantMethod::Gptq,
+                QuantArg::Rtn => QuantMethod::Rtn,
+            },
+            group: self.group,
+            symmetric: !self.asymmetric,
+            ..self.calib.options()
+        }
     }
-    let pattern = match a.pattern {
-        PatternArg::Unstructured => Pattern::Unstructured,
-        PatternArg::TwoOfFour => Pattern::TwoOfFour,
-    };
-    let (sparsity, bits) = match a.allocation {
-        AllocationArg::Uniform => {
-            if a.bits.fract() != 0.0 {
-                return Err(Error::Invalid(format!(
-                    "--bits {} with uniform allocation must be 2, 3, 4 or 8",
-                    a.bits
-                )));
-            }
-            (vec![a.sparsity; n], vec![a.bits as u32; n])
-        }
-        AllocationArg::Luc => {
-            let rows = rows.ok_or_else(|| {
-                Error::Invalid("--allocation luc needs --calib for the profile".into())
-            })?;
-            let p = get_profile(file, rows, &a.calib)?.profile;
-            let sparsity = if pattern == Pattern::TwoOfFour {
-                eprintln!("2:4: every layer at 0.5 sparsity; LUC allocates bits only");
-                vec![a.sparsity; n]
-            } else {
-                sparsity_from_sensitivity(
-                    &p.prune_sensitivity(),
-                    a.sparsity,
-                    MIN_LAYER_SPARSITY,
-                    MAX_LAYER_SPARSITY,
-                )?
-            };
-            let bits = allocate_bits(&p.quant_errors(), &layer_counts(&file.config), a.bits)?;
-            (sparsity, bits)
-        }
-    };
-    let mut p = Policy::from_layers(
-        &sparsity,
-        &bits,
-        match a.allocation {
-            AllocationArg::Uniform => Allocation::Uniform,
-            AllocationArg::Luc => Allocation::Luc,
-        },
-    )?;
-    p.pattern = pattern;
-    p.prune = a.method.method();
-    p.quant = match a.quant {
-        QuantArg::Gptq => QuantMethod::Gptq,
-        QuantArg::Rtn => QuantMethod::Rtn,
-    };
-    p.group = a.group;
-    p.symmetric = !a.asymmetric;
-    p.validate(n)?;
-    Ok(p)
 }
 
 /// What [`compress_file`] wrote.
 pub(crate) struct Compressed {
     pub policy: Policy,
     pub reports: Vec<TensorReport>,
+    pub notes: Vec<String>,
     pub file_bytes: usize,
     pub original_file_bytes: usize,
     pub seconds: f64,
+    /// `edge-llm compress --json`'s object (without `out`).
+    pub json: serde_json::Value,
 }
 
 pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
-    let Compressed {
-        policy,
-        reports,
-        file_bytes,
-        original_file_bytes,
-        seconds: secs,
-    } = compress_file(&a)?;
-    let f32_bytes: usize = reports.iter().map(|r| r.f32_bytes).sum();
-    let packed: usize = reports.iter().map(|r| r.packed_bytes).sum();
-    let notes = notes(&policy, &reports);
+    let c = compress_file(&a)?;
     if a.json {
-        println!(
-            "{}",
-            json!({"out": a.out, "policy": policy, "file_bytes": file_bytes,
-                   "original_file_bytes": original_file_bytes, "projection_f32_bytes": f32_bytes,
-                   "projection_packed_bytes": packed, "seconds": secs, "notes": notes,
-                   "tensors": reports})
-        );
+        let mut v = c.json;
+        v["out"] = json!(a.out);
+        println!("{v}");
     } else {
+        let Compressed {
+            policy,
+            reports,
+            notes,
+            file_bytes,
+            original_file_bytes,
+            seconds: secs,
+            ..
+        } = c;
+        let f32_bytes: usize = reports.iter().map(|r| r.f32_bytes).sum();
+        let packed: usize = reports.iter().map(|r| r.packed_bytes).sum();
         println!("{}", policy.to_json());
         println!("layer sparsity bits format");
         for (l, lp) in policy.layers.iter().enumerate() {
@@ -364,8 +363,9 @@ pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
     Ok(())
 }
 
-/// Compresses `a.model` by the policy the arguments give and writes `a.out`; progress on
-/// stderr only.
+/// Compresses `a.model` by the policy the arguments give (`compress::pipeline::compress`,
+/// the page's path too) and writes `a.out`; progress on stderr only. The profile LUC needs
+/// comes from the disk cache (`--cache-dir`), measured and saved there on a miss.
 pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
     let file = ModelFile::open(&a.model)?;
     if file::is_compressed(&file.gguf) {
@@ -374,75 +374,48 @@ pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
             a.model.display()
         )));
     }
+    let o = a.options();
+    let user = match &a.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| io(e, path))?;
+            Some(
+                Policy::from_json(&text, file.config.n_layers)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
     // LUC profiles, so it calibrates even without --calib (on the general text).
-    let luc = a.policy.is_none() && a.allocation == AllocationArg::Luc;
+    let luc = o.needs_profile(user.is_some());
     let rows = if a.calib.calib.is_some() || luc {
         Some(calib_rows(&file, &a.calib)?)
     } else {
         None
     };
-    let policy = make_policy(a, &file, rows.as_deref())?;
-    if rows.is_none() && policy.quant == QuantMethod::Gptq {
-        eprintln!("note: no --calib, so dense layers are quantized by round-to-nearest, not GPTQ");
-    }
-    let model = Transformer::new(file.weights()?);
-    // Hessians only where a stage reads them: SparseGPT/Wanda pruning or GPTQ.
-    let needs_hess = policy.quant == QuantMethod::Gptq
-        || (policy.prune != PruneMethod::Magnitude
-            && policy.layers.iter().any(|l| l.sparsity > 0.0));
-    let hess = match rows.as_ref().filter(|_| needs_hess) {
-        Some(r) => {
-            let pb = progress_bar(r.len() as u64, "calibrate");
-            let h = collect_hessians(&model, r, &mut |d, _| pb.set_position(d as u64))?;
-            pb.finish_and_clear();
-            Some(h)
-        }
+    let profile = match rows.as_deref().filter(|_| luc) {
+        Some(r) => Some(get_profile(&file, r, &a.calib.cache_dir, &o)?.profile),
         None => None,
     };
-    let total = (file.config.n_layers * Proj::ALL.len()) as u64;
-    let pb = progress_bar(total, "compress");
-    let t0 = std::time::Instant::now();
-    let (tensors, reports) =
-        file::compress_model(&model.w, hess.as_deref(), &policy, &mut |d, _| {
-            pb.set_position(d as u64)
-        })?;
-    pb.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    let bytes = file::write(&file.gguf, &file.bytes, &policy, &tensors)?;
+    let mut bars = StageBars::default();
+    let c = pipeline::compress(&file, rows.as_deref(), &o, user, profile, &mut |s, d, t| {
+        bars.update(s, d, t)
+    });
+    bars.finish();
+    let c = c?;
+    for m in &c.messages {
+        eprintln!("note: {m}");
+    }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
     }
-    std::fs::write(&a.out, &bytes).map_err(|e| io(e, &a.out))?;
+    std::fs::write(&a.out, &c.bytes).map_err(|e| io(e, &a.out))?;
     Ok(Compressed {
-        policy,
-        reports,
-        file_bytes: bytes.len(),
-        original_file_bytes: file.bytes.len(),
-        seconds: secs,
+        json: c.to_json(),
+        file_bytes: c.bytes.len(),
+        original_file_bytes: c.original_file_bytes,
+        seconds: c.seconds,
+        policy: c.policy,
+        reports: c.reports,
+        notes: c.notes,
     })
-}
-
-/// What the output should say about choices the formats forced.
-fn notes(policy: &Policy, reports: &[TensorReport]) -> Vec<String> {
-    let mut notes = Vec::new();
-    let sparse_q: Vec<usize> = (0..policy.layers.len())
-        .filter(|&l| policy.layers[l].sparsity > 0.0)
-        .collect();
-    if !sparse_q.is_empty() {
-        notes.push(format!(
-            "{} sparse layer(s): no kernel reads sparse and packed-quantized weights jointly, so \
-             their kept values are stored int8 (8 bits) or int4 (2/3/4 bits; 2 and 3 round up \
-             to 4) with per-64-column scales",
-            sparse_q.len()
-        ));
-    }
-    let g: Vec<bool> = reports.iter().filter_map(|r| r.gptq).collect();
-    if !g.is_empty() && policy.quant == QuantMethod::Gptq {
-        let won = g.iter().filter(|&&w| w).count();
-        notes.push(format!(
-            "GPTQ beat round-to-nearest on {won} of {} dense projections (RTN kept on the rest)",
-            g.len()
-        ));
-    }
-    notes
 }

@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod gptq;
+pub mod pipeline;
 pub mod policy;
 pub mod profile;
 pub mod prune;

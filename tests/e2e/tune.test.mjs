@@ -6,8 +6,8 @@
 // evaluate: perplexity on the tuning text falls from the base model's, the same adapter
 // loaded back from the downloaded files gives the same perplexity, a chat reply streams,
 // and ARC-Easy accuracy on a few questions is shown per question.
-// A second test tunes in edge mode (windows between early exits, on the CPU in the worker)
-// and checks windows, losses (against `edge-llm tune --mode edge --device cpu`), per-exit
+// A second test tunes in edge mode (windows between early exits, on the GPU in the worker)
+// and checks windows, losses (against `edge-llm tune --mode edge --device gpu`), per-exit
 // and voted accuracy (against `edge-llm eval-mc --vote`), voted chat and exits.safetensors.
 // Saves tests/e2e/artifacts/tune-running.png (mid-run), tune-done.png and eval.png.
 // Needs www/pkg (scripts/build-wasm.sh); writes www/models/tiny.gguf with the CLI
@@ -369,7 +369,7 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
 });
 
 // Edge mode (adaptive layer tuning) in the browser: exits after blocks 1 and 2 of the tiny
-// model, windows trained in turn on the CPU in the worker, per-exit and voted accuracy,
+// model, windows trained in turn on the GPU in the worker, per-exit and voted accuracy,
 // voted chat, and the adapter's exits.safetensors downloaded and loaded back.
 // Saves tests/e2e/artifacts/edge-done.png and edge-eval.png.
 const EDGE_STEPS = 12;   // reference schedule: window 0 for steps 1–6, window 1 for 7–12
@@ -385,7 +385,7 @@ function cliJson(args) {
   return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
 }
 
-test('edge mode: windows on the CPU, per-window losses, per-exit and voted accuracy, exits.safetensors', async () => {
+test('edge mode: windows on the GPU, per-window losses, per-exit and voted accuracy, exits.safetensors', async () => {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
   const page = await context.newPage();
   const pageErrors = [];
@@ -423,23 +423,23 @@ test('edge mode: windows on the CPU, per-window losses, per-exit and voted accur
     assert.equal(await page.isDisabled('#tune-start'), true);
     await page.fill('#opt-partial', '1');
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
-    assert.equal(await page.getAttribute('#plan-table', 'data-device'), 'cpu');
+    assert.equal(await page.getAttribute('#plan-table', 'data-device'), 'gpu');
 
-    // Edge mode, an exit after every block: a plan only, and the CPU said plainly.
+    // Edge mode, an exit after every block: its windows planned on the GPU.
     await page.selectOption('#opt-mode', 'edge');
     await page.fill('#opt-exit-stride', '1');
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
       /exits/.test(document.querySelector('#plan-table [data-key=exits]')?.textContent ?? ''));
-    assert.match(await page.textContent('#mode-note'), /run on the CPU in this tab: the GPU engine does not run layer windows yet/);
-    assert.match(await page.textContent('#plan-status'), /^Plan only: the largest window would need/);
+    assert.match(await page.textContent('#mode-note'), /train one window of blocks at a time on the GPU/);
+    assert.match(await page.textContent('#plan-status'), /^Needs .* of GPU memory/);
     assert.equal(await page.textContent('#plan-table [data-key=exits] td'), '1, 2');
     assert.match(await page.textContent('#plan-table [data-key=windows] td'),
       /window 1 \(block 1, exit after 1\); window 2 \(block 2, exit after 2\); reference order/);
 
     await page.click('#tune-start');
     assert.equal(await until((n) => Number(document.body.dataset.savedStep || 0) >= n, 4), 'ok');
-    assert.equal(await page.getAttribute('#tune-gpu', 'data-device'), 'cpu');
-    assert.match(await page.textContent('#tune-gpu'), /Training on the CPU in this tab/);
+    assert.equal(await page.getAttribute('#tune-gpu', 'data-device'), 'gpu');
+    assert.match(await page.textContent('#tune-gpu'), /exactly the plan/);
     assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
     const run = await page.evaluate(() => ({
       history: window.edgeLlmTune.history,
@@ -465,11 +465,11 @@ test('edge mode: windows on the CPU, per-window losses, per-exit and voted accur
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'edge-done.png'), fullPage: true });
 
-    // The same run natively on the CPU reference: the same windows and losses.
+    // The same run natively on the GPU engine: the same windows and losses.
     const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-edge-'));
     fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
     const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...EDGE_FLAGS,
-      '--device', 'cpu', '--out', path.join(nativeDir, 'run')]);
+      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
     fs.rmSync(nativeDir, { recursive: true, force: true });
     if (native) {
       const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
@@ -480,7 +480,7 @@ test('edge mode: windows on the CPU, per-window losses, per-exit and voted accur
         assert.ok(r.step === s && r.window === w && close(r.loss, v),
           `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
       });
-      console.log('native run (edge-llm tune --mode edge --device cpu): the same windows and losses');
+      console.log('native run (edge-llm tune --mode edge --device gpu): the same windows and losses');
     } else {
       console.log('native cross-check skipped (no edge-llm binary)');
     }
@@ -566,7 +566,7 @@ test('edge mode: windows on the CPU, per-window losses, per-exit and voted accur
     assert.deepEqual(fromDisk.rows, tuned.rows, 'the adapter from disk votes as the tuned one');
     await page.screenshot({ path: path.join(ARTIFACTS, 'edge-eval.png'), fullPage: true });
 
-    // A checkpoint resumes only under its own schedule (through the npm wrapper, on the CPU).
+    // A checkpoint resumes only under its own schedule (through the npm wrapper, on the GPU).
     const refused = await page.evaluate(async (text) => {
       const m = await import('./edge-llm.js');
       const model = await m.loadModel('models/tiny.gguf');
@@ -583,8 +583,8 @@ test('edge mode: windows on the CPU, per-window losses, per-exit and voted accur
       for (const x of [a, b, c, model]) x.free();
       return out;
     }, TEXT);
-    assert.equal(refused.device, 'cpu');
-    assert.equal(refused.stepDevice, 'cpu');
+    assert.equal(refused.device, 'gpu');
+    assert.equal(refused.stepDevice, 'gpu');
     assert.equal(refused.window, 0);
     assert.equal(refused.at, 1, 'the same settings resume');
     assert.match(refused.message ?? '', /another mode, exit stride, partial layers or window schedule/);

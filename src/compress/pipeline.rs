@@ -1,0 +1,527 @@
+//! The compression pipeline, from a model and calibration rows to the compressed-model
+//! file: profile (when LUC needs one and the caller has none cached), policy, Hessians,
+//! per-projection compression, the file's bytes and what the formats forced (notes).
+//! `edge-llm compress` and the page's `compress` both call [`compress`]; it does no I/O, so
+//! each caller keeps profiles where it can (the CLI on disk, the page in IndexedDB) and
+//! hands one back in.
+//!
+//! Progress is reported as `(stage, done, total)` with the stages "calibrate" (Hessians:
+//! one forward per calibration row), "profile" (block × level) and "compress"
+//! (projections).
+
+use super::file::{self, TensorReport};
+use super::policy::{
+    allocate_bits, sparsity_from_sensitivity, Allocation, Pattern, Policy, PruneMethod,
+    QuantMethod, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
+};
+use super::profile::{
+    calibration_rows, collect_hessians, profile, profile_key, LayerHessians, Profile,
+    ProfileOptions,
+};
+use crate::data::Dataset;
+use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::{Proj, Transformer};
+use crate::tokenizer::Tokenizer;
+use crate::train::Row;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// What to compress to and how to calibrate: the flags of `edge-llm compress` (and the
+/// page's settings), with the same defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressOptions {
+    /// Target mean sparsity (2:4: 0.5 or 0).
+    pub sparsity: f64,
+    /// Code width (uniform) or target mean bits per weight (LUC): 2, 3, 4 or 8.
+    pub bits: f64,
+    /// `luc` (per-layer numbers from the profile) or `uniform`.
+    pub allocation: Allocation,
+    pub method: PruneMethod,
+    pub pattern: Pattern,
+    /// Dense-layer quantization: GPTQ (RTN kept where better) or round-to-nearest.
+    pub quant: QuantMethod,
+    /// Columns per quantization scale: 32, 64 or 128.
+    pub group: usize,
+    pub symmetric: bool,
+    /// Calibration rows, spread evenly over the data.
+    pub calib_rows: usize,
+    /// Tokens per calibration row.
+    pub seq_len: usize,
+    /// Rows whose loss is measured per layer and level when profiling (0: no Δloss).
+    pub loss_rows: usize,
+    /// Pruning method of the profile's sparsity levels.
+    pub profile_method: PruneMethod,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            sparsity: 0.0,
+            bits: 4.0,
+            allocation: Allocation::Luc,
+            method: PruneMethod::SparseGpt,
+            pattern: Pattern::Unstructured,
+            quant: QuantMethod::Gptq,
+            group: 32,
+            symmetric: true,
+            calib_rows: 16,
+            seq_len: 128,
+            loss_rows: 2,
+            profile_method: PruneMethod::Wanda,
+        }
+    }
+}
+
+impl CompressOptions {
+    /// Parses the page's JSON (missing fields take the defaults; unknown ones are refused).
+    pub fn from_json(text: &str) -> Result<Self> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let o: Self = serde_json::from_str(text)
+            .map_err(|e| Error::Invalid(format!("compression options: {e}")))?;
+        if o.allocation == Allocation::Manual {
+            return Err(Error::Invalid(
+                "compression options: allocation is uniform or luc (a hand-made allocation is a \
+                 policy file)"
+                    .into(),
+            ));
+        }
+        if o.calib_rows == 0 || o.seq_len < 2 {
+            return Err(Error::Invalid(
+                "compression options: calib_rows must be at least 1 and seq_len at least 2".into(),
+            ));
+        }
+        Ok(o)
+    }
+
+    /// How the profile is measured (the cache key's settings). Its quantization levels
+    /// use this compression's group and symmetry: the bit allocation must see the errors
+    /// of the quantizer that will run (from a Q4_1 model, 4-bit asymmetric groups of 32
+    /// are exact while symmetric ones are not, and a profile measured symmetric sent
+    /// layers to 8 and 3 bits at a mean of 4).
+    pub fn profile_options(&self) -> ProfileOptions {
+        ProfileOptions {
+            method: self.profile_method,
+            loss_rows: self.loss_rows,
+            group: self.group,
+            symmetric: self.symmetric,
+        }
+    }
+
+    /// Whether the policy comes from a profile (LUC without a user policy).
+    pub fn needs_profile(&self, user_policy: bool) -> bool {
+        !user_policy && self.allocation == Allocation::Luc
+    }
+}
+
+/// Calibration rows of `ds` by `o`'s row count and length.
+pub fn calibration(ds: &Dataset, tok: &Tokenizer, o: &CompressOptions) -> Result<Vec<Row>> {
+    calibration_rows(ds, tok, o.calib_rows, o.seq_len)
+}
+
+/// Measures the profile of `model` (the weights of the file whose bytes are
+/// `model_bytes`) on `rows`: Hessians, then every block and level. Returns the Hessians
+/// too, which compression reuses.
+pub fn measure_profile(
+    model: &mut Transformer<f32>,
+    model_bytes: &[u8],
+    rows: &[Row],
+    opts: &ProfileOptions,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(Profile, Vec<LayerHessians>)> {
+    let t0 = web_time::Instant::now();
+    let key = profile_key(model_bytes, rows, opts);
+    let hess = collect_hessians(model, rows, &mut |d, t| progress("calibrate", d, t))?;
+    let mut p = profile(model, &hess, rows, opts, key, &mut |d, t| {
+        progress("profile", d, t)
+    })?;
+    p.seconds = t0.elapsed().as_secs_f64();
+    Ok((p, hess))
+}
+
+/// The profile of `file` on `rows` (what [`profile_key`] keys a cache by).
+pub fn measure_file_profile(
+    file: &ModelFile,
+    rows: &[Row],
+    opts: &ProfileOptions,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Profile> {
+    let mut model = Transformer::new(file.weights()?);
+    Ok(measure_profile(&mut model, &file.bytes, rows, opts, progress)?.0)
+}
+
+/// Weights per block (all 7 projections), for the bit budget.
+pub fn layer_counts(c: &LlamaConfig) -> Vec<usize> {
+    let per: usize = Proj::ALL
+        .iter()
+        .map(|p| {
+            let (k, n) = p.shape(c);
+            k * n
+        })
+        .sum();
+    vec![per; c.n_layers]
+}
+
+/// The policy `o` asks for on a model of `c`'s shape: the user's (already parsed), or
+/// uniform, or LUC from `profile`. Also returns messages about choices made for the user.
+pub fn make_policy(
+    c: &LlamaConfig,
+    o: &CompressOptions,
+    user: Option<Policy>,
+    profile: Option<&Profile>,
+) -> Result<(Policy, Vec<String>)> {
+    let n = c.n_layers;
+    let mut messages = Vec::new();
+    if let Some(p) = user {
+        p.validate(n)?;
+        return Ok((p, messages));
+    }
+    let (sparsity, bits) = match o.allocation {
+        Allocation::Uniform | Allocation::Manual => {
+            if o.bits.fract() != 0.0 {
+                return Err(Error::Invalid(format!(
+                    "--bits {} with uniform allocation must be 2, 3, 4 or 8",
+                    o.bits
+                )));
+            }
+            (vec![o.sparsity; n], vec![o.bits as u32; n])
+        }
+        Allocation::Luc => {
+            let p = profile.ok_or_else(|| {
+                Error::Invalid("--allocation luc needs --calib for the profile".into())
+            })?;
+            p.check(n)?;
+            let sparsity = if o.pattern == Pattern::TwoOfFour {
+                messages.push("2:4: every layer at 0.5 sparsity; LUC allocates bits only".into());
+                vec![o.sparsity; n]
+            } else {
+                sparsity_from_sensitivity(
+                    &p.prune_sensitivity(),
+                    o.sparsity,
+                    MIN_LAYER_SPARSITY,
+                    MAX_LAYER_SPARSITY,
+                )?
+            };
+            let bits = allocate_bits(&p.quant_errors(), &layer_counts(c), o.bits)?;
+            (sparsity, bits)
+        }
+    };
+    let mut p = Policy::from_layers(
+        &sparsity,
+        &bits,
+        match o.allocation {
+            Allocation::Luc => Allocation::Luc,
+            _ => Allocation::Uniform,
+        },
+    )?;
+    p.pattern = o.pattern;
+    p.prune = o.method;
+    p.quant = o.quant;
+    p.group = o.group;
+    p.symmetric = o.symmetric;
+    p.validate(n)?;
+    Ok((p, messages))
+}
+
+/// A compressed model and what was done to make it.
+pub struct Compressed {
+    /// The compressed-model file (GGUF).
+    pub bytes: Vec<u8>,
+    pub policy: Policy,
+    /// One per projection, block by block in [`Proj::ALL`] order.
+    pub reports: Vec<TensorReport>,
+    /// What the formats forced (sparse values widened, GPTQ vs RTN).
+    pub notes: Vec<String>,
+    /// Choices made for the user (2:4 with LUC, RTN without calibration data).
+    pub messages: Vec<String>,
+    /// The profile LUC used (measured here when none was given), for the caller to cache.
+    pub profile: Option<Profile>,
+    /// Whether `profile` was measured by this call.
+    pub profile_measured: bool,
+    pub original_file_bytes: usize,
+    /// Seconds spent compressing the projections (Hessians and profile excluded).
+    pub seconds: f64,
+}
+
+impl Compressed {
+    /// The summary `edge-llm compress --json` prints (without `out`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let f32_bytes: usize = self.reports.iter().map(|r| r.f32_bytes).sum();
+        let packed: usize = self.reports.iter().map(|r| r.packed_bytes).sum();
+        json!({"policy": self.policy, "file_bytes": self.bytes.len(),
+               "original_file_bytes": self.original_file_bytes,
+               "projection_f32_bytes": f32_bytes, "projection_packed_bytes": packed,
+               "seconds": self.seconds, "notes": self.notes, "tensors": self.reports})
+    }
+
+    /// Per block: the policy's sparsity and width, the stored format, bytes before and
+    /// after, and the profile's sensitivities when there is one.
+    pub fn layers_json(&self) -> serde_json::Value {
+        let np = Proj::ALL.len();
+        let sens = self
+            .profile
+            .as_ref()
+            .map(|p| (p.prune_sensitivity(), p.quant_sensitivity()));
+        let layers: Vec<_> = self
+            .policy
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, lp)| {
+                let rs = self.reports.get(l * np..(l + 1) * np).unwrap_or(&[]);
+                let first = rs.first();
+                json!({
+                    "layer": l,
+                    "sparsity": lp.sparsity,
+                    "bits": lp.bits,
+                    "format": first.map(|r| r.format.clone()),
+                    "values": first.and_then(|r| r.values.clone()),
+                    "f32_bytes": rs.iter().map(|r| r.f32_bytes).sum::<usize>(),
+                    "packed_bytes": rs.iter().map(|r| r.packed_bytes).sum::<usize>(),
+                    "prune_sensitivity": sens.as_ref().and_then(|s| s.0.get(l)),
+                    "quant_sensitivity": sens.as_ref().and_then(|s| s.1.get(l)),
+                })
+            })
+            .collect();
+        json!(layers)
+    }
+}
+
+/// Compresses `file` by `o` (or by `user_policy`, which overrides the allocation and
+/// method settings), calibrating on `rows` (None: magnitude pruning and round-to-nearest
+/// only). LUC takes `profile` when given (a cached one) and measures it otherwise,
+/// reusing the Hessians for compression.
+pub fn compress(
+    file: &ModelFile,
+    rows: Option<&[Row]>,
+    o: &CompressOptions,
+    user_policy: Option<Policy>,
+    profile: Option<Profile>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Compressed> {
+    if file::is_compressed(&file.gguf) {
+        return Err(Error::Invalid(
+            "this model is already compressed; compress the original model".into(),
+        ));
+    }
+    let c = &file.config;
+    let mut model = Transformer::new(file.weights()?);
+    let mut hess: Option<Vec<LayerHessians>> = None;
+    let mut measured = false;
+    let profile = match profile {
+        Some(p) => {
+            p.check(c.n_layers)?;
+            let opts = o.profile_options();
+            let stale = p.options != opts
+                || rows.is_some_and(|r| p.key != profile_key(&file.bytes, r, &opts));
+            if stale {
+                return Err(Error::Invalid(
+                    "the profile given was measured on another model, other calibration data or \
+                     other settings: profile again"
+                        .into(),
+                ));
+            }
+            Some(p)
+        }
+        None if o.needs_profile(user_policy.is_some()) => {
+            let rows = rows.ok_or_else(|| {
+                Error::Invalid("--allocation luc needs --calib for the profile".into())
+            })?;
+            let (p, h) = measure_profile(
+                &mut model,
+                &file.bytes,
+                rows,
+                &o.profile_options(),
+                progress,
+            )?;
+            hess = Some(h);
+            measured = true;
+            Some(p)
+        }
+        None => None,
+    };
+    let luc = o.needs_profile(user_policy.is_some());
+    let (policy, mut messages) = make_policy(c, o, user_policy, profile.as_ref())?;
+    if rows.is_none() && policy.quant == QuantMethod::Gptq {
+        messages
+            .push("no --calib, so dense layers are quantized by round-to-nearest, not GPTQ".into());
+    }
+    // Hessians only where a stage reads them: SparseGPT/Wanda pruning or GPTQ.
+    let needs_hess = policy.quant == QuantMethod::Gptq
+        || (policy.prune != PruneMethod::Magnitude
+            && policy.layers.iter().any(|l| l.sparsity > 0.0));
+    let hess = match (rows.filter(|_| needs_hess), hess) {
+        (Some(_), Some(h)) => Some(h),
+        (Some(r), None) => Some(collect_hessians(&model, r, &mut |d, t| {
+            progress("calibrate", d, t)
+        })?),
+        (None, _) => None,
+    };
+    let t0 = web_time::Instant::now();
+    let (tensors, reports) =
+        file::compress_model(&model.w, hess.as_deref(), &policy, &mut |d, t| {
+            progress("compress", d, t)
+        })?;
+    let seconds = t0.elapsed().as_secs_f64();
+    drop(hess);
+    drop(model);
+    let bytes = file::write(&file.gguf, &file.bytes, &policy, &tensors)?;
+    let notes = notes(&policy, &reports);
+    Ok(Compressed {
+        bytes,
+        policy,
+        reports,
+        notes,
+        messages,
+        profile: profile.filter(|_| luc),
+        profile_measured: measured,
+        original_file_bytes: file.bytes.len(),
+        seconds,
+    })
+}
+
+/// What the output should say about choices the formats forced.
+pub fn notes(policy: &Policy, reports: &[TensorReport]) -> Vec<String> {
+    let mut notes = Vec::new();
+    let sparse_q: Vec<usize> = (0..policy.layers.len())
+        .filter(|&l| policy.layers[l].sparsity > 0.0)
+        .collect();
+    if !sparse_q.is_empty() {
+        notes.push(format!(
+            "{} sparse layer(s): no kernel reads sparse and packed-quantized weights jointly, so \
+             their kept values are stored in int8 (8 bits) or int4 (2/3/4 bits: a 2- or 3-bit \
+             grid in 4-bit codes, so it costs 4 bits of storage) with per-64-column scales",
+            sparse_q.len()
+        ));
+    }
+    let g: Vec<bool> = reports.iter().filter_map(|r| r.gptq).collect();
+    if !g.is_empty() && policy.quant == QuantMethod::Gptq {
+        let won = g.iter().filter(|&&w| w).count();
+        notes.push(format!(
+            "GPTQ beat round-to-nearest on {won} of {} dense projections (RTN kept on the rest)",
+            g.len()
+        ));
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::{generate, TinySpec};
+
+    const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
+                        the warm mat and the bird sings in the tall green tree. ";
+
+    fn setup() -> (ModelFile, Vec<Row>) {
+        let file = ModelFile::from_bytes(generate(&TinySpec::default()).unwrap()).unwrap();
+        let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+        let ds = Dataset::parse("calib.txt", &TEXT.repeat(4)).unwrap();
+        let o = CompressOptions {
+            calib_rows: 4,
+            seq_len: 48,
+            ..CompressOptions::default()
+        };
+        let rows = calibration(&ds, &tok, &o).unwrap();
+        (file, rows)
+    }
+
+    fn luc() -> CompressOptions {
+        CompressOptions {
+            sparsity: 0.3,
+            calib_rows: 4,
+            seq_len: 48,
+            ..CompressOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_given_profile_compresses_as_a_measured_one() {
+        let (file, rows) = setup();
+        let mut stages = Vec::new();
+        let a = compress(&file, Some(&rows), &luc(), None, None, &mut |s, _, _| {
+            if stages.last().is_none_or(|l| l != s) {
+                stages.push(s.to_owned());
+            }
+        })
+        .unwrap();
+        // The profile's Hessians are reused: one calibration pass.
+        assert_eq!(stages, ["calibrate", "profile", "compress"]);
+        assert!(a.profile_measured);
+        let p = a.profile.clone().unwrap();
+        assert_eq!(
+            p.key,
+            profile_key(&file.bytes, &rows, &luc().profile_options())
+        );
+        let b = compress(&file, Some(&rows), &luc(), None, Some(p), &mut |_, _, _| {}).unwrap();
+        assert!(!b.profile_measured);
+        assert_eq!(a.policy, b.policy);
+        assert!(a.bytes == b.bytes, "the same file from a cached profile");
+        assert_eq!(a.policy.allocation, Allocation::Luc);
+        let mean = a.policy.mean_sparsity();
+        assert!((mean - 0.3).abs() < 1e-9, "mean sparsity {mean}");
+    }
+
+    #[test]
+    fn a_profile_of_other_data_or_settings_is_refused() {
+        let (file, rows) = setup();
+        let p = measure_file_profile(
+            &file,
+            &rows[..2],
+            &luc().profile_options(),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let e = compress(
+            &file,
+            Some(&rows),
+            &luc(),
+            None,
+            Some(p.clone()),
+            &mut |_, _, _| {},
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("profile again")));
+        let other = CompressOptions {
+            loss_rows: 0,
+            ..luc()
+        };
+        let e = compress(
+            &file,
+            Some(&rows[..2]),
+            &other,
+            None,
+            Some(p),
+            &mut |_, _, _| {},
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("profile again")));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert!(CompressOptions::from_json("").is_ok());
+        let e = |j: &str| CompressOptions::from_json(j).unwrap_err().to_string();
+        assert!(e(r#"{"allocation": "manual"}"#).contains("policy file"));
+        assert!(e(r#"{"sparsty": 0.5}"#).contains("unknown field"));
+        assert!(e(r#"{"calib_rows": 0}"#).contains("calib_rows"));
+        let (file, rows) = setup();
+        let uniform = CompressOptions {
+            allocation: Allocation::Uniform,
+            bits: 3.5,
+            ..luc()
+        };
+        let e = compress(&file, Some(&rows), &uniform, None, None, &mut |_, _, _| {});
+        assert!(e.is_err_and(|e| e.to_string().contains("must be 2, 3, 4 or 8")));
+        // A user's policy must fit the model.
+        let bad = super::super::policy::uniform(3, 0.0, 4).unwrap();
+        let e = compress(
+            &file,
+            Some(&rows),
+            &luc(),
+            Some(bad),
+            None,
+            &mut |_, _, _| {},
+        );
+        assert!(e.is_err_and(|e| e.to_string().contains("3 layer entries")));
+    }
+}
