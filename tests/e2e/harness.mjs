@@ -83,3 +83,19 @@ export function ensureTinyModel() {
   fs.mkdirSync(path.dirname(TINY), { recursive: true });
   execFileSync(bin, ['make-tiny', '--out', TINY], { stdio: 'inherit' });
 }
+
+/// The real default model beside the page (scripts/run.sh links it there).
+export const DEFAULT_MODEL = path.join(WWW, 'models', 'default.gguf');
+
+/// The built-in data beside the page (www/data/arc-easy, www/data/shakespeare), linked to
+/// data/ as scripts/run.sh does when missing.
+export function ensureWebData() {
+  for (const d of ['arc-easy', 'shakespeare']) {
+    const link = path.join(WWW, 'data', d);
+    if (fs.existsSync(link)) continue;
+    assert.ok(fs.existsSync(path.join(ROOT, 'data', d)), `data/${d} is missing: run scripts/setup.sh`);
+    fs.mkdirSync(path.dirname(link), { recursive: true });
+    fs.rmSync(link, { force: true });
+    fs.symlinkSync(path.join('..', '..', 'data', d), link);
+  }
+}
