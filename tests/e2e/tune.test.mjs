@@ -14,7 +14,7 @@
 // (`edge-llm make-tiny`) when it is missing.
 
 import { test, before, after } from 'node:test';
-import { ROOT, WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm } from './harness.mjs';
+import { ROOT, WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, ensureWebData, edgeLlm } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -89,23 +89,10 @@ function nativeRun(text) {
   return run;
 }
 
-/// The built-in data beside the page (ARC-Easy validation for the accuracy check), linked
-/// as scripts/run.sh does when missing.
-function ensureDataLinks() {
-  for (const d of ['arc-easy', 'shakespeare']) {
-    const link = path.join(WWW, 'data', d);
-    if (fs.existsSync(link)) continue;
-    assert.ok(fs.existsSync(path.join(ROOT, 'data', d)), `data/${d} is missing: run scripts/setup.sh`);
-    fs.mkdirSync(path.dirname(link), { recursive: true });
-    fs.rmSync(link, { force: true });
-    fs.symlinkSync(path.join('..', '..', 'data', d), link);
-  }
-}
-
 before(async () => {
   assert.ok(fs.existsSync(path.join(WWW, 'pkg', 'edge_llm.js')), 'www/pkg is missing: run scripts/build-wasm.sh');
   ensureTinyModel();
-  ensureDataLinks();
+  ensureWebData();  // ARC-Easy validation for the accuracy check
   ({ server, base } = await serve(WWW));
   browser = await launchBrowser();
 });
