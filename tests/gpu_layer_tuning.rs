@@ -297,33 +297,9 @@ fn window_steps_match_the_cpu_backend() {
     assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::F32, true));
 }
 
-/// The tiny 4-block model with its projections in turn 2:4, unstructured (60 %) and
-/// quantized (as tests/gpu_train.rs builds its sparse file).
+/// The tiny 4-block model in every compressed format (tests/common).
 fn sparse_file() -> ModelFile {
-    use edge_llm::compress::file;
-    use edge_llm::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
-    let orig = tiny4();
-    let w = orig.weights().unwrap();
-    let n = orig.config.n_layers;
-    let bits: Vec<u32> = (0..n).map(|l| if l % 2 == 0 { 8 } else { 4 }).collect();
-    let make = |sparsity: f64, pattern: Pattern| {
-        let mut p = Policy::from_layers(&vec![sparsity; n], &bits, Allocation::Manual).unwrap();
-        p.pattern = pattern;
-        p.prune = PruneMethod::Magnitude;
-        p.quant = QuantMethod::Rtn;
-        let (t, _) = file::compress_model(&w, None, &p, &mut |_, _| {}).unwrap();
-        (p, t)
-    };
-    let kinds = [
-        make(0.5, Pattern::TwoOfFour),
-        make(0.6, Pattern::Unstructured),
-        make(0.0, Pattern::Unstructured),
-    ];
-    let tensors: Vec<_> = (0..kinds[0].1.len())
-        .map(|i| kinds[i % 3].1[i].clone())
-        .collect();
-    let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
-    ModelFile::from_bytes(bytes).unwrap()
+    common::mixed_sparse_file(&tiny4())
 }
 
 /// Sparse weights: the frozen blocks below a window run through the sparse kernels

@@ -32,3 +32,32 @@ pub fn model_path() -> Option<PathBuf> {
     eprintln!("note: {} absent; real-model test skipped", p.display());
     None
 }
+
+/// `orig` with its projections in turn 2:4 (sparsity 0.5), unstructured (0.6) and quantized
+/// (projection i = 7·layer + p takes kind i mod 3), kept values int8 / 8 bits in even layers
+/// and int4 / 4 bits in odd ones: every compressed format in one small file.
+pub fn mixed_sparse_file(orig: &edge_llm::model::ModelFile) -> edge_llm::model::ModelFile {
+    use edge_llm::compress::file;
+    use edge_llm::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+    let w = orig.weights().unwrap();
+    let n = orig.config.n_layers;
+    let bits: Vec<u32> = (0..n).map(|l| if l % 2 == 0 { 8 } else { 4 }).collect();
+    let make = |sparsity: f64, pattern: Pattern| {
+        let mut p = Policy::from_layers(&vec![sparsity; n], &bits, Allocation::Manual).unwrap();
+        p.pattern = pattern;
+        p.prune = PruneMethod::Magnitude;
+        p.quant = QuantMethod::Rtn;
+        let (t, _) = file::compress_model(&w, None, &p, &mut |_, _| {}).unwrap();
+        (p, t)
+    };
+    let kinds = [
+        make(0.5, Pattern::TwoOfFour),
+        make(0.6, Pattern::Unstructured),
+        make(0.0, Pattern::Unstructured),
+    ];
+    let tensors: Vec<_> = (0..kinds[0].1.len())
+        .map(|i| kinds[i % 3].1[i].clone())
+        .collect();
+    let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
+    edge_llm::model::ModelFile::from_bytes(bytes).unwrap()
+}
