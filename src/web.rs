@@ -514,11 +514,7 @@ impl WebModel {
         };
         v["total_seconds"] = json!(t0.elapsed().as_secs_f64());
         let out = js_sys::Object::new();
-        let set = |k: &str, val: &JsValue| {
-            js_sys::Reflect::set(&out, &JsValue::from_str(k), val)
-                .map(|_| ())
-                .map_err(|_| JsError::new("could not build the compression result"))
-        };
+        let set = |k: &str, val: &JsValue| js_set(&out, k, val, "the compression result");
         set(
             "bytes",
             &js_sys::Uint8Array::from(c.bytes.as_slice()).into(),
@@ -765,6 +761,13 @@ impl WebAdapter {
     }
 }
 
+/// Sets `obj[k] = v`, naming `what` was being built if that fails.
+fn js_set(obj: &js_sys::Object, k: &str, v: &JsValue, what: &str) -> Result<(), JsError> {
+    js_sys::Reflect::set(obj, &JsValue::from_str(k), v)
+        .map(|_| ())
+        .map_err(|_| JsError::new(&format!("could not build {what}")))
+}
+
 fn peft_files(
     lora: &Lora<f32>,
     config_of: &LlamaConfig,
@@ -772,11 +775,7 @@ fn peft_files(
 ) -> Result<js_sys::Object, JsError> {
     let (bytes, config) = adapter::export_peft(lora, config_of, base_name).map_err(js_err)?;
     let out = js_sys::Object::new();
-    let set = |k: &str, v: &JsValue| {
-        js_sys::Reflect::set(&out, &JsValue::from_str(k), v)
-            .map(|_| ())
-            .map_err(|_| JsError::new("could not build the adapter object"))
-    };
+    let set = |k: &str, v: &JsValue| js_set(&out, k, v, "the adapter object");
     set(
         "safetensors",
         &js_sys::Uint8Array::from(bytes.as_slice()).into(),
