@@ -627,13 +627,7 @@ pub fn profile_cached(
             }
         }
     }
-    let t0 = web_time::Instant::now();
-    let mut model = Transformer::new(file.weights()?);
-    let hess = collect_hessians(&model, calib, &mut |d, t| progress("calibrate", d, t))?;
-    let mut p = profile(&mut model, &hess, calib, opts, key, &mut |d, t| {
-        progress("profile", d, t)
-    })?;
-    p.seconds = t0.elapsed().as_secs_f64();
+    let p = super::pipeline::measure_file_profile(file, calib, opts, progress)?;
     let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;
