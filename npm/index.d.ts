@@ -92,7 +92,7 @@ export interface TunePlan {
   accum_factor: number;
   recompute: boolean;
   format: string;
-  head_parts: number;
+  head_chunks: number;
   logits_chunk: number;
   buffers: number;
   by_category: Array<{ category: string; bytes: number }>;

@@ -1,7 +1,8 @@
 // cross_entropy.wgsl: softmax cross-entropy over the vocabulary, fused with the LM head and
 // computed in vocabulary chunks, so the [T × vocab] logits never exist: for each chunk the
 // wrapper computes logits = hidden·E[v0 .. v0+cw]ᵀ into a [T][cw] scratch (with
-// linear_backward.wgsl's gemm), then these kernels fold the chunk into a running
+// qmatmul.wgsl / qmatmul_gguf.wgsl reading the head chunk as the file stores it: f32,
+// quantized or GGUF blocks), then these kernels fold the chunk into a running
 // max / sum-exp per row (online softmax), or, in backward, turn it into dlogits.
 //
 // CPU twins:    edge_llm::reference::ops::cross_entropy_forward, cross_entropy_backward

@@ -3,7 +3,7 @@
 //! ending at the model's head, full depth) the loss, the LoRA and exit gradients, the
 //! AdamW step of only the span's tensors with per-tensor step counts, tensors outside the
 //! window untouched, checkpoints moving between the backends, allocated bytes equal to the
-//! plan, a scheduled run's losses, and a compressed (sparse) file.
+//! plan, a scheduled run's losses, a compressed (sparse) file and a packed head in chunks.
 
 mod common;
 use common::context;
@@ -295,6 +295,21 @@ fn window_steps_match_the_cpu_backend() {
     let file = tiny4();
     assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::Packed, false));
     assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::F32, true));
+}
+
+/// Windows with the LM head stored as Q4_1 and held packed in three chunks (272 rows in
+/// chunks of 100): exits and the model's head read it the same way.
+#[test]
+fn window_steps_with_a_packed_head_in_chunks_match_the_cpu_backend() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = common::with_head_type(&tiny4(), edge_llm::gguf::GgmlType::Q4_1);
+    let o = TrainOptions {
+        vocab_chunk: 100,
+        ..opts(WeightFormat::Packed, false)
+    };
+    assert_spans_match_the_cpu(&ctx, "tiny4 Q4_1 head", &file, &o);
 }
 
 /// The tiny 4-block model in every compressed format (tests/common).

@@ -35,7 +35,7 @@ fn op_kernels_fold_dispatches_over_the_workgroup_limit() {
 }
 
 /// A device with a 16 KiB binding limit: the fused cross-entropy splits the LM head into
-/// parts on its own (1000 rows × 24 f32 = 96 KiB), and a kernel whose single buffer is
+/// chunks on its own (1000 rows × 24 f32 = 96 KiB), and a kernel whose single buffer is
 /// over the limit is refused with a GPU error naming the limit.
 #[test]
 fn op_kernels_split_or_refuse_under_a_small_binding_limit() {

@@ -1,12 +1,14 @@
 //! LoRA training on the GPU (lavapipe here) against the CPU reference on the tiny model:
 //! the losses and LoRA gradients of one accumulation (with dropout, in both weight formats,
-//! with and without layer recompute), whole training runs, the same run under a small
-//! binding limit that splits the head, exact resume, and the memory plan and budget.
+//! with and without layer recompute), a head in several chunks stored as Q8_0, Q4_0, Q4_1
+//! or f32, whole training runs, the same run under a small binding limit that splits the
+//! head, exact resume, and the memory plan and budget.
 
 mod common;
 use common::{context, model_path};
 use edge_llm::data::Dataset;
-use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat};
+use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat, DEFAULT_VOCAB_CHUNK};
+use edge_llm::gguf::GgmlType;
 use edge_llm::kernels::context::GpuContext;
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
@@ -22,7 +24,7 @@ use pollster::block_on;
 const GRAD_TOL_REL: f32 = 1e-3;
 /// Losses (mean per target) agree within this relative difference.
 const LOSS_TOL_REL: f64 = 1e-4;
-/// The binding limit that splits the tiny head (272 × 64 f32 = 68 KiB) into three parts.
+/// The binding limit that splits the tiny head (272 × 64, 68 KiB in f32) into three chunks.
 const SMALL_BINDING: u64 = 32 << 10;
 
 fn small_limits() -> wgpu::Limits {
@@ -99,16 +101,18 @@ fn one_accumulation_matches_the_cpu_reference() {
         (WeightFormat::Packed, false),
         (WeightFormat::Packed, true),
     ];
-    assert_one_accumulation(&ctx, "tiny", &tiny_file(), &cases);
+    assert_one_accumulation(&ctx, "tiny", &tiny_file(), &cases, DEFAULT_VOCAB_CHUNK);
 }
 
-/// One accumulation over `rows()` on `file` in each (format, recompute) case: the loss and
-/// every LoRA gradient against the CPU reference, and allocated bytes == the plan.
+/// One accumulation over `rows()` on `file` in each (format, recompute) case with logits
+/// (and head) chunks of `vocab_chunk` rows: the loss and every LoRA gradient against the
+/// CPU reference, and allocated bytes == the plan.
 fn assert_one_accumulation(
     ctx: &GpuContext,
     name: &str,
     file: &ModelFile,
     cases: &[(WeightFormat, bool)],
+    vocab_chunk: usize,
 ) {
     let lora = random_lora(file, 3);
     let rows = rows();
@@ -138,8 +142,16 @@ fn assert_one_accumulation(
     assert!(max > 1e-3, "the reference gradients are all ~0 ({max})");
 
     for &(format, recompute) in cases {
-        let what = format!("{name} {format:?} recompute={recompute}");
-        let mut gpu = GpuTrainer::new(ctx, file, &lora, &opts(format, recompute)).unwrap();
+        let what = format!("{name} {format:?} recompute={recompute} chunk {vocab_chunk}");
+        let o = TrainOptions {
+            vocab_chunk,
+            ..opts(format, recompute)
+        };
+        let mut gpu = GpuTrainer::new(ctx, file, &lora, &o).unwrap();
+        let (chunks, chunk) = gpu.head_split();
+        let vocab = file.config.vocab;
+        assert_eq!(chunk, vocab_chunk.min(vocab), "{what}");
+        assert_eq!(chunks, vocab.div_ceil(chunk), "{what}");
         let loss = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
         let rel = (loss.sum - want_loss).abs() / want_loss;
         assert!(
@@ -166,6 +178,71 @@ fn assert_one_accumulation(
     }
 }
 
+/// The LM head in three chunks (272 rows: 100 + 100 + 72) as a file may store it: Q8_0
+/// and Q4_x read packed in place, f32 dense, and Q4_1 under the F32 option (dense chunks):
+/// the CPU reference's loss and gradients on the same blocks, allocated bytes == the plan,
+/// and the plan naming each chunk in the file's format at its packed size.
+#[test]
+fn a_head_in_chunks_matches_the_cpu_reference_in_every_format() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let tiny = tiny_file();
+    let (vocab, d) = (tiny.config.vocab, tiny.config.hidden);
+    let f32_bytes = (vocab * d * 4) as u64;
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_0,
+        GgmlType::F32,
+    ] {
+        let file = common::with_head_type(&tiny, ty);
+        let name = format!("{} head", ty.name());
+        let cases: &[(WeightFormat, bool)] = if ty == GgmlType::Q4_1 {
+            &[
+                (WeightFormat::Packed, false),
+                (WeightFormat::Packed, true),
+                (WeightFormat::F32, false),
+            ]
+        } else {
+            &[(WeightFormat::Packed, false)]
+        };
+        assert_one_accumulation(&ctx, &name, &file, cases, 100);
+
+        let o = TrainOptions {
+            vocab_chunk: 100,
+            ..opts(WeightFormat::Packed, false)
+        };
+        let plan = GpuTrainer::plan(&file, &lora_config(), &o, &ctx.limits).unwrap();
+        let head: Vec<_> = plan
+            .entries
+            .iter()
+            .filter(|e| e.name.starts_with("token_embd.weight"))
+            .collect();
+        let tag = if ty == GgmlType::F32 {
+            "f32"
+        } else {
+            ty.name()
+        };
+        for i in 0..3 {
+            let chunk = format!("token_embd.weight {tag} chunk {i}");
+            assert!(head.iter().any(|e| e.name == chunk), "{name}: {head:#?}");
+        }
+        assert!(
+            !head.iter().any(|e| e.name.contains("chunk 3")),
+            "{head:#?}"
+        );
+        let bytes: u64 = head.iter().map(|e| e.bytes).sum();
+        eprintln!("{name}: {bytes} head bytes planned, {f32_bytes} in f32");
+        let ok = match ty {
+            GgmlType::F32 => bytes >= f32_bytes,
+            GgmlType::Q8_0 => 3 * bytes < f32_bytes,
+            _ => 5 * bytes < f32_bytes,
+        };
+        assert!(ok, "{name}: {bytes} head bytes vs {f32_bytes} in f32");
+    }
+}
+
 /// The tiny model in every compressed format (tests/common).
 fn mixed_sparse_file() -> ModelFile {
     common::mixed_sparse_file(&tiny_file())
@@ -185,7 +262,7 @@ fn sparse_file_gradients_match_the_cpu_reference() {
         (WeightFormat::Packed, true),
         (WeightFormat::F32, false),
     ];
-    assert_one_accumulation(&ctx, "sparse file", &file, &cases);
+    assert_one_accumulation(&ctx, "sparse file", &file, &cases, DEFAULT_VOCAB_CHUNK);
 
     let lc = lora_config();
     let limits = wgpu::Limits::default();
@@ -317,15 +394,15 @@ fn training_matches_the_cpu_and_a_split_head_gives_the_same_losses() {
     );
 
     let split = GpuTrainer::new(&small, &file, &lora, &o).unwrap();
-    let (parts, chunk) = split.head_split();
+    let (chunks, chunk) = split.head_split();
     assert!(
-        parts >= 3 && chunk < file.config.vocab,
-        "{parts} parts, chunk {chunk}"
+        chunks >= 3 && chunk < file.config.vocab,
+        "{chunks} chunks of {chunk}"
     );
     let big = gpu.backend.head_split();
     assert_eq!(
         big.0, 1,
-        "the default limit holds the tiny head in one buffer"
+        "the default limit holds the tiny head in one chunk"
     );
     let mut small_run = Trainer::new(split, config, data).unwrap();
     let got_small = losses(&mut small_run, 6);

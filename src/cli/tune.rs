@@ -434,8 +434,9 @@ pub fn print_plan(
         if fit.options.recompute { "on" } else { "off" }
     );
     println!(
-        "LM head: {} buffer(s), logits in chunks of {} vocabulary rows",
-        report.head_parts, report.logits_chunk
+        "LM head: {} chunk(s) of {} vocabulary rows as the file stores it, logits made one \
+         chunk at a time",
+        report.head_chunks, report.logits_chunk
     );
     println!("{}", fit.plan);
     println!("{} buffers; the largest:", fit.plan.entries.len());

@@ -16,8 +16,11 @@
 //! Memory is planned first ([`GpuTrainer::plan`]), checked against the device's limits and
 //! the user's budget, and allocated once. With `recompute`, only each block's input is kept
 //! and the block's forward is run again just before its backward (one set of block
-//! activations instead of one per layer). The head is split into parts that each fit one
-//! binding ([`cross_entropy::rows_per_part`]) and its logits are made in chunks that do too.
+//! activations instead of one per layer). The LM head is held as the file stores it (Q8_0
+//! or Q4_x codes, a compressed file's quantized codes, or f32) in chunks of vocabulary
+//! rows, each one logits chunk wide and within one binding, read in place by the qmatmul
+//! kernels ([`crate::kernels::ops::cross_entropy`]): neither the t × vocab logits nor an
+//! f32 copy of a packed head ever exists.
 //!
 //! Adaptive layer tuning ([`GpuTrainer::with_windows`], [`Backend::set_span`]) runs as on
 //! the CPU backend: the frozen blocks below a window forward only (no dropout, nothing
@@ -31,9 +34,11 @@
 
 use super::gpu_model::{
     cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_proj, Gather,
-    WeightFormat, PROJ_NAMES,
+    Layout, WeightFormat, PROJ_NAMES,
 };
 use super::plan::{Category, MemoryPlan, PlanEntry};
+use crate::compress::file::{self as cfile, Packed, TensorFormat};
+use crate::compress::quant::{GgufBlockMatrix, QuantMatrix};
 use crate::gguf::quant as gq;
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::adamw::{encode_adamw, encode_grad_norm2, norm_scratch_len, Slot};
@@ -41,14 +46,15 @@ use crate::kernels::ops::attention::{
     encode_attention_backward, encode_attention_forward, MAX_HEAD_DIM,
 };
 use crate::kernels::ops::cross_entropy::{
-    encode_cross_entropy_backward, encode_cross_entropy_forward, target_words, Head,
+    encode_cross_entropy_backward, encode_cross_entropy_forward, target_words, upload_head, Head,
+    HeadSource,
 };
 use crate::kernels::ops::lora::{encode_lora_backward, encode_lora_forward, LoraShape};
 use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forward};
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
-use crate::kernels::qmatmul::{FrozenWeight, Path, QMatmul};
+use crate::kernels::qmatmul::{FrozenWeight, GpuWeight, Path, QMatmul};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
@@ -88,12 +94,12 @@ impl Default for TrainOptions {
     }
 }
 
-/// The head's split: rows per part and the logits chunk width, from the binding limit.
+/// The head's split: vocabulary rows per chunk (= the logits chunk width) and the number
+/// of chunks.
 #[derive(Clone, Copy, Debug)]
 struct HeadSplit {
-    rows_per_part: usize,
-    parts: usize,
     chunk: usize,
+    chunks: usize,
 }
 
 fn binding_limit(limits: &wgpu::Limits) -> u64 {
@@ -102,25 +108,84 @@ fn binding_limit(limits: &wgpu::Limits) -> u64 {
         .min(limits.max_buffer_size)
 }
 
+/// At most `vocab_chunk` rows, and few enough that the t × chunk logits and the chunk's
+/// rows in f32 each fit one binding (the f32 bound for every format keeps the split
+/// independent of how the file stores the head; packed rows are smaller).
 fn head_split(c: &LlamaConfig, opts: &TrainOptions, limits: &wgpu::Limits) -> Result<HeadSplit> {
     let limit = binding_limit(limits);
-    let rows_per_part = (limit / (4 * c.hidden as u64)) as usize;
     let chunk = opts
         .vocab_chunk
-        .min((limit / (4 * opts.seq_len as u64)) as usize);
-    if rows_per_part == 0 || chunk == 0 {
+        .min((limit / (4 * c.hidden as u64)) as usize)
+        .min((limit / (4 * opts.seq_len as u64)) as usize)
+        .min(c.vocab);
+    if chunk == 0 {
         return Err(Error::Gpu(format!(
             "a head row of {} f32 or a logits column of {} rows exceeds the {limit}-byte \
              binding limit (max_storage_buffer_binding_size)",
             c.hidden, opts.seq_len
         )));
     }
-    let rows_per_part = rows_per_part.min(c.vocab);
     Ok(HeadSplit {
-        rows_per_part,
-        parts: c.vocab.div_ceil(rows_per_part),
-        chunk: chunk.min(rows_per_part),
+        chunk,
+        chunks: c.vocab.div_ceil(chunk),
     })
+}
+
+/// The LM head's tensor, its layout (as [`GpuModel`](super::GpuModel) holds its head) and
+/// the format's name in the plan's labels.
+fn head_layout(file: &ModelFile, opts: &TrainOptions) -> Result<(&'static str, Layout, String)> {
+    let c = &file.config;
+    let name = if c.tied_embeddings {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
+    let lay = layout(file, name, c.vocab, c.hidden, opts.format)?;
+    let tag = match lay {
+        Layout::Dense => "f32".to_string(),
+        Layout::Packed(ty) => ty.name().to_string(),
+        Layout::Compressed(TensorFormat::Quant { bits, .. }) => format!("{bits}-bit"),
+        Layout::Compressed(_) => {
+            return Err(Error::Model(format!(
+                "{name}: a sparse LM head is not supported; compress the projections only"
+            )))
+        }
+    };
+    Ok((name, lay, tag))
+}
+
+/// The head on the host in its layout, to be uploaded in chunks.
+enum HostHead {
+    Dense(Vec<f32>),
+    Quant(QuantMatrix),
+}
+
+impl HostHead {
+    fn read(file: &ModelFile, name: &str, lay: Layout) -> Result<Self> {
+        let (vocab, d) = (file.config.vocab, file.config.hidden);
+        Ok(match lay {
+            Layout::Dense => HostHead::Dense(file.tensor_f32(name, &[d, vocab])?),
+            Layout::Packed(ty) => {
+                let raw = file.gguf.tensor_data(&file.bytes, name)?;
+                HostHead::Quant(GgufBlockMatrix::from_bytes(ty, vocab, d, raw)?.to_quant()?)
+            }
+            Layout::Compressed(_) => match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
+                Some(Packed::Quant(q)) => HostHead::Quant(q),
+                _ => {
+                    return Err(Error::Model(format!(
+                        "{name}: not a quantized compressed tensor"
+                    )))
+                }
+            },
+        })
+    }
+
+    fn source(&self) -> HeadSource<'_> {
+        match self {
+            HostHead::Dense(e) => HeadSource::Dense(e),
+            HostHead::Quant(q) => HeadSource::Quant(q),
+        }
+    }
 }
 
 /// The activations one block keeps for its backward pass (t rows each).
@@ -287,7 +352,8 @@ pub struct GpuTrainer<'c> {
     blocks: Vec<BlockWeights>,
     cover: Cover,
     output_norm: wgpu::Buffer,
-    head: Vec<wgpu::Buffer>,
+    /// The LM head in chunks of `split.chunk` vocabulary rows, as the file stores it.
+    head: Vec<GpuWeight>,
     gather: Gather,
     rope: RopeTable,
     /// One per block of the longest span, or one shared set with `recompute`.
@@ -428,18 +494,12 @@ impl<'c> GpuTrainer<'c> {
             });
         }
         let output_norm = track(norm("output_norm.weight")?);
-        let head_name = if c.tied_embeddings {
-            "token_embd.weight"
-        } else {
-            "output.weight"
-        };
-        let e = file.tensor_f32(head_name, &[d, vocab])?;
-        let mut head = Vec::with_capacity(split.parts);
-        for (p, part) in e.chunks(split.rows_per_part * d).enumerate() {
-            let name = format!("{head_name} f32 part {p}");
-            head.push(track(ctx.storage(&name, bytemuck::cast_slice(part))?));
-        }
-        drop(e);
+        let (head_name, head_lay, _) = head_layout(file, opts)?;
+        let host = HostHead::read(file, head_name, head_lay)?;
+        let head = upload_head(ctx, host.source(), (vocab, d), split.chunk)
+            .map_err(|e| Error::Gpu(format!("{head_name}: {e}")))?;
+        drop(host);
+        untracked += head.iter().map(GpuWeight::bytes).sum::<u64>();
         let embd = "token_embd.weight";
         let info = file
             .gguf
@@ -660,9 +720,9 @@ impl<'c> GpuTrainer<'c> {
         &self.opts
     }
 
-    /// Buffers the LM head is split into, and vocabulary rows per logits chunk.
+    /// Chunks the LM head is held in, and vocabulary rows per chunk (= per logits chunk).
     pub fn head_split(&self) -> (usize, usize) {
-        (self.split.parts, self.split.chunk)
+        (self.split.chunks, self.split.chunk)
     }
 
     fn check_row(&self, row: &Row) -> Result<()> {
@@ -898,8 +958,7 @@ impl<'c> GpuTrainer<'c> {
 
     fn head(&self) -> Head<'_> {
         Head {
-            parts: &self.head,
-            rows_per_part: self.split.rows_per_part,
+            chunks: &self.head,
             vocab: self.config.vocab,
             d: self.config.hidden,
         }
@@ -1008,7 +1067,7 @@ impl<'c> GpuTrainer<'c> {
             self.block_forward(&mut enc, l, a, out, t, seed)?;
         }
         let s = &self.s;
-        let (eps, cw) = (c.norm_eps, self.split.chunk);
+        let eps = c.norm_eps;
         // The exit: z = y + s·B·A·y (a LoRA on an identity projection, no dropout).
         let exit_shape = LoraShape {
             k: d,
@@ -1039,28 +1098,29 @@ impl<'c> GpuTrainer<'c> {
         encode_cross_entropy_forward(
             ctx,
             &mut enc,
+            &self.mm,
             &s.yn,
             &head,
             &s.targets,
             (&s.ce_scratch, &s.ce_stats),
             (&s.loss, &s.ce_lse),
             t,
-            cw,
         )?;
         if let Some((grad_scale, _)) = train {
             enc.clear_buffer(&s.dn, 0, None);
             enc.clear_buffer(&s.dx, 0, None);
-            // d(grad_scale·Σ loss) = d(mean loss)·grad_scale·n.
+            // d(grad_scale·Σ loss) = d(mean loss)·grad_scale·n; dtmp is free until the
+            // blocks' backward.
             encode_cross_entropy_backward(
                 ctx,
                 &mut enc,
+                &self.mm,
                 &s.yn,
                 &head,
                 (&s.targets, &s.ce_lse),
-                &s.ce_scratch,
+                (&s.ce_scratch, &s.dtmp),
                 &s.dn,
-                None,
-                (t, cw),
+                t,
                 ((grad_scale * n as f64) as f32, n),
             )?;
             encode_rmsnorm_backward(
@@ -1250,8 +1310,9 @@ pub struct FitReport<'a> {
     pub accum_factor: usize,
     pub recompute: bool,
     pub format: String,
-    /// Buffers the LM head is split into, and vocabulary rows per logits chunk.
-    pub head_parts: usize,
+    /// Chunks the LM head is held in (each in the file's format), and vocabulary rows per
+    /// chunk and per logits chunk.
+    pub head_chunks: usize,
     pub logits_chunk: usize,
     pub buffers: usize,
     /// Non-empty categories, in [`Category::ALL`] order.
@@ -1291,7 +1352,7 @@ impl Fit {
             accum_factor: self.accum_factor,
             recompute: self.options.recompute,
             format: format!("{:?}", self.options.format),
-            head_parts: split.parts,
+            head_chunks: split.chunks,
             logits_chunk: split.chunk,
             buffers: self.plan.entries.len(),
             by_category: self
@@ -1717,18 +1778,19 @@ fn plan_spans(
         }
     }
     plan.storage("output_norm.weight", Category::Weights, f32s(d));
-    let head_name = if c.tied_embeddings {
-        "token_embd.weight"
-    } else {
-        "output.weight"
-    };
-    for p in 0..split.parts {
-        let rows = split.rows_per_part.min(vocab - p * split.rows_per_part);
-        plan.storage(
-            format!("{head_name} f32 part {p}"),
-            Category::Weights,
-            f32s(rows * d),
-        );
+    let (head_name, head_lay, tag) = head_layout(file, opts)?;
+    for i in 0..split.chunks {
+        let rows = split.chunk.min(vocab - i * split.chunk);
+        let label = format!(" {tag} chunk {i}");
+        plan_matrix(
+            &mut plan,
+            file,
+            head_name,
+            &label,
+            (rows, d),
+            head_lay,
+            false,
+        )?;
     }
     plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
     let sets = if opts.recompute { 1 } else { cover.cap };

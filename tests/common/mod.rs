@@ -61,3 +61,33 @@ pub fn mixed_sparse_file(orig: &edge_llm::model::ModelFile) -> edge_llm::model::
     let bytes = file::write(&orig.gguf, &orig.bytes, &kinds[2].0, &tensors).unwrap();
     edge_llm::model::ModelFile::from_bytes(bytes).unwrap()
 }
+
+/// `orig` with its LM head (the tied `token_embd.weight`) re-encoded as `ty` (F32, Q8_0,
+/// Q4_0, Q4_1) from its dequantized values by the crate's GGUF quantizer; everything else
+/// byte for byte. The CPU reference reads the new blocks, so GPU and CPU see one head.
+pub fn with_head_type(
+    orig: &edge_llm::model::ModelFile,
+    ty: edge_llm::gguf::GgmlType,
+) -> edge_llm::model::ModelFile {
+    use edge_llm::gguf::{quant, GgufWriter};
+    let (g, bytes) = (&orig.gguf, &orig.bytes);
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for info in &g.tensors {
+        if info.name == "token_embd.weight" {
+            let vals = g.tensor_f32(bytes, &info.name).unwrap();
+            w.tensor(
+                &info.name,
+                &info.dims,
+                ty,
+                quant::quantize(ty, &vals).unwrap(),
+            );
+        } else {
+            let data = g.tensor_data(bytes, &info.name).unwrap().to_vec();
+            w.tensor(&info.name, &info.dims, info.ty, data);
+        }
+    }
+    edge_llm::model::ModelFile::from_bytes(w.to_bytes()).unwrap()
+}

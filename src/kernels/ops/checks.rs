@@ -454,21 +454,74 @@ pub async fn lora(ctx: &GpuContext) -> Result<()> {
     Ok(())
 }
 
-/// One fused cross-entropy case against linear_forward + cross_entropy_forward/backward on
-/// the full logits: per-row loss, mean, d_hidden and dE.
+/// How [`cross_entropy_case`] stores the head: dense f32, or quantized codes read in place
+/// (groups of 32, as the trainer holds a GGUF Q8_0 / Q4_x head after its lossless repack).
+#[derive(Clone, Copy, Debug)]
+pub enum HeadFormat {
+    Dense,
+    Quant { bits: u32, symmetric: bool },
+}
+
+/// The head formats every cross-entropy case runs in: f32, Q8_0's and Q4_1's layouts.
+pub const HEAD_FORMATS: [HeadFormat; 3] = [
+    HeadFormat::Dense,
+    HeadFormat::Quant {
+        bits: 8,
+        symmetric: true,
+    },
+    HeadFormat::Quant {
+        bits: 4,
+        symmetric: false,
+    },
+];
+
+/// One fused cross-entropy case in every [`HEAD_FORMATS`] and both matmul paths, against
+/// linear_forward + cross_entropy_forward/backward on the full logits of the head's
+/// dequantized values: per-row loss, mean and d_hidden.
 pub async fn cross_entropy_case(
     ctx: &GpuContext,
-    (t, d, vocab): (usize, usize, usize),
+    shape: (usize, usize, usize),
     targets: &[Option<u32>],
     cfg: cross_entropy::CeConfig,
     seed: u32,
 ) -> Result<()> {
+    for format in HEAD_FORMATS {
+        cross_entropy_case_in(ctx, shape, targets, cfg, format, seed).await?;
+    }
+    Ok(())
+}
+
+/// [`cross_entropy_case`] for one head format.
+pub async fn cross_entropy_case_in(
+    ctx: &GpuContext,
+    (t, d, vocab): (usize, usize, usize),
+    targets: &[Option<u32>],
+    cfg: cross_entropy::CeConfig,
+    format: HeadFormat,
+    seed: u32,
+) -> Result<()> {
+    use crate::compress::quant;
+    use crate::kernels::qmatmul::{Path, QMatmul};
+    use cross_entropy::{upload_head, Head, HeadSource};
     let hidden: Vec<f32> = values(t * d, seed).iter().map(|x| 2.0 * x).collect();
-    let e = values(vocab * d, seed + 1);
-    let what = format!(
-        "t={t} d={d} vocab={vocab} chunk={} part_bytes={:?}",
-        cfg.chunk, cfg.max_part_bytes
-    );
+    let raw = values(vocab * d, seed + 1);
+    let rows = cross_entropy::head_chunk_rows(ctx, t, d, cfg)?;
+    let (chunks, e) = match format {
+        HeadFormat::Dense => (
+            upload_head(ctx, HeadSource::Dense(&raw), (vocab, d), rows)?,
+            raw,
+        ),
+        HeadFormat::Quant { bits, symmetric } => {
+            let q = quant::quantize(&raw, vocab, d, bits, quant::BLOCK, symmetric)?;
+            let chunks = upload_head(ctx, HeadSource::Quant(&q), (vocab, d), rows)?;
+            (chunks, q.dequantize())
+        }
+    };
+    let head = Head {
+        chunks: &chunks,
+        vocab,
+        d,
+    };
     let logits = ops::linear_forward(&hidden, &e, t, d, vocab);
     let (want_mean, want_n) = ops::cross_entropy_forward(&logits, targets, vocab);
     let want_rows: Vec<f32> = (0..t)
@@ -481,63 +534,64 @@ pub async fn cross_entropy_case(
             .0
         })
         .collect();
-    let fwd =
-        cross_entropy::cross_entropy_forward(ctx, &hidden, &e, targets, (d, vocab), cfg).await?;
-    compare(
-        &format!("cross_entropy_forward loss rows {what}"),
-        &fwd.loss,
-        &want_rows,
-        CROSS_ENTROPY_TOL,
-    )?;
-    compare(
-        &format!("cross_entropy_forward mean {what}"),
-        &[fwd.mean],
-        &[want_mean],
-        CROSS_ENTROPY_TOL,
-    )?;
-    if fwd.counted != want_n {
-        return Err(Error::Gpu(format!(
-            "cross_entropy_forward {what}: {} counted rows, twin {want_n}",
-            fwd.counted
-        )));
-    }
     let dloss = 1.5f32;
     let dlogits = ops::cross_entropy_backward(&logits, targets, vocab, dloss);
     let mut want_dh = vec![0.0f32; t * d];
     ops::matmul_nn_acc(&dlogits, &e, t, d, vocab, &mut want_dh);
-    let mut want_de = vec![0.0f32; vocab * d];
-    ops::matmul_tn_acc(&dlogits, &hidden, t, d, vocab, &mut want_de);
-    let (dh, de) = cross_entropy::cross_entropy_backward(
-        ctx,
-        &hidden,
-        &e,
-        targets,
-        &fwd.lse,
-        dloss,
-        (d, vocab),
-        cfg,
-        true,
-    )
-    .await?;
-    compare(
-        &format!("cross_entropy_backward d_hidden {what}"),
-        &dh,
-        &want_dh,
-        CROSS_ENTROPY_TOL,
-    )?;
-    let de = de.ok_or_else(|| Error::Gpu("cross_entropy_backward returned no dE".into()))?;
-    compare(
-        &format!("cross_entropy_backward dE {what}"),
-        &de,
-        &want_de,
-        CROSS_ENTROPY_TOL,
-    )?;
+    let paths = [
+        QMatmul::new(ctx),
+        QMatmul {
+            path: Path::Gemv,
+            ..QMatmul::new(ctx)
+        },
+    ];
+    for mm in paths {
+        let what = format!(
+            "t={t} d={d} vocab={vocab} {format:?} {} chunks of {rows} rows ({:?})",
+            chunks.len(),
+            mm.path
+        );
+        let fwd = cross_entropy::cross_entropy_forward(ctx, &mm, &hidden, &head, targets).await?;
+        compare(
+            &format!("cross_entropy_forward loss rows {what}"),
+            &fwd.loss,
+            &want_rows,
+            CROSS_ENTROPY_TOL,
+        )?;
+        compare(
+            &format!("cross_entropy_forward mean {what}"),
+            &[fwd.mean],
+            &[want_mean],
+            CROSS_ENTROPY_TOL,
+        )?;
+        if fwd.counted != want_n {
+            return Err(Error::Gpu(format!(
+                "cross_entropy_forward {what}: {} counted rows, twin {want_n}",
+                fwd.counted
+            )));
+        }
+        let dh = cross_entropy::cross_entropy_backward(
+            ctx,
+            &mm,
+            &hidden,
+            &head,
+            (targets, &fwd.lse),
+            dloss,
+        )
+        .await?;
+        compare(
+            &format!("cross_entropy_backward d_hidden {what}"),
+            &dh,
+            &want_dh,
+            CROSS_ENTROPY_TOL,
+        )?;
+    }
     Ok(())
 }
 
-/// Fused cross-entropy: a vocabulary not divisible by the chunk, ignored rows, a head split
-/// into parts (explicit part size below the binding limit), one row, one chunk covering all,
-/// and a batch with no target at all.
+/// Fused cross-entropy: a vocabulary not divisible by the chunk, ignored rows, a head in
+/// chunks bounded by an explicit buffer size below the binding limit, one row, one chunk
+/// covering all, and a batch with no target at all; every head format.
 pub async fn cross_entropy(ctx: &GpuContext) -> Result<()> {
     use cross_entropy::CeConfig;
     let targets = [
@@ -550,10 +604,15 @@ pub async fn cross_entropy(ctx: &GpuContext) -> Result<()> {
         Some(311),
     ];
     let split = CeConfig {
-        chunk: 96,
+        chunk: 4096,
         max_part_bytes: Some(300 * 24 * 4),
-    }; // parts of 300 rows
+    }; // chunks of 300 rows
     cross_entropy_case(ctx, (7, 24, 1000), &targets, split, 700).await?;
+    let narrow = CeConfig {
+        chunk: 96,
+        max_part_bytes: None,
+    };
+    cross_entropy_case(ctx, (7, 24, 1000), &targets, narrow, 705).await?;
     let whole = CeConfig {
         chunk: 4096,
         max_part_bytes: None,

@@ -1,14 +1,19 @@
 //! Softmax cross-entropy fused with the LM head, over vocabulary chunks: the [T × vocab]
-//! logits never exist, only a [T × chunk] scratch. The head weight E `[vocab][d]` may be
-//! split over several buffers ("parts") when it exceeds the binding limit; a chunk never
-//! crosses a part. Shader: shaders/cross_entropy.wgsl (+ linear_backward.wgsl's gemm).
-//! CPU twins: [`crate::reference::ops::linear_forward`] then
+//! logits never exist, only a [T × chunk] scratch. The head E `[vocab][d]` is a list of
+//! frozen weights of consecutive vocabulary rows ("chunks"), each held as the file stores
+//! it (dense f32, or quantized codes read in place), so a Q8_0 head costs a quarter of its
+//! f32 copy. Each chunk's logits are made by [`QMatmul::encode_nt`] and its share of
+//! d_hidden by [`QMatmul::encode_nn`] into a scratch, then added. Shader:
+//! shaders/cross_entropy.wgsl (+ qmatmul.wgsl, reduce.wgsl's column-sum add).
+//! CPU twins: [`crate::reference::ops::linear_forward`] on the dequantized head, then
 //! [`crate::reference::ops::cross_entropy_forward`] / [`crate::reference::ops::cross_entropy_backward`].
 
-use super::linear::Gemm;
+use super::reduce::encode_col_sums_add;
 use super::{check_len, groups, launch, read, to_u32, upload, upload_words, zeros, WG};
+use crate::compress::quant::QuantMatrix;
 use crate::kernels::context::GpuContext;
 use crate::kernels::program::{Bind, KernelSpec};
+use crate::kernels::qmatmul::{GpuWeight, QMatmul};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../../shaders/cross_entropy.wgsl");
@@ -24,17 +29,25 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// The LM head on the GPU: E `[vocab][d]` as consecutive parts of `rows_per_part` rows
-/// (the last may be shorter).
+/// The LM head on the GPU: E `[vocab][d]` as consecutive chunks of vocabulary rows, in
+/// order (each chunk's rows are one logits chunk).
 #[derive(Clone, Copy, Debug)]
 pub struct Head<'a> {
-    pub parts: &'a [wgpu::Buffer],
-    pub rows_per_part: usize,
+    pub chunks: &'a [GpuWeight],
     pub vocab: usize,
     pub d: usize,
 }
 
-/// The rows of E one buffer may hold on this device, optionally lowered by `max_part_bytes`.
+impl Head<'_> {
+    /// The widest chunk: the logits scratch holds t × this.
+    pub fn width(&self) -> usize {
+        self.chunks.iter().map(|w| w.rows).max().unwrap_or(0)
+    }
+}
+
+/// The rows of an f32 head chunk one buffer may hold on this device, optionally lowered by
+/// `max_part_bytes`. Chunks are bounded by it whatever their format, so the split does not
+/// depend on how the file stores the head.
 pub fn rows_per_part(ctx: &GpuContext, d: usize, max_part_bytes: Option<u64>) -> Result<usize> {
     let limit = ctx
         .limits
@@ -69,20 +82,75 @@ pub fn chunk_width(ctx: &GpuContext, t: usize, chunk: usize) -> Result<usize> {
     Ok(cw)
 }
 
-/// The chunks (part index, first row in the part, width) covering the vocabulary.
-fn chunks(head: &Head<'_>, cw: usize) -> Vec<(usize, usize, usize)> {
-    let mut out = Vec::new();
-    for (p, _) in head.parts.iter().enumerate() {
-        let rows = head
-            .rows_per_part
-            .min(head.vocab.saturating_sub(p * head.rows_per_part));
-        let mut c0 = 0;
-        while c0 < rows {
-            out.push((p, c0, cw.min(rows - c0)));
-            c0 += cw;
-        }
+/// How the convenience functions chunk: at most `chunk` vocabulary rows per chunk, and
+/// optionally a chunk buffer size below the device's binding limit (to test the split).
+#[derive(Clone, Copy, Debug)]
+pub struct CeConfig {
+    pub chunk: usize,
+    pub max_part_bytes: Option<u64>,
+}
+
+/// Vocabulary rows per head chunk for t rows of hidden state of width d under `cfg`.
+pub fn head_chunk_rows(ctx: &GpuContext, t: usize, d: usize, cfg: CeConfig) -> Result<usize> {
+    Ok(chunk_width(ctx, t, cfg.chunk.max(1))?.min(rows_per_part(ctx, d, cfg.max_part_bytes)?))
+}
+
+/// The head as stored on the host: dense f32 `[vocab][d]` or quantized codes.
+#[derive(Clone, Copy, Debug)]
+pub enum HeadSource<'a> {
+    Dense(&'a [f32]),
+    Quant(&'a QuantMatrix),
+}
+
+/// Rows `r0..r1` of a quantized matrix (codes and scales are stored row by row).
+fn quant_rows(q: &QuantMatrix, r0: usize, r1: usize) -> QuantMatrix {
+    let (wpr, swpr) = (q.words_per_row(), q.scale_words_per_row());
+    QuantMatrix {
+        rows: r1 - r0,
+        cols: q.cols,
+        bits: q.bits,
+        group: q.group,
+        symmetric: q.symmetric,
+        data: q.data[r0 * wpr..r1 * wpr].to_vec(),
+        scales: q.scales[r0 * swpr..r1 * swpr].to_vec(),
     }
-    out
+}
+
+/// Uploads E `[vocab][d]` as chunks of `rows` vocabulary rows (the last may be shorter),
+/// each in the source's format.
+pub fn upload_head(
+    ctx: &GpuContext,
+    src: HeadSource<'_>,
+    (vocab, d): (usize, usize),
+    rows: usize,
+) -> Result<Vec<GpuWeight>> {
+    let (got_rows, got_cols) = match src {
+        HeadSource::Dense(e) => (e.len() / d.max(1), d),
+        HeadSource::Quant(q) => (q.rows, q.cols),
+    };
+    let lengths_ok = match src {
+        HeadSource::Dense(e) => e.len() == vocab * d,
+        HeadSource::Quant(q) => {
+            q.data.len() == q.rows * q.words_per_row()
+                && q.scales.len() == q.rows * q.scale_words_per_row()
+        }
+    };
+    if rows == 0 || got_rows != vocab || got_cols != d || !lengths_ok {
+        return Err(Error::Invalid(format!(
+            "cross_entropy: a head of {got_rows}×{got_cols} for a vocabulary of {vocab} and \
+             width {d}, in chunks of {rows} rows"
+        )));
+    }
+    (0..vocab)
+        .step_by(rows)
+        .map(|r0| {
+            let r1 = (r0 + rows).min(vocab);
+            match src {
+                HeadSource::Dense(e) => GpuWeight::dense(ctx, &e[r0 * d..r1 * d], r1 - r0, d),
+                HeadSource::Quant(q) => GpuWeight::quant(ctx, &quant_rows(q, r0, r1)),
+            }
+        })
+        .collect()
 }
 
 fn spec(entry: &'static str, binds: &'static [Bind]) -> KernelSpec<'static> {
@@ -95,71 +163,51 @@ fn spec(entry: &'static str, binds: &'static [Bind]) -> KernelSpec<'static> {
     }
 }
 
-fn check_head(head: &Head<'_>) -> Result<()> {
-    if head.vocab == 0
-        || head.rows_per_part == 0
-        || head.parts.len() != head.vocab.div_ceil(head.rows_per_part)
-    {
+/// The chunks with their first vocabulary row, checked to tile the vocabulary.
+fn chunks<'a>(head: &Head<'a>) -> Result<Vec<(usize, &'a GpuWeight)>> {
+    let mut out = Vec::with_capacity(head.chunks.len());
+    let mut v0 = 0;
+    for w in head.chunks {
+        if w.rows == 0 || w.cols != head.d {
+            break;
+        }
+        out.push((v0, w));
+        v0 += w.rows;
+    }
+    if head.vocab == 0 || v0 != head.vocab || out.len() != head.chunks.len() {
         return Err(Error::Invalid(format!(
-            "cross_entropy: {} head parts of {} rows do not cover a vocabulary of {}",
-            head.parts.len(),
-            head.rows_per_part,
-            head.vocab
+            "cross_entropy: {} head chunks do not tile a vocabulary of {} rows of width {}",
+            head.chunks.len(),
+            head.vocab,
+            head.d
         )));
     }
-    Ok(())
-}
-
-/// Records logits = hidden·E[v0..v0+cw]ᵀ into `scratch` as [t][cw].
-fn encode_logits(
-    ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
-    hidden: &wgpu::Buffer,
-    head: &Head<'_>,
-    (p, c0, cw): (usize, usize, usize),
-    scratch: &wgpu::Buffer,
-    t: usize,
-) -> Result<()> {
-    let d = head.d;
-    let gemm = Gemm {
-        m: t,
-        n: cw,
-        k: d,
-        a_rs: d,
-        a_cs: 1,
-        b_off: c0 * d,
-        b_rs: 1,
-        b_cs: d,
-        c_rs: cw,
-        alpha: 1.0,
-        ..Default::default()
-    };
-    gemm.encode(ctx, encoder, hidden, &head.parts[p], scratch)
+    Ok(out)
 }
 
 /// Records the forward pass: per-row loss (0 for ignored rows) and lse (saved for
-/// backward). `targets` holds t i32 (−1 = ignored); `scratch` t·cw words; `stats` 3·t.
+/// backward). `targets` holds t i32 (−1 = ignored); `scratch` t·[`Head::width`] words;
+/// `stats` 3·t.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_cross_entropy_forward(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
+    mm: &QMatmul,
     hidden: &wgpu::Buffer,
     head: &Head<'_>,
     targets: &wgpu::Buffer,
     (scratch, stats): (&wgpu::Buffer, &wgpu::Buffer),
     (loss, lse): (&wgpu::Buffer, &wgpu::Buffer),
     t: usize,
-    cw: usize,
 ) -> Result<()> {
     use Bind::*;
-    check_head(head)?;
     let t32 = to_u32("cross_entropy rows", t)?;
-    for (n, &(p, c0, w)) in chunks(head, cw).iter().enumerate() {
-        encode_logits(ctx, encoder, hidden, head, (p, c0, w), scratch, t)?;
+    for (n, (v0, w)) in chunks(head)?.into_iter().enumerate() {
+        mm.encode_nt(ctx, encoder, w, hidden, scratch, t)?;
         let params = Params {
             t: t32,
-            cw: to_u32("cross_entropy chunk", w)?,
-            v0: to_u32("cross_entropy v0", p * head.rows_per_part + c0)?,
+            cw: to_u32("cross_entropy chunk", w.rows)?,
+            v0: to_u32("cross_entropy v0", v0)?,
             first: (n == 0) as u32,
             g: 0.0,
             _pad: [0; 3],
@@ -191,42 +239,34 @@ pub fn encode_cross_entropy_forward(
     )
 }
 
-/// Records the backward pass for d(mean loss) = `dloss`: d_hidden += Σ_chunks dz·E_chunk
-/// and, when given, dE += dzᵀ·hidden (parts laid out as the head's). `counted` is the
-/// number of rows with a target.
+/// Records the backward pass for d(mean loss) = `dloss`: d_hidden += Σ_chunks dz·E_chunk,
+/// each chunk's product made in `dtmp` (t·d words) and added. `counted` is the number of
+/// rows with a target. The head is frozen: no gradient of E is made.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_cross_entropy_backward(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
+    mm: &QMatmul,
     hidden: &wgpu::Buffer,
     head: &Head<'_>,
     (targets, lse): (&wgpu::Buffer, &wgpu::Buffer),
-    scratch: &wgpu::Buffer,
+    (scratch, dtmp): (&wgpu::Buffer, &wgpu::Buffer),
     dhidden: &wgpu::Buffer,
-    dhead: Option<&[wgpu::Buffer]>,
-    (t, cw): (usize, usize),
+    t: usize,
     (dloss, counted): (f32, usize),
 ) -> Result<()> {
     use Bind::*;
-    check_head(head)?;
+    let chunks = chunks(head)?;
     if counted == 0 {
         return Ok(()); // the twin: no counted row, no gradient
     }
-    if let Some(dh) = dhead {
-        if dh.len() != head.parts.len() {
-            return Err(Error::Invalid(
-                "cross_entropy: dE parts differ from E parts".into(),
-            ));
-        }
-    }
-    let d = head.d;
     let t32 = to_u32("cross_entropy rows", t)?;
-    for (p, c0, w) in chunks(head, cw) {
-        encode_logits(ctx, encoder, hidden, head, (p, c0, w), scratch, t)?;
+    for (v0, w) in chunks {
+        mm.encode_nt(ctx, encoder, w, hidden, scratch, t)?;
         let params = Params {
             t: t32,
-            cw: to_u32("cross_entropy chunk", w)?,
-            v0: to_u32("cross_entropy v0", p * head.rows_per_part + c0)?,
+            cw: to_u32("cross_entropy chunk", w.rows)?,
+            v0: to_u32("cross_entropy v0", v0)?,
             first: 0,
             g: dloss / counted as f32,
             _pad: [0; 3],
@@ -237,50 +277,12 @@ pub fn encode_cross_entropy_backward(
             encoder,
             &spec("ce_dlogits", &[ReadWrite, Read, Read, Uniform]),
             &[scratch, targets, lse, &u],
-            groups("cross_entropy dlogits", t * w, WG)?,
+            groups("cross_entropy dlogits", t * w.rows, WG)?,
         )?;
-        let dh = Gemm {
-            m: t,
-            n: d,
-            k: w,
-            a_rs: w,
-            a_cs: 1,
-            b_off: c0 * d,
-            b_rs: d,
-            b_cs: 1,
-            c_rs: d,
-            alpha: 1.0,
-            accumulate: true,
-            ..Default::default()
-        };
-        dh.encode(ctx, encoder, scratch, &head.parts[p], dhidden)?;
-        if let Some(de) = dhead {
-            let g = Gemm {
-                m: w,
-                n: d,
-                k: t,
-                a_rs: 1,
-                a_cs: w,
-                b_rs: d,
-                b_cs: 1,
-                c_off: c0 * d,
-                c_rs: d,
-                alpha: 1.0,
-                accumulate: true,
-                ..Default::default()
-            };
-            g.encode(ctx, encoder, scratch, hidden, &de[p])?;
-        }
+        mm.encode_nn(ctx, encoder, w, scratch, dtmp, t)?;
+        encode_col_sums_add(ctx, encoder, dtmp, 1, t * head.d, dhidden)?;
     }
     Ok(())
-}
-
-/// How the convenience functions chunk: `chunk` vocabulary rows per logits chunk, and
-/// optionally a head part size below the device's binding limit (to test the split).
-#[derive(Clone, Copy, Debug)]
-pub struct CeConfig {
-    pub chunk: usize,
-    pub max_part_bytes: Option<u64>,
 }
 
 /// The targets as the shader wants them (i32, −1 = ignored), checked against the vocabulary.
@@ -297,25 +299,6 @@ pub fn target_words(targets: &[Option<u32>], vocab: usize) -> Result<Vec<i32>> {
         .collect()
 }
 
-fn upload_parts(
-    ctx: &GpuContext,
-    what: &str,
-    e: &[f32],
-    d: usize,
-    rows: usize,
-    zero: bool,
-) -> Result<Vec<wgpu::Buffer>> {
-    e.chunks(rows * d)
-        .map(|part| {
-            if zero {
-                zeros(ctx, what, part.len())
-            } else {
-                upload(ctx, what, part)
-            }
-        })
-        .collect()
-}
-
 /// Forward result of [`cross_entropy_forward`].
 #[derive(Clone, Debug)]
 pub struct CeForward {
@@ -328,35 +311,24 @@ pub struct CeForward {
     pub counted: usize,
 }
 
-/// Fused LM head + cross-entropy forward on the GPU. Twin: `linear_forward` then
-/// `cross_entropy_forward`.
+/// Fused LM head + cross-entropy forward on the GPU over a resident head. Twin:
+/// `linear_forward` (dequantized head) then `cross_entropy_forward`.
 pub async fn cross_entropy_forward(
     ctx: &GpuContext,
+    mm: &QMatmul,
     hidden: &[f32],
-    e: &[f32],
+    head: &Head<'_>,
     targets: &[Option<u32>],
-    (d, vocab): (usize, usize),
-    cfg: CeConfig,
 ) -> Result<CeForward> {
-    let t = targets.len();
+    let (t, d) = (targets.len(), head.d);
     check_len("cross_entropy hidden", hidden.len(), t * d)?;
-    check_len("cross_entropy head", e.len(), vocab * d)?;
-    let words = target_words(targets, vocab)?;
-    let rows = rows_per_part(ctx, d, cfg.max_part_bytes)?;
-    let cw = chunk_width(ctx, t, cfg.chunk.max(1))?;
-    let parts = upload_parts(ctx, "head", e, d, rows, false)?;
-    let head = Head {
-        parts: &parts,
-        rows_per_part: rows,
-        vocab,
-        d,
-    };
+    let words = target_words(targets, head.vocab)?;
     let (hb, tb) = (
         upload(ctx, "hidden", hidden)?,
         upload_words(ctx, "targets", &words)?,
     );
     let (scratch, stats) = (
-        zeros(ctx, "logits chunk", t * cw)?,
+        zeros(ctx, "logits chunk", t * head.width())?,
         zeros(ctx, "ce stats", 3 * t)?,
     );
     let (lb, sb) = (zeros(ctx, "loss", t)?, zeros(ctx, "lse", t)?);
@@ -364,13 +336,13 @@ pub async fn cross_entropy_forward(
     encode_cross_entropy_forward(
         ctx,
         &mut enc,
+        mm,
         &hb,
-        &head,
+        head,
         &tb,
         (&scratch, &stats),
         (&lb, &sb),
         t,
-        cw,
     )?;
     ctx.queue.submit([enc.finish()]);
     let loss = read(ctx, &lb, t).await?;
@@ -389,72 +361,42 @@ pub async fn cross_entropy_forward(
     })
 }
 
-/// Fused LM head + cross-entropy backward on the GPU: (d_hidden, dE if asked). Twin:
-/// `cross_entropy_backward`, then `matmul_nn_acc` / `matmul_tn_acc` through the head.
-#[allow(clippy::too_many_arguments)]
+/// Fused LM head + cross-entropy backward on the GPU over a resident head: d_hidden. Twin:
+/// `cross_entropy_backward`, then `matmul_nn_acc` through the dequantized head.
 pub async fn cross_entropy_backward(
     ctx: &GpuContext,
+    mm: &QMatmul,
     hidden: &[f32],
-    e: &[f32],
-    targets: &[Option<u32>],
-    lse: &[f32],
+    head: &Head<'_>,
+    (targets, lse): (&[Option<u32>], &[f32]),
     dloss: f32,
-    (d, vocab): (usize, usize),
-    cfg: CeConfig,
-    with_dhead: bool,
-) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    let t = targets.len();
+) -> Result<Vec<f32>> {
+    let (t, d) = (targets.len(), head.d);
     check_len("cross_entropy hidden", hidden.len(), t * d)?;
-    check_len("cross_entropy head", e.len(), vocab * d)?;
     check_len("cross_entropy lse", lse.len(), t)?;
-    let words = target_words(targets, vocab)?;
-    let rows = rows_per_part(ctx, d, cfg.max_part_bytes)?;
-    let cw = chunk_width(ctx, t, cfg.chunk.max(1))?;
-    let parts = upload_parts(ctx, "head", e, d, rows, false)?;
-    let dparts = if with_dhead {
-        Some(upload_parts(ctx, "dhead", e, d, rows, true)?)
-    } else {
-        None
-    };
-    let head = Head {
-        parts: &parts,
-        rows_per_part: rows,
-        vocab,
-        d,
-    };
+    let words = target_words(targets, head.vocab)?;
     let (hb, tb, lb) = (
         upload(ctx, "hidden", hidden)?,
         upload_words(ctx, "targets", &words)?,
         upload(ctx, "lse", lse)?,
     );
-    let scratch = zeros(ctx, "logits chunk", t * cw)?;
+    let scratch = zeros(ctx, "logits chunk", t * head.width())?;
+    let dtmp = zeros(ctx, "dhidden chunk", t * d)?;
     let dh = zeros(ctx, "dhidden", t * d)?;
     let counted = targets.iter().filter(|t| t.is_some()).count();
     let mut enc = ctx.encoder();
     encode_cross_entropy_backward(
         ctx,
         &mut enc,
+        mm,
         &hb,
-        &head,
+        head,
         (&tb, &lb),
-        &scratch,
+        (&scratch, &dtmp),
         &dh,
-        dparts.as_deref(),
-        (t, cw),
+        t,
         (dloss, counted),
     )?;
     ctx.queue.submit([enc.finish()]);
-    let dhidden = read(ctx, &dh, t * d).await?;
-    let dhead = match &dparts {
-        Some(ps) => {
-            let mut all = Vec::with_capacity(vocab * d);
-            for (p, b) in ps.iter().enumerate() {
-                let n = rows.min(vocab - p * rows) * d;
-                all.extend(read(ctx, b, n).await?);
-            }
-            Some(all)
-        }
-        None => None,
-    };
-    Ok((dhidden, dhead))
+    read(ctx, &dh, t * d).await
 }
