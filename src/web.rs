@@ -118,6 +118,8 @@ struct TuneOptions {
     exit_stride: usize,
     /// Edge mode: the order of the windows (reference or adaptive).
     window_schedule: WindowOrder,
+    /// Edge mode: a window's learning rate is `lr` × (its depth ÷ the model's)^this.
+    window_lr_power: f64,
     /// Partial mode: the last this many blocks train.
     partial_layers: usize,
 }
@@ -147,6 +149,7 @@ impl Default for TuneOptions {
             mode: Mode::Vanilla,
             exit_stride: ModeArgs::default().exit_stride,
             window_schedule: WindowOrder::Reference,
+            window_lr_power: ModeArgs::default().depth_lr_power,
             partial_layers: ModeArgs::default().partial_layers,
         }
     }
@@ -209,6 +212,7 @@ impl TuneOptions {
             exit_stride: self.exit_stride,
             window_schedule: self.window_schedule,
             partial_layers: self.partial_layers,
+            depth_lr_power: self.window_lr_power,
         }
     }
 
@@ -615,7 +619,8 @@ fn windows_json(ml: &ModeLayers, c: &LlamaConfig) -> serde_json::Value {
         .enumerate()
         .map(|(i, w): (usize, &Span)| {
             json!({"index": i, "layers": [w.layers.start, w.layers.end],
-                   "exit_after": w.exit.and_then(|k| ml.exits.get(k))})
+                   "exit_after": w.exit.and_then(|k| ml.exits.get(k)),
+                   "lr_scale": ls.lr_multiplier(i)})
         })
         .collect();
     json!(windows)

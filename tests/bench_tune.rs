@@ -125,6 +125,7 @@ fn edge_mode_trains_windows_resumes_and_votes() {
     let r = &objs[0];
     assert_eq!(r["vote"], "max", "{r}");
     assert_eq!(r["exits"].as_array().unwrap().len(), 2);
+    assert_eq!(r["predictions"].as_array().unwrap().len(), 12, "{r}");
 
     // The GPU engine runs the same windows: the same steps, windows and losses (within
     // f32 rounding of another summation order).

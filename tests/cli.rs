@@ -115,6 +115,19 @@ fn commands_work_on_the_tiny_model() {
     let v = json(&out);
     assert_eq!(v["n"], 2);
     assert!((0.0..=1.0).contains(&v["accuracy"].as_f64().unwrap()));
+    // One chosen index per question, within its choices, agreeing with "correct".
+    let preds: Vec<u64> = v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert_eq!(preds.len(), 2);
+    assert!(preds[0] < 3 && preds[1] < 2, "{preds:?}");
+    assert_eq!(
+        preds.iter().filter(|&&p| p == 0).count() as u64,
+        v["correct"].as_u64().unwrap()
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Adaptive layer tuning on a 4-block tiny model: a window's gradients are full backprop's
 //! restricted to the window, the exit adapter's gradient matches finite differences, the
 //! cached prefix gives the loss of recomputing it (and is dropped when the blocks below
-//! change), and a scheduled run records its phases and resumes exactly.
+//! change), a scheduled run records its phases and resumes exactly, and the depth power
+//! scales each window's learning rate.
 
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{ModelFile, Weights};
@@ -310,4 +311,51 @@ fn scheduled_runs_record_phases_and_resume_exactly() {
     let mut other =
         Trainer::new(backend(1), schedule_config(WindowOrder::Reference), data).unwrap();
     assert!(block_on(other.resume(&state)).is_err());
+}
+
+#[test]
+fn depth_power_scales_each_windows_learning_rate() {
+    let (tok, w) = tiny4();
+    let text = edge_llm::data::Dataset::Text("the cat sat on the mat. ".repeat(20));
+    let data = prepare(
+        &text,
+        &tok,
+        &DataConfig {
+            seq_len: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = |power: f64| {
+        let mut cfg = schedule_config(WindowOrder::Reference);
+        cfg.warmup_fraction = 0.0;
+        if let Some(ls) = cfg.layers.as_mut() {
+            ls.depth_lr_power = power;
+        }
+        let be = CpuBackend::with_exits(w.clone(), LoraConfig::default(), &EXITS, 1);
+        let mut t = Trainer::new(be, cfg, data.clone()).unwrap();
+        let mut rep: Vec<StepReport> = Vec::new();
+        block_on(t.run(100, &mut |r| rep.push(r.clone()))).unwrap();
+        let lora = t.backend.lora().unwrap().clone();
+        (rep, lora)
+    };
+    let (flat, flat_lora) = run(0.0);
+    let (deep, deep_lora) = run(2.0);
+    // Window 0 ends at block 2 of 4: (2/4)² = 0.25 of the run's LR; window 1 the full LR.
+    for (f, d) in flat.iter().zip(&deep) {
+        let want = if d.window == Some(0) { 0.25 } else { 1.0 };
+        assert!((d.lr - want * f.lr).abs() < 1e-15, "{f:?} {d:?}");
+    }
+    // The shallow window's blocks moved less from their zero-initialised B.
+    let b_norm = |l: &Lora<f32>, layer: usize| -> f64 {
+        l.layers[layer]
+            .iter()
+            .flatten()
+            .flat_map(|p| p.b.iter())
+            .map(|&x| (x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    assert!(b_norm(&deep_lora, 0) < 0.5 * b_norm(&flat_lora, 0));
+    assert!(b_norm(&deep_lora, 0) > 0.0);
 }

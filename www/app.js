@@ -482,6 +482,7 @@ function readOptions() {
       throw new Error(`Exit every must be at most the model's ${blocks} blocks (one exit, at the top).`);
     }
     options.window_schedule = $('opt-window-schedule').value;
+    options.window_lr_power = num('opt-window-lr-power', 'Window LR depth power', { int: false, min: 0 });
   }
   if (mode === 'partial') {
     options.partial_layers = num('opt-partial', 'Blocks to tune', { min: 1 });
@@ -535,6 +536,7 @@ function writeOptions(o, saveEvery) {
   $('opt-mode').value = o.mode || 'vanilla';
   if (o.exit_stride) $('opt-exit-stride').value = o.exit_stride;
   if (o.window_schedule) $('opt-window-schedule').value = o.window_schedule;
+  if (o.window_lr_power != null) $('opt-window-lr-power').value = o.window_lr_power;
   if (o.partial_layers) $('opt-partial').value = o.partial_layers;
   updateModeControls();
 }
@@ -588,7 +590,8 @@ function windowLabel(index, plan = tune.plan) {
   if (!w) return `window ${index + 1}`;
   const [a, b] = w.layers;
   const blocks = b - a === 1 ? `block ${b}` : `blocks ${a + 1}–${b}`;
-  return `window ${index + 1} (${blocks}, ${w.exit_after === null ? 'model head' : `exit after ${w.exit_after}`})`;
+  const lr = w.lr_scale != null && w.lr_scale !== 1 ? `, LR × ${w.lr_scale.toPrecision(2)}` : '';
+  return `window ${index + 1} (${blocks}, ${w.exit_after === null ? 'model head' : `exit after ${w.exit_after}`}${lr})`;
 }
 
 function showPlan(plan) {

@@ -74,6 +74,9 @@ pub(crate) struct BenchTuneArgs {
     /// reference or adaptive.
     #[arg(long, default_value = "reference")]
     pub window_schedule: String,
+    /// Edge mode: a window's learning rate is --lr × (its depth ÷ the model's)^this.
+    #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_LR_POWER)]
+    pub window_lr_power: f64,
     #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
     pub partial_layers: usize,
     /// Compression of compress-then-tune (uniform) and edge (LUC): mean sparsity.
@@ -240,6 +243,7 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             exit_stride: a.exit_stride,
             window_schedule: order,
             partial_layers: a.partial_layers,
+            depth_lr_power: a.window_lr_power,
         };
         runs.push(prepare_mode(&a, &model, &mode_args, &ds)?);
     }
@@ -487,6 +491,12 @@ fn markdown(a: &BenchTuneArgs, rs: &[ModeResult]) -> String {
         a.lora_rank,
         a.lr
     );
+    if a.modes.contains(&Mode::Edge) {
+        s += &format!(
+            "Edge: exits every {} blocks, {} window order, window LR × (depth)^{}.\n\n",
+            a.exit_stride, a.window_schedule, a.window_lr_power
+        );
+    }
     s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | speedup | memory ratio |\n";
     s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rs {

@@ -210,6 +210,10 @@ enum Cmd {
         /// the window whose exit loss fell fastest).
         #[arg(long, default_value = "reference")]
         window_schedule: String,
+        /// Edge mode: a window's learning rate is --lr × (its last block ÷ the model's
+        /// blocks)^this; 0 trains every window at --lr, 2 gives shallow windows much less.
+        #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_LR_POWER)]
+        window_lr_power: f64,
         /// Partial mode: how many of the last blocks are tuned.
         #[arg(long, default_value_t = tune::DEFAULT_EXIT_STRIDE)]
         partial_layers: usize,
@@ -721,7 +725,8 @@ fn run(cmd: Cmd) -> Result<i32> {
                     println!(
                         "{}",
                         json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
-                               "vote": r.rule, "exits": r.exits, "votes": r.votes})
+                               "vote": r.rule, "exits": r.exits, "votes": r.votes,
+                               "predictions": r.predictions})
                     );
                 } else {
                     for e in &r.exits {
@@ -754,7 +759,8 @@ fn run(cmd: Cmd) -> Result<i32> {
             if json {
                 println!(
                     "{}",
-                    json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct})
+                    json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
+                           "predictions": r.predictions})
                 );
             } else {
                 println!("accuracy {:.4} ({}/{})", r.accuracy, r.correct, r.n);
@@ -845,6 +851,7 @@ fn run(cmd: Cmd) -> Result<i32> {
             mode,
             exit_stride,
             window_schedule,
+            window_lr_power,
             partial_layers,
             json,
         } => {
@@ -853,6 +860,7 @@ fn run(cmd: Cmd) -> Result<i32> {
                 exit_stride,
                 window_schedule: window_schedule.parse()?,
                 partial_layers,
+                depth_lr_power: window_lr_power,
             };
             let session = tune::Session {
                 device,

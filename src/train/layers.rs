@@ -41,6 +41,13 @@ impl std::str::FromStr for WindowOrder {
 pub struct LayerSchedule {
     pub windows: Vec<Span>,
     pub order: WindowOrder,
+    /// A window's learning rate is the run's × (its last block ÷ the deepest window's
+    /// last block)^power: 0 trains every window alike; above 0 shallow windows, whose
+    /// exits are far from the head's space, move their blocks less (the deeper blocks
+    /// were tuned on what those blocks output), as LayerSkip weights early-exit losses
+    /// less the shallower the exit.
+    #[serde(default)]
+    pub depth_lr_power: f64,
 }
 
 /// One phase of a run: a window trained from step `start` (0-based) with these losses.
@@ -96,7 +103,22 @@ impl LayerSchedule {
                 exit: Some(k),
             })
             .collect();
-        Self { windows, order }
+        Self {
+            windows,
+            order,
+            depth_lr_power: 0.0,
+        }
+    }
+
+    /// The multiplier of window `w`'s learning rate (see `depth_lr_power`).
+    pub fn lr_multiplier(&self, w: usize) -> f64 {
+        let deepest = self.windows.iter().map(|s| s.layers.end).max().unwrap_or(0);
+        match self.windows.get(w) {
+            Some(s) if deepest > 0 && self.depth_lr_power != 0.0 => {
+                (s.layers.end as f64 / deepest as f64).powf(self.depth_lr_power)
+            }
+            _ => 1.0,
+        }
     }
 
     /// Steps per phase for a run of `total` steps.
@@ -216,9 +238,22 @@ mod tests {
         let s = LayerSchedule {
             windows: Vec::new(),
             order: WindowOrder::Adaptive,
+            depth_lr_power: 1.0,
         };
+        assert_eq!(s.lr_multiplier(0), 1.0);
         assert_eq!(s.phase_len(10), 5);
         let _ = s.window_at(7, 10, &[]);
+    }
+
+    #[test]
+    fn depth_scales_the_learning_rate() {
+        let mut s = LayerSchedule::from_exits(&[6, 12, 18, 24, 30], WindowOrder::Reference);
+        assert!((0..5).all(|w| s.lr_multiplier(w) == 1.0));
+        s.depth_lr_power = 2.0;
+        let m: Vec<f64> = (0..5).map(|w| s.lr_multiplier(w)).collect();
+        for (got, want) in m.iter().zip([0.04, 0.16, 0.36, 0.64, 1.0]) {
+            assert!((got - want).abs() < 1e-12, "{m:?}");
+        }
     }
 
     #[test]

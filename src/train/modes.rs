@@ -53,13 +53,23 @@ impl Mode {
 /// reference's quarter, with one more exit to vote.
 pub const DEFAULT_EXIT_STRIDE: usize = 6;
 
+/// Edge mode's default [`LayerSchedule::depth_lr_power`]: the shallow windows of the
+/// 30-block default model train at 4 %, 16 %, 36 % and 64 % of the LR. Measured on
+/// ARC-Easy (300 steps, 200 validation questions): power 0 left the model below its
+/// untuned accuracy (36 % voted) because the shallow windows, trained at exits far from
+/// the head's space, moved their blocks away from what the deeper blocks expect; power 2
+/// gave 54 %.
+pub const DEFAULT_DEPTH_LR_POWER: f64 = 2.0;
+
 /// The mode settings of a new run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModeArgs {
     pub mode: Mode,
     pub exit_stride: usize,
     pub window_schedule: WindowOrder,
     pub partial_layers: usize,
+    /// Edge mode: [`LayerSchedule::depth_lr_power`].
+    pub depth_lr_power: f64,
 }
 
 impl Default for ModeArgs {
@@ -69,6 +79,7 @@ impl Default for ModeArgs {
             exit_stride: DEFAULT_EXIT_STRIDE,
             window_schedule: WindowOrder::Reference,
             partial_layers: DEFAULT_EXIT_STRIDE,
+            depth_lr_power: DEFAULT_DEPTH_LR_POWER,
         }
     }
 }
@@ -103,12 +114,22 @@ pub fn mode_layers(n_layers: usize, m: &ModeArgs) -> Result<ModeLayers> {
                         exit: None,
                     }],
                     order: WindowOrder::Reference,
+                    depth_lr_power: 0.0,
                 }),
             }
         }
         Mode::Edge => {
+            if !(m.depth_lr_power.is_finite() && m.depth_lr_power >= 0.0) {
+                return Err(Error::Invalid(format!(
+                    "window learning-rate power (--window-lr-power) {} must be a number \
+                     ≥ 0",
+                    m.depth_lr_power
+                )));
+            }
             let exits = exits_every(n_layers, m.exit_stride.min(n_layers))?;
-            let layers = Some(LayerSchedule::from_exits(&exits, m.window_schedule));
+            let mut ls = LayerSchedule::from_exits(&exits, m.window_schedule);
+            ls.depth_lr_power = m.depth_lr_power;
+            let layers = Some(ls);
             ModeLayers { exits, layers }
         }
     })
@@ -125,6 +146,7 @@ mod tests {
             exit_stride,
             partial_layers,
             window_schedule: WindowOrder::Adaptive,
+            depth_lr_power: 1.0,
         };
         assert_eq!(
             mode_layers(30, &args(Mode::Vanilla, 6, 6)).unwrap(),
@@ -135,6 +157,7 @@ mod tests {
         let ls = edge.layers.unwrap();
         assert_eq!(ls.order, WindowOrder::Adaptive);
         assert_eq!(ls.windows.len(), 5);
+        assert_eq!(ls.depth_lr_power, 1.0);
         // A stride beyond the model is clamped: one window, one exit at the top.
         assert_eq!(
             mode_layers(2, &args(Mode::Edge, 6, 6)).unwrap().exits,
@@ -145,6 +168,11 @@ mod tests {
         assert_eq!(p.layers.unwrap().windows[0].layers, 26..30);
         assert!(mode_layers(2, &args(Mode::Partial, 6, 3)).is_err());
         assert!(mode_layers(2, &args(Mode::Partial, 6, 0)).is_err());
+        let bad = ModeArgs {
+            depth_lr_power: f64::NAN,
+            ..args(Mode::Edge, 6, 6)
+        };
+        assert!(mode_layers(30, &bad).is_err());
         assert!(Mode::Edge.windowed() && !Mode::CompressThenTune.windowed());
     }
 }

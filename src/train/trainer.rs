@@ -288,7 +288,11 @@ impl<B: Backend> Trainer<B> {
             let seed = derive_seed(self.config.seed, &[DROPOUT, self.step, k as u64]);
             loss.add(self.backend.accumulate(micro, scale, seed).await?);
         }
-        let lr = self.schedule().lr(self.step);
+        let depth = match (&self.config.layers, window) {
+            (Some(ls), Some(w)) => ls.lr_multiplier(w),
+            _ => 1.0,
+        };
+        let lr = self.schedule().lr(self.step) * depth;
         let opt = AdamW {
             lr,
             weight_decay: self.config.weight_decay,
@@ -415,7 +419,7 @@ impl<B: Backend> Trainer<B> {
         if state.layers != self.config.layers {
             return Err(Error::Invalid(
                 "checkpoint was made with another layer-tuning schedule (--mode, \
-                 --exit-stride, --window-schedule)"
+                 --exit-stride, --window-schedule, --window-lr-power)"
                     .into(),
             ));
         }
