@@ -231,7 +231,7 @@ export class Lm {
   get maxLen() { return this.inner.max_len(); }
   get hasAdapter() { return this.inner.has_adapter(); }
   /// Block counts after which the adapter's early exits sit (empty: none). With exits,
-  /// accuracy and generation vote over them on the CPU.
+  /// accuracy and generation vote over them on the GPU, in one pass to the deepest exit.
   get exits() { return Array.from(this.inner.exits()); }
 
   /// Perplexity of the first `maxTokens` tokens of `text`.

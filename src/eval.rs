@@ -8,8 +8,10 @@
 //! over the synchronous [`CausalLm`] (what the CLI calls) run the same async bodies, whose
 //! futures are then always ready, so they need no executor and work on wasm32 too.
 //!
-//! Models with early exits implement [`ExitLm`] (each exit's logits per position); the
-//! `*_exits`/`*_vote`/`*_voted` functions combine the exits by a [`Vote`] rule (CPU only).
+//! Models with early exits implement [`AsyncExitLm`] (each exit's logits per position;
+//! [`CpuExitLm`] and the GPU model), with the synchronous [`ExitLm`] beside it as
+//! [`CausalLm`] is beside [`AsyncLm`]; the `*_exits`/`*_vote`/`*_voted` functions combine
+//! the exits by a [`Vote`] rule, the same code on both devices.
 
 use crate::data::McQuestion;
 use crate::reference::ops::log_softmax;
@@ -445,8 +447,50 @@ pub trait ExitLm {
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
 }
 
-/// The CPU reference's exits as an [`ExitLm`], with a KV cache (the GPU engine has no
-/// exits).
+/// [`ExitLm`] whose `append` may wait for a device: the trait the voting functions are
+/// written against (as [`AsyncLm`] is for the plain ones).
+pub trait AsyncExitLm {
+    fn vocab(&self) -> usize;
+    /// Longest context the model supports.
+    fn max_len(&self) -> usize;
+    /// Positions in the context.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Forgets positions from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// The block counts after which the exits sit, shallow to deep.
+    fn exits(&self) -> Vec<usize>;
+    /// Appends `tokens` and returns each exit's logits of every appended position,
+    /// `[exit][n·vocab]`.
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
+}
+
+/// Any synchronous exit model is an [`AsyncExitLm`] whose futures are ready at once.
+impl AsyncExitLm for dyn ExitLm + '_ {
+    fn vocab(&self) -> usize {
+        ExitLm::vocab(self)
+    }
+    fn max_len(&self) -> usize {
+        ExitLm::max_len(self)
+    }
+    fn len(&self) -> usize {
+        ExitLm::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        ExitLm::truncate(self, len)
+    }
+    fn exits(&self) -> Vec<usize> {
+        ExitLm::exits(self)
+    }
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>> {
+        std::future::ready(ExitLm::append(self, tokens))
+    }
+}
+
+/// The CPU reference's exits as an [`ExitLm`] (and an [`AsyncExitLm`] with ready
+/// futures), with a KV cache.
 pub struct CpuExitLm<'a> {
     pub model: &'a Transformer<f32>,
     cache: KvCache<f32>,
@@ -488,23 +532,54 @@ impl ExitLm for CpuExitLm<'_> {
             .unwrap_or_default()
     }
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        check_tokens(tokens, self.vocab())?;
-        if self.cache.len + tokens.len() > self.max_len() {
+        check_tokens(tokens, ExitLm::vocab(self))?;
+        let max_len = ExitLm::max_len(self);
+        if self.cache.len + tokens.len() > max_len {
             return Err(Error::Invalid(format!(
                 "context of {} tokens exceeds the model's {}",
                 self.cache.len + tokens.len(),
-                self.max_len()
+                max_len
             )));
         }
         Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
     }
 }
 
+impl AsyncExitLm for CpuExitLm<'_> {
+    fn vocab(&self) -> usize {
+        ExitLm::vocab(self)
+    }
+    fn max_len(&self) -> usize {
+        ExitLm::max_len(self)
+    }
+    fn len(&self) -> usize {
+        ExitLm::len(self)
+    }
+    fn truncate(&mut self, len: usize) {
+        ExitLm::truncate(self, len)
+    }
+    fn exits(&self) -> Vec<usize> {
+        ExitLm::exits(self)
+    }
+    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>> {
+        std::future::ready(ExitLm::append(self, tokens))
+    }
+}
+
+/// [`score_choices_exits_async`] on a synchronous model.
+pub fn score_choices_exits(
+    lm: &mut dyn ExitLm,
+    tok: &Tokenizer,
+    q: &McQuestion,
+) -> Result<Vec<Vec<f64>>> {
+    now(score_choices_exits_async(lm, tok, q))
+}
+
 /// Summed log-likelihood of each choice's continuation under each exit, `[exit][choice]`:
 /// the scoring of [`score_choices_async`] (the question's context once, then each
 /// choice's continuation tokens), at every exit.
-pub fn score_choices_exits(
-    lm: &mut dyn ExitLm,
+pub async fn score_choices_exits_async<L: AsyncExitLm + ?Sized>(
+    lm: &mut L,
     tok: &Tokenizer,
     q: &McQuestion,
 ) -> Result<Vec<Vec<f64>>> {
@@ -514,7 +589,7 @@ pub fn score_choices_exits(
     }
     lm.truncate(0);
     let vocab = lm.vocab();
-    let ctx_logits = lm.append(&ctx)?;
+    let ctx_logits = lm.append(&ctx).await?;
     let last: Vec<Vec<f32>> = ctx_logits
         .iter()
         .map(|l| log_softmax(&l[(ctx.len() - 1) * vocab..]))
@@ -529,7 +604,7 @@ pub fn score_choices_exits(
         let mut s: Vec<f64> = last.iter().map(|l| l[first as usize] as f64).collect();
         if !rest.is_empty() {
             lm.truncate(ctx.len());
-            let logits = lm.append(&cont[..cont.len() - 1])?;
+            let logits = lm.append(&cont[..cont.len() - 1]).await?;
             for (s, exit) in s.iter_mut().zip(&logits) {
                 for (row, &next) in exit.chunks(vocab).zip(rest) {
                     *s += log_softmax(row)[next as usize] as f64;
@@ -541,6 +616,16 @@ pub fn score_choices_exits(
         }
     }
     Ok(scores)
+}
+
+/// Refuses a model without exits (nothing to vote over).
+fn check_exits(afters: &[usize]) -> Result<()> {
+    if afters.is_empty() {
+        return Err(Error::Invalid(
+            "exit voting needs an adapter with early exits".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Accuracy of one exit on its own.
@@ -578,11 +663,22 @@ pub struct McVoteResult {
     pub scores: Vec<Vec<Vec<f64>>>,
 }
 
+/// [`eval_mc_vote_async`] on a synchronous model.
+pub fn eval_mc_vote(
+    lm: &mut dyn ExitLm,
+    tok: &Tokenizer,
+    questions: &[McQuestion],
+    rule: Vote,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<McVoteResult> {
+    now(eval_mc_vote_async(lm, tok, questions, rule, progress))
+}
+
 /// Zero-shot accuracy with exit voting: a choice's probability under exit k is
 /// exp(its summed log-likelihood there), and `rule` combines the exits. Calls
 /// `progress(done, total, correct)` (by `rule`) after each question.
-pub fn eval_mc_vote(
-    lm: &mut dyn ExitLm,
+pub async fn eval_mc_vote_async<L: AsyncExitLm + ?Sized>(
+    lm: &mut L,
     tok: &Tokenizer,
     questions: &[McQuestion],
     rule: Vote,
@@ -592,12 +688,13 @@ pub fn eval_mc_vote(
         return Err(Error::Data("no questions to evaluate".into()));
     }
     let afters = lm.exits();
+    check_exits(&afters)?;
     let mut exit_correct = vec![0usize; afters.len()];
     let mut vote_correct = [0usize; Vote::ALL.len()];
     let mut predictions = Vec::with_capacity(questions.len());
     let mut all_scores = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
-        let scores = score_choices_exits(lm, tok, q)?;
+        let scores = score_choices_exits_async(lm, tok, q).await?;
         for (c, s) in exit_correct.iter_mut().zip(&scores) {
             *c += usize::from(argmax_f64(s) == q.answer);
         }
@@ -659,10 +756,25 @@ pub fn voted_distribution(rows: &[&[f32]], rule: Vote, temperature: f32) -> Resu
     vote::combine(rule, &dists)
 }
 
-/// [`generate`] from the exits' voted distribution ([`voted_distribution`]), then
-/// greedy or nucleus sampling as `sampling` says ([`sample_probs`]).
+/// [`generate_voted_async`] on a synchronous model.
 pub fn generate_voted(
     lm: &mut dyn ExitLm,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    rule: Vote,
+    stop: &[u32],
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Vec<u32>> {
+    now(generate_voted_async(
+        lm, prompt, max_tokens, sampling, rule, stop, on_token,
+    ))
+}
+
+/// [`generate_async`] from the exits' voted distribution ([`voted_distribution`]), then
+/// greedy or nucleus sampling as `sampling` says ([`sample_probs`]).
+pub async fn generate_voted_async<L: AsyncExitLm + ?Sized>(
+    lm: &mut L,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,
@@ -673,10 +785,11 @@ pub fn generate_voted(
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt is empty".into()));
     }
+    check_exits(&lm.exits())?;
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     lm.truncate(0);
     let vocab = lm.vocab();
-    let mut logits = lm.append(prompt)?;
+    let mut logits = lm.append(prompt).await?;
     let mut out = Vec::new();
     while out.len() < max_tokens && lm.len() < lm.max_len() {
         let rows: Vec<&[f32]> = logits.iter().map(|l| &l[l.len() - vocab..]).collect();
@@ -687,7 +800,7 @@ pub fn generate_voted(
         }
         out.push(next);
         on_token(next);
-        logits = lm.append(&[next])?;
+        logits = lm.append(&[next]).await?;
     }
     Ok(out)
 }

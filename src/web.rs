@@ -12,8 +12,8 @@
 //!
 //! Every tuning mode trains on the GPU engine, windowed ones (partial, edge: adaptive
 //! layer tuning) through `GpuTrainer::with_windows`, planned by `plan_windows`. Exit
-//! voting at evaluation runs on the CPU reference inside the worker (wasm, one thread):
-//! the GPU model does not compute exits yet.
+//! voting at evaluation runs on the same GPU model (`eval::*_vote_async`), which computes
+//! every exit's logits in one pass.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -29,10 +29,10 @@ use crate::compress::profile::{profile_key, Profile};
 use crate::data::{Dataset, LineError};
 use crate::engine::train::fit_budget_windows;
 use crate::engine::{Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
-use crate::eval::{self, CpuExitLm, Sampling};
+use crate::eval::{self, Sampling};
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::{Lora, LoraConfig, Proj, Span, Transformer};
+use crate::reference::{Lora, LoraConfig, Proj, Span};
 use crate::tokenizer::Tokenizer;
 use crate::train::{
     self, cpu::initial_adapters, Backend, DataConfig, Decay, Mode, ModeArgs, ModeLayers, Row,
@@ -680,19 +680,11 @@ impl WebModel {
             max_len: o.max_len,
             ..Default::default()
         };
+        // With exits the same model also gives every exit's logits (voted accuracy and
+        // chat); perplexity reads the model's own head.
         let gm = GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?;
-        // Exits run on the CPU reference (the GPU engine has none): voted accuracy and
-        // voted generation use this copy; perplexity stays on the GPU.
-        let exits = match lora.filter(|l| !l.exits.is_empty()) {
-            Some(l) => Some(Transformer {
-                w: self.model.weights().map_err(js_err)?,
-                lora: Some(l.clone()),
-            }),
-            None => None,
-        };
         Ok(WebLm {
             gm,
-            exits,
             tokenizer: Rc::clone(&self.tokenizer),
             with_adapter: lora.is_some(),
         })
@@ -810,8 +802,6 @@ fn notify(f: &Option<js_sys::Function>, args: &[JsValue]) {
 #[wasm_bindgen]
 pub struct WebLm {
     gm: GpuModel<'static>,
-    /// The model with the adapter's early exits on the CPU reference (None: no exits).
-    exits: Option<Transformer<f32>>,
     tokenizer: Rc<Tokenizer>,
     with_adapter: bool,
 }
@@ -820,22 +810,15 @@ impl WebLm {
     /// The voting rule for `asked` (default max with exits); asking without exits is an
     /// error.
     fn vote_rule(&self, asked: Option<Vote>) -> crate::Result<Option<Vote>> {
-        match (asked, &self.exits) {
-            (Some(r), None) => Err(Error::Invalid(format!(
+        match (asked, self.gm.exits().is_empty()) {
+            (Some(r), true) => Err(Error::Invalid(format!(
                 "voting ({r}) needs an adapter with early exits: tune in edge mode, or load \
                  the adapter with its {}",
                 adapter::EXITS_FILE
             ))),
-            (asked, Some(_)) => Ok(Some(asked.unwrap_or(Vote::Max))),
-            (None, None) => Ok(None),
+            (asked, false) => Ok(Some(asked.unwrap_or(Vote::Max))),
+            (None, true) => Ok(None),
         }
-    }
-
-    fn exit_lm(&self) -> crate::Result<CpuExitLm<'_>> {
-        let m = self.exits.as_ref().ok_or_else(|| {
-            Error::Invalid("exit voting needs an adapter with early exits".into())
-        })?;
-        CpuExitLm::new(m)
     }
 }
 
@@ -858,11 +841,7 @@ impl WebLm {
 
     /// The block counts after which the adapter's early exits sit (empty: none).
     pub fn exits(&self) -> Vec<u32> {
-        self.exits
-            .as_ref()
-            .and_then(|m| m.lora.as_ref())
-            .map(exit_afters)
-            .unwrap_or_default()
+        self.gm.exits().into_iter().map(|a| a as u32).collect()
     }
 
     /// Perplexity of the first `max_tokens` tokens of `text` (at most the cache length):
@@ -889,7 +868,7 @@ impl WebLm {
 
     /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL:
     /// `{accuracy, n, correct, seconds, device, questions: [{question, choices, answer,
-    /// predicted, scores}]}`. With early exits (on the CPU) the answer is voted by `vote`
+    /// predicted, scores}]}`. With early exits the answer is voted by `vote`
     /// (max, mean, majority, last; default max) and the result adds `vote`, `exits: [{after,
     /// accuracy, correct}]`, `votes: [{rule, accuracy, correct}]` and per question
     /// `exit_predictions`. Calls `progress(done, total, correct)` after each question.
@@ -911,9 +890,8 @@ impl WebLm {
             .map_err(js_err)?;
         let t0 = web_time::Instant::now();
         if let Some(rule) = self.vote_rule(asked).map_err(js_err)? {
-            let mut lm = self.exit_lm().map_err(js_err)?;
-            let r = eval::eval_mc_vote(
-                &mut lm,
+            let r = eval::eval_mc_vote_async(
+                &mut self.gm,
                 &self.tokenizer,
                 &qs,
                 rule,
@@ -928,6 +906,7 @@ impl WebLm {
                     )
                 },
             )
+            .await
             .map_err(js_err)?;
             let argmax = |s: &[f64]| {
                 (0..s.len())
@@ -948,7 +927,7 @@ impl WebLm {
                 "n": r.n,
                 "correct": r.correct,
                 "seconds": t0.elapsed().as_secs_f64(),
-                "device": "cpu",
+                "device": "gpu",
                 "vote": r.rule,
                 "exits": r.exits,
                 "votes": r.votes,
@@ -1044,9 +1023,8 @@ impl WebLm {
         };
         let out = match rule {
             Some(rule) => {
-                let mut lm = self.exit_lm().map_err(js_err)?;
-                eval::generate_voted(
-                    &mut lm,
+                eval::generate_voted_async(
+                    &mut self.gm,
                     &ids,
                     o.max_tokens,
                     &sampling,
@@ -1054,6 +1032,7 @@ impl WebLm {
                     &stop,
                     &mut on_token,
                 )
+                .await
             }
             None => {
                 eval::generate_async(
@@ -1088,7 +1067,7 @@ impl WebLm {
             "prefill_seconds": prefill,
             "tokens_per_s": out.len() as f64 / secs.max(1e-9),
             "decode_tokens_per_s": decode_tps,
-            "device": if rule.is_some() { "cpu" } else { "gpu" },
+            "device": "gpu",
             "vote": rule,
         })
         .to_string())

@@ -212,7 +212,7 @@ fn memory_plan_covers_what_is_allocated() {
     for format in [WeightFormat::F32, WeightFormat::Packed] {
         for l in [None, Some(&lora)] {
             let o = opts(format);
-            let plan = GpuModel::plan(&file, &o, l.map(|l| &l.config)).unwrap();
+            let plan = GpuModel::plan(&file, &o, l).unwrap();
             let gpu = GpuModel::new(&ctx, &file, &o, l).unwrap();
             assert!(
                 plan.total() >= gpu.allocated_bytes(),

@@ -1155,8 +1155,8 @@ function showEvalModel(info) {
     ? `; the paused run's trainer holds ${mib(info.trainer_bytes)} more.`
     : '.');
   if (info.lm_exits && info.lm_exits.length) {
-    parts.push(` Its early exits (after blocks ${info.lm_exits.join(', ')}) run on the CPU in this tab: accuracy and ` +
-      'chat vote over them; perplexity uses the GPU model (the exits are not applied there).');
+    parts.push(` Its early exits (after blocks ${info.lm_exits.join(', ')}) run on the GPU with it: accuracy and ` +
+      'chat vote over them; perplexity reads the model\'s own head (the exits are not applied there).');
   }
   const el = $('eval-model-status');
   el.dataset.info = parts.join('');
@@ -1241,7 +1241,7 @@ async function onMc() {
     delete $('mc-status').dataset.accuracy;
     const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value });
     showEvalModel(r);
-    const voted = r.vote ? ` voted by ${r.vote} over exits after blocks ${r.exits.map((e) => e.after).join(', ')} (CPU)` : '';
+    const voted = r.vote ? ` voted by ${r.vote} over exits after blocks ${r.exits.map((e) => e.after).join(', ')} (${r.device.toUpperCase()})` : '';
     $('mc-status').textContent = `${SOURCE_LABELS[source]}${voted}: accuracy ${r.accuracy.toFixed(3)} ` +
       `(${r.correct} of ${r.n} right, ${r.seconds.toFixed(1)} s; chance is about 0.25)`;
     $('mc-status').dataset.accuracy = String(r.accuracy);
@@ -1323,7 +1323,7 @@ async function onChat() {
     const st = $('chat-status');
     st.textContent = `${r.tokens} tokens in ${r.seconds.toFixed(2)} s: ${r.tokens_per_s.toFixed(1)} tokens/s ` +
       `(${r.decode_tokens_per_s.toFixed(1)} tokens/s after the ${r.prompt_tokens}-token prompt's ` +
-      `${r.prefill_seconds.toFixed(2)} s)${r.vote ? `, sampled from the exits' distributions voted by ${r.vote} on the CPU` : ''}.`;
+      `${r.prefill_seconds.toFixed(2)} s)${r.vote ? `, sampled from the exits' distributions voted by ${r.vote} on the ${r.device.toUpperCase()}` : ''}.`;
     st.dataset.vote = r.vote ?? '';
     st.dataset.tokens = String(r.tokens);
     st.dataset.tokensPerS = String(r.tokens_per_s);

@@ -6,8 +6,8 @@
 // 'eval-progress', done, total, correct?}), streamed chat text ({event: 'token', text})
 // and profiling/compression progress ({event: 'compress-progress', stage, done, total}).
 // It drives the engine through ./edge-llm.js, the npm package's wrapper (npm/index.js).
-// Every tuning mode trains on the GPU; exit voting at evaluation runs on the CPU reference
-// in this worker (one thread): the GPU model does not compute early exits yet.
+// Every tuning mode trains on the GPU; exit voting at evaluation runs on the same GPU
+// model, which computes every early exit's logits in one pass.
 
 import { init, gpuInfo, loadModel } from './edge-llm.js';
 

@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Sample from the early exits' voted distribution (max, mean, majority, last;
-        /// default max when the adapter has exits; CPU reference only).
+        /// default max when the adapter has exits), on the chosen --device.
         #[arg(long)]
         vote: Option<crate::vote::Vote>,
         #[arg(long)]
@@ -120,8 +120,8 @@ enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
         /// Combine the early exits' answers by this rule (max, mean, majority, last;
-        /// default max when the adapter has exits; CPU reference only). Every exit's and
-        /// every rule's accuracy is reported too.
+        /// default max when the adapter has exits), on the chosen --device. Every exit's
+        /// and every rule's accuracy is reported too.
         #[arg(long)]
         vote: Option<crate::vote::Vote>,
         #[arg(long)]
@@ -386,6 +386,25 @@ fn with_lm<R>(
     }
 }
 
+/// Runs `f` with every early exit's logits on the chosen backend (picked as [`with_lm`]
+/// picks), both behind [`eval::ExitLm`].
+fn with_exit_lm<R>(
+    device: Device,
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    f: impl FnOnce(&mut dyn eval::ExitLm) -> Result<R>,
+) -> Result<R> {
+    use crate::engine::{GpuModel, GpuModelOptions};
+    match pick_gpu(device)? {
+        Some(ctx) => {
+            let mut gm =
+                GpuModel::new(&ctx, file, &GpuModelOptions::default(), model.lora.as_ref())?;
+            f(&mut gm)
+        }
+        None => f(&mut eval::CpuExitLm::new(model)?),
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -600,11 +619,6 @@ fn run(cmd: Cmd) -> Result<i32> {
             let mut stdout = std::io::stdout();
             let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
             let rule = crate::vote::resolve(vote, has_exits)?;
-            if rule.is_some() && device == Device::Gpu {
-                return Err(Error::Invalid(
-                    "exit voting runs on the CPU reference only (the GPU engine has no early exits): use --device cpu or auto".into(),
-                ));
-            }
             let mut on_token = |id| {
                 if json {
                     return;
@@ -621,17 +635,18 @@ fn run(cmd: Cmd) -> Result<i32> {
             };
             let out = match rule {
                 Some(rule) => {
-                    eprintln!("device: CPU reference (exit voting: {rule})");
-                    let mut lm = eval::CpuExitLm::new(&m)?;
-                    eval::generate_voted(
-                        &mut lm,
-                        &ids,
-                        max_tokens,
-                        &sampling,
-                        rule,
-                        &stop,
-                        &mut on_token,
-                    )?
+                    eprintln!("exit voting: {rule}");
+                    with_exit_lm(device, &file, &m, |lm| {
+                        eval::generate_voted(
+                            lm,
+                            &ids,
+                            max_tokens,
+                            &sampling,
+                            rule,
+                            &stop,
+                            &mut on_token,
+                        )
+                    })?
                 }
                 None => with_lm(device, &file, &m, |lm| {
                     eval::generate(lm, &ids, max_tokens, &sampling, &stop, &mut on_token)
@@ -708,17 +723,13 @@ fn run(cmd: Cmd) -> Result<i32> {
             let (file, tok, m) = load(&model, adapter.as_deref())?;
             let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
             if let Some(rule) = crate::vote::resolve(vote, has_exits)? {
-                if device == Device::Gpu {
-                    return Err(Error::Invalid(
-                        "exit voting runs on the CPU reference only (the GPU engine has no early exits): use --device cpu or auto".into(),
-                    ));
-                }
-                eprintln!("device: CPU reference (exit voting: {rule})");
+                eprintln!("exit voting: {rule}");
                 let pb = progress_bar(qs.len() as u64, "eval-mc");
-                let mut lm = eval::CpuExitLm::new(&m)?;
-                let r = eval::eval_mc_vote(&mut lm, &tok, &qs, rule, &mut |done, _, correct| {
-                    pb.set_position(done as u64);
-                    pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+                let r = with_exit_lm(device, &file, &m, |lm| {
+                    eval::eval_mc_vote(lm, &tok, &qs, rule, &mut |done, _, correct| {
+                        pb.set_position(done as u64);
+                        pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+                    })
                 })?;
                 pb.finish_and_clear();
                 if json {

@@ -9,6 +9,12 @@
 //! gate/up (+ LoRA), SwiGLU, down (+ LoRA) added to the residual → final norm → head. All
 //! of it is recorded into one command encoder per chunk; only the logits are read back.
 //!
+//! With early exits in the adapter (`Lora::exits`, edge mode) [`GpuModel::append_exits_async`]
+//! gives every exit's logits in the same pass: after block `after` of each exit, z = x +
+//! s·B·A·x (the LoRA kernel on an identity projection, into a copy of the residual), the
+//! final norm and the head; blocks past the deepest exit are not run. Its chunks hold
+//! max_t / exits rows, so every exit's logits fit the one readback buffer.
+//!
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
 use super::plan::{Category, MemoryPlan};
@@ -27,7 +33,7 @@ use crate::kernels::qmatmul::{FrozenWeight, GpuWeight, Path, QMatmul};
 use crate::kernels::spmatmul::{grad_buffers_sparse24, grad_buffers_unstructured, SparseWeight};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
-use crate::reference::{Lora, LoraConfig, Proj};
+use crate::reference::{Lora, Proj};
 use crate::{Error, Result};
 
 /// How the projection and head matrices are held on the GPU.
@@ -348,8 +354,29 @@ struct GpuLora {
     rank: usize,
     /// `pairs[l][proj.index()]` = (A `[rank][k]`, B `[n][rank]`).
     pairs: Vec<Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>>,
-    /// u = x·Aᵀ, `[max_t][rank]`.
+    /// u = x·Aᵀ, `[max_t][rank]` (the exits' adapters use it too).
     u: wgpu::Buffer,
+    /// Early exits, shallow to deep.
+    exits: Vec<GpuExit>,
+}
+
+/// An early exit: after block `after`, z = x + s·B·A·x (A `[rank][d]`, B `[d][rank]`).
+struct GpuExit {
+    after: usize,
+    a: wgpu::Buffer,
+    b: wgpu::Buffer,
+}
+
+/// Rows per chunk when `exits` exits are read back: every exit's logits of a chunk share
+/// the readback buffer.
+fn exit_rows(max_t: usize, exits: usize) -> usize {
+    (max_t / exits.max(1)).max(1)
+}
+
+/// Rows of logits the readback buffer holds: a plain chunk's, or every exit's of an exit
+/// chunk (more only when there are more exits than rows per chunk).
+fn readback_rows(max_t: usize, exits: usize) -> usize {
+    max_t.max(exits * exit_rows(max_t, exits))
 }
 
 /// Resolved sizes.
@@ -400,18 +427,24 @@ pub struct GpuModel<'c> {
     rope: RopeTable,
     s: Scratch,
     lora: Option<GpuLora>,
+    /// The exit adapter's output z `[max_t][d]` (Some when the adapter has exits).
+    exit_z: Option<wgpu::Buffer>,
+    /// Positions cached in every block: exit passes fill only the blocks up to the deepest
+    /// exit, so plain appends need `deep_len == len`.
+    deep_len: usize,
     readback: wgpu::Buffer,
     plan: MemoryPlan,
     allocated: u64,
 }
 
 impl<'c> GpuModel<'c> {
-    /// Every buffer [`GpuModel::new`] allocates for this file, options and LoRA setting,
-    /// computed from the header alone (no tensor is read).
+    /// Every buffer [`GpuModel::new`] allocates for this file, options and adapter (its
+    /// settings and exits; no value is read), computed from the header alone (no tensor
+    /// is read).
     pub fn plan(
         file: &ModelFile,
         opts: &GpuModelOptions,
-        lora: Option<&LoraConfig>,
+        lora: Option<&Lora<f32>>,
     ) -> Result<MemoryPlan> {
         let c = &file.config;
         let Dims { max_len, max_t } = dims(c, opts)?;
@@ -476,7 +509,9 @@ impl<'c> GpuModel<'c> {
         for (name, width) in rows {
             plan.storage(name, Category::Activations, f32s(max_t * width));
         }
-        if let Some(lc) = lora {
+        let n_exits = lora.map_or(0, |l| l.exits.len());
+        if let Some(lo) = lora {
+            let lc = &lo.config;
             for l in 0..c.n_layers {
                 for &p in &lc.targets {
                     let (k, n) = p.shape(c);
@@ -486,8 +521,24 @@ impl<'c> GpuModel<'c> {
                 }
             }
             plan.storage("lora u", Category::Lora, f32s(max_t * lc.rank));
+            for k in 0..n_exits {
+                plan.storage(
+                    format!("exit {k} adapter A"),
+                    Category::Lora,
+                    f32s(lc.rank * d),
+                );
+                plan.storage(
+                    format!("exit {k} adapter B"),
+                    Category::Lora,
+                    f32s(d * lc.rank),
+                );
+            }
+            if n_exits > 0 {
+                plan.storage("exit output", Category::Activations, f32s(max_t * d));
+            }
         }
-        plan.other("logits readback", Category::Readback, f32s(max_t * vocab));
+        let rb = readback_rows(max_t, n_exits);
+        plan.other("logits readback", Category::Readback, f32s(rb * vocab));
         Ok(plan)
     }
 
@@ -500,7 +551,7 @@ impl<'c> GpuModel<'c> {
         lora: Option<&Lora<f32>>,
     ) -> Result<Self> {
         let c = file.config.clone();
-        let plan = Self::plan(file, opts, lora.map(|l| &l.config))?;
+        let plan = Self::plan(file, opts, lora)?;
         plan.check(&ctx.limits)?;
         let Dims { max_len, max_t } = dims(&c, opts)?;
         let (d, kv, f, vocab) = (c.hidden, c.kv_dim(), c.ffn, c.vocab);
@@ -593,9 +644,14 @@ impl<'c> GpuModel<'c> {
             Some(lo) => Some(upload_lora(ctx, &c, lo, max_t, &mut track)?),
             None => None,
         };
+        let n_exits = lora.as_ref().map_or(0, |l| l.exits.len());
+        let exit_z = match n_exits {
+            0 => None,
+            _ => Some(track(zeros("exit output", max_t * d)?)),
+        };
         let readback = track(ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logits readback"),
-            size: (max_t * vocab * 4) as u64,
+            size: (readback_rows(max_t, n_exits) * vocab * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }));
@@ -618,6 +674,8 @@ impl<'c> GpuModel<'c> {
             rope,
             s,
             lora,
+            exit_z,
+            deep_len: 0,
             readback,
             plan,
             allocated,
@@ -639,6 +697,13 @@ impl<'c> GpuModel<'c> {
         self.max_t
     }
 
+    /// Forgets positions from `len` on (only moves the length: later appends overwrite the
+    /// cache from there).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.deep_len = self.deep_len.min(self.len);
+    }
+
     /// Replaces the adapter values (same ranks and targets as at construction), e.g. after
     /// a training step; no allocation.
     pub fn set_lora(&mut self, lora: &Lora<f32>) -> Result<()> {
@@ -647,7 +712,20 @@ impl<'c> GpuModel<'c> {
             .as_mut()
             .ok_or_else(|| Error::Invalid("GPU model was built without LoRA".into()))?;
         check_lora(&self.config, lora, g.rank, &g.pairs)?;
+        let afters: Vec<usize> = g.exits.iter().map(|e| e.after).collect();
+        let given: Vec<usize> = lora.exits.iter().map(|e| e.after).collect();
+        if afters != given {
+            return Err(Error::Invalid(format!(
+                "LoRA adapter: exits after blocks {given:?}, but the GPU model was built for \
+                 {afters:?}: build it again with this adapter"
+            )));
+        }
         g.scale = lora.scale();
+        for (ge, le) in g.exits.iter().zip(&lora.exits) {
+            let q = &self.ctx.queue;
+            q.write_buffer(&ge.a, 0, bytemuck::cast_slice(&le.pair.a));
+            q.write_buffer(&ge.b, 0, bytemuck::cast_slice(&le.pair.b));
+        }
         for (gl, ll) in g.pairs.iter().zip(&lora.layers) {
             for (gp, lp) in gl.iter().zip(ll) {
                 if let (Some((a, b)), Some(p)) = (gp, lp) {
@@ -663,9 +741,17 @@ impl<'c> GpuModel<'c> {
         Ok(())
     }
 
-    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`
-    /// (runs in chunks of [`GpuModel::max_t`] rows).
-    pub async fn append_async(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// The block counts after which the adapter's early exits sit, shallow to deep (empty
+    /// without exits).
+    pub fn exits(&self) -> Vec<usize> {
+        self.lora
+            .as_ref()
+            .map(|g| g.exits.iter().map(|e| e.after).collect())
+            .unwrap_or_default()
+    }
+
+    /// Refuses tokens outside the vocabulary or past the cache.
+    fn check_append(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.config.vocab;
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Invalid(format!(
@@ -679,23 +765,65 @@ impl<'c> GpuModel<'c> {
                 self.max_len
             )));
         }
-        let mut out = Vec::with_capacity(tokens.len() * vocab);
+        Ok(())
+    }
+
+    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`
+    /// (runs in chunks of [`GpuModel::max_t`] rows).
+    pub async fn append_async(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_append(tokens)?;
+        if self.deep_len < self.len {
+            return Err(Error::Invalid(format!(
+                "the KV cache holds positions {}..{} for the blocks up to the deepest exit \
+                 only (an exit-voting pass): truncate to {} or less before a plain append",
+                self.deep_len, self.len, self.deep_len
+            )));
+        }
+        let mut out = Vec::with_capacity(tokens.len() * self.config.vocab);
         for chunk in tokens.chunks(self.max_t) {
             out.extend(self.forward_chunk(chunk).await?);
+            self.len += chunk.len();
+            self.deep_len = self.len;
+        }
+        Ok(out)
+    }
+
+    /// Appends `tokens` and returns each exit's logits of every appended position,
+    /// `[exit][n·vocab]` (chunks of max_t / exits rows). Blocks past the deepest exit are
+    /// not run, so their cache serves only further exit appends (or a plain one after
+    /// truncating back).
+    pub async fn append_exits_async(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let n_exits = self.lora.as_ref().map_or(0, |g| g.exits.len());
+        if n_exits == 0 {
+            return Err(Error::Invalid(
+                "exit voting needs an adapter with early exits (this GPU model has none)".into(),
+            ));
+        }
+        self.check_append(tokens)?;
+        let vocab = self.config.vocab;
+        let deepest = self.exits().last().copied().unwrap_or(0);
+        let mut out = vec![Vec::with_capacity(tokens.len() * vocab); n_exits];
+        for chunk in tokens.chunks(exit_rows(self.max_t, n_exits)) {
+            let logits = self.forward_exits_chunk(chunk).await?;
+            for (o, l) in out.iter_mut().zip(logits.chunks(chunk.len() * vocab)) {
+                o.extend_from_slice(l);
+            }
+            if deepest == self.layers.len() && self.deep_len == self.len {
+                self.deep_len += chunk.len();
+            }
             self.len += chunk.len();
         }
         Ok(out)
     }
 
-    async fn forward_chunk(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let ctx = self.ctx;
-        let (t, d) = (tokens.len(), self.config.hidden);
-        let mut enc = ctx.encoder();
+    /// Records the t tokens' embedding rows into the residual `x`.
+    fn encode_gather(&self, enc: &mut wgpu::CommandEncoder, tokens: &[u32]) -> Result<()> {
+        let (ctx, t, d) = (self.ctx, tokens.len(), self.config.hidden);
         match &self.gather {
             Gather::Gpu(table) => {
                 ctx.queue
                     .write_buffer(&self.s.tokens, 0, bytemuck::cast_slice(tokens));
-                encode_embedding_forward(ctx, &mut enc, &self.s.tokens, table, &self.s.x, t, d)?;
+                encode_embedding_forward(ctx, enc, &self.s.tokens, table, &self.s.x, t, d)
             }
             Gather::Cpu {
                 ty,
@@ -709,30 +837,79 @@ impl<'c> GpuModel<'c> {
                 }
                 ctx.queue
                     .write_buffer(&self.s.x, 0, bytemuck::cast_slice(&rows));
+                Ok(())
             }
         }
-        for l in 0..self.layers.len() {
-            self.encode_block(&mut enc, l, t)?;
-        }
-        let c = &self.config;
-        let s = &self.s;
+    }
+
+    /// Records the final norm of `y` and the head into the logits scratch (t rows).
+    fn encode_head(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        y: &wgpu::Buffer,
+        t: usize,
+    ) -> Result<()> {
+        let (ctx, c, s) = (self.ctx, &self.config, &self.s);
         encode_rmsnorm_forward(
             ctx,
-            &mut enc,
-            &s.x,
+            enc,
+            y,
             &self.output_norm,
             &s.n,
             &s.rstd,
             t,
-            d,
+            c.hidden,
             c.norm_eps,
         )?;
-        self.mm
-            .encode_nt(ctx, &mut enc, &self.head, &s.n, &s.logits, t)?;
-        let bytes = (t * c.vocab * 4) as u64;
-        enc.copy_buffer_to_buffer(&s.logits, 0, &self.readback, 0, bytes);
+        self.mm.encode_nt(ctx, enc, &self.head, &s.n, &s.logits, t)
+    }
+
+    async fn forward_chunk(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let (ctx, t) = (self.ctx, tokens.len());
+        let mut enc = ctx.encoder();
+        self.encode_gather(&mut enc, tokens)?;
+        for l in 0..self.layers.len() {
+            self.encode_block(&mut enc, l, t)?;
+        }
+        self.encode_head(&mut enc, &self.s.x, t)?;
+        let bytes = (t * self.config.vocab * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.s.logits, 0, &self.readback, 0, bytes);
         ctx.queue.submit([enc.finish()]);
         read_mapped(ctx, &self.readback, bytes).await
+    }
+
+    /// One chunk through the blocks up to the deepest exit; each exit's logits are copied
+    /// into the readback buffer in turn: `[exit][t][vocab]`.
+    async fn forward_exits_chunk(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let (ctx, t, d) = (self.ctx, tokens.len(), self.config.hidden);
+        let (Some(g), Some(z)) = (&self.lora, &self.exit_z) else {
+            return Err(Error::Invalid("this GPU model has no early exits".into()));
+        };
+        let mut enc = ctx.encoder();
+        self.encode_gather(&mut enc, tokens)?;
+        let per_exit = (t * self.config.vocab * 4) as u64;
+        let sh = LoraShape {
+            m: t,
+            k: d,
+            n: d,
+            rank: g.rank,
+            scale: g.scale,
+        };
+        let mut done = 0;
+        for (k, e) in g.exits.iter().enumerate() {
+            for l in done..e.after {
+                self.encode_block(&mut enc, l, t)?;
+            }
+            done = e.after;
+            // z = x + s·B·A·x: a LoRA on an identity projection, into a copy of x.
+            enc.copy_buffer_to_buffer(&self.s.x, 0, z, 0, (t * d * 4) as u64);
+            encode_lora_forward(ctx, &mut enc, &self.s.x, (&e.a, &e.b), None, &g.u, z, sh)?;
+            self.encode_head(&mut enc, z, t)?;
+            let off = k as u64 * per_exit;
+            enc.copy_buffer_to_buffer(&self.s.logits, 0, &self.readback, off, per_exit);
+        }
+        ctx.queue.submit([enc.finish()]);
+        read_mapped(ctx, &self.readback, g.exits.len() as u64 * per_exit).await
     }
 
     /// A projection of `x` into `y` (t rows), plus its LoRA term if it has one.
@@ -877,6 +1054,25 @@ fn check_lora(
             }
         }
     }
+    let mut prev = 0;
+    for (k, e) in lora.exits.iter().enumerate() {
+        let q = &e.pair;
+        if e.after <= prev || e.after > c.n_layers {
+            return bad(format!(
+                "exit {k} after block {}: exits must ascend within 1..={}",
+                e.after, c.n_layers
+            ));
+        }
+        prev = e.after;
+        let d = c.hidden;
+        let lens_ok = q.a.len() == rank * d && q.b.len() == d * rank;
+        if q.rank != rank || q.k != d || q.n != d || !lens_ok {
+            return bad(format!(
+                "exit {k} (after block {}): not a rank-{rank} adapter on the {d}-wide hidden state",
+                e.after
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -913,11 +1109,28 @@ fn upload_lora(
     }
     check_lora(c, lora, rank, &pairs)?;
     let u = track(ctx.storage_zeroed("lora u", (max_t * rank * 4) as u64)?);
+    let mut exits = Vec::with_capacity(lora.exits.len());
+    for (k, e) in lora.exits.iter().enumerate() {
+        let a = track(ctx.storage(
+            &format!("exit {k} adapter A"),
+            bytemuck::cast_slice(&e.pair.a),
+        )?);
+        let b = track(ctx.storage(
+            &format!("exit {k} adapter B"),
+            bytemuck::cast_slice(&e.pair.b),
+        )?);
+        exits.push(GpuExit {
+            after: e.after,
+            a,
+            b,
+        });
+    }
     Ok(GpuLora {
         scale: lora.scale(),
         rank,
         pairs,
         u,
+        exits,
     })
 }
 
@@ -946,7 +1159,7 @@ impl crate::eval::AsyncLm for GpuModel<'_> {
     }
     /// Only moves the length: later appends overwrite the cache from there.
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        GpuModel::truncate(self, len)
     }
     fn append(&mut self, tokens: &[u32]) -> impl std::future::Future<Output = Result<Vec<f32>>> {
         self.append_async(tokens)
@@ -967,9 +1180,58 @@ impl crate::eval::CausalLm for GpuModel<'_> {
     }
     /// Only moves the length: later appends overwrite the cache from there.
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        GpuModel::truncate(self, len)
     }
     fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         pollster::block_on(self.append_async(tokens))
+    }
+}
+
+/// Exit voting's async model: every exit's logits in one pass (`eval::*_vote_async`,
+/// `eval::generate_voted_async`), in the browser too.
+impl crate::eval::AsyncExitLm for GpuModel<'_> {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn truncate(&mut self, len: usize) {
+        GpuModel::truncate(self, len)
+    }
+    fn exits(&self) -> Vec<usize> {
+        GpuModel::exits(self)
+    }
+    fn append(
+        &mut self,
+        tokens: &[u32],
+    ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>>> {
+        self.append_exits_async(tokens)
+    }
+}
+
+/// Blocking exit voting, for the native CLI and tests.
+#[cfg(not(target_arch = "wasm32"))]
+impl crate::eval::ExitLm for GpuModel<'_> {
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn truncate(&mut self, len: usize) {
+        GpuModel::truncate(self, len)
+    }
+    fn exits(&self) -> Vec<usize> {
+        GpuModel::exits(self)
+    }
+    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.append_exits_async(tokens))
     }
 }

@@ -360,7 +360,7 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
 // voted chat, and the adapter's exits.safetensors downloaded and loaded back.
 // Saves tests/e2e/artifacts/edge-done.png and edge-eval.png.
 const EDGE_STEPS = 12;   // reference schedule: window 0 for steps 1–6, window 1 for 7–12
-const EDGE_MC_QUESTIONS = 40;  // on the CPU: fast, and enough for rules to differ
+const EDGE_MC_QUESTIONS = 40;  // enough for the rules to differ
 const EDGE_FLAGS = ['--steps', String(EDGE_STEPS), '--lr', '0.01', '--seq-len', '32', '--eval-every', '4',
   '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1'];
 
@@ -421,7 +421,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     assert.match(await page.textContent('#plan-status'), /^Needs .* of GPU memory/);
     assert.equal(await page.textContent('#plan-table [data-key=exits] td'), '1, 2');
     assert.match(await page.textContent('#plan-table [data-key=windows] td'),
-      /window 1 \(block 1, exit after 1\); window 2 \(block 2, exit after 2\); reference order/);
+      /window 1 \(block 1, exit after 1, LR × 0\.25\); window 2 \(block 2, exit after 2\); reference order/);
 
     await page.click('#tune-start');
     assert.equal(await until((n) => Number(document.body.dataset.savedStep || 0) >= n, 4), 'ok');
@@ -442,7 +442,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
       'windows 0 then 1, in order');
     assert.equal(run.points, EDGE_STEPS);
     assert.equal(run.windows, '0,1', 'the plot colours the losses by window');
-    assert.deepEqual(run.legend, [' training loss, window 1 (block 1, exit after 1)',
+    assert.deepEqual(run.legend, [' training loss, window 1 (block 1, exit after 1, LR × 0.25)',
       ' training loss, window 2 (block 2, exit after 2)']);
     for (const w of [0, 1]) {
       const losses = train.filter((p) => p[2] === w).map((p) => p[1]);
@@ -500,7 +500,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
       assert.ok(b.some((x) => x !== 0) && b.every(Number.isFinite), `exit ${k}'s lora_B was trained`);
     }
 
-    // Accuracy per exit and per voting rule, on the CPU with the tuned adapter.
+    // Accuracy per exit and per voting rule, on the GPU with the tuned adapter.
     assert.equal(await page.isChecked('input[name=eval-source][value=tuned]'), true);
     const mc = async () => {
       await page.evaluate(() => { delete document.querySelector('#mc-status').dataset.accuracy; });
@@ -521,7 +521,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
       ['exit-1', 'exit-2', 'vote-max', 'vote-mean', 'vote-majority', 'vote-last']);
     assert.equal(tuned.accuracy, tuned.rows['vote-max'], 'the chosen rule (max) is the headline accuracy');
     assert.equal(tuned.rows['vote-last'], tuned.rows['exit-2'], 'voting by the last exit is that exit alone');
-    assert.match(tuned.status, /voted by max over exits after blocks 1, 2 \(CPU\)/);
+    assert.match(tuned.status, /voted by max over exits after blocks 1, 2 \(GPU\)/);
     assert.equal(tuned.questions, EDGE_MC_QUESTIONS);
     assert.equal(await page.getAttribute('#eval-model-status', 'data-exits'), '1,2');
     // The CLI on the downloaded directory (exits.safetensors beside the PEFT pair) agrees.

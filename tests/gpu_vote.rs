@@ -1,0 +1,531 @@
+//! Exit voting on the GPU model (src/engine/gpu_model.rs) against the CPU reference: every
+//! exit's logits (f32, packed and a compressed file; whole, chunked and through the KV
+//! cache), the plain head after an exit pass, `set_lora`, the exact memory plan, voted
+//! accuracy and voted generation through the shared `eval` functions (blocking and async),
+//! and `edge-llm eval-mc`/`generate --vote --device gpu`.
+//!
+//! Needs a Vulkan adapter (lavapipe is enough). Without one the tests fail, unless
+//! EDGE_LLM_ALLOW_NO_GPU=1 (then they note and pass).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+use common::context;
+
+use edge_llm::adapter::save_dir;
+use edge_llm::data::McQuestion;
+use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
+use edge_llm::eval::{self, CpuExitLm, CpuLm, ExitLm, Sampling};
+use edge_llm::model::tiny::{self, TinySpec};
+use edge_llm::model::{LlamaConfig, ModelFile};
+use edge_llm::reference::{Lora, LoraConfig, Transformer};
+use edge_llm::tokenizer::Tokenizer;
+use edge_llm::vote::Vote;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
+/// the CPU logits): f32 sums in another order, the same weights (as tests/gpu_model.rs).
+const LOGIT_TOL_REL: f32 = 1e-3;
+/// Summed log-likelihoods of a few tokens: a few logit tolerances each.
+const SCORE_TOL: f64 = 1e-2;
+/// Blocks of the tiny model.
+const LAYERS: usize = 4;
+
+fn tiny_file() -> ModelFile {
+    ModelFile::from_bytes(
+        tiny::generate(&TinySpec {
+            n_layers: LAYERS,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let d = gpu
+        .iter()
+        .zip(cpu)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    let hi = cpu.iter().cloned().fold(f32::MIN, f32::max);
+    let lo = cpu.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(
+        d.is_finite() && d <= LOGIT_TOL_REL * (hi - lo),
+        "{what}: max |gpu − cpu| = {d:e} over a logit range of {} (allowed {LOGIT_TOL_REL} × range)",
+        hi - lo
+    );
+}
+
+fn tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 5) % 250 + 3).collect()
+}
+
+fn opts(format: WeightFormat, max_t: usize) -> GpuModelOptions {
+    GpuModelOptions {
+        format,
+        max_len: Some(64),
+        max_t,
+        path: None,
+    }
+}
+
+/// Layer adapters and exits with every value (B included) nonzero, so each exit's adapter
+/// moves its logits.
+fn random_lora(cfg: &LlamaConfig, exits: &[usize], seed: u64) -> Lora<f32> {
+    let lc = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..Default::default()
+    };
+    let mut lora = Lora::<f32>::new(cfg, lc, seed).with_exits(exits, cfg.hidden, seed + 1);
+    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    for t in lora.tensors_mut() {
+        for x in t.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            *x = (u - 0.5) * 0.4;
+        }
+    }
+    lora
+}
+
+fn adapted(file: &ModelFile, lora: &Lora<f32>) -> Transformer<f32> {
+    let mut m = Transformer::new(file.weights().unwrap());
+    m.lora = Some(lora.clone());
+    m
+}
+
+/// Every exit's logits of `toks` appended in `parts` (token counts) through the cache.
+fn gpu_exits(gpu: &mut GpuModel, toks: &[u32], parts: &[usize]) -> Vec<Vec<f32>> {
+    gpu.truncate(0);
+    let mut out = vec![Vec::new(); gpu.exits().len()];
+    let mut at = 0;
+    for &n in parts {
+        let got = pollster::block_on(gpu.append_exits_async(&toks[at..at + n])).unwrap();
+        for (o, g) in out.iter_mut().zip(got) {
+            o.extend(g);
+        }
+        at += n;
+    }
+    assert_eq!(at, toks.len());
+    out
+}
+
+#[test]
+fn exit_logits_match_the_cpu() {
+    let Some(ctx) = context(None) else { return };
+    let plain = tiny_file();
+    let sparse = common::mixed_sparse_file(&plain);
+    let toks = tokens(13);
+    let n = toks.len();
+    let mut checked = 0;
+    // Exits short of the last block (blocks 4.. not run) and at it.
+    for (f, exits) in [(&plain, [1, 3]), (&plain, [2, 4]), (&sparse, [1, 3])] {
+        let lora = random_lora(&f.config, &exits, 5);
+        let cpu = adapted(f, &lora);
+        let want = cpu.exit_logits(&toks, None);
+        assert_eq!(want.len(), exits.len());
+        // The exit adapters matter: with B = 0 each exit's logits move.
+        let mut zero_b = lora.clone();
+        zero_b.exits.iter_mut().for_each(|e| e.pair.b.fill(0.0));
+        for (k, (a, b)) in want
+            .iter()
+            .zip(adapted(f, &zero_b).exit_logits(&toks, None))
+            .enumerate()
+        {
+            let moved = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                moved > 1e-2,
+                "exit {k}'s adapter barely moves its logits ({moved})"
+            );
+        }
+        for format in [WeightFormat::F32, WeightFormat::Packed] {
+            // max_t 16: exit chunks of 8 rows; max_t 3: of 1 row (3 / 2 exits).
+            for (max_t, parts) in [(16, vec![n]), (16, vec![4, 7, 1, 1]), (3, vec![5, 8])] {
+                let mut gpu = GpuModel::new(&ctx, f, &opts(format, max_t), Some(&lora)).unwrap();
+                assert_eq!(gpu.exits(), exits.to_vec());
+                let got = gpu_exits(&mut gpu, &toks, &parts);
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let what = format!(
+                        "exit {k} after {}, {} layers, {format:?}, max_t {max_t}, parts {parts:?}",
+                        exits[k], f.config.n_layers
+                    );
+                    assert_close(&what, g, w);
+                }
+                assert_eq!(gpu.memory_plan().total(), gpu.allocated_bytes());
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 18);
+}
+
+/// An exit pass short of the last block leaves the deeper blocks' cache unfilled: a plain
+/// append is refused until truncated back, then matches the CPU. With an exit at the last
+/// block every block is filled and the plain head continues from it.
+#[test]
+fn plain_head_after_an_exit_pass() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let toks = tokens(9);
+    let vocab = file.config.vocab;
+    for (exits, continues) in [([1, 3], false), ([2, 4], true)] {
+        let lora = random_lora(&file.config, &exits, 9);
+        let want = eval::CausalLm::append(&mut CpuLm::new(&adapted(&file, &lora)), &toks).unwrap();
+        let mut gpu =
+            GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed, 16), Some(&lora)).unwrap();
+        pollster::block_on(gpu.append_exits_async(&toks[..5])).unwrap();
+        let next = pollster::block_on(gpu.append_async(&toks[5..]));
+        if continues {
+            assert_close(
+                "plain head after exits to the last block",
+                &next.unwrap(),
+                &want[5 * vocab..],
+            );
+        } else {
+            let e = next.unwrap_err().to_string();
+            assert!(e.contains("truncate to 0"), "{e}");
+            gpu.truncate(0);
+            let got = pollster::block_on(gpu.append_async(&toks)).unwrap();
+            assert_close("plain head after truncating", &got, &want);
+        }
+    }
+}
+
+#[test]
+fn set_lora_updates_the_exits() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let toks = tokens(7);
+    let lora = random_lora(&file.config, &[1, 3], 3);
+    let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32, 16), Some(&lora)).unwrap();
+    let other = random_lora(&file.config, &[1, 3], 4);
+    gpu.set_lora(&other).unwrap();
+    let want = adapted(&file, &other).exit_logits(&toks, None);
+    for (k, (g, w)) in gpu_exits(&mut gpu, &toks, &[7])
+        .iter()
+        .zip(&want)
+        .enumerate()
+    {
+        assert_close(&format!("exit {k} after set_lora"), g, w);
+    }
+    let moved = random_lora(&file.config, &[2, 3], 4);
+    let e = gpu.set_lora(&moved).unwrap_err().to_string();
+    assert!(e.contains("exits after blocks [2, 3]"), "{e}");
+}
+
+#[test]
+fn memory_plan_with_exits_is_exact() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    for exits in [&[1usize, 3][..], &[1, 2, 3, 4]] {
+        let lora = random_lora(&file.config, exits, 1);
+        for format in [WeightFormat::F32, WeightFormat::Packed] {
+            // max_t 2 with 4 exits: one row per chunk, four rows of readback.
+            for max_t in [16, 2] {
+                let o = opts(format, max_t);
+                let plan = GpuModel::plan(&file, &o, Some(&lora)).unwrap();
+                let gpu = GpuModel::new(&ctx, &file, &o, Some(&lora)).unwrap();
+                assert_eq!(plan.total(), gpu.allocated_bytes(), "{format:?}\n{plan}");
+                let names: Vec<&str> = plan.entries.iter().map(|e| e.name.as_str()).collect();
+                assert!(names.contains(&"exit output"), "{names:?}");
+                let last = format!("exit {} adapter B", exits.len() - 1);
+                assert!(names.contains(&last.as_str()), "{names:?}");
+                let readback = plan.entries.iter().find(|e| e.name == "logits readback");
+                let rows = max_t.max(exits.len());
+                assert_eq!(
+                    readback.map(|e| e.bytes),
+                    Some((rows * file.config.vocab * 4) as u64)
+                );
+            }
+        }
+        // Without exits nothing is added.
+        let mut no_exits = lora.clone();
+        no_exits.exits.clear();
+        let o = opts(WeightFormat::Packed, 16);
+        let with = GpuModel::plan(&file, &o, Some(&lora)).unwrap().total();
+        let without = GpuModel::plan(&file, &o, Some(&no_exits)).unwrap().total();
+        let d = file.config.hidden as u64;
+        let extra = exits.len() as u64 * 2 * 4 * d * 4 + 16 * d * 4;
+        assert_eq!(with - without, extra);
+    }
+}
+
+fn questions() -> Vec<McQuestion> {
+    let q = |question: &str, choices: &[&str], answer| McQuestion {
+        question: question.into(),
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+        answer,
+    };
+    vec![
+        q("what is the sky", &["blue", "a green thing", "red"], 0),
+        q("the cat sat on", &["the mat", "a hat", "wet rats", "it"], 1),
+        q("where is the water", &["in the sea", "on the stone"], 1),
+        q(
+            "who wrote this",
+            &["a man", "the other one there", "no one"],
+            2,
+        ),
+        q("when does it rain", &["in autumn", "at night", "soon"], 0),
+        q("which is heavier", &["stone", "feather"], 0),
+        q("the sun is", &["hot", "a cold wet rock", "green"], 0),
+        q("a bird can", &["fly", "swim under the sea", "read"], 0),
+    ]
+}
+
+/// Voted accuracy and voted generation: the same scoring and voting code on both devices
+/// gives the same counts and choices, through the blocking wrappers and the async
+/// functions the page awaits.
+#[test]
+fn voting_on_the_gpu_matches_the_cpu() {
+    let Some(ctx) = context(None) else { return };
+    let file = tiny_file();
+    let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+    let qs = questions();
+    let prompt = tok.encode("the cat sat").unwrap();
+    for exits in [[1, 3], [2, 4]] {
+        let lora = random_lora(&file.config, &exits, 11);
+        let m = adapted(&file, &lora);
+        let t0 = Instant::now();
+        let want = eval::eval_mc_vote(
+            &mut CpuExitLm::new(&m).unwrap(),
+            &tok,
+            &qs,
+            Vote::Max,
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let cpu_s = t0.elapsed().as_secs_f64();
+        for format in [WeightFormat::F32, WeightFormat::Packed] {
+            let mut gpu = GpuModel::new(&ctx, &file, &opts(format, 16), Some(&lora)).unwrap();
+            let t0 = Instant::now();
+            let got =
+                eval::eval_mc_vote(&mut gpu, &tok, &qs, Vote::Max, &mut |_, _, _| {}).unwrap();
+            eprintln!(
+                "exits {exits:?} {format:?}: {} questions, CPU {cpu_s:.2} s, GPU {:.2} s",
+                qs.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            let what = format!("exits {exits:?}, {format:?}");
+            let per_exit = |r: &eval::McVoteResult| -> Vec<(usize, usize)> {
+                r.exits.iter().map(|e| (e.after, e.correct)).collect()
+            };
+            let per_rule = |r: &eval::McVoteResult| -> Vec<(Vote, usize)> {
+                r.votes.iter().map(|v| (v.rule, v.correct)).collect()
+            };
+            assert_eq!(per_exit(&got), per_exit(&want), "{what}");
+            assert_eq!(per_rule(&got), per_rule(&want), "{what}");
+            assert_eq!(got.predictions, want.predictions, "{what}");
+            assert_eq!(
+                (got.correct, got.n, got.rule),
+                (want.correct, want.n, want.rule)
+            );
+            for (gq, wq) in got
+                .scores
+                .iter()
+                .flatten()
+                .zip(want.scores.iter().flatten())
+            {
+                for (g, w) in gq.iter().zip(wq) {
+                    assert!((g - w).abs() <= SCORE_TOL, "{what}: score {g} vs {w}");
+                }
+            }
+            // The async body the page awaits: the same result.
+            let again = pollster::block_on(eval::eval_mc_vote_async(
+                &mut gpu,
+                &tok,
+                &qs,
+                Vote::Majority,
+                &mut |_, _, _| {},
+            ))
+            .unwrap();
+            assert_eq!(per_rule(&again), per_rule(&want), "{what} (async)");
+            // Greedy voted generation: the same tokens, each rule.
+            for rule in [Vote::Max, Vote::Mean, Vote::Last] {
+                let s = Sampling::default();
+                let w = eval::generate_voted(
+                    &mut CpuExitLm::new(&m).unwrap(),
+                    &prompt,
+                    10,
+                    &s,
+                    rule,
+                    &[],
+                    &mut |_| {},
+                )
+                .unwrap();
+                let g = pollster::block_on(eval::generate_voted_async(
+                    &mut gpu,
+                    &prompt,
+                    10,
+                    &s,
+                    rule,
+                    &[],
+                    &mut |_| {},
+                ))
+                .unwrap();
+                assert_eq!(g, w, "{what}, generation by {rule}");
+            }
+        }
+    }
+    // A GPU model without exits has nothing to vote over.
+    let mut plain = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32, 16), None).unwrap();
+    let e = eval::eval_mc_vote(&mut plain, &tok, &qs, Vote::Max, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("early exits"), "{e}");
+    assert!(ExitLm::exits(&plain).is_empty());
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
+
+fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let obj = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap());
+    (
+        out.status.code().unwrap_or(-1),
+        obj,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// `eval-mc --vote` and `generate --vote` with `--device gpu`: the CPU library's counts
+/// and tokens.
+#[test]
+fn cli_votes_on_the_gpu() {
+    if context(None).is_none() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gpu_vote_cli");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = tiny_file();
+    let model = dir.join("tiny.gguf");
+    std::fs::write(&model, &file.bytes).unwrap();
+    let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
+    let lora = random_lora(&file.config, &[1, 3], 17);
+    let m = adapted(&file, &lora);
+    let adapter = dir.join("adapter");
+    save_dir(&adapter, &lora, &file.config, "tiny").unwrap();
+    let data = dir.join("mc.jsonl");
+    let lines: Vec<String> = questions()
+        .iter()
+        .map(|q| {
+            serde_json::json!({"question": q.question, "choices": q.choices, "answer": q.answer})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let (model_s, adapter_s, data_s) = (
+        model.to_str().unwrap(),
+        adapter.to_str().unwrap(),
+        data.to_str().unwrap(),
+    );
+
+    let qs = questions();
+    let want = eval::eval_mc_vote(
+        &mut CpuExitLm::new(&m).unwrap(),
+        &tok,
+        &qs,
+        Vote::Mean,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let (code, obj, out) = run(&[
+        "eval-mc",
+        "--model",
+        model_s,
+        "--adapter",
+        adapter_s,
+        "--data",
+        data_s,
+        "--vote",
+        "mean",
+        "--device",
+        "gpu",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("device: GPU"), "{out}");
+    let obj = obj.unwrap();
+    assert_eq!(obj["vote"], "mean");
+    let exits: Vec<(u64, u64)> = obj["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
+        .collect();
+    let want_exits: Vec<(u64, u64)> = want
+        .exits
+        .iter()
+        .map(|e| (e.after as u64, e.correct as u64))
+        .collect();
+    assert_eq!(exits, want_exits);
+    for (v, w) in obj["votes"].as_array().unwrap().iter().zip(&want.votes) {
+        assert_eq!(v["rule"], w.rule.name());
+        assert_eq!(
+            v["correct"].as_u64().unwrap(),
+            w.correct as u64,
+            "{}",
+            w.rule
+        );
+    }
+    let preds: Vec<u64> = obj["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let want_preds: Vec<u64> = want.predictions.iter().map(|&p| p as u64).collect();
+    assert_eq!(preds, want_preds);
+
+    let prompt = "the cat";
+    let ids = tok.encode(prompt).unwrap();
+    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+    stop.extend(
+        tok.encode("<|im_end|>")
+            .ok()
+            .filter(|v| v.len() == 1)
+            .unwrap_or_default(),
+    );
+    let want = eval::generate_voted(
+        &mut CpuExitLm::new(&m).unwrap(),
+        &ids,
+        10,
+        &Sampling::default(),
+        Vote::Max,
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap();
+    let (code, obj, out) = run(&[
+        "generate",
+        "--model",
+        model_s,
+        "--adapter",
+        adapter_s,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "10",
+        "--device",
+        "gpu",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("exit voting: max"), "{out}");
+    assert_eq!(obj.unwrap()["text"], tok.decode(&want).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
