@@ -20,6 +20,9 @@ export interface GpuInfo {
 /** Creates this thread's WebGPU device (once) and describes it. */
 export declare function gpuInfo(): Promise<GpuInfo>;
 
+/** Destroys this thread's WebGPU device as a driver reset would (tests only). */
+export declare function loseGpuForTesting(): Promise<void>;
+
 /** A GGUF model (LLaMA family) from a URL, a Blob/File or bytes. */
 export declare function loadModel(source: string | URL | Blob | ArrayBuffer | Uint8Array): Promise<Model>;
 

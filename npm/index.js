@@ -24,6 +24,13 @@ export async function gpuInfo() {
   return JSON.parse(await raw.gpu_info());
 }
 
+/// Destroys this thread's WebGPU device as a driver reset would (for tests of what an app
+/// does when the GPU is lost: every later GPU call fails with a plain message).
+export async function loseGpuForTesting() {
+  await init();
+  raw.debug_lose_gpu();
+}
+
 /// A GGUF model from a URL, a Blob/File, an ArrayBuffer or a Uint8Array.
 export async function loadModel(source) {
   await init();

@@ -1212,6 +1212,15 @@ impl WebTuner {
     }
 }
 
+/// Destroys this thread's GPU device, as a driver reset would lose it: for the tests of
+/// what the page does then (a plain message, the saved checkpoint kept). Nothing else
+/// calls it.
+#[wasm_bindgen]
+pub fn debug_lose_gpu() -> Result<(), JsError> {
+    gpu_ready()?.device.destroy();
+    Ok(())
+}
+
 /// The WebGPU adapter and its limits as JSON (`GpuContext::describe`), or an error that
 /// says what to do when the browser has no WebGPU. Creates this thread's device, which
 /// tuning then uses.

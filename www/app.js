@@ -312,6 +312,8 @@ const tune = {
 
 // For the browser console and the page test: the run's state, loss history included.
 window.edgeLlmTune = tune;
+/// For the end-to-end tests: lose the tuning worker's GPU device as a driver reset would.
+window.edgeLlmDebug = { loseGpu: () => call('debugLoseGpu') };
 
 let nextCall = 1;
 const pending = new Map();

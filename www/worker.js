@@ -9,7 +9,7 @@
 // Every tuning mode trains on the GPU; exit voting at evaluation runs on the same GPU
 // model, which computes every early exit's logits in one pass.
 
-import { init, gpuInfo, loadModel } from './edge-llm.js';
+import { init, gpuInfo, loadModel, loseGpuForTesting } from './edge-llm.js';
 
 let model = null;   // Model (the wrapper)
 let tuner = null;   // Tuner
@@ -112,6 +112,12 @@ const ops = {
     } catch (e) {
       return { gpuError: messageOf(e) };
     }
+  },
+
+  // Tests only: the GPU lost as a driver reset would lose it.
+  async debugLoseGpu() {
+    await loseGpuForTesting();
+    return {};
   },
 
   async loadModel({ bytes }) {

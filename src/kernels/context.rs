@@ -36,6 +36,9 @@ pub struct GpuContext {
     /// through `new_with_features`; the kernels require none).
     pub adapter_features: wgpu::Features,
     kernels: Mutex<HashMap<String, Kernel>>,
+    /// The first error the device reported outside an error scope (out of memory,
+    /// validation) or its loss, as the plain message readbacks return from then on.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -91,6 +94,25 @@ impl GpuContext {
                     info.name, info.backend
                 ))
             })?;
+        // wgpu's default for an error outside a scope is a panic (in the browser the
+        // module traps): keep the first one instead, and return it as an error from the
+        // next readback, so a caller stops cleanly and keeps what it has saved.
+        let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let keep = |slot: &Arc<Mutex<Option<String>>>, msg: String| {
+            let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(msg);
+            }
+        };
+        let on_error = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            keep(&on_error, error_message(&e));
+        }));
+        // A loss explains the validation errors that using the lost device raised first.
+        let on_lost = failure.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *on_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(lost_message(reason, &msg));
+        });
         Ok(GpuContext {
             limits: device.limits(),
             features: device.features(),
@@ -100,7 +122,25 @@ impl GpuContext {
             adapter_limits,
             adapter_features,
             kernels: Mutex::new(HashMap::new()),
+            failure,
         })
+    }
+
+    /// The device's first error outside an error scope, or its loss, if any: once set,
+    /// nothing more can be trusted from this device.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Err with [`Self::failure`]'s message once the device failed.
+    pub fn check(&self) -> Result<()> {
+        match self.failure() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
     }
 
     /// [`GpuContext::new`], blocking the thread (native only).
@@ -197,14 +237,17 @@ impl GpuContext {
     /// Maps the first `bytes` of a MAP_READ buffer, copies them out and unmaps it.
     /// Natively `poll` blocks until the map is done; in the browser `poll` does nothing
     /// and the await yields to the event loop until WebGPU maps the buffer.
+    /// A device that failed (see [`Self::failure`]) gives its error instead.
     pub async fn map_read(&self, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.check()?;
         let (done, wait) = oneshot();
         buf.map_async(wgpu::MapMode::Read, 0..bytes, move |r| done.send(r));
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        wait.await
-            .map_err(|e| Error::Gpu(format!("mapping a buffer for readback: {e}")))?;
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check()?;
+        polled.map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let mapped = wait.await;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("mapping a buffer for readback: {e}")))?;
         let out = buf
             .get_mapped_range(0..bytes)
             .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?
@@ -212,6 +255,32 @@ impl GpuContext {
         buf.unmap();
         Ok(out)
     }
+}
+
+fn error_message(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => format!(
+            "the GPU ran out of memory ({e}): lower the memory budget, the sequence length or \
+             the LoRA rank, or close other programs and tabs that use the GPU"
+        ),
+        wgpu::Error::Validation { description, .. } => format!(
+            "the GPU refused a command (validation error, a bug in edge-llm: please report \
+             it): {description}"
+        ),
+        other => format!("the GPU reported an internal error: {other}"),
+    }
+}
+
+fn lost_message(reason: wgpu::DeviceLostReason, msg: &str) -> String {
+    let why = match reason {
+        wgpu::DeviceLostReason::Destroyed => "it was destroyed".to_string(),
+        _ if msg.is_empty() => "the browser or the driver reset it".to_string(),
+        _ => format!("the browser or the driver reset it: {msg}"),
+    };
+    format!(
+        "the GPU device was lost ({why}); nothing more can run on it: start again (in the \
+         page, reload it; a run resumes from its last checkpoint)"
+    )
 }
 
 /// A one-value channel whose receiver is a future: how a wgpu callback (map_async) hands

@@ -1,7 +1,9 @@
 // Tuning in the browser end to end: serve www/ (as scripts/run.sh does), open the page with
 // the seeded TINY model (`?model=models/tiny.gguf`) in headless Chromium with WebGPU
 // (SwiftShader), pick a small text file, tune a few steps in the worker, see the loss fall
-// and the plot grow, reload mid-run and resume from the IndexedDB checkpoint, finish, and
+// and the plot grow, reload mid-run and resume from the IndexedDB checkpoint, lose the GPU
+// (destroyed from the worker, as a driver reset would) and see a plain message, reload and
+// resume again, finish, and
 // download the PEFT adapter (checked: a safetensors file with PEFT tensor names), then
 // evaluate: perplexity on the tuning text falls from the base model's, the same adapter
 // loaded back from the downloaded files gives the same perplexity, a chat reply streams,
@@ -217,6 +219,31 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
       await page.click('#tune-pause');
       assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
       await page.click('#tune-resume');
+    }
+
+    // The GPU is lost (as a driver reset would lose it) while paused: the next step stops
+    // the run with a plain message, the checkpoint saved at the pause stays, and a reload
+    // resumes from it.
+    assert.equal(await until((n) => window.edgeLlmTune.step >= n, saved + 4), 'ok');
+    assert.equal(await state(), 'running', `still running at step ${saved + 4} of ${STEPS}`);
+    {
+      await page.click('#tune-pause');
+      assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
+      await page.waitForFunction((n) => Number(document.body.dataset.savedStep) === n,
+        await page.evaluate(() => window.edgeLlmTune.step));
+      const pausedAt = Number(await page.evaluate(() => document.body.dataset.savedStep));
+      await page.evaluate(() => window.edgeLlmDebug.loseGpu());
+      await page.click('#tune-resume');
+      await page.waitForFunction(() => document.body.dataset.tuneState === 'error');
+      const lost = await tuneError();
+      console.log(`after losing the GPU: ${lost}`);
+      assert.match(lost, /GPU device was lost/);
+      assert.match(lost, /checkpoint is kept in this browser/);
+      await page.reload();
+      await page.waitForFunction(() => document.body.dataset.ready === 'true');
+      await page.waitForSelector('#saved-run:not([hidden])');
+      assert.match(await page.textContent('#saved-run-text'), new RegExp(`step ${pausedAt} of ${STEPS} `));
+      await page.click('#resume-saved');
     }
     assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
     const after = await page.evaluate(() => ({
