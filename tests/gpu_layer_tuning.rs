@@ -17,8 +17,8 @@ use edge_llm::reference::{Lora, LoraConfig, Owner, Proj, Span, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::train::cpu::initial_adapters;
 use edge_llm::train::{
-    derive_seed, prepare, Backend, CpuBackend, DataConfig, LayerSchedule, Row, StepReport,
-    TrainConfig, Trainer, WindowOrder,
+    derive_seed, mode_layers, prepare, Backend, CpuBackend, DataConfig, LayerSchedule, Mode,
+    ModeArgs, Row, StepReport, TrainConfig, Trainer, WindowOrder,
 };
 use pollster::block_on;
 
@@ -526,4 +526,176 @@ fn the_prefix_cache_serves_repeated_rows_until_blocks_below_change() {
     gpu.set_span(Some(&windows[1])).unwrap();
     block_on(gpu.eval(&refs)).unwrap();
     assert_eq!((gpu.cache.misses, gpu.cache.hits), (4, 6));
+}
+
+/// Bytes of the plan's entries whose names pass `keep`.
+fn bytes_of(plan: &MemoryPlan, keep: impl Fn(&str) -> bool) -> u64 {
+    (plan.entries.iter())
+        .filter(|e| keep(&e.name))
+        .map(|e| e.bytes)
+        .sum()
+}
+
+/// The frozen blocks outside the loaded window run from one stream slot, rewritten block
+/// after block with a block of other formats (the mixed file rotates 2:4, unstructured
+/// and quantized through the projections, and 8/4 bits through the blocks, so each of
+/// the slot's buffers holds data of another size and layout each time): with no prefix
+/// cache every row of the top window streams blocks 0 and 1 in turn, and evaluating the
+/// whole model streams the two blocks the window slots do not hold. Losses and gradients
+/// stay the CPU's; a stale or short upload would change them.
+#[test]
+fn frozen_blocks_of_every_format_stream_through_one_slot_and_match_the_cpu() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = sparse_file();
+    let lora = random_lora(&file, 11);
+    let windows = edge_windows();
+    let o = opts(WeightFormat::Packed, false);
+    let mut gpu = GpuTrainer::with_windows(&ctx, &file, &lora, &o, &windows).unwrap();
+    gpu.cache.max_bytes = 0;
+    let plan = gpu.memory_plan().clone();
+    assert!(
+        bytes_of(&plan, |n| n.starts_with("stream slot ")) > 0,
+        "{plan:#?}"
+    );
+    assert_eq!(bytes_of(&plan, |n| n.starts_with("blk.")), 0, "{plan:#?}");
+    let mut cpu = CpuBackend::with_exits(file.weights().unwrap(), lora_config(), &EXITS, 0);
+    cpu.model.lora = Some(lora.clone());
+    let rows = rows();
+    let refs: Vec<&Row> = rows.iter().collect();
+    let opt = AdamW {
+        lr: 1e-3,
+        ..Default::default()
+    };
+    let close = |what: &str, a: f64, b: f64| {
+        let rel = (a - b).abs() / b.abs();
+        assert!(rel < LOSS_TOL_REL, "{what}: {a} vs {b} ({rel:e})");
+    };
+    let order = [&windows[1], &windows[0], &windows[1]];
+    for (step, &w) in order.iter().enumerate() {
+        let what = format!("step {step}, window {:?}", w.layers);
+        let (scale, seed) = (0.5, 40 + step as u64);
+        gpu.set_span(Some(w)).unwrap();
+        cpu.set_span(Some(w)).unwrap();
+        let got = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
+        let want = block_on(cpu.accumulate(&refs, scale, seed)).unwrap();
+        close(&what, got.sum, want.sum);
+        let own = block_on(gpu.adapters()).unwrap();
+        let want = reference_grads(&file, &own, w, scale, seed);
+        let grads = flat(block_on(gpu.gradients()).unwrap());
+        let max = max_abs(&want);
+        let d = (grads.iter().flatten().zip(want.iter().flatten()))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{what}: max |Δgrad| {d:e} of max |grad| {max:e}");
+        assert!(
+            max > 1e-3 && d <= GRAD_TOL_REL * max,
+            "{what}: {d:e} vs {max:e}"
+        );
+        block_on(gpu.apply(&opt, step as u64 + 1, None)).unwrap();
+        block_on(cpu.apply(&opt, step as u64 + 1, None)).unwrap();
+        // The whole model: the window's blocks from their slots, the others streamed.
+        gpu.set_span(None).unwrap();
+        cpu.set_span(None).unwrap();
+        let got = block_on(gpu.eval(&refs)).unwrap();
+        let want = block_on(cpu.eval(&refs)).unwrap();
+        close(&format!("{what}: whole model"), got.sum, want.sum);
+    }
+    assert_eq!(gpu.cache.hits, 0);
+    assert_allocation_is_the_plan("streamed", &gpu, &plan);
+}
+
+/// A window's plan holds the blocks below it in one stream slot, as large as the larger
+/// of them buffer by buffer, instead of holding each: its weights are the full-depth
+/// plan's less the streamed blocks' bytes plus the slot's. The window's blocks keep
+/// their names and transposed copies; the slot has none.
+#[test]
+fn a_windowed_plan_holds_one_stream_slot_instead_of_the_blocks_below() {
+    let file = sparse_file();
+    let (lc, o, limits) = (
+        lora_config(),
+        opts(WeightFormat::Packed, false),
+        wgpu::Limits::default(),
+    );
+    let full = GpuTrainer::plan(&file, &lc, &o, &limits).unwrap();
+    let top = [edge_windows()[1].clone()];
+    assert_eq!(top[0].layers, 2..4);
+    let plan = GpuTrainer::plan_windows(&file, &lc, &o, &limits, &top).unwrap();
+    let block = |l: usize, copies: bool| {
+        bytes_of(&full, |n| {
+            n.starts_with(&format!("blk.{l}.")) && (copies || !n.contains(" transposed "))
+        })
+    };
+    let slot = bytes_of(&plan, |n| n.starts_with("stream slot "));
+    let weights = |p: &MemoryPlan| p.by_category()[0].1;
+    eprintln!(
+        "stream slot {slot} bytes for blocks of {} and {} bytes; weights {} → {}",
+        block(0, false),
+        block(1, false),
+        weights(&full),
+        weights(&plan)
+    );
+    assert_eq!(
+        weights(&full) - weights(&plan),
+        block(0, true) + block(1, true) - slot
+    );
+    assert!(slot >= block(0, false).max(block(1, false)));
+    assert!(slot < block(0, false) + block(1, false));
+    let has = |f: &dyn Fn(&str) -> bool| plan.entries.iter().any(|e| f(&e.name));
+    assert!(has(
+        &|n| n.starts_with("blk.2.") && n.contains(" transposed ")
+    ));
+    assert!(has(
+        &|n| n.starts_with("blk.3.") && n.contains(" transposed ")
+    ));
+    assert!(!has(&|n| n.starts_with("blk.0.") || n.starts_with("blk.1.")));
+    assert!(!has(
+        &|n| n.starts_with("stream slot ") && n.contains("transposed")
+    ));
+}
+
+/// The default model in f32 with its last 6 blocks tuned (`bench tune`'s partial mode):
+/// the 24 frozen blocks stream through one slot exactly one block large.
+#[test]
+fn partial_mode_on_the_real_model_streams_the_frozen_blocks_through_one_block() {
+    let Some(path) = common::model_path() else {
+        return;
+    };
+    let file = ModelFile::open(&path).unwrap();
+    let n = file.config.n_layers;
+    let lc = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        ..LoraConfig::default()
+    };
+    let o = TrainOptions {
+        format: WeightFormat::F32,
+        seq_len: 256,
+        ..Default::default()
+    };
+    let limits = wgpu::Limits::default();
+    let args = ModeArgs {
+        mode: Mode::Partial,
+        ..Default::default()
+    };
+    let windows = mode_layers(n, &args).unwrap().layers.unwrap().windows;
+    let k = windows[0].layers.len();
+    let full = GpuTrainer::plan(&file, &lc, &o, &limits).unwrap();
+    let plan = GpuTrainer::plan_windows(&file, &lc, &o, &limits, &windows).unwrap();
+    let block = bytes_of(&full, |e| e.starts_with("blk.0."));
+    let slot = bytes_of(&plan, |e| e.starts_with("stream slot "));
+    let weights = |p: &MemoryPlan| p.by_category()[0].1;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!(
+        "partial f32: plan {} B ({:.1} MiB), every frozen block resident {} B ({:.1} MiB); \
+         full depth {:.1} MiB",
+        plan.total(),
+        mib(plan.total()),
+        plan.total() + (n - k - 1) as u64 * block,
+        mib(plan.total() + (n - k - 1) as u64 * block),
+        mib(full.total())
+    );
+    assert_eq!(slot, block);
+    assert_eq!(weights(&full) - weights(&plan), (n - k - 1) as u64 * block);
 }

@@ -28,13 +28,19 @@
 //! is in the host-memory [`PrefixCache`]; the window's blocks keep their activations; an
 //! exit adds its adapter (the LoRA kernels on an identity projection) before the final
 //! norm and head; backward stops at the window's first block; AdamW steps only the
-//! window's tensors and its exit's, each with its own step count. Every block up to the
-//! deepest window stays resident (the frozen ones without a sparse weight's transposed
-//! copy); activations are sized for the longest window.
+//! window's tensors and its exit's, each with its own step count. Only the window's
+//! blocks are resident, in window slots (one per block of the longest window, each sized
+//! for the blocks it takes in turn; [`Backend::set_span`] uploads them). The other blocks
+//! are kept on the host as the file stores them and, when they run, are uploaded one at
+//! a time into a stream slot sized for the largest of them, without a sparse weight's
+//! transposed copy; a queue write lands before the next submission, so the commands
+//! reading the slot's previous block are submitted before it is rewritten. A trainer for
+//! every block has one window slot per block and no stream slot: everything stays
+//! resident. Activations are sized for the longest window.
 
 use super::gpu_model::{
-    cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, upload_proj, Gather,
-    Layout, WeightFormat, PROJ_NAMES,
+    cpu_gather, default_path, layout, plan_matrix, proj_tensor, read_mapped, Gather, Layout,
+    WeightFormat, PROJ_NAMES,
 };
 use super::plan::{Category, MemoryPlan, PlanEntry};
 use crate::compress::file::{self as cfile, Packed, TensorFormat};
@@ -54,7 +60,10 @@ use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forward};
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
-use crate::kernels::qmatmul::{FrozenWeight, GpuWeight, Path, QMatmul};
+use crate::kernels::qmatmul::{
+    role, FrozenWeight, GpuWeight, HostWeight, Path, QMatmul, RoleBuffers, ROLES,
+};
+use crate::kernels::spmatmul::HostSparseWeight;
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
@@ -282,10 +291,283 @@ fn scratch_widths(c: &LlamaConfig, rank: usize) -> [(&'static str, usize); 14] {
     ]
 }
 
+/// One block's weights as the kernels read them: handles of the slot buffers it was
+/// written into.
 struct BlockWeights {
     attn_norm: wgpu::Buffer,
     ffn_norm: wgpu::Buffer,
     w: Vec<FrozenWeight>,
+}
+
+/// One block on the host, as it is uploaded: the norms and each projection in the form
+/// the file stores it (packed, quantized, sparse with its transposed copy when a window
+/// trains the block, or f32 under [`WeightFormat::F32`]).
+struct HostBlock {
+    norms: [Vec<f32>; 2],
+    w: Vec<HostWeight>,
+}
+
+impl HostBlock {
+    fn read(file: &ModelFile, l: usize, opts: &TrainOptions, grad: bool) -> Result<Self> {
+        let d = file.config.hidden;
+        let norm = |n: &str| file.tensor_f32(&format!("blk.{l}.{n}.weight"), &[d]);
+        let mut w = Vec::with_capacity(7);
+        for p in Proj::ALL {
+            let (k, n) = p.shape(&file.config);
+            let name = proj_tensor(l, p);
+            let lay = layout(file, &name, n, k, opts.format)?;
+            w.push(host_proj(file, &name, (n, k), lay, grad)?);
+        }
+        Ok(HostBlock {
+            norms: [norm("attn_norm")?, norm("ffn_norm")?],
+            w,
+        })
+    }
+}
+
+/// A projection on the host in its layout (`grad`: a sparse one with its transposed copy).
+fn host_proj(
+    file: &ModelFile,
+    name: &str,
+    (rows, cols): (usize, usize),
+    lay: Layout,
+    grad: bool,
+) -> Result<HostWeight> {
+    let named = |e: Error| Error::Model(format!("{name}: {e}"));
+    Ok(match lay {
+        Layout::Dense => {
+            let w = file.tensor_f32(name, &[cols, rows])?;
+            HostWeight::dense(&w, rows, cols).map_err(named)?
+        }
+        Layout::Packed(ty) => {
+            let raw = file.gguf.tensor_data(&file.bytes, name)?;
+            HostWeight::quant(&GgufBlockMatrix::from_bytes(ty, rows, cols, raw)?.to_quant()?)
+        }
+        Layout::Compressed(_) => match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
+            Some(Packed::Quant(q)) => HostWeight::quant(&q),
+            Some(Packed::Sparse24(w)) => {
+                HostWeight::Sparse(HostSparseWeight::sparse24(&w, grad).map_err(named)?)
+            }
+            Some(Packed::Unstructured(w)) => {
+                HostWeight::Sparse(HostSparseWeight::unstructured(&w, grad).map_err(named)?)
+            }
+            None => return Err(Error::Model(format!("missing tensor {name}"))),
+        },
+    })
+}
+
+/// The buffers of block `l`'s projection `p` as [`plan_matrix`] plans them (`grad`: with
+/// a sparse weight's transposed copy), as (role, label, bytes).
+fn matrix_roles(
+    file: &ModelFile,
+    l: usize,
+    p: Proj,
+    opts: &TrainOptions,
+    grad: bool,
+) -> Result<Vec<(usize, String, u64)>> {
+    use role::*;
+    let (k, n) = p.shape(&file.config);
+    let name = proj_tensor(l, p);
+    let lay = layout(file, &name, n, k, opts.format)?;
+    let mut one = MemoryPlan::default();
+    plan_matrix(&mut one, file, &name, "", (n, k), lay, grad)?;
+    let fwd: &[usize] = match lay {
+        Layout::Compressed(TensorFormat::Sparse24 { .. }) => &[DATA, SCALES, PATTERN],
+        Layout::Compressed(TensorFormat::Unstructured { .. }) => &[DATA, SCALES, PATTERN, ROW_PTR],
+        _ => &[DATA, SCALES],
+    };
+    let sparse = fwd.len() > 2;
+    let copy: &[usize] = if grad && sparse {
+        &[T_MASKS, T_ROW_PTR, T_VALUES]
+    } else {
+        &[]
+    };
+    if one.entries.len() != fwd.len() + copy.len() {
+        return Err(Error::Model(format!(
+            "{name}: {} buffers planned, {} expected",
+            one.entries.len(),
+            fwd.len() + copy.len()
+        )));
+    }
+    let roles = fwd.iter().chain(copy);
+    Ok(roles
+        .zip(one.entries)
+        .map(|(&r, e)| (r, e.name, e.bytes))
+        .collect())
+}
+
+/// A slot: buffers holding one block's weights at a time, the two norms and per
+/// projection one buffer per role ([`ROLES`]) as large as the largest of the blocks
+/// uploaded into it, so blocks of different formats take turns in it.
+struct SlotSpec {
+    /// The blocks uploaded into it over a run.
+    blocks: Vec<usize>,
+    /// With the input-gradient side (window slots: their blocks train).
+    grad: bool,
+    /// Labels of the two norms' buffers.
+    norms: [String; 2],
+    /// Per projection, per role: (label, bytes); None where no block has the role.
+    bufs: Vec<[Option<(String, u64)>; 7]>,
+}
+
+impl SlotSpec {
+    /// A slot named `name` for `blocks`. A slot that only ever holds one block is labelled
+    /// with that block's tensor names (the trainer for every block plans each block as
+    /// resident, under the names it always had).
+    fn new(
+        file: &ModelFile,
+        opts: &TrainOptions,
+        name: &str,
+        blocks: Vec<usize>,
+        grad: bool,
+    ) -> Result<Self> {
+        let single = (blocks.len() == 1).then(|| blocks[0]);
+        let norms = ["attn_norm", "ffn_norm"].map(|n| match single {
+            Some(l) => format!("blk.{l}.{n}.weight"),
+            None => format!("{name} {n}"),
+        });
+        let mut bufs = Vec::with_capacity(7);
+        for p in Proj::ALL {
+            let mut roles: [Option<(String, u64)>; 7] = Default::default();
+            for &l in &blocks {
+                for (r, label, bytes) in matrix_roles(file, l, p, opts, grad)? {
+                    let label = match single {
+                        Some(_) => label,
+                        None => format!("{name} {} {}", PROJ_NAMES[p.index()], ROLES[r]),
+                    };
+                    let e = roles[r].get_or_insert((label, 0));
+                    e.1 = e.1.max(bytes);
+                }
+            }
+            bufs.push(roles);
+        }
+        Ok(SlotSpec {
+            blocks,
+            grad,
+            norms,
+            bufs,
+        })
+    }
+
+    fn plan(&self, plan: &mut MemoryPlan, d: usize) {
+        for n in &self.norms {
+            plan.storage(n, Category::Weights, d as u64 * 4);
+        }
+        for (label, bytes) in self.bufs.iter().flatten().flatten() {
+            plan.storage(label, Category::Weights, *bytes);
+        }
+    }
+
+    fn alloc(&self, ctx: &GpuContext, d: usize) -> Result<WeightSlot> {
+        let norms = [
+            ctx.storage_zeroed(&self.norms[0], d as u64 * 4)?,
+            ctx.storage_zeroed(&self.norms[1], d as u64 * 4)?,
+        ];
+        let mut bufs = Vec::with_capacity(7);
+        for roles in &self.bufs {
+            let mut b: RoleBuffers = Default::default();
+            for (r, spec) in roles.iter().enumerate() {
+                if let Some((label, bytes)) = spec {
+                    b[r] = Some(ctx.storage_zeroed(label, *bytes)?);
+                }
+            }
+            bufs.push(b);
+        }
+        Ok(WeightSlot {
+            blocks: self.blocks.clone(),
+            grad: self.grad,
+            norms,
+            bufs,
+            holds: None,
+        })
+    }
+}
+
+/// The slots of a trainer for `spans`, sized before anything is allocated: one window
+/// slot per block of the longest span (slot i holds the i-th block of the span that
+/// trains, so it is sized by the i-th blocks of all spans), and a stream slot for the
+/// blocks some span leaves outside it (run forward only, one at a time, from host
+/// copies); none when one span covers every block (a trainer for every block).
+fn slot_specs(
+    file: &ModelFile,
+    opts: &TrainOptions,
+    spans: &[Span],
+    cover: &Cover,
+) -> Result<(Vec<SlotSpec>, Option<SlotSpec>)> {
+    let mut window = Vec::with_capacity(cover.cap);
+    for i in 0..cover.cap {
+        let mut blocks: Vec<usize> = spans
+            .iter()
+            .filter(|s| i < s.layers.len())
+            .map(|s| s.layers.start + i)
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        window.push(SlotSpec::new(
+            file,
+            opts,
+            &format!("window slot {i}"),
+            blocks,
+            true,
+        )?);
+    }
+    let streamed: Vec<usize> = (0..cover.depth)
+        .filter(|l| spans.iter().any(|s| !s.layers.contains(l)))
+        .collect();
+    let stream = if streamed.is_empty() {
+        None
+    } else {
+        Some(SlotSpec::new(file, opts, "stream slot", streamed, false)?)
+    };
+    Ok((window, stream))
+}
+
+/// An allocated slot ([`SlotSpec`]) and the block it holds, with that block's weights
+/// read from it.
+struct WeightSlot {
+    blocks: Vec<usize>,
+    grad: bool,
+    norms: [wgpu::Buffer; 2],
+    bufs: Vec<RoleBuffers>,
+    holds: Option<(usize, BlockWeights)>,
+}
+
+impl WeightSlot {
+    fn bytes(&self) -> u64 {
+        let bufs = self.bufs.iter().flatten().flatten();
+        self.norms.iter().chain(bufs).map(wgpu::Buffer::size).sum()
+    }
+
+    /// The weights of block `l` if this slot holds it.
+    fn weights(&self, l: usize) -> Option<&BlockWeights> {
+        self.holds.as_ref().filter(|h| h.0 == l).map(|h| &h.1)
+    }
+
+    /// Writes block `l` into this slot. A queue write lands before the next submission:
+    /// the commands reading the block it held must have been submitted.
+    fn fill(&mut self, queue: &wgpu::Queue, l: usize, host: &HostBlock) -> Result<()> {
+        if !self.blocks.contains(&l) {
+            return Err(Error::Invalid(format!(
+                "block {l} was not planned for this slot (blocks {:?})",
+                self.blocks
+            )));
+        }
+        self.holds = None;
+        for (b, n) in self.norms.iter().zip(&host.norms) {
+            queue.write_buffer(b, 0, bytemuck::cast_slice(n));
+        }
+        let mut w = Vec::with_capacity(7);
+        for (h, b) in host.w.iter().zip(&self.bufs) {
+            w.push(h.write(queue, b, self.grad)?);
+        }
+        let weights = BlockWeights {
+            attn_norm: self.norms[0].clone(),
+            ffn_norm: self.norms[1].clone(),
+            w,
+        };
+        self.holds = Some((l, weights));
+        Ok(())
+    }
 }
 
 /// One adapter tensor with its gradient and moments.
@@ -297,11 +579,12 @@ struct Trained {
     n: usize,
 }
 
-/// What a set of spans needs resident: blocks `0..resident` (frozen ones run forward
-/// only), `cap` blocks' activations (the longest span), the input-gradient side of the
-/// blocks any span trains, and the exit buffers when a span ends at an exit.
+/// What a set of spans needs: blocks `0..depth` (held on the host; frozen ones run
+/// forward only), `cap` blocks' activations and window slots (the longest span), the
+/// input-gradient side of the blocks any span trains, and the exit buffers when a span
+/// ends at an exit.
 struct Cover {
-    resident: usize,
+    depth: usize,
     cap: usize,
     grad: Vec<bool>,
     exit: bool,
@@ -312,7 +595,7 @@ struct Cover {
 impl Cover {
     fn of(n_layers: usize, spans: &[Span]) -> Result<Self> {
         let mut c = Cover {
-            resident: 0,
+            depth: 0,
             cap: 0,
             grad: vec![false; n_layers],
             exit: false,
@@ -325,7 +608,7 @@ impl Cover {
                     s.layers
                 )));
             }
-            c.resident = c.resident.max(s.layers.end);
+            c.depth = c.depth.max(s.layers.end);
             c.cap = c.cap.max(s.layers.len());
             c.exit |= s.exit.is_some();
             c.prefix |= s.layers.start > 0;
@@ -348,8 +631,13 @@ pub struct GpuTrainer<'c> {
     opts: TrainOptions,
     split: HeadSplit,
     mm: QMatmul,
-    /// Blocks `0..cover.resident`.
-    blocks: Vec<BlockWeights>,
+    /// Blocks `0..cover.depth` on the host, as they are uploaded, where they may be
+    /// uploaded again (None: a block only ever held by its own window slot).
+    host: Vec<Option<HostBlock>>,
+    /// Slot i holds the i-th block of the window that trains; the blocks outside the
+    /// window slots run from the stream slot, one at a time.
+    window_slots: Vec<WeightSlot>,
+    stream: Option<WeightSlot>,
     cover: Cover,
     output_norm: wgpu::Buffer,
     /// The LM head in chunks of `split.chunk` vocabulary rows, as the file stores it.
@@ -406,10 +694,11 @@ impl<'c> GpuTrainer<'c> {
 
     /// The GPU memory of adaptive layer tuning over `windows` (what
     /// [`GpuTrainer::with_windows`] allocates, with one exit per exit index the windows
-    /// name): every block up to the deepest window's end resident (the frozen blocks
-    /// below a window run forward only, without saved activations), activations for the
-    /// longest window, the input-gradient side (sparse transposed copies) only of blocks a
-    /// window trains, all LoRA and exit state, and the exit's u and output.
+    /// name): window slots for the longest window, each as large as the blocks it takes
+    /// (with their input-gradient side: sparse transposed copies), one stream slot as large
+    /// as the largest block some window leaves outside it (the frozen blocks run forward
+    /// only, one at a time, without saved activations), activations for the longest
+    /// window, all LoRA and exit state, and the exit's u and output.
     pub fn plan_windows(
         file: &ModelFile,
         lora: &LoraConfig,
@@ -473,25 +762,36 @@ impl<'c> GpuTrainer<'c> {
             ctx.storage(name, bytemuck::cast_slice(&w))
         };
 
-        let mut untracked = 0u64; // weights and the rope table, allocated by their types
-        let mut blocks = Vec::with_capacity(cover.resident);
-        for l in 0..cover.resident {
-            let attn_norm = track(norm(&format!("blk.{l}.attn_norm.weight"))?);
-            let ffn_norm = track(norm(&format!("blk.{l}.ffn_norm.weight"))?);
-            let mut w = Vec::with_capacity(7);
-            for p in Proj::ALL {
-                let (k, n) = p.shape(&c);
-                let name = proj_tensor(l, p);
-                let lay = layout(file, &name, n, k, opts.format)?;
-                let gw = upload_proj(ctx, file, &name, (n, k), lay, cover.grad[l])?;
-                untracked += gw.bytes();
-                w.push(gw);
+        // Slots first (sized as planned), then the blocks: a slot only this block goes
+        // into takes it now, and the host keeps the blocks a slot may take again (the
+        // first window is uploaded once the trainer exists).
+        let (window_specs, stream_spec) = slot_specs(file, opts, windows, &cover)?;
+        let mut window_slots = Vec::with_capacity(window_specs.len());
+        for spec in &window_specs {
+            window_slots.push(spec.alloc(ctx, d)?);
+        }
+        let stream = match &stream_spec {
+            Some(spec) => Some(spec.alloc(ctx, d)?),
+            None => None,
+        };
+        // Slots, the head and the rope table are allocated by their types.
+        let mut untracked: u64 = window_slots
+            .iter()
+            .chain(&stream)
+            .map(WeightSlot::bytes)
+            .sum();
+        let mut host_blocks = Vec::with_capacity(cover.depth);
+        for l in 0..cover.depth {
+            let hb = HostBlock::read(file, l, opts, cover.grad[l])?;
+            let mut again = stream.as_ref().is_some_and(|s| s.blocks.contains(&l));
+            for slot in window_slots.iter_mut().filter(|s| s.blocks.contains(&l)) {
+                if slot.blocks.len() == 1 {
+                    slot.fill(&ctx.queue, l, &hb)?;
+                } else {
+                    again = true;
+                }
             }
-            blocks.push(BlockWeights {
-                attn_norm,
-                ffn_norm,
-                w,
-            });
+            host_blocks.push(again.then_some(hb));
         }
         let output_norm = track(norm("output_norm.weight")?);
         let (head_name, head_lay, _) = head_layout(file, opts)?;
@@ -669,7 +969,7 @@ impl<'c> GpuTrainer<'c> {
             norm_read: track(readback("norm readback", 4)),
         };
         let allocated = allocated + untracked;
-        Ok(Self {
+        let mut trainer = Self {
             ctx,
             mm: QMatmul {
                 path: opts.path.unwrap_or_else(|| default_path(ctx)),
@@ -679,7 +979,9 @@ impl<'c> GpuTrainer<'c> {
             lora_config: lc,
             opts: opts.clone(),
             split,
-            blocks,
+            host: host_blocks,
+            window_slots,
+            stream,
             cover,
             output_norm,
             head,
@@ -701,7 +1003,9 @@ impl<'c> GpuTrainer<'c> {
             prefix_read,
             plan,
             allocated,
-        })
+        };
+        trainer.load(windows[0].layers.clone())?;
+        Ok(trainer)
     }
 
     /// The plan this trainer was built from.
@@ -772,12 +1076,12 @@ impl<'c> GpuTrainer<'c> {
         seed.and_then(|s| lora_dropout(s, l, p, self.lora_config.dropout))
     }
 
-    /// y = x·Wᵀ (+ LoRA of x, saving u) for block `l`'s projection `p`.
+    /// y = x·Wᵀ (+ LoRA of x, saving u) for block `l`'s projection `p` (weights `w`).
     #[allow(clippy::too_many_arguments)]
     fn proj_forward(
         &self,
         enc: &mut wgpu::CommandEncoder,
-        l: usize,
+        (l, w): (usize, &BlockWeights),
         p: Proj,
         a: &BlockActs,
         x: &wgpu::Buffer,
@@ -786,7 +1090,7 @@ impl<'c> GpuTrainer<'c> {
         seed: Option<u64>,
     ) -> Result<()> {
         let ctx = self.ctx;
-        self.blocks[l].w[p.index()].encode_nt(&self.mm, ctx, enc, x, y, t)?;
+        w.w[p.index()].encode_nt(&self.mm, ctx, enc, x, y, t)?;
         if let (Some((ia, ib)), Some(u)) = (self.pairs[l][p.index()], &a.u[p.index()]) {
             let ab = (&self.trained[ia].param, &self.trained[ib].param);
             let drop = self.dropout(seed, l, p).map(|d| (d, &self.s.drop));
@@ -795,37 +1099,41 @@ impl<'c> GpuTrainer<'c> {
         Ok(())
     }
 
-    /// Block `l` forward on t rows from `a.x` into `out`, keeping its activations in `a`.
+    /// Block `l` (weights `w`) forward on t rows from `a.x` into `out`, keeping its
+    /// activations in `a`.
+    #[allow(clippy::too_many_arguments)]
     fn block_forward(
         &self,
         enc: &mut wgpu::CommandEncoder,
         l: usize,
+        w: &BlockWeights,
         a: &BlockActs,
         out: &wgpu::Buffer,
         t: usize,
         seed: Option<u64>,
     ) -> Result<()> {
-        let (ctx, c, w) = (self.ctx, &self.config, &self.blocks[l]);
+        let (ctx, c) = (self.ctx, &self.config);
         let (d, eps) = (c.hidden, c.norm_eps);
+        let lw = (l, w);
         let o = &self.s.o;
         encode_rmsnorm_forward(ctx, enc, &a.x, &w.attn_norm, &a.n1, &a.rstd1, t, d, eps)?;
-        self.proj_forward(enc, l, Proj::Q, a, &a.n1, &a.q, t, seed)?;
-        self.proj_forward(enc, l, Proj::K, a, &a.n1, &a.k, t, seed)?;
-        self.proj_forward(enc, l, Proj::V, a, &a.n1, &a.v, t, seed)?;
+        self.proj_forward(enc, lw, Proj::Q, a, &a.n1, &a.q, t, seed)?;
+        self.proj_forward(enc, lw, Proj::K, a, &a.n1, &a.k, t, seed)?;
+        self.proj_forward(enc, lw, Proj::V, a, &a.n1, &a.v, t, seed)?;
         let style = c.rope_style;
         encode_rope(ctx, enc, &a.q, &self.rope, t, c.n_heads, 0, style, false)?;
         encode_rope(ctx, enc, &a.k, &self.rope, t, c.n_kv_heads, 0, style, false)?;
         let sh = self.attn_shape(t);
         encode_attention_forward(ctx, enc, &a.q, &a.k, &a.v, &a.attn, &a.lse, sh)?;
-        self.proj_forward(enc, l, Proj::O, a, &a.attn, o, t, seed)?;
+        self.proj_forward(enc, lw, Proj::O, a, &a.attn, o, t, seed)?;
         let bytes = (t * d * 4) as u64;
         enc.copy_buffer_to_buffer(&a.x, 0, &a.h, 0, bytes);
         encode_col_sums_add(ctx, enc, o, 1, t * d, &a.h)?;
         encode_rmsnorm_forward(ctx, enc, &a.h, &w.ffn_norm, &a.n2, &a.rstd2, t, d, eps)?;
-        self.proj_forward(enc, l, Proj::Gate, a, &a.n2, &a.gate, t, seed)?;
-        self.proj_forward(enc, l, Proj::Up, a, &a.n2, &a.up, t, seed)?;
+        self.proj_forward(enc, lw, Proj::Gate, a, &a.n2, &a.gate, t, seed)?;
+        self.proj_forward(enc, lw, Proj::Up, a, &a.n2, &a.up, t, seed)?;
         encode_swiglu_forward(ctx, enc, &a.gate, &a.up, &a.act, t * c.ffn)?;
-        self.proj_forward(enc, l, Proj::Down, a, &a.act, o, t, seed)?;
+        self.proj_forward(enc, lw, Proj::Down, a, &a.act, o, t, seed)?;
         enc.copy_buffer_to_buffer(&a.h, 0, out, 0, bytes);
         encode_col_sums_add(ctx, enc, o, 1, t * d, out)
     }
@@ -857,7 +1165,7 @@ impl<'c> GpuTrainer<'c> {
         seed: Option<u64>,
     ) -> Result<()> {
         let ctx = self.ctx;
-        let w = &self.blocks[l].w[p.index()];
+        let w = &self.block(l)?.w[p.index()];
         if acc {
             let k = p.shape(&self.config).0;
             w.encode_nn(&self.mm, ctx, enc, dy, &self.s.dtmp, t)?;
@@ -893,7 +1201,7 @@ impl<'c> GpuTrainer<'c> {
         t: usize,
         seed: Option<u64>,
     ) -> Result<()> {
-        let (ctx, c, w, s) = (self.ctx, &self.config, &self.blocks[l], &self.s);
+        let (ctx, c, w, s) = (self.ctx, &self.config, self.block(l)?, &self.s);
         let d = c.hidden;
         // out = h + down(act): dh = dout + ∂ffn.
         self.proj_backward(
@@ -992,11 +1300,14 @@ impl<'c> GpuTrainer<'c> {
     }
 
     /// Refuses a span this trainer's buffers were not planned for: evaluating it needs its
-    /// blocks resident, training it (`train`) their activations and gradient side too.
+    /// blocks on the host (they run from the window or the stream slot), training it
+    /// (`train`) each of its blocks planned for the window slot it goes into (sized for
+    /// it, with its gradient side) and activations for all of them.
     fn check_planned(&self, s: &Span, train: bool) -> Result<()> {
-        let cv = &self.cover;
-        let trainable = s.layers.len() <= cv.cap && s.layers.clone().all(|l| cv.grad[l]);
-        let ok = s.layers.end <= cv.resident
+        let slots = &self.window_slots;
+        let trainable = (s.layers.clone().enumerate())
+            .all(|(i, l)| slots.get(i).is_some_and(|w| w.blocks.contains(&l)));
+        let ok = s.layers.end <= self.cover.depth
             && (trainable || !train)
             && (s.exit.is_none() || self.exit_bufs.is_some());
         if ok {
@@ -1020,15 +1331,23 @@ impl<'c> GpuTrainer<'c> {
         }
         let span = self.current_span();
         self.check_planned(&span, train.is_some())?;
+        if train.is_some() {
+            self.load(span.layers.clone())?;
+        }
         let start = span.layers.start;
         self.prefix(&row.tokens, start).await?;
-        let (ctx, c) = (self.ctx, &self.config);
         // Without a backward pass the span's blocks run as the frozen ones do.
         let window = if train.is_some() {
             span.layers.clone()
         } else {
             span.layers.end..span.layers.end
         };
+        let t = row.tokens.len();
+        let words = target_words(&row.targets, self.config.vocab)?;
+        (self.ctx.queue).write_buffer(&self.s.targets, 0, bytemuck::cast_slice(&words));
+        let mut enc = self.ctx.encoder();
+        self.frozen_blocks(&mut enc, start..window.start, t)?;
+        let (ctx, c) = (self.ctx, &self.config);
         let exit = match span.exit {
             Some(k) => {
                 let (_, (ia, ib)) = self
@@ -1043,14 +1362,9 @@ impl<'c> GpuTrainer<'c> {
             }
             None => None,
         };
-        let (t, d, nw) = (row.tokens.len(), c.hidden, window.len());
+        let (d, nw) = (c.hidden, window.len());
         let seed = train.and_then(|(_, s)| s);
-        let words = target_words(&row.targets, c.vocab)?;
-        ctx.queue
-            .write_buffer(&self.s.targets, 0, bytemuck::cast_slice(&words));
-        let mut enc = ctx.encoder();
         let bytes = (t * d * 4) as u64;
-        self.frozen_blocks(&mut enc, start..window.start, t)?;
         if window.is_empty() {
             enc.copy_buffer_to_buffer(self.input(0), 0, &self.s.y, 0, bytes);
         }
@@ -1064,7 +1378,7 @@ impl<'c> GpuTrainer<'c> {
             } else {
                 &self.s.y
             };
-            self.block_forward(&mut enc, l, a, out, t, seed)?;
+            self.block_forward(&mut enc, l, self.block(l)?, a, out, t, seed)?;
         }
         let s = &self.s;
         let eps = c.norm_eps;
@@ -1154,7 +1468,8 @@ impl<'c> GpuTrainer<'c> {
                 let a = self.set(i);
                 if self.opts.recompute {
                     enc.copy_buffer_to_buffer(self.input(i), 0, &a.x, 0, bytes);
-                    self.block_forward(&mut enc, l, a, &s.recompute_out, t, seed)?;
+                    let w = self.block(l)?;
+                    self.block_forward(&mut enc, l, w, a, &s.recompute_out, t, seed)?;
                 }
                 self.block_backward(&mut enc, l, a, t, seed)?;
             }
@@ -1172,22 +1487,82 @@ impl<'c> GpuTrainer<'c> {
     }
 
     /// Runs blocks `blocks` frozen (nothing kept, no dropout) in place in the first input,
-    /// through the first activation set.
+    /// through the first activation set: from a window slot holding the block, else
+    /// through the stream slot (which may submit `enc` and replace it).
     fn frozen_blocks(
-        &self,
+        &mut self,
         enc: &mut wgpu::CommandEncoder,
         blocks: std::ops::Range<usize>,
         t: usize,
     ) -> Result<()> {
         let bytes = (t * self.config.hidden * 4) as u64;
         for l in blocks {
+            self.stream_block(enc, l)?;
+            let w = self.block(l)?;
             let a = self.set(0);
             if self.opts.recompute {
                 enc.copy_buffer_to_buffer(self.input(0), 0, &a.x, 0, bytes);
             }
-            self.block_forward(enc, l, a, self.input(0), t, None)?;
+            self.block_forward(enc, l, w, a, self.input(0), t, None)?;
         }
         Ok(())
+    }
+
+    /// Block `l`'s weights in the slot holding it.
+    fn block(&self, l: usize) -> Result<&BlockWeights> {
+        (self.window_slots.iter().chain(&self.stream))
+            .find_map(|s| s.weights(l))
+            .ok_or_else(|| Error::Invalid(format!("block {l} is in no slot of the GPU trainer")))
+    }
+
+    /// Writes block `l` from its host copy into `slot` (a window slot or the stream slot).
+    fn fill(
+        queue: &wgpu::Queue,
+        host: &[Option<HostBlock>],
+        slot: &mut WeightSlot,
+        l: usize,
+    ) -> Result<()> {
+        let host = host.get(l).and_then(Option::as_ref).ok_or_else(|| {
+            Error::Invalid(format!(
+                "block {l} has no host copy to upload: it was not planned to move"
+            ))
+        })?;
+        slot.fill(queue, l, host)
+    }
+
+    /// Puts the blocks `layers` into the window slots (slot i: the i-th) where they are
+    /// not already. Called between submissions, so nothing recorded reads the blocks the
+    /// slots held.
+    fn load(&mut self, layers: std::ops::Range<usize>) -> Result<()> {
+        for (i, l) in layers.clone().enumerate() {
+            let slot = self.window_slots.get_mut(i).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "blocks {layers:?} do not fit this GPU trainer's window slots"
+                ))
+            })?;
+            if slot.weights(l).is_none() {
+                Self::fill(&self.ctx.queue, &self.host, slot, l)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure block `l` is in a slot: a block no window slot holds is uploaded into
+    /// the stream slot, unless it is there already. That first submits `enc`, which may
+    /// hold commands reading the slot's previous block: a queue write lands before the
+    /// next submission, so it must not overtake them.
+    fn stream_block(&mut self, enc: &mut wgpu::CommandEncoder, l: usize) -> Result<()> {
+        if self.block(l).is_ok() {
+            return Ok(());
+        }
+        let slot = self.stream.as_mut().ok_or_else(|| {
+            Error::Invalid(format!(
+                "block {l} was not planned to run outside a window on this GPU trainer"
+            ))
+        })?;
+        let prev = std::mem::replace(enc, self.ctx.encoder());
+        self.ctx.queue.submit([prev.finish()]);
+        Self::fill(&self.ctx.queue, &self.host, slot, l)
     }
 
     /// Writes the hidden state entering block `start` into the first input: from the
@@ -1741,6 +2116,7 @@ impl Backend for GpuTrainer<'_> {
             let afters: Vec<usize> = self.exits.iter().map(|e| e.0).collect();
             check_span(self.config.n_layers, &afters, s)?;
             self.check_planned(s, true)?;
+            self.load(s.layers.clone())?;
         }
         self.span = span.cloned();
         Ok(())
@@ -1765,17 +2141,9 @@ fn plan_spans(
     let (d, vocab) = (c.hidden, c.vocab);
     let f32s = |n: usize| n as u64 * 4;
     let mut plan = MemoryPlan::default();
-    for l in 0..cover.resident {
-        for norm in ["attn_norm", "ffn_norm"] {
-            plan.storage(format!("blk.{l}.{norm}.weight"), Category::Weights, f32s(d));
-        }
-        for p in Proj::ALL {
-            let (k, n) = p.shape(c);
-            let name = proj_tensor(l, p);
-            let lay = layout(file, &name, n, k, opts.format)?;
-            // Frozen-only blocks need no input-gradient side (sparse: no transposed copy).
-            plan_matrix(&mut plan, file, &name, "", (n, k), lay, cover.grad[l])?;
-        }
+    let (window, stream) = slot_specs(file, opts, spans, &cover)?;
+    for slot in window.iter().chain(&stream) {
+        slot.plan(&mut plan, d);
     }
     plan.storage("output_norm.weight", Category::Weights, f32s(d));
     let (head_name, head_lay, tag) = head_layout(file, opts)?;

@@ -58,6 +58,170 @@ enum Layout {
     },
 }
 
+/// [`Layout`] without its buffer.
+#[derive(Clone, Copy, Debug)]
+enum HostLayout {
+    Sparse24 {
+        value_stride: u32,
+        idx_stride: u32,
+        groups: u32,
+    },
+    Unstructured {
+        nb: u32,
+        scale_t: bool,
+    },
+}
+
+/// One sparse operand on the host: its metadata and the words of its buffers as they are
+/// uploaded. It is read on the GPU from buffers allocated for it ([`Self::upload`]) or
+/// from buffers allocated once and rewritten with other matrices ([`Self::on`]: the GPU
+/// trainer's slots).
+#[derive(Clone, Debug)]
+pub struct HostSparseMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub ty: ValueType,
+    gpr: u32,
+    layout: HostLayout,
+    pub vals: Vec<u32>,
+    /// Empty for f32 values, and in a transposed copy (it reads its original's).
+    pub scales: Vec<u32>,
+    /// 2:4 in-group offsets, or unstructured bitmasks.
+    pub pattern: Vec<u32>,
+    /// Unstructured row pointers; empty for 2:4.
+    pub row_ptr: Vec<u32>,
+}
+
+/// The buffers a [`HostSparseMatrix`] is read from (`row_ptr` for unstructured ones).
+#[derive(Clone, Copy, Debug)]
+pub struct SparseBuffers<'a> {
+    pub vals: &'a wgpu::Buffer,
+    pub scales: &'a wgpu::Buffer,
+    pub pattern: &'a wgpu::Buffer,
+    pub row_ptr: Option<&'a wgpu::Buffer>,
+}
+
+impl HostSparseMatrix {
+    /// A 2:4 weight `[n][k]` (the forward operand).
+    pub fn sparse24(a: &Sparse24Matrix) -> Result<Self> {
+        Ok(HostSparseMatrix {
+            rows: a.n,
+            cols: a.k,
+            ty: a.values.ty,
+            gpr: u32_of("sparse24 scales", a.values.groups_per_row)?,
+            layout: HostLayout::Sparse24 {
+                value_stride: u32_of("sparse24 k", a.value_stride)?,
+                idx_stride: u32_of("sparse24 k", a.idx_stride)?,
+                groups: u32_of("sparse24 k", a.groups())?,
+            },
+            vals: a.values.words.clone(),
+            scales: a.values.scales.clone(),
+            pattern: a.idx.clone(),
+            row_ptr: Vec::new(),
+        })
+    }
+
+    /// An unstructured matrix; `own_scales: false` (a transposed copy) keeps no scales:
+    /// it is read with its original's.
+    pub fn unstructured(a: &UnstructuredMatrix, own_scales: bool) -> Result<Self> {
+        Ok(HostSparseMatrix {
+            rows: a.rows,
+            cols: a.cols,
+            ty: a.values.ty,
+            gpr: u32_of("unstructured scales", a.values.groups_per_row)?,
+            layout: HostLayout::Unstructured {
+                nb: u32_of("unstructured cols", a.blocks())?,
+                scale_t: a.values.layout == ScaleLayout::Transposed,
+            },
+            vals: a.values.words.clone(),
+            scales: if own_scales {
+                a.values.scales.clone()
+            } else {
+                Vec::new()
+            },
+            pattern: a.masks.clone(),
+            row_ptr: a.row_ptr.clone(),
+        })
+    }
+
+    /// Whether it has a row-pointer buffer (unstructured).
+    pub fn has_row_ptr(&self) -> bool {
+        matches!(self.layout, HostLayout::Unstructured { .. })
+    }
+
+    /// The resident matrix reading `b`, which hold (at least) this matrix's words.
+    pub fn on(&self, b: SparseBuffers<'_>) -> Result<GpuSparseMatrix> {
+        let layout = match self.layout {
+            HostLayout::Sparse24 {
+                value_stride,
+                idx_stride,
+                groups,
+            } => Layout::Sparse24 {
+                value_stride,
+                idx_stride,
+                groups,
+            },
+            HostLayout::Unstructured { nb, scale_t } => Layout::Unstructured {
+                nb,
+                row_ptr: b
+                    .row_ptr
+                    .ok_or_else(|| Error::Invalid("unstructured matrix without row_ptr".into()))?
+                    .clone(),
+                scale_t,
+            },
+        };
+        Ok(GpuSparseMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            ty: self.ty,
+            gpr: self.gpr,
+            vals: b.vals.clone(),
+            scales: b.scales.clone(),
+            pattern: b.pattern.clone(),
+            layout,
+        })
+    }
+
+    /// Uploads it into buffers of its own; `scales` reuses an already uploaded scales
+    /// buffer (a transposed copy shares its original's).
+    pub fn upload(
+        &self,
+        ctx: &GpuContext,
+        scales: Option<&wgpu::Buffer>,
+    ) -> Result<GpuSparseMatrix> {
+        let kind = if self.has_row_ptr() {
+            "unstructured"
+        } else {
+            "sparse24"
+        };
+        let own;
+        let scales = match scales {
+            Some(s) => s,
+            None => {
+                own = words(ctx, &format!("{kind} scales"), &self.scales)?;
+                &own
+            }
+        };
+        let vals = words(ctx, &format!("{kind} values"), &self.vals)?;
+        let pattern = if self.has_row_ptr() {
+            words(ctx, "unstructured masks", &self.pattern)?
+        } else {
+            words(ctx, "sparse24 indices", &self.pattern)?
+        };
+        let row_ptr = if self.has_row_ptr() {
+            Some(words(ctx, "unstructured row_ptr", &self.row_ptr)?)
+        } else {
+            None
+        };
+        self.on(SparseBuffers {
+            vals: &vals,
+            scales,
+            pattern: &pattern,
+            row_ptr: row_ptr.as_ref(),
+        })
+    }
+}
+
 /// One sparse operand A `[rows][cols]` resident on the GPU, for y[m×rows] = x[m×cols]·Aᵀ.
 #[derive(Clone, Debug)]
 pub struct GpuSparseMatrix {
@@ -106,21 +270,7 @@ impl GpuSparseMatrix {
 
     /// Uploads a 2:4 weight `[n][k]` (the forward operand).
     pub fn sparse24(ctx: &GpuContext, a: &Sparse24Matrix) -> Result<Self> {
-        let ty = a.values.ty;
-        Ok(GpuSparseMatrix {
-            rows: a.n,
-            cols: a.k,
-            ty,
-            gpr: u32_of("sparse24 scales", a.values.groups_per_row)?,
-            vals: words(ctx, "sparse24 values", &a.values.words)?,
-            scales: words(ctx, "sparse24 scales", &a.values.scales)?,
-            pattern: words(ctx, "sparse24 indices", &a.idx)?,
-            layout: Layout::Sparse24 {
-                value_stride: u32_of("sparse24 k", a.value_stride)?,
-                idx_stride: u32_of("sparse24 k", a.idx_stride)?,
-                groups: u32_of("sparse24 k", a.groups())?,
-            },
-        })
+        HostSparseMatrix::sparse24(a)?.upload(ctx, None)
     }
 
     /// Uploads an unstructured matrix; `scales` reuses an already uploaded scales buffer
@@ -130,26 +280,7 @@ impl GpuSparseMatrix {
         a: &UnstructuredMatrix,
         scales: Option<&wgpu::Buffer>,
     ) -> Result<Self> {
-        let ty = a.values.ty;
-        let scale_t = a.values.layout == ScaleLayout::Transposed;
-        let scales = match scales {
-            Some(s) => s.clone(),
-            None => words(ctx, "unstructured scales", &a.values.scales)?,
-        };
-        Ok(GpuSparseMatrix {
-            rows: a.rows,
-            cols: a.cols,
-            ty,
-            gpr: u32_of("unstructured scales", a.values.groups_per_row)?,
-            vals: words(ctx, "unstructured values", &a.values.words)?,
-            scales,
-            pattern: words(ctx, "unstructured masks", &a.masks)?,
-            layout: Layout::Unstructured {
-                nb: u32_of("unstructured cols", a.blocks())?,
-                row_ptr: words(ctx, "unstructured row_ptr", &a.row_ptr)?,
-                scale_t,
-            },
-        })
+        HostSparseMatrix::unstructured(a, scales.is_none())?.upload(ctx, scales)
     }
 
     /// Bytes of its buffers; `with_scales: false` leaves out a scales buffer it shares.
@@ -249,35 +380,59 @@ pub struct SparseWeight {
     pub grad: Option<GpuSparseMatrix>,
 }
 
+/// A frozen sparse weight on the host, as [`SparseWeight`] uploads it: the forward operand
+/// and, if asked for, the transposed copy (without scales: it reads the forward's).
+#[derive(Clone, Debug)]
+pub struct HostSparseWeight {
+    pub fwd: HostSparseMatrix,
+    pub grad: Option<HostSparseMatrix>,
+}
+
+impl HostSparseWeight {
+    /// A 2:4 weight; `with_grad` also builds its transpose.
+    pub fn sparse24(w: &Sparse24Matrix, with_grad: bool) -> Result<Self> {
+        Ok(HostSparseWeight {
+            fwd: HostSparseMatrix::sparse24(w)?,
+            grad: if with_grad {
+                Some(HostSparseMatrix::unstructured(&w.transposed(), false)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// An unstructured weight; `with_grad` also builds its transpose.
+    pub fn unstructured(w: &UnstructuredMatrix, with_grad: bool) -> Result<Self> {
+        Ok(HostSparseWeight {
+            fwd: HostSparseMatrix::unstructured(w, true)?,
+            grad: if with_grad {
+                Some(HostSparseMatrix::unstructured(&w.transposed(), false)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Uploads it into buffers of its own.
+    pub fn upload(&self, ctx: &GpuContext) -> Result<SparseWeight> {
+        let fwd = self.fwd.upload(ctx, None)?;
+        let grad = match &self.grad {
+            Some(g) => Some(g.upload(ctx, Some(&fwd.scales))?),
+            None => None,
+        };
+        Ok(SparseWeight { fwd, grad })
+    }
+}
+
 impl SparseWeight {
     /// Uploads a 2:4 weight; `with_grad` also builds and uploads its transpose.
     pub fn sparse24(ctx: &GpuContext, w: &Sparse24Matrix, with_grad: bool) -> Result<Self> {
-        let fwd = GpuSparseMatrix::sparse24(ctx, w)?;
-        let grad = if with_grad {
-            Some(GpuSparseMatrix::unstructured(
-                ctx,
-                &w.transposed(),
-                Some(&fwd.scales),
-            )?)
-        } else {
-            None
-        };
-        Ok(SparseWeight { fwd, grad })
+        HostSparseWeight::sparse24(w, with_grad)?.upload(ctx)
     }
 
     /// Uploads an unstructured weight; `with_grad` also builds and uploads its transpose.
     pub fn unstructured(ctx: &GpuContext, w: &UnstructuredMatrix, with_grad: bool) -> Result<Self> {
-        let fwd = GpuSparseMatrix::unstructured(ctx, w, None)?;
-        let grad = if with_grad {
-            Some(GpuSparseMatrix::unstructured(
-                ctx,
-                &w.transposed(),
-                Some(&fwd.scales),
-            )?)
-        } else {
-            None
-        };
-        Ok(SparseWeight { fwd, grad })
+        HostSparseWeight::unstructured(w, with_grad)?.upload(ctx)
     }
 
     /// Bytes of every buffer it holds (the shared scales once).
