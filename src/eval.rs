@@ -8,9 +8,9 @@
 //! over the synchronous [`CausalLm`] (what the CLI calls) run the same async bodies, whose
 //! futures are then always ready, so they need no executor and work on wasm32 too.
 //!
-//! Models with early exits implement [`AsyncExitLm`] (each exit's logits per position;
-//! [`CpuExitLm`] and the GPU model), with the synchronous [`ExitLm`] beside it as
-//! [`CausalLm`] is beside [`AsyncLm`]; the `*_exits`/`*_vote`/`*_voted` functions combine
+//! Models with early exits implement [`AsyncExitLm`] (each exit's logits per position: the
+//! GPU model, and every synchronous [`ExitLm`] such as [`CpuExitLm`]), as [`AsyncLm`] is
+//! beside [`CausalLm`]; the `*_exits`/`*_vote`/`*_voted` functions combine
 //! the exits by a [`Vote`] rule, the same code on both devices.
 
 use crate::data::McQuestion;
@@ -542,27 +542,6 @@ impl ExitLm for CpuExitLm<'_> {
             )));
         }
         Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
-    }
-}
-
-impl AsyncExitLm for CpuExitLm<'_> {
-    fn vocab(&self) -> usize {
-        ExitLm::vocab(self)
-    }
-    fn max_len(&self) -> usize {
-        ExitLm::max_len(self)
-    }
-    fn len(&self) -> usize {
-        ExitLm::len(self)
-    }
-    fn truncate(&mut self, len: usize) {
-        ExitLm::truncate(self, len)
-    }
-    fn exits(&self) -> Vec<usize> {
-        ExitLm::exits(self)
-    }
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>> {
-        std::future::ready(ExitLm::append(self, tokens))
     }
 }
 

@@ -233,6 +233,16 @@ fn cached_prefix_gives_the_loss_of_recomputing_it() {
     assert!(be.set_span(Some(&bad)).is_err());
 }
 
+/// A short repeated text in 24-token rows: what the scheduled runs train on.
+fn cat_data(tok: &Tokenizer) -> edge_llm::train::Prepared {
+    let text = edge_llm::data::Dataset::Text("the cat sat on the mat. ".repeat(20));
+    let cfg = DataConfig {
+        seq_len: 24,
+        ..Default::default()
+    };
+    prepare(&text, tok, &cfg).unwrap()
+}
+
 fn schedule_config(order: WindowOrder) -> TrainConfig {
     TrainConfig {
         lr: 1e-2,
@@ -249,16 +259,7 @@ fn schedule_config(order: WindowOrder) -> TrainConfig {
 #[test]
 fn scheduled_runs_record_phases_and_resume_exactly() {
     let (tok, w) = tiny4();
-    let text = edge_llm::data::Dataset::Text("the cat sat on the mat. ".repeat(20));
-    let data = prepare(
-        &text,
-        &tok,
-        &DataConfig {
-            seq_len: 24,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let data = cat_data(&tok);
     let backend = |seed| CpuBackend::with_exits(w.clone(), LoraConfig::default(), &EXITS, seed);
 
     let mut reference = Trainer::new(
@@ -316,16 +317,7 @@ fn scheduled_runs_record_phases_and_resume_exactly() {
 #[test]
 fn depth_power_scales_each_windows_learning_rate() {
     let (tok, w) = tiny4();
-    let text = edge_llm::data::Dataset::Text("the cat sat on the mat. ".repeat(20));
-    let data = prepare(
-        &text,
-        &tok,
-        &DataConfig {
-            seq_len: 24,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let data = cat_data(&tok);
     let run = |power: f64| {
         let mut cfg = schedule_config(WindowOrder::Reference);
         cfg.warmup_fraction = 0.0;
