@@ -86,10 +86,11 @@ test('the npm package: the README example tunes, evaluates, generates and export
   });
   try {
     await page.goto(base);
+    let timer;
     const r = await Promise.race([
       result,
-      new Promise((_, reject) => setTimeout(() => reject(new Error('no result within the timeout')), TIMEOUT_MS)),
-    ]);
+      new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('no result within the timeout')), TIMEOUT_MS); }),
+    ]).finally(() => clearTimeout(timer));  // a pending timer would keep node alive for TIMEOUT_MS
     assert.ok(r, `the example failed:\n${errors.join('\n')}\n${logs.slice(-20).join('\n')}`);
     console.log(`README example: loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}, perplexity ` +
       `${r.perplexity.toFixed(3)}, reply ${JSON.stringify(r.reply)} at ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
