@@ -9,15 +9,14 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::context;
+use common::{context, mc_questions as questions, random_lora};
 
 use edge_llm::adapter::save_dir;
-use edge_llm::data::McQuestion;
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
 use edge_llm::eval::{self, CpuExitLm, CpuLm, ExitLm, Sampling};
 use edge_llm::model::tiny::{self, TinySpec};
-use edge_llm::model::{LlamaConfig, ModelFile};
-use edge_llm::reference::{Lora, LoraConfig, Transformer};
+use edge_llm::model::ModelFile;
+use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::vote::Vote;
 use std::path::PathBuf;
@@ -70,29 +69,6 @@ fn opts(format: WeightFormat, max_t: usize) -> GpuModelOptions {
         max_t,
         path: None,
     }
-}
-
-/// Layer adapters and exits with every value (B included) nonzero, so each exit's adapter
-/// moves its logits.
-fn random_lora(cfg: &LlamaConfig, exits: &[usize], seed: u64) -> Lora<f32> {
-    let lc = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        ..Default::default()
-    };
-    let mut lora = Lora::<f32>::new(cfg, lc, seed).with_exits(exits, cfg.hidden, seed + 1);
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    for t in lora.tensors_mut() {
-        for x in t.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            *x = (u - 0.5) * 0.4;
-        }
-    }
-    lora
 }
 
 fn adapted(file: &ModelFile, lora: &Lora<f32>) -> Transformer<f32> {
@@ -259,28 +235,6 @@ fn memory_plan_with_exits_is_exact() {
         let extra = exits.len() as u64 * 2 * 4 * d * 4 + 16 * d * 4;
         assert_eq!(with - without, extra);
     }
-}
-
-fn questions() -> Vec<McQuestion> {
-    let q = |question: &str, choices: &[&str], answer| McQuestion {
-        question: question.into(),
-        choices: choices.iter().map(|c| c.to_string()).collect(),
-        answer,
-    };
-    vec![
-        q("what is the sky", &["blue", "a green thing", "red"], 0),
-        q("the cat sat on", &["the mat", "a hat", "wet rats", "it"], 1),
-        q("where is the water", &["in the sea", "on the stone"], 1),
-        q(
-            "who wrote this",
-            &["a man", "the other one there", "no one"],
-            2,
-        ),
-        q("when does it rain", &["in autumn", "at night", "soon"], 0),
-        q("which is heavier", &["stone", "feather"], 0),
-        q("the sun is", &["hot", "a cold wet rock", "green"], 0),
-        q("a bird can", &["fly", "swim under the sea", "read"], 0),
-    ]
 }
 
 /// Voted accuracy and voted generation: the same scoring and voting code on both devices

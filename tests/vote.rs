@@ -2,6 +2,8 @@
 //! exit scoring and cached exit logits on the tiny model, the exits file beside the PEFT
 //! pair, and `eval-mc`/`generate --vote` through the binary.
 
+mod common;
+
 use edge_llm::adapter::{
     export_exits, import_exits, import_peft, load_dir, save_dir, CONFIG_FILE, EXITS_FILE,
     WEIGHTS_FILE,
@@ -13,7 +15,7 @@ use edge_llm::eval::{
 };
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
-use edge_llm::reference::{Lora, LoraConfig, Transformer};
+use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::vote::{combine, pick, pick_log, resolve, Vote};
 use std::path::{Path, PathBuf};
@@ -165,25 +167,8 @@ fn tiny_bytes() -> Vec<u8> {
     .unwrap()
 }
 
-/// Layer adapters and exits with every value (B included) nonzero.
 fn random_lora(cfg: &LlamaConfig, seed: u64) -> Lora<f32> {
-    let lc = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        ..Default::default()
-    };
-    let mut lora = Lora::<f32>::new(cfg, lc, seed).with_exits(&EXITS, cfg.hidden, seed + 1);
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    for t in lora.tensors_mut() {
-        for x in t.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            *x = (u - 0.5) * 0.4;
-        }
-    }
-    lora
+    common::random_lora(cfg, &EXITS, seed)
 }
 
 fn tiny_model(seed: u64) -> (ModelFile, Tokenizer, Transformer<f32>) {
@@ -194,24 +179,9 @@ fn tiny_model(seed: u64) -> (ModelFile, Tokenizer, Transformer<f32>) {
     (file, tok, m)
 }
 
+/// The first six of the shared questions (what these tests were written against).
 fn questions() -> Vec<McQuestion> {
-    let q = |question: &str, choices: &[&str], answer| McQuestion {
-        question: question.into(),
-        choices: choices.iter().map(|c| c.to_string()).collect(),
-        answer,
-    };
-    vec![
-        q("what is the sky", &["blue", "a green thing", "red"], 0),
-        q("the cat sat on", &["the mat", "a hat", "wet rats", "it"], 1),
-        q("where is the water", &["in the sea", "on the stone"], 1),
-        q(
-            "who wrote this",
-            &["a man", "the other one there", "no one"],
-            2,
-        ),
-        q("when does it rain", &["in autumn", "at night", "soon"], 0),
-        q("which is heavier", &["stone", "feather"], 0),
-    ]
+    common::mc_questions()[..6].to_vec()
 }
 
 fn close(x: f32, y: f32) -> bool {

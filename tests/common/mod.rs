@@ -91,3 +91,55 @@ pub fn with_head_type(
     }
     edge_llm::model::ModelFile::from_bytes(w.to_bytes()).unwrap()
 }
+
+/// Multiple-choice questions for exit-voting tests on the tiny model (choices of different
+/// token lengths, answers at every position).
+pub fn mc_questions() -> Vec<edge_llm::data::McQuestion> {
+    let q = |question: &str, choices: &[&str], answer| edge_llm::data::McQuestion {
+        question: question.into(),
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+        answer,
+    };
+    vec![
+        q("what is the sky", &["blue", "a green thing", "red"], 0),
+        q("the cat sat on", &["the mat", "a hat", "wet rats", "it"], 1),
+        q("where is the water", &["in the sea", "on the stone"], 1),
+        q(
+            "who wrote this",
+            &["a man", "the other one there", "no one"],
+            2,
+        ),
+        q("when does it rain", &["in autumn", "at night", "soon"], 0),
+        q("which is heavier", &["stone", "feather"], 0),
+        q("the sun is", &["hot", "a cold wet rock", "green"], 0),
+        q("a bird can", &["fly", "swim under the sea", "read"], 0),
+    ]
+}
+
+/// Layer adapters and exits after `exits` (rank 4, α 8, no dropout) with every value, B
+/// included, nonzero and seeded: adapters that change every exit's output.
+pub fn random_lora(
+    cfg: &edge_llm::model::LlamaConfig,
+    exits: &[usize],
+    seed: u64,
+) -> edge_llm::reference::Lora<f32> {
+    use edge_llm::reference::{Lora, LoraConfig};
+    let lc = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..Default::default()
+    };
+    let mut lora = Lora::<f32>::new(cfg, lc, seed).with_exits(exits, cfg.hidden, seed + 1);
+    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    for t in lora.tensors_mut() {
+        for x in t.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            *x = (u - 0.5) * 0.4;
+        }
+    }
+    lora
+}
