@@ -207,10 +207,16 @@ export interface CompressOptions {
   /** Calibration rows spread over the data (default 16) and tokens per row (default 128). */
   calib_rows?: number;
   seq_len?: number;
-  /** Rows whose loss change is measured per block and level when profiling (default 2). */
+  /** Rows whose loss gradients make the profile's Fisher estimate, what LUC reads
+   * (default 16; 0: none, LUC then reads the measured loss change or the output error). */
+  fisher_rows?: number;
+  /** Rows whose loss change is measured per block and level when profiling (default 0). */
   loss_rows?: number;
   /** Pruning method of the profile's levels (default 'wanda'). */
   profile_method?: 'sparsegpt' | 'wanda' | 'magnitude';
+  /** How LUC picks per-block sparsity: least estimated loss change at the mean (default)
+   * or the paper's reference rule. */
+  sparsity_rule?: 'least-error' | 'reference';
 }
 
 export interface CompressInput {

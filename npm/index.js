@@ -123,10 +123,11 @@ export class Model {
     return this.inner.profile_key(name, text, kind, asJson(options));
   }
 
-  /// Measures the LUC sensitivity profile (per block: the loss change and output error
-  /// at each sparsity and bit width) on `text`, calibrating as `options` say (`calib_rows`,
-  /// `seq_len`, `loss_rows`, `profile_method`). CPU work in the calling thread (use a
-  /// worker); `onProgress(stage, done, total)`, stages 'calibrate' then 'profile'.
+  /// Measures the LUC sensitivity profile (per block: the Fisher estimate of the loss
+  /// change, the output error and optionally the measured loss change, at each sparsity
+  /// and bit width) on `text`, calibrating as `options` say (`calib_rows`, `seq_len`,
+  /// `fisher_rows`, `loss_rows`, `profile_method`). CPU work in the calling thread (use a
+  /// worker); `onProgress(stage, done, total)`, stages 'calibrate', 'fisher', 'profile'.
   /// Returns `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`.
   async profile({ text, name = 'data.txt', kind = 'auto', options = {}, onProgress } = {}) {
     return JSON.parse(await this.inner.profile(name, text, kind, asJson(options), onProgress ?? null));
@@ -134,7 +135,8 @@ export class Model {
 
   /// Compresses the model as `edge-llm compress` does (the same engine code): `options`
   /// are its flags (`sparsity`, `bits`, `allocation` 'luc' | 'uniform', `method`,
-  /// `pattern`, `quant`, `group`, `symmetric`, `calib_rows`, `seq_len`, …), calibrating on
+  /// `pattern`, `quant`, `group`, `symmetric`, `calib_rows`, `seq_len`, `sparsity_rule`
+  /// 'least-error' | 'reference', …), calibrating on
   /// `text`. `policy` (a policy document, as text or object) overrides the allocation;
   /// `profile` (what `profile()` returned, e.g. from a cache) spares LUC the profiling.
   /// CPU work in the calling thread (use a worker); `onProgress(stage, done, total)`.

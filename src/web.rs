@@ -430,7 +430,8 @@ impl WebModel {
 
     /// Measures the LUC sensitivity profile on `text` (the user's data, or any text):
     /// `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`. Calls
-    /// `progress(stage, done, total)` ("calibrate", then "profile"). CPU work in this thread.
+    /// `progress(stage, done, total)` ("calibrate", "fisher", then "profile"). CPU work in
+    /// this thread.
     pub async fn profile(
         &self,
         name: String,
@@ -454,7 +455,7 @@ impl WebModel {
     /// Compresses this model (`edge-llm compress`: the same `compress::pipeline`),
     /// calibrating on `text`. `options_json`: `CompressOptions` (sparsity, bits,
     /// allocation, method, pattern, quant, group, symmetric, calib_rows, seq_len,
-    /// loss_rows, profile_method). `policy_json`: a policy document that overrides the
+    /// loss_rows, fisher_rows, profile_method, sparsity_rule). `policy_json`: a policy document that overrides the
     /// allocation and methods (refused with the reason when it does not fit this model).
     /// `cached_profile`: a profile from [`WebModel::profile`] (cached by the caller under
     /// its `key`); without one LUC measures it. Returns `{bytes: Uint8Array, summary:

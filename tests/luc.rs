@@ -5,8 +5,9 @@
 use edge_llm::compress::file::{self, Packed, TensorFormat};
 use edge_llm::compress::policy::{self, Pattern, Policy, PruneMethod, QuantMethod};
 use edge_llm::compress::profile::{
-    calibration_rows, collect_hessians, output_mse_gemm, profile_cached, prune_proj, weight_of,
-    LayerHessians, ProfileOptions, SPARSITIES,
+    calibration_rows, collect_hessians, fisher_diagonal, fisher_error, output_mse_gemm,
+    profile_cached, prune_proj, weight_of, ErrorSource, LayerHessians, ProfileOptions,
+    FISHER_SPARSITIES, SPARSITIES,
 };
 use edge_llm::compress::prune::Sparsity;
 use edge_llm::compress::quant::BITS;
@@ -62,7 +63,11 @@ fn profile_measures_and_caches() {
     let rows = calib(&file);
     assert_eq!(rows.len(), 6);
     let dir = temp_dir("profile");
-    let opts = ProfileOptions::default();
+    // Δloss too (off by default: the policy reads the Fisher estimate).
+    let opts = ProfileOptions {
+        loss_rows: 2,
+        ..ProfileOptions::default()
+    };
     let mut calls = 0;
     let first = profile_cached(&dir, &file, &rows, &opts, &mut |_, _, _| calls += 1).unwrap();
     assert!(!first.cached && calls > 0);
@@ -86,8 +91,32 @@ fn profile_measures_and_caches() {
             lp.prune_mse, lp.quant_mse, lp.prune_dloss
         );
     }
-    // Sensitivities are loss changes here (measured): finite, and may be slightly
-    // negative on a few rows (noise); the sparsity rule min-max normalises them.
+    // The Fisher estimate on its finer grid: what the policies read when present.
+    assert!(p.has_fisher() && p.error_source() == ErrorSource::Fisher);
+    for (l, lp) in p.layers.iter().enumerate() {
+        assert_eq!(lp.prune_fisher.len(), FISHER_SPARSITIES.len());
+        assert_eq!(lp.quant_fisher.len(), BITS.len());
+        let (pf, qf) = (&lp.prune_fisher, &lp.quant_fisher);
+        assert!(
+            pf[pf.len() - 1] > pf[0] && qf[0] > qf[3],
+            "layer {l}: {pf:?} {qf:?}"
+        );
+        // Storing the kept weights at 2 bits adds to the pruning's error; at 8 bits little.
+        assert_eq!(lp.joint_fisher.len(), FISHER_SPARSITIES.len());
+        for (j, row) in lp.joint_fisher.iter().enumerate() {
+            assert!(
+                row[0] > pf[j] && row[0] > row[3],
+                "layer {l} level {j}: {row:?}"
+            );
+        }
+    }
+    let (grid, errs) = p.prune_errors(None);
+    assert_eq!(grid.len(), FISHER_SPARSITIES.len() + 1);
+    assert!(errs
+        .iter()
+        .all(|e| e[0] == 0.0 && e.windows(2).all(|w| w[0] <= w[1])));
+    // Sensitivities (Fisher here; the measured loss change is kept beside it) are finite;
+    // Δloss may be slightly negative on a few rows (noise).
     assert!(p.has_dloss());
     for s in p.prune_sensitivity().iter().chain(&p.quant_sensitivity()) {
         assert!(s.is_finite());
@@ -146,6 +175,62 @@ fn profile_measures_and_caches() {
     assert!(!third.cached && third.path != first.path);
     assert!(third.profile.base_loss.is_none() && third.profile.layers[0].prune_dloss.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Fisher diagonal is the mean over rows of the squared gradient of each row's loss
+/// (rows without a target skipped), and the estimate of a change is ½ Σ F·Δw².
+#[test]
+fn fisher_diagonal_is_the_mean_squared_row_gradient() {
+    let file = tiny();
+    let mut rows = calib(&file);
+    rows.truncate(2);
+    let mut blank = rows[0].clone();
+    blank.targets.iter_mut().for_each(|t| *t = None);
+    let model = Transformer::new(file.weights().unwrap());
+    let f = fisher_diagonal(
+        &model,
+        &[rows[0].clone(), blank.clone(), rows[1].clone()],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(f.len(), file.config.n_layers);
+    let grads: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let acts = model.forward_train(&r.tokens, None);
+            model.backward(&acts, &r.targets, true).base.unwrap()
+        })
+        .collect();
+    let mut largest = 0.0f32;
+    for (l, fl) in f.iter().enumerate() {
+        for (pi, p) in Proj::ALL.into_iter().enumerate() {
+            let (a, b) = (p.weight(&grads[0].layers[l]), p.weight(&grads[1].layers[l]));
+            assert_eq!(fl[pi].len(), a.len(), "layer {l} {p:?}");
+            for ((&v, &x), &y) in fl[pi].iter().zip(a).zip(b) {
+                let want = (x * x + y * y) / 2.0;
+                assert!(
+                    (v - want).abs() <= 1e-6 * want.abs().max(1e-30),
+                    "{l} {p:?}: {v} vs {want}"
+                );
+                largest = largest.max(v);
+            }
+        }
+    }
+    assert!(largest > 0.0);
+    // ½ Σ F Δw², on a change of two weights.
+    let fl = &f[1][Proj::Up.index()];
+    let w = weight_of(&model.w.layers[1], Proj::Up).to_vec();
+    let mut w_hat = w.clone();
+    w_hat[3] += 0.5;
+    w_hat[10] -= 2.0;
+    let want = 0.5 * (fl[3] as f64 * 0.25 + fl[10] as f64 * 4.0);
+    let got = fisher_error(fl, &w, &w_hat);
+    assert!(
+        (got - want).abs() <= 1e-12 * want.max(1e-30),
+        "{got} vs {want}"
+    );
+    // No row with a target: a plain error.
+    assert!(fisher_diagonal(&model, &[blank], &mut |_, _| {}).is_err());
 }
 
 struct Compressed {

@@ -1413,6 +1413,7 @@ window.edgeLlmCompress = cmp;
 
 const STAGE_LABELS = {
   calibrate: 'Calibrating (one forward per row)',
+  fisher: 'Fisher estimate (one backward per row)',
   profile: 'Profiling each block at every sparsity and width',
   compress: 'Compressing the projections',
 };
@@ -1486,6 +1487,8 @@ function readCompressOptions() {
     calib_rows: num('cmp-rows', 'Calibration rows', { int: true, min: 1 }),
     seq_len: num('cmp-seq', 'Tokens per row', { int: true, min: 2 }),
     loss_rows: num('cmp-loss-rows', 'Loss rows', { int: true, min: 0 }),
+    fisher_rows: num('cmp-fisher-rows', 'Fisher rows', { int: true, min: 0 }),
+    sparsity_rule: $('cmp-sparsity-rule').value,
   };
 }
 

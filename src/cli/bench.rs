@@ -14,6 +14,7 @@
 
 use super::compress::{
     compress_file, AllocationArg, CalibArgs, CompressArgs, MethodArg, PatternArg, QuantArg,
+    SparsityRuleArg,
 };
 use super::progress_bar;
 use super::tune::{apply_mode, Mode, ModeArgs, RunSpec, DEFAULT_EXIT_STRIDE};
@@ -194,7 +195,8 @@ fn compressed_model(a: &BenchTuneArgs, allocation: AllocationArg) -> Result<Path
         calib: calibrate.then(|| a.calib.clone().unwrap_or_else(|| a.data.clone())),
         calib_rows: a.calib_rows,
         seq_len: a.calib_seq_len,
-        loss_rows: 2,
+        loss_rows: 0,
+        fisher_rows: a.calib_rows,
         profile_method: MethodArg::Wanda,
         cache_dir: a.cache_dir.clone(),
     };
@@ -204,6 +206,7 @@ fn compressed_model(a: &BenchTuneArgs, allocation: AllocationArg) -> Result<Path
         sparsity: a.sparsity,
         bits: a.bits,
         allocation,
+        sparsity_rule: SparsityRuleArg::LeastError,
         policy: None,
         method: MethodArg::Sparsegpt,
         pattern: PatternArg::Unstructured,
@@ -593,9 +596,16 @@ pub(crate) struct BenchCompressArgs {
     pub calib_rows: usize,
     #[arg(long, default_value_t = 128)]
     pub calib_seq_len: usize,
-    /// Rows whose loss the profile measures per layer and level.
-    #[arg(long, default_value_t = 1)]
+    /// Rows whose loss the profile measures per layer and level (a diagnostic: the policy
+    /// reads the Fisher estimate).
+    #[arg(long, default_value_t = 0)]
     pub loss_rows: usize,
+    /// Rows whose loss gradients make the profile's Fisher estimate.
+    #[arg(long, default_value_t = 16)]
+    pub fisher_rows: usize,
+    /// How the LUC rows choose per-layer sparsity (as `compress --sparsity-rule`).
+    #[arg(long, value_enum, default_value_t = SparsityRuleArg::LeastError)]
+    pub sparsity_rule: SparsityRuleArg,
     #[arg(long, default_value = "runs/profile")]
     pub cache_dir: PathBuf,
     /// Held-out text for perplexity, and how many of its tokens.
@@ -679,12 +689,14 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
                         calib_rows: a.calib_rows,
                         seq_len: a.calib_seq_len,
                         loss_rows: a.loss_rows,
+                        fisher_rows: a.fisher_rows,
                         profile_method: MethodArg::Wanda,
                         cache_dir: a.cache_dir.clone(),
                     },
                     sparsity: a.sparsity,
                     bits,
                     allocation: alloc,
+                    sparsity_rule: a.sparsity_rule,
                     policy: None,
                     method: a.method,
                     pattern: PatternArg::Unstructured,

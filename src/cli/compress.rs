@@ -9,7 +9,7 @@
 
 use super::progress_bar;
 use crate::compress::file::{self, TensorReport};
-use crate::compress::pipeline::{self, CompressOptions};
+use crate::compress::pipeline::{self, CompressOptions, SparsityRule};
 use crate::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
 use crate::compress::profile;
 use crate::data::Dataset;
@@ -52,6 +52,12 @@ pub(crate) enum AllocationArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SparsityRuleArg {
+    LeastError,
+    Reference,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum QuantArg {
     Gptq,
     Rtn,
@@ -71,10 +77,15 @@ pub(crate) struct CalibArgs {
     /// Tokens per calibration row (the default is 256).
     #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
-    /// Rows whose loss is measured per layer and level (11 full forwards per layer each);
-    /// 0 skips Δloss.
-    #[arg(long, default_value_t = 2)]
+    /// Rows whose loss is measured per layer and level (11 full forwards per layer each):
+    /// shown in the profile's table, read by the policy only without the Fisher estimate
+    /// (--fisher-rows 0); 0 skips it.
+    #[arg(long, default_value_t = 0)]
     pub loss_rows: usize,
+    /// Rows whose loss gradients make the Fisher estimate of each layer's loss change (one
+    /// backward each; what the LUC policy reads when present); 0 skips it.
+    #[arg(long, default_value_t = 16)]
+    pub fisher_rows: usize,
     /// Pruning method for the sensitivity levels (Wanda: calibration-aware, far cheaper
     /// than SparseGPT over 7 levels × every layer).
     #[arg(long, value_enum, default_value_t = MethodArg::Wanda)]
@@ -120,6 +131,10 @@ pub(crate) struct CompressArgs {
     /// general text when none is given); uniform: every layer alike.
     #[arg(long, value_enum, default_value_t = AllocationArg::Luc)]
     pub allocation: AllocationArg,
+    /// How luc chooses per-layer sparsity: least-error (least estimated loss change at the
+    /// target mean) or reference (the paper's rule: linear in 1 − normalised sensitivity).
+    #[arg(long, value_enum, default_value_t = SparsityRuleArg::LeastError)]
+    pub sparsity_rule: SparsityRuleArg,
     /// A policy JSON file (overrides --sparsity, --bits, --allocation and the method
     /// flags; see src/compress/policy.rs).
     #[arg(long)]
@@ -274,6 +289,7 @@ impl CalibArgs {
             calib_rows: self.calib_rows,
             seq_len: self.seq_len,
             loss_rows: self.loss_rows,
+            fisher_rows: self.fisher_rows,
             profile_method: self.profile_method.method(),
             ..CompressOptions::default()
         }
@@ -301,6 +317,10 @@ impl CompressArgs {
             },
             group: self.group,
             symmetric: !self.asymmetric,
+            sparsity_rule: match self.sparsity_rule {
+                SparsityRuleArg::LeastError => SparsityRule::LeastError,
+                SparsityRuleArg::Reference => SparsityRule::Reference,
+            },
             ..self.calib.options()
         }
     }

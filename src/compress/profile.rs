@@ -1,18 +1,29 @@
 //! LUC sensitivity profiling (EDGE-LLM.md §1): for each transformer block alone, how much
 //! pruning it at each sparsity of [`SPARSITIES`] and quantizing it at each width of
-//! [`BITS`] hurts, measured two ways on calibration rows:
+//! [`BITS`] hurts, measured three ways on calibration rows:
 //!
 //! * output MSE: Σ over the block's 7 projections of [`Hessian::output_mse`] (the mean
 //!   squared error of the projection's output over every calibration token, from XᵀX, so
 //!   no output is recomputed; computed as [`output_mse_gemm`]);
 //! * Δloss: the model's mean cross-entropy on the first `loss_rows` calibration rows with
 //!   only that block compressed, minus the uncompressed loss (one full forward per block
-//!   and level: L × 11 forwards per row, which is why `loss_rows` is small and may be 0).
+//!   and level: L × 11 forwards per row, which is why `loss_rows` is small and may be 0);
+//! * Fisher estimate of Δloss: ½ Σ F ⊙ (W − Ŵ)² with F the diagonal empirical Fisher of
+//!   the block's weights (the mean squared loss gradient of each of the first
+//!   `fisher_rows` calibration rows, [`fisher_diagonal`]: one backward per row, then no
+//!   forward per level). It is the second-order term of the loss change (the first-order
+//!   term averages out at a trained minimum), comparable across blocks (unlike the output
+//!   MSE, which grows with the residual stream's scale through depth) and smooth (unlike
+//!   Δloss on one or two rows). It is also measured on the finer sparsity grid
+//!   [`FISHER_SPARSITIES`], which the sparsity allocator needs, and jointly: pruned at
+//!   each grid sparsity, then the kept weights stored at each width as compression stores
+//!   a sparse layer (`joint_fisher`), since a sparse block loses more to a narrow width.
 //!
 //! Pruning uses the chosen method (Wanda by default: calibration-aware and about 20× cheaper
 //! than SparseGPT's sweeps, which matters with 30 blocks × 7 levels × 7 projections);
-//! quantization is round-to-nearest with the policy's groups. The per-block sensitivity fed
-//! to the policies is the mean output MSE over levels (the reference's S_l).
+//! quantization is round-to-nearest with the policy's groups. The policies read the Fisher
+//! estimate when it was made, else Δloss, else the output MSE ([`Profile::error_source`]);
+//! the per-block sensitivity S_l of the reference rules is the mean over levels.
 //!
 //! The Hessians (XᵀX of each projection input: n1 for q/k/v, attn for o, n2 for gate/up,
 //! act for down) are collected once by [`collect_hessians`] and are what SparseGPT/GPTQ
@@ -21,9 +32,11 @@
 //! Natively, [`profile_cached`] keys a JSON cache file by a hash of the model bytes, the
 //! calibration tokens and the settings, so a second run with the same inputs is instant.
 
+use super::file::sparse_values_for;
 use super::policy::PruneMethod;
 use super::prune::{prune_magnitude, prune_sparsegpt, prune_wanda, Hessian, ObsOptions, Sparsity};
 use super::quant::{quantize, BITS};
+use super::sparse::UnstructuredMatrix;
 use crate::model::LayerWeights;
 use crate::reference::{ops, Proj, Real, Transformer};
 use crate::train::Row;
@@ -32,8 +45,14 @@ use serde::{Deserialize, Serialize};
 
 /// Sparsity levels measured per block (EDGE-LLM.md §1).
 pub const SPARSITIES: [f64; 7] = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9];
+/// The finer sparsity grid of the Fisher estimate (every 0.05 up to
+/// [`super::policy::MAX_LAYER_SPARSITY`]; it contains [`SPARSITIES`]).
+pub const FISHER_SPARSITIES: [f64; 18] = [
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
+    0.9,
+];
 /// Version of the cached profile JSON; a different version is recomputed.
-pub const PROFILE_VERSION: u32 = 1;
+pub const PROFILE_VERSION: u32 = 3;
 
 /// The four projection inputs of a block, by the activation `forward_train` saves.
 #[derive(Clone, Debug)]
@@ -116,6 +135,73 @@ pub fn collect_hessians(
     Ok(hs)
 }
 
+/// One block's diagonal empirical Fisher: for each projection (in [`Proj::ALL`] order), the
+/// mean over calibration rows of the squared gradient of the row's mean loss with respect
+/// to each weight.
+pub type BlockFisher = Vec<Vec<f32>>;
+
+/// The diagonal empirical Fisher of every block's projection weights over `rows` (one
+/// training forward and one backward with base-weight gradients per row; rows without a
+/// target are skipped). Memory: one f32 per block weight, plus one row's gradients.
+pub fn fisher_diagonal(
+    model: &Transformer<f32>,
+    rows: &[Row],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<BlockFisher>> {
+    let c = &model.w.config;
+    let mut f: Vec<BlockFisher> = (0..c.n_layers)
+        .map(|_| {
+            Proj::ALL
+                .iter()
+                .map(|p| {
+                    let (k, n) = p.shape(c);
+                    vec![0.0f32; k * n]
+                })
+                .collect()
+        })
+        .collect();
+    let mut used = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        if row.n_targets() > 0 {
+            let acts = model.forward_train(&row.tokens, None);
+            let g = model.backward(&acts, &row.targets, true);
+            let base = g.base.ok_or_else(|| {
+                Error::Invalid("fisher: the backward pass gave no weight gradients".into())
+            })?;
+            for (fl, gl) in f.iter_mut().zip(&base.layers) {
+                for (fp, p) in fl.iter_mut().zip(Proj::ALL) {
+                    for (a, &b) in fp.iter_mut().zip(p.weight(gl)) {
+                        *a += b * b;
+                    }
+                }
+            }
+            used += 1;
+        }
+        progress(i + 1, rows.len());
+    }
+    if used == 0 {
+        return Err(Error::Data(
+            "fisher: no calibration row has a target to take the loss gradient of".into(),
+        ));
+    }
+    let inv = 1.0 / used as f32;
+    f.iter_mut().flatten().flatten().for_each(|v| *v *= inv);
+    Ok(f)
+}
+
+/// The Fisher estimate of the loss change from replacing `w` by `w_hat`:
+/// ½ Σ F ⊙ (W − Ŵ)².
+pub fn fisher_error(f: &[f32], w: &[f32], w_hat: &[f32]) -> f64 {
+    f.iter()
+        .zip(w.iter().zip(w_hat))
+        .map(|(&fi, (&a, &b))| {
+            let d = a as f64 - b as f64;
+            fi as f64 * d * d
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
 /// How a profile is measured (part of the cache key).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileOptions {
@@ -126,6 +212,9 @@ pub struct ProfileOptions {
     pub symmetric: bool,
     /// Calibration rows whose loss is measured per block and level (0: no Δloss).
     pub loss_rows: usize,
+    /// Calibration rows whose loss gradients make the Fisher diagonal (0: no Fisher
+    /// estimate).
+    pub fisher_rows: usize,
 }
 
 impl Default for ProfileOptions {
@@ -134,7 +223,8 @@ impl Default for ProfileOptions {
             method: PruneMethod::Wanda,
             group: 32,
             symmetric: true,
-            loss_rows: 2,
+            loss_rows: 0,
+            fisher_rows: 16,
         }
     }
 }
@@ -148,6 +238,20 @@ pub struct LayerProfile {
     /// Empty when `loss_rows` is 0.
     pub prune_dloss: Vec<f64>,
     pub quant_dloss: Vec<f64>,
+    /// Fisher estimate of the loss change at each sparsity of [`FISHER_SPARSITIES`]
+    /// (empty when `fisher_rows` is 0).
+    #[serde(default)]
+    pub prune_fisher: Vec<f64>,
+    /// Fisher estimate at each width of [`BITS`] (empty when `fisher_rows` is 0).
+    #[serde(default)]
+    pub quant_fisher: Vec<f64>,
+    /// Fisher estimate of pruning at each sparsity of [`FISHER_SPARSITIES`] and then
+    /// storing the kept weights at each width of [`BITS`], as compression stores a sparse
+    /// layer (`[sparsity][width]`; empty when `fisher_rows` is 0). A sparse layer's width
+    /// costs more than a dense one's (at 2 bits its kept weights round to ±1 or 0 of a
+    /// scale per 64 columns), which the dense `quant_fisher` does not see.
+    #[serde(default)]
+    pub joint_fisher: Vec<Vec<f64>>,
 }
 
 /// A whole model's sensitivity profile (what the cache file holds).
@@ -168,8 +272,31 @@ pub struct Profile {
     pub seconds: f64,
 }
 
+/// Errors at the widths of [`BITS`], at least 0 and never below a wider width's.
+fn monotone_widths(src: &[f64]) -> [f64; 4] {
+    let mut e = [0.0; 4];
+    for (d, s) in e.iter_mut().zip(src) {
+        *d = s.max(0.0);
+    }
+    for i in (0..e.len() - 1).rev() {
+        e[i] = e[i].max(e[i + 1]);
+    }
+    e
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Which measurement of a [`Profile`] the policies read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The Fisher estimate of the loss change (when `fisher_rows` > 0).
+    Fisher,
+    /// The measured loss change (when `loss_rows` > 0).
+    Dloss,
+    /// The block's output MSE (always measured; not comparable across depth).
+    Mse,
 }
 
 impl Profile {
@@ -180,55 +307,170 @@ impl Profile {
             .all(|l| l.prune_dloss.len() == SPARSITIES.len() && l.quant_dloss.len() == BITS.len())
     }
 
-    /// S_l for pruning: the mean loss change over the sparsity levels where it was
-    /// measured, else the mean output MSE. The loss change is what the policy should
-    /// spare: a block's output MSE grows with the residual stream's scale through depth
+    /// Whether the Fisher estimate was made for every block (`fisher_rows` > 0).
+    pub fn has_fisher(&self) -> bool {
+        self.layers.iter().all(|l| {
+            l.prune_fisher.len() == FISHER_SPARSITIES.len()
+                && l.quant_fisher.len() == BITS.len()
+                && l.joint_fisher.len() == FISHER_SPARSITIES.len()
+                && l.joint_fisher.iter().all(|r| r.len() == BITS.len())
+        })
+    }
+
+    /// What the policies read: the Fisher estimate where made, else the measured loss
+    /// change, else the output MSE. The loss change is what the policy should spare: a
+    /// block's output MSE grows with the residual stream's scale through depth
     /// (SmolLM2-135M: 0.2 at block 0, 7.8 at block 29), so ranking by it prunes the first
-    /// blocks hardest although their loss change is the largest (0.84 at block 0). On
-    /// the real model at mean sparsity 0.5 and 4 bits, the MSE ranking gave perplexity
-    /// 88.3 against uniform's 62.9 (runs/bench-compress).
-    pub fn prune_sensitivity(&self) -> Vec<f64> {
-        let dl = self.has_dloss();
-        self.layers
+    /// blocks hardest although their loss change is the largest; on the real model at mean
+    /// sparsity 0.5 and 4 bits the MSE ranking gave perplexity 88.3 against uniform's
+    /// 62.9. Δloss on one or two rows is mostly noise at mild levels (a 2-bit change
+    /// measured −0.34 … +1.7 on ARC rows), which the Fisher estimate is not.
+    pub fn error_source(&self) -> ErrorSource {
+        if self.has_fisher() {
+            ErrorSource::Fisher
+        } else if self.has_dloss() {
+            ErrorSource::Dloss
+        } else {
+            ErrorSource::Mse
+        }
+    }
+
+    /// Block `l`'s pruning errors from [`Self::error_source`], on the grid it was measured
+    /// on ([`FISHER_SPARSITIES`] for the Fisher estimate, else [`SPARSITIES`]).
+    fn prune_source(&self, l: &LayerProfile) -> (&'static [f64], Vec<f64>) {
+        match self.error_source() {
+            ErrorSource::Fisher => (&FISHER_SPARSITIES, l.prune_fisher.clone()),
+            ErrorSource::Dloss => (&SPARSITIES, l.prune_dloss.clone()),
+            ErrorSource::Mse => (&SPARSITIES, l.prune_mse.clone()),
+        }
+    }
+
+    fn quant_source<'a>(&self, l: &'a LayerProfile) -> &'a [f64] {
+        match self.error_source() {
+            ErrorSource::Fisher => &l.quant_fisher,
+            ErrorSource::Dloss => &l.quant_dloss,
+            ErrorSource::Mse => &l.quant_mse,
+        }
+    }
+
+    /// Block `l`'s pruning errors from [`Self::error_source`] at the levels of
+    /// [`SPARSITIES`].
+    fn prune_levels(&self, l: &LayerProfile) -> Vec<f64> {
+        let (grid, e) = self.prune_source(l);
+        SPARSITIES
             .iter()
-            .map(|l| mean(if dl { &l.prune_dloss } else { &l.prune_mse }))
+            .filter_map(|s| grid.iter().position(|g| g == s).and_then(|i| e.get(i)))
+            .copied()
             .collect()
     }
 
-    /// S_l for quantization, by the same rule as [`Self::prune_sensitivity`].
-    pub fn quant_sensitivity(&self) -> Vec<f64> {
-        let dl = self.has_dloss();
+    /// S_l for pruning (the reference's per-layer sensitivity): the mean error over the
+    /// levels of [`SPARSITIES`], from [`Self::error_source`].
+    pub fn prune_sensitivity(&self) -> Vec<f64> {
         self.layers
             .iter()
-            .map(|l| mean(if dl { &l.quant_dloss } else { &l.quant_mse }))
+            .map(|l| mean(&self.prune_levels(l)))
             .collect()
+    }
+
+    /// S_l for quantization: the mean error over the widths of [`BITS`].
+    pub fn quant_sensitivity(&self) -> Vec<f64> {
+        self.layers
+            .iter()
+            .map(|l| mean(self.quant_source(l)))
+            .collect()
+    }
+
+    /// Per-block pruning error as [`super::policy::allocate_sparsity`] takes it: the
+    /// grid (starting at sparsity 0) and each block's errors on it, from
+    /// [`Self::error_source`], made non-negative and non-decreasing in the sparsity (a
+    /// sparser block never looks better, whatever the noise). With `width` and the Fisher
+    /// estimate, each level's error is that of the block pruned and stored at `width`
+    /// (`joint_fisher`; dense at `width` for sparsity 0), since the kept weights of a
+    /// sparser block lose more to a narrow width; else the pruning alone (0 at sparsity 0).
+    pub fn prune_errors(&self, width: Option<u32>) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let wi = width.and_then(|b| BITS.iter().position(|&x| x == b));
+        let joint = self.error_source() == ErrorSource::Fisher;
+        let mut grid = vec![0.0];
+        let errs = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (g, mut e) = self.prune_source(l);
+                if grid.len() == 1 {
+                    grid.extend_from_slice(g);
+                }
+                let mut out = vec![0.0];
+                if let (Some(i), true) = (wi, joint) {
+                    out[0] = l.quant_fisher[i].max(0.0);
+                    e = l.joint_fisher.iter().map(|r| r[i]).collect();
+                }
+                for v in e {
+                    let last = out.last().copied().unwrap_or(0.0);
+                    out.push(v.max(last));
+                }
+                out
+            })
+            .collect();
+        (grid, errs)
     }
 
     /// Per-block error at each width of [`BITS`], as [`super::policy::allocate_bits`]
-    /// takes it: the loss change where measured, else the output MSE; made monotone, so a
-    /// width never looks better than a wider one (each entry is at least the next wider
-    /// one's) and never below 0.
-    ///
-    /// Why: Δloss on a couple of rows is noisy (SmolLM2-135M, 2 ARC-Easy rows: 2-bit
-    /// quantization of single blocks measured −0.34 … +1.7), and taken as it is, a block
-    /// whose 2-bit change came out ≤ 0 looked free at 2 bits: LUC at a mean of 4 bits then
-    /// made a model of NLL 9.3 where every block at 4 bits is exact. (A fitted
-    /// loss-per-MSE slope instead was tried and lost: Shakespeare perplexity 123 vs 60 at
-    /// 4 bits and sparsity 0.5, since it underrates the blocks with outlier outputs.)
+    /// takes it, from [`Self::error_source`]; made monotone, so a width never looks
+    /// better than a wider one (each entry is at least the next wider one's) and never
+    /// below 0. Why: taken as it is, a noisy Δloss that came out ≤ 0 at 2 bits made 2 bits
+    /// look free (LUC at a mean of 4 bits then made a model of NLL 9.3 where every block at
+    /// 4 bits is exact). (A fitted loss-per-MSE slope was tried and lost: perplexity 123 vs
+    /// 60 at 4 bits and sparsity 0.5, since it underrates the blocks with outlier outputs.)
     pub fn quant_errors(&self) -> Vec<[f64; 4]> {
-        let dl = self.has_dloss();
         self.layers
             .iter()
-            .map(|l| {
-                let src = if dl { &l.quant_dloss } else { &l.quant_mse };
-                let mut e = [0.0; 4];
-                for (d, s) in e.iter_mut().zip(src) {
-                    *d = s.max(0.0);
-                }
-                for i in (0..e.len() - 1).rev() {
-                    e[i] = e[i].max(e[i + 1]);
-                }
-                e
+            .map(|l| monotone_widths(self.quant_source(l)))
+            .collect()
+    }
+
+    /// Per-block error at each width of [`BITS`] once block l is pruned to `sparsity[l]`:
+    /// with the Fisher estimate, the joint estimate (prune, then store the kept weights)
+    /// less the pruning's own, interpolated linearly between the grid's sparsities (the
+    /// dense `quant_fisher` at 0); without it, [`Self::quant_errors`]. Made monotone in
+    /// the width as there. Why: at a mean of 3 bits, LUC read the dense errors and gave 2
+    /// bits to a block it had pruned to 0.65, whose kept weights then mostly rounded to 0
+    /// (Shakespeare perplexity 379 against uniform's 268).
+    pub fn quant_errors_at(&self, sparsity: &[f64]) -> Vec<[f64; 4]> {
+        if !self.has_fisher() || sparsity.len() != self.layers.len() {
+            return self.quant_errors();
+        }
+        self.layers
+            .iter()
+            .zip(sparsity)
+            .map(|(l, &s)| {
+                // Increments over the pruning alone at 0 and at every grid sparsity.
+                let row = |i: Option<usize>| -> Vec<f64> {
+                    match i {
+                        None => l.quant_fisher.clone(),
+                        Some(i) => l.joint_fisher[i]
+                            .iter()
+                            .map(|e| e - l.prune_fisher[i])
+                            .collect(),
+                    }
+                };
+                let hi = FISHER_SPARSITIES.iter().position(|&g| g >= s);
+                let e = match hi {
+                    _ if s <= 0.0 => row(None),
+                    None => row(Some(FISHER_SPARSITIES.len() - 1)),
+                    Some(i) => {
+                        let (g0, r0) = match i {
+                            0 => (0.0, row(None)),
+                            _ => (FISHER_SPARSITIES[i - 1], row(Some(i - 1))),
+                        };
+                        let t = ((s - g0) / (FISHER_SPARSITIES[i] - g0)).clamp(0.0, 1.0);
+                        r0.iter()
+                            .zip(row(Some(i)))
+                            .map(|(a, b)| a + t * (b - a))
+                            .collect()
+                    }
+                };
+                monotone_widths(&e)
             })
             .collect()
     }
@@ -246,6 +488,9 @@ impl Profile {
                     && l.prune_mse
                         .iter()
                         .chain(&l.quant_mse)
+                        .chain(&l.prune_fisher)
+                        .chain(&l.quant_fisher)
+                        .chain(l.joint_fisher.iter().flatten())
                         .all(|v| v.is_finite() && *v >= 0.0)
             });
         if ok {
@@ -270,6 +515,9 @@ impl Profile {
         if self.base_loss.is_some() {
             s += &format!(" {:>9} {:>9}", "dL_p50%", "dL_q4");
         }
+        if self.has_fisher() {
+            s += &format!(" {:>9} {:>9}", "F_p50%", "F_q4");
+        }
         s.push('\n');
         let (ps, qs) = (self.prune_sensitivity(), self.quant_sensitivity());
         let i50 = SPARSITIES.iter().position(|&p| p == 0.5).unwrap_or(0);
@@ -283,20 +531,35 @@ impl Profile {
             if let (Some(a), Some(b)) = (lp.prune_dloss.get(i50), lp.quant_dloss.get(i4)) {
                 s += &format!(" {a:>+9.4} {b:>+9.4}");
             }
+            let f50 = FISHER_SPARSITIES
+                .iter()
+                .position(|&p| p == 0.5)
+                .unwrap_or(0);
+            if let (Some(a), Some(b)) = (lp.prune_fisher.get(f50), lp.quant_fisher.get(i4)) {
+                s += &format!(" {a:>9.2e} {b:>9.2e}");
+            }
             s.push('\n');
         }
         s
     }
 
-    /// A hand-written SVG: per-block output MSE (log scale) at every level, one polyline
-    /// per sparsity (left panel) and per width (right panel).
+    /// A hand-written SVG: per-block error (log scale) at every level, one polyline per
+    /// sparsity (left panel) and per width (right panel); the error is what the policies
+    /// read ([`Self::error_source`]).
     pub fn to_svg(&self) -> String {
         let (w, h, pad) = (420.0f64, 300.0f64, 50.0f64);
         let nl = self.layers.len().max(1);
-        let all: Vec<f64> = self
-            .layers
+        let prune: Vec<Vec<f64>> = self.layers.iter().map(|l| self.prune_levels(l)).collect();
+        let quant: Vec<&[f64]> = self.layers.iter().map(|l| self.quant_source(l)).collect();
+        let what = match self.error_source() {
+            ErrorSource::Fisher => "estimated loss change (Fisher)",
+            ErrorSource::Dloss => "measured loss change",
+            ErrorSource::Mse => "output MSE",
+        };
+        let all: Vec<f64> = prune
             .iter()
-            .flat_map(|l| l.prune_mse.iter().chain(&l.quant_mse))
+            .flatten()
+            .chain(quant.iter().copied().flatten())
             .copied()
             .filter(|v| *v > 0.0)
             .collect();
@@ -332,9 +595,9 @@ impl Profile {
              font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
             2.0 * w
         );
-        let panels: [(&str, f64, Series); 2] = [
+        let panels: [(String, f64, Series); 2] = [
             (
-                "pruning: output MSE per layer",
+                format!("pruning: {what}"),
                 0.0,
                 self.sparsities
                     .iter()
@@ -342,13 +605,16 @@ impl Profile {
                     .map(|(i, p)| {
                         (
                             format!("{:.0}%", p * 100.0),
-                            self.layers.iter().map(|l| l.prune_mse[i]).collect(),
+                            prune
+                                .iter()
+                                .map(|l| l.get(i).copied().unwrap_or(0.0))
+                                .collect(),
                         )
                     })
                     .collect(),
             ),
             (
-                "quantization: output MSE per layer",
+                format!("quantization: {what}"),
                 w,
                 self.bits
                     .iter()
@@ -356,7 +622,10 @@ impl Profile {
                     .map(|(i, b)| {
                         (
                             format!("{b}-bit"),
-                            self.layers.iter().map(|l| l.quant_mse[i]).collect(),
+                            quant
+                                .iter()
+                                .map(|l| l.get(i).copied().unwrap_or(0.0))
+                                .collect(),
                         )
                     })
                     .collect(),
@@ -479,6 +748,7 @@ pub fn prune_proj(
 pub fn profile(
     model: &mut Transformer<f32>,
     hess: &[LayerHessians],
+    fisher: &[BlockFisher],
     calib: &[Row],
     opts: &ProfileOptions,
     key: String,
@@ -493,10 +763,33 @@ pub fn profile(
             c.n_layers
         )));
     }
+    if !(fisher.is_empty() || fisher.len() == c.n_layers) {
+        return Err(Error::Invalid(format!(
+            "profile: Fisher diagonals of {} layers for {} layers",
+            fisher.len(),
+            c.n_layers
+        )));
+    }
     let loss_rows = &calib[..opts.loss_rows.min(calib.len())];
     let base_loss = (!loss_rows.is_empty()).then(|| loss_on(model, loss_rows));
     let levels = SPARSITIES.len() + BITS.len();
-    let total = c.n_layers * levels;
+    // The Fisher grid's sparsities that SPARSITIES does not measure (estimate only).
+    let extra: Vec<f64> = if fisher.is_empty() {
+        Vec::new()
+    } else {
+        FISHER_SPARSITIES
+            .iter()
+            .copied()
+            .filter(|s| !SPARSITIES.contains(s))
+            .collect()
+    };
+    let fisher_levels = if fisher.is_empty() {
+        0
+    } else {
+        FISHER_SPARSITIES.len()
+    };
+    let per_layer = levels + fisher_levels;
+    let total = c.n_layers * per_layer;
     let mut layers = Vec::with_capacity(c.n_layers);
     for (l, hl) in hess.iter().enumerate() {
         let orig = model.w.layers[l].clone();
@@ -512,10 +805,17 @@ pub fn profile(
             quant_mse: Vec::new(),
             prune_dloss: Vec::new(),
             quant_dloss: Vec::new(),
+            prune_fisher: Vec::new(),
+            quant_fisher: Vec::new(),
+            joint_fisher: Vec::new(),
         };
+        let fl = fisher.get(l);
+        // Fisher estimates by sparsity, to be put in FISHER_SPARSITIES order.
+        let mut prune_fisher: Vec<(f64, f64)> = Vec::new();
         for i in 0..levels {
             let mut mse = 0.0;
-            for p in Proj::ALL {
+            let mut fe = 0.0;
+            for (pi, p) in Proj::ALL.into_iter().enumerate() {
                 let (k, n) = p.shape(&c);
                 let h = hl.of(p);
                 let w = weight_of(&orig, p);
@@ -534,19 +834,57 @@ pub fn profile(
                     }
                 };
                 mse += output_mse_gemm(h_of(p), k, w, &w_hat, n);
+                if let Some(fl) = fl {
+                    fe += fisher_error(&fl[pi], w, &w_hat);
+                }
                 *p.weight_mut(&mut model.w.layers[l]) = w_hat;
             }
             let dloss = base_loss.map(|b| loss_on(model, loss_rows) - b);
             if i < SPARSITIES.len() {
                 lp.prune_mse.push(mse);
                 lp.prune_dloss.extend(dloss);
+                prune_fisher.push((SPARSITIES[i], fe));
             } else {
                 lp.quant_mse.push(mse);
                 lp.quant_dloss.extend(dloss);
+                if fl.is_some() {
+                    lp.quant_fisher.push(fe);
+                }
             }
-            progress(l * levels + i + 1, total);
+            progress(l * per_layer + i + 1, total);
         }
         model.w.layers[l] = orig;
+        if let Some(fl) = fl {
+            // Every grid sparsity: pruned, then each width as compression stores a sparse
+            // layer; the pruning alone where the loop above did not measure it.
+            for (j, &sp) in FISHER_SPARSITIES.iter().enumerate() {
+                let mut fe = 0.0;
+                let mut joint = vec![0.0; BITS.len()];
+                for (pi, p) in Proj::ALL.into_iter().enumerate() {
+                    let (k, n) = p.shape(&c);
+                    let lw = &model.w.layers[l];
+                    let w = weight_of(lw, p);
+                    let s = Sparsity::Unstructured(sp);
+                    let w_hat = prune_proj(lw, p, &c, hl.of(p), opts.method, s)?;
+                    if extra.contains(&sp) {
+                        fe += fisher_error(&fl[pi], w, &w_hat);
+                    }
+                    for (d, &b) in joint.iter_mut().zip(&BITS) {
+                        let ty = sparse_values_for(b);
+                        let kept =
+                            UnstructuredMatrix::pack_bits(&w_hat, n, k, ty, b.min(ty.bits()))?;
+                        *d += fisher_error(&fl[pi], w, &kept.to_dense());
+                    }
+                }
+                if extra.contains(&sp) {
+                    prune_fisher.push((sp, fe));
+                }
+                lp.joint_fisher.push(joint);
+                progress(l * per_layer + levels + j + 1, total);
+            }
+            prune_fisher.sort_by(|a, b| a.0.total_cmp(&b.0));
+            lp.prune_fisher = prune_fisher.into_iter().map(|(_, e)| e).collect();
+        }
         layers.push(lp);
     }
     Ok(Profile {
@@ -669,6 +1007,9 @@ mod tests {
             quant_mse: vec![3.0, 0.5, 0.1, 0.001],
             prune_dloss: vec![0.1; SPARSITIES.len()],
             quant_dloss,
+            prune_fisher: Vec::new(),
+            quant_fisher: Vec::new(),
+            joint_fisher: Vec::new(),
         };
         let p = profile(vec![
             layer(vec![-0.34, 0.08, 0.0, -0.0001]),
@@ -681,5 +1022,52 @@ mod tests {
         let mut q = p.clone();
         q.layers.iter_mut().for_each(|l| l.quant_dloss.clear());
         assert_eq!(q.quant_errors()[0], [3.0, 0.5, 0.1, 0.001]);
+    }
+
+    /// A sparse block's width errors are the joint estimate less the pruning's own, at
+    /// the block's sparsity (interpolated), and the dense ones at 0.
+    #[test]
+    fn width_errors_follow_the_blocks_sparsity() {
+        let g = FISHER_SPARSITIES.len();
+        let layer = LayerProfile {
+            prune_mse: vec![1.0; SPARSITIES.len()],
+            quant_mse: vec![3.0, 0.5, 0.1, 0.001],
+            prune_dloss: Vec::new(),
+            quant_dloss: Vec::new(),
+            // Pruning alone costs 10·s; each width adds (1 + 10·s)·[8, 2, 1, 0].
+            prune_fisher: FISHER_SPARSITIES.iter().map(|s| 10.0 * s).collect(),
+            quant_fisher: vec![4.0, 1.0, 0.5, 0.0],
+            joint_fisher: FISHER_SPARSITIES
+                .iter()
+                .map(|s| {
+                    [8.0, 2.0, 1.0, 0.0]
+                        .map(|w| 10.0 * s + (1.0 + 10.0 * s) * w)
+                        .to_vec()
+                })
+                .collect(),
+        };
+        let mut p = profile(vec![layer.clone(); 4]);
+        p.base_loss = None;
+        assert!(p.has_fisher() && p.error_source() == ErrorSource::Fisher);
+        let e = p.quant_errors_at(&[0.0, 0.5, 0.525, 0.025]);
+        let near = |a: [f64; 4], b: [f64; 4]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-9);
+        assert_eq!(e[0], [4.0, 1.0, 0.5, 0.0]);
+        assert!(near(e[1], [48.0, 12.0, 6.0, 0.0]), "{:?}", e[1]);
+        assert!(near(e[2], [50.0, 12.5, 6.25, 0.0]), "{:?}", e[2]);
+        // Halfway from the dense row (4, 1, .5) to 0.05's (12, 3, 1.5).
+        assert!(near(e[3], [8.0, 2.0, 1.0, 0.0]), "{:?}", e[3]);
+        assert_eq!(p.quant_errors()[0], [4.0, 1.0, 0.5, 0.0]);
+        // The pruning errors on the Fisher grid, from 0.
+        let (grid, errs) = p.prune_errors(None);
+        assert_eq!(grid.len(), g + 1);
+        assert!((errs[0][g] - 9.0).abs() < 1e-9);
+        // At a width: the joint estimate, dense at 0 (layer: 10·s + (1 + 10·s)·1 at 4 bits).
+        let (_, errs) = p.prune_errors(Some(4));
+        assert!((errs[0][0] - 0.5).abs() < 1e-9 && (errs[0][g] - 19.0).abs() < 1e-9);
+        // Without the joint estimate: the dense errors whatever the sparsity.
+        let mut q = p.clone();
+        q.layers.iter_mut().for_each(|l| l.joint_fisher.clear());
+        assert_eq!(q.error_source(), ErrorSource::Mse);
+        assert_eq!(q.quant_errors_at(&[0.5; 4])[0], [3.0, 0.5, 0.1, 0.001]);
     }
 }

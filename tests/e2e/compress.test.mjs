@@ -1,5 +1,5 @@
 // Compression in the browser end to end, on the seeded TINY model: compress with LUC in the
-// page (progress through calibrate → profile → compress, the summary and the per-block
+// page (progress through calibrate → fisher → profile → compress, the summary and the per-block
 // table), download the compressed model and check it against the CLI (`edge-llm compress`
 // with the same options writes the same bytes; `edge-llm perplexity` on the downloaded
 // file gives the number the page shows for it), compress uniformly, compress with LUC again
@@ -155,7 +155,7 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     await page.waitForFunction(() => !document.querySelector('#cmp-run').disabled);
     assert.equal(await page.inputValue('#cmp-allocation'), 'luc', 'LUC is the default allocation');
 
-    // LUC: calibrate, profile, compress (the profile's Hessians reused), with progress.
+    // LUC: calibrate, Fisher, profile, compress (the profile's Hessians reused), with progress.
     await page.fill('#cmp-sparsity', LUC.sparsity);
     await page.fill('#cmp-bits', LUC.bits);
     await page.fill('#cmp-rows', LUC.rows);
@@ -165,7 +165,7 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     console.log(`LUC compression in the page: ${((Date.now() - t0) / 1000).toFixed(1)} s; stages ${luc.stages}; ` +
       `policy ${JSON.stringify(luc.summary.policy.layers)}; ${luc.summary.file_bytes} bytes ` +
       `(original ${luc.summary.original_file_bytes})`);
-    assert.equal(luc.stages, 'calibrate,profile,compress');
+    assert.equal(luc.stages, 'calibrate,fisher,profile,compress');
     assert.equal(luc.summary.policy.allocation, 'luc');
     assert.equal(luc.summary.profile_info.measured, true);
     assert.equal(luc.summary.profile_cached, false);
