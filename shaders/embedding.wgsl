@@ -1,6 +1,8 @@
 // embedding.wgsl: the token embedding gather and its gradient, a scatter-add written as a
 // gather (no atomics): the CPU groups the token positions by token id (it knows the tokens),
 // and one invocation per (distinct token, column) sums the rows of dout of that token.
+// The GPU trainer also runs both with row positions for tokens: the forward gathers the
+// rows with a target for the LM head, the backward scatters their gradient back.
 //
 // CPU twins:    edge_llm::reference::ops::embedding_forward, embedding_backward
 // Rust wrapper: src/kernels/ops/embedding.rs (Segments, encode_embedding_*)

@@ -3,7 +3,8 @@
 //! ending at the model's head, full depth) the loss, the LoRA and exit gradients, the
 //! AdamW step of only the span's tensors with per-tensor step counts, tensors outside the
 //! window untouched, checkpoints moving between the backends, allocated bytes equal to the
-//! plan, a scheduled run's losses, a compressed (sparse) file and a packed head in chunks.
+//! plan, rows with a few targets (first and last positions among them) or none, a scheduled
+//! run's losses, a compressed (sparse) file and a packed head in chunks.
 
 mod common;
 use common::context;
@@ -72,6 +73,22 @@ fn rows() -> Vec<Row> {
     vec![row(24, 5), row(17, 9)]
 }
 
+/// A few targets per row (the first and the last position among them) and a row with
+/// none: the head, at an exit or the model's own, sees only the gathered rows.
+fn few_target_rows() -> Vec<Row> {
+    let row = |n: usize, k: u32, at: &[usize]| Row {
+        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+        targets: (0..n)
+            .map(|i| at.contains(&i).then_some((i as u32 * 11 + k) % 260 + 3))
+            .collect(),
+    };
+    vec![
+        row(32, 7, &[0, 1, 31]),
+        row(20, 1, &[]),
+        row(17, 9, &[0, 16]),
+    ]
+}
+
 fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {
     TrainOptions {
         format,
@@ -132,7 +149,7 @@ fn max_abs(v: &[Vec<f32>]) -> f32 {
 fn reference_grads(
     file: &ModelFile,
     lora: &Lora<f32>,
-    span: &Span,
+    (span, rows): (&Span, &[Row]),
     scale: f64,
     seed: u64,
 ) -> Vec<Vec<f32>> {
@@ -141,7 +158,7 @@ fn reference_grads(
         lora: Some(lora.clone()),
     };
     let mut want = lora.zeros_like();
-    for (r, row) in rows().iter().enumerate() {
+    for (r, row) in rows.iter().enumerate() {
         let s = derive_seed(seed, &[r as u64]);
         let acts = model.forward_span(&row.tokens, None, span, Some(&row.targets), Some(s));
         let n = row.n_targets() as f64;
@@ -161,8 +178,19 @@ fn assert_allocation_is_the_plan(what: &str, gpu: &GpuTrainer<'_>, plan: &Memory
 }
 
 /// One accumulation and one AdamW step per span, in turn on the same pair of backends (so
-/// step counts diverge per tensor), on `file`.
+/// step counts diverge per tensor), on `file`, over `rows()`.
 fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o: &TrainOptions) {
+    assert_spans_match_the_cpu_on(ctx, name, file, o, &rows());
+}
+
+/// [`assert_spans_match_the_cpu`] over `rows`.
+fn assert_spans_match_the_cpu_on(
+    ctx: &GpuContext,
+    name: &str,
+    file: &ModelFile,
+    o: &TrainOptions,
+    rows: &[Row],
+) {
     let lora = random_lora(file, 3);
     let mut cpu = CpuBackend::with_exits(file.weights().unwrap(), lora_config(), &EXITS, 0);
     cpu.model.lora = Some(lora.clone());
@@ -170,7 +198,6 @@ fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o:
     let mut gpu = GpuTrainer::with_windows(ctx, file, &lora, o, &planned).unwrap();
     let plan = GpuTrainer::plan_windows(file, &lora_config(), o, &ctx.limits, &planned).unwrap();
     assert_allocation_is_the_plan(name, &gpu, &plan);
-    let rows = rows();
     let refs: Vec<&Row> = rows.iter().collect();
     let owners = lora.owners();
     let full = Span {
@@ -200,7 +227,7 @@ fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o:
         // parameters drift apart by rounding after the first step).
         let s = span.clone().unwrap_or_else(|| full.clone());
         let own = block_on(gpu.adapters()).unwrap();
-        let want = reference_grads(file, &own, &s, scale, seed);
+        let want = reference_grads(file, &own, (&s, rows), scale, seed);
         let got = flat(block_on(gpu.gradients()).unwrap());
         let max = max_abs(&want);
         assert!(
@@ -264,10 +291,12 @@ fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o:
     }
     assert_allocation_is_the_plan(name, &gpu, &plan);
     // The prefix cache served the same rows as the CPU's: misses at the first window,
-    // hits extended from depth 1 at the second (block 0 never changed).
+    // hits extended from depth 1 at the second (block 0 never changed); rows without a
+    // target are never run.
     let counts = |c: &edge_llm::train::cpu::PrefixCache| (c.misses, c.hits);
     assert_eq!(counts(&gpu.cache), counts(&cpu.cache), "{name}");
-    assert_eq!(counts(&gpu.cache), (2, 2), "{name}");
+    let run = rows.iter().filter(|r| r.n_targets() > 0).count() as u64;
+    assert_eq!(counts(&gpu.cache), (run, run), "{name}");
 
     // A checkpoint moves both ways: the GPU's state evaluates the same on the CPU, and
     // the CPU's loads back into the GPU with its step counts.
@@ -295,6 +324,24 @@ fn window_steps_match_the_cpu_backend() {
     let file = tiny4();
     assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::Packed, false));
     assert_spans_match_the_cpu(&ctx, "tiny4", &file, &opts(WeightFormat::F32, true));
+}
+
+/// Rows with a few targets or none, through a window to an exit, one to the model's head
+/// and the full depth, with and without recompute and a head in chunks of 100 rows.
+#[test]
+fn window_steps_on_rows_with_few_targets_match_the_cpu_backend() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny4();
+    let rows = few_target_rows();
+    let packed = opts(WeightFormat::Packed, false);
+    assert_spans_match_the_cpu_on(&ctx, "few targets", &file, &packed, &rows);
+    let chunked = TrainOptions {
+        vocab_chunk: 100,
+        ..opts(WeightFormat::F32, true)
+    };
+    assert_spans_match_the_cpu_on(&ctx, "few targets, chunks", &file, &chunked, &rows);
 }
 
 /// Windows with the LM head stored as Q4_1 and held packed in three chunks (272 rows in
@@ -582,7 +629,7 @@ fn frozen_blocks_of_every_format_stream_through_one_slot_and_match_the_cpu() {
         let want = block_on(cpu.accumulate(&refs, scale, seed)).unwrap();
         close(&what, got.sum, want.sum);
         let own = block_on(gpu.adapters()).unwrap();
-        let want = reference_grads(&file, &own, w, scale, seed);
+        let want = reference_grads(&file, &own, (w, &rows), scale, seed);
         let grads = flat(block_on(gpu.gradients()).unwrap());
         let max = max_abs(&want);
         let d = (grads.iter().flatten().zip(want.iter().flatten()))

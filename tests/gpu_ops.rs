@@ -87,6 +87,63 @@ fn op_kernels_split_or_refuse_under_a_small_binding_limit() {
     );
 }
 
+/// The GPU trainer's head gather and gradient scatter: the embedding kernels with row
+/// positions for token ids, through segment buffers allocated once for t positions and
+/// rewritten per row (fewer, all, the last only), against the CPU twins; more positions
+/// than planned are refused.
+#[test]
+fn rows_gathered_and_scattered_by_position_through_planned_segments_match_the_cpu() {
+    use edge_llm::kernels::ops::embedding::{
+        encode_embedding_backward, encode_embedding_forward, SegmentBuffers, Segments,
+    };
+    use edge_llm::reference::ops;
+    let Some(ctx) = context(None) else { return };
+    let (t, d) = (37, 70); // neither divides the 256-wide workgroups
+    let x = checks::values(t * d, 1);
+    let upload = |v: &[f32]| ctx.storage("t", bytemuck::cast_slice(v)).unwrap();
+    let read = |b: &wgpu::Buffer, len: usize| -> Vec<f32> {
+        let bytes = pollster::block_on(ctx.read_buffer(b)).unwrap();
+        bytemuck::cast_slice::<u8, f32>(&bytes)[..len].to_vec()
+    };
+    let mut seg = SegmentBuffers::zeroed(&ctx, "positions", t).unwrap();
+    let planned: u64 = SegmentBuffers::bytes(t).iter().sum();
+    let sizes = [&seg.uniq, &seg.starts, &seg.order].map(wgpu::Buffer::size);
+    assert_eq!(sizes.iter().sum::<u64>(), planned);
+    let (xb, rows) = (
+        upload(&x),
+        ctx.storage_zeroed("rows", (t * d * 4) as u64).unwrap(),
+    );
+    let all: Vec<u32> = (0..t as u32).collect();
+    for positions in [vec![0, 5, 17, 36], all, vec![36]] {
+        let n = positions.len();
+        seg.write(&ctx.queue, &Segments::new(&positions).unwrap())
+            .unwrap();
+        let dh = checks::values(n * d, n as u32);
+        let dx0 = checks::values(t * d, 7);
+        let (dhb, dxb) = (upload(&dh), upload(&dx0));
+        let mut enc = ctx.encoder();
+        encode_embedding_forward(&ctx, &mut enc, &seg.uniq, &xb, &rows, n, d).unwrap();
+        encode_embedding_backward(&ctx, &mut enc, &dhb, &seg, &dxb, d).unwrap();
+        ctx.queue.submit([enc.finish()]);
+        let what = format!("{n} positions");
+        assert_eq!(
+            read(&rows, n * d),
+            ops::embedding_forward(&positions, &x, d),
+            "{what}"
+        );
+        let mut want = dx0.clone();
+        ops::embedding_backward(&dh, &positions, d, &mut want);
+        assert_eq!(read(&dxb, t * d), want, "{what}");
+    }
+    let over: Vec<u32> = (0..t as u32 + 1).collect();
+    let err = seg.write(&ctx.queue, &Segments::new(&over).unwrap());
+    assert!(
+        err.is_err(),
+        "{} positions written into buffers for {t}",
+        t + 1
+    );
+}
+
 /// Rough timing (not a check): the backward products against the dense matmul_nt baseline
 /// on one SmolLM2 MLP shape, dispatches only (buffers resident). Run with `--ignored`.
 #[test]

@@ -1,7 +1,8 @@
 //! LoRA training on the GPU (lavapipe here) against the CPU reference on the tiny model:
 //! the losses and LoRA gradients of one accumulation (with dropout, in both weight formats,
-//! with and without layer recompute), a head in several chunks stored as Q8_0, Q4_0, Q4_1
-//! or f32, whole training runs, the same run under a small binding limit that splits the
+//! with and without layer recompute), rows with a few targets (the first and last positions
+//! among them) or none, which is all the head sees, a head in several chunks stored as Q8_0,
+//! Q4_0, Q4_1 or f32, whole training runs, the same run under a small binding limit that splits the
 //! head, exact resume, and the memory plan and budget.
 
 mod common;
@@ -74,6 +75,24 @@ fn rows() -> Vec<Row> {
     vec![row(24, 5), row(17, 9)]
 }
 
+/// Rows where only a few positions have a target (the first and the last of a row among
+/// them), one of the full planned length, and one with none: the head runs on the gathered
+/// rows only, and a gradient scattered to the wrong position changes every LoRA gradient.
+fn few_target_rows() -> Vec<Row> {
+    let row = |n: usize, k: u32, at: &[usize]| Row {
+        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+        targets: (0..n)
+            .map(|i| at.contains(&i).then_some((i as u32 * 11 + k) % 260 + 3))
+            .collect(),
+    };
+    vec![
+        row(24, 5, &[0, 9, 23]),
+        row(32, 1, &[]),
+        row(17, 9, &[16]),
+        row(32, 7, &[0, 1, 31]),
+    ]
+}
+
 fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {
     TrainOptions {
         format,
@@ -101,21 +120,87 @@ fn one_accumulation_matches_the_cpu_reference() {
         (WeightFormat::Packed, false),
         (WeightFormat::Packed, true),
     ];
-    assert_one_accumulation(&ctx, "tiny", &tiny_file(), &cases, DEFAULT_VOCAB_CHUNK);
+    let file = tiny_file();
+    assert_one_accumulation(&ctx, "tiny", &file, &rows(), &cases, DEFAULT_VOCAB_CHUNK);
 }
 
-/// One accumulation over `rows()` on `file` in each (format, recompute) case with logits
+/// A few targets per row, in a head of one chunk and of three (100 + 100 + 72 rows).
+#[test]
+fn rows_with_few_targets_match_the_cpu_reference() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let cases = [(WeightFormat::Packed, false), (WeightFormat::F32, true)];
+    let (file, rows) = (tiny_file(), few_target_rows());
+    assert_one_accumulation(
+        &ctx,
+        "few targets",
+        &file,
+        &rows,
+        &cases,
+        DEFAULT_VOCAB_CHUNK,
+    );
+    assert_one_accumulation(&ctx, "few targets", &file, &rows, &cases, 100);
+}
+
+/// A row without a target is skipped as the CPU backend skips it: no loss, no count, no
+/// gradient, in training and in evaluation, alone or beside rows with targets.
+#[test]
+fn a_row_without_targets_counts_nothing_as_on_the_cpu() {
+    let Some(ctx) = context(None) else {
+        return;
+    };
+    let file = tiny_file();
+    let lora = random_lora(&file, 3);
+    let rows = few_target_rows();
+    let none = &rows[1];
+    assert_eq!(none.n_targets(), 0);
+    let mut gpu = GpuTrainer::new(&ctx, &file, &lora, &opts(WeightFormat::Packed, false)).unwrap();
+    let mut cpu = CpuBackend::new(file.weights().unwrap(), lora_config(), 0);
+    cpu.model.lora = Some(lora.clone());
+    for b in [
+        block_on(gpu.accumulate(&[none], 0.5, 1)).unwrap(),
+        block_on(gpu.eval(&[none])).unwrap(),
+        block_on(cpu.accumulate(&[none], 0.5, 1)).unwrap(),
+        block_on(cpu.eval(&[none])).unwrap(),
+    ] {
+        assert_eq!((b.sum, b.count), (0.0, 0));
+    }
+    let grads = flat(&block_on(gpu.gradients()).unwrap());
+    assert!(
+        grads.iter().all(|&g| g == 0.0),
+        "a row without targets made a gradient"
+    );
+
+    let refs: Vec<&Row> = rows.iter().collect();
+    let with: Vec<&Row> = rows.iter().filter(|r| r.n_targets() > 0).collect();
+    let (all, some) = (
+        block_on(gpu.eval(&refs)).unwrap(),
+        block_on(gpu.eval(&with)).unwrap(),
+    );
+    let want = block_on(cpu.eval(&refs)).unwrap();
+    assert_eq!(all.count, 7);
+    assert_eq!(
+        (all.count, all.sum.to_bits()),
+        (some.count, some.sum.to_bits())
+    );
+    assert_eq!(all.count, want.count);
+    let rel = (all.sum - want.sum).abs() / want.sum;
+    assert!(rel < LOSS_TOL_REL, "eval loss {} vs {}", all.sum, want.sum);
+}
+
+/// One accumulation over `rows` on `file` in each (format, recompute) case with logits
 /// (and head) chunks of `vocab_chunk` rows: the loss and every LoRA gradient against the
 /// CPU reference, and allocated bytes == the plan.
 fn assert_one_accumulation(
     ctx: &GpuContext,
     name: &str,
     file: &ModelFile,
+    rows: &[Row],
     cases: &[(WeightFormat, bool)],
     vocab_chunk: usize,
 ) {
     let lora = random_lora(file, 3);
-    let rows = rows();
     let refs: Vec<&Row> = rows.iter().collect();
     let (scale, seed) = (0.25, 77);
 
@@ -153,6 +238,8 @@ fn assert_one_accumulation(
         assert_eq!(chunk, vocab_chunk.min(vocab), "{what}");
         assert_eq!(chunks, vocab.div_ceil(chunk), "{what}");
         let loss = block_on(gpu.accumulate(&refs, scale, seed)).unwrap();
+        let targets: usize = rows.iter().map(Row::n_targets).sum();
+        assert_eq!(loss.count, targets, "{what}");
         let rel = (loss.sum - want_loss).abs() / want_loss;
         assert!(
             rel < LOSS_TOL_REL,
@@ -207,7 +294,7 @@ fn a_head_in_chunks_matches_the_cpu_reference_in_every_format() {
         } else {
             &[(WeightFormat::Packed, false)]
         };
-        assert_one_accumulation(&ctx, &name, &file, cases, 100);
+        assert_one_accumulation(&ctx, &name, &file, &rows(), cases, 100);
 
         let o = TrainOptions {
             vocab_chunk: 100,
@@ -262,7 +349,8 @@ fn sparse_file_gradients_match_the_cpu_reference() {
         (WeightFormat::Packed, true),
         (WeightFormat::F32, false),
     ];
-    assert_one_accumulation(&ctx, "sparse file", &file, &cases, DEFAULT_VOCAB_CHUNK);
+    let chunk = DEFAULT_VOCAB_CHUNK;
+    assert_one_accumulation(&ctx, "sparse file", &file, &rows(), &cases, chunk);
 
     let lc = lora_config();
     let limits = wgpu::Limits::default();
@@ -579,4 +667,43 @@ fn real_model_gradients_match_the_cpu() {
     );
     assert!(rel < LOSS_TOL_REL, "loss {} vs {want_loss}", loss.sum);
     assert!(d <= GRAD_TOL_REL * max, "max |Δgrad| {d:e} over {max:e}");
+}
+
+/// Rough timing (not a check): one accumulation on the real model of a 236-token row with
+/// 34 targets (an ARC-Easy row has 33 on average) against the same row with a target at
+/// every position, whose head runs on all of them. Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_real_model_row_few_vs_all_targets() {
+    use std::time::Instant;
+    let Some(path) = model_path() else { return };
+    let Some(ctx) = context(None) else { return };
+    let file = ModelFile::open(path).unwrap();
+    let lc = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: Proj::ALL.to_vec(),
+    };
+    let lora = Lora::new(&file.config, lc, 1);
+    let t = 236u32;
+    let row = |every: u32| Row {
+        tokens: (0..t).map(|i| (i * 2713 + 101) % 49152).collect(),
+        targets: (0..t)
+            .map(|i| i.is_multiple_of(every).then_some((i * 577 + 3) % 49152))
+            .collect(),
+    };
+    let mut gpu = GpuTrainer::new(&ctx, &file, &lora, &TrainOptions::default()).unwrap();
+    for every in [7, 1, 7, 1] {
+        let r = row(every);
+        let t0 = Instant::now();
+        let loss = block_on(gpu.accumulate(&[&r], 1.0, 0)).unwrap();
+        let s = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "{} targets of {t}: {s:.2} s ({:.1} tokens/s), loss {:.4}",
+            loss.count,
+            t as f64 / s,
+            loss.mean()
+        );
+    }
 }

@@ -4,9 +4,13 @@
 //!
 //! One row of t ≤ `seq_len` tokens is one command buffer: embedding rows (gathered on the
 //! CPU from the GGUF bytes) → per block the forward of [`GpuModel`](super::GpuModel) with
-//! every activation the backward needs kept → final norm → the fused, vocabulary-chunked
-//! cross-entropy head (the t × vocab logits never exist) → its backward → per block, from
-//! the top, the backward pass: projections' input gradients through the frozen weights
+//! every activation the backward needs kept → the n rows with a target gathered by position
+//! (as on the CPU: the head is a step's largest matmul, and a row of ARC-Easy answers has a
+//! few dozen targets in 256 positions) → final norm → the fused, vocabulary-chunked
+//! cross-entropy head on those rows (the n × vocab logits never exist) → its backward,
+//! scattered back to the n positions (zeros elsewhere; both by embedding.wgsl's gather and
+//! scatter-add with positions for ids) → per block, from the top, the backward pass:
+//! projections' input gradients through the frozen weights
 //! (`FrozenWeight::encode_nn`: qmatmul, or the sparse kernels through a transposed copy),
 //! LoRA dA/dB accumulated, SwiGLU, attention, RoPE and RMSNorm backward. Only the per-row
 //! losses are read back. LoRA dropout masks are a hash of (seed, layer, projection,
@@ -19,8 +23,9 @@
 //! activations instead of one per layer). The LM head is held as the file stores it (Q8_0
 //! or Q4_x codes, a compressed file's quantized codes, or f32) in chunks of vocabulary
 //! rows, each one logits chunk wide and within one binding, read in place by the qmatmul
-//! kernels ([`crate::kernels::ops::cross_entropy`]): neither the t × vocab logits nor an
-//! f32 copy of a packed head ever exists.
+//! kernels ([`crate::kernels::ops::cross_entropy`]): neither the n × vocab logits nor an
+//! f32 copy of a packed head ever exists. The head's buffers are sized for n = t, so the
+//! plan does not depend on the row.
 //!
 //! Adaptive layer tuning ([`GpuTrainer::with_windows`], [`Backend::set_span`]) runs as on
 //! the CPU backend: the frozen blocks below a window forward only (no dropout, nothing
@@ -54,6 +59,9 @@ use crate::kernels::ops::attention::{
 use crate::kernels::ops::cross_entropy::{
     encode_cross_entropy_backward, encode_cross_entropy_forward, target_words, upload_head, Head,
     HeadSource,
+};
+use crate::kernels::ops::embedding::{
+    encode_embedding_backward, encode_embedding_forward, SegmentBuffers, Segments,
 };
 use crate::kernels::ops::lora::{encode_lora_backward, encode_lora_forward, LoraShape};
 use crate::kernels::ops::reduce::encode_col_sums_add;
@@ -239,7 +247,9 @@ fn block_widths(c: &LlamaConfig) -> [(&'static str, usize); 13] {
 
 /// Buffers every block reuses.
 struct Scratch {
-    recompute_out: wgpu::Buffer,
+    /// A recomputed block's output (discarded), and before the blocks' backward the
+    /// head's input: the rows with a target, gathered.
+    spare: wgpu::Buffer,
     o: wgpu::Buffer,
     drop: wgpu::Buffer,
     du: wgpu::Buffer,
@@ -254,10 +264,12 @@ struct Scratch {
     dq: wgpu::Buffer,
     dk: wgpu::Buffer,
     dv: wgpu::Buffer,
-    // The head.
+    // The head, on the n ≤ t rows with a target (the buffers hold t).
     y: wgpu::Buffer,
     yn: wgpu::Buffer,
     rstd_out: wgpu::Buffer,
+    /// The positions with a target: the gather's indices and the scatter's segments.
+    head_pos: SegmentBuffers,
     targets: wgpu::Buffer,
     loss: wgpu::Buffer,
     ce_lse: wgpu::Buffer,
@@ -274,7 +286,7 @@ struct Scratch {
 fn scratch_widths(c: &LlamaConfig, rank: usize) -> [(&'static str, usize); 14] {
     let (d, qd, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.ffn);
     [
-        ("recompute out", d),
+        ("recompute out / head rows", d),
         ("projection out", d),
         ("dropout", d.max(qd).max(f)),
         ("lora du", rank),
@@ -863,7 +875,7 @@ impl<'c> GpuTrainer<'c> {
         }
         let mut sc = sc.into_iter();
         let mut next = || sc.next().expect("14 scratch buffers");
-        let (recompute_out, o, drop_, du, delta, dx, dn, dtmp, dact, dgate, dup, dattn, dq, dk) = (
+        let (spare, o, drop_, du, delta, dx, dn, dtmp, dact, dgate, dup, dattn, dq, dk) = (
             next(),
             next(),
             next(),
@@ -935,8 +947,13 @@ impl<'c> GpuTrainer<'c> {
         let prefix_read = cover
             .prefix
             .then(|| track(readback("prefix readback", (t * d * 4) as u64)));
+        let head_pos = SegmentBuffers::zeroed(ctx, "head positions", t)?;
+        untracked += [&head_pos.uniq, &head_pos.starts, &head_pos.order]
+            .map(wgpu::Buffer::size)
+            .iter()
+            .sum::<u64>();
         let s = Scratch {
-            recompute_out,
+            spare,
             o,
             drop: drop_,
             du,
@@ -954,6 +971,7 @@ impl<'c> GpuTrainer<'c> {
             y: track(zeros("final x", t * d)?),
             yn: track(zeros("final normed x", t * d)?),
             rstd_out: track(zeros("final rstd", t)?),
+            head_pos,
             targets: track(zeros("targets", t)?),
             loss: track(zeros("row losses", t)?),
             ce_lse: track(zeros("head lse", t)?),
@@ -1343,11 +1361,19 @@ impl<'c> GpuTrainer<'c> {
             span.layers.end..span.layers.end
         };
         let t = row.tokens.len();
-        let words = target_words(&row.targets, self.config.vocab)?;
+        // Only the n rows with a target reach the head: their positions (ascending, so
+        // the segments' distinct ids are the positions in order) and their targets.
+        let (positions, targets): (Vec<u32>, Vec<Option<u32>>) = (0..t as u32)
+            .zip(row.targets.iter().copied())
+            .filter(|(_, tg)| tg.is_some())
+            .unzip();
+        let words = target_words(&targets, self.config.vocab)?;
         (self.ctx.queue).write_buffer(&self.s.targets, 0, bytemuck::cast_slice(&words));
+        let ctx = self.ctx;
+        (self.s.head_pos).write(&ctx.queue, &Segments::new(&positions)?)?;
         let mut enc = self.ctx.encoder();
         self.frozen_blocks(&mut enc, start..window.start, t)?;
-        let (ctx, c) = (self.ctx, &self.config);
+        let c = &self.config;
         let exit = match span.exit {
             Some(k) => {
                 let (_, (ia, ib)) = self
@@ -1388,7 +1414,7 @@ impl<'c> GpuTrainer<'c> {
             n: d,
             ..self.shape(Proj::Q, t)
         };
-        let normed = match exit {
+        let top = match exit {
             Some((ta, tb, u, z)) => {
                 enc.copy_buffer_to_buffer(&s.y, 0, z, 0, bytes);
                 let ab = (&ta.param, &tb.param);
@@ -1397,17 +1423,12 @@ impl<'c> GpuTrainer<'c> {
             }
             None => &s.y,
         };
-        encode_rmsnorm_forward(
-            ctx,
-            &mut enc,
-            normed,
-            &self.output_norm,
-            &s.yn,
-            &s.rstd_out,
-            t,
-            d,
-            eps,
-        )?;
+        // The head's rows gathered (the final norm is per row, so it runs on them alone),
+        // into the spare rows: free until the blocks' backward.
+        let (pos, rows) = (&s.head_pos, &s.spare);
+        encode_embedding_forward(ctx, &mut enc, &pos.uniq, top, rows, n, d)?;
+        let norm = &self.output_norm;
+        encode_rmsnorm_forward(ctx, &mut enc, rows, norm, &s.yn, &s.rstd_out, n, d, eps)?;
         let head = self.head();
         encode_cross_entropy_forward(
             ctx,
@@ -1418,10 +1439,11 @@ impl<'c> GpuTrainer<'c> {
             &s.targets,
             (&s.ce_scratch, &s.ce_stats),
             (&s.loss, &s.ce_lse),
-            t,
+            n,
         )?;
         if let Some((grad_scale, _)) = train {
-            enc.clear_buffer(&s.dn, 0, None);
+            let rows_bytes = Some((n * d * 4) as u64);
+            enc.clear_buffer(&s.dn, 0, rows_bytes);
             enc.clear_buffer(&s.dx, 0, None);
             // d(grad_scale·Σ loss) = d(mean loss)·grad_scale·n; dtmp is free until the
             // blocks' backward.
@@ -1434,21 +1456,14 @@ impl<'c> GpuTrainer<'c> {
                 (&s.targets, &s.ce_lse),
                 (&s.ce_scratch, &s.dtmp),
                 &s.dn,
-                t,
+                n,
                 ((grad_scale * n as f64) as f32, n),
             )?;
-            encode_rmsnorm_backward(
-                ctx,
-                &mut enc,
-                &s.dn,
-                normed,
-                &self.output_norm,
-                &s.rstd_out,
-                &s.dx,
-                None,
-                t,
-                d,
-            )?;
+            enc.clear_buffer(&s.dtmp, 0, rows_bytes);
+            let rstd = &s.rstd_out;
+            encode_rmsnorm_backward(ctx, &mut enc, &s.dn, rows, norm, rstd, &s.dtmp, None, n, d)?;
+            // Scattered back to their positions; the other rows' gradient stays 0.
+            encode_embedding_backward(ctx, &mut enc, &s.dtmp, pos, &s.dx, d)?;
             if let Some((ta, tb, u, _)) = exit {
                 // dy = dz + the adapter's input gradient; dz is read from a copy.
                 enc.copy_buffer_to_buffer(&s.dx, 0, &s.dn, 0, bytes);
@@ -1469,14 +1484,14 @@ impl<'c> GpuTrainer<'c> {
                 if self.opts.recompute {
                     enc.copy_buffer_to_buffer(self.input(i), 0, &a.x, 0, bytes);
                     let w = self.block(l)?;
-                    self.block_forward(&mut enc, l, w, a, &s.recompute_out, t, seed)?;
+                    self.block_forward(&mut enc, l, w, a, &s.spare, t, seed)?;
                 }
                 self.block_backward(&mut enc, l, a, t, seed)?;
             }
         }
-        enc.copy_buffer_to_buffer(&s.loss, 0, &s.loss_read, 0, (t * 4) as u64);
+        enc.copy_buffer_to_buffer(&s.loss, 0, &s.loss_read, 0, (n * 4) as u64);
         ctx.queue.submit([enc.finish()]);
-        let losses = read_mapped(ctx, &s.loss_read, (t * 4) as u64).await?;
+        let losses = read_mapped(ctx, &s.loss_read, (n * 4) as u64).await?;
         let sum: f64 = losses.iter().map(|&x| x as f64).sum();
         if !sum.is_finite() {
             return Err(Error::Invalid(format!(
@@ -2200,6 +2215,14 @@ fn plan_spans(
         ("head stats", 3),
     ] {
         plan.storage(name, Category::Activations, f32s(t * w));
+    }
+    let [uniq, starts, order] = SegmentBuffers::bytes(t);
+    for (part, bytes) in [("uniq", uniq), ("starts", starts), ("order", order)] {
+        plan.storage(
+            format!("head positions {part}"),
+            Category::Activations,
+            bytes,
+        );
     }
     plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
     let mut lens = Vec::new();

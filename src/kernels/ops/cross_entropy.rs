@@ -3,7 +3,8 @@
 //! frozen weights of consecutive vocabulary rows ("chunks"), each held as the file stores
 //! it (dense f32, or quantized codes read in place), so a Q8_0 head costs a quarter of its
 //! f32 copy. Each chunk's logits are made by [`QMatmul::encode_nt`] and its share of
-//! d_hidden by [`QMatmul::encode_nn`] into a scratch, then added. Shader:
+//! d_hidden by [`QMatmul::encode_nn`] into a scratch, then added. An ignored row costs as
+//! much as a counted one, so the GPU trainer passes only the rows with a target. Shader:
 //! shaders/cross_entropy.wgsl (+ qmatmul.wgsl, reduce.wgsl's column-sum add).
 //! CPU twins: [`crate::reference::ops::linear_forward`] on the dequantized head, then
 //! [`crate::reference::ops::cross_entropy_forward`] / [`crate::reference::ops::cross_entropy_backward`].

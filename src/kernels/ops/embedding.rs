@@ -1,6 +1,11 @@
 //! Token embedding gather and its gradient (a per-token segment sum, no atomics).
 //! Shader: shaders/embedding.wgsl. CPU twins: [`crate::reference::ops::embedding_forward`],
 //! [`crate::reference::ops::embedding_backward`].
+//!
+//! Both are a gather / scatter-add of rows by an index list, so the GPU trainer also uses
+//! them with positions for ids: the rows with a target gathered for the LM head, and their
+//! gradient scattered back ([`SegmentBuffers::zeroed`] + [`SegmentBuffers::write`], planned
+//! once).
 
 use super::{check_len, groups, launch, read, to_u32, upload, upload_words, zeros, WG};
 use crate::kernels::context::GpuContext;
@@ -110,6 +115,47 @@ impl SegmentBuffers {
             order: upload_words(ctx, "embedding order", &s.order)?,
             distinct: s.uniq.len(),
         })
+    }
+
+    /// The bytes of (uniq, starts, order) for up to `n` ids: what [`SegmentBuffers::zeroed`]
+    /// allocates, for a memory plan.
+    pub fn bytes(n: usize) -> [u64; 3] {
+        let w = |k: usize| (k as u64 * 4).max(4);
+        [w(n), w(n + 1), w(n)]
+    }
+
+    /// Empty buffers for up to `n` ids, refilled with [`SegmentBuffers::write`]: a caller
+    /// that plans its memory allocates them once instead of per batch.
+    pub fn zeroed(ctx: &GpuContext, label: &str, n: usize) -> Result<Self> {
+        let [u, s, o] = Self::bytes(n);
+        Ok(Self {
+            uniq: ctx.storage_zeroed(&format!("{label} uniq"), u)?,
+            starts: ctx.storage_zeroed(&format!("{label} starts"), s)?,
+            order: ctx.storage_zeroed(&format!("{label} order"), o)?,
+            distinct: 0,
+        })
+    }
+
+    /// Writes `s` into these buffers (landing before the next submission), refusing more
+    /// ids than they were made for.
+    pub fn write(&mut self, queue: &wgpu::Queue, s: &Segments) -> Result<()> {
+        let parts = [
+            (&self.uniq, &s.uniq),
+            (&self.starts, &s.starts),
+            (&self.order, &s.order),
+        ];
+        if parts.iter().any(|(b, v)| v.len() as u64 * 4 > b.size()) {
+            return Err(Error::Invalid(format!(
+                "embedding: {} ids exceed segment buffers made for {}",
+                s.order.len(),
+                self.order.size() / 4
+            )));
+        }
+        for (b, v) in parts.into_iter().filter(|(_, v)| !v.is_empty()) {
+            queue.write_buffer(b, 0, bytemuck::cast_slice(v));
+        }
+        self.distinct = s.uniq.len();
+        Ok(())
     }
 }
 
