@@ -7,7 +7,7 @@
 //! run's losses, a compressed (sparse) file and a packed head in chunks.
 
 mod common;
-use common::context;
+use common::{context, rows_with_targets_at};
 use edge_llm::data::Dataset;
 use edge_llm::engine::{GpuTrainer, MemoryPlan, TrainOptions, WeightFormat};
 use edge_llm::kernels::context::GpuContext;
@@ -76,17 +76,7 @@ fn rows() -> Vec<Row> {
 /// A few targets per row (the first and the last position among them) and a row with
 /// none: the head, at an exit or the model's own, sees only the gathered rows.
 fn few_target_rows() -> Vec<Row> {
-    let row = |n: usize, k: u32, at: &[usize]| Row {
-        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
-        targets: (0..n)
-            .map(|i| at.contains(&i).then_some((i as u32 * 11 + k) % 260 + 3))
-            .collect(),
-    };
-    vec![
-        row(32, 7, &[0, 1, 31]),
-        row(20, 1, &[]),
-        row(17, 9, &[0, 16]),
-    ]
+    rows_with_targets_at(&[(32, 7, &[0, 1, 31]), (20, 1, &[]), (17, 9, &[0, 16])])
 }
 
 fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {

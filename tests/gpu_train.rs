@@ -6,7 +6,7 @@
 //! head, exact resume, and the memory plan and budget.
 
 mod common;
-use common::{context, model_path};
+use common::{context, model_path, rows_with_targets_at};
 use edge_llm::data::Dataset;
 use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat, DEFAULT_VOCAB_CHUNK};
 use edge_llm::gguf::GgmlType;
@@ -79,18 +79,12 @@ fn rows() -> Vec<Row> {
 /// them), one of the full planned length, and one with none: the head runs on the gathered
 /// rows only, and a gradient scattered to the wrong position changes every LoRA gradient.
 fn few_target_rows() -> Vec<Row> {
-    let row = |n: usize, k: u32, at: &[usize]| Row {
-        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
-        targets: (0..n)
-            .map(|i| at.contains(&i).then_some((i as u32 * 11 + k) % 260 + 3))
-            .collect(),
-    };
-    vec![
-        row(24, 5, &[0, 9, 23]),
-        row(32, 1, &[]),
-        row(17, 9, &[16]),
-        row(32, 7, &[0, 1, 31]),
-    ]
+    rows_with_targets_at(&[
+        (24, 5, &[0, 9, 23]),
+        (32, 1, &[]),
+        (17, 9, &[16]),
+        (32, 7, &[0, 1, 31]),
+    ])
 }
 
 fn opts(format: WeightFormat, recompute: bool) -> TrainOptions {
@@ -595,6 +589,16 @@ fn the_budget_picks_recompute_or_refuses_before_allocating() {
     assert!(err.contains("even --seq-len 1 needs"), "{err}");
 }
 
+/// The LoRA of the real-model checks: rank 8 on every projection, dropout on.
+fn real_lora() -> LoraConfig {
+    LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
 /// The real SmolLM2-135M: one 16-token row's loss and every LoRA gradient (all seven
 /// projections of all 30 layers, dropout on) agree with the CPU reference.
 #[test]
@@ -602,12 +606,7 @@ fn real_model_gradients_match_the_cpu() {
     let Some(path) = model_path() else { return };
     let Some(ctx) = context(None) else { return };
     let file = ModelFile::open(path).unwrap();
-    let lc = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: Proj::ALL.to_vec(),
-    };
+    let lc = real_lora();
     let mut lora = Lora::new(&file.config, lc.clone(), 1);
     let mut state = 7u64;
     for l in &mut lora.layers {
@@ -679,12 +678,7 @@ fn timing_real_model_row_few_vs_all_targets() {
     let Some(path) = model_path() else { return };
     let Some(ctx) = context(None) else { return };
     let file = ModelFile::open(path).unwrap();
-    let lc = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.1,
-        targets: Proj::ALL.to_vec(),
-    };
+    let lc = real_lora();
     let lora = Lora::new(&file.config, lc, 1);
     let t = 236u32;
     let row = |every: u32| Row {

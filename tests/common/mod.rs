@@ -143,3 +143,16 @@ pub fn random_lora(
     }
     lora
 }
+
+/// Rows `(length, seed, positions with a target)` of made-up tokens and targets in the tiny
+/// model's vocabulary: for checking that only the positions with a target reach the head.
+pub fn rows_with_targets_at(spec: &[(usize, u32, &[usize])]) -> Vec<edge_llm::train::Row> {
+    spec.iter()
+        .map(|&(n, k, at)| edge_llm::train::Row {
+            tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+            targets: (0..n)
+                .map(|i| at.contains(&i).then_some((i as u32 * 11 + k) % 260 + 3))
+                .collect(),
+        })
+        .collect()
+}
