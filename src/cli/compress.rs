@@ -277,6 +277,15 @@ pub(crate) fn profile_cmd(a: ProfileArgs) -> Result<()> {
                 c.profile.options.loss_rows.min(c.profile.calib_rows)
             );
         }
+        let source = match c.profile.error_source() {
+            profile::ErrorSource::Fisher => format!(
+                "the Fisher estimate of the loss change (F columns; {} rows)",
+                c.profile.options.fisher_rows.min(c.profile.calib_rows)
+            ),
+            profile::ErrorSource::Dloss => "the measured loss change".into(),
+            profile::ErrorSource::Mse => "the output MSE".into(),
+        };
+        println!("columns p*/q*: output MSE; S_prune, S_quant and LUC read {source}");
         println!("plot: {}", svg.display());
     }
     Ok(())
