@@ -592,15 +592,7 @@ mod tests {
         let estimate = |s: &[f64]| -> f64 {
             s.iter()
                 .zip(&err)
-                .map(|(&v, e)| {
-                    let i = grid.iter().position(|&g| g >= v - 1e-12).unwrap();
-                    if i == 0 || (grid[i] - v).abs() < 1e-12 {
-                        e[i]
-                    } else {
-                        let t = (v - grid[i - 1]) / (grid[i] - grid[i - 1]);
-                        e[i - 1] + t * (e[i] - e[i - 1])
-                    }
-                })
+                .map(|(&v, e)| super::super::policy::interpolate(&grid, e, v))
                 .sum()
         };
         let mut got = Vec::new();

@@ -420,6 +420,19 @@ pub fn allocate_bits(err: &[[f64; 4]], counts: &[usize], target_bits: f64) -> Re
     Ok(bits)
 }
 
+/// `e` (values at the ascending points `grid`) at `s`: linear between points, flat
+/// outside them. How [`allocate_sparsity`] reads a layer's error between profiled levels.
+pub fn interpolate(grid: &[f64], e: &[f64], s: f64) -> f64 {
+    match grid.iter().position(|&g| g >= s) {
+        Some(0) => e[0],
+        Some(i) => {
+            let t = (s - grid[i - 1]) / (grid[i] - grid[i - 1]);
+            e[i - 1] + t * (e[i] - e[i - 1])
+        }
+        None => e[grid.len() - 1],
+    }
+}
+
 /// Sparsity steps of [`allocate_sparsity`]: its levels are taken to this grid.
 pub const SPARSITY_UNIT: f64 = 0.01;
 
@@ -476,17 +489,7 @@ pub fn allocate_sparsity(
     }
     let units = |s: f64| (s / SPARSITY_UNIT).round() as usize;
     // Layer l's error at sparsity s (linear between grid points, flat outside).
-    let at = |l: usize, s: f64| -> f64 {
-        let e = &err[l];
-        match grid.iter().position(|&g| g >= s) {
-            Some(0) => e[0],
-            Some(i) => {
-                let t = (s - grid[i - 1]) / (grid[i] - grid[i - 1]);
-                e[i - 1] + t * (e[i] - e[i - 1])
-            }
-            None => e[grid.len() - 1],
-        }
-    };
+    let at = |l: usize, s: f64| interpolate(grid, &err[l], s);
     let mut levels: Vec<f64> = grid
         .iter()
         .copied()
@@ -495,6 +498,9 @@ pub fn allocate_sparsity(
         .collect();
     levels.sort_by(f64::total_cmp);
     levels.dedup_by(|a, b| units(*a) == units(*b));
+    if levels.len() >= u8::MAX as usize {
+        return bad(format!("{} levels (at most 254)", levels.len()));
+    }
     let n = err.len();
     let goal = target * n as f64;
     let need = (goal / SPARSITY_UNIT - 1e-9).ceil().max(0.0) as usize;

@@ -773,16 +773,6 @@ pub fn profile(
     let loss_rows = &calib[..opts.loss_rows.min(calib.len())];
     let base_loss = (!loss_rows.is_empty()).then(|| loss_on(model, loss_rows));
     let levels = SPARSITIES.len() + BITS.len();
-    // The Fisher grid's sparsities that SPARSITIES does not measure (estimate only).
-    let extra: Vec<f64> = if fisher.is_empty() {
-        Vec::new()
-    } else {
-        FISHER_SPARSITIES
-            .iter()
-            .copied()
-            .filter(|s| !SPARSITIES.contains(s))
-            .collect()
-    };
     let fisher_levels = if fisher.is_empty() {
         0
     } else {
@@ -810,8 +800,6 @@ pub fn profile(
             joint_fisher: Vec::new(),
         };
         let fl = fisher.get(l);
-        // Fisher estimates by sparsity, to be put in FISHER_SPARSITIES order.
-        let mut prune_fisher: Vec<(f64, f64)> = Vec::new();
         for i in 0..levels {
             let mut mse = 0.0;
             let mut fe = 0.0;
@@ -834,7 +822,7 @@ pub fn profile(
                     }
                 };
                 mse += output_mse_gemm(h_of(p), k, w, &w_hat, n);
-                if let Some(fl) = fl {
+                if let (Some(fl), true) = (fl, i >= SPARSITIES.len()) {
                     fe += fisher_error(&fl[pi], w, &w_hat);
                 }
                 *p.weight_mut(&mut model.w.layers[l]) = w_hat;
@@ -843,7 +831,6 @@ pub fn profile(
             if i < SPARSITIES.len() {
                 lp.prune_mse.push(mse);
                 lp.prune_dloss.extend(dloss);
-                prune_fisher.push((SPARSITIES[i], fe));
             } else {
                 lp.quant_mse.push(mse);
                 lp.quant_dloss.extend(dloss);
@@ -855,8 +842,8 @@ pub fn profile(
         }
         model.w.layers[l] = orig;
         if let Some(fl) = fl {
-            // Every grid sparsity: pruned, then each width as compression stores a sparse
-            // layer; the pruning alone where the loop above did not measure it.
+            // Every grid sparsity: pruned alone, then each width as compression stores a
+            // sparse layer.
             for (j, &sp) in FISHER_SPARSITIES.iter().enumerate() {
                 let mut fe = 0.0;
                 let mut joint = vec![0.0; BITS.len()];
@@ -866,9 +853,7 @@ pub fn profile(
                     let w = weight_of(lw, p);
                     let s = Sparsity::Unstructured(sp);
                     let w_hat = prune_proj(lw, p, &c, hl.of(p), opts.method, s)?;
-                    if extra.contains(&sp) {
-                        fe += fisher_error(&fl[pi], w, &w_hat);
-                    }
+                    fe += fisher_error(&fl[pi], w, &w_hat);
                     for (d, &b) in joint.iter_mut().zip(&BITS) {
                         let ty = sparse_values_for(b);
                         let kept =
@@ -876,14 +861,10 @@ pub fn profile(
                         *d += fisher_error(&fl[pi], w, &kept.to_dense());
                     }
                 }
-                if extra.contains(&sp) {
-                    prune_fisher.push((sp, fe));
-                }
+                lp.prune_fisher.push(fe);
                 lp.joint_fisher.push(joint);
                 progress(l * per_layer + levels + j + 1, total);
             }
-            prune_fisher.sort_by(|a, b| a.0.total_cmp(&b.0));
-            lp.prune_fisher = prune_fisher.into_iter().map(|(_, e)| e).collect();
         }
         layers.push(lp);
     }
