@@ -70,6 +70,12 @@ export interface TuneOptions {
   /** Edge mode: windows shallow to deep once ('reference', default), or a sweep then the
    * window whose exit loss fell fastest ('adaptive'). */
   window_schedule?: WindowSchedule;
+  /** Edge mode: a window's learning rate is `lr` × (its last block ÷ the model's
+   * blocks)^this (default 2; 0 trains every window alike). */
+  window_lr_power?: number;
+  /** Edge mode, reference order: a window's share of the steps is ∝ (its last block ÷ the
+   * model's blocks)^this (default 0: equal phases). */
+  window_steps_power?: number;
   /** Partial mode: the last this many blocks train (default 6; at most the model's). */
   partial_layers?: number;
 }
@@ -174,10 +180,11 @@ export declare class Model {
   checkPolicy(policy: string | CompressionPolicy): CompressionPolicy;
   /** The cache key of the profile `profile()` would measure on this data and options. */
   profileKey(input: CompressInput): string;
-  /** Measures the LUC sensitivity profile (CPU, in the calling thread: use a worker). */
+  /** Measures the LUC sensitivity profile: calibration passes on `device` (default the
+   * WebGPU device), the rest CPU work in the calling thread (use a worker). */
   profile(input: CompressInput & { onProgress?: CompressProgress }): Promise<ProfileResult>;
-  /** Compresses the model as `edge-llm compress` does (CPU, in the calling thread: use a
-   * worker). */
+  /** Compresses the model as `edge-llm compress` does: calibration passes on `device`,
+   * the rest CPU work in the calling thread (use a worker). */
   compress(input: CompressInput & {
     /** A policy document (text or object): overrides allocation, methods and widths. */
     policy?: string | CompressionPolicy | null;
@@ -225,10 +232,14 @@ export interface CompressInput {
   name?: string;
   kind?: DataKind;
   options?: CompressOptions;
+  /** Where profiling's calibration passes (Hessians, Fisher diagonal) run: this thread's
+   * WebGPU device ('gpu', default) or the CPU reference ('cpu'). Either measures the same
+   * profile (the cache key does not depend on it). */
+  device?: 'gpu' | 'cpu';
 }
 
-/** `(stage, done, total)`; stages 'calibrate', 'profile' (LUC), 'compress'. */
-export type CompressProgress = (stage: 'calibrate' | 'profile' | 'compress', done: number, total: number) => void;
+/** `(stage, done, total)`; stages 'calibrate', 'fisher' and 'profile' (LUC), 'compress'. */
+export type CompressProgress = (stage: 'calibrate' | 'fisher' | 'profile' | 'compress', done: number, total: number) => void;
 
 /** A policy document (src/compress/policy.rs). */
 export interface CompressionPolicy {
@@ -284,7 +295,8 @@ export interface CompressSummary {
   layers: CompressedLayer[];
   options: CompressOptions;
   user_policy: boolean;
-  calibration: { name: string; rows: number; tokens: number };
+  /** The calibration data, and where its passes ran (`device`). */
+  calibration: { name: string; rows: number; tokens: number; device: 'gpu' | 'cpu' };
   /** The profile LUC used: measured by this call or given. */
   profile_info: { key: string; measured: boolean; seconds: number; base_loss: number | null; dloss: boolean } | null;
 }

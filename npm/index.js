@@ -126,11 +126,13 @@ export class Model {
   /// Measures the LUC sensitivity profile (per block: the Fisher estimate of the loss
   /// change, the output error and optionally the measured loss change, at each sparsity
   /// and bit width) on `text`, calibrating as `options` say (`calib_rows`, `seq_len`,
-  /// `fisher_rows`, `loss_rows`, `profile_method`). CPU work in the calling thread (use a
-  /// worker); `onProgress(stage, done, total)`, stages 'calibrate', 'fisher', 'profile'.
+  /// `fisher_rows`, `loss_rows`, `profile_method`). The calibration passes run on this
+  /// thread's WebGPU device (`device` 'gpu', the default) or the CPU reference ('cpu'); the
+  /// rest is CPU work in the calling thread (use a worker); `onProgress(stage, done,
+  /// total)`, stages 'calibrate', 'fisher', 'profile'.
   /// Returns `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`.
-  async profile({ text, name = 'data.txt', kind = 'auto', options = {}, onProgress } = {}) {
-    return JSON.parse(await this.inner.profile(name, text, kind, asJson(options), onProgress ?? null));
+  async profile({ text, name = 'data.txt', kind = 'auto', options = {}, device = 'gpu', onProgress } = {}) {
+    return JSON.parse(await this.inner.profile(name, text, kind, asJson(options), device, onProgress ?? null));
   }
 
   /// Compresses the model as `edge-llm compress` does (the same engine code): `options`
@@ -139,14 +141,15 @@ export class Model {
   /// 'least-error' | 'reference', …), calibrating on
   /// `text`. `policy` (a policy document, as text or object) overrides the allocation;
   /// `profile` (what `profile()` returned, e.g. from a cache) spares LUC the profiling.
-  /// CPU work in the calling thread (use a worker); `onProgress(stage, done, total)`.
+  /// Calibration passes on `device` as in `profile()`; the rest is CPU work in the calling
+  /// thread (use a worker); `onProgress(stage, done, total)`.
   /// Returns `{bytes, summary, profile}`: the compressed GGUF file, the summary (policy,
   /// file sizes, per-layer sparsity, bits and sensitivity, notes) and the profile when
   /// this call measured one (null otherwise), to cache under `profile.key`.
-  async compress({ text, name = 'data.txt', kind = 'auto', options = {}, policy = null, profile = null, onProgress } = {}) {
+  async compress({ text, name = 'data.txt', kind = 'auto', options = {}, policy = null, profile = null, device = 'gpu', onProgress } = {}) {
     const policyText = policy == null ? undefined : (typeof policy === 'string' ? policy : JSON.stringify(policy));
     const profileText = profile == null ? undefined : JSON.stringify(profile);
-    const r = await this.inner.compress(name, text, kind, asJson(options), policyText, profileText, onProgress ?? null);
+    const r = await this.inner.compress(name, text, kind, asJson(options), policyText, profileText, device, onProgress ?? null);
     return {
       bytes: r.bytes,
       summary: JSON.parse(r.summary),

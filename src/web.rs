@@ -120,6 +120,9 @@ struct TuneOptions {
     window_schedule: WindowOrder,
     /// Edge mode: a window's learning rate is `lr` × (its depth ÷ the model's)^this.
     window_lr_power: f64,
+    /// Edge mode, reference order: a window's share of the steps is ∝ (its depth ÷ the
+    /// model's)^this (0: equal phases).
+    window_steps_power: f64,
     /// Partial mode: the last this many blocks train.
     partial_layers: usize,
 }
@@ -150,6 +153,7 @@ impl Default for TuneOptions {
             exit_stride: ModeArgs::default().exit_stride,
             window_schedule: WindowOrder::Reference,
             window_lr_power: ModeArgs::default().depth_lr_power,
+            window_steps_power: ModeArgs::default().depth_steps_power,
             partial_layers: ModeArgs::default().partial_layers,
         }
     }
@@ -213,6 +217,7 @@ impl TuneOptions {
             window_schedule: self.window_schedule,
             partial_layers: self.partial_layers,
             depth_lr_power: self.window_lr_power,
+            depth_steps_power: self.window_steps_power,
         }
     }
 
@@ -430,24 +435,29 @@ impl WebModel {
 
     /// Measures the LUC sensitivity profile on `text` (the user's data, or any text):
     /// `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`. Calls
-    /// `progress(stage, done, total)` ("calibrate", "fisher", then "profile"). CPU work in
-    /// this thread.
+    /// `progress(stage, done, total)` ("calibrate", "fisher", then "profile"). The
+    /// calibration passes run on this thread's WebGPU device (`device` "gpu", the default)
+    /// or the CPU reference ("cpu"); the rest is CPU work in this thread.
     pub async fn profile(
         &self,
         name: String,
         text: String,
         kind: String,
         options_json: String,
+        device: Option<String>,
         progress: Option<js_sys::Function>,
     ) -> Result<String, JsError> {
         let o = CompressOptions::from_json(&options_json).map_err(js_err)?;
         let rows = self.calibration(&name, &text, &kind, &o).map_err(js_err)?;
+        let gpu = profiling_gpu(device.as_deref()).await?;
         let p = pipeline::measure_file_profile(
             &self.model,
             &rows,
             &o.profile_options(),
+            gpu,
             &mut |stage, done, total| notify_stage(&progress, stage, done, total),
         )
+        .await
         .map_err(js_err)?;
         Ok(profile_json(&p).to_string())
     }
@@ -461,7 +471,8 @@ impl WebModel {
     /// its `key`); without one LUC measures it. Returns `{bytes: Uint8Array, summary:
     /// string, profile?: string}`: the compressed file, the summary (the CLI's `--json`
     /// plus `layers`, `messages`, `calibration`, `profile_info`, `total_seconds`), and the
-    /// profile JSON when this call measured one.
+    /// profile JSON when this call measured one. `device`: where the calibration passes
+    /// run, as for [`WebModel::profile`].
     #[allow(clippy::too_many_arguments)]
     pub async fn compress(
         &self,
@@ -471,6 +482,7 @@ impl WebModel {
         options_json: String,
         policy_json: Option<String>,
         cached_profile: Option<String>,
+        device: Option<String>,
         progress: Option<js_sys::Function>,
     ) -> Result<js_sys::Object, JsError> {
         let t0 = web_time::Instant::now();
@@ -492,14 +504,17 @@ impl WebModel {
             None => None,
         };
         let rows = self.calibration(&name, &text, &kind, &o).map_err(js_err)?;
+        let gpu = profiling_gpu(device.as_deref()).await?;
         let c = pipeline::compress(
             &self.model,
             Some(&rows),
             &o,
             user,
             profile,
+            gpu,
             &mut |stage, done, total| notify_stage(&progress, stage, done, total),
         )
+        .await
         .map_err(js_err)?;
         let mut v = c.to_json();
         v["layers"] = c.layers_json();
@@ -510,6 +525,7 @@ impl WebModel {
             "name": name,
             "rows": rows.len(),
             "tokens": rows.iter().map(|r| r.tokens.len()).sum::<usize>(),
+            "device": if gpu.is_some() { "gpu" } else { "cpu" },
         });
         v["profile_info"] = match &c.profile {
             Some(p) => json!({"key": p.key, "measured": c.profile_measured,
@@ -543,6 +559,18 @@ impl WebModel {
     ) -> crate::Result<Vec<Row>> {
         let (ds, _) = parse_data(name, text, kind)?;
         pipeline::calibration(&ds, &self.tokenizer, o)
+    }
+}
+
+/// The device of profiling's calibration passes: this thread's WebGPU device ("gpu" or
+/// none given: the issue asks the page to profile on the GPU) or the CPU reference.
+async fn profiling_gpu(device: Option<&str>) -> Result<Option<&'static GpuContext>, JsError> {
+    match device.unwrap_or("gpu") {
+        "gpu" => Ok(Some(shared_gpu().await?)),
+        "cpu" => Ok(None),
+        other => Err(JsError::new(&format!(
+            "device '{other}': profiling runs on 'gpu' or 'cpu'"
+        ))),
     }
 }
 

@@ -165,9 +165,14 @@ fn bench_tune_reports_every_mode_against_vanilla() {
     let dir = scratch("bench-tune");
     let (model, data) = setup(&dir);
     let out = dir.join("bench");
-    let (code, objs, err) = run(&[
+    let out_s = out.display().to_string();
+    let args = [
         "bench",
         "tune",
+        "--device",
+        "cpu",
+        "--modes",
+        "vanilla,compress-then-tune,partial,edge",
         "--model",
         &model,
         "--data",
@@ -191,9 +196,10 @@ fn bench_tune_reports_every_mode_against_vanilla() {
         "--cache-dir",
         &dir.join("profile").display().to_string(),
         "--out",
-        &out.display().to_string(),
+        &out_s,
         "--json",
-    ]);
+    ];
+    let (code, objs, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     let modes: Vec<&str> = objs.iter().map(|o| o["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["vanilla", "compress-then-tune", "partial", "edge"]);
@@ -240,6 +246,57 @@ fn bench_tune_reports_every_mode_against_vanilla() {
     }
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(table.contains("| edge |"), "{table}");
+    assert!(table.contains("on the CPU backend"), "{table}");
+
+    // The same bench on the GPU engine (lavapipe here): the same steps, losses and answers.
+    let gpu_out = dir.join("bench-gpu");
+    let gpu_args: Vec<&str> = args
+        .iter()
+        .map(|a| match *a {
+            "cpu" => "gpu",
+            "vanilla,compress-then-tune,partial,edge" => "vanilla,edge",
+            a if a == out_s => gpu_out.to_str().unwrap(),
+            a => a,
+        })
+        .collect();
+    let (code, gpu, err) = run(&gpu_args);
+    assert_eq!(code, 0, "{err}");
+    let modes: Vec<&str> = gpu.iter().map(|o| o["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["vanilla", "edge"]);
+    let losses = |dir: &Path, mode: &str| -> Vec<f64> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+        let r = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["mode"] == mode)
+            .unwrap();
+        r["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for (g, c) in [(0, 0), (1, 3)] {
+        let mode = gpu[g]["mode"].as_str().unwrap();
+        let (lg, lc) = (losses(&gpu_out, mode), losses(&out, mode));
+        assert_eq!(lg.len(), 6);
+        for (a, b) in lg.iter().zip(&lc) {
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                "{mode}: {lg:?} vs {lc:?}"
+            );
+        }
+        let (vg, vc) = (gpu[g]["val_loss"].as_f64().unwrap(), f(c, "val_loss"));
+        assert!((vg - vc).abs() <= 1e-3 * vc.abs(), "{mode}: {vg} vs {vc}");
+        for k in ["accuracy", "last_exit_accuracy"] {
+            assert_eq!(gpu[g][k], objs[c][k], "{mode} {k}");
+        }
+    }
+    let table = std::fs::read_to_string(gpu_out.join("table.md")).unwrap();
+    assert!(table.contains("on the GPU engine on"), "{table}");
 }
 
 #[test]

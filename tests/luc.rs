@@ -19,6 +19,7 @@ use edge_llm::model::ModelFile;
 use edge_llm::reference::{Proj, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::train::Row;
+use pollster::block_on;
 
 const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
     the warm mat and the bird sings in the tall tree near the river where the water runs \
@@ -69,7 +70,15 @@ fn profile_measures_and_caches() {
         ..ProfileOptions::default()
     };
     let mut calls = 0;
-    let first = profile_cached(&dir, &file, &rows, &opts, &mut |_, _, _| calls += 1).unwrap();
+    let first = block_on(profile_cached(
+        &dir,
+        &file,
+        &rows,
+        &opts,
+        None,
+        &mut |_, _, _| calls += 1,
+    ))
+    .unwrap();
     assert!(!first.cached && calls > 0);
     let p = &first.profile;
     let n = file.config.n_layers;
@@ -149,7 +158,15 @@ fn profile_measures_and_caches() {
 
     // Second run: read from the cache, no measurement.
     let mut calls2 = 0;
-    let second = profile_cached(&dir, &file, &rows, &opts, &mut |_, _, _| calls2 += 1).unwrap();
+    let second = block_on(profile_cached(
+        &dir,
+        &file,
+        &rows,
+        &opts,
+        None,
+        &mut |_, _, _| calls2 += 1,
+    ))
+    .unwrap();
     assert!(second.cached && calls2 == 0);
     // The cache holds JSON numbers: equal to the last bit or so.
     assert_eq!(second.profile.key, first.profile.key);
@@ -171,7 +188,15 @@ fn profile_measures_and_caches() {
         method: PruneMethod::Magnitude,
         ..opts
     };
-    let third = profile_cached(&dir, &file, &rows[..3], &other, &mut |_, _, _| {}).unwrap();
+    let third = block_on(profile_cached(
+        &dir,
+        &file,
+        &rows[..3],
+        &other,
+        None,
+        &mut |_, _, _| {},
+    ))
+    .unwrap();
     assert!(!third.cached && third.path != first.path);
     assert!(third.profile.base_loss.is_none() && third.profile.layers[0].prune_dloss.is_empty());
     let _ = std::fs::remove_dir_all(&dir);

@@ -485,6 +485,7 @@ function readOptions() {
     }
     options.window_schedule = $('opt-window-schedule').value;
     options.window_lr_power = num('opt-window-lr-power', 'Window LR depth power', { int: false, min: 0 });
+    options.window_steps_power = num('opt-window-steps-power', 'Window steps depth power', { int: false, min: 0 });
   }
   if (mode === 'partial') {
     options.partial_layers = num('opt-partial', 'Blocks to tune', { min: 1 });
@@ -539,6 +540,7 @@ function writeOptions(o, saveEvery) {
   if (o.exit_stride) $('opt-exit-stride').value = o.exit_stride;
   if (o.window_schedule) $('opt-window-schedule').value = o.window_schedule;
   if (o.window_lr_power != null) $('opt-window-lr-power').value = o.window_lr_power;
+  if (o.window_steps_power != null) $('opt-window-steps-power').value = o.window_steps_power;
   if (o.partial_layers) $('opt-partial').value = o.partial_layers;
   updateModeControls();
 }

@@ -103,7 +103,8 @@ async function exclusive(fn) {
 }
 
 const ops = {
-  // `gpu: false`: no WebGPU device (the compression worker needs none).
+  // `gpu: false`: no WebGPU device now (the compression worker makes its own when its
+  // calibration passes first need one).
   async init({ gpu = true } = {}) {
     await init();
     if (!gpu) return {};
@@ -257,24 +258,26 @@ const ops = {
   },
 
   // ------------------------------------------------ profiling and compression
-  // CPU work that blocks this worker until it ends: the page runs it in a worker of its
-  // own (another instance of this script), so that cancelling (terminating that worker)
-  // loses nothing here.
+  // Work that blocks this worker until it ends (the calibration passes on this worker's own
+  // WebGPU device, made on first use; the rest on the CPU): the page runs it in a worker of
+  // its own (another instance of this script), so that cancelling (terminating that worker)
+  // loses nothing here. `device` ('gpu' by default, or 'cpu') is where the calibration
+  // passes run; the profile and its cache key are the same either way.
 
   /// The LUC profile on this data: from the cache (IndexedDB, keyed by its profile key)
   /// or measured and stored there.
-  async profile({ name, text, kind, options }) {
+  async profile({ name, text, kind, options, device }) {
     if (!model) throw new Error('no model loaded');
     const key = model.profileKey({ name, text, kind, options });
     const cached = await profiles.get(key);
     if (cached) return { ...cached, cached: true };
-    const p = await model.profile({ name, text, kind, options, onProgress: compressProgress });
+    const p = await model.profile({ name, text, kind, options, device, onProgress: compressProgress });
     await profiles.put(key, p);
     return { ...p, cached: false };
   },
 
   /// The compressed model's bytes and summary; LUC reuses (and fills) the profile cache.
-  async compress({ name, text, kind, options, policy }) {
+  async compress({ name, text, kind, options, policy, device }) {
     if (!model) throw new Error('no model loaded');
     if (model.compressed) {
       throw new Error('this model is already compressed: load the original model to compress it again');
@@ -284,7 +287,7 @@ const ops = {
       key = model.profileKey({ name, text, kind, options });
       profile = await profiles.get(key);
     }
-    const r = await model.compress({ name, text, kind, options, policy, profile, onProgress: compressProgress });
+    const r = await model.compress({ name, text, kind, options, policy, profile, device, onProgress: compressProgress });
     if (r.profile) await profiles.put(r.profile.key, r.profile);
     r.summary.profile_cached = Boolean(profile);
     return { bytes: r.bytes, summary: r.summary };

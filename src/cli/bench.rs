@@ -4,13 +4,13 @@
 //!
 //! The modes take turns, `--chunk` steps each, so a shared machine's changing load falls on
 //! all of them alike. Per mode: mean optimizer-step time and tokens per second (training steps only, no
-//! validation inside the timed part), the GPU memory plan of the mode at the browser's
-//! default limits (the engine's accounting, [`GpuTrainer::plan`] /
-//! [`GpuTrainer::plan_windows`]), the final validation loss (whole model, last exit), and
-//! multiple-choice accuracy (edge: voted and last exit). All modes run on the CPU
-//! backend, because the GPU engine does not run layer windows yet; the memory column is
-//! therefore a plan, not a measurement — for full-depth modes the GPU engine allocates
-//! exactly that plan (tests/gpu_train.rs).
+//! validation inside the timed part), the GPU memory plan of the mode (the engine's
+//! accounting, [`GpuTrainer::plan`] / [`GpuTrainer::plan_windows`]: at the browser's default
+//! limits on the CPU backend, at the adapter's on the GPU, where it is what is allocated),
+//! the final validation loss (whole model, last exit), and multiple-choice accuracy (edge:
+//! voted and last exit). `--device` picks the engine the steps run on, as `tune` does:
+//! `auto` takes the GPU unless it is a software adapter (then the CPU backend, the faster
+//! one on such a machine).
 
 use super::compress::{
     compress_file, AllocationArg, CalibArgs, CompressArgs, MethodArg, PatternArg, QuantArg,
@@ -18,13 +18,19 @@ use super::compress::{
 };
 use super::progress_bar;
 use super::tune::{apply_mode, Mode, ModeArgs, RunSpec, DEFAULT_EXIT_STRIDE};
+use super::Device;
 use crate::data::Dataset;
-use crate::engine::{GpuTrainer, TrainOptions, WeightFormat};
+use crate::engine::{GpuModel, GpuModelOptions, GpuTrainer, TrainOptions, WeightFormat};
 use crate::eval::{self, CpuExitLm, CpuLm};
+use crate::kernels::GpuContext;
 use crate::model::ModelFile;
 use crate::reference::LoraConfig;
+use crate::reference::{Lora, Transformer};
 use crate::tokenizer::Tokenizer;
-use crate::train::{self, CpuBackend, DataConfig, StepReport, TrainConfig, Trainer, WindowOrder};
+use crate::train::cpu::{initial_adapters, PrefixCache};
+use crate::train::{
+    self, Backend, CpuBackend, DataConfig, StepReport, TrainConfig, Trainer, WindowOrder,
+};
 use crate::vote::Vote;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -78,6 +84,10 @@ pub(crate) struct BenchTuneArgs {
     /// Edge mode: a window's learning rate is --lr × (its depth ÷ the model's)^this.
     #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_LR_POWER)]
     pub window_lr_power: f64,
+    /// Edge mode, reference schedule: a window's share of the steps is ∝ (its depth ÷ the
+    /// model's)^this (0: equal phases).
+    #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_STEPS_POWER)]
+    pub window_steps_power: f64,
     #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
     pub partial_layers: usize,
     /// Compression of compress-then-tune (uniform) and edge (LUC): mean sparsity.
@@ -110,6 +120,10 @@ pub(crate) struct BenchTuneArgs {
     /// One JSON object per mode on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Where the steps and the evaluation run (auto: the GPU unless it is a software
+    /// adapter such as lavapipe, where the CPU backend is faster).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 }
 
 /// One mode's measurements.
@@ -230,16 +244,74 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
     if a.modes.is_empty() {
         return Err(Error::Invalid("--modes lists no mode".into()));
     }
+    let ctx = super::pick_gpu(a.device)?;
+    match &ctx {
+        Some(ctx) => {
+            let make = |file: &ModelFile, spec: &RunSpec, opts: &TrainOptions| {
+                let lora = initial_adapters(
+                    &file.config,
+                    spec.lora.clone(),
+                    &spec.exits,
+                    spec.train.seed,
+                );
+                match &spec.train.layers {
+                    Some(ls) => GpuTrainer::with_windows(ctx, file, &lora, opts, &ls.windows),
+                    None => GpuTrainer::new(ctx, file, &lora, opts),
+                }
+            };
+            bench_modes(&a, Some(ctx), make)
+        }
+        None => bench_modes(
+            &a,
+            None,
+            |file: &ModelFile, spec: &RunSpec, _: &TrainOptions| {
+                let lora = spec.lora.clone();
+                Ok(CpuBackend::with_exits(
+                    file.weights()?,
+                    lora,
+                    &spec.exits,
+                    spec.train.seed,
+                ))
+            },
+        ),
+    }
+}
+
+/// What the benchmark reads from a backend besides the [`Backend`] trait.
+trait Benched: Backend {
+    fn prefix_cache(&self) -> &PrefixCache;
+}
+
+impl Benched for CpuBackend {
+    fn prefix_cache(&self) -> &PrefixCache {
+        &self.cache
+    }
+}
+
+impl Benched for GpuTrainer<'_> {
+    fn prefix_cache(&self) -> &PrefixCache {
+        &self.cache
+    }
+}
+
+/// Runs every mode on backends made by `make` (the GPU engine when `ctx` is given, which
+/// also evaluates), then writes and prints the table.
+fn bench_modes<B: Benched>(
+    a: &BenchTuneArgs,
+    ctx: Option<&GpuContext>,
+    make: impl Fn(&ModelFile, &RunSpec, &TrainOptions) -> Result<B>,
+) -> Result<()> {
     let order: WindowOrder = a.window_schedule.parse()?;
     std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
     let ds = Dataset::load(&a.data)?;
     let questions = questions(&a.eval_data, a.questions, a.no_eval)?;
-    let mut runs: Vec<ModeRun> = Vec::new();
+    let limits = ctx.map_or_else(wgpu::Limits::default, |c| c.limits.clone());
+    let mut runs: Vec<ModeRun<B>> = Vec::new();
     for &mode in &a.modes {
         let model = match mode {
             Mode::Vanilla | Mode::Partial => a.model.clone(),
-            Mode::CompressThenTune => compressed_model(&a, AllocationArg::Uniform)?,
-            Mode::Edge => compressed_model(&a, AllocationArg::Luc)?,
+            Mode::CompressThenTune => compressed_model(a, AllocationArg::Uniform)?,
+            Mode::Edge => compressed_model(a, AllocationArg::Luc)?,
         };
         let mode_args = ModeArgs {
             mode,
@@ -247,8 +319,9 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             window_schedule: order,
             partial_layers: a.partial_layers,
             depth_lr_power: a.window_lr_power,
+            depth_steps_power: a.window_steps_power,
         };
-        runs.push(prepare_mode(&a, &model, &mode_args, &ds)?);
+        runs.push(prepare_mode(a, &model, &mode_args, &ds, &limits, &make)?);
     }
     // Round robin, `--chunk` steps per mode per turn: a shared machine's load changes over
     // an hour, and interleaving spreads it over every mode alike instead of over whichever
@@ -276,7 +349,7 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
     pb.finish_and_clear();
     let mut results: Vec<ModeResult> = Vec::new();
     for r in runs {
-        results.push(finish_mode(r, &questions)?);
+        results.push(finish_mode(r, ctx, &questions)?);
     }
     let base = results
         .iter()
@@ -288,7 +361,11 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
             r.memory_ratio_vs_vanilla = Some(bytes as f64 / r.peak_gpu_bytes as f64);
         }
     }
-    let table = markdown(&a, &results);
+    let engine = match ctx {
+        Some(c) => format!("the GPU engine on {} ({})", c.info.name, c.info.backend),
+        None => "the CPU backend".to_string(),
+    };
+    let table = markdown(a, &engine, &results);
     let svg = loss_svg(&results);
     let files = [
         ("table.md", table.clone().into_bytes()),
@@ -320,17 +397,16 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
 }
 
 /// One mode's run in progress.
-struct ModeRun {
+struct ModeRun<B> {
     mode: Mode,
     model: PathBuf,
     tok: Tokenizer,
-    exits: Vec<usize>,
     plan_bytes: u64,
-    trainer: Trainer<CpuBackend>,
+    trainer: Trainer<B>,
     reports: Vec<StepReport>,
 }
 
-impl ModeRun {
+impl<B: Backend> ModeRun<B> {
     /// Steps still to run (0 also when the trainer finished early).
     fn steps_left(&self, steps: u64) -> u64 {
         if self.trainer.step() >= self.trainer.total_steps() {
@@ -341,12 +417,14 @@ impl ModeRun {
     }
 }
 
-fn prepare_mode(
+fn prepare_mode<B: Backend>(
     a: &BenchTuneArgs,
     model: &Path,
     mode_args: &ModeArgs,
     ds: &Dataset,
-) -> Result<ModeRun> {
+    limits: &wgpu::Limits,
+    make: &impl Fn(&ModelFile, &RunSpec, &TrainOptions) -> Result<B>,
+) -> Result<ModeRun<B>> {
     let mode = mode_args.mode;
     let file = ModelFile::open(model)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
@@ -390,30 +468,100 @@ fn prepare_mode(
         },
         ..TrainOptions::default()
     };
-    let limits = wgpu::Limits::default();
     let plan = match &spec.train.layers {
-        None => GpuTrainer::plan(&file, &lora, &opts, &limits)?,
-        Some(ls) => GpuTrainer::plan_windows(&file, &lora, &opts, &limits, &ls.windows)?,
+        None => GpuTrainer::plan(&file, &lora, &opts, limits)?,
+        Some(ls) => GpuTrainer::plan_windows(&file, &lora, &opts, limits, &ls.windows)?,
     };
     let data = train::prepare(ds, &tok, &spec.data_config)?;
-    let backend = CpuBackend::with_exits(file.weights()?, lora, &spec.exits, a.seed);
+    let backend = make(&file, &spec, &opts)?;
     Ok(ModeRun {
         mode,
         model: model.to_path_buf(),
         tok,
-        exits: spec.exits.clone(),
         plan_bytes: plan.total(),
         trainer: Trainer::new(backend, spec.train, data)?,
         reports: Vec::new(),
     })
 }
 
-fn finish_mode(run: ModeRun, questions: &[crate::data::McQuestion]) -> Result<ModeResult> {
+/// Voted (or plain) accuracy, the last exit's, and every exit's (block count, accuracy).
+type Scores = (f64, Option<f64>, Vec<(usize, f64)>);
+
+/// Accuracy of the tuned model (adapters `lora`, exits when it has some: max vote, last
+/// exit, every exit) on the GPU when `ctx` is given, else on the CPU reference.
+fn score(
+    ctx: Option<&GpuContext>,
+    model: &Path,
+    lora: Lora<f32>,
+    tok: &Tokenizer,
+    questions: &[crate::data::McQuestion],
+    label: &str,
+) -> Result<Scores> {
+    let file = ModelFile::open(model)?;
+    let pb = progress_bar(questions.len() as u64, "eval-mc");
+    let mut progress = |done: usize, _: usize, correct: usize| {
+        pb.set_position(done as u64);
+        pb.set_message(format!(
+            "{label} acc {:.3}",
+            correct as f64 / done.max(1) as f64
+        ));
+    };
+    let plain = |r: eval::McResult| -> Scores { (r.accuracy, None, Vec::new()) };
+    let voted = |r: eval::McVoteResult| -> Scores {
+        let per = r.exits.iter().map(|e| (e.after, e.accuracy)).collect();
+        (r.accuracy, r.exits.last().map(|e| e.accuracy), per)
+    };
+    let has_exits = !lora.exits.is_empty();
+    let scores = match ctx {
+        Some(ctx) => {
+            let mut gm = GpuModel::new(ctx, &file, &GpuModelOptions::default(), Some(&lora))?;
+            if has_exits {
+                let f = eval::eval_mc_vote_async(&mut gm, tok, questions, Vote::Max, &mut progress);
+                voted(pollster::block_on(f)?)
+            } else {
+                plain(pollster::block_on(eval::eval_mc_async(
+                    &mut gm,
+                    tok,
+                    questions,
+                    &mut progress,
+                ))?)
+            }
+        }
+        None => {
+            let mut m = Transformer::new(file.weights()?);
+            m.lora = Some(lora);
+            if has_exits {
+                let mut lm = CpuExitLm::new(&m)?;
+                voted(eval::eval_mc_vote(
+                    &mut lm,
+                    tok,
+                    questions,
+                    Vote::Max,
+                    &mut progress,
+                )?)
+            } else {
+                plain(eval::eval_mc(
+                    &mut CpuLm::new(&m),
+                    tok,
+                    questions,
+                    &mut progress,
+                )?)
+            }
+        }
+    };
+    pb.finish_and_clear();
+    Ok(scores)
+}
+
+fn finish_mode<B: Benched>(
+    run: ModeRun<B>,
+    ctx: Option<&GpuContext>,
+    questions: &[crate::data::McQuestion],
+) -> Result<ModeResult> {
     let ModeRun {
         mode,
         model,
         tok,
-        exits,
         plan_bytes,
         mut trainer,
         reports,
@@ -426,32 +574,20 @@ fn finish_mode(run: ModeRun, questions: &[crate::data::McQuestion]) -> Result<Mo
     let steps = reports.len() as u64;
     trainer.leave_window()?;
     let val_loss = pollster::block_on(trainer.validation_loss())?;
-
-    let m = &trainer.backend.model;
+    let (hits, misses) = {
+        let c = trainer.backend.prefix_cache();
+        (c.hits, c.misses)
+    };
+    let lora = pollster::block_on(trainer.backend.adapters())?;
+    // The trainer's GPU memory is given back before the evaluation model is made.
+    drop(trainer);
     let (mut accuracy, mut last_exit_accuracy, mut exit_accuracies) = (None, None, Vec::new());
     if !questions.is_empty() {
-        let pb = progress_bar(questions.len() as u64, "eval-mc");
-        let mut progress = |done: usize, _: usize, correct: usize| {
-            pb.set_position(done as u64);
-            pb.set_message(format!(
-                "{} acc {:.3}",
-                mode.name(),
-                correct as f64 / done as f64
-            ));
-        };
-        if exits.is_empty() {
-            let r = eval::eval_mc(&mut CpuLm::new(m), &tok, questions, &mut progress)?;
-            accuracy = Some(r.accuracy);
-        } else {
-            let mut lm = CpuExitLm::new(m)?;
-            let r = eval::eval_mc_vote(&mut lm, &tok, questions, Vote::Max, &mut progress)?;
-            accuracy = Some(r.accuracy);
-            last_exit_accuracy = r.exits.last().map(|e| e.accuracy);
-            exit_accuracies = r.exits.iter().map(|e| (e.after, e.accuracy)).collect();
-        }
-        pb.finish_and_clear();
+        let (acc, last, per) = score(ctx, &model, lora, &tok, questions, mode.name())?;
+        accuracy = Some(acc);
+        last_exit_accuracy = last;
+        exit_accuracies = per;
     }
-    let cache = &trainer.backend.cache;
     let r = ModeResult {
         mode: mode.name(),
         model,
@@ -466,8 +602,8 @@ fn finish_mode(run: ModeRun, questions: &[crate::data::McQuestion]) -> Result<Mo
         exit_accuracies,
         speedup_vs_vanilla: None,
         memory_ratio_vs_vanilla: None,
-        prefix_hits: cache.hits,
-        prefix_misses: cache.misses,
+        prefix_hits: hits,
+        prefix_misses: misses,
         losses: reports.iter().map(|r| r.loss).collect(),
     };
     eprintln!(
@@ -482,12 +618,13 @@ fn finish_mode(run: ModeRun, questions: &[crate::data::McQuestion]) -> Result<Mo
     Ok(r)
 }
 
-fn markdown(a: &BenchTuneArgs, rs: &[ModeResult]) -> String {
+fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
     let mut s = format!(
-        "Tuning modes, {} steps × {} row(s) of ≤ {} tokens, LoRA r {}, LR {}, on the CPU \
-         backend. GPU MiB = the GPU engine's memory plan for the mode (browser default \
-         limits); ratios are vanilla ÷ mode (higher is better).\n\n",
+        "Tuning modes, {} steps × {} row(s) of ≤ {} tokens, LoRA r {}, LR {}, on {engine}. \
+         GPU MiB = the GPU engine's memory plan for the mode (what it allocates; at the \
+         browser's default limits when the steps run on the CPU); ratios are vanilla ÷ mode \
+         (higher is better).\n\n",
         a.steps,
         a.batch * a.accum,
         a.seq_len,
@@ -637,6 +774,10 @@ pub(crate) struct BenchCompressArgs {
     pub forward_tokens: usize,
     #[arg(long, default_value_t = 3)]
     pub forward_reps: usize,
+    /// Where the profile's and compression's calibration passes run (as `compress
+    /// --device`).
+    #[arg(long, value_enum, default_value_t = super::Device::Auto)]
+    pub device: super::Device,
     #[arg(long, default_value = "runs/bench-compress")]
     pub out: PathBuf,
     #[arg(long)]
@@ -706,7 +847,7 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
                     out: out.clone(),
                     json: false,
                 };
-                let c = compress_file(&args)?;
+                let c = super::compress::compress_file_on(&args, a.device)?;
                 eprintln!(
                     "{name} {bits} bits: {} in {:.0} s",
                     out.display(),

@@ -7,12 +7,13 @@
 //! minutes on two CPU cores; 16 × 128 keeps a profile to minutes and is enough for the
 //! per-layer ranking LUC needs. `--calib-rows 128 --seq-len 256` gives the setting.
 
-use super::progress_bar;
+use super::{pick_gpu, progress_bar, Device};
 use crate::compress::file::{self, TensorReport};
 use crate::compress::pipeline::{self, CompressOptions, SparsityRule};
 use crate::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
 use crate::compress::profile;
 use crate::data::Dataset;
+use crate::kernels::GpuContext;
 use crate::model::ModelFile;
 use crate::reference::Proj;
 use crate::tokenizer::Tokenizer;
@@ -95,12 +96,24 @@ pub(crate) struct CalibArgs {
     pub cache_dir: PathBuf,
 }
 
+/// Where the calibration passes run (`profile` and `compress`).
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub(crate) struct DeviceArg {
+    /// Where the calibration passes (Hessians, Fisher diagonal) run. auto: a hardware GPU
+    /// if there is one, else the CPU reference (faster than a software Vulkan); gpu: wgpu
+    /// on whatever adapter exists; cpu: reference. The profile cache does not depend on it.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct ProfileArgs {
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
     pub calib: CalibArgs,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Quantization group of the width levels: give `compress`'s --group, so that its
     /// LUC finds this profile in the cache.
     #[arg(long, default_value_t = 32)]
@@ -195,25 +208,28 @@ fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Progress bars on stderr, one per stage ("calibrate", "profile", "compress"), each
-/// cleared when the next stage starts or when dropped.
+/// Progress bars on stderr, one per stage ("calibrate", "fisher", "profile", "compress"), each
+/// cleared when the next stage starts or when dropped, leaving a line with its time.
 #[derive(Default)]
-struct StageBars(Option<(String, super::Progress)>);
+struct StageBars(Option<(String, super::Progress, web_time::Instant, usize)>);
 
 impl StageBars {
     fn update(&mut self, stage: &str, done: usize, total: usize) {
-        if self.0.as_ref().is_none_or(|(s, _)| s != stage) {
+        if self.0.as_ref().is_none_or(|(s, ..)| s != stage) {
             self.finish();
-            self.0 = Some((stage.to_owned(), progress_bar(total as u64, stage)));
+            let bar = progress_bar(total as u64, stage);
+            self.0 = Some((stage.to_owned(), bar, web_time::Instant::now(), 0));
         }
-        if let Some((_, b)) = &self.0 {
+        if let Some((_, b, _, d)) = &mut self.0 {
             b.set_position(done as u64);
+            *d = done;
         }
     }
 
     fn finish(&mut self) {
-        if let Some((_, b)) = self.0.take() {
+        if let Some((stage, b, t0, done)) = self.0.take() {
             b.finish_and_clear();
+            eprintln!("{stage}: {done} in {:.1} s", t0.elapsed().as_secs_f64());
         }
     }
 }
@@ -231,12 +247,18 @@ fn get_profile(
     rows: &[Row],
     cache_dir: &Path,
     o: &CompressOptions,
+    gpu: Option<&GpuContext>,
 ) -> Result<profile::Cached> {
     let opts = o.profile_options();
     let mut bars = StageBars::default();
-    let r = profile::profile_cached(cache_dir, file, rows, &opts, &mut |stage, d, t| {
-        bars.update(stage, d, t)
-    });
+    let r = pollster::block_on(profile::profile_cached(
+        cache_dir,
+        file,
+        rows,
+        &opts,
+        gpu,
+        &mut |stage, d, t| bars.update(stage, d, t),
+    ));
     bars.finish();
     let c = r?;
     if c.cached {
@@ -259,7 +281,8 @@ pub(crate) fn profile_cmd(a: ProfileArgs) -> Result<()> {
         symmetric: !a.asymmetric,
         ..a.calib.options()
     };
-    let c = get_profile(&file, &rows, &a.calib.cache_dir, &o)?;
+    let gpu = pick_gpu(a.device.device)?;
+    let c = get_profile(&file, &rows, &a.calib.cache_dir, &o, gpu.as_ref())?;
     let svg = a.svg.unwrap_or_else(|| c.path.with_extension("svg"));
     std::fs::write(&svg, c.profile.to_svg()).map_err(|e| io(e, &svg))?;
     if a.json {
@@ -347,8 +370,18 @@ pub(crate) struct Compressed {
     pub json: serde_json::Value,
 }
 
-pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
-    let c = compress_file(&a)?;
+/// `edge-llm compress`: the compression flags and the device.
+#[derive(clap::Args, Debug)]
+pub(crate) struct CompressCmd {
+    #[command(flatten)]
+    pub args: CompressArgs,
+    #[command(flatten)]
+    pub device: DeviceArg,
+}
+
+pub(crate) fn compress_cmd(cmd: CompressCmd) -> Result<()> {
+    let a = cmd.args;
+    let c = compress_file_on(&a, cmd.device.device)?;
     if a.json {
         let mut v = c.json;
         v["out"] = json!(a.out);
@@ -394,8 +427,14 @@ pub(crate) fn compress_cmd(a: CompressArgs) -> Result<()> {
 
 /// Compresses `a.model` by the policy the arguments give (`compress::pipeline::compress`,
 /// the page's path too) and writes `a.out`; progress on stderr only. The profile LUC needs
-/// comes from the disk cache (`--cache-dir`), measured and saved there on a miss.
+/// comes from the disk cache (`--cache-dir`), measured and saved there on a miss. The
+/// calibration passes run where `--device auto` puts them.
 pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
+    compress_file_on(a, Device::Auto)
+}
+
+/// [`compress_file`] with its calibration passes on `device` (picked as `tune` picks).
+pub(crate) fn compress_file_on(a: &CompressArgs, device: Device) -> Result<Compressed> {
     let file = ModelFile::open(&a.model)?;
     if file::is_compressed(&file.gguf) {
         return Err(Error::Invalid(format!(
@@ -421,14 +460,25 @@ pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
     } else {
         None
     };
+    // The device only matters where there is calibration to run.
+    let gpu = match rows {
+        Some(_) => pick_gpu(device)?,
+        None => None,
+    };
     let profile = match rows.as_deref().filter(|_| luc) {
-        Some(r) => Some(get_profile(&file, r, &a.calib.cache_dir, &o)?.profile),
+        Some(r) => Some(get_profile(&file, r, &a.calib.cache_dir, &o, gpu.as_ref())?.profile),
         None => None,
     };
     let mut bars = StageBars::default();
-    let c = pipeline::compress(&file, rows.as_deref(), &o, user, profile, &mut |s, d, t| {
-        bars.update(s, d, t)
-    });
+    let c = pollster::block_on(pipeline::compress(
+        &file,
+        rows.as_deref(),
+        &o,
+        user,
+        profile,
+        gpu.as_ref(),
+        &mut |s, d, t| bars.update(s, d, t),
+    ));
     bars.finish();
     let c = c?;
     for m in &c.messages {

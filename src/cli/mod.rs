@@ -214,6 +214,10 @@ enum Cmd {
         /// blocks)^this; 0 trains every window at --lr, 2 gives shallow windows much less.
         #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_LR_POWER)]
         window_lr_power: f64,
+        /// Edge mode, reference schedule: a window's share of the steps is ∝ (its last
+        /// block ÷ the model's blocks)^this; 0 gives equal phases (the paper's).
+        #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_STEPS_POWER)]
+        window_steps_power: f64,
         /// Partial mode: how many of the last blocks are tuned.
         #[arg(long, default_value_t = tune::DEFAULT_EXIT_STRIDE)]
         partial_layers: usize,
@@ -264,7 +268,7 @@ enum Cmd {
     Profile(compress::ProfileArgs),
     /// Compress a model (pruning + quantization by a uniform, LUC or given policy) into a
     /// compressed-model file that the other commands load in place of the GGUF.
-    Compress(compress::CompressArgs),
+    Compress(compress::CompressCmd),
     /// Write the seeded tiny test model (same GGUF layout as the default model).
     MakeTiny {
         #[arg(long)]
@@ -863,6 +867,7 @@ fn run(cmd: Cmd) -> Result<i32> {
             exit_stride,
             window_schedule,
             window_lr_power,
+            window_steps_power,
             partial_layers,
             json,
         } => {
@@ -872,6 +877,7 @@ fn run(cmd: Cmd) -> Result<i32> {
                 window_schedule: window_schedule.parse()?,
                 partial_layers,
                 depth_lr_power: window_lr_power,
+                depth_steps_power: window_steps_power,
             };
             let session = tune::Session {
                 device,

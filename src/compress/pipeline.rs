@@ -6,8 +6,15 @@
 //! hands one back in.
 //!
 //! Progress is reported as `(stage, done, total)` with the stages "calibrate" (Hessians:
-//! one forward per calibration row), "profile" (block × level) and "compress"
-//! (projections).
+//! one forward per calibration row), "fisher" (one backward per row), "profile" (block ×
+//! level) and "compress" (projections).
+//!
+//! The model passes (Hessians, Fisher diagonal) run on the GPU given as `gpu` (a profiling
+//! [`GpuTrainer`], one pass at a time so their statistics are never resident together),
+//! else on the CPU reference; the per-weight algebra after them stays on the CPU. The
+//! caller picks the device (the CLI by `--device`, as `tune` does; the page: its WebGPU
+//! device). The results are the same measurement either way (f32 sums on the GPU, f64 on
+//! the CPU), so the profile's cache key does not name the device.
 
 use super::file::{self, TensorReport};
 use super::policy::{
@@ -15,11 +22,13 @@ use super::policy::{
     PruneMethod, QuantMethod, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
 };
 use super::profile::{
-    calibration_rows, collect_hessians, fisher_diagonal, profile, profile_key, LayerHessians,
-    Profile, ProfileOptions,
+    calibration_rows, collect_hessians, fisher_diagonal, profile, profile_key, BlockFisher,
+    LayerHessians, Profile, ProfileOptions,
 };
 use super::quant::BITS;
 use crate::data::Dataset;
+use crate::engine::{GpuTrainer, StatsPass};
+use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::{Proj, Transformer};
 use crate::tokenizer::Tokenizer;
@@ -141,22 +150,79 @@ pub fn calibration(ds: &Dataset, tok: &Tokenizer, o: &CompressOptions) -> Result
     calibration_rows(ds, tok, o.calib_rows, o.seq_len)
 }
 
-/// Measures the profile of `model` (the weights of the file whose bytes are
-/// `model_bytes`) on `rows`: Hessians, then every block and level. Returns the Hessians
-/// too, which compression reuses.
-pub fn measure_profile(
+/// The longest row: what a profiling trainer's buffers are sized for.
+fn longest(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|r| r.tokens.len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// XᵀX of every block's projection inputs over `rows`: on `gpu`
+/// ([`GpuTrainer::collect_hessians`]) or the CPU ([`collect_hessians`]). `model` holds
+/// `file`'s weights.
+pub async fn hessians(
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    rows: &[Row],
+    gpu: Option<&GpuContext>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<LayerHessians>> {
+    match gpu {
+        Some(ctx) => {
+            let pass = StatsPass::Hessians;
+            let opts = pass.options(longest(rows));
+            let mut tr = GpuTrainer::for_statistics(ctx, file, pass, &opts)?;
+            tr.collect_hessians(rows, progress).await
+        }
+        None => collect_hessians(model, rows, progress),
+    }
+}
+
+/// The diagonal empirical Fisher over `rows`: on `gpu` ([`GpuTrainer::fisher_diagonal`])
+/// or the CPU ([`fisher_diagonal`]).
+pub async fn fisher(
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    rows: &[Row],
+    gpu: Option<&GpuContext>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<BlockFisher>> {
+    match gpu {
+        Some(ctx) => {
+            let pass = StatsPass::Fisher;
+            let opts = pass.options(longest(rows));
+            let mut tr = GpuTrainer::for_statistics(ctx, file, pass, &opts)?;
+            tr.fisher_diagonal(rows, progress).await
+        }
+        None => fisher_diagonal(model, rows, progress),
+    }
+}
+
+/// Measures the profile of `file` (whose weights `model` holds) on `rows`: Hessians and
+/// the Fisher diagonal (on `gpu` when given), then every block and level. Returns the
+/// Hessians too, which compression reuses.
+pub async fn measure_profile(
+    file: &ModelFile,
     model: &mut Transformer<f32>,
-    model_bytes: &[u8],
     rows: &[Row],
     opts: &ProfileOptions,
+    gpu: Option<&GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(Profile, Vec<LayerHessians>)> {
     let t0 = web_time::Instant::now();
-    let key = profile_key(model_bytes, rows, opts);
-    let hess = collect_hessians(model, rows, &mut |d, t| progress("calibrate", d, t))?;
+    let key = profile_key(&file.bytes, rows, opts);
+    let hess = hessians(file, model, rows, gpu, &mut |d, t| {
+        progress("calibrate", d, t)
+    })
+    .await?;
     let fisher = if opts.fisher_rows > 0 {
         let frows = &rows[..opts.fisher_rows.min(rows.len())];
-        fisher_diagonal(model, frows, &mut |d, t| progress("fisher", d, t))?
+        fisher(file, model, frows, gpu, &mut |d, t| {
+            progress("fisher", d, t)
+        })
+        .await?
     } else {
         Vec::new()
     };
@@ -167,15 +233,19 @@ pub fn measure_profile(
     Ok((p, hess))
 }
 
-/// The profile of `file` on `rows` (what [`profile_key`] keys a cache by).
-pub fn measure_file_profile(
+/// The profile of `file` on `rows` (what [`profile_key`] keys a cache by), its model
+/// passes on `gpu` when given.
+pub async fn measure_file_profile(
     file: &ModelFile,
     rows: &[Row],
     opts: &ProfileOptions,
+    gpu: Option<&GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Profile> {
     let mut model = Transformer::new(file.weights()?);
-    Ok(measure_profile(&mut model, &file.bytes, rows, opts, progress)?.0)
+    Ok(measure_profile(file, &mut model, rows, opts, gpu, progress)
+        .await?
+        .0)
 }
 
 /// Weights per block (all 7 projections), for the bit budget.
@@ -345,13 +415,14 @@ impl Compressed {
 /// Compresses `file` by `o` (or by `user_policy`, which overrides the allocation and
 /// method settings), calibrating on `rows` (None: magnitude pruning and round-to-nearest
 /// only). LUC takes `profile` when given (a cached one) and measures it otherwise,
-/// reusing the Hessians for compression.
-pub fn compress(
+/// reusing the Hessians for compression. The model passes run on `gpu` when given.
+pub async fn compress(
     file: &ModelFile,
     rows: Option<&[Row]>,
     o: &CompressOptions,
     user_policy: Option<Policy>,
     profile: Option<Profile>,
+    gpu: Option<&GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Compressed> {
     if file::is_compressed(&file.gguf) {
@@ -382,13 +453,8 @@ pub fn compress(
             let rows = rows.ok_or_else(|| {
                 Error::Invalid("--allocation luc needs --calib for the profile".into())
             })?;
-            let (p, h) = measure_profile(
-                &mut model,
-                &file.bytes,
-                rows,
-                &o.profile_options(),
-                progress,
-            )?;
+            let opts = o.profile_options();
+            let (p, h) = measure_profile(file, &mut model, rows, &opts, gpu, progress).await?;
             hess = Some(h);
             measured = true;
             Some(p)
@@ -407,9 +473,12 @@ pub fn compress(
             && policy.layers.iter().any(|l| l.sparsity > 0.0));
     let hess = match (rows.filter(|_| needs_hess), hess) {
         (Some(_), Some(h)) => Some(h),
-        (Some(r), None) => Some(collect_hessians(&model, r, &mut |d, t| {
-            progress("calibrate", d, t)
-        })?),
+        (Some(r), None) => Some(
+            hessians(file, &model, r, gpu, &mut |d, t| {
+                progress("calibrate", d, t)
+            })
+            .await?,
+        ),
         (None, _) => None,
     };
     let t0 = web_time::Instant::now();
@@ -464,6 +533,32 @@ pub fn notes(policy: &Policy, reports: &[TensorReport]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::model::tiny::{generate, TinySpec};
+
+    /// [`super::compress`] on the CPU, waited for.
+    fn compress(
+        file: &ModelFile,
+        rows: Option<&[Row]>,
+        o: &CompressOptions,
+        user: Option<Policy>,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<Compressed> {
+        pollster::block_on(super::compress(
+            file, rows, o, user, profile, None, progress,
+        ))
+    }
+
+    /// [`super::measure_file_profile`] on the CPU, waited for.
+    fn measure_file_profile(
+        file: &ModelFile,
+        rows: &[Row],
+        opts: &ProfileOptions,
+        progress: &mut dyn FnMut(&str, usize, usize),
+    ) -> Result<Profile> {
+        pollster::block_on(super::measure_file_profile(
+            file, rows, opts, None, progress,
+        ))
+    }
 
     const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
                         the warm mat and the bird sings in the tall green tree. ";

@@ -27,7 +27,10 @@
 //!
 //! The Hessians (XᵀX of each projection input: n1 for q/k/v, attn for o, n2 for gate/up,
 //! act for down) are collected once by [`collect_hessians`] and are what SparseGPT/GPTQ
-//! need to compress, so `compress` reuses them.
+//! need to compress, so `compress` reuses them. [`collect_hessians`] and
+//! [`fisher_diagonal`] are the CPU twins of the GPU's model passes
+//! (`GpuTrainer::collect_hessians`, `GpuTrainer::fisher_diagonal`, accumulating with
+//! [`gram_acc`] and [`fisher_acc`]'s kernels); [`super::pipeline`] picks one by device.
 //!
 //! Natively, [`profile_cached`] keys a JSON cache file by a hash of the model bytes, the
 //! calibration tokens and the settings, so a second run with the same inputs is instant.
@@ -135,6 +138,38 @@ pub fn collect_hessians(
     Ok(hs)
 }
 
+/// h `[k][k]` += xᵀ·x for x `[t][k]` (sums in f64): the twin of the GPU's accumulation
+/// [`crate::kernels::ops::stats::gram_acc`].
+pub fn gram_acc(h: &mut [f32], x: &[f32], t: usize, k: usize) {
+    assert!(
+        h.len() == k * k && x.len() == t * k,
+        "gram_acc: not {t}×{k}"
+    );
+    let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mut s = vec![0.0f64; k * k];
+    ops::matmul_tn_acc(&xf, &xf, t, k, k, &mut s);
+    for (d, v) in h.iter_mut().zip(s) {
+        *d += v as f32;
+    }
+}
+
+/// f `[n][k]` += s·(dyᵀ·x)² elementwise for dy `[t][n]` and x `[t][k]` (one row's squared
+/// weight gradient, sums in f64): the twin of [`crate::kernels::ops::stats::fisher_acc`].
+#[allow(clippy::too_many_arguments)]
+pub fn fisher_acc(f: &mut [f32], dy: &[f32], x: &[f32], t: usize, n: usize, k: usize, s: f32) {
+    assert!(
+        f.len() == n * k && dy.len() == t * n && x.len() == t * k,
+        "fisher_acc: not {t}×{n} and {t}×{k}"
+    );
+    let dyf: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
+    let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mut g = vec![0.0f64; n * k];
+    ops::matmul_tn_acc(&dyf, &xf, t, k, n, &mut g);
+    for (d, v) in f.iter_mut().zip(g) {
+        *d += (s as f64 * v * v) as f32;
+    }
+}
+
 /// One block's diagonal empirical Fisher: for each projection (in [`Proj::ALL`] order), the
 /// mean over calibration rows of the squared gradient of the row's mean loss with respect
 /// to each weight.
@@ -180,13 +215,16 @@ pub fn fisher_diagonal(
         progress(i + 1, rows.len());
     }
     if used == 0 {
-        return Err(Error::Data(
-            "fisher: no calibration row has a target to take the loss gradient of".into(),
-        ));
+        return Err(no_fisher_rows());
     }
     let inv = 1.0 / used as f32;
     f.iter_mut().flatten().flatten().for_each(|v| *v *= inv);
     Ok(f)
+}
+
+/// The error of a Fisher diagonal over rows of which none has a target (CPU and GPU).
+pub fn no_fisher_rows() -> Error {
+    Error::Data("fisher: no calibration row has a target to take the loss gradient of".into())
 }
 
 /// The Fisher estimate of the loss change from replacing `w` by `w_hat`:
@@ -923,14 +961,16 @@ pub struct Cached {
 }
 
 /// The profile of `file` on `calib`, from `dir/<key>.json` if present and valid, else
-/// measured (Hessians, then every block and level) and written there. `progress(stage,
-/// done, total)` reports "calibrate" and "profile" stages.
+/// measured (Hessians and the Fisher diagonal, on `gpu` when given, then every block and
+/// level) and written there. The key does not name the device: both measure the same.
+/// `progress(stage, done, total)` reports the "calibrate", "fisher" and "profile" stages.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn profile_cached(
+pub async fn profile_cached(
     dir: &std::path::Path,
     file: &crate::model::ModelFile,
     calib: &[Row],
     opts: &ProfileOptions,
+    gpu: Option<&crate::kernels::GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Cached> {
     let key = profile_key(&file.bytes, calib, opts);
@@ -946,7 +986,7 @@ pub fn profile_cached(
             }
         }
     }
-    let p = super::pipeline::measure_file_profile(file, calib, opts, progress)?;
+    let p = super::pipeline::measure_file_profile(file, calib, opts, gpu, progress).await?;
     let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;

@@ -85,6 +85,25 @@ impl Hessian {
         Ok(())
     }
 
+    /// The statistics of an XᵀX summed elsewhere (the GPU's f32 `[k][k]` sum over `rows`
+    /// calibration rows), widened to f64.
+    pub fn from_sum(k: usize, sum: &[f32], rows: usize) -> Result<Self> {
+        if k.checked_mul(k) != Some(sum.len()) {
+            return Err(Error::Invalid(format!(
+                "hessian: {} summed values are not {k}×{k}",
+                sum.len()
+            )));
+        }
+        if sum.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Invalid("hessian: non-finite input".into()));
+        }
+        Ok(Hessian {
+            k,
+            sum: sum.iter().map(|&v| v as f64).collect(),
+            rows,
+        })
+    }
+
     /// Calibration rows accumulated (m).
     pub fn rows(&self) -> usize {
         self.rows

@@ -10,4 +10,4 @@ pub use gpu_model::{
     default_path, GpuModel, GpuModelOptions, WeightFormat, DEFAULT_MAX_LEN, DEFAULT_MAX_T,
 };
 pub use plan::{Category, MemoryPlan, PlanEntry};
-pub use train::{fit_budget, Fit, GpuTrainer, TrainOptions, DEFAULT_VOCAB_CHUNK};
+pub use train::{fit_budget, Fit, GpuTrainer, StatsPass, TrainOptions, DEFAULT_VOCAB_CHUNK};

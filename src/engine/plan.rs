@@ -21,10 +21,12 @@ pub enum Category {
     Optimizer,
     /// Mapped buffers results are copied into for readback.
     Readback,
+    /// Calibration statistics of profiling (Hessians or the Fisher diagonal).
+    Statistics,
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Weights,
         Category::KvCache,
         Category::Activations,
@@ -33,6 +35,7 @@ impl Category {
         Category::Gradients,
         Category::Optimizer,
         Category::Readback,
+        Category::Statistics,
     ];
 }
 

@@ -48,6 +48,12 @@ pub struct LayerSchedule {
     /// less the shallower the exit.
     #[serde(default)]
     pub depth_lr_power: f64,
+    /// Reference order: window k's share of the steps is ∝ (its last block ÷ the deepest
+    /// window's last block)^power: 0 gives equal phases (the paper's); above 0 the deep
+    /// windows, which feed the head directly, get more of the steps and the shallow ones
+    /// fewer. The adaptive order keeps equal phases.
+    #[serde(default)]
+    pub depth_steps_power: f64,
 }
 
 /// One phase of a run: a window trained from step `start` (0-based) with these losses.
@@ -107,39 +113,79 @@ impl LayerSchedule {
             windows,
             order,
             depth_lr_power: 0.0,
+            depth_steps_power: 0.0,
         }
     }
 
-    /// The multiplier of window `w`'s learning rate (see `depth_lr_power`).
-    pub fn lr_multiplier(&self, w: usize) -> f64 {
+    /// (window `w`'s last block ÷ the deepest window's last block)^`power` (1 for power 0
+    /// or a window that does not exist).
+    fn depth_scale(&self, w: usize, power: f64) -> f64 {
         let deepest = self.windows.iter().map(|s| s.layers.end).max().unwrap_or(0);
         match self.windows.get(w) {
-            Some(s) if deepest > 0 && self.depth_lr_power != 0.0 => {
-                (s.layers.end as f64 / deepest as f64).powf(self.depth_lr_power)
+            Some(s) if deepest > 0 && power != 0.0 => {
+                (s.layers.end as f64 / deepest as f64).powf(power)
             }
             _ => 1.0,
         }
     }
 
-    /// Steps per phase for a run of `total` steps.
-    pub fn phase_len(&self, total: u64) -> u64 {
-        let n = self.windows.len().max(1) as u64;
+    /// The multiplier of window `w`'s learning rate (see `depth_lr_power`).
+    pub fn lr_multiplier(&self, w: usize) -> f64 {
+        self.depth_scale(w, self.depth_lr_power)
+    }
+
+    /// Where each phase of the first sweep starts, and where the sweep ends (n + 1 step
+    /// numbers for n windows, the last `total` for the reference order): equal phases, or
+    /// shares by `depth_steps_power` in the reference order, rounded so that every window
+    /// gets at least one step when `total` allows.
+    pub fn phase_starts(&self, total: u64) -> Vec<u64> {
+        let n = self.windows.len().max(1);
+        let equal = |len: u64| (0..=n as u64).map(|k| k * len).collect::<Vec<u64>>();
         match self.order {
-            WindowOrder::Reference => total.div_ceil(n).max(1),
-            WindowOrder::Adaptive => (total / (2 * n)).max(1),
+            WindowOrder::Adaptive => equal((total / (2 * n as u64)).max(1)),
+            WindowOrder::Reference if self.depth_steps_power == 0.0 => {
+                equal(total.div_ceil(n as u64).max(1))
+            }
+            WindowOrder::Reference => {
+                let w: Vec<f64> = (0..n)
+                    .map(|k| self.depth_scale(k, self.depth_steps_power))
+                    .collect();
+                let sum: f64 = w.iter().sum();
+                let spare = total.saturating_sub(n as u64) as f64;
+                let mut acc = 0.0;
+                let mut starts = vec![0];
+                for (k, wk) in w.iter().enumerate() {
+                    acc += wk;
+                    // One step each, the rest by share.
+                    starts.push((k as u64 + 1) + (spare * acc / sum).round() as u64);
+                }
+                starts
+            }
         }
+    }
+
+    /// Steps of window `w`'s phases in a run of `total` steps.
+    pub fn phase_len(&self, w: usize, total: u64) -> u64 {
+        let s = self.phase_starts(total);
+        let k = w.min(s.len().saturating_sub(2));
+        (s[k + 1] - s[k]).max(1)
     }
 
     /// The window of step `step` (0-based) of `total`, given the phases run before it.
     pub fn window_at(&self, step: u64, total: u64, phases: &[Phase]) -> usize {
         let n = self.windows.len();
-        let p = step / self.phase_len(total);
-        if n == 0 || (p as usize) < n {
-            return p as usize;
+        let starts = self.phase_starts(total);
+        let sweep_end = starts.last().copied().unwrap_or(0);
+        if n == 0 {
+            return 0;
+        }
+        if step < sweep_end || self.order == WindowOrder::Reference {
+            let k = starts[1..].iter().filter(|&&s| s <= step).count();
+            return k.min(n - 1);
         }
         // Adaptive, past the first sweep: keep the phase's window until its end.
         if let Some(last) = phases.last() {
-            if step < last.start + self.phase_len(total) && step >= last.start {
+            if step < last.start + self.phase_len(last.window, total) && step >= last.start {
                 return last.window;
             }
         }
@@ -198,7 +244,7 @@ mod tests {
     fn adaptive_sweeps_then_follows_the_largest_gain() {
         let s = LayerSchedule::from_exits(&[2, 4, 6], WindowOrder::Adaptive);
         // 12 steps: phases of 2; the sweep takes steps 0..6.
-        assert_eq!(s.phase_len(12), 2);
+        assert_eq!(s.phase_len(0, 12), 2);
         let phases = vec![
             Phase {
                 window: 0,
@@ -239,9 +285,10 @@ mod tests {
             windows: Vec::new(),
             order: WindowOrder::Adaptive,
             depth_lr_power: 1.0,
+            depth_steps_power: 1.0,
         };
         assert_eq!(s.lr_multiplier(0), 1.0);
-        assert_eq!(s.phase_len(10), 5);
+        assert_eq!(s.phase_len(0, 10), 5);
         let _ = s.window_at(7, 10, &[]);
     }
 
@@ -254,6 +301,33 @@ mod tests {
         for (got, want) in m.iter().zip([0.04, 0.16, 0.36, 0.64, 1.0]) {
             assert!((got - want).abs() < 1e-12, "{m:?}");
         }
+    }
+
+    #[test]
+    fn deep_windows_can_get_more_steps() {
+        let mut s = LayerSchedule::from_exits(&[6, 12, 18, 24, 30], WindowOrder::Reference);
+        s.depth_steps_power = 1.0;
+        // Shares 1:2:3:4:5 of the 295 steps left after one each: 19.7, 39.3, 59, 78.7, 98.3.
+        assert_eq!(s.phase_starts(300), vec![0, 21, 61, 121, 201, 300]);
+        let lens: Vec<u64> = (0..5).map(|w| s.phase_len(w, 300)).collect();
+        assert_eq!(lens, vec![21, 40, 60, 80, 99]);
+        let w: Vec<usize> = (0..300).map(|t| s.window_at(t, 300, &[])).collect();
+        for (k, &len) in lens.iter().enumerate() {
+            assert_eq!(w.iter().filter(|&&x| x == k).count() as u64, len);
+        }
+        assert!(
+            w.windows(2).all(|p| p[0] <= p[1]),
+            "shallow to deep, each once"
+        );
+        // Fewer steps than windows: one step each while they last.
+        let w: Vec<usize> = (0..3).map(|t| s.window_at(t, 3, &[])).collect();
+        assert_eq!(w, vec![0, 1, 2]);
+        // Power 0 is the equal split; the adaptive order ignores the power.
+        s.depth_steps_power = 0.0;
+        assert_eq!(s.phase_starts(300), vec![0, 60, 120, 180, 240, 300]);
+        s.depth_steps_power = 1.0;
+        s.order = WindowOrder::Adaptive;
+        assert_eq!(s.phase_starts(300), vec![0, 30, 60, 90, 120, 150]);
     }
 
     #[test]

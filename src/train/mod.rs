@@ -28,7 +28,8 @@ pub use cpu::CpuBackend;
 pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
 pub use layers::{exits_every, LayerSchedule, Phase, WindowOrder};
 pub use modes::{
-    mode_layers, Mode, ModeArgs, ModeLayers, DEFAULT_DEPTH_LR_POWER, DEFAULT_EXIT_STRIDE,
+    mode_layers, Mode, ModeArgs, ModeLayers, DEFAULT_DEPTH_LR_POWER, DEFAULT_DEPTH_STEPS_POWER,
+    DEFAULT_EXIT_STRIDE,
 };
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};

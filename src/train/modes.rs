@@ -61,6 +61,9 @@ pub const DEFAULT_EXIT_STRIDE: usize = 6;
 /// gave 54 %.
 pub const DEFAULT_DEPTH_LR_POWER: f64 = 2.0;
 
+/// Edge mode's default [`LayerSchedule::depth_steps_power`]: equal phases, as the paper.
+pub const DEFAULT_DEPTH_STEPS_POWER: f64 = 0.0;
+
 /// The mode settings of a new run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModeArgs {
@@ -70,6 +73,8 @@ pub struct ModeArgs {
     pub partial_layers: usize,
     /// Edge mode: [`LayerSchedule::depth_lr_power`].
     pub depth_lr_power: f64,
+    /// Edge mode: [`LayerSchedule::depth_steps_power`].
+    pub depth_steps_power: f64,
 }
 
 impl Default for ModeArgs {
@@ -80,6 +85,7 @@ impl Default for ModeArgs {
             window_schedule: WindowOrder::Reference,
             partial_layers: DEFAULT_EXIT_STRIDE,
             depth_lr_power: DEFAULT_DEPTH_LR_POWER,
+            depth_steps_power: DEFAULT_DEPTH_STEPS_POWER,
         }
     }
 }
@@ -115,6 +121,7 @@ pub fn mode_layers(n_layers: usize, m: &ModeArgs) -> Result<ModeLayers> {
                     }],
                     order: WindowOrder::Reference,
                     depth_lr_power: 0.0,
+                    depth_steps_power: 0.0,
                 }),
             }
         }
@@ -126,9 +133,16 @@ pub fn mode_layers(n_layers: usize, m: &ModeArgs) -> Result<ModeLayers> {
                     m.depth_lr_power
                 )));
             }
+            if !(m.depth_steps_power.is_finite() && m.depth_steps_power >= 0.0) {
+                return Err(Error::Invalid(format!(
+                    "window steps power (--window-steps-power) {} must be a number ≥ 0",
+                    m.depth_steps_power
+                )));
+            }
             let exits = exits_every(n_layers, m.exit_stride.min(n_layers))?;
             let mut ls = LayerSchedule::from_exits(&exits, m.window_schedule);
             ls.depth_lr_power = m.depth_lr_power;
+            ls.depth_steps_power = m.depth_steps_power;
             let layers = Some(ls);
             ModeLayers { exits, layers }
         }
@@ -147,6 +161,7 @@ mod tests {
             partial_layers,
             window_schedule: WindowOrder::Adaptive,
             depth_lr_power: 1.0,
+            depth_steps_power: 0.5,
         };
         assert_eq!(
             mode_layers(30, &args(Mode::Vanilla, 6, 6)).unwrap(),
@@ -158,6 +173,7 @@ mod tests {
         assert_eq!(ls.order, WindowOrder::Adaptive);
         assert_eq!(ls.windows.len(), 5);
         assert_eq!(ls.depth_lr_power, 1.0);
+        assert_eq!(ls.depth_steps_power, 0.5);
         // A stride beyond the model is clamped: one window, one exit at the top.
         assert_eq!(
             mode_layers(2, &args(Mode::Edge, 6, 6)).unwrap().exits,
@@ -170,6 +186,11 @@ mod tests {
         assert!(mode_layers(2, &args(Mode::Partial, 6, 0)).is_err());
         let bad = ModeArgs {
             depth_lr_power: f64::NAN,
+            ..args(Mode::Edge, 6, 6)
+        };
+        assert!(mode_layers(30, &bad).is_err());
+        let bad = ModeArgs {
+            depth_steps_power: -1.0,
             ..args(Mode::Edge, 6, 6)
         };
         assert!(mode_layers(30, &bad).is_err());

@@ -208,7 +208,7 @@ impl<B: Backend> Trainer<B> {
         };
         let total = self.total_steps();
         let w = ls.window_at(self.step, total, &self.phases);
-        let len = ls.phase_len(total);
+        let len = ls.phase_len(w, total);
         let opens = self
             .phases
             .last()

@@ -1,6 +1,6 @@
 // Compression in the browser end to end, on the seeded TINY model: compress with LUC in the
-// page (progress through calibrate → fisher → profile → compress, the summary and the per-block
-// table), download the compressed model and check it against the CLI (`edge-llm compress`
+// page (progress through calibrate → fisher → profile → compress, the calibration passes on
+// WebGPU, the summary and the per-block table), download the compressed model and check it against the CLI (`edge-llm compress`
 // with the same options writes the same bytes; `edge-llm perplexity` on the downloaded
 // file gives the number the page shows for it), compress uniformly, compress with LUC again
 // (the profile comes from the browser's cache: no profiling stage), show the cached profile
@@ -166,6 +166,8 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
       `policy ${JSON.stringify(luc.summary.policy.layers)}; ${luc.summary.file_bytes} bytes ` +
       `(original ${luc.summary.original_file_bytes})`);
     assert.equal(luc.stages, 'calibrate,fisher,profile,compress');
+    // The calibration passes (Hessians, Fisher) ran on the compression worker's WebGPU device.
+    assert.equal(luc.summary.calibration.device, 'gpu');
     assert.equal(luc.summary.policy.allocation, 'luc');
     assert.equal(luc.summary.profile_info.measured, true);
     assert.equal(luc.summary.profile_cached, false);

@@ -386,10 +386,14 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
 // model, windows trained in turn on the GPU in the worker, per-exit and voted accuracy,
 // voted chat, and the adapter's exits.safetensors downloaded and loaded back.
 // Saves tests/e2e/artifacts/edge-done.png and edge-eval.png.
-const EDGE_STEPS = 12;   // reference schedule: window 0 for steps 1–6, window 1 for 7–12
+// Reference schedule with the steps shared by depth (--window-steps-power 1): after one
+// step each, window 0 gets 0.5/1.5 of the other 10 → steps 1–4, window 1 steps 5–12.
+const EDGE_STEPS = 12;
+const EDGE_WINDOW_0_STEPS = 4;
 const EDGE_MC_QUESTIONS = 40;  // enough for the rules to differ
 const EDGE_FLAGS = ['--steps', String(EDGE_STEPS), '--lr', '0.01', '--seq-len', '32', '--eval-every', '4',
-  '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1'];
+  '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1',
+  '--window-steps-power', '1'];
 
 /// Runs the CLI (`edge-llm ARGS --json`) and returns its JSON lines, or null without a binary.
 function cliJson(args) {
@@ -442,6 +446,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     // Edge mode, an exit after every block: its windows planned on the GPU.
     await page.selectOption('#opt-mode', 'edge');
     await page.fill('#opt-exit-stride', '1');
+    await page.fill('#opt-window-steps-power', '1');
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
       /exits/.test(document.querySelector('#plan-table [data-key=exits]')?.textContent ?? ''));
     assert.match(await page.textContent('#mode-note'), /train one window of blocks at a time on the GPU/);
@@ -465,8 +470,8 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     console.log(`edge losses: ${train.map(([s, v, w]) => `${s}:w${w}:${v.toFixed(3)}`).join(' ')}; ` +
       `validation ${run.history.val.map(([s, v]) => `${s}:${v.toFixed(3)}`).join(' ')}`);
     assert.deepEqual(train.map((p) => p[0]), Array.from({ length: EDGE_STEPS }, (_, i) => i + 1));
-    assert.deepEqual(train.map((p) => p[2]), Array.from({ length: EDGE_STEPS }, (_, i) => (i < EDGE_STEPS / 2 ? 0 : 1)),
-      'windows 0 then 1, in order');
+    assert.deepEqual(train.map((p) => p[2]), Array.from({ length: EDGE_STEPS }, (_, i) => (i < EDGE_WINDOW_0_STEPS ? 0 : 1)),
+      'windows 0 then 1, in order, the deeper one with more of the steps');
     assert.equal(run.points, EDGE_STEPS);
     assert.equal(run.windows, '0,1', 'the plot colours the losses by window');
     assert.deepEqual(run.legend, [' training loss, window 1 (block 1, exit after 1, LR × 0.25)',

@@ -17,6 +17,7 @@ pub mod lora;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
+pub mod stats;
 pub mod swiglu;
 
 use super::context::GpuContext;
