@@ -211,7 +211,7 @@ export interface CompressOptions {
   /** Columns per scale: 32 (default), 64 or 128. */
   group?: number;
   symmetric?: boolean;
-  /** Calibration rows spread over the data (default 16) and tokens per row (default 128). */
+  /** Calibration rows spread over the data (default 128) and tokens per row (default 256). */
   calib_rows?: number;
   seq_len?: number;
   /** Rows whose loss gradients make the profile's Fisher estimate, what LUC reads

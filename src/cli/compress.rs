@@ -2,10 +2,10 @@
 //! policy → the compressed-model file): flags, the profile's disk cache and the output
 //! around `compress::pipeline`, which the page calls too.
 //!
-//! Calibration defaults are small on purpose: the 128 rows × 256 tokens costs
-//! about 128 training forwards plus 12 TFLOP of Hessian products on SmolLM2-135M, tens of
-//! minutes on two CPU cores; 16 × 128 keeps a profile to minutes and is enough for the
-//! per-layer ranking LUC needs. `--calib-rows 128 --seq-len 256` gives the setting.
+//! Calibration defaults to 128 rows × 256 tokens (the Hessians; the Fisher diagonal takes
+//! the first `--fisher-rows`, 16): minutes on a GPU, about ten on two CPU cores for
+//! SmolLM2-135M, once per model and data (the profile is cached). The benchmarks use
+//! 16 × 128, enough for the per-layer ranking, to keep their runs short.
 
 use super::{pick_gpu, progress_bar, Device};
 use crate::compress::file::{self, TensorReport};
@@ -71,12 +71,11 @@ pub(crate) struct CalibArgs {
     /// training data (default: the general text data/shakespeare/train.txt).
     #[arg(long)]
     pub calib: Option<PathBuf>,
-    /// Calibration rows, spread evenly over the data (the default is 128; see the
-    /// module doc for why the default is smaller).
-    #[arg(long, default_value_t = 16)]
-    pub calib_rows: usize,
-    /// Tokens per calibration row (the default is 256).
+    /// Calibration rows, spread evenly over the data.
     #[arg(long, default_value_t = 128)]
+    pub calib_rows: usize,
+    /// Tokens per calibration row.
+    #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     /// Rows whose loss is measured per layer and level (11 full forwards per layer each):
     /// shown in the profile's table, read by the policy only without the Fisher estimate
