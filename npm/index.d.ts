@@ -68,7 +68,8 @@ export interface TuneOptions {
    * model's blocks; default 6). */
   exit_stride?: number;
   /** Edge mode: windows shallow to deep once ('reference', default), or a sweep then the
-   * window whose exit loss fell fastest ('adaptive'). */
+   * window that last lowered the whole model's loss on 4 probe rows the most per step
+   * ('adaptive'). */
   window_schedule?: WindowSchedule;
   /** Edge mode: a window's learning rate is `lr` × (its last block ÷ the model's
    * blocks)^this (default 2; 0 trains every window alike). */

@@ -307,6 +307,26 @@ fn scheduled_runs_record_phases_and_resume_exactly() {
         [0, 0, 0, 1, 1, 1]
     );
     assert_eq!(second.phases(), full.phases());
+    // Every adaptive phase starts with the whole model's probe loss; each phase after the
+    // sweep went to the window whose latest phase lowered it most per step (ties: deeper).
+    let ph = full.phases();
+    assert_eq!(ph.len(), 4);
+    assert!(
+        ph.iter()
+            .all(|p| p.probe.len() == 1 && p.probe[0].is_finite()),
+        "{ph:?}"
+    );
+    for j in 2..ph.len() {
+        let mut best = (usize::MAX, f64::NEG_INFINITY);
+        for w in 0..EXITS.len() {
+            let i = (0..j).rev().find(|&i| ph[i].window == w).unwrap();
+            let gain = (ph[i].probe[0] - ph[i + 1].probe[0]) / ph[i].losses.len() as f64;
+            if gain >= best.1 {
+                best = (w, gain);
+            }
+        }
+        assert_eq!(ph[j].window, best.0, "phase {j}: {ph:?}");
+    }
 
     // Another schedule cannot resume this checkpoint.
     let mut other =

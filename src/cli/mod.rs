@@ -207,7 +207,7 @@ enum Cmd {
         #[arg(long, default_value_t = tune::DEFAULT_EXIT_STRIDE)]
         exit_stride: usize,
         /// Edge mode: reference (equal phases, shallow to deep) or adaptive (a sweep, then
-        /// the window whose exit loss fell fastest).
+        /// the window that last lowered the whole model's loss on the probe rows most).
         #[arg(long, default_value = "reference")]
         window_schedule: String,
         /// Edge mode: a window's learning rate is --lr × (its last block ÷ the model's

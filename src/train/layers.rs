@@ -6,11 +6,14 @@
 //!   each visited once (the paper's released schedule);
 //! - **adaptive**: a first sweep as above over half of the steps (so every layer is
 //!   updated), then phases of the same length each given to the window whose last phase
-//!   lowered its exit's training loss the most per step (first half of the phase's losses
-//!   against the second); ties go to the deeper window.
+//!   lowered the model's loss the most per step; ties go to the deeper window. The loss is
+//!   the deepest exit's on a few fixed probe rows (a forward through the whole model at
+//!   every phase boundary), because that is what the tuned model answers with: a window's
+//!   own exit loss says how fast that exit learns (the shallow ones, far from the head's
+//!   space, fall fastest), not how much the window helps the model.
 //!
-//! The phases run so far, with their losses, are part of the checkpoint, so a resumed
-//! adaptive run makes the same choices as an uninterrupted one.
+//! The phases run so far, with their losses and probe losses, are part of the checkpoint,
+//! so a resumed adaptive run makes the same choices as an uninterrupted one.
 
 use crate::reference::Span;
 use crate::{Error, Result};
@@ -65,7 +68,15 @@ pub struct Phase {
     /// adaptive run must make the same choices.
     #[serde(with = "f64_bits")]
     pub losses: Vec<f64>,
+    /// Adaptive order: the probe loss (deepest exit, [`PROBE_ROWS`] rows) when the phase
+    /// started; empty in the reference order.
+    #[serde(default, with = "f64_bits")]
+    pub probe: Vec<f64>,
 }
+
+/// Rows the adaptive order's probe loss is measured on (the first validation rows, or the
+/// first training rows when there are none).
+pub const PROBE_ROWS: usize = 4;
 
 mod f64_bits {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -171,8 +182,16 @@ impl LayerSchedule {
         (s[k + 1] - s[k]).max(1)
     }
 
-    /// The window of step `step` (0-based) of `total`, given the phases run before it.
-    pub fn window_at(&self, step: u64, total: u64, phases: &[Phase]) -> usize {
+    /// Whether step `step` starts a phase, given the phases run before it.
+    pub fn opens_phase(&self, step: u64, total: u64, phases: &[Phase]) -> bool {
+        phases
+            .last()
+            .is_none_or(|p| step >= p.start + self.phase_len(p.window, total))
+    }
+
+    /// The window of step `step` (0-based) of `total`, given the phases run before it and
+    /// (adaptive order, at a phase boundary) the probe loss now, which ends the last phase.
+    pub fn window_at(&self, step: u64, total: u64, phases: &[Phase], probe: Option<f64>) -> usize {
         let n = self.windows.len();
         let starts = self.phase_starts(total);
         let sweep_end = starts.last().copied().unwrap_or(0);
@@ -189,29 +208,27 @@ impl LayerSchedule {
                 return last.window;
             }
         }
+        // Each phase's probe gain per step: its start's probe minus the next phase's (or,
+        // for the last one, `probe`), over its steps; a window's latest phase counts.
         let mut best = (n - 1, f64::NEG_INFINITY);
         for w in 0..n {
-            let Some(ph) = phases.iter().rev().find(|ph| ph.window == w) else {
+            let Some(i) = phases.iter().rposition(|ph| ph.window == w) else {
                 continue;
             };
-            let g = gain_per_step(&ph.losses);
+            let end = match phases.get(i + 1) {
+                Some(next) => next.probe.first().copied(),
+                None => probe,
+            };
+            let (Some(&start), Some(end)) = (phases[i].probe.first(), end) else {
+                continue;
+            };
+            let g = (start - end) / phases[i].losses.len().max(1) as f64;
             if g >= best.1 {
                 best = (w, g);
             }
         }
         best.0
     }
-}
-
-/// How much a phase lowered its loss per step: mean of its first half minus mean of its
-/// second half, over half its length (0 for fewer than two steps).
-pub fn gain_per_step(losses: &[f64]) -> f64 {
-    if losses.len() < 2 {
-        return 0.0;
-    }
-    let h = losses.len() / 2;
-    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-    (mean(&losses[..h]) - mean(&losses[losses.len() - h..])) / h as f64
 }
 
 #[cfg(test)]
@@ -233,49 +250,63 @@ mod tests {
     #[test]
     fn reference_visits_each_window_once_shallow_to_deep() {
         let s = LayerSchedule::from_exits(&[2, 4, 6], WindowOrder::Reference);
-        let w: Vec<usize> = (0..9).map(|t| s.window_at(t, 9, &[])).collect();
+        let w: Vec<usize> = (0..9).map(|t| s.window_at(t, 9, &[], None)).collect();
         assert_eq!(w, vec![0, 0, 0, 1, 1, 1, 2, 2, 2]);
         // 10 steps: phases of 4, 4, 2.
-        let w: Vec<usize> = (0..10).map(|t| s.window_at(t, 10, &[])).collect();
+        let w: Vec<usize> = (0..10).map(|t| s.window_at(t, 10, &[], None)).collect();
         assert_eq!(w, vec![0, 0, 0, 0, 1, 1, 1, 1, 2, 2]);
     }
 
     #[test]
-    fn adaptive_sweeps_then_follows_the_largest_gain() {
+    fn adaptive_sweeps_then_follows_the_largest_probe_gain() {
         let s = LayerSchedule::from_exits(&[2, 4, 6], WindowOrder::Adaptive);
         // 12 steps: phases of 2; the sweep takes steps 0..6.
         assert_eq!(s.phase_len(0, 12), 2);
-        let phases = vec![
-            Phase {
-                window: 0,
-                start: 0,
-                losses: vec![3.0, 2.0],
-            },
-            Phase {
-                window: 1,
-                start: 2,
-                losses: vec![3.0, 2.9],
-            },
-            Phase {
-                window: 2,
-                start: 4,
-                losses: vec![3.0, 2.5],
-            },
-        ];
-        let sweep: Vec<usize> = (0..6).map(|t| s.window_at(t, 12, &phases)).collect();
+        let phase = |window, start, probe: f64| Phase {
+            window,
+            start,
+            // The windows' own exit losses: window 0's falls fastest, which the criterion
+            // must not follow.
+            losses: vec![20.0, 10.0 + window as f64],
+            probe: vec![probe],
+        };
+        let phases = vec![phase(0, 0, 3.0), phase(1, 2, 2.9), phase(2, 4, 2.5)];
+        let sweep: Vec<usize> = (0..6).map(|t| s.window_at(t, 12, &phases, None)).collect();
         assert_eq!(sweep, vec![0, 0, 1, 1, 2, 2]);
-        // Window 0 gained 1.0 per step, the most.
-        assert_eq!(s.window_at(6, 12, &phases), 0);
+        // Probe gains per step: window 0 (3.0 → 2.9) 0.05, window 1 (2.9 → 2.5) 0.2,
+        // window 2 (2.5 → 2.4, the probe now) 0.05: window 1.
+        assert!(s.opens_phase(6, 12, &phases));
+        assert_eq!(s.window_at(6, 12, &phases, Some(2.4)), 1);
+        // Window 2 lowered it more: 2.5 → 1.5.
+        assert_eq!(s.window_at(6, 12, &phases, Some(1.5)), 2);
         let mut more = phases.clone();
         more.push(Phase {
-            window: 0,
+            window: 1,
             start: 6,
             losses: vec![2.0],
+            probe: vec![2.4],
         });
-        assert_eq!(s.window_at(7, 12, &more), 0, "a phase runs to its end");
+        assert!(!s.opens_phase(7, 12, &more));
+        assert_eq!(
+            s.window_at(7, 12, &more, None),
+            1,
+            "a phase runs to its end"
+        );
         more[3].losses.push(2.0);
-        // Window 0's latest phase gained nothing: window 2 (0.5) now leads.
-        assert_eq!(s.window_at(8, 12, &more), 2);
+        assert!(s.opens_phase(8, 12, &more));
+        // Window 1's latest phase gained nothing (2.4 → 2.4): window 0 (0.05) and window 2
+        // (2.5 → 2.4, 0.05) tie, and ties go to the deeper window.
+        assert_eq!(s.window_at(8, 12, &more, Some(2.4)), 2);
+        // Without probes (a phase from an older checkpoint) a window is not chosen on
+        // nothing: the deepest.
+        let bare: Vec<Phase> = phases
+            .iter()
+            .map(|p| Phase {
+                probe: vec![],
+                ..p.clone()
+            })
+            .collect();
+        assert_eq!(s.window_at(6, 12, &bare, Some(1.0)), 2);
     }
 
     #[test]
@@ -289,7 +320,7 @@ mod tests {
         };
         assert_eq!(s.lr_multiplier(0), 1.0);
         assert_eq!(s.phase_len(0, 10), 5);
-        let _ = s.window_at(7, 10, &[]);
+        let _ = s.window_at(7, 10, &[], None);
     }
 
     #[test]
@@ -311,7 +342,7 @@ mod tests {
         assert_eq!(s.phase_starts(300), vec![0, 21, 61, 121, 201, 300]);
         let lens: Vec<u64> = (0..5).map(|w| s.phase_len(w, 300)).collect();
         assert_eq!(lens, vec![21, 40, 60, 80, 99]);
-        let w: Vec<usize> = (0..300).map(|t| s.window_at(t, 300, &[])).collect();
+        let w: Vec<usize> = (0..300).map(|t| s.window_at(t, 300, &[], None)).collect();
         for (k, &len) in lens.iter().enumerate() {
             assert_eq!(w.iter().filter(|&&x| x == k).count() as u64, len);
         }
@@ -320,7 +351,7 @@ mod tests {
             "shallow to deep, each once"
         );
         // Fewer steps than windows: one step each while they last.
-        let w: Vec<usize> = (0..3).map(|t| s.window_at(t, 3, &[])).collect();
+        let w: Vec<usize> = (0..3).map(|t| s.window_at(t, 3, &[], None)).collect();
         assert_eq!(w, vec![0, 1, 2]);
         // Power 0 is the equal split; the adaptive order ignores the power.
         s.depth_steps_power = 0.0;
@@ -328,12 +359,5 @@ mod tests {
         s.depth_steps_power = 1.0;
         s.order = WindowOrder::Adaptive;
         assert_eq!(s.phase_starts(300), vec![0, 30, 60, 90, 120, 150]);
-    }
-
-    #[test]
-    fn gain_compares_halves() {
-        assert_eq!(gain_per_step(&[1.0]), 0.0);
-        assert!((gain_per_step(&[4.0, 3.0, 2.0, 1.0]) - 1.0).abs() < 1e-12);
-        assert!(gain_per_step(&[1.0, 2.0]) < 0.0);
     }
 }

@@ -5,7 +5,7 @@
 
 use super::checkpoint::TrainState;
 use super::examples::{permutation, Prepared, Row};
-use super::layers::{LayerSchedule, Phase};
+use super::layers::{LayerSchedule, Phase, WindowOrder, PROBE_ROWS};
 use super::schedule::{Decay, LrSchedule};
 use super::{derive_seed, Backend, LossSum};
 use crate::reference::optim::AdamW;
@@ -202,22 +202,25 @@ impl<B: Backend> Trainer<B> {
     /// Sets the backend to the window of the coming step, opening a phase when it starts.
     /// A new window resets early stopping: its exit's losses are not comparable to the
     /// last window's.
-    fn enter_window(&mut self) -> Result<Option<usize>> {
-        let Some(ls) = &self.config.layers else {
+    async fn enter_window(&mut self) -> Result<Option<usize>> {
+        let Some(ls) = self.config.layers.clone() else {
             return Ok(None);
         };
         let total = self.total_steps();
-        let w = ls.window_at(self.step, total, &self.phases);
-        let len = ls.phase_len(w, total);
-        let opens = self
-            .phases
-            .last()
-            .is_none_or(|p| p.window != w || self.step >= p.start + len);
+        let opens = ls.opens_phase(self.step, total, &self.phases);
+        // The adaptive order reads the whole model's loss on the probe rows at every phase
+        // boundary (it ends the last phase and starts the next).
+        let probe = match (opens, ls.order) {
+            (true, WindowOrder::Adaptive) => Some(self.probe_loss().await?),
+            _ => None,
+        };
+        let w = ls.window_at(self.step, total, &self.phases, probe);
         if opens {
             self.phases.push(Phase {
                 window: w,
                 start: self.step,
                 losses: Vec::new(),
+                probe: probe.into_iter().collect(),
             });
         }
         if self.window != Some(w) {
@@ -231,6 +234,25 @@ impl<B: Backend> Trainer<B> {
             self.bad_evals = 0;
         }
         Ok(Some(w))
+    }
+
+    /// Mean loss of the whole model (its deepest exit) on the first [`PROBE_ROWS`]
+    /// validation rows (training rows when there are none), without dropout. Leaves the
+    /// backend outside any window.
+    async fn probe_loss(&mut self) -> Result<f64> {
+        let rows = if self.data.val.is_empty() {
+            &self.data.train
+        } else {
+            &self.data.val
+        };
+        let rows: Vec<Row> = rows.iter().take(PROBE_ROWS).cloned().collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+        self.leave_window()?;
+        let mut total = LossSum::default();
+        for chunk in refs.chunks(self.config.micro_batch) {
+            total.add(self.backend.eval(chunk).await?);
+        }
+        Ok(total.mean())
     }
 
     /// Leaves layer tuning's window: the backend trains and evaluates the whole model (to
@@ -276,7 +298,7 @@ impl<B: Backend> Trainer<B> {
     /// One optimizer step; returns its report without validation.
     async fn train_step(&mut self) -> Result<StepReport> {
         let t0 = Instant::now();
-        let window = self.enter_window()?;
+        let window = self.enter_window().await?;
         let idx: Vec<usize> = (0..self.rows_per_step()).map(|_| self.next_row()).collect();
         let rows: Vec<&Row> = idx.iter().map(|&i| &self.data.train[i]).collect();
         let targets: usize = rows.iter().map(|r| r.n_targets()).sum();
