@@ -633,8 +633,15 @@ fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
     );
     if a.modes.contains(&Mode::Edge) {
         s += &format!(
-            "Edge: exits every {} blocks, {} window order, window LR × (depth)^{}.\n\n",
-            a.exit_stride, a.window_schedule, a.window_lr_power
+            "Edge: exits every {} blocks, {} window order, window LR × (depth)^{}{}.\n\n",
+            a.exit_stride,
+            a.window_schedule,
+            a.window_lr_power,
+            if a.window_steps_power != 0.0 {
+                format!(", steps ∝ (depth)^{}", a.window_steps_power)
+            } else {
+                String::new()
+            }
         );
     }
     s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | speedup | memory ratio |\n";
