@@ -159,6 +159,16 @@ fn longest(rows: &[Row]) -> usize {
         .max(1)
 }
 
+/// The GPU trainer of one statistics pass, sized for the longest of `rows`.
+fn stats_trainer<'c>(
+    ctx: &'c GpuContext,
+    file: &ModelFile,
+    rows: &[Row],
+    pass: StatsPass,
+) -> Result<GpuTrainer<'c>> {
+    GpuTrainer::for_statistics(ctx, file, pass, &pass.options(longest(rows)))
+}
+
 /// XᵀX of every block's projection inputs over `rows`: on `gpu`
 /// ([`GpuTrainer::collect_hessians`]) or the CPU ([`collect_hessians`]). `model` holds
 /// `file`'s weights.
@@ -171,9 +181,7 @@ pub async fn hessians(
 ) -> Result<Vec<LayerHessians>> {
     match gpu {
         Some(ctx) => {
-            let pass = StatsPass::Hessians;
-            let opts = pass.options(longest(rows));
-            let mut tr = GpuTrainer::for_statistics(ctx, file, pass, &opts)?;
+            let mut tr = stats_trainer(ctx, file, rows, StatsPass::Hessians)?;
             tr.collect_hessians(rows, progress).await
         }
         None => collect_hessians(model, rows, progress),
@@ -191,9 +199,7 @@ pub async fn fisher(
 ) -> Result<Vec<BlockFisher>> {
     match gpu {
         Some(ctx) => {
-            let pass = StatsPass::Fisher;
-            let opts = pass.options(longest(rows));
-            let mut tr = GpuTrainer::for_statistics(ctx, file, pass, &opts)?;
+            let mut tr = stats_trainer(ctx, file, rows, StatsPass::Fisher)?;
             tr.fisher_diagonal(rows, progress).await
         }
         None => fisher_diagonal(model, rows, progress),
