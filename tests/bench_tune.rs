@@ -247,6 +247,25 @@ fn bench_tune_reports_every_mode_against_vanilla() {
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(table.contains("| edge |"), "{table}");
     assert!(table.contains("on the CPU backend"), "{table}");
+    // Accuracy against vanilla's, in points, and edge against the targets, by how much.
+    for i in 0..4 {
+        let d = 100.0 * (f(i, "accuracy") - f(0, "accuracy"));
+        assert!((f(i, "accuracy_vs_vanilla_points") - d).abs() < 1e-9);
+    }
+    let speed = f(3, "speedup_vs_vanilla");
+    let expect = if speed >= 4.0 {
+        format!("speed ≥ 4× vanilla's: {speed:.2}× (met)")
+    } else {
+        format!(
+            "speed ≥ 4× vanilla's: {speed:.2}× (missed by {:.2}×)",
+            4.0 - speed
+        )
+    };
+    assert!(table.contains(&expect), "{expect} in {table}");
+    assert!(
+        table.contains("voted accuracy within 1 point of vanilla's: "),
+        "{table}"
+    );
 
     // The same bench on the GPU engine (lavapipe here): the same steps, losses and answers.
     let gpu_out = dir.join("bench-gpu");

@@ -145,6 +145,8 @@ pub(crate) struct ModeResult {
     pub exit_accuracies: Vec<(usize, f64)>,
     pub speedup_vs_vanilla: Option<f64>,
     pub memory_ratio_vs_vanilla: Option<f64>,
+    /// Accuracy minus vanilla's, in percentage points (voted for edge).
+    pub accuracy_vs_vanilla_points: Option<f64>,
     /// Prefix cache (windowed modes): rows served from it and rows computed.
     pub prefix_hits: u64,
     pub prefix_misses: u64,
@@ -354,11 +356,14 @@ fn bench_modes<B: Benched>(
     let base = results
         .iter()
         .find(|r| r.mode == Mode::Vanilla.name())
-        .map(|r| (r.step_ms, r.peak_gpu_bytes));
+        .map(|r| (r.step_ms, r.peak_gpu_bytes, r.accuracy));
     for r in &mut results {
-        if let Some((ms, bytes)) = base {
+        if let Some((ms, bytes, accuracy)) = base {
             r.speedup_vs_vanilla = Some(ms / r.step_ms);
             r.memory_ratio_vs_vanilla = Some(bytes as f64 / r.peak_gpu_bytes as f64);
+            r.accuracy_vs_vanilla_points = accuracy
+                .zip(r.accuracy)
+                .map(|(base, mine)| 100.0 * (mine - base));
         }
     }
     let engine = match ctx {
@@ -602,6 +607,7 @@ fn finish_mode<B: Benched>(
         exit_accuracies,
         speedup_vs_vanilla: None,
         memory_ratio_vs_vanilla: None,
+        accuracy_vs_vanilla_points: None,
         prefix_hits: hits,
         prefix_misses: misses,
         losses: reports.iter().map(|r| r.loss).collect(),
@@ -644,11 +650,11 @@ fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
             }
         );
     }
-    s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | speedup | memory ratio |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | Δ accuracy | speedup | memory ratio |\n";
+    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rs {
         s += &format!(
-            "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
             r.mode,
             r.step_ms,
             r.tokens_per_s,
@@ -656,9 +662,13 @@ fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
             opt(r.val_loss, &|v| format!("{v:.4}")),
             opt(r.accuracy, &|v| format!("{:.2} %", 100.0 * v)),
             opt(r.last_exit_accuracy, &|v| format!("{:.2} %", 100.0 * v)),
+            opt(r.accuracy_vs_vanilla_points, &|v| format!("{v:+.2} pts")),
             opt(r.speedup_vs_vanilla, &|v| format!("{v:.2}×")),
             opt(r.memory_ratio_vs_vanilla, &|v| format!("{v:.2}×")),
         );
+    }
+    if let Some(edge) = rs.iter().find(|r| r.mode == Mode::Edge.name()) {
+        s += &targets(edge);
     }
     for r in rs.iter().filter(|r| !r.exit_accuracies.is_empty()) {
         let per: Vec<String> = r
@@ -669,6 +679,44 @@ fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
         s += &format!("\n{} per exit: {}\n", r.mode, per.join(", "));
     }
     s
+}
+
+/// The project's goals for edge mode against vanilla tuning (issue 6, docs/bench-tune.md): at least
+/// 4× faster per step, at least 5× less peak GPU memory, voted accuracy within 1 point.
+const TARGET_SPEEDUP: f64 = 4.0;
+const TARGET_MEMORY_RATIO: f64 = 5.0;
+const TARGET_ACCURACY_POINTS: f64 = -1.0;
+
+/// Edge mode against the goals: each measured figure, met or missed and by how much (nothing
+/// without a vanilla run to compare with).
+fn targets(edge: &ModeResult) -> String {
+    let verdict = |measured: f64, goal: f64, show: &dyn Fn(f64) -> String| {
+        if measured >= goal {
+            format!("{} (met)", show(measured))
+        } else {
+            format!("{} (missed by {})", show(measured), show(goal - measured))
+        }
+    };
+    let times = |v: f64| format!("{v:.2}×");
+    let mut lines = Vec::new();
+    if let Some(v) = edge.speedup_vs_vanilla {
+        let met = verdict(v, TARGET_SPEEDUP, &times);
+        lines.push(format!("speed ≥ {TARGET_SPEEDUP}× vanilla's: {met}"));
+    }
+    if let Some(v) = edge.memory_ratio_vs_vanilla {
+        let met = verdict(v, TARGET_MEMORY_RATIO, &times);
+        lines.push(format!(
+            "peak GPU memory ≥ {TARGET_MEMORY_RATIO}× lower: {met}"
+        ));
+    }
+    if let Some(v) = edge.accuracy_vs_vanilla_points {
+        let met = verdict(v, TARGET_ACCURACY_POINTS, &|p| format!("{p:.2} points"));
+        lines.push(format!("voted accuracy within 1 point of vanilla's: {met}"));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nTargets for edge: {}.\n", lines.join("; "))
 }
 
 /// Training loss per step (mean over 10-step windows) of every mode, one line each.
