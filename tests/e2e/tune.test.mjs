@@ -11,6 +11,8 @@
 // A second test tunes in edge mode (windows between early exits, on the GPU in the worker)
 // and checks windows, losses (against `edge-llm tune --mode edge --device gpu`), per-exit
 // and voted accuracy (against `edge-llm eval-mc --vote`), voted chat and exits.safetensors.
+// A third runs the adaptive edge order, has the GPU run out of memory mid-run (forced, see
+// OOM_PRELUDE), sees the plain message, reloads, resumes and ends with the CLI's losses.
 // Saves tests/e2e/artifacts/tune-running.png (mid-run), tune-done.png and eval.png.
 // Needs www/pkg (scripts/build-wasm.sh); writes www/models/tiny.gguf with the CLI
 // (`edge-llm make-tiny`) when it is missing.
@@ -614,6 +616,129 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
   } finally {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'edge-last.png'), fullPage: true }).catch(() => {});
+    await context.close();
+  }
+});
+
+// The GPU runs out of memory mid-run (an adaptive edge run): the page says so plainly with
+// what to do, the checkpoint stored before it stays, and after a reload the run resumes from
+// it and finishes with the same windows and losses as `edge-llm tune --window-schedule
+// adaptive` natively. SwiftShader never runs out of memory, so the test forces it: the
+// worker's script is served with a prelude that, when the worker reports step OOM_AT_STEP,
+// raises a GPUOutOfMemoryError on the worker's real GPUDevice as an uncaptured error —
+// the event a browser fires when an allocation fails — so everything after it (wgpu's
+// handler, the engine's error, the worker, the page) is the real path.
+// Adaptive order on the tiny model (exits after blocks 1 and 2): a sweep of 3 steps per
+// window, then phases of 3 steps given by the probe loss.
+const OOM_STEPS = 12;
+const OOM_AT_STEP = 8;
+const OOM_SAVE_EVERY = 2;
+const OOM_FLAGS = ['--steps', String(OOM_STEPS), '--lr', '0.01', '--seq-len', '32', '--eval-every', '4',
+  '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1',
+  '--window-schedule', 'adaptive'];
+
+const OOM_PRELUDE = `
+{ // test prelude (tests/e2e/tune.test.mjs): out of memory at step ${OOM_AT_STEP}
+  const devices = [];
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const d = await requestDevice.apply(this, args);
+    devices.push(d);
+    return d;
+  };
+  const postMessage = self.postMessage.bind(self);
+  let fired = false;
+  self.postMessage = (msg, transfer) => {
+    postMessage(msg, transfer);
+    if (!fired && msg && msg.event === 'step' && msg.report.step === ${OOM_AT_STEP}) {
+      fired = true;
+      const error = new GPUOutOfMemoryError('forced by the test');
+      for (const d of devices) d.dispatchEvent(new GPUUncapturedErrorEvent('uncapturederror', { error }));
+    }
+  };
+}
+`;
+
+test('out of memory mid-run (adaptive edge): a plain message, the checkpoint kept, a reload resumes', async () => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 1000 } });
+  await context.route('**/worker.js', async (route) => {
+    const r = await route.fetch();
+    await route.fulfill({ response: r, body: OOM_PRELUDE + await r.text(), headers: { ...r.headers(), 'cache-control': 'no-store' } });
+  });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const until = (fn, arg) => page.waitForFunction(([src, a]) => {
+    const err = document.querySelector('#tune-error');
+    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+    // eslint-disable-next-line no-new-func
+    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
+  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+  try {
+    await page.goto(`${base}?model=models/tiny.gguf`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    await page.selectOption('#opt-mode', 'edge');
+    await page.selectOption('#opt-window-schedule', 'adaptive');
+    for (const [id, v] of [['#opt-steps', OOM_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
+      ['#opt-save', OOM_SAVE_EVERY], ['#opt-accum', 1], ['#opt-rank', 4], ['#opt-exit-stride', 1]]) {
+      await page.fill(id, String(v));
+    }
+    await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
+      /adaptive order/.test(document.querySelector('#plan-table [data-key=windows]')?.textContent ?? ''));
+    await page.click('#tune-start');
+
+    // The error: plain, with what to do, and the checkpoint before it kept.
+    await page.waitForFunction(() => document.body.dataset.tuneState === 'error');
+    const message = await page.textContent('#tune-error');
+    console.log(`after running out of GPU memory: ${message}`);
+    assert.match(message, /the GPU ran out of memory/);
+    assert.match(message, /lower the memory budget, the sequence length or the LoRA rank/);
+    assert.match(message, /checkpoint is kept in this browser; reload the page to resume/);
+    const saved = Number(await page.evaluate(() => document.body.dataset.savedStep));
+    assert.equal(saved, (Math.ceil(OOM_AT_STEP / OOM_SAVE_EVERY) - 1) * OOM_SAVE_EVERY,
+      'the last checkpoint stored before the failing step (the one after it needed the GPU)');
+
+    // A reload (the worker now as served) offers the run and resumes it to the end.
+    await context.unroute('**/worker.js');
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await page.waitForSelector('#saved-run:not([hidden])');
+    assert.match(await page.textContent('#saved-run-text'), new RegExp(`step ${saved} of ${OOM_STEPS} on song\\.txt`));
+    await page.click('#resume-saved');
+    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    const train = await page.evaluate(() => window.edgeLlmTune.history.train);
+    console.log(`adaptive edge losses: ${train.map(([s, v, w]) => `${s}:w${w}:${v.toFixed(3)}`).join(' ')}`);
+    assert.deepEqual(train.map((p) => p[0]), Array.from({ length: OOM_STEPS }, (_, i) => i + 1),
+      'one loss per step, none lost or repeated');
+    assert.ok(train[train.length - 1][1] < train[0][1] - 0.3, 'the loss falls over the run');
+
+    // The same run natively, uninterrupted: the same windows (the adaptive choices) and losses.
+    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-oom-'));
+    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
+    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...OOM_FLAGS,
+      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
+    fs.rmSync(nativeDir, { recursive: true, force: true });
+    if (native) {
+      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
+      const steps = native.filter((r) => typeof r.loss === 'number');
+      assert.equal(steps.length, OOM_STEPS);
+      steps.forEach((r, i) => {
+        const [s, v, w] = train[i];
+        assert.ok(r.step === s && r.window === w && close(r.loss, v),
+          `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
+      });
+      // The adaptive order, not the reference one (which gives window 0 the first 6 steps).
+      assert.notDeepEqual(steps.map((r) => r.window), Array.from({ length: OOM_STEPS }, (_, i) => (i < 6 ? 0 : 1)));
+      console.log('native run (edge-llm tune --window-schedule adaptive --device gpu): the same windows and losses');
+    } else {
+      console.log('native cross-check skipped (no edge-llm binary)');
+    }
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'oom-last.png'), fullPage: true }).catch(() => {});
     await context.close();
   }
 });
