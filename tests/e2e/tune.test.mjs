@@ -742,3 +742,83 @@ test('out of memory mid-run (adaptive edge): a plain message, the checkpoint kep
     await context.close();
   }
 });
+
+// Partial mode in the page: LoRA on the last block only (of the tiny model's 2), on the GPU in
+// the worker; the same losses as `edge-llm tune --mode partial --partial-layers 1` natively,
+// and in the downloaded adapter only that block's LoRA moved.
+const PARTIAL_STEPS = 8;
+const PARTIAL_FLAGS = ['--steps', String(PARTIAL_STEPS), '--lr', '0.01', '--seq-len', '32', '--eval-every', '4',
+  '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'partial', '--partial-layers', '1'];
+
+test('partial mode: the last block tuned on the GPU, the CLI\'s losses, only that block\'s LoRA moved', async () => {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.setDefaultTimeout(TIMEOUT_MS);
+  try {
+    await page.goto(`${base}?model=models/tiny.gguf`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    await page.selectOption('#opt-mode', 'partial');
+    for (const [id, v] of [['#opt-steps', PARTIAL_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
+      ['#opt-save', 4], ['#opt-accum', 1], ['#opt-rank', 4], ['#opt-partial', 1]]) {
+      await page.fill(id, String(v));
+    }
+    await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
+      /block 2/.test(document.querySelector('#plan-table [data-key=windows]')?.textContent ?? ''));
+    await page.click('#tune-start');
+    await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.tuneState));
+    assert.equal(await page.isHidden('#tune-error'), true, await page.textContent('#tune-error'));
+    const train = await page.evaluate(() => window.edgeLlmTune.history.train);
+    console.log(`partial losses: ${train.map(([s, v]) => `${s}:${v.toFixed(3)}`).join(' ')}`);
+    assert.deepEqual(train.map((p) => p[0]), Array.from({ length: PARTIAL_STEPS }, (_, i) => i + 1));
+    assert.ok(train[train.length - 1][1] < train[0][1] - 0.3, 'the loss falls');
+
+    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-partial-'));
+    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
+    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...PARTIAL_FLAGS,
+      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
+    fs.rmSync(nativeDir, { recursive: true, force: true });
+    if (native) {
+      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
+      const steps = native.filter((r) => typeof r.loss === 'number');
+      assert.equal(steps.length, PARTIAL_STEPS);
+      steps.forEach((r, i) => assert.ok(r.step === train[i][0] && close(r.loss, train[i][1]),
+        `step ${r.step}: native loss ${r.loss}, browser ${train[i][1]}`));
+      console.log('native run (edge-llm tune --mode partial --device gpu): the same losses');
+    } else {
+      console.log('native cross-check skipped (no edge-llm binary)');
+    }
+
+    const downloads = [];
+    page.on('download', (d) => downloads.push(d));
+    await page.click('#tune-download');
+    await page.waitForSelector('#adapter-links:not([hidden])');
+    const deadline = Date.now() + 20_000;
+    while (downloads.length < 2 && Date.now() < deadline) await page.waitForTimeout(100);
+    const st = downloads.find((d) => d.suggestedFilename() === 'adapter_model.safetensors');
+    assert.ok(st, `downloads: ${downloads.map((d) => d.suggestedFilename())}`);
+    const to = path.join(ARTIFACTS, 'partial-adapter_model.safetensors');
+    await st.saveAs(to);
+    // The frozen block's LoRA stays as initialised (B = 0: no change to the model); the tuned
+    // block's B moved.
+    const buf = fs.readFileSync(to);
+    const header = safetensorsHeader(buf);
+    const tensor = (name) => {
+      const t = header[name];
+      const at = buf.byteOffset + 8 + Number(buf.readBigUInt64LE(0)) + t.data_offsets[0];
+      return new Float32Array(buf.buffer.slice(at, at + t.data_offsets[1] - t.data_offsets[0]));
+    };
+    const bs = (layer) => Object.keys(header).filter((n) => n.includes(`.layers.${layer}.`) && n.endsWith('lora_B.weight'));
+    assert.equal(bs(0).length, 7);
+    assert.equal(bs(1).length, 7);
+    for (const n of bs(0)) assert.ok(tensor(n).every((x) => x === 0), `${n} is untouched`);
+    for (const n of bs(1)) assert.ok(tensor(n).some((x) => x !== 0), `${n} was trained`);
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'partial-last.png'), fullPage: true }).catch(() => {});
+    await context.close();
+  }
+});
