@@ -212,6 +212,14 @@ test('the real model in the page: tune, reload and resume, evaluate, chat, downl
       assert.match(dataStatus, /→ 1 training rows .*1 validation rows/, dataStatus);
       const planned = Number(await page.getAttribute('#plan-table', 'data-total-bytes'));
       assert.ok(planned > 0, 'a memory plan');
+      // Under the forced phone-class limit (128 MiB per binding, whatever the adapter allows),
+      // the real model's largest buffer fits one binding.
+      assert.match(await page.textContent('#gpu-table [data-key=max_storage_buffer_binding_size] td'), /^128\.0 MiB/);
+      const largest = await page.textContent('#plan-table [data-key=largest] td');
+      const [, size, unit] = largest.match(/\(([\d.]+) (KiB|MiB); binding limit 128\.0 MiB\)$/) ?? [];
+      const largestMib = Number(size) / (unit === 'KiB' ? 1024 : 1);
+      assert.ok(largestMib > 0 && largestMib <= 128, largest);
+      console.log(`largest buffer: ${largest}`);
       console.log(`page ready with the real model in ${secs(loadMs)}; ${dataStatus} ${await page.textContent('#plan-status')}`);
 
       // Tune until a checkpoint at or after RELOAD_AFTER is stored.
