@@ -405,6 +405,35 @@ function cliJson(args) {
   return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
 }
 
+/// The browser run `train` ([step, loss, window?] per step) against the same run natively on
+/// the GPU engine (`edge-llm tune FLAGS --device gpu` on TEXT): the same steps, windows and
+/// losses within LOSS_*_TOL. Returns the native step objects, or null without a CLI binary.
+function checkNativeSteps(flags, train, what) {
+  const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-'));
+  fs.writeFileSync(path.join(dir, 'song.txt'), TEXT);
+  let native;
+  try {
+    native = cliJson(['tune', '--model', TINY, '--data', path.join(dir, 'song.txt'), ...flags,
+      '--device', 'gpu', '--out', path.join(dir, 'run')]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (!native) {
+    console.log('native cross-check skipped (no edge-llm binary)');
+    return null;
+  }
+  const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
+  const steps = native.filter((r) => typeof r.loss === 'number');
+  assert.equal(steps.length, train.length, 'steps, native vs browser');
+  steps.forEach((r, i) => {
+    const [s, v, w] = train[i];
+    assert.ok(r.step === s && (r.window ?? null) === (w ?? null) && close(r.loss, v),
+      `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
+  });
+  console.log(`native run (${what}): the same steps, windows and losses`);
+  return steps;
+}
+
 test('edge mode: windows on the GPU, per-window losses, per-exit and voted accuracy, exits.safetensors', async () => {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
   const page = await context.newPage();
@@ -487,24 +516,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     await page.screenshot({ path: path.join(ARTIFACTS, 'edge-done.png'), fullPage: true });
 
     // The same run natively on the GPU engine: the same windows and losses.
-    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-edge-'));
-    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
-    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...EDGE_FLAGS,
-      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
-    fs.rmSync(nativeDir, { recursive: true, force: true });
-    if (native) {
-      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
-      const steps = native.filter((r) => typeof r.loss === 'number');
-      assert.equal(steps.length, EDGE_STEPS);
-      steps.forEach((r, i) => {
-        const [s, v, w] = train[i];
-        assert.ok(r.step === s && r.window === w && close(r.loss, v),
-          `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
-      });
-      console.log('native run (edge-llm tune --mode edge --device gpu): the same windows and losses');
-    } else {
-      console.log('native cross-check skipped (no edge-llm binary)');
-    }
+    checkNativeSteps(EDGE_FLAGS, train, 'edge-llm tune --mode edge --device gpu');
 
     // The adapter: the PEFT pair and exits.safetensors (both exits, trained).
     const downloads = [];
@@ -715,26 +727,9 @@ test('out of memory mid-run (adaptive edge): a plain message, the checkpoint kep
     assert.ok(train[train.length - 1][1] < train[0][1] - 0.3, 'the loss falls over the run');
 
     // The same run natively, uninterrupted: the same windows (the adaptive choices) and losses.
-    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-oom-'));
-    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
-    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...OOM_FLAGS,
-      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
-    fs.rmSync(nativeDir, { recursive: true, force: true });
-    if (native) {
-      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
-      const steps = native.filter((r) => typeof r.loss === 'number');
-      assert.equal(steps.length, OOM_STEPS);
-      steps.forEach((r, i) => {
-        const [s, v, w] = train[i];
-        assert.ok(r.step === s && r.window === w && close(r.loss, v),
-          `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
-      });
-      // The adaptive order, not the reference one (which gives window 0 the first 6 steps).
-      assert.notDeepEqual(steps.map((r) => r.window), Array.from({ length: OOM_STEPS }, (_, i) => (i < 6 ? 0 : 1)));
-      console.log('native run (edge-llm tune --window-schedule adaptive --device gpu): the same windows and losses');
-    } else {
-      console.log('native cross-check skipped (no edge-llm binary)');
-    }
+    checkNativeSteps(OOM_FLAGS, train, 'edge-llm tune --window-schedule adaptive --device gpu');
+    // The adaptive order, not the reference one (which gives window 0 the first 6 steps).
+    assert.notDeepEqual(train.map((p) => p[2]), Array.from({ length: OOM_STEPS }, (_, i) => (i < 6 ? 0 : 1)));
     assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
   } finally {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -775,21 +770,7 @@ test('partial mode: the last block tuned on the GPU, the CLI\'s losses, only tha
     assert.deepEqual(train.map((p) => p[0]), Array.from({ length: PARTIAL_STEPS }, (_, i) => i + 1));
     assert.ok(train[train.length - 1][1] < train[0][1] - 0.3, 'the loss falls');
 
-    const nativeDir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-partial-'));
-    fs.writeFileSync(path.join(nativeDir, 'song.txt'), TEXT);
-    const native = cliJson(['tune', '--model', TINY, '--data', path.join(nativeDir, 'song.txt'), ...PARTIAL_FLAGS,
-      '--device', 'gpu', '--out', path.join(nativeDir, 'run')]);
-    fs.rmSync(nativeDir, { recursive: true, force: true });
-    if (native) {
-      const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
-      const steps = native.filter((r) => typeof r.loss === 'number');
-      assert.equal(steps.length, PARTIAL_STEPS);
-      steps.forEach((r, i) => assert.ok(r.step === train[i][0] && close(r.loss, train[i][1]),
-        `step ${r.step}: native loss ${r.loss}, browser ${train[i][1]}`));
-      console.log('native run (edge-llm tune --mode partial --device gpu): the same losses');
-    } else {
-      console.log('native cross-check skipped (no edge-llm binary)');
-    }
+    checkNativeSteps(PARTIAL_FLAGS, train, 'edge-llm tune --mode partial --device gpu');
 
     const downloads = [];
     page.on('download', (d) => downloads.push(d));
