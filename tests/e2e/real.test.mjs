@@ -18,7 +18,7 @@
 // into one 21-token row (the third is held out for validation), so every step sees the
 // same row and its loss must fall (6.3 → below 0.01 natively), which chance cannot do.
 // Short rows also keep a step to a few minutes on SwiftShader (its cost grows with the
-// row's tokens). The whole test takes about 40–50 minutes on a 2-core machine.
+// row's tokens). The whole test takes 13 minutes (idle) to 50 (loaded) on a 2-core machine.
 //
 // Needs www/pkg (scripts/build-wasm.sh), the model and data (scripts/setup.sh) and a built
 // CLI (`cargo build --release`; a debug build works too, slower natively).
