@@ -672,10 +672,12 @@ async function checkSettings() {
     $('plan-table').hidden = true;
     const msg = messageOf(e);
     const memory = /budget|too small|binding|fit/.test(msg);
-    $('plan-status').textContent = memory ? 'This run does not fit.' : 'These settings cannot run.';
-    showError('plan-error', memory
-      ? `${msg}\nRaise the memory budget (or leave it empty), or lower the sequence length or the LoRA rank.`
-      : `${msg}\nChange the mode or its settings above.`);
+    const noGpu = /no WebGPU adapter/.test(msg);
+    $('plan-status').textContent = noGpu ? 'Tuning needs WebGPU.'
+      : memory ? 'This run does not fit.' : 'These settings cannot run.';
+    showError('plan-error', noGpu ? msg
+      : memory ? `${msg}\nRaise the memory budget (or leave it empty), or lower the sequence length or the LoRA rank.`
+        : `${msg}\nChange the mode or its settings above.`);
   }
   setTuneState(tune.state);
 }

@@ -50,9 +50,22 @@ impl std::fmt::Debug for GpuContext {
     }
 }
 
-const NO_ADAPTER: &str = "no WebGPU/Vulkan adapter found: in a browser, use one with WebGPU \
-     enabled (Chrome/Edge 113+, or Chromium with --enable-unsafe-webgpu); on Linux install \
-     mesa-vulkan-drivers (or a GPU driver with Vulkan)";
+/// What to say when no adapter comes, and what to do. Natively with wgpu's reason (which
+/// drivers it tried); in a browser that reason lists the backends the wasm build leaves out,
+/// which is noise.
+fn no_adapter(e: impl std::fmt::Display) -> String {
+    if cfg!(target_arch = "wasm32") {
+        "no WebGPU adapter found: this browser offers no WebGPU here; use a current Chrome or \
+         Edge (113+), Safari 26 or Firefox 141+ on Windows, with hardware acceleration on (on \
+         Linux, start Chrome with --enable-unsafe-webgpu)"
+            .to_string()
+    } else {
+        format!(
+            "no Vulkan adapter found ({e}): install mesa-vulkan-drivers (lavapipe, a CPU \
+             driver) or a GPU driver with Vulkan"
+        )
+    }
+}
 
 impl GpuContext {
     /// Requests a high-performance adapter and a device with `limits`
@@ -75,7 +88,7 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::Gpu(format!("{NO_ADAPTER} ({e})")))?;
+            .map_err(|e| Error::Gpu(no_adapter(e)))?;
         let info = adapter.get_info();
         let adapter_limits = adapter.limits();
         let adapter_features = adapter.features();

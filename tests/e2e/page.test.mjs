@@ -1,7 +1,8 @@
 // The page end to end: serve www/ as scripts/run.sh does (python3 -m http.server on a
 // free loopback port), open it in headless Chromium with WebGPU (SwiftShader), and check
-// that the adapter, the default model's configuration and the tokenized prompt appear.
-// Saves tests/e2e/artifacts/page.png. Needs www/pkg (scripts/build-wasm.sh) and
+// that the adapter, the default model's configuration and the tokenized prompt appear; a
+// bad model file and a browser without WebGPU give plain messages with what to do.
+// Saves tests/e2e/artifacts/page.png and no-webgpu.png. Needs www/pkg (scripts/build-wasm.sh) and
 // www/models/default.gguf (scripts/run.sh or scripts/test.sh link it).
 
 import { test, before, after } from 'node:test';
@@ -130,5 +131,41 @@ test('a file that is not GGUF gives a plain message, and a good file picked from
     assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
   } finally {
     await page.close();
+  }
+});
+
+test('without WebGPU: plain messages with what to do, the model still loads, tuning is refused', async () => {
+  // A browser without WebGPU, in the page and in its workers.
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  await context.addInitScript(() => { delete Navigator.prototype.gpu; });
+  await context.route('**/worker.js', async (route) => {
+    const r = await route.fetch();
+    await route.fulfill({ response: r, body: `delete WorkerNavigator.prototype.gpu;\n${await r.text()}` });
+  });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.setDefaultTimeout(PAGE_TIMEOUT_MS);
+  try {
+    await page.goto(base);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    assert.equal(await page.textContent('#gpu-status'), 'No WebGPU.');
+    assert.match(await page.textContent('#gpu-error'), /does not offer WebGPU .* Use a current Chrome or Edge/);
+    // The model is read without a GPU (configuration and tokenizer run in wasm on the CPU).
+    assert.equal(await page.textContent('#model-status'), 'Loaded models/default.gguf.');
+    assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '30');
+    // Tuning says why it cannot start and what to do, without wgpu's list of backends.
+    await page.waitForSelector('#tune-error:not([hidden])');
+    const tuneError = await page.textContent('#tune-error');
+    assert.match(tuneError, /^Tuning needs WebGPU, and this page has none in a worker: .*no WebGPU adapter found: .*Chrome or Edge \(113\+\)/);
+    assert.doesNotMatch(tuneError, /not compiled in|mesa-vulkan/);
+    await page.waitForFunction(() => document.querySelector('#plan-status').textContent === 'Tuning needs WebGPU.');
+    assert.doesNotMatch(await page.textContent('#plan-error'), /Change the mode/);
+    assert.equal(await page.isDisabled('#tune-start'), true);
+    assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
+  } finally {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: path.join(ARTIFACTS, 'no-webgpu.png'), fullPage: true }).catch(() => {});
+    await context.close();
   }
 });
