@@ -181,8 +181,8 @@ export declare class Model {
   checkPolicy(policy: string | CompressionPolicy): CompressionPolicy;
   /** The cache key of the profile `profile()` would measure on this data and options. */
   profileKey(input: CompressInput): string;
-  /** Measures the LUC sensitivity profile: calibration passes on `device` (default the
-   * WebGPU device), the rest CPU work in the calling thread (use a worker). */
+  /** Measures the LUC sensitivity profile: calibration passes on `device` (default 'auto'),
+   * the rest CPU work in the calling thread (use a worker). */
   profile(input: CompressInput & { onProgress?: CompressProgress }): Promise<ProfileResult>;
   /** Compresses the model as `edge-llm compress` does: calibration passes on `device`,
    * the rest CPU work in the calling thread (use a worker). */
@@ -233,10 +233,12 @@ export interface CompressInput {
   name?: string;
   kind?: DataKind;
   options?: CompressOptions;
-  /** Where profiling's calibration passes (Hessians, Fisher diagonal) run: this thread's
-   * WebGPU device ('gpu', default) or the CPU reference ('cpu'). Either measures the same
-   * profile (the cache key does not depend on it). */
-  device?: 'gpu' | 'cpu';
+  /** Where profiling's calibration passes (Hessians, Fisher diagonal) run: 'auto' (default)
+   * this thread's WebGPU device unless it is a software adapter (SwiftShader: the CPU
+   * reference is much faster there) or there is none; 'gpu' the WebGPU device whatever it
+   * is; 'cpu' the CPU reference. Each measures the same profile (the cache key does not
+   * depend on it). */
+  device?: 'auto' | 'gpu' | 'cpu';
 }
 
 /** `(stage, done, total)`; stages 'calibrate', 'fisher' and 'profile' (LUC), 'compress'. */
@@ -263,6 +265,8 @@ export interface ProfileResult {
   prune_sensitivity: number[];
   quant_sensitivity: number[];
   seconds: number;
+  /** Where the calibration passes ran. */
+  device: 'gpu' | 'cpu';
 }
 
 export interface CompressedLayer {

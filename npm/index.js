@@ -126,12 +126,15 @@ export class Model {
   /// Measures the LUC sensitivity profile (per block: the Fisher estimate of the loss
   /// change, the output error and optionally the measured loss change, at each sparsity
   /// and bit width) on `text`, calibrating as `options` say (`calib_rows`, `seq_len`,
-  /// `fisher_rows`, `loss_rows`, `profile_method`). The calibration passes run on this
-  /// thread's WebGPU device (`device` 'gpu', the default) or the CPU reference ('cpu'); the
-  /// rest is CPU work in the calling thread (use a worker); `onProgress(stage, done,
-  /// total)`, stages 'calibrate', 'fisher', 'profile'.
-  /// Returns `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`.
-  async profile({ text, name = 'data.txt', kind = 'auto', options = {}, device = 'gpu', onProgress } = {}) {
+  /// `fisher_rows`, `loss_rows`, `profile_method`). The calibration passes run where
+  /// `device` says: 'auto' (the default) this thread's WebGPU device unless it is a software
+  /// adapter such as SwiftShader (where the CPU reference is much faster) or there is none,
+  /// 'gpu' the WebGPU device whatever it is, 'cpu' the CPU reference; the rest is CPU work
+  /// in the calling thread (use a worker); `onProgress(stage, done, total)`, stages
+  /// 'calibrate', 'fisher', 'profile'.
+  /// Returns `{key, profile, prune_sensitivity, quant_sensitivity, seconds, device}`
+  /// (`device`: where the calibration passes ran, 'gpu' or 'cpu').
+  async profile({ text, name = 'data.txt', kind = 'auto', options = {}, device = 'auto', onProgress } = {}) {
     return JSON.parse(await this.inner.profile(name, text, kind, asJson(options), device, onProgress ?? null));
   }
 
@@ -146,7 +149,7 @@ export class Model {
   /// Returns `{bytes, summary, profile}`: the compressed GGUF file, the summary (policy,
   /// file sizes, per-layer sparsity, bits and sensitivity, notes) and the profile when
   /// this call measured one (null otherwise), to cache under `profile.key`.
-  async compress({ text, name = 'data.txt', kind = 'auto', options = {}, policy = null, profile = null, device = 'gpu', onProgress } = {}) {
+  async compress({ text, name = 'data.txt', kind = 'auto', options = {}, policy = null, profile = null, device = 'auto', onProgress } = {}) {
     const policyText = policy == null ? undefined : (typeof policy === 'string' ? policy : JSON.stringify(policy));
     const profileText = profile == null ? undefined : JSON.stringify(profile);
     const r = await this.inner.compress(name, text, kind, asJson(options), policyText, profileText, device, onProgress ?? null);

@@ -434,10 +434,11 @@ impl WebModel {
     }
 
     /// Measures the LUC sensitivity profile on `text` (the user's data, or any text):
-    /// `{key, profile, prune_sensitivity, quant_sensitivity, seconds}`. Calls
+    /// `{key, profile, prune_sensitivity, quant_sensitivity, seconds, device}`. Calls
     /// `progress(stage, done, total)` ("calibrate", "fisher", then "profile"). The
-    /// calibration passes run on this thread's WebGPU device (`device` "gpu", the default)
-    /// or the CPU reference ("cpu"); the rest is CPU work in this thread.
+    /// calibration passes run where `device` says ("auto", the default: this thread's WebGPU
+    /// device unless it is a software adapter; "gpu"; "cpu": the CPU reference), reported
+    /// as `device` ("gpu" or "cpu"); the rest is CPU work in this thread.
     pub async fn profile(
         &self,
         name: String,
@@ -459,7 +460,9 @@ impl WebModel {
         )
         .await
         .map_err(js_err)?;
-        Ok(profile_json(&p).to_string())
+        let mut v = profile_json(&p);
+        v["device"] = json!(if gpu.is_some() { "gpu" } else { "cpu" });
+        Ok(v.to_string())
     }
 
     /// Compresses this model (`edge-llm compress`: the same `compress::pipeline`),
@@ -562,14 +565,17 @@ impl WebModel {
     }
 }
 
-/// The device of profiling's calibration passes: this thread's WebGPU device ("gpu" or
-/// none given: the issue asks the page to profile on the GPU) or the CPU reference.
+/// The device of profiling's calibration passes, picked as the CLI's `--device` picks it:
+/// "auto" (or none given) this thread's WebGPU device unless it is a software adapter
+/// (SwiftShader; the CPU reference is faster there) or there is none; "gpu" the WebGPU
+/// device whatever it is; "cpu" the CPU reference.
 async fn profiling_gpu(device: Option<&str>) -> Result<Option<&'static GpuContext>, JsError> {
-    match device.unwrap_or("gpu") {
+    match device.unwrap_or("auto") {
+        "auto" => Ok(shared_gpu().await.ok().filter(|c| !c.is_software())),
         "gpu" => Ok(Some(shared_gpu().await?)),
         "cpu" => Ok(None),
         other => Err(JsError::new(&format!(
-            "device '{other}': profiling runs on 'gpu' or 'cpu'"
+            "device '{other}': profiling runs on 'auto', 'gpu' or 'cpu'"
         ))),
     }
 }

@@ -1574,7 +1574,7 @@ async function runCompressJob(op) {
     const bytes = await source.load();
     await job.call('init', { gpu: false });
     await job.call('loadModel', { bytes }, [bytes.buffer]);
-    const args = { name: data.name, text: data.text, kind: data.kind, options };
+    const args = { name: data.name, text: data.text, kind: data.kind, options, device: $('cmp-device').value };
     if (op === 'profile') {
       const p = await job.call('profile', args);
       stopTicker();
@@ -1661,7 +1661,7 @@ function showLayers(layers) {
 function showProfile(p, data, ms) {
   cmp.profile = p;
   showLayers(p.prune_sensitivity.map((s, i) => ({ layer: i, prune_sensitivity: s, quant_sensitivity: p.quant_sensitivity[i] })));
-  const how = p.cached ? 'from this browser\'s cache' : `measured in ${p.seconds.toFixed(1)} s`;
+  const how = p.cached ? 'from this browser\'s cache' : `measured in ${p.seconds.toFixed(1)} s (calibration on the ${p.device.toUpperCase()})`;
   const status = $('cmp-status');
   status.textContent = `Profile of ${p.prune_sensitivity.length} blocks on ${data.name}: ${how} ` +
     `(key ${p.key}). Sensitivity is the loss change with only that block compressed` +
@@ -1694,7 +1694,7 @@ async function onCompressed(r, source, ms) {
     ['mean', 'Mean sparsity · bits per weight', `${meanSparsity.toFixed(3)} · ${meanBits.toFixed(2)}`],
     ['file', 'File', `${mib(s.file_bytes)} (original ${mib(s.original_file_bytes)}: ${pct(s.file_bytes, s.original_file_bytes)})`],
     ['projections', 'Projections', `${mib(s.projection_f32_bytes)} f32 → ${mib(s.projection_packed_bytes)} packed (${pct(s.projection_packed_bytes, s.projection_f32_bytes)})`],
-    ['calibration', 'Calibration', `${s.calibration.rows} rows, ${s.calibration.tokens} tokens of ${s.calibration.name}`],
+    ['calibration', 'Calibration', `${s.calibration.rows} rows, ${s.calibration.tokens} tokens of ${s.calibration.name}, on the ${s.calibration.device.toUpperCase()}`],
     ['profile', 'Profile', prof],
     ['time', 'Time', `${(ms / 1000).toFixed(1)} s in all (projections ${s.seconds.toFixed(1)} s)`],
   ]);

@@ -261,8 +261,8 @@ const ops = {
   // Work that blocks this worker until it ends (the calibration passes on this worker's own
   // WebGPU device, made on first use; the rest on the CPU): the page runs it in a worker of
   // its own (another instance of this script), so that cancelling (terminating that worker)
-  // loses nothing here. `device` ('gpu' by default, or 'cpu') is where the calibration
-  // passes run; the profile and its cache key are the same either way.
+  // loses nothing here. `device` ('auto' by default, 'gpu' or 'cpu') is where the calibration
+  // passes run (auto: the GPU unless it is a software adapter); the profile and its cache key are the same either way.
 
   /// The LUC profile on this data: from the cache (IndexedDB, keyed by its profile key)
   /// or measured and stored there.

@@ -353,7 +353,7 @@ pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuConte
         return Ok(None);
     }
     match crate::kernels::GpuContext::new_blocking(None) {
-        Ok(ctx) if device == Device::Gpu || ctx.info.device_type != wgpu::DeviceType::Cpu => {
+        Ok(ctx) if device == Device::Gpu || !ctx.is_software() => {
             eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
             Ok(Some(ctx))
         }

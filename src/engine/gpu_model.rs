@@ -80,7 +80,7 @@ impl Default for GpuModelOptions {
 /// slower: SmolLM2-135M packed, a 16-token prefill took 10.1 s tiled and 1.0 s as GEMV on
 /// lavapipe. Real GPUs keep the automatic choice (tiles above a few rows).
 pub fn default_path(ctx: &GpuContext) -> Path {
-    if ctx.info.device_type == wgpu::DeviceType::Cpu {
+    if ctx.is_software() {
         Path::Gemv
     } else {
         Path::Auto

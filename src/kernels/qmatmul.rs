@@ -436,7 +436,7 @@ impl Tuning {
     };
 
     pub fn for_adapter(ctx: &GpuContext) -> Tuning {
-        if ctx.info.device_type == wgpu::DeviceType::Cpu {
+        if ctx.is_software() {
             Self::CPU
         } else {
             Self::GPU

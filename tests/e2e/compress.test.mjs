@@ -160,6 +160,8 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     await page.fill('#cmp-bits', LUC.bits);
     await page.fill('#cmp-rows', LUC.rows);
     await page.fill('#cmp-seq', LUC.seq);
+    assert.equal(await page.inputValue('#cmp-device'), 'auto');
+    await page.selectOption('#cmp-device', 'gpu');
     const t0 = Date.now();
     const luc = await compress();
     console.log(`LUC compression in the page: ${((Date.now() - t0) / 1000).toFixed(1)} s; stages ${luc.stages}; ` +
@@ -168,6 +170,7 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     assert.equal(luc.stages, 'calibrate,fisher,profile,compress');
     // The calibration passes (Hessians, Fisher) ran on the compression worker's WebGPU device.
     assert.equal(luc.summary.calibration.device, 'gpu');
+    assert.match(await page.textContent('#cmp-summary [data-key=calibration] td'), /, on the GPU$/);
     assert.equal(luc.summary.policy.allocation, 'luc');
     assert.equal(luc.summary.profile_info.measured, true);
     assert.equal(luc.summary.profile_cached, false);
@@ -221,7 +224,10 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
       console.log('CLI cross-checks skipped (no edge-llm binary)');
     }
 
-    // Uniform: no profile.
+    // Uniform: no profile. Calibration where `auto` puts it: the CPU (wasm) when the page's
+    // WebGPU is a software adapter (SwiftShader here), else the GPU.
+    await page.selectOption('#cmp-device', 'auto');
+    const software = (await page.textContent('#gpu-table [data-key=device_type] td')).toLowerCase() === 'cpu';
     await page.selectOption('#cmp-allocation', 'uniform');
     await page.fill('#cmp-bits', '4');
     await page.selectOption('#cmp-method', 'wanda');
@@ -230,6 +236,7 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     assert.equal(uni.stages, 'calibrate,compress');
     assert.equal(uni.summary.policy.allocation, 'uniform');
     assert.equal(uni.summary.profile_info, null);
+    assert.equal(uni.summary.calibration.device, software ? 'cpu' : 'gpu', 'auto: the CPU on a software adapter');
     assert.deepEqual(uni.rows, [{ sparsity: 0.3, bits: 4 }, { sparsity: 0.3, bits: 4 }]);
     const uniFile = await download('#cmp-download');
     const out = path.join(dir, 'cli-uniform.gguf');
@@ -237,7 +244,10 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
       assert.ok(fs.readFileSync(out).equals(fs.readFileSync(uniFile.path)), 'uniform: the same bytes as the CLI');
     }
 
-    // LUC again: the profile comes from this browser's cache (no profiling stage).
+    // LUC again: the profile comes from this browser's cache (no profiling stage); the
+    // calibration on the GPU again, as the first time (the GPU's and the CPU's Hessians
+    // differ in rounding, which SparseGPT carries into a few bytes).
+    await page.selectOption('#cmp-device', 'gpu');
     await page.selectOption('#cmp-allocation', 'luc');
     await page.fill('#cmp-bits', LUC.bits);
     await page.selectOption('#cmp-method', 'sparsegpt');
