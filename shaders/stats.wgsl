@@ -50,6 +50,13 @@ struct Params {
 var<workgroup> a_s: array<array<f32, TILE>, STEP>;
 var<workgroup> b_s: array<array<f32, TILE>, STEP>;
 
+// This workgroup's output tile (row, column) on the folded grid, and the number of tile
+// rows (a row index at or past it: a spare workgroup with nothing to do).
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec3<u32> {
+    let g = wid.x + wid.y * nwg.x;
+    return vec3<u32>(g / p.tiles_c, g % p.tiles_c, (p.rows + TILE - 1u) / TILE);
+}
+
 // Σ_t a[t][r0 + ly + WG·i]·b[t][c0 + lx + WG·j] for i, j < R (0 outside the matrices).
 // Every invocation of the workgroup must call it (it synchronises).
 fn tile_sums(r0: u32, c0: u32, lx: u32, ly: u32) -> array<array<f32, R>, R> {
@@ -99,11 +106,10 @@ fn gram_acc(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let g = wid.x + wid.y * nwg.x;
-    let tiles_r = (p.rows + TILE - 1u) / TILE;
-    let ti = g / p.tiles_c;
-    let tj = g % p.tiles_c;
-    if (ti >= tiles_r || ti > tj) {
+    let tile = tile_of(wid, nwg);
+    let ti = tile.x;
+    let tj = tile.y;
+    if (ti >= tile.z || ti > tj) {
         return;
     }
     let acc = tile_sums(ti * TILE, tj * TILE, lid.x, lid.y);
@@ -127,11 +133,10 @@ fn fisher_acc(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let g = wid.x + wid.y * nwg.x;
-    let tiles_r = (p.rows + TILE - 1u) / TILE;
-    let ti = g / p.tiles_c;
-    let tj = g % p.tiles_c;
-    if (ti >= tiles_r) {
+    let tile = tile_of(wid, nwg);
+    let ti = tile.x;
+    let tj = tile.y;
+    if (ti >= tile.z) {
         return;
     }
     let acc = tile_sums(ti * TILE, tj * TILE, lid.x, lid.y);
