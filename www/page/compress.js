@@ -7,7 +7,7 @@ import { $, showError, messageOf, mib, fillTable, clock } from './ui.js';
 import { model, modelInfo, tune, cmp } from './state.js';
 import { workerClient } from './worker-client.js';
 import { setTuneState, updateCompressControls } from './controls.js';
-import { dataSource, currentData, builtinData } from './data.js';
+import { dataSource, currentData, builtinData } from './settings.js';
 import { loadBytes } from './model.js';
 
 const STAGE_LABELS = {

@@ -5,7 +5,7 @@
 import { $, showError, messageOf, mib, fillTable } from './ui.js';
 import { modelInfo, evalState, call } from './state.js';
 import { updateEvalControls } from './controls.js';
-import { currentData } from './data.js';
+import { currentData } from './settings.js';
 
 const evalSource = () => document.querySelector('input[name=eval-source]:checked').value;
 

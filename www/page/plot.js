@@ -3,7 +3,7 @@
 
 import { $, kib, clock } from './ui.js';
 import { tune, elapsedMs } from './state.js';
-import { windowLabel } from './plan.js';
+import { windowLabel } from './settings.js';
 
 export function showProgress() {
   const bar = $('tune-progress');

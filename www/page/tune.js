@@ -6,9 +6,9 @@ import { model, modelInfo, tune, call, elapsedMs } from './state.js';
 import { workerClient } from './worker-client.js';
 import { setTuneState, showTuneError } from './controls.js';
 import { RUN_KEY, idbGet, idbDelete, saveRun, showSavedRun } from './storage.js';
-import { currentData, showDataInfo } from './data.js';
-import { readOptions, updateModeControls, writeOptions } from './options.js';
-import { showPlan, scheduleCheck, checkSettings } from './plan.js';
+import {
+  currentData, showDataInfo, readOptions, updateModeControls, writeOptions, showPlan, scheduleCheck, checkSettings,
+} from './settings.js';
 import { showProgress, drawPlot, showGpuBytes } from './plot.js';
 import { onEvalEvent, evalModelLoaded } from './eval.js';
 
