@@ -7,9 +7,9 @@
 // to IndexedDB, so a run survives a reload.
 //
 // Each section of the page is a module in ./page/: gpu, model, prompt, compress, tune (with
-// settings, plot and storage), eval and report. They share ui.js (helpers),
-// state.js (what the sections share), controls.js (which controls are enabled) and
-// worker-client.js (the one client of worker.js). This file wires them and starts the page.
+// settings, plot and storage), eval and report. They share ui.js (helpers), state.js (what
+// the sections share), controls.js (which controls are enabled) and worker-client.js (the
+// one client of worker.js). This file wires them and starts the page.
 
 import { $, showError, messageOf } from './page/ui.js';
 import { setWasm } from './page/state.js';
