@@ -1,0 +1,141 @@
+// A run's progress: the status line (steps, time, loss, speed), the GPU memory in use, and
+// the loss plot with its legend (one colour per window in windowed modes).
+
+import { $, kib, clock } from './ui.js';
+import { tune, elapsedMs } from './state.js';
+import { windowLabel } from './settings.js';
+
+export function showProgress() {
+  const bar = $('tune-progress');
+  bar.max = Math.max(tune.total, 1);
+  bar.value = tune.step;
+  const last = tune.history.train[tune.history.train.length - 1];
+  const perStep = tune.sessionSteps ? tune.sessionMs / tune.sessionSteps : 0;
+  const remaining = perStep ? clock(perStep * (tune.total - tune.step)) : '…';
+  const parts = [
+    `Step ${tune.step} of ${tune.total}`,
+    `elapsed ${clock(elapsedMs())}`,
+    tune.step < tune.total ? `remaining ~${remaining}` : 'done',
+  ];
+  if (last && last[2] !== null && last[2] !== undefined) parts.push(windowLabel(last[2]));
+  if (last) parts.push(`loss ${last[1].toFixed(4)}`);
+  const lastVal = tune.history.val[tune.history.val.length - 1];
+  if (lastVal) parts.push(`validation ${lastVal[1].toFixed(4)}`);
+  if (tune.lastTokensPerS) {
+    const t = tune.lastTokensPerS;
+    parts.push(`${t < 10 ? t.toFixed(2) : Math.round(t)} tokens/s`);
+  }
+  const state = { paused: ' (paused)', pausing: ' (pausing…)', done: ' (finished)', cancelled: ' (cancelled)' }[tune.state] || '';
+  $('tune-status').textContent = parts.join(' · ') + state;
+  $('tune-status').dataset.step = String(tune.step);
+  if (last && last[2] !== null && last[2] !== undefined) $('tune-status').dataset.window = String(last[2]);
+}
+
+export function drawPlot() {
+  const canvas = $('loss-plot');
+  const ctx = canvas.getContext('2d');
+  const dpr = window.devicePixelRatio || 1;
+  const cssW = canvas.clientWidth || 800, cssH = canvas.clientHeight || 260;
+  if (canvas.width !== Math.round(cssW * dpr)) { canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr); }
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, cssW, cssH);
+  const { train, val } = tune.history;
+  canvas.dataset.trainPoints = String(train.length);
+  canvas.dataset.valPoints = String(val.length);
+  // Windowed modes: [step, loss, window]; each window's losses are read at its own exit.
+  const windows = [...new Set(train.map((p) => p[2]).filter((w) => w !== null && w !== undefined))];
+  canvas.dataset.windows = windows.join(',');
+  showLegend(windows);
+  const pad = { l: 52, r: 12, t: 12, b: 28 };
+  const w = cssW - pad.l - pad.r, h = cssH - pad.t - pad.b;
+  ctx.strokeStyle = '#dde1ea';
+  ctx.strokeRect(pad.l, pad.t, w, h);
+  ctx.fillStyle = '#5b6477';
+  ctx.font = '12px system-ui, sans-serif';
+  if (!train.length) {
+    ctx.fillText('The loss appears here once training starts.', pad.l + 12, pad.t + h / 2);
+    return;
+  }
+  const all = [...train, ...val].map((p) => p[1]).filter(Number.isFinite);
+  let lo = Math.min(...all), hi = Math.max(...all);
+  if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
+  const margin = (hi - lo) * 0.05;
+  lo -= margin; hi += margin;
+  const maxStep = Math.max(tune.total, train[train.length - 1][0], 1);
+  const x = (s) => pad.l + (s / maxStep) * w;
+  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * h;
+  ctx.textAlign = 'right';
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    ctx.fillText(v.toFixed(2), pad.l - 6, y(v) + 4);
+    ctx.strokeStyle = '#eef0f5';
+    ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + w, y(v)); ctx.stroke();
+  }
+  ctx.textAlign = 'center';
+  ctx.fillText('0', x(0), cssH - 8);
+  ctx.fillText(`step ${maxStep}`, x(maxStep) - 24, cssH - 8);
+  ctx.lineWidth = 1.5;
+  // One stroke per run of steps in the same window, joined to the previous point.
+  let prev = null;
+  for (let i = 0; i < train.length;) {
+    const w = train[i][2];
+    let j = i;
+    while (j < train.length && train[j][2] === w) j++;
+    ctx.strokeStyle = windowColour(w);
+    ctx.beginPath();
+    if (prev) ctx.moveTo(x(prev[0]), y(prev[1])); else ctx.moveTo(x(train[i][0]), y(train[i][1]));
+    for (let k = i; k < j; k++) ctx.lineTo(x(train[k][0]), y(train[k][1]));
+    ctx.stroke();
+    if (j - i === 1 && !prev) {
+      ctx.fillStyle = windowColour(w);
+      ctx.fillRect(x(train[i][0]) - 2, y(train[i][1]) - 2, 4, 4);
+    }
+    prev = train[j - 1];
+    i = j;
+  }
+  ctx.fillStyle = '#e0781f';
+  for (const [s, v] of val) {
+    ctx.beginPath(); ctx.arc(x(s), y(v), 4, 0, 2 * Math.PI); ctx.fill();
+  }
+  ctx.lineWidth = 1;
+}
+
+// Training-loss colours by window (the first is the single-window colour).
+const WINDOW_COLOURS = ['#2f6fde', '#17a589', '#8e44ad', '#c0392b', '#b7950b', '#2c3e50', '#d35400', '#7f8c8d'];
+const windowColour = (w) => WINDOW_COLOURS[(w ?? 0) % WINDOW_COLOURS.length];
+
+/// The plot's legend: one training-loss swatch per window seen (windowed modes).
+function showLegend(windows) {
+  const legend = $('loss-legend');
+  const key = windows.join(',');
+  if (legend.dataset.windows === key && legend.childNodes.length) return;
+  legend.dataset.windows = key;
+  const swatch = (cls, colour) => {
+    const s = document.createElement('span');
+    s.className = `swatch ${cls}`;
+    if (colour) s.style.background = colour;
+    return s;
+  };
+  const items = [];
+  if (windows.length) {
+    for (const w of windows) {
+      const item = document.createElement('span');
+      item.className = 'window';
+      item.dataset.window = String(w);
+      item.append(swatch('train', windowColour(w)), ` training loss, ${windowLabel(w)}`);
+      items.push(item);
+    }
+  } else {
+    items.push(swatch('train'), ' training loss');
+  }
+  items.push(swatch('val'), windows.length ? ' validation loss (at the window\'s exit; the last: whole model)' : ' validation loss');
+  legend.replaceChildren(...items);
+}
+
+export function showGpuBytes(bytes) {
+  $('tune-gpu').dataset.device = 'gpu';
+  const planned = tune.plan ? tune.plan.total_bytes : 0;
+  $('tune-gpu').textContent = `GPU memory in use: ${kib(bytes)} of ${kib(planned)} planned` +
+    (bytes === planned ? ' (exactly the plan: everything is allocated once, up front)' : '');
+  $('tune-gpu').dataset.bytes = String(bytes);
+}

@@ -1,0 +1,72 @@
+// The saved run: checkpoints in IndexedDB, so a run survives a reload.
+
+import { $, messageOf } from './ui.js';
+import { tune, elapsedMs } from './state.js';
+import { showTuneError } from './controls.js';
+
+export const RUN_KEY = 'current';
+
+function idbOpen() {
+  return new Promise((resolve, reject) => {
+    const r = indexedDB.open('edge-llm', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('runs');
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+
+async function idb(mode, fn) {
+  const db = await idbOpen();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction('runs', mode);
+      const req = fn(tx.objectStore('runs'));
+      tx.oncomplete = () => resolve(req.result);
+      tx.onerror = () => reject(tx.error);
+      tx.onabort = () => reject(tx.error || new Error('IndexedDB transaction aborted'));
+    });
+  } finally {
+    db.close();
+  }
+}
+
+export const idbGet = (key) => idb('readonly', (s) => s.get(key));
+const idbPut = (key, value) => idb('readwrite', (s) => s.put(value, key));
+export const idbDelete = (key) => idb('readwrite', (s) => s.delete(key));
+
+export async function saveRun(checkpoint, step, done) {
+  const record = {
+    version: 1,
+    savedAt: Date.now(),
+    ...tune.run,
+    step,
+    total: tune.total,
+    done,
+    elapsedMs: elapsedMs(),
+    history: tune.history,
+    checkpoint,
+  };
+  try {
+    await idbPut(RUN_KEY, record);
+    document.body.dataset.savedStep = String(step);
+    $('tune-status').dataset.saved = `${step}`;
+    return true;
+  } catch (e) {
+    showTuneError(`Could not save the checkpoint in this browser's storage (${messageOf(e)}). ` +
+      'The run goes on, but a reload would lose it: free some disk space or allow site storage.');
+    return false;
+  }
+}
+
+export async function showSavedRun() {
+  let rec = null;
+  try { rec = await idbGet(RUN_KEY); } catch { /* no storage: nothing to offer */ }
+  const box = $('saved-run');
+  if (!rec || tune.created) { box.hidden = true; return; }
+  const when = new Date(rec.savedAt).toLocaleString();
+  const what = rec.done ? 'A finished run' : 'A saved run';
+  $('saved-run-text').textContent =
+    `${what} is stored in this browser: step ${rec.step} of ${rec.total} on ${rec.data.name}, ` +
+    `model ${rec.model.name}, saved ${when}.`;
+  box.hidden = false;
+}

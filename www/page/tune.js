@@ -1,0 +1,300 @@
+// The tune section's runs: start, pause, resume, cancel and resume a saved run, the worker's
+// training events, and the adapter's download.
+
+import { $, showError, messageOf, mib, kib, nextFrame } from './ui.js';
+import { model, modelInfo, tune, call, elapsedMs } from './state.js';
+import { workerClient } from './worker-client.js';
+import { setTuneState, showTuneError } from './controls.js';
+import { RUN_KEY, idbGet, idbDelete, saveRun, showSavedRun } from './storage.js';
+import {
+  currentData, showDataInfo, readOptions, updateModeControls, writeOptions, showPlan, scheduleCheck, checkSettings,
+} from './settings.js';
+import { showProgress, drawPlot, showGpuBytes } from './plot.js';
+import { onEvalEvent, evalModelLoaded } from './eval.js';
+
+async function startRun(run, checkpoint) {
+  showTuneError('');
+  $('adapter-links').hidden = true;
+  setTuneState('starting');
+  $('tune-status').textContent = checkpoint ? 'Preparing the data and resuming the saved run…' : 'Preparing the data and allocating GPU memory…';
+  await nextFrame();
+  let made;
+  try {
+    made = await call('create', {
+      name: run.data.name, text: run.data.text, kind: run.data.kind,
+      options: run.options, checkpoint, save_every: run.save_every,
+    });
+  } catch (e) {
+    setTuneState('error');
+    $('tune-status').textContent = 'Not started.';
+    showTuneError(`${messageOf(e)}\n${/budget/.test(messageOf(e))
+      ? 'Raise the memory budget, or lower the sequence length or the LoRA rank.'
+      : 'Check the data and settings above, then press Start again.'}`);
+    return;
+  }
+  tune.created = true;
+  tune.run = { ...run, data: run.data.source === 'file' ? run.data : { ...run.data, text: undefined } };
+  tune.plan = made.plan;
+  tune.device = made.device;
+  tune.total = made.total;
+  tune.step = made.step;
+  tune.sessionSteps = 0;
+  tune.sessionMs = 0;
+  showPlan(made.plan);
+  $('plan-status').textContent = `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
+  showError('plan-error', '');
+  showDataInfo(made.data, run.data);
+  showGpuBytes(made.plan.allocated_bytes);
+  $('saved-run').hidden = true;
+  drawPlot();
+  if (made.step >= made.total) {
+    setTuneState('done');
+    showProgress();
+    return;
+  }
+  await runOn();
+}
+
+async function runOn() {
+  tune.sessionStart = performance.now();
+  setTuneState('running');
+  showProgress();
+  await call('run');
+}
+
+async function onStart() {
+  let data, options;
+  try {
+    options = readOptions();
+    data = await currentData();
+  } catch (e) {
+    showTuneError(messageOf(e));
+    return;
+  }
+  tune.history = { train: [], val: [] };
+  tune.speeds = [];
+  tune.elapsedMs = 0;
+  tune.lastTokensPerS = 0;
+  const saveEvery = Math.max(1, Number($('opt-save').value) || 10);
+  await startRun({
+    model: { name: modelInfo.name, bytes: modelInfo.bytes },
+    data,
+    options,
+    save_every: saveEvery,
+  }, null);
+}
+
+async function onResumeSaved() {
+  showTuneError('');
+  let rec;
+  try { rec = await idbGet(RUN_KEY); } catch (e) { showTuneError(messageOf(e)); return; }
+  if (!rec) { $('saved-run').hidden = true; return; }
+  if (!modelInfo || rec.model.name !== modelInfo.name || rec.model.bytes !== modelInfo.bytes) {
+    showTuneError(`The saved run was tuned on ${rec.model.name} (${mib(rec.model.bytes)}), but the page ` +
+      `has ${modelInfo ? `${modelInfo.name} (${mib(modelInfo.bytes)})` : 'no model'} loaded. Load that model ` +
+      '(pick the same .gguf file above), then resume.');
+    return;
+  }
+  writeOptions(rec.options, rec.save_every);
+  let data = rec.data;
+  if (data.source !== 'file') {
+    document.querySelector(`input[name=data-source][value="${data.source}"]`).checked = true;
+    try { data = await currentData(); } catch (e) { showTuneError(messageOf(e)); return; }
+  } else {
+    document.querySelector('input[name=data-source][value="file"]').checked = true;
+    tune.file = { name: data.name, text: data.text };
+    $('data-kind').value = data.kind;
+  }
+  tune.history = rec.history;
+  tune.elapsedMs = rec.elapsedMs;
+  tune.lastTokensPerS = 0;
+  await startRun({ model: rec.model, data, options: rec.options, save_every: rec.save_every }, rec.checkpoint);
+}
+
+async function onDiscardSaved() {
+  try { await idbDelete(RUN_KEY); } catch { /* nothing stored */ }
+  $('saved-run').hidden = true;
+}
+
+async function onDownload() {
+  showTuneError('');
+  let files;
+  try {
+    files = await call('adapter');
+  } catch (e) {
+    showTuneError(`The adapter could not be exported: ${messageOf(e)}`);
+    return;
+  }
+  const named = [
+    ['adapter_model.safetensors', new Blob([files.safetensors], { type: 'application/octet-stream' })],
+    ['adapter_config.json', new Blob([files.config], { type: 'application/json' })],
+  ];
+  if (files.exits) named.push(['exits.safetensors', new Blob([files.exits], { type: 'application/octet-stream' })]);
+  const links = named.map(([name, blob]) => {
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    a.textContent = `${name} (${kib(blob.size)})`;
+    return a;
+  });
+  const box = $('adapter-links');
+  box.replaceChildren('The PEFT adapter (load it with peft.PeftModel.from_pretrained, or edge-llm --adapter DIR): ',
+    links[0], ' and ', links[1]);
+  if (links[2]) {
+    box.append('; its early exits (PEFT has none; edge-llm reads them from the same directory): ', links[2]);
+  }
+  box.hidden = false;
+  for (const a of links) a.click();
+}
+
+async function onWorkerEvent(m) {
+  switch (m.event) {
+    case 'token':
+    case 'eval-progress':
+      onEvalEvent(m);
+      break;
+    case 'step': {
+      const r = m.report;
+      tune.step = r.step;
+      tune.total = r.total_steps;
+      tune.sessionSteps += 1;
+      tune.sessionMs += r.step_ms;
+      tune.lastTokensPerS = r.tokens_per_s;
+      tune.history.train.push([r.step, r.loss, r.window ?? null]);
+      tune.speeds.push([r.step, r.tokens_per_s, r.step_ms]);
+      if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
+      showGpuBytes(r.gpu_bytes);
+      showProgress();
+      drawPlot();
+      break;
+    }
+    case 'checkpoint':
+      await saveRun(m.checkpoint, m.step, false);
+      break;
+    case 'paused':
+      tune.elapsedMs = elapsedMs();
+      setTuneState('paused');
+      await saveRun(m.checkpoint, m.step, false);
+      showProgress();
+      break;
+    case 'done':
+      tune.elapsedMs = elapsedMs();
+      if (m.val_loss !== null && !tune.history.val.some(([s]) => s === m.step)) {
+        tune.history.val.push([m.step, m.val_loss]);
+      }
+      document.querySelector('input[name=eval-source][value=tuned]').disabled = false;
+      document.querySelector('input[name=eval-source][value=tuned]').checked = true;
+      setTuneState('done');
+      await saveRun(m.checkpoint, m.step, true);
+      showProgress();
+      drawPlot();
+      break;
+    case 'cancelled':
+      tune.created = false;
+      tune.elapsedMs = 0;
+      setTuneState('cancelled');
+      try { await idbDelete(RUN_KEY); } catch { /* nothing stored */ }
+      showProgress();
+      break;
+    case 'error':
+      tune.elapsedMs = elapsedMs();
+      setTuneState('error');
+      showTuneError(`Training stopped: ${m.message}\nThe last checkpoint is kept in this browser; reload ` +
+        'the page to resume from it.');
+      break;
+    default:
+      break;
+  }
+}
+
+export let tuneWorkerReady = Promise.resolve();
+
+export function setupTuning() {
+  setTuneState('idle');
+  drawPlot();
+  try {
+    tune.worker = workerClient({
+      onEvent: onWorkerEvent,
+      onError: (e) => {
+        setTuneState('error');
+        showTuneError(`The tuning worker failed: ${e.message || 'see the browser console'}. Reload the page.`);
+      },
+    });
+  } catch (e) {
+    showTuneError(`The tuning worker could not start (${messageOf(e)}). Use a current Chrome or Edge.`);
+    return;
+  }
+  tuneWorkerReady = call('init').then((r) => {
+    if (r.gpuError) {
+      showTuneError(`Tuning needs WebGPU, and this page has none in a worker: ${r.gpuError}`);
+    }
+  }, (e) => {
+    showTuneError(`The tuning worker did not start: ${messageOf(e)}. Build the module with ` +
+      'scripts/build-wasm.sh and reload.');
+  });
+
+  $('opt-mode').addEventListener('change', updateModeControls);
+  updateModeControls();
+  for (const el of document.querySelectorAll('input[name=data-source], #data-kind, #settings-box input, #settings-box select')) {
+    el.addEventListener('change', scheduleCheck);
+    el.addEventListener('input', scheduleCheck);
+  }
+  $('data-file').addEventListener('change', async (e) => {
+    const file = e.target.files[0];
+    if (!file) return;
+    document.querySelector('input[name=data-source][value="file"]').checked = true;
+    try {
+      tune.file = { name: file.name, text: await file.text() };
+    } catch (err) {
+      tune.file = null;
+      showError('data-error', `Could not read ${file.name}: ${messageOf(err)}`);
+      return;
+    }
+    scheduleCheck();
+  });
+  $('tune-start').addEventListener('click', onStart);
+  $('tune-pause').addEventListener('click', async () => {
+    setTuneState('pausing');
+    showProgress();
+    await call('pause');
+  });
+  $('tune-resume').addEventListener('click', runOn);
+  $('tune-cancel').addEventListener('click', async () => {
+    setTuneState('pausing');
+    await call('cancel');
+  });
+  $('tune-download').addEventListener('click', onDownload);
+  $('resume-saved').addEventListener('click', onResumeSaved);
+  $('discard-saved').addEventListener('click', onDiscardSaved);
+  window.addEventListener('resize', drawPlot);
+  setInterval(() => { if (tune.state === 'running') showProgress(); }, 1000);
+}
+
+/// A model was loaded on the page: the worker gets its own copy; small models default to
+/// short rows.
+export async function tuneModelLoaded(bytes) {
+  await tuneWorkerReady;
+  if (!tune.worker) return;
+  tune.created = false;
+  try {
+    await call('loadModel', { bytes }, [bytes.buffer]);
+  } catch (e) {
+    showTuneError(`The tuning worker could not load the model: ${messageOf(e)}`);
+    return;
+  }
+  if (!$('opt-seq').dataset.touched) {
+    $('opt-seq').value = modelInfo.config.hidden < 256 ? 64 : 256;
+  }
+  // Exit stride and partial depth: 6 blocks (five windows of the 30-block default model),
+  // at most the model's blocks.
+  const blocks = modelInfo.config.n_layers;
+  for (const id of ['opt-exit-stride', 'opt-partial']) {
+    $(id).max = String(blocks);
+    if (!$(id).dataset.touched || Number($(id).value) > blocks) $(id).value = String(Math.min(6, blocks));
+  }
+  updateModeControls();
+  setTuneState('idle');
+  evalModelLoaded();
+  await showSavedRun();
+  await checkSettings();
+}
