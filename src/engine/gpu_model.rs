@@ -18,8 +18,8 @@
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
 use super::plan::{Category, MemoryPlan};
-use crate::compress::file::{self as cfile, Packed, TensorFormat};
-use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
+use crate::formats::packed::{self as cfile, Packed, TensorFormat};
+use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::{quant as gq, GgmlType};
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::attention::{encode_attention_forward, MAX_HEAD_DIM};

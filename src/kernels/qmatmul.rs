@@ -4,8 +4,8 @@
 //! like-for-like baseline).
 //!
 //! Shaders: shaders/qmatmul.wgsl (packed and dense), shaders/qmatmul_gguf.wgsl (GGUF).
-//! CPU twins: [`crate::compress::quant::qmatmul_nt`], [`crate::compress::quant::qmatmul_nn`],
-//! [`crate::compress::quant::gguf_matmul_nt`], [`crate::compress::quant::gguf_matmul_nn`].
+//! CPU twins: [`crate::formats::quant::qmatmul_nt`], [`crate::formats::quant::qmatmul_nn`],
+//! [`crate::formats::quant::gguf_matmul_nt`], [`crate::formats::quant::gguf_matmul_nn`].
 //!
 //! Two paths: GEMV for small m (decoding is memory-bound: one pass over the packed words,
 //! dequantized in registers) and 16×16 tiles for large m (the W tile is dequantized into
@@ -14,7 +14,7 @@
 use super::context::{GpuContext, Kernel};
 use super::program::{Bind, KernelSpec};
 use super::spmatmul::{HostSparseWeight, SparseBuffers, SparseWeight};
-use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
+use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::GgmlType;
 use crate::{Error, Result};
 
@@ -732,7 +732,7 @@ pub async fn gguf_matmul_nn(
 /// Test bodies shared by the native tests and the browser (wasm-bindgen-test).
 pub mod checks {
     use super::*;
-    use crate::compress::quant::{self, BITS, GROUPS};
+    use crate::formats::quant::{self, BITS, GROUPS};
     use crate::reference::ops;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

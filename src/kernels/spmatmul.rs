@@ -1,6 +1,6 @@
 //! Sparse matmuls that skip the zero work, for frozen sparse (and optionally quantized)
 //! weights: y = x·Wᵀ and the input gradient dx = dy·W, for 2:4 and unstructured formats.
-//! Shader: shaders/spmatmul.wgsl. CPU twins: [`crate::compress::sparse`]
+//! Shader: shaders/spmatmul.wgsl. CPU twins: [`crate::formats::sparse`]
 //! (`sparse24_matmul_nt`, `sparse24_matmul_nn`, `unstructured_matmul_nt`,
 //! `unstructured_matmul_nn`).
 //!
@@ -11,7 +11,7 @@
 
 use super::context::{GpuContext, Kernel};
 use super::program::{Bind, KernelSpec};
-use crate::compress::sparse::{ScaleLayout, Sparse24Matrix, UnstructuredMatrix, ValueType};
+use crate::formats::sparse::{ScaleLayout, Sparse24Matrix, UnstructuredMatrix, ValueType};
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/spmatmul.wgsl");
@@ -497,7 +497,7 @@ pub fn grad_buffers_unstructured(w: &UnstructuredMatrix) -> [(&'static str, u64)
         for b in 0..nb {
             let mut mask = w.masks[r * nb + b];
             while mask != 0 {
-                let c = b * crate::compress::sparse::BLOCK + mask.trailing_zeros() as usize;
+                let c = b * crate::formats::sparse::BLOCK + mask.trailing_zeros() as usize;
                 mask &= mask - 1;
                 if !is_zero(&w.values, p) {
                     counts[c] += 1;
@@ -510,7 +510,7 @@ pub fn grad_buffers_unstructured(w: &UnstructuredMatrix) -> [(&'static str, u64)
 }
 
 /// Whether the code at `pos` is zero (±0.0 or code 0), as the transposed copy decides.
-fn is_zero(v: &crate::compress::sparse::PackedValues, pos: usize) -> bool {
+fn is_zero(v: &crate::formats::sparse::PackedValues, pos: usize) -> bool {
     v.raw(pos) << 1 == 0
 }
 
@@ -532,7 +532,7 @@ fn transposed_buffers(
     [
         (
             "masks",
-            bytes(rows * cols.div_ceil(crate::compress::sparse::BLOCK)),
+            bytes(rows * cols.div_ceil(crate::formats::sparse::BLOCK)),
         ),
         ("row_ptr", bytes(rows + 1)),
         ("values", bytes(positions.div_ceil(per_word))),
@@ -652,7 +652,7 @@ pub async fn unstructured_matmul_nn(
 /// product of the expanded matrix, the pruning helpers and the quantization budgets.
 pub mod checks {
     use super::*;
-    use crate::compress::sparse::{self as sp, PackedValues};
+    use crate::formats::sparse::{self as sp, PackedValues};
     use crate::reference::ops;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
