@@ -69,10 +69,9 @@ use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forwa
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::stats::{encode_fisher_acc, encode_gram_acc};
 use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
-use crate::kernels::qmatmul::{
-    role, FrozenWeight, GpuWeight, HostWeight, Path, QMatmul, RoleBuffers, ROLES,
-};
+use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
 use crate::kernels::spmatmul::HostSparseWeight;
+use crate::kernels::weights::{role, FrozenWeight, HostWeight, RoleBuffers, ROLES};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
