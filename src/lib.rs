@@ -10,6 +10,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod gguf;
 pub mod kernels;
 pub mod model;

@@ -308,7 +308,7 @@ impl WebModel {
     /// Whether the file is a compressed model (`edge-llm compress`), which
     /// compress-then-tune needs.
     pub fn is_compressed(&self) -> bool {
-        crate::compress::file::is_compressed(&self.model.gguf)
+        crate::formats::packed::is_compressed(&self.model.gguf)
     }
 
     /// Token ids of `text` (no special tokens added).
@@ -606,7 +606,7 @@ impl WebModel {
     /// The exits and layer schedule `o`'s mode asks for on this model (the CLI's mapping),
     /// refusing what this model cannot do.
     fn mode_layers(&self, o: &TuneOptions) -> crate::Result<ModeLayers> {
-        let compressed = crate::compress::file::is_compressed(&self.model.gguf);
+        let compressed = crate::formats::packed::is_compressed(&self.model.gguf);
         if o.mode == Mode::CompressThenTune && !compressed {
             return Err(Error::Invalid(
                 "compress-then-tune tunes a compressed model, and this one is not compressed: \
@@ -637,7 +637,7 @@ impl WebModel {
         v["exits"] = json!(ml.exits);
         v["windows"] = windows_json(ml, &self.model.config);
         v["window_schedule"] = json!(ml.layers.as_ref().map(|l| l.order));
-        v["compressed"] = json!(crate::compress::file::is_compressed(&self.model.gguf));
+        v["compressed"] = json!(crate::formats::packed::is_compressed(&self.model.gguf));
         Ok((fit, v))
     }
 }

@@ -5,11 +5,12 @@
 
 use edge_llm::compress::gptq::{gptq, gptq_or_rtn, gptq_with_dense, GptqOptions};
 use edge_llm::compress::prune::{
-    hessian_bytes, prune_magnitude, prune_sparsegpt, prune_wanda, sparsegpt_update, Hessian,
-    ObsOptions, Sparsity, DAMP,
+    hessian_bytes, prune_magnitude, prune_sparsegpt, prune_wanda, sparsegpt_update, ObsOptions,
+    Sparsity, DAMP,
 };
-use edge_llm::compress::quant::{self, code_in_block, quantize, BITS, GROUPS};
-use edge_llm::compress::sparse::ValueType;
+use edge_llm::formats::quant::{self, code_in_block, quantize, BITS, GROUPS};
+use edge_llm::formats::sparse::ValueType;
+use edge_llm::reference::stats::Hessian;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

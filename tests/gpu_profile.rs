@@ -10,17 +10,16 @@
 
 mod common;
 use common::{context, rows_with_targets_at};
+use edge_llm::compress::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use edge_llm::compress::pipeline::{self, make_policy, CompressOptions};
-use edge_llm::compress::profile::{
-    calibration_rows, collect_hessians, fisher_acc, fisher_diagonal, gram_acc, BlockFisher,
-    LayerHessians, ProfileOptions,
-};
+use edge_llm::compress::profile::ProfileOptions;
 use edge_llm::data::Dataset;
 use edge_llm::engine::{Category, GpuTrainer, StatsPass};
 use edge_llm::kernels::ops::checks::{compare, values, Tol, MATMUL_TOL};
 use edge_llm::kernels::ops::stats;
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
+use edge_llm::reference::stats::{fisher_acc, gram_acc, BlockFisher, LayerHessians};
 use edge_llm::reference::Transformer;
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::train::Row;

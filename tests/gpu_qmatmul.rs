@@ -11,7 +11,7 @@ mod common;
 use common::context;
 use std::time::Instant;
 
-use edge_llm::compress::quant;
+use edge_llm::formats::quant;
 use edge_llm::gguf::GgmlType;
 use edge_llm::kernels::qmatmul::{checks, GpuWeight, Path, QMatmul, Tuning};
 use edge_llm::kernels::{GpuContext, MatmulNt};

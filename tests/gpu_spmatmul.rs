@@ -8,7 +8,7 @@
 
 mod common;
 use common::context;
-use edge_llm::compress::sparse::{self as sp, Sparse24Matrix, UnstructuredMatrix, ValueType};
+use edge_llm::formats::sparse::{self as sp, Sparse24Matrix, UnstructuredMatrix, ValueType};
 use edge_llm::kernels::spmatmul::{checks, SparseWeight};
 use edge_llm::kernels::MatmulNt;
 use rand::{Rng, SeedableRng};

@@ -2,20 +2,23 @@
 //! policy into the compressed-model file, and that file loading back through `ModelFile`
 //! with exactly the weights the compressor produced. Sizes are printed (`--nocapture`).
 
-use edge_llm::compress::file::{self, Packed, TensorFormat};
+use edge_llm::compress::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
+use edge_llm::compress::file;
+use edge_llm::compress::pipeline::profile_cached;
 use edge_llm::compress::policy::{self, Pattern, Policy, PruneMethod, QuantMethod};
 use edge_llm::compress::profile::{
-    calibration_rows, collect_hessians, fisher_diagonal, fisher_error, output_mse_gemm,
-    profile_cached, prune_proj, weight_of, ErrorSource, LayerHessians, ProfileOptions,
+    fisher_error, output_mse_gemm, prune_proj, weight_of, ErrorSource, ProfileOptions,
     FISHER_SPARSITIES, SPARSITIES,
 };
 use edge_llm::compress::prune::Sparsity;
-use edge_llm::compress::quant::BITS;
 use edge_llm::data::Dataset;
 use edge_llm::eval::{perplexity, CpuLm};
+use edge_llm::formats::packed::{self, Packed, TensorFormat};
+use edge_llm::formats::quant::BITS;
 use edge_llm::gguf::{GgmlType, GgufWriter};
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
+use edge_llm::reference::stats::LayerHessians;
 use edge_llm::reference::{Proj, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::train::Row;
@@ -260,7 +263,7 @@ fn fisher_diagonal_is_the_mean_squared_row_gradient() {
 
 struct Compressed {
     bytes: Vec<u8>,
-    tensors: Vec<file::CompressedTensor>,
+    tensors: Vec<packed::CompressedTensor>,
 }
 
 fn compress(file: &ModelFile, hess: &[LayerHessians], policy: &Policy) -> Compressed {
@@ -275,7 +278,7 @@ fn compress(file: &ModelFile, hess: &[LayerHessians], policy: &Policy) -> Compre
 /// returns the perplexity.
 fn check_round_trip(orig: &ModelFile, c: &Compressed, policy: &Policy, text: &[u32]) -> f64 {
     let back = ModelFile::from_bytes(c.bytes.clone()).unwrap();
-    assert!(file::is_compressed(&back.gguf));
+    assert!(packed::is_compressed(&back.gguf));
     let n = orig.config.n_layers;
     assert_eq!(
         file::policy_of(&back.gguf, n).unwrap().as_ref(),
@@ -294,7 +297,7 @@ fn check_round_trip(orig: &ModelFile, c: &Compressed, policy: &Policy, text: &[u
         let got = weight_of(&w.layers[l], p);
         assert_eq!(got, t.packed.to_dense().as_slice(), "{}", t.name);
         assert_eq!(
-            file::read_tensor(&back.gguf, &back.bytes, &t.name)
+            packed::read_tensor(&back.gguf, &back.bytes, &t.name)
                 .unwrap()
                 .as_ref(),
             Some(&t.packed)

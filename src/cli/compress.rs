@@ -8,7 +8,7 @@
 //! 16 × 128, enough for the per-layer ranking, to keep their runs short.
 
 use super::{pick_gpu, progress_bar, Device};
-use crate::compress::file::{self, TensorReport};
+use crate::compress::file::TensorReport;
 use crate::compress::pipeline::{self, CompressOptions, SparsityRule};
 use crate::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
 use crate::compress::profile;
@@ -247,10 +247,10 @@ fn get_profile(
     cache_dir: &Path,
     o: &CompressOptions,
     gpu: Option<&GpuContext>,
-) -> Result<profile::Cached> {
+) -> Result<pipeline::Cached> {
     let opts = o.profile_options();
     let mut bars = StageBars::default();
-    let r = pollster::block_on(profile::profile_cached(
+    let r = pollster::block_on(pipeline::profile_cached(
         cache_dir,
         file,
         rows,
@@ -435,7 +435,7 @@ pub(crate) fn compress_file(a: &CompressArgs) -> Result<Compressed> {
 /// [`compress_file`] with its calibration passes on `device` (picked as `tune` picks).
 pub(crate) fn compress_file_on(a: &CompressArgs, device: Device) -> Result<Compressed> {
     let file = ModelFile::open(&a.model)?;
-    if file::is_compressed(&file.gguf) {
+    if crate::formats::packed::is_compressed(&file.gguf) {
         return Err(Error::Invalid(format!(
             "{} is already compressed; compress the original model",
             a.model.display()

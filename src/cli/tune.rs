@@ -237,7 +237,7 @@ pub fn run(
 
 /// Says where the model does not match what the mode is defined on.
 fn mode_notes(mode: Mode, file: &ModelFile) {
-    let compressed = crate::compress::file::is_compressed(&file.gguf);
+    let compressed = crate::formats::packed::is_compressed(&file.gguf);
     match mode {
         Mode::Vanilla | Mode::Partial if compressed => eprintln!(
             "note: --mode {} is defined on the uncompressed model; this one is compressed",

@@ -16,8 +16,9 @@
 //! with no feedback (a diagonal Hessian) the result is bit-identical to `quantize`
 //! (tested), so the kernels read GPTQ and RTN weights alike.
 
-use super::prune::{obs_sweep, prepare, Hessian, ObsOptions};
-use super::quant::{put_code, quantize, QuantMatrix, BITS, BLOCK, GROUPS};
+use super::prune::{obs_sweep, prepare, ObsOptions};
+use crate::formats::quant::{put_code, quantize, QuantMatrix, BITS, BLOCK, GROUPS};
+use crate::reference::stats::Hessian;
 use crate::reference::Real;
 use crate::{Error, Result};
 use half::f16;

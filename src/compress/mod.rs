@@ -1,12 +1,12 @@
-//! Compression: packed weight formats (quantized, sparse) with their CPU reference
-//! matmuls, the twins of the GPU kernels. LUC (profiling, policies, pruning) builds on
-//! these (issue 5).
+//! Compression: layer-wise unified compression (LUC) of a model into the packed formats of
+//! [`crate::formats`]: calibration statistics, the per-layer profile, policies, pruning
+//! (magnitude, Wanda, SparseGPT), GPTQ, the compressed file, and the whole run
+//! (`pipeline`). It sits above the engine, whose statistics pass it drives.
 
+pub mod calibration;
 pub mod file;
 pub mod gptq;
 pub mod pipeline;
 pub mod policy;
 pub mod profile;
 pub mod prune;
-pub mod quant;
-pub mod sparse;

@@ -16,20 +16,19 @@
 //! device). The results are the same measurement either way (f32 sums on the GPU, f64 on
 //! the CPU), so the profile's cache key does not name the device.
 
+use super::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use super::file::{self, TensorReport};
 use super::policy::{
     allocate_bits, allocate_sparsity, sparsity_from_sensitivity, Allocation, Pattern, Policy,
     PruneMethod, QuantMethod, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
 };
-use super::profile::{
-    calibration_rows, collect_hessians, fisher_diagonal, profile, profile_key, BlockFisher,
-    LayerHessians, Profile, ProfileOptions,
-};
-use super::quant::BITS;
+use super::profile::{profile, profile_key, Profile, ProfileOptions};
 use crate::data::Dataset;
 use crate::engine::{GpuTrainer, StatsPass};
+use crate::formats::quant::BITS;
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::stats::{BlockFisher, LayerHessians};
 use crate::reference::{Proj, Transformer};
 use crate::tokenizer::Tokenizer;
 use crate::train::Row;
@@ -431,7 +430,7 @@ pub async fn compress(
     gpu: Option<&GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Compressed> {
-    if file::is_compressed(&file.gguf) {
+    if crate::formats::packed::is_compressed(&file.gguf) {
         return Err(Error::Invalid(
             "this model is already compressed; compress the original model".into(),
         ));
@@ -533,6 +532,54 @@ pub fn notes(policy: &Policy, reports: &[TensorReport]) -> Vec<String> {
         ));
     }
     notes
+}
+
+/// Where a profile was found or put, and whether it was read from the cache.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Cached {
+    pub profile: Profile,
+    pub path: std::path::PathBuf,
+    pub cached: bool,
+}
+
+/// The profile of `file` on `calib`, from `dir/<key>.json` if present and valid, else
+/// measured (Hessians and the Fisher diagonal, on `gpu` when given, then every block and
+/// level) and written there. The key does not name the device: both measure the same.
+/// `progress(stage, done, total)` reports the "calibrate", "fisher" and "profile" stages.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn profile_cached(
+    dir: &std::path::Path,
+    file: &ModelFile,
+    calib: &[Row],
+    opts: &ProfileOptions,
+    gpu: Option<&GpuContext>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Cached> {
+    let key = profile_key(&file.bytes, calib, opts);
+    let path = dir.join(format!("{key}.json"));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(p) = serde_json::from_str::<Profile>(&text) {
+            if p.key == key && p.check(file.config.n_layers).is_ok() {
+                return Ok(Cached {
+                    profile: p,
+                    path,
+                    cached: true,
+                });
+            }
+        }
+    }
+    let p = measure_file_profile(file, calib, opts, gpu, progress).await?;
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(Cached {
+        profile: p,
+        path,
+        cached: false,
+    })
 }
 
 #[cfg(test)]

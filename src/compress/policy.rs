@@ -28,7 +28,7 @@
 //! budget, by dynamic programming) and [`allocate_sparsity`] (a mean-sparsity budget at
 //! least estimated error, likewise).
 
-use super::quant::{BITS, GROUPS};
+use crate::formats::quant::{BITS, GROUPS};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@
 //!   and level: L × 11 forwards per row, which is why `loss_rows` is small and may be 0);
 //! * Fisher estimate of Δloss: ½ Σ F ⊙ (W − Ŵ)² with F the diagonal empirical Fisher of
 //!   the block's weights (the mean squared loss gradient of each of the first
-//!   `fisher_rows` calibration rows, [`fisher_diagonal`]: one backward per row, then no
+//!   `fisher_rows` calibration rows, `fisher_diagonal`: one backward per row, then no
 //!   forward per level). It is the second-order term of the loss change (the first-order
 //!   term averages out at a trained minimum), comparable across blocks (unlike the output
 //!   MSE, which grows with the residual stream's scale through depth) and smooth (unlike
@@ -26,21 +26,18 @@
 //! the per-block sensitivity S_l of the reference rules is the mean over levels.
 //!
 //! The Hessians (XᵀX of each projection input: n1 for q/k/v, attn for o, n2 for gate/up,
-//! act for down) are collected once by [`collect_hessians`] and are what SparseGPT/GPTQ
-//! need to compress, so `compress` reuses them. [`collect_hessians`] and
-//! [`fisher_diagonal`] are the CPU twins of the GPU's model passes
-//! (`GpuTrainer::collect_hessians`, `GpuTrainer::fisher_diagonal`, accumulating with
-//! [`gram_acc`] and [`fisher_acc`]'s kernels); [`super::pipeline`] picks one by device.
-//!
-//! Natively, [`profile_cached`] keys a JSON cache file by a hash of the model bytes, the
+//! act for down) are collected once (`super::calibration` on the CPU, the GPU engine's
+//! statistics pass otherwise; [`super::pipeline`] picks one by device) and are what
+//! SparseGPT/GPTQ need to compress, so `compress` reuses them. Natively,
+//! `pipeline::profile_cached` keys a JSON cache file by a hash of the model bytes, the
 //! calibration tokens and the settings, so a second run with the same inputs is instant.
 
-use super::file::sparse_values_for;
 use super::policy::PruneMethod;
-use super::prune::{prune_magnitude, prune_sparsegpt, prune_wanda, Hessian, ObsOptions, Sparsity};
-use super::quant::{quantize, BITS};
-use super::sparse::UnstructuredMatrix;
+use super::prune::{prune_magnitude, prune_sparsegpt, prune_wanda, ObsOptions, Sparsity};
+use crate::formats::quant::{quantize, BITS};
+use crate::formats::sparse::{UnstructuredMatrix, ValueType};
 use crate::model::LayerWeights;
+use crate::reference::stats::{BlockFisher, Hessian, LayerHessians};
 use crate::reference::{ops, Proj, Real, Transformer};
 use crate::train::Row;
 use crate::{Error, Result};
@@ -57,174 +54,9 @@ pub const FISHER_SPARSITIES: [f64; 18] = [
 /// Version of the cached profile JSON; a different version is recomputed.
 pub const PROFILE_VERSION: u32 = 3;
 
-/// The four projection inputs of a block, by the activation `forward_train` saves.
-#[derive(Clone, Debug)]
-pub struct LayerHessians {
-    /// rmsnorm(x): input of q, k, v.
-    pub n1: Hessian,
-    /// Attention output: input of o.
-    pub attn: Hessian,
-    /// rmsnorm(h): input of gate, up.
-    pub n2: Hessian,
-    /// silu(gate)·up: input of down.
-    pub act: Hessian,
-}
-
-impl LayerHessians {
-    /// The statistics of projection `p`'s input.
-    pub fn of(&self, p: Proj) -> &Hessian {
-        match p {
-            Proj::Q | Proj::K | Proj::V => &self.n1,
-            Proj::O => &self.attn,
-            Proj::Gate | Proj::Up => &self.n2,
-            Proj::Down => &self.act,
-        }
-    }
-}
-
 /// Projection `p`'s weight `[out][in]` in a block.
 pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> &[f32] {
     p.weight(l)
-}
-
-/// Calibration rows from a dataset: its examples packed into rows of `seq_len` inputs
-/// (as training does), then `n` of them spread evenly over the data (all if fewer).
-pub fn calibration_rows(
-    ds: &crate::data::Dataset,
-    tok: &crate::tokenizer::Tokenizer,
-    n: usize,
-    seq_len: usize,
-) -> Result<Vec<Row>> {
-    use crate::train::examples::{make_examples, pack};
-    let mut stats = crate::train::DataStats::default();
-    let rows = pack(&make_examples(ds, tok, seq_len, &mut stats)?, seq_len);
-    if rows.is_empty() || n == 0 {
-        return Err(Error::Data(
-            "calibration: the data gives no row to calibrate on".into(),
-        ));
-    }
-    let total = rows.len();
-    let take = n.min(total);
-    Ok((0..take).map(|i| rows[i * total / take].clone()).collect())
-}
-
-/// XᵀX of every projection input of every block over the calibration rows (one training
-/// forward per row; memory: the block's activations of one row at a time).
-pub fn collect_hessians(
-    model: &Transformer<f32>,
-    rows: &[Row],
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<LayerHessians>> {
-    let c = &model.w.config;
-    let mut hs: Vec<LayerHessians> = (0..c.n_layers)
-        .map(|_| LayerHessians {
-            n1: Hessian::new(c.hidden),
-            attn: Hessian::new(c.q_dim()),
-            n2: Hessian::new(c.hidden),
-            act: Hessian::new(c.ffn),
-        })
-        .collect();
-    for (i, row) in rows.iter().enumerate() {
-        let m = row.tokens.len();
-        let acts = model.forward_train(&row.tokens, None);
-        for (h, a) in hs.iter_mut().zip(&acts.layers) {
-            h.n1.add(&a.n1, m)?;
-            h.attn.add(&a.attn, m)?;
-            h.n2.add(&a.n2, m)?;
-            h.act.add(&a.act, m)?;
-        }
-        progress(i + 1, rows.len());
-    }
-    Ok(hs)
-}
-
-/// h `[k][k]` += xᵀ·x for x `[t][k]` (sums in f64): the twin of the GPU's accumulation
-/// [`crate::kernels::ops::stats::gram_acc`].
-pub fn gram_acc(h: &mut [f32], x: &[f32], t: usize, k: usize) {
-    assert!(
-        h.len() == k * k && x.len() == t * k,
-        "gram_acc: not {t}×{k}"
-    );
-    let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let mut s = vec![0.0f64; k * k];
-    ops::matmul_tn_acc(&xf, &xf, t, k, k, &mut s);
-    for (d, v) in h.iter_mut().zip(s) {
-        *d += v as f32;
-    }
-}
-
-/// f `[n][k]` += s·(dyᵀ·x)² elementwise for dy `[t][n]` and x `[t][k]` (one row's squared
-/// weight gradient, sums in f64): the twin of [`crate::kernels::ops::stats::fisher_acc`].
-#[allow(clippy::too_many_arguments)]
-pub fn fisher_acc(f: &mut [f32], dy: &[f32], x: &[f32], t: usize, n: usize, k: usize, s: f32) {
-    assert!(
-        f.len() == n * k && dy.len() == t * n && x.len() == t * k,
-        "fisher_acc: not {t}×{n} and {t}×{k}"
-    );
-    let dyf: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
-    let xf: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let mut g = vec![0.0f64; n * k];
-    ops::matmul_tn_acc(&dyf, &xf, t, k, n, &mut g);
-    for (d, v) in f.iter_mut().zip(g) {
-        *d += (s as f64 * v * v) as f32;
-    }
-}
-
-/// One block's diagonal empirical Fisher: for each projection (in [`Proj::ALL`] order), the
-/// mean over calibration rows of the squared gradient of the row's mean loss with respect
-/// to each weight.
-pub type BlockFisher = Vec<Vec<f32>>;
-
-/// The diagonal empirical Fisher of every block's projection weights over `rows` (one
-/// training forward and one backward with base-weight gradients per row; rows without a
-/// target are skipped). Memory: one f32 per block weight, plus one row's gradients.
-pub fn fisher_diagonal(
-    model: &Transformer<f32>,
-    rows: &[Row],
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<BlockFisher>> {
-    let c = &model.w.config;
-    let mut f: Vec<BlockFisher> = (0..c.n_layers)
-        .map(|_| {
-            Proj::ALL
-                .iter()
-                .map(|p| {
-                    let (k, n) = p.shape(c);
-                    vec![0.0f32; k * n]
-                })
-                .collect()
-        })
-        .collect();
-    let mut used = 0usize;
-    for (i, row) in rows.iter().enumerate() {
-        if row.n_targets() > 0 {
-            let acts = model.forward_train(&row.tokens, None);
-            let g = model.backward(&acts, &row.targets, true);
-            let base = g.base.ok_or_else(|| {
-                Error::Invalid("fisher: the backward pass gave no weight gradients".into())
-            })?;
-            for (fl, gl) in f.iter_mut().zip(&base.layers) {
-                for (fp, p) in fl.iter_mut().zip(Proj::ALL) {
-                    for (a, &b) in fp.iter_mut().zip(p.weight(gl)) {
-                        *a += b * b;
-                    }
-                }
-            }
-            used += 1;
-        }
-        progress(i + 1, rows.len());
-    }
-    if used == 0 {
-        return Err(no_fisher_rows());
-    }
-    let inv = 1.0 / used as f32;
-    f.iter_mut().flatten().flatten().for_each(|v| *v *= inv);
-    Ok(f)
-}
-
-/// The error of a Fisher diagonal over rows of which none has a target (CPU and GPU).
-pub fn no_fisher_rows() -> Error {
-    Error::Data("fisher: no calibration row has a target to take the loss gradient of".into())
 }
 
 /// The Fisher estimate of the loss change from replacing `w` by `w_hat`:
@@ -893,7 +725,7 @@ pub fn profile(
                     let w_hat = prune_proj(lw, p, &c, hl.of(p), opts.method, s)?;
                     fe += fisher_error(&fl[pi], w, &w_hat);
                     for (d, &b) in joint.iter_mut().zip(&BITS) {
-                        let ty = sparse_values_for(b);
+                        let ty = ValueType::for_bits(b);
                         let kept =
                             UnstructuredMatrix::pack_bits(&w_hat, n, k, ty, b.min(ty.bits()))?;
                         *d += fisher_error(&fl[pi], w, &kept.to_dense());
@@ -950,54 +782,6 @@ pub fn profile_key(model_bytes: &[u8], calib: &[Row], opts: &ProfileOptions) -> 
         serde_json::to_string(opts).unwrap_or_default().as_bytes(),
     );
     format!("{m:016x}-{d:016x}-{o:08x}", o = o as u32)
-}
-
-/// Where a profile was found or put, and whether it was read from the cache.
-#[cfg(not(target_arch = "wasm32"))]
-pub struct Cached {
-    pub profile: Profile,
-    pub path: std::path::PathBuf,
-    pub cached: bool,
-}
-
-/// The profile of `file` on `calib`, from `dir/<key>.json` if present and valid, else
-/// measured (Hessians and the Fisher diagonal, on `gpu` when given, then every block and
-/// level) and written there. The key does not name the device: both measure the same.
-/// `progress(stage, done, total)` reports the "calibrate", "fisher" and "profile" stages.
-#[cfg(not(target_arch = "wasm32"))]
-pub async fn profile_cached(
-    dir: &std::path::Path,
-    file: &crate::model::ModelFile,
-    calib: &[Row],
-    opts: &ProfileOptions,
-    gpu: Option<&crate::kernels::GpuContext>,
-    progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<Cached> {
-    let key = profile_key(&file.bytes, calib, opts);
-    let path = dir.join(format!("{key}.json"));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(p) = serde_json::from_str::<Profile>(&text) {
-            if p.key == key && p.check(file.config.n_layers).is_ok() {
-                return Ok(Cached {
-                    profile: p,
-                    path,
-                    cached: true,
-                });
-            }
-        }
-    }
-    let p = super::pipeline::measure_file_profile(file, calib, opts, gpu, progress).await?;
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;
-    let tmp = path.with_extension("part");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(Cached {
-        profile: p,
-        path,
-        cached: false,
-    })
 }
 
 #[cfg(test)]

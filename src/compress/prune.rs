@@ -25,7 +25,8 @@
 //! peak (H, its factor, the inverse factor) plus an n×k f64 copy of W.
 
 use super::policy::Pattern;
-use super::sparse::{Sparse24Matrix, UnstructuredMatrix, ValueType};
+use crate::formats::sparse::{Sparse24Matrix, UnstructuredMatrix, ValueType};
+use crate::reference::stats::Hessian;
 use crate::reference::Real;
 use crate::{Error, Result};
 
@@ -33,117 +34,9 @@ use crate::{Error, Result};
 pub const DAMP: f64 = 0.01;
 /// SparseGPT's and GPTQ's column block (lazy batch update width).
 pub const OBS_BLOCK: usize = 128;
-/// Calibration rows converted to f64 at once while accumulating the Hessian.
-const HESSIAN_CHUNK: usize = 256;
-
 /// Bytes of one k×k f64 Hessian (SparseGPT/GPTQ hold about three at peak).
 pub fn hessian_bytes(k: usize) -> usize {
     k * k * std::mem::size_of::<f64>()
-}
-
-/// Calibration statistics of one projection's input: S = XᵀX summed over every row seen,
-/// and the row count m; H = 2S/m. Projections that share an input (q/k/v, gate/up) share
-/// one.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hessian {
-    /// Input features.
-    pub k: usize,
-    /// Σ x xᵀ, k×k row-major.
-    sum: Vec<f64>,
-    rows: usize,
-}
-
-impl Hessian {
-    /// An empty accumulator for inputs of `k` features.
-    pub fn new(k: usize) -> Self {
-        Hessian {
-            k,
-            sum: vec![0.0; k * k],
-            rows: 0,
-        }
-    }
-
-    /// Adds calibration rows `x` `[m][k]` (f32 or f64; accumulated in f64).
-    pub fn add<T: Real>(&mut self, x: &[T], m: usize) -> Result<()> {
-        let k = self.k;
-        if m.checked_mul(k) != Some(x.len()) {
-            return Err(Error::Invalid(format!(
-                "hessian: {} input values are not {m}×{k}",
-                x.len()
-            )));
-        }
-        if x.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Invalid("hessian: non-finite input".into()));
-        }
-        for rows in x.chunks(HESSIAN_CHUNK * k.max(1)) {
-            let r = rows.len() / k.max(1);
-            let xf: Vec<f64> = rows.iter().map(|v| Real::to_f64(*v)).collect();
-            // S[k×k] += xᵀ·x.
-            crate::reference::ops::matmul_tn_acc(&xf, &xf, r, k, k, &mut self.sum);
-        }
-        self.rows += m;
-        Ok(())
-    }
-
-    /// The statistics of an XᵀX summed elsewhere (the GPU's f32 `[k][k]` sum over `rows`
-    /// calibration rows), widened to f64.
-    pub fn from_sum(k: usize, sum: &[f32], rows: usize) -> Result<Self> {
-        if k.checked_mul(k) != Some(sum.len()) {
-            return Err(Error::Invalid(format!(
-                "hessian: {} summed values are not {k}×{k}",
-                sum.len()
-            )));
-        }
-        if sum.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Invalid("hessian: non-finite input".into()));
-        }
-        Ok(Hessian {
-            k,
-            sum: sum.iter().map(|&v| v as f64).collect(),
-            rows,
-        })
-    }
-
-    /// Calibration rows accumulated (m).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// H = 2·XᵀX/m, k×k row-major.
-    pub fn matrix(&self) -> Vec<f64> {
-        let f = 2.0 / self.rows.max(1) as f64;
-        self.sum.iter().map(|v| v * f).collect()
-    }
-
-    /// ‖x_j‖₂ over the calibration rows, per input feature (Wanda's column weights).
-    pub fn column_norms(&self) -> Vec<f64> {
-        (0..self.k)
-            .map(|j| self.sum[j * self.k + j].sqrt())
-            .collect()
-    }
-
-    /// The layer's output error ‖X·Wᵀ − X·Ŵᵀ‖²_F / (m·n), the mean squared output error per
-    /// element over the calibration rows, computed from S without the outputs. Panics if
-    /// `w` or `w_hat` is not `[n][k]`.
-    pub fn output_mse<T: Real>(&self, w: &[T], w_hat: &[T], n: usize) -> f64 {
-        let k = self.k;
-        assert_eq!(w.len(), n * k, "output_mse: W is not {n}×{k}");
-        assert_eq!(w_hat.len(), n * k, "output_mse: Ŵ is not {n}×{k}");
-        let mut total = 0.0;
-        let mut d = vec![0.0f64; k];
-        for r in 0..n {
-            for (j, dj) in d.iter_mut().enumerate() {
-                *dj = Real::to_f64(w[r * k + j]) - Real::to_f64(w_hat[r * k + j]);
-            }
-            for (i, &di) in d.iter().enumerate() {
-                if di != 0.0 {
-                    let row = &self.sum[i * k..(i + 1) * k];
-                    total += di * row.iter().zip(&d).map(|(s, e)| s * e).sum::<f64>();
-                }
-            }
-        }
-        total / (self.rows.max(1) * n.max(1)) as f64
-    }
 }
 
 /// Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU, positive diagonal), for a symmetric
@@ -662,8 +555,8 @@ mod tests {
             .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 13.0)
             .collect();
         let p = prune_magnitude(&w, n, k, Sparsity::Unstructured(0.4)).unwrap();
-        assert_eq!(p.w, super::super::sparse::prune_magnitude(&w, n, k, 0.4));
+        assert_eq!(p.w, crate::formats::sparse::prune_magnitude(&w, n, k, 0.4));
         let p = prune_magnitude(&w, n, k, Sparsity::TwoOfFour).unwrap();
-        assert_eq!(p.w, super::super::sparse::prune_magnitude_2of4(&w, n, k));
+        assert_eq!(p.w, crate::formats::sparse::prune_magnitude_2of4(&w, n, k));
     }
 }

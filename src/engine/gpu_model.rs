@@ -18,8 +18,8 @@
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
 use super::plan::{Category, MemoryPlan};
-use crate::compress::file::{self as cfile, Packed, TensorFormat};
-use crate::compress::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
+use crate::formats::packed::{self as cfile, Packed, TensorFormat};
+use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::{quant as gq, GgmlType};
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::attention::{encode_attention_forward, MAX_HEAD_DIM};
@@ -29,8 +29,9 @@ use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::encode_rmsnorm_forward;
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::swiglu::encode_swiglu_forward;
-use crate::kernels::qmatmul::{FrozenWeight, GpuWeight, Path, QMatmul};
+use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
 use crate::kernels::spmatmul::{grad_buffers_sparse24, grad_buffers_unstructured, SparseWeight};
+use crate::kernels::weights::FrozenWeight;
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::{Lora, Proj};

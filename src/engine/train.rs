@@ -48,10 +48,8 @@ use super::gpu_model::{
     WeightFormat, PROJ_NAMES,
 };
 use super::plan::{Category, MemoryPlan, PlanEntry};
-use crate::compress::file::{self as cfile, Packed, TensorFormat};
-use crate::compress::profile::{BlockFisher, LayerHessians};
-use crate::compress::prune::Hessian;
-use crate::compress::quant::{GgufBlockMatrix, QuantMatrix};
+use crate::formats::packed::{self as cfile, Packed, TensorFormat};
+use crate::formats::quant::{GgufBlockMatrix, QuantMatrix};
 use crate::gguf::quant as gq;
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::adamw::{encode_adamw, encode_grad_norm2, norm_scratch_len, Slot};
@@ -71,13 +69,14 @@ use crate::kernels::ops::rmsnorm::{encode_rmsnorm_backward, encode_rmsnorm_forwa
 use crate::kernels::ops::rope::{encode_rope, RopeTable};
 use crate::kernels::ops::stats::{encode_fisher_acc, encode_gram_acc};
 use crate::kernels::ops::swiglu::{encode_swiglu_backward, encode_swiglu_forward};
-use crate::kernels::qmatmul::{
-    role, FrozenWeight, GpuWeight, HostWeight, Path, QMatmul, RoleBuffers, ROLES,
-};
+use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
 use crate::kernels::spmatmul::HostSparseWeight;
+use crate::kernels::weights::{role, FrozenWeight, HostWeight, RoleBuffers, ROLES};
 use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
+use crate::reference::stats::Hessian;
+use crate::reference::stats::{BlockFisher, LayerHessians};
 use crate::reference::{lora_dropout, Lora, LoraConfig, Owner, Proj, Span};
 use crate::train::cpu::{bump_versions, check_span, default_span, PrefixCache};
 use crate::train::CpuBackend;
@@ -1858,7 +1857,7 @@ impl<'c> GpuTrainer<'c> {
 
     /// XᵀX of every block's projection inputs over `rows` (one forward per row without
     /// dropout, through every block and no head), as the CPU's
-    /// [`crate::compress::profile::collect_hessians`] sums them. `progress(done, total)`
+    /// [`crate::compress::calibration::collect_hessians`] sums them. `progress(done, total)`
     /// counts rows the GPU has finished.
     pub async fn collect_hessians(
         &mut self,
@@ -1926,7 +1925,7 @@ impl<'c> GpuTrainer<'c> {
     /// mean over the rows with a target of the squared gradient of the row's mean loss
     /// (one forward and backward per row, no dropout; the profiling adapter's B = 0 leaves
     /// the base gradients as without it), as the CPU's
-    /// [`crate::compress::profile::fisher_diagonal`] computes it.
+    /// [`crate::compress::calibration::fisher_diagonal`] computes it.
     pub async fn fisher_diagonal(
         &mut self,
         rows: &[Row],
@@ -1937,7 +1936,7 @@ impl<'c> GpuTrainer<'c> {
         }
         let used = rows.iter().filter(|r| r.n_targets() > 0).count();
         if used == 0 {
-            return Err(crate::compress::profile::no_fisher_rows());
+            return Err(crate::reference::stats::no_fisher_rows());
         }
         self.start_stats(StatsPass::Fisher)?.scale = 1.0 / used as f32;
         for (i, row) in rows.iter().enumerate() {

@@ -15,8 +15,8 @@ use super::context::GpuContext;
 use super::matmul::MatmulNt;
 use super::qmatmul::{GpuWeight, QMatmul};
 use super::spmatmul::GpuSparseMatrix;
-use crate::compress::quant::{quantize, GgufBlockMatrix};
-use crate::compress::sparse::{
+use crate::formats::quant::{quantize, GgufBlockMatrix};
+use crate::formats::sparse::{
     prune_magnitude, prune_magnitude_2of4, Sparse24Matrix, UnstructuredMatrix, ValueType,
 };
 use crate::gguf::GgmlType;

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod program;
 pub mod qmatmul;
 pub mod spmatmul;
+pub mod weights;
 
 pub use context::{GpuContext, Kernel};
 pub use matmul::{matmul_nt, MatmulNt};

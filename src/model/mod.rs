@@ -6,8 +6,8 @@ pub mod tiny;
 pub use config::{LlamaConfig, RopeStyle};
 
 use crate::gguf::Gguf;
-use crate::reference::Real;
 use crate::{Error, Result};
+use num_traits::Float;
 
 /// A parsed GGUF model: the header plus the file's bytes.
 pub struct ModelFile {
@@ -44,7 +44,7 @@ impl ModelFile {
     pub fn tensor_f32(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
         // A compressed-model file stores some projections packed (crate::compress::file).
         if self.gguf.tensor(name).is_none() {
-            let packed = crate::compress::file::dense_f32(&self.gguf, &self.bytes, name, dims)?;
+            let packed = crate::formats::packed::dense_f32(&self.gguf, &self.bytes, name, dims)?;
             if let Some(w) = packed {
                 return Ok(w);
             }
@@ -122,7 +122,7 @@ pub struct Weights<T> {
     pub output: Option<Vec<T>>,
 }
 
-impl<T: Real> Weights<T> {
+impl<T: Float> Weights<T> {
     /// Every tensor mapped through `f`, keeping the structure (casts, zeroed gradients).
     pub fn map<U>(&self, f: impl Fn(&[T]) -> Vec<U>) -> Weights<U> {
         Weights {
@@ -149,8 +149,9 @@ impl<T: Real> Weights<T> {
     }
 
     /// The same weights in another precision (f64 for finite-difference checks).
-    pub fn cast<U: Real>(&self) -> Weights<U> {
-        self.map(|v| v.iter().map(|&x| U::from_f64(x.to_f64())).collect())
+    pub fn cast<U: Float>(&self) -> Weights<U> {
+        let cast = |x: T| U::from(x.to_f64().unwrap_or(f64::NAN)).unwrap_or_else(U::nan);
+        self.map(|v| v.iter().map(|&x| cast(x)).collect())
     }
 
     /// The LM head matrix `[vocab][hidden]`.

@@ -6,6 +6,7 @@
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod stats;
 
 pub use model::{
     lora_dropout, Activations, Exit, Grads, KvCache, Lora, LoraConfig, Owner, Proj, Span,

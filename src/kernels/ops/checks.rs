@@ -500,7 +500,7 @@ pub async fn cross_entropy_case_in(
     format: HeadFormat,
     seed: u32,
 ) -> Result<()> {
-    use crate::compress::quant;
+    use crate::formats::quant;
     use crate::kernels::qmatmul::{Path, QMatmul};
     use cross_entropy::{upload_head, Head, HeadSource};
     let hidden: Vec<f32> = values(t * d, seed).iter().map(|x| 2.0 * x).collect();

@@ -11,7 +11,7 @@
 
 use super::reduce::encode_col_sums_add;
 use super::{check_len, groups, launch, read, to_u32, upload, upload_words, zeros, WG};
-use crate::compress::quant::QuantMatrix;
+use crate::formats::quant::QuantMatrix;
 use crate::kernels::context::GpuContext;
 use crate::kernels::program::{Bind, KernelSpec};
 use crate::kernels::qmatmul::{GpuWeight, QMatmul};

@@ -1,8 +1,8 @@
 //! The calibration statistics of LUC profiling, accumulated on the GPU row by row: the Gram
 //! matrix XᵀX of a projection input (the Hessians SparseGPT, GPTQ and Wanda read) and the
 //! squared base-weight gradient (dYᵀ·X)² of a projection (the Fisher diagonal).
-//! Shader: shaders/stats.wgsl. CPU twins: [`crate::compress::profile::gram_acc`],
-//! [`crate::compress::profile::fisher_acc`].
+//! Shader: shaders/stats.wgsl. CPU twins: [`crate::reference::stats::gram_acc`],
+//! [`crate::reference::stats::fisher_acc`].
 
 use super::{check_len, launch, read, to_u32, upload};
 use crate::kernels::context::GpuContext;
@@ -102,7 +102,7 @@ pub fn encode_fisher_acc(
     encode(ctx, encoder, "fisher_acc", (dy, x, f), t, n, k, s)
 }
 
-/// `h + xᵀ·x` on the GPU. Twin: [`crate::compress::profile::gram_acc`].
+/// `h + xᵀ·x` on the GPU. Twin: [`crate::reference::stats::gram_acc`].
 pub async fn gram_acc(
     ctx: &GpuContext,
     h: &[f32],
@@ -119,7 +119,7 @@ pub async fn gram_acc(
     read(ctx, &hb, k * k).await
 }
 
-/// `f + s·(dyᵀ·x)²` on the GPU. Twin: [`crate::compress::profile::fisher_acc`].
+/// `f + s·(dyᵀ·x)²` on the GPU. Twin: [`crate::reference::stats::fisher_acc`].
 #[allow(clippy::too_many_arguments)]
 pub async fn fisher_acc(
     ctx: &GpuContext,

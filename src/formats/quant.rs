@@ -664,14 +664,26 @@ mod tests {
         let q = quantize(&w, n, k, 4, 32, false).unwrap();
         let dense = q.dequantize();
         let y = qmatmul_nt(&x, &q, m);
-        let want = crate::reference::ops::matmul_nt(&x, &dense, m, k, n);
+        // The plain products, summed in f64: y = x·Wᵀ, dx = dy·W.
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                (0..k)
+                    .map(|j| x[i / n * k + j] as f64 * dense[i % n * k + j] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} {b}");
         }
         let dy = uniform(m * n, 3);
         let dx = qmatmul_nn(&dy, &q, m);
-        let mut want = vec![0.0; m * k];
-        crate::reference::ops::matmul_nn_acc(&dy, &dense, m, k, n, &mut want);
+        let want: Vec<f32> = (0..m * k)
+            .map(|i| {
+                (0..n)
+                    .map(|r| dy[i / k * n + r] as f64 * dense[r * k + i % k] as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect();
         for (a, b) in dx.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} {b}");
         }

@@ -44,6 +44,18 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    /// The sparse value container for a sparse layer at `bits`: the sparse kernels read
+    /// int8 and int4 codes, so 8 bits → int8 and 2/3/4 bits → int4. The values stay on the
+    /// policy's grid (a 3-bit layer uses codes ±3 of the nibble): the accuracy is that of
+    /// `bits`, the storage that of the container (the caller reports it).
+    pub fn for_bits(bits: u32) -> ValueType {
+        if bits >= 8 {
+            ValueType::Int8
+        } else {
+            ValueType::Int4
+        }
+    }
+
     pub const ALL: [ValueType; 3] = [ValueType::F32, ValueType::Int8, ValueType::Int4];
 
     /// The value of the shader's `VALUES` override constant.
