@@ -1,4 +1,4 @@
-//! Quantized matmul kernels (shaders/qmatmul.wgsl, shaders/qmatmul_gguf.wgsl) against
+//! Quantized matmul kernels (shaders/qmatmul.wgsl behind its packed and GGUF decoders) against
 //! their CPU twins: the bodies live in `edge_llm::kernels::qmatmul::checks` so the browser
 //! runs them too. Plus an #[ignore]d timing comparison at m = 1 (prints, asserts nothing
 //! about time).

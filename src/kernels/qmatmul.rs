@@ -3,7 +3,8 @@
 //! not), GGUF Q4_0/Q4_1/Q8_0 blocks, and dense f32 through the same GEMV structure (the
 //! like-for-like baseline).
 //!
-//! Shaders: shaders/qmatmul.wgsl (packed and dense), shaders/qmatmul_gguf.wgsl (GGUF).
+//! Shaders: one body, shaders/qmatmul.wgsl, behind a decoder per format family:
+//! shaders/qmatmul_packed.wgsl (packed and dense), shaders/qmatmul_gguf.wgsl (GGUF).
 //! CPU twins: [`crate::formats::quant::qmatmul_nt`], [`crate::formats::quant::qmatmul_nn`],
 //! [`crate::formats::quant::gguf_matmul_nt`], [`crate::formats::quant::gguf_matmul_nn`].
 //!
@@ -17,8 +18,15 @@ use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::GgmlType;
 use crate::{Error, Result};
 
-const SOURCE: &str = include_str!("../../shaders/qmatmul.wgsl");
-const SOURCE_GGUF: &str = include_str!("../../shaders/qmatmul_gguf.wgsl");
+/// The one kernel body behind a per-format decoder (see shaders/qmatmul.wgsl's header).
+const SOURCE: &str = concat!(
+    include_str!("../../shaders/qmatmul_packed.wgsl"),
+    include_str!("../../shaders/qmatmul.wgsl")
+);
+const SOURCE_GGUF: &str = concat!(
+    include_str!("../../shaders/qmatmul_gguf.wgsl"),
+    include_str!("../../shaders/qmatmul.wgsl")
+);
 const BINDS: &[Bind] = &[
     Bind::Read,
     Bind::Read,
