@@ -1,4 +1,5 @@
-// matmul.wgsl: dense f32 matrix product with the weight transposed ("NT"),
+// matmul.wgsl: dense f32 matrix product with the weight transposed ("NT"), the baseline of
+// `edge-llm bench kernels` (the engine's dense path is qmatmul.wgsl with BITS = 32),
 //
 //     y[m×n] = x[m×k] · w[n×k]ᵀ        y[r, c] = Σ_i x[r, i] · w[c, i]
 //

@@ -1,4 +1,6 @@
-//! Dense f32 matmul with the weight transposed, y[m×n] = x[m×k]·w[n×k]ᵀ.
+//! Dense f32 matmul with the weight transposed, y[m×n] = x[m×k]·w[n×k]ᵀ: the baseline that
+//! `edge-llm bench kernels` measures the engine's kernels against. The engine itself does
+//! not use it: its dense projections run through [`super::qmatmul`] with `BITS = 32`.
 //! Shader: shaders/matmul.wgsl. CPU twin: [`crate::reference::ops::matmul_nt`].
 
 use wgpu::util::DeviceExt;
