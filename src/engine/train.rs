@@ -79,7 +79,7 @@ use crate::model::{LlamaConfig, ModelFile};
 use crate::reference::ops::AttnShape;
 use crate::reference::optim::AdamW;
 use crate::reference::{lora_dropout, Lora, LoraConfig, Owner, Proj, Span};
-use crate::train::cpu::{bump_versions, check_span, default_span, PrefixCache};
+use crate::train::prefix::{bump_versions, check_span, default_span, PrefixCache};
 use crate::train::CpuBackend;
 use crate::train::{derive_seed, Backend, LossSum, ParamState, Row, Tensor};
 use crate::{Error, Result};
