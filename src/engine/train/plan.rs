@@ -208,7 +208,7 @@ pub(super) fn check_adapters(c: &LlamaConfig, lora: &Lora<f32>) -> Result<()> {
 }
 
 /// The plan of a trainer for `spans` ([`Cover`]) with `n_exits` exit adapters: exactly
-/// the buffers [`GpuTrainer::with_windows`] allocates.
+/// the buffers [`GpuTrainer::with_windows`] allocates, in the same steps.
 pub(super) fn plan_spans(
     file: &ModelFile,
     lora: &LoraConfig,
@@ -222,47 +222,72 @@ pub(super) fn plan_spans(
     check_options(c, lora, opts)?;
     let cover = Cover::of(c.n_layers, spans)?;
     let split = head_split(c, opts, limits)?;
-    let t = opts.seq_len;
-    let (d, vocab) = (c.hidden, c.vocab);
-    let f32s = |n: usize| n as u64 * 4;
     let mut plan = MemoryPlan::default();
-    let (window, stream) = slot_specs(file, opts, spans, &cover)?;
+    plan_weights(&mut plan, file, opts, spans, &cover, split)?;
+    plan_activations(&mut plan, c, lora, opts, &cover, split);
+    let lens = plan_adapters(&mut plan, c, lora, n_exits);
+    plan_exit_and_readbacks(&mut plan, c.hidden, lora.rank, opts.seq_len, &cover, &lens);
+    if let Some(pass) = stats {
+        pass.plan(&mut plan, c);
+    }
+    Ok(plan)
+}
+
+fn f32s(n: usize) -> u64 {
+    n as u64 * 4
+}
+
+/// The frozen weights: the slots, the final norm, and the head in chunks as the file
+/// stores it.
+fn plan_weights(
+    plan: &mut MemoryPlan,
+    file: &ModelFile,
+    opts: &TrainOptions,
+    spans: &[Span],
+    cover: &Cover,
+    split: HeadSplit,
+) -> Result<()> {
+    let (d, vocab) = (file.config.hidden, file.config.vocab);
+    let (window, stream) = slot_specs(file, opts, spans, cover)?;
     for slot in window.iter().chain(&stream) {
-        slot.plan(&mut plan, d);
+        slot.plan(plan, d);
     }
     plan.storage("output_norm.weight", Category::Weights, f32s(d));
     let (head_name, head_lay, tag) = head_layout(file, opts)?;
     for i in 0..split.chunks {
         let rows = split.chunk.min(vocab - i * split.chunk);
         let label = format!(" {tag} chunk {i}");
-        plan_matrix(
-            &mut plan,
-            file,
-            head_name,
-            &label,
-            (rows, d),
-            head_lay,
-            false,
-        )?;
+        plan_matrix(plan, file, head_name, &label, (rows, d), head_lay, false)?;
     }
+    Ok(())
+}
+
+/// The rope table, the blocks' inputs and activation sets, the scratch and the head's
+/// buffers, all for rows of `opts.seq_len` tokens.
+fn plan_activations(
+    plan: &mut MemoryPlan,
+    c: &LlamaConfig,
+    lora: &LoraConfig,
+    opts: &TrainOptions,
+    cover: &Cover,
+    split: HeadSplit,
+) {
+    let (t, d) = (opts.seq_len, c.hidden);
     plan.storage("rope table", Category::Scratch, f32s(t * c.head_dim.max(2)));
     let sets = if opts.recompute { 1 } else { cover.cap };
     for i in 0..cover.cap {
-        plan.storage(
-            format!("block {i} input"),
-            Category::Activations,
-            f32s(t * d),
-        );
+        let name = format!("block {i} input");
+        plan.storage(name, Category::Activations, f32s(t * d));
     }
     if opts.recompute {
         plan.storage("recompute input", Category::Scratch, f32s(t * d));
     }
+    let cat = if opts.recompute {
+        Category::Scratch
+    } else {
+        Category::Activations
+    };
     for set in 0..sets {
-        let cat = if opts.recompute {
-            Category::Scratch
-        } else {
-            Category::Activations
-        };
         for (name, w) in block_widths(c) {
             plan.storage(format!("block {set} {name}"), cat, f32s(t * w));
         }
@@ -288,13 +313,21 @@ pub(super) fn plan_spans(
     }
     let [uniq, starts, order] = SegmentBuffers::bytes(t);
     for (part, bytes) in [("uniq", uniq), ("starts", starts), ("order", order)] {
-        plan.storage(
-            format!("head positions {part}"),
-            Category::Activations,
-            bytes,
-        );
+        let name = format!("head positions {part}");
+        plan.storage(name, Category::Activations, bytes);
     }
     plan.storage("logits chunk", Category::Scratch, f32s(t * split.chunk));
+}
+
+/// Every adapter tensor with its gradient and AdamW moments (the blocks', then the
+/// exits'); returns their lengths.
+fn plan_adapters(
+    plan: &mut MemoryPlan,
+    c: &LlamaConfig,
+    lora: &LoraConfig,
+    n_exits: usize,
+) -> Vec<usize> {
+    let d = c.hidden;
     let mut lens = Vec::new();
     let mut trained = |plan: &mut MemoryPlan, what: String, len: usize| {
         plan.storage(what.clone(), Category::Lora, f32s(len));
@@ -308,24 +341,34 @@ pub(super) fn plan_spans(
             let (k, n) = p.shape(c);
             for (ab, len) in [("A", lora.rank * k), ("B", n * lora.rank)] {
                 let what = format!("lora {} (layer {l}) {ab}", PROJ_NAMES[p.index()]);
-                trained(&mut plan, what, len);
+                trained(plan, what, len);
             }
         }
     }
     for k in 0..n_exits {
         for (ab, len) in [("A", lora.rank * d), ("B", d * lora.rank)] {
-            trained(&mut plan, format!("exit {k} adapter {ab}"), len);
+            trained(plan, format!("exit {k} adapter {ab}"), len);
         }
     }
+    lens
+}
+
+/// The exit adapter's u and output (when a span ends at an exit), the gradient norm's
+/// scratch, and the readback buffers (`lens`: the trained tensors' lengths).
+fn plan_exit_and_readbacks(
+    plan: &mut MemoryPlan,
+    d: usize,
+    rank: usize,
+    t: usize,
+    cover: &Cover,
+    lens: &[usize],
+) {
     if cover.exit {
-        plan.storage("exit adapter u", Category::Activations, f32s(t * lora.rank));
+        plan.storage("exit adapter u", Category::Activations, f32s(t * rank));
         plan.storage("exit output", Category::Activations, f32s(t * d));
     }
-    plan.storage(
-        "grad norm partials",
-        Category::Gradients,
-        f32s(norm_scratch_len(lens.iter().copied())),
-    );
+    let partials = norm_scratch_len(lens.iter().copied());
+    plan.storage("grad norm partials", Category::Gradients, f32s(partials));
     plan.storage("grad norm", Category::Gradients, 4);
     if cover.prefix {
         plan.other("prefix readback", Category::Readback, f32s(t * d));
@@ -334,16 +377,4 @@ pub(super) fn plan_spans(
     plan.other("norm readback", Category::Readback, 4);
     let widest = lens.iter().copied().max().unwrap_or(1);
     plan.other("tensor readback", Category::Readback, f32s(widest));
-    if let Some(pass) = stats {
-        let mats = pass.matrices(c);
-        for l in 0..c.n_layers {
-            for (name, rows, cols) in &mats {
-                let label = format!("block {l} {name}");
-                plan.storage(label, Category::Statistics, f32s(rows * cols));
-            }
-        }
-        let largest = mats.iter().map(|m| m.1 * m.2).max().unwrap_or(1);
-        plan.other("statistics readback", Category::Readback, f32s(largest));
-    }
-    Ok(plan)
 }

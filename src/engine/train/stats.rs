@@ -9,7 +9,7 @@ use super::step::RowPass;
 use super::{GpuTrainer, TrainOptions};
 use crate::compress::profile::{BlockFisher, LayerHessians};
 use crate::compress::prune::Hessian;
-use crate::engine::plan::MemoryPlan;
+use crate::engine::plan::{Category, MemoryPlan};
 use crate::engine::weights::{read_mapped, PROJ_NAMES};
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::stats::{encode_fisher_acc, encode_gram_acc};
@@ -63,6 +63,26 @@ impl StatsPass {
                 })
                 .collect(),
         }
+    }
+}
+
+impl StatsPass {
+    /// One f32 buffer per statistics matrix and block, and their readback buffer (as
+    /// [`Stats::alloc`] allocates them).
+    pub(super) fn plan(self, plan: &mut MemoryPlan, c: &LlamaConfig) {
+        let mats = self.matrices(c);
+        for l in 0..c.n_layers {
+            for (name, rows, cols) in &mats {
+                let label = format!("block {l} {name}");
+                plan.storage(label, Category::Statistics, (rows * cols) as u64 * 4);
+            }
+        }
+        let largest = mats.iter().map(|m| m.1 * m.2).max().unwrap_or(1);
+        plan.other(
+            "statistics readback",
+            Category::Readback,
+            largest as u64 * 4,
+        );
     }
 }
 
