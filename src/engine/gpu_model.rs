@@ -3,11 +3,12 @@
 //! [`CausalLm`](crate::eval::CausalLm)), so perplexity, multiple-choice scoring and
 //! generation run on the GPU unchanged, in the browser too.
 //!
-//! Per appended chunk of t tokens at positions pos0..: embedding gather → per block:
-//! rmsnorm, q/k/v (+ LoRA), RoPE on q and k, k/v copied into the cache at pos0, attention
-//! over the s = pos0 + t cached positions, o (+ LoRA) added to the residual, rmsnorm,
-//! gate/up (+ LoRA), SwiGLU, down (+ LoRA) added to the residual → final norm → head. All
-//! of it is recorded into one command encoder per chunk; only the logits are read back.
+//! Per appended chunk of t tokens at positions pos0..: embedding gather → per block (the
+//! block shared with training, `engine::block`): rmsnorm, q/k/v (+ LoRA), RoPE on q and k,
+//! k/v copied into the cache at pos0, attention over the s = pos0 + t cached positions, o
+//! (+ LoRA) added to the residual, rmsnorm, gate/up (+ LoRA), SwiGLU, down (+ LoRA) added to
+//! the residual → final norm → head. All of it is recorded into one command encoder per
+//! chunk; only the logits are read back.
 //!
 //! With early exits in the adapter (`Lora::exits`, edge mode) [`GpuModel::append_exits_async`]
 //! gives every exit's logits in the same pass: after block `after` of each exit, z = x +
@@ -17,36 +18,26 @@
 //!
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
+use super::block::{
+    block_forward, BlockBufs, BlockKernels, BlockWeights, Keys, ProjLora, Residual,
+};
+use super::gpu_lora::{check_lora, upload_lora, GpuLora};
 use super::plan::{Category, MemoryPlan};
-use crate::formats::packed::{self as cfile, Packed, TensorFormat};
-use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
-use crate::gguf::{quant as gq, GgmlType};
+pub use super::weights::WeightFormat;
+use super::weights::{
+    compressed_embedding, cpu_gather, layout, plan_matrix, proj_tensor, read_mapped, upload_matrix,
+    upload_proj, Gather, Layout, PROJ_NAMES,
+};
 use crate::kernels::context::GpuContext;
-use crate::kernels::ops::attention::{encode_attention_forward, MAX_HEAD_DIM};
+use crate::kernels::ops::attention::MAX_HEAD_DIM;
 use crate::kernels::ops::embedding::encode_embedding_forward;
 use crate::kernels::ops::lora::{encode_lora_forward, LoraShape};
-use crate::kernels::ops::reduce::encode_col_sums_add;
 use crate::kernels::ops::rmsnorm::encode_rmsnorm_forward;
-use crate::kernels::ops::rope::{encode_rope, RopeTable};
-use crate::kernels::ops::swiglu::encode_swiglu_forward;
+use crate::kernels::ops::rope::RopeTable;
 use crate::kernels::qmatmul::{GpuWeight, Path, QMatmul};
-use crate::kernels::spmatmul::{grad_buffers_sparse24, grad_buffers_unstructured, SparseWeight};
-use crate::kernels::weights::FrozenWeight;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::ops::AttnShape;
 use crate::reference::{Lora, Proj};
 use crate::{Error, Result};
-
-/// How the projection and head matrices are held on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightFormat {
-    /// Dequantized to dense f32 (4 bytes per weight; the like-for-like baseline).
-    F32,
-    /// GGUF Q4_0/Q4_1/Q8_0 blocks repacked losslessly into the packed layout the fast GEMV
-    /// reads ([`GgufBlockMatrix::to_quant`]); tensors of other types stay dense f32. A
-    /// compressed file's projections stay as stored: quantized or sparse.
-    Packed,
-}
 
 /// Construction options.
 #[derive(Clone, Debug)]
@@ -88,246 +79,9 @@ pub fn default_path(ctx: &GpuContext) -> Path {
     }
 }
 
-/// GGUF tensor names of the projections, in [`Proj`] order.
-pub(crate) const PROJ_NAMES: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-
-pub(crate) fn proj_tensor(l: usize, p: Proj) -> String {
-    format!("blk.{l}.{}.weight", PROJ_NAMES[p.index()])
-}
-
-/// Where a matrix lives: dense f32, repacked from these GGUF blocks, or as a compressed
-/// file stores it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Layout {
-    Dense,
-    Packed(GgmlType),
-    /// A projection of a compressed-model file ([`crate::compress::file`]) read as stored:
-    /// quantized by the packed kernels, 2:4 or unstructured by the sparse ones.
-    Compressed(TensorFormat),
-}
-
-fn is_block(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-}
-
-/// Checks a 2-D tensor's dims (GGUF `[cols, rows]`) and picks its layout.
-pub(crate) fn layout(
-    file: &ModelFile,
-    name: &str,
-    rows: usize,
-    cols: usize,
-    f: WeightFormat,
-) -> Result<Layout> {
-    let Some(info) = file.gguf.tensor(name) else {
-        return match cfile::format_of(&file.gguf, name)? {
-            Some(fmt) if fmt.shape() != (rows, cols) => Err(Error::Model(format!(
-                "compressed tensor {name} is {:?}, expected ({rows}, {cols})",
-                fmt.shape()
-            ))),
-            Some(fmt) if f == WeightFormat::Packed => Ok(Layout::Compressed(fmt)),
-            Some(_) => Ok(Layout::Dense),
-            None => Err(Error::Model(format!("missing tensor {name}"))),
-        };
-    };
-    if info.dims != [cols as u64, rows as u64] {
-        return Err(Error::Model(format!(
-            "tensor {name} has dims {:?}, expected [{cols}, {rows}]",
-            info.dims
-        )));
-    }
-    Ok(match f {
-        WeightFormat::Packed if is_block(info.ty) && cols.is_multiple_of(BLOCK) => {
-            Layout::Packed(info.ty)
-        }
-        _ => Layout::Dense,
-    })
-}
-
-/// The packed shape `to_quant` produces for `ty` (Q8_0: 8-bit symmetric, Q4_*: 4-bit
-/// asymmetric, groups of 32), without data: for sizing.
-fn packed_shape(ty: GgmlType, rows: usize, cols: usize) -> QuantMatrix {
-    QuantMatrix {
-        rows,
-        cols,
-        bits: if ty == GgmlType::Q8_0 { 8 } else { 4 },
-        group: BLOCK,
-        symmetric: ty == GgmlType::Q8_0,
-        data: Vec::new(),
-        scales: Vec::new(),
-    }
-}
-
-/// Plans the buffers of matrix `name` as [`upload_proj`] allocates them, labelled
-/// `name` + `tag`; `grad`: with the transposed copy a sparse weight's input gradient reads.
-/// Header-only except for that copy, whose size depends on the stored codes.
-pub(crate) fn plan_matrix(
-    plan: &mut MemoryPlan,
-    file: &ModelFile,
-    name: &str,
-    tag: &str,
-    (rows, cols): (usize, usize),
-    lay: Layout,
-    grad: bool,
-) -> Result<()> {
-    let (r, c) = (rows as u64, cols as u64);
-    let label = format!("{name}{tag}");
-    match lay {
-        Layout::Dense => {
-            plan.storage(&label, Category::Weights, r * c * 4);
-            plan.storage(format!("{label} (placeholder)"), Category::Weights, 16);
-        }
-        Layout::Compressed(
-            fmt @ (TensorFormat::Sparse24 { .. } | TensorFormat::Unstructured { .. }),
-        ) => plan_sparse(plan, file, name, &label, fmt, grad)?,
-        Layout::Packed(_) | Layout::Compressed(TensorFormat::Quant { .. }) => {
-            let q = match lay {
-                Layout::Packed(ty) => packed_shape(ty, rows, cols),
-                Layout::Compressed(TensorFormat::Quant {
-                    bits,
-                    group,
-                    symmetric,
-                    ..
-                }) => QuantMatrix {
-                    bits,
-                    group,
-                    symmetric,
-                    ..packed_shape(GgmlType::Q8_0, rows, cols)
-                },
-                _ => unreachable!("matched above"),
-            };
-            plan.storage(&label, Category::Weights, r * q.words_per_row() as u64 * 4);
-            let s = r * q.scale_words_per_row() as u64 * 4;
-            plan.storage(format!("{label} scales"), Category::Weights, s);
-        }
-    }
-    Ok(())
-}
-
-/// A sparse projection's buffers: each array of the file as stored (f32 values have no
-/// scales: a placeholder), plus with `grad` the transposed copy, counted from the codes.
-fn plan_sparse(
-    plan: &mut MemoryPlan,
-    file: &ModelFile,
-    name: &str,
-    label: &str,
-    fmt: TensorFormat,
-    grad: bool,
-) -> Result<()> {
-    let (arrays, values): (&[&str], _) = match fmt {
-        TensorFormat::Sparse24 { values, .. } => (&["values", "scales", "idx"], values),
-        TensorFormat::Unstructured { values, .. } => {
-            (&["values", "scales", "masks", "row_ptr"], values)
-        }
-        TensorFormat::Quant { .. } => {
-            return Err(Error::Model(format!("{name}: not a sparse tensor")))
-        }
-    };
-    for &a in arrays {
-        let words = if a == "scales" && values == cfile::Values::F32 {
-            0
-        } else {
-            let t = format!("{name}.{a}");
-            let info = file
-                .gguf
-                .tensor(&t)
-                .ok_or_else(|| Error::Model(format!("missing tensor {t}")))?;
-            info.dims.first().copied().unwrap_or(0)
-        };
-        plan.storage(format!("{label} {a}"), Category::Weights, words * 4);
-    }
-    if grad {
-        let copy = match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
-            Some(Packed::Sparse24(w)) => grad_buffers_sparse24(&w),
-            Some(Packed::Unstructured(w)) => grad_buffers_unstructured(&w),
-            _ => return Err(Error::Model(format!("{name}: not a sparse tensor"))),
-        };
-        for (a, bytes) in copy {
-            plan.storage(format!("{label} transposed {a}"), Category::Weights, bytes);
-        }
-    }
-    Ok(())
-}
-
-/// Uploads one matrix in its layout, naming the tensor in any error.
-pub(crate) fn upload_matrix(
-    ctx: &GpuContext,
-    file: &ModelFile,
-    name: &str,
-    rows: usize,
-    cols: usize,
-    lay: Layout,
-) -> Result<GpuWeight> {
-    let named = |e: Error| Error::Gpu(format!("{name}: {e}"));
-    match lay {
-        Layout::Dense => {
-            let w = file.tensor_f32(name, &[cols, rows])?;
-            GpuWeight::dense(ctx, &w, rows, cols).map_err(named)
-        }
-        Layout::Packed(ty) => {
-            let raw = file.gguf.tensor_data(&file.bytes, name)?;
-            let q = GgufBlockMatrix::from_bytes(ty, rows, cols, raw)?.to_quant()?;
-            GpuWeight::quant(ctx, &q).map_err(named)
-        }
-        Layout::Compressed(_) => match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
-            Some(Packed::Quant(q)) => GpuWeight::quant(ctx, &q).map_err(named),
-            _ => Err(Error::Model(format!(
-                "{name}: not a quantized compressed tensor"
-            ))),
-        },
-    }
-}
-
-/// Uploads one projection in its layout: sparse ones for the sparse kernels (`grad`: with
-/// the transposed copy for the input gradient), the rest as [`upload_matrix`].
-pub(crate) fn upload_proj(
-    ctx: &GpuContext,
-    file: &ModelFile,
-    name: &str,
-    (rows, cols): (usize, usize),
-    lay: Layout,
-    grad: bool,
-) -> Result<FrozenWeight> {
-    let named = |e: Error| Error::Gpu(format!("{name}: {e}"));
-    match lay {
-        Layout::Compressed(TensorFormat::Sparse24 { .. } | TensorFormat::Unstructured { .. }) => {
-            let w = match cfile::read_tensor(&file.gguf, &file.bytes, name)? {
-                Some(Packed::Sparse24(w)) => SparseWeight::sparse24(ctx, &w, grad),
-                Some(Packed::Unstructured(w)) => SparseWeight::unstructured(ctx, &w, grad),
-                _ => return Err(Error::Model(format!("{name}: not a sparse tensor"))),
-            };
-            w.map(|w| FrozenWeight::Sparse(Box::new(w))).map_err(named)
-        }
-        _ => upload_matrix(ctx, file, name, rows, cols, lay).map(FrozenWeight::Packed),
-    }
-}
-
-/// How token rows reach the residual stream.
-pub(crate) enum Gather {
-    /// The embedding kernel reads this dense f32 table (the tied dense head's own buffer
-    /// when tied).
-    Gpu(wgpu::Buffer),
-    /// Packed embedding: the embedding kernel reads only f32, so the t rows are
-    /// dequantized on the CPU from the raw GGUF blocks and written (t·hidden floats).
-    Cpu {
-        ty: GgmlType,
-        row_bytes: usize,
-        bytes: Vec<u8>,
-    },
-}
-
+/// A block's weights and its KV cache.
 struct Layer {
-    attn_norm: wgpu::Buffer,
-    ffn_norm: wgpu::Buffer,
-    /// In [`Proj`] order.
-    w: Vec<FrozenWeight>,
+    w: BlockWeights,
     k_cache: wgpu::Buffer,
     v_cache: wgpu::Buffer,
 }
@@ -348,24 +102,6 @@ struct Scratch {
     act: wgpu::Buffer,
     lse: wgpu::Buffer,
     logits: wgpu::Buffer,
-}
-
-struct GpuLora {
-    scale: f32,
-    rank: usize,
-    /// `pairs[l][proj.index()]` = (A `[rank][k]`, B `[n][rank]`).
-    pairs: Vec<Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>>,
-    /// u = x·Aᵀ, `[max_t][rank]` (the exits' adapters use it too).
-    u: wgpu::Buffer,
-    /// Early exits, shallow to deep.
-    exits: Vec<GpuExit>,
-}
-
-/// An early exit: after block `after`, z = x + s·B·A·x (A `[rank][d]`, B `[d][rank]`).
-struct GpuExit {
-    after: usize,
-    a: wgpu::Buffer,
-    b: wgpu::Buffer,
 }
 
 /// Rows per chunk when `exits` exits are read back: every exit's logits of a chunk share
@@ -584,9 +320,11 @@ impl<'c> GpuModel<'c> {
             let k_cache = track(zeros(&format!("kv cache k (layer {l})"), max_len * kv)?);
             let v_cache = track(zeros(&format!("kv cache v (layer {l})"), max_len * kv)?);
             layers.push(Layer {
-                attn_norm,
-                ffn_norm,
-                w,
+                w: BlockWeights {
+                    attn_norm,
+                    ffn_norm,
+                    w,
+                },
                 k_cache,
                 v_cache,
             });
@@ -826,16 +564,8 @@ impl<'c> GpuModel<'c> {
                     .write_buffer(&self.s.tokens, 0, bytemuck::cast_slice(tokens));
                 encode_embedding_forward(ctx, enc, &self.s.tokens, table, &self.s.x, t, d)
             }
-            Gather::Cpu {
-                ty,
-                row_bytes,
-                bytes,
-            } => {
-                let mut rows = vec![0.0f32; t * d];
-                for (row, &tok) in rows.chunks_mut(d).zip(tokens) {
-                    let src = &bytes[tok as usize * row_bytes..][..*row_bytes];
-                    gq::dequantize(*ty, src, row).map_err(Error::Invalid)?;
-                }
+            Gather::Cpu { .. } => {
+                let rows = self.gather.cpu_rows(tokens, d)?;
                 ctx.queue
                     .write_buffer(&self.s.x, 0, bytemuck::cast_slice(&rows));
                 Ok(())
@@ -913,237 +643,62 @@ impl<'c> GpuModel<'c> {
         read_mapped(ctx, &self.readback, g.exits.len() as u64 * per_exit).await
     }
 
-    /// A projection of `x` into `y` (t rows), plus its LoRA term if it has one.
-    fn encode_proj(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        l: usize,
-        p: Proj,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        t: usize,
-    ) -> Result<()> {
-        self.layers[l].w[p.index()].encode_nt(&self.mm, self.ctx, enc, x, y, t)?;
-        if let Some(g) = &self.lora {
-            if let Some((a, b)) = &g.pairs[l][p.index()] {
-                let (k, n) = p.shape(&self.config);
-                let sh = LoraShape {
-                    m: t,
-                    k,
-                    n,
-                    rank: g.rank,
-                    scale: g.scale,
-                };
-                encode_lora_forward(self.ctx, enc, x, (a, b), None, &g.u, y, sh)?;
-            }
-        }
-        Ok(())
+    /// The LoRA term of block `l`'s projection `p` on t rows, if the adapter has one.
+    fn proj_lora(&self, l: usize, p: Proj, t: usize) -> Option<ProjLora<'_>> {
+        let g = self.lora.as_ref()?;
+        let (a, b) = g.pairs[l][p.index()].as_ref()?;
+        let (k, n) = p.shape(&self.config);
+        let shape = LoraShape {
+            m: t,
+            k,
+            n,
+            rank: g.rank,
+            scale: g.scale,
+        };
+        Some(ProjLora {
+            ab: (a, b),
+            drop: None,
+            u: &g.u,
+            shape,
+        })
     }
 
-    /// One block on t rows at positions len.., reading and updating the residual `x`.
+    /// One block on t rows at positions len.., reading and updating the residual `x`
+    /// ([`block_forward`] with the KV cache).
     fn encode_block(&self, enc: &mut wgpu::CommandEncoder, l: usize, t: usize) -> Result<()> {
-        let (ctx, c, s, lw) = (self.ctx, &self.config, &self.s, &self.layers[l]);
-        let (d, kv, pos0) = (c.hidden, c.kv_dim(), self.len);
-        let eps = c.norm_eps;
-        // x += y, as a one-row column sum (reduce.wgsl col_sums_add).
-        let add = |enc: &mut wgpu::CommandEncoder, y: &wgpu::Buffer| {
-            encode_col_sums_add(ctx, enc, y, 1, t * d, &s.x)
+        let (s, lw) = (&self.s, &self.layers[l]);
+        let kernels = BlockKernels {
+            ctx: self.ctx,
+            mm: &self.mm,
+            config: &self.config,
+            rope: &self.rope,
         };
-
-        encode_rmsnorm_forward(ctx, enc, &s.x, &lw.attn_norm, &s.n, &s.rstd, t, d, eps)?;
-        self.encode_proj(enc, l, Proj::Q, &s.n, &s.q, t)?;
-        self.encode_proj(enc, l, Proj::K, &s.n, &s.k, t)?;
-        self.encode_proj(enc, l, Proj::V, &s.n, &s.v, t)?;
-        let style = c.rope_style;
-        encode_rope(ctx, enc, &s.q, &self.rope, t, c.n_heads, pos0, style, false)?;
-        encode_rope(
-            ctx,
-            enc,
-            &s.k,
-            &self.rope,
-            t,
-            c.n_kv_heads,
-            pos0,
-            style,
-            false,
-        )?;
-        let (off, bytes) = ((pos0 * kv * 4) as u64, (t * kv * 4) as u64);
-        enc.copy_buffer_to_buffer(&s.k, 0, &lw.k_cache, off, bytes);
-        enc.copy_buffer_to_buffer(&s.v, 0, &lw.v_cache, off, bytes);
-        let sh = AttnShape {
-            t,
-            s: pos0 + t,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
+        // One normed-x and rstd scratch serves both norms: nothing is kept.
+        let bufs = BlockBufs {
+            x: &s.x,
+            n1: &s.n,
+            rstd1: &s.rstd,
+            q: &s.q,
+            k: &s.k,
+            v: &s.v,
+            attn: &s.attn,
+            lse: &s.lse,
+            n2: &s.n,
+            rstd2: &s.rstd,
+            gate: &s.gate,
+            up: &s.up,
+            act: &s.act,
+            o: &s.o,
+            residual: Residual::InPlace,
         };
-        encode_attention_forward(
-            ctx,
-            enc,
-            &s.q,
-            &lw.k_cache,
-            &lw.v_cache,
-            &s.attn,
-            &s.lse,
-            sh,
-        )?;
-        self.encode_proj(enc, l, Proj::O, &s.attn, &s.o, t)?;
-        add(enc, &s.o)?;
-
-        encode_rmsnorm_forward(ctx, enc, &s.x, &lw.ffn_norm, &s.n, &s.rstd, t, d, eps)?;
-        self.encode_proj(enc, l, Proj::Gate, &s.n, &s.gate, t)?;
-        self.encode_proj(enc, l, Proj::Up, &s.n, &s.up, t)?;
-        encode_swiglu_forward(ctx, enc, &s.gate, &s.up, &s.act, t * c.ffn)?;
-        self.encode_proj(enc, l, Proj::Down, &s.act, &s.o, t)?;
-        add(enc, &s.o)
+        let keys = Keys::Cache {
+            k: &lw.k_cache,
+            v: &lw.v_cache,
+            pos0: self.len,
+        };
+        let lora = |p: Proj| self.proj_lora(l, p, t);
+        block_forward(&kernels, enc, &lw.w, &lora, &bufs, keys, t)
     }
-}
-
-fn compressed_embedding() -> Error {
-    Error::Model("token_embd.weight: a compressed embedding is not supported".into())
-}
-
-pub(crate) fn cpu_gather(
-    file: &ModelFile,
-    name: &str,
-    ty: GgmlType,
-    vocab: usize,
-    d: usize,
-) -> Result<Gather> {
-    let bytes = file.gguf.tensor_data(&file.bytes, name)?.to_vec();
-    let row_bytes = d / ty.block_elems() * ty.block_bytes();
-    if bytes.len() != vocab * row_bytes {
-        return Err(Error::Model(format!(
-            "{name}: {} bytes for {vocab} rows of {row_bytes}",
-            bytes.len()
-        )));
-    }
-    Ok(Gather::Cpu {
-        ty,
-        row_bytes,
-        bytes,
-    })
-}
-
-/// Checks that `lora` has the structure the GPU buffers were made for.
-fn check_lora(
-    c: &LlamaConfig,
-    lora: &Lora<f32>,
-    rank: usize,
-    pairs: &[Vec<Option<(wgpu::Buffer, wgpu::Buffer)>>],
-) -> Result<()> {
-    let bad = |why: String| Err(Error::Invalid(format!("LoRA adapter: {why}")));
-    if lora.layers.len() != c.n_layers || lora.config.rank != rank {
-        return bad(format!(
-            "{} layers of rank {}, expected {} of rank {rank}",
-            lora.layers.len(),
-            lora.config.rank,
-            c.n_layers
-        ));
-    }
-    for (l, (ll, gl)) in lora.layers.iter().zip(pairs).enumerate() {
-        for p in Proj::ALL {
-            let (k, n) = p.shape(c);
-            match (&ll[p.index()], &gl[p.index()]) {
-                (None, None) => {}
-                (Some(q), Some(_)) if q.rank == rank && q.k == k && q.n == n => {
-                    if q.a.len() != rank * k || q.b.len() != n * rank {
-                        return bad(format!("layer {l} {p:?}: A/B lengths do not match"));
-                    }
-                }
-                _ => return bad(format!("layer {l} {p:?}: not the planned shape/targets")),
-            }
-        }
-    }
-    let mut prev = 0;
-    for (k, e) in lora.exits.iter().enumerate() {
-        let q = &e.pair;
-        if e.after <= prev || e.after > c.n_layers {
-            return bad(format!(
-                "exit {k} after block {}: exits must ascend within 1..={}",
-                e.after, c.n_layers
-            ));
-        }
-        prev = e.after;
-        let d = c.hidden;
-        let lens_ok = q.a.len() == rank * d && q.b.len() == d * rank;
-        if q.rank != rank || q.k != d || q.n != d || !lens_ok {
-            return bad(format!(
-                "exit {k} (after block {}): not a rank-{rank} adapter on the {d}-wide hidden state",
-                e.after
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn upload_lora(
-    ctx: &GpuContext,
-    c: &LlamaConfig,
-    lora: &Lora<f32>,
-    max_t: usize,
-    track: &mut impl FnMut(wgpu::Buffer) -> wgpu::Buffer,
-) -> Result<GpuLora> {
-    let rank = lora.config.rank;
-    let mut pairs = Vec::with_capacity(c.n_layers);
-    for (l, ll) in lora.layers.iter().enumerate() {
-        let mut row = Vec::with_capacity(7);
-        for p in Proj::ALL {
-            let targeted = lora.config.targets.contains(&p);
-            let pair = match (&ll[p.index()], targeted) {
-                (Some(q), true) => {
-                    let what = format!("lora {} (layer {l})", PROJ_NAMES[p.index()]);
-                    let a = track(ctx.storage(&format!("{what} A"), bytemuck::cast_slice(&q.a))?);
-                    let b = track(ctx.storage(&format!("{what} B"), bytemuck::cast_slice(&q.b))?);
-                    Some((a, b))
-                }
-                (None, false) => None,
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "LoRA adapter: layer {l} {p:?} presence disagrees with its targets"
-                    )))
-                }
-            };
-            row.push(pair);
-        }
-        pairs.push(row);
-    }
-    check_lora(c, lora, rank, &pairs)?;
-    let u = track(ctx.storage_zeroed("lora u", (max_t * rank * 4) as u64)?);
-    let mut exits = Vec::with_capacity(lora.exits.len());
-    for (k, e) in lora.exits.iter().enumerate() {
-        let a = track(ctx.storage(
-            &format!("exit {k} adapter A"),
-            bytemuck::cast_slice(&e.pair.a),
-        )?);
-        let b = track(ctx.storage(
-            &format!("exit {k} adapter B"),
-            bytemuck::cast_slice(&e.pair.b),
-        )?);
-        exits.push(GpuExit {
-            after: e.after,
-            a,
-            b,
-        });
-    }
-    Ok(GpuLora {
-        scale: lora.scale(),
-        rank,
-        pairs,
-        u,
-        exits,
-    })
-}
-
-/// The first `bytes` of a MAP_READ buffer as f32.
-pub(crate) async fn read_mapped(
-    ctx: &GpuContext,
-    buf: &wgpu::Buffer,
-    bytes: u64,
-) -> Result<Vec<f32>> {
-    Ok(bytemuck::pod_collect_to_vec(
-        &ctx.map_read(buf, bytes).await?,
-    ))
 }
 
 /// The evaluation functions' async model: awaits the logits' readback, so it also runs in

@@ -2,9 +2,12 @@
 //! cache ([`GpuModel`], a [`crate::eval::CausalLm`]), LoRA training ([`GpuTrainer`], a
 //! [`crate::train::Backend`]), and their memory plans, made before anything is allocated.
 
+mod block;
+mod gpu_lora;
 pub mod gpu_model;
 pub mod plan;
 pub mod train;
+mod weights;
 
 pub use gpu_model::{
     default_path, GpuModel, GpuModelOptions, WeightFormat, DEFAULT_MAX_LEN, DEFAULT_MAX_T,

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod examples;
 pub mod layers;
 pub mod modes;
+pub mod prefix;
 pub mod schedule;
 pub mod trainer;
 
