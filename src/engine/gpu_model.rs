@@ -1,7 +1,6 @@
 //! The whole LLaMA forward pass on the GPU for inference, composed from the kernel library,
-//! with a KV cache: an [`AsyncLm`](crate::eval::AsyncLm) (and natively a blocking
-//! [`CausalLm`](crate::eval::CausalLm)), so perplexity, multiple-choice scoring and
-//! generation run on the GPU unchanged, in the browser too.
+//! with a KV cache: an [`Lm`](crate::eval::Lm), so perplexity, multiple-choice scoring,
+//! generation and exit voting run on the GPU unchanged, in the browser too.
 //!
 //! Per appended chunk of t tokens at positions pos0..: embedding gather → per block:
 //! rmsnorm, q/k/v (+ LoRA), RoPE on q and k, k/v copied into the cache at pos0, attention
@@ -18,6 +17,7 @@
 //! Memory is sized first ([`GpuModel::plan`]) and allocated once in [`GpuModel::new`].
 
 use super::plan::{Category, MemoryPlan};
+use crate::eval::{Logits, Readout};
 use crate::formats::packed::{self as cfile, Packed, TensorFormat};
 use crate::formats::quant::{GgufBlockMatrix, QuantMatrix, BLOCK};
 use crate::gguf::{quant as gq, GgmlType};
@@ -1146,9 +1146,9 @@ pub(crate) async fn read_mapped(
     ))
 }
 
-/// The evaluation functions' async model: awaits the logits' readback, so it also runs in
-/// the browser (`eval::*_async`).
-impl crate::eval::AsyncLm for GpuModel<'_> {
+/// The evaluation functions' model: awaits the logits' readback, so it also runs in the
+/// browser; the head's logits, or every early exit's in one pass (exit voting).
+impl crate::eval::Lm for GpuModel<'_> {
     fn vocab(&self) -> usize {
         self.config.vocab
     }
@@ -1162,77 +1162,15 @@ impl crate::eval::AsyncLm for GpuModel<'_> {
     fn truncate(&mut self, len: usize) {
         GpuModel::truncate(self, len)
     }
-    fn append(&mut self, tokens: &[u32]) -> impl std::future::Future<Output = Result<Vec<f32>>> {
-        self.append_async(tokens)
-    }
-}
-
-/// Blocking, for the native CLI and tests (the browser cannot block: it uses `AsyncLm`).
-#[cfg(not(target_arch = "wasm32"))]
-impl crate::eval::CausalLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    /// Only moves the length: later appends overwrite the cache from there.
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        pollster::block_on(self.append_async(tokens))
-    }
-}
-
-/// Exit voting's async model: every exit's logits in one pass (`eval::*_vote_async`,
-/// `eval::generate_voted_async`), in the browser too.
-impl crate::eval::AsyncExitLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
     fn exits(&self) -> Vec<usize> {
         GpuModel::exits(self)
     }
-    fn append(
-        &mut self,
-        tokens: &[u32],
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>>> {
-        self.append_exits_async(tokens)
-    }
-}
-
-/// Blocking exit voting, for the native CLI and tests.
-#[cfg(not(target_arch = "wasm32"))]
-impl crate::eval::ExitLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
-    fn exits(&self) -> Vec<usize> {
-        GpuModel::exits(self)
-    }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        pollster::block_on(self.append_exits_async(tokens))
+    fn append<'a>(&'a mut self, tokens: &'a [u32], readout: Readout) -> Logits<'a> {
+        Box::pin(async move {
+            match readout {
+                Readout::Head => Ok(vec![self.append_async(tokens).await?]),
+                Readout::Exits => self.append_exits_async(tokens).await,
+            }
+        })
     }
 }
