@@ -1,17 +1,12 @@
-//! Evaluation and generation on any backend that implements [`CausalLm`]: perplexity,
-//! zero-shot multiple-choice accuracy, and sampling (greedy, temperature, top-p).
+//! Evaluation and generation on any model that implements [`Lm`]: perplexity, zero-shot
+//! multiple-choice accuracy, and sampling (greedy, temperature, top-p), each over the
+//! model's head or, with a [`Vote`] rule, over its early exits (`*_vote`/`*_voted`): the
+//! same code on every device.
 //!
-//! The functions are async over [`AsyncLm`] (`*_async`), because the GPU model's logits
-//! arrive through a buffer mapping that the browser cannot block on: the web app awaits
-//! them. [`CpuLm`] returns ready futures; [`GpuModel`](crate::engine::GpuModel) awaits the
-//! device. The blocking [`perplexity`], [`eval_mc`], [`score_choices`] and [`generate`]
-//! over the synchronous [`CausalLm`] (what the CLI calls) run the same async bodies, whose
-//! futures are then always ready, so they need no executor and work on wasm32 too.
-//!
-//! Models with early exits implement [`AsyncExitLm`] (each exit's logits per position: the
-//! GPU model, and every synchronous [`ExitLm`] such as [`CpuExitLm`]), as [`AsyncLm`] is
-//! beside [`CausalLm`]; the `*_exits`/`*_vote`/`*_voted` functions combine
-//! the exits by a [`Vote`] rule, the same code on both devices.
+//! The functions are async because the GPU model's logits arrive through a buffer mapping
+//! that the browser cannot block on: the web app awaits them. [`CpuLm`] returns ready
+//! futures and [`GpuModel`](crate::engine::GpuModel) awaits the device; the native CLI
+//! blocks on them at its edge.
 
 use crate::data::McQuestion;
 use crate::reference::ops::log_softmax;
@@ -23,11 +18,28 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::pin::Pin;
 
-/// A causal language model with a growing context (a KV cache).
-pub trait CausalLm {
+/// What an [`Lm::append`] reads out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// The model's own head after its last block: one logits array.
+    Head,
+    /// Every early exit of [`Lm::exits`], shallow to deep: one logits array each.
+    Exits,
+}
+
+/// What [`Lm::append`] returns: a future that may wait for a device, boxed so that the
+/// CLI can pick the model at run time (`&mut dyn Lm`).
+pub type Logits<'a> = Pin<Box<dyn Future<Output = Result<Vec<Vec<f32>>>> + 'a>>;
+
+/// The one model interface of evaluation and generation: a causal language model with a
+/// growing context (a KV cache). A plain model is the one-exit case: [`Readout::Head`]
+/// gives its head's logits; a model with early exits also answers [`Readout::Exits`].
+/// `append` is async because the GPU model's logits arrive through a buffer mapping the
+/// browser cannot block on; the CPU reference's futures are ready at once, and native
+/// callers block at their edge (`pollster::block_on`).
+pub trait Lm {
     fn vocab(&self) -> usize;
     /// Longest context the model supports.
     fn max_len(&self) -> usize;
@@ -38,58 +50,23 @@ pub trait CausalLm {
     }
     /// Forgets positions from `len` on.
     fn truncate(&mut self, len: usize);
-    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`.
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// The block counts after which the early exits read, shallow to deep (empty for a
+    /// plain model).
+    fn exits(&self) -> Vec<usize>;
+    /// Appends `tokens` and returns, for each head `readout` names, the logits of every
+    /// appended position, `[n][vocab]`.
+    fn append<'a>(&'a mut self, tokens: &'a [u32], readout: Readout) -> Logits<'a>;
 }
 
-/// A causal language model whose `append` may wait for a device: the trait the
-/// evaluation functions are written against (the same pattern as `train::Backend`).
-pub trait AsyncLm {
-    fn vocab(&self) -> usize;
-    /// Longest context the model supports.
-    fn max_len(&self) -> usize;
-    /// Positions in the context.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Forgets positions from `len` on.
-    fn truncate(&mut self, len: usize);
-    /// Appends `tokens` and returns the logits of every appended position, `[n][vocab]`.
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>>;
+/// The head's logits of `tokens` appended to `lm`'s context.
+async fn head(lm: &mut dyn Lm, tokens: &[u32]) -> Result<Vec<f32>> {
+    let mut heads = lm.append(tokens, Readout::Head).await?;
+    heads
+        .pop()
+        .ok_or_else(|| Error::Invalid("the model returned no logits".into()))
 }
 
-/// Any synchronous model is an [`AsyncLm`] whose futures are ready at once.
-impl AsyncLm for dyn CausalLm + '_ {
-    fn vocab(&self) -> usize {
-        CausalLm::vocab(self)
-    }
-    fn max_len(&self) -> usize {
-        CausalLm::max_len(self)
-    }
-    fn len(&self) -> usize {
-        CausalLm::len(self)
-    }
-    fn truncate(&mut self, len: usize) {
-        CausalLm::truncate(self, len)
-    }
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>> {
-        std::future::ready(CausalLm::append(self, tokens))
-    }
-}
-
-/// Runs a future that never waits (an async evaluation over a synchronous model) to its
-/// end in one poll.
-fn now<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
-    match pin!(fut).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(r) => r,
-        Poll::Pending => Err(Error::Invalid(
-            "a blocking evaluation waited on a device: use the *_async functions".into(),
-        )),
-    }
-}
-
-/// The CPU reference as a [`CausalLm`] (and an [`AsyncLm`] with ready futures).
+/// The CPU reference as an [`Lm`] (ready futures).
 pub struct CpuLm<'a> {
     pub model: &'a Transformer<f32>,
     cache: KvCache<f32>,
@@ -102,9 +79,28 @@ impl<'a> CpuLm<'a> {
             cache: KvCache::new(model.w.config.n_layers),
         }
     }
+
+    fn append_now(&mut self, tokens: &[u32], readout: Readout) -> Result<Vec<Vec<f32>>> {
+        let (vocab, max_len) = (self.vocab(), self.max_len());
+        check_tokens(tokens, vocab)?;
+        if self.cache.len + tokens.len() > max_len {
+            return Err(Error::Invalid(format!(
+                "context of {} tokens exceeds the model's {}",
+                self.cache.len + tokens.len(),
+                max_len
+            )));
+        }
+        match readout {
+            Readout::Head => Ok(vec![self.model.logits(tokens, Some(&mut self.cache))]),
+            Readout::Exits => {
+                check_exits(&self.exits())?;
+                Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
+            }
+        }
+    }
 }
 
-impl CausalLm for CpuLm<'_> {
+impl Lm for CpuLm<'_> {
     fn vocab(&self) -> usize {
         self.model.w.config.vocab
     }
@@ -117,35 +113,15 @@ impl CausalLm for CpuLm<'_> {
     fn truncate(&mut self, len: usize) {
         self.cache.truncate(len, self.model.w.config.kv_dim());
     }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let (vocab, max_len) = (CausalLm::vocab(self), CausalLm::max_len(self));
-        check_tokens(tokens, vocab)?;
-        if self.cache.len + tokens.len() > max_len {
-            return Err(Error::Invalid(format!(
-                "context of {} tokens exceeds the model's {}",
-                self.cache.len + tokens.len(),
-                max_len
-            )));
-        }
-        Ok(self.model.logits(tokens, Some(&mut self.cache)))
+    fn exits(&self) -> Vec<usize> {
+        self.model
+            .lora
+            .as_ref()
+            .map(|l| l.exits.iter().map(|e| e.after).collect())
+            .unwrap_or_default()
     }
-}
-
-impl AsyncLm for CpuLm<'_> {
-    fn vocab(&self) -> usize {
-        CausalLm::vocab(self)
-    }
-    fn max_len(&self) -> usize {
-        CausalLm::max_len(self)
-    }
-    fn len(&self) -> usize {
-        CausalLm::len(self)
-    }
-    fn truncate(&mut self, len: usize) {
-        CausalLm::truncate(self, len)
-    }
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<f32>>> {
-        std::future::ready(CausalLm::append(self, tokens))
+    fn append<'a>(&'a mut self, tokens: &'a [u32], readout: Readout) -> Logits<'a> {
+        Box::pin(std::future::ready(self.append_now(tokens, readout)))
     }
 }
 
@@ -166,20 +142,10 @@ pub struct Perplexity {
     pub mean_nll: f64,
 }
 
-/// [`perplexity_async`] on a synchronous model.
-pub fn perplexity(
-    lm: &mut dyn CausalLm,
-    tokens: &[u32],
-    chunk: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Perplexity> {
-    now(perplexity_async(lm, tokens, chunk, progress))
-}
-
 /// Perplexity of `tokens` (no BOS added): predicts tokens 2..N from their prefixes.
 /// Runs in chunks of `chunk` tokens through the KV cache, calling `progress(done, total)`.
-pub async fn perplexity_async<L: AsyncLm + ?Sized>(
-    lm: &mut L,
+pub async fn perplexity(
+    lm: &mut dyn Lm,
     tokens: &[u32],
     chunk: usize,
     progress: &mut dyn FnMut(usize, usize),
@@ -195,7 +161,7 @@ pub async fn perplexity_async<L: AsyncLm + ?Sized>(
     let mut nll = 0.0f64;
     let mut done = 0;
     for part in tokens.chunks(chunk.max(1)) {
-        let logits = lm.append(part).await?;
+        let logits = head(lm, part).await?;
         for (i, row) in logits.chunks(vocab).enumerate() {
             let pos = done + i; // this row predicts token pos + 1
             if let Some(&next) = tokens.get(pos + 1) {
@@ -213,45 +179,6 @@ pub async fn perplexity_async<L: AsyncLm + ?Sized>(
     })
 }
 
-/// [`score_choices_async`] on a synchronous model.
-pub fn score_choices(lm: &mut dyn CausalLm, tok: &Tokenizer, q: &McQuestion) -> Result<Vec<f64>> {
-    now(score_choices_async(lm, tok, q))
-}
-
-/// Summed log-likelihood of each choice's continuation tokens after the question.
-pub async fn score_choices_async<L: AsyncLm + ?Sized>(
-    lm: &mut L,
-    tok: &Tokenizer,
-    q: &McQuestion,
-) -> Result<Vec<f64>> {
-    let ctx = tok.encode(&q.context())?;
-    if ctx.is_empty() {
-        return Err(Error::Data("a question encodes to no tokens".into()));
-    }
-    lm.truncate(0);
-    let vocab = lm.vocab();
-    let ctx_logits = lm.append(&ctx).await?;
-    let last = log_softmax(&ctx_logits[(ctx.len() - 1) * vocab..]);
-    let mut scores = Vec::with_capacity(q.choices.len());
-    for i in 0..q.choices.len() {
-        let cont = tok.encode(&q.continuation(i))?;
-        let Some((&first, rest)) = cont.split_first() else {
-            scores.push(f64::NEG_INFINITY);
-            continue;
-        };
-        let mut s = last[first as usize] as f64;
-        if !rest.is_empty() {
-            lm.truncate(ctx.len());
-            let logits = lm.append(&cont[..cont.len() - 1]).await?;
-            for (row, &next) in logits.chunks(vocab).zip(rest) {
-                s += log_softmax(row)[next as usize] as f64;
-            }
-        }
-        scores.push(s);
-    }
-    Ok(scores)
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct McResult {
     pub accuracy: f64,
@@ -263,20 +190,10 @@ pub struct McResult {
     pub scores: Vec<Vec<f64>>,
 }
 
-/// [`eval_mc_async`] on a synchronous model.
-pub fn eval_mc(
-    lm: &mut dyn CausalLm,
-    tok: &Tokenizer,
-    questions: &[McQuestion],
-    progress: &mut dyn FnMut(usize, usize, usize),
-) -> Result<McResult> {
-    now(eval_mc_async(lm, tok, questions, progress))
-}
-
 /// Zero-shot accuracy: each question's prediction is the choice with the highest summed
 /// log-likelihood. Calls `progress(done, total, correct)` after each question.
-pub async fn eval_mc_async<L: AsyncLm + ?Sized>(
-    lm: &mut L,
+pub async fn eval_mc(
+    lm: &mut dyn Lm,
     tok: &Tokenizer,
     questions: &[McQuestion],
     progress: &mut dyn FnMut(usize, usize, usize),
@@ -288,7 +205,10 @@ pub async fn eval_mc_async<L: AsyncLm + ?Sized>(
     let mut predictions = Vec::with_capacity(questions.len());
     let mut all_scores = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
-        let scores = score_choices_async(lm, tok, q).await?;
+        let scores = score_choices(lm, tok, q, Readout::Head)
+            .await?
+            .pop()
+            .unwrap_or_default();
         let best = argmax_f64(&scores);
         correct += usize::from(best == q.answer);
         predictions.push(best);
@@ -382,24 +302,10 @@ pub fn sample_probs(probs: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> u32 {
     kept[kept.len() - 1] as u32
 }
 
-/// [`generate_async`] on a synchronous model.
-pub fn generate(
-    lm: &mut dyn CausalLm,
-    prompt: &[u32],
-    max_tokens: usize,
-    sampling: &Sampling,
-    stop: &[u32],
-    on_token: &mut dyn FnMut(u32),
-) -> Result<Vec<u32>> {
-    now(generate_async(
-        lm, prompt, max_tokens, sampling, stop, on_token,
-    ))
-}
-
 /// Generates up to `max_tokens` after `prompt`, stopping at any of `stop`. Calls
 /// `on_token` with each new token as it is produced (for streaming). Returns the new ids.
-pub async fn generate_async<L: AsyncLm + ?Sized>(
-    lm: &mut L,
+pub async fn generate(
+    lm: &mut dyn Lm,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,
@@ -412,7 +318,7 @@ pub async fn generate_async<L: AsyncLm + ?Sized>(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     lm.truncate(0);
     let vocab = lm.vocab();
-    let mut logits = lm.append(prompt).await?;
+    let mut logits = head(lm, prompt).await?;
     let mut out = Vec::new();
     while out.len() < max_tokens && lm.len() < lm.max_len() {
         let row = &logits[logits.len() - vocab..];
@@ -422,145 +328,19 @@ pub async fn generate_async<L: AsyncLm + ?Sized>(
         }
         out.push(next);
         on_token(next);
-        logits = lm.append(&[next]).await?;
+        logits = head(lm, &[next]).await?;
     }
     Ok(out)
 }
 
-/// A causal language model with early exits and a growing context: the exit-voting
-/// counterpart of [`CausalLm`], whose `append` returns every exit's logits.
-pub trait ExitLm {
-    fn vocab(&self) -> usize;
-    /// Longest context the model supports.
-    fn max_len(&self) -> usize;
-    /// Positions in the context.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Forgets positions from `len` on.
-    fn truncate(&mut self, len: usize);
-    /// The block counts after which the exits sit, shallow to deep.
-    fn exits(&self) -> Vec<usize>;
-    /// Appends `tokens` and returns each exit's logits of every appended position,
-    /// `[exit][n·vocab]`.
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>>;
-}
-
-/// [`ExitLm`] whose `append` may wait for a device: the trait the voting functions are
-/// written against (as [`AsyncLm`] is for the plain ones).
-pub trait AsyncExitLm {
-    fn vocab(&self) -> usize;
-    /// Longest context the model supports.
-    fn max_len(&self) -> usize;
-    /// Positions in the context.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Forgets positions from `len` on.
-    fn truncate(&mut self, len: usize);
-    /// The block counts after which the exits sit, shallow to deep.
-    fn exits(&self) -> Vec<usize>;
-    /// Appends `tokens` and returns each exit's logits of every appended position,
-    /// `[exit][n·vocab]`.
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>>;
-}
-
-/// Any synchronous exit model is an [`AsyncExitLm`] whose futures are ready at once.
-impl AsyncExitLm for dyn ExitLm + '_ {
-    fn vocab(&self) -> usize {
-        ExitLm::vocab(self)
-    }
-    fn max_len(&self) -> usize {
-        ExitLm::max_len(self)
-    }
-    fn len(&self) -> usize {
-        ExitLm::len(self)
-    }
-    fn truncate(&mut self, len: usize) {
-        ExitLm::truncate(self, len)
-    }
-    fn exits(&self) -> Vec<usize> {
-        ExitLm::exits(self)
-    }
-    fn append(&mut self, tokens: &[u32]) -> impl Future<Output = Result<Vec<Vec<f32>>>> {
-        std::future::ready(ExitLm::append(self, tokens))
-    }
-}
-
-/// The CPU reference's exits as an [`ExitLm`] (and an [`AsyncExitLm`] with ready
-/// futures), with a KV cache.
-pub struct CpuExitLm<'a> {
-    pub model: &'a Transformer<f32>,
-    cache: KvCache<f32>,
-}
-
-impl<'a> CpuExitLm<'a> {
-    /// Refuses a model whose adapter has no exits.
-    pub fn new(model: &'a Transformer<f32>) -> Result<Self> {
-        if model.lora.as_ref().is_none_or(|l| l.exits.is_empty()) {
-            return Err(Error::Invalid(
-                "exit voting needs an adapter with early exits".into(),
-            ));
-        }
-        Ok(Self {
-            model,
-            cache: KvCache::new(model.w.config.n_layers),
-        })
-    }
-}
-
-impl ExitLm for CpuExitLm<'_> {
-    fn vocab(&self) -> usize {
-        self.model.w.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.model.w.config.context_length
-    }
-    fn len(&self) -> usize {
-        self.cache.len
-    }
-    fn truncate(&mut self, len: usize) {
-        self.cache.truncate(len, self.model.w.config.kv_dim());
-    }
-    fn exits(&self) -> Vec<usize> {
-        self.model
-            .lora
-            .as_ref()
-            .map(|l| l.exits.iter().map(|e| e.after).collect())
-            .unwrap_or_default()
-    }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        check_tokens(tokens, ExitLm::vocab(self))?;
-        let max_len = ExitLm::max_len(self);
-        if self.cache.len + tokens.len() > max_len {
-            return Err(Error::Invalid(format!(
-                "context of {} tokens exceeds the model's {}",
-                self.cache.len + tokens.len(),
-                max_len
-            )));
-        }
-        Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
-    }
-}
-
-/// [`score_choices_exits_async`] on a synchronous model.
-pub fn score_choices_exits(
-    lm: &mut dyn ExitLm,
+/// Summed log-likelihood of each choice's continuation tokens after the question, under
+/// each head `readout` names, `[head][choice]` (the question's context once, then each
+/// choice's continuation).
+pub async fn score_choices(
+    lm: &mut dyn Lm,
     tok: &Tokenizer,
     q: &McQuestion,
-) -> Result<Vec<Vec<f64>>> {
-    now(score_choices_exits_async(lm, tok, q))
-}
-
-/// Summed log-likelihood of each choice's continuation under each exit, `[exit][choice]`:
-/// the scoring of [`score_choices_async`] (the question's context once, then each
-/// choice's continuation tokens), at every exit.
-pub async fn score_choices_exits_async<L: AsyncExitLm + ?Sized>(
-    lm: &mut L,
-    tok: &Tokenizer,
-    q: &McQuestion,
+    readout: Readout,
 ) -> Result<Vec<Vec<f64>>> {
     let ctx = tok.encode(&q.context())?;
     if ctx.is_empty() {
@@ -568,7 +348,7 @@ pub async fn score_choices_exits_async<L: AsyncExitLm + ?Sized>(
     }
     lm.truncate(0);
     let vocab = lm.vocab();
-    let ctx_logits = lm.append(&ctx).await?;
+    let ctx_logits = lm.append(&ctx, readout).await?;
     let last: Vec<Vec<f32>> = ctx_logits
         .iter()
         .map(|l| log_softmax(&l[(ctx.len() - 1) * vocab..]))
@@ -583,7 +363,7 @@ pub async fn score_choices_exits_async<L: AsyncExitLm + ?Sized>(
         let mut s: Vec<f64> = last.iter().map(|l| l[first as usize] as f64).collect();
         if !rest.is_empty() {
             lm.truncate(ctx.len());
-            let logits = lm.append(&cont[..cont.len() - 1]).await?;
+            let logits = lm.append(&cont[..cont.len() - 1], readout).await?;
             for (s, exit) in s.iter_mut().zip(&logits) {
                 for (row, &next) in exit.chunks(vocab).zip(rest) {
                     *s += log_softmax(row)[next as usize] as f64;
@@ -642,22 +422,11 @@ pub struct McVoteResult {
     pub scores: Vec<Vec<Vec<f64>>>,
 }
 
-/// [`eval_mc_vote_async`] on a synchronous model.
-pub fn eval_mc_vote(
-    lm: &mut dyn ExitLm,
-    tok: &Tokenizer,
-    questions: &[McQuestion],
-    rule: Vote,
-    progress: &mut dyn FnMut(usize, usize, usize),
-) -> Result<McVoteResult> {
-    now(eval_mc_vote_async(lm, tok, questions, rule, progress))
-}
-
 /// Zero-shot accuracy with exit voting: a choice's probability under exit k is
 /// exp(its summed log-likelihood there), and `rule` combines the exits. Calls
 /// `progress(done, total, correct)` (by `rule`) after each question.
-pub async fn eval_mc_vote_async<L: AsyncExitLm + ?Sized>(
-    lm: &mut L,
+pub async fn eval_mc_vote(
+    lm: &mut dyn Lm,
     tok: &Tokenizer,
     questions: &[McQuestion],
     rule: Vote,
@@ -673,7 +442,7 @@ pub async fn eval_mc_vote_async<L: AsyncExitLm + ?Sized>(
     let mut predictions = Vec::with_capacity(questions.len());
     let mut all_scores = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
-        let scores = score_choices_exits_async(lm, tok, q).await?;
+        let scores = score_choices(lm, tok, q, Readout::Exits).await?;
         for (c, s) in exit_correct.iter_mut().zip(&scores) {
             *c += usize::from(argmax_f64(s) == q.answer);
         }
@@ -735,25 +504,10 @@ pub fn voted_distribution(rows: &[&[f32]], rule: Vote, temperature: f32) -> Resu
     vote::combine(rule, &dists)
 }
 
-/// [`generate_voted_async`] on a synchronous model.
-pub fn generate_voted(
-    lm: &mut dyn ExitLm,
-    prompt: &[u32],
-    max_tokens: usize,
-    sampling: &Sampling,
-    rule: Vote,
-    stop: &[u32],
-    on_token: &mut dyn FnMut(u32),
-) -> Result<Vec<u32>> {
-    now(generate_voted_async(
-        lm, prompt, max_tokens, sampling, rule, stop, on_token,
-    ))
-}
-
 /// [`generate_async`] from the exits' voted distribution ([`voted_distribution`]), then
 /// greedy or nucleus sampling as `sampling` says ([`sample_probs`]).
-pub async fn generate_voted_async<L: AsyncExitLm + ?Sized>(
-    lm: &mut L,
+pub async fn generate_voted(
+    lm: &mut dyn Lm,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,
@@ -768,7 +522,7 @@ pub async fn generate_voted_async<L: AsyncExitLm + ?Sized>(
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     lm.truncate(0);
     let vocab = lm.vocab();
-    let mut logits = lm.append(prompt).await?;
+    let mut logits = lm.append(prompt, Readout::Exits).await?;
     let mut out = Vec::new();
     while out.len() < max_tokens && lm.len() < lm.max_len() {
         let rows: Vec<&[f32]> = logits.iter().map(|l| &l[l.len() - vocab..]).collect();
@@ -779,7 +533,7 @@ pub async fn generate_voted_async<L: AsyncExitLm + ?Sized>(
         }
         out.push(next);
         on_token(next);
-        logits = lm.append(&[next]).await?;
+        logits = lm.append(&[next], Readout::Exits).await?;
     }
     Ok(out)
 }

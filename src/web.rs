@@ -7,12 +7,12 @@
 //! [`GpuContext`] and leaks it, so a [`WebTuner`]'s `GpuTrainer<'static>` and a [`WebLm`]'s
 //! `GpuModel<'static>` can borrow it.
 //!
-//! Evaluation and chat ([`WebLm`]) call the same `eval::*_async` functions as the CLI's
-//! blocking wrappers, awaiting the GPU's readbacks instead of blocking on them.
+//! Evaluation and chat ([`WebLm`]) call the same `eval` functions as the CLI, awaiting
+//! the GPU's readbacks where the CLI blocks on them.
 //!
 //! Every tuning mode trains on the GPU engine, windowed ones (partial, edge: adaptive
 //! layer tuning) through `GpuTrainer::with_windows`, planned by `plan_windows`. Exit
-//! voting at evaluation runs on the same GPU model (`eval::*_vote_async`), which computes
+//! voting at evaluation runs on the same GPU model (`eval::eval_mc_vote`, `eval::generate_voted`), which computes
 //! every exit's logits in one pass.
 
 use std::cell::OnceCell;
@@ -866,7 +866,7 @@ impl WebLm {
 
     /// Positions the KV cache holds: the longest prompt plus reply, or text evaluated.
     pub fn max_len(&self) -> usize {
-        eval::AsyncLm::max_len(&self.gm)
+        eval::Lm::max_len(&self.gm)
     }
 
     /// Whether a LoRA adapter is applied.
@@ -888,10 +888,10 @@ impl WebLm {
         progress: Option<js_sys::Function>,
     ) -> Result<String, JsError> {
         let mut ids = self.tokenizer.encode(&text).map_err(js_err)?;
-        ids.truncate(max_tokens.min(eval::AsyncLm::max_len(&self.gm)));
+        ids.truncate(max_tokens.min(eval::Lm::max_len(&self.gm)));
         let t0 = web_time::Instant::now();
         let chunk = self.gm.max_t();
-        let r = eval::perplexity_async(&mut self.gm, &ids, chunk, &mut |done, total| {
+        let r = eval::perplexity(&mut self.gm, &ids, chunk, &mut |done, total| {
             notify(&progress, &[(done as f64).into(), (total as f64).into()])
         })
         .await
@@ -925,7 +925,7 @@ impl WebLm {
             .map_err(js_err)?;
         let t0 = web_time::Instant::now();
         if let Some(rule) = self.vote_rule(asked).map_err(js_err)? {
-            let r = eval::eval_mc_vote_async(
+            let r = eval::eval_mc_vote(
                 &mut self.gm,
                 &self.tokenizer,
                 &qs,
@@ -970,7 +970,7 @@ impl WebLm {
             })
             .to_string());
         }
-        let r = eval::eval_mc_async(
+        let r = eval::eval_mc(
             &mut self.gm,
             &self.tokenizer,
             &qs,
@@ -1058,7 +1058,7 @@ impl WebLm {
         };
         let out = match rule {
             Some(rule) => {
-                eval::generate_voted_async(
+                eval::generate_voted(
                     &mut self.gm,
                     &ids,
                     o.max_tokens,
@@ -1070,7 +1070,7 @@ impl WebLm {
                 .await
             }
             None => {
-                eval::generate_async(
+                eval::generate(
                     &mut self.gm,
                     &ids,
                     o.max_tokens,

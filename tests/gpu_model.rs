@@ -11,11 +11,17 @@ use common::{context, model_path};
 use std::time::Instant;
 
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
-use edge_llm::eval::{self, CausalLm, CpuLm, Sampling};
+use edge_llm::eval::{self, CpuLm, Lm, Readout, Sampling};
 use edge_llm::kernels::qmatmul::Path;
 use edge_llm::model::tiny::{self, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+use pollster::block_on;
+
+/// The head's logits of `toks` appended to `lm`'s context, waited for.
+fn head(lm: &mut dyn Lm, toks: &[u32]) -> Vec<f32> {
+    block_on(lm.append(toks, Readout::Head)).unwrap().remove(0)
+}
 
 /// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
 /// the CPU logits): f32 sums in another order, the same weights.
@@ -60,7 +66,7 @@ fn opts(format: WeightFormat) -> GpuModelOptions {
 }
 
 fn cpu_logits(model: &Transformer<f32>, toks: &[u32]) -> Vec<f32> {
-    CpuLm::new(model).append(toks).unwrap()
+    head(&mut CpuLm::new(model), toks)
 }
 
 #[test]
@@ -78,7 +84,7 @@ fn logits_match_the_cpu_in_both_formats() {
                 ..opts(format)
             };
             let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
-            let got = gpu.append(&toks).unwrap();
+            let got = head(&mut gpu, &toks);
             assert_close(&format!("{format:?} {path:?}"), &got, &want);
             let (d, range) = diff(&got, &want);
             eprintln!("{format:?} {path:?}: max diff {d:e} (logit range {range})");
@@ -94,11 +100,11 @@ fn prefill_then_decode_equals_one_forward() {
     let toks = tokens(10);
     let want = cpu_logits(&cpu, &toks);
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
-    let whole = gpu.append(&toks).unwrap();
+    let whole = head(&mut gpu, &toks);
     gpu.truncate(0);
-    let mut parts = gpu.append(&toks[..7]).unwrap();
+    let mut parts = head(&mut gpu, &toks[..7]);
     for &t in &toks[7..] {
-        parts.extend(gpu.append(&[t]).unwrap());
+        parts.extend(head(&mut gpu, &[t]));
     }
     assert_eq!(gpu.len(), 10);
     assert_close("7 + 1 + 1 + 1 vs 10 (GPU)", &parts, &whole);
@@ -109,7 +115,7 @@ fn prefill_then_decode_equals_one_forward() {
         ..opts(WeightFormat::Packed)
     };
     let mut chunked = GpuModel::new(&ctx, &file, &small, None).unwrap();
-    assert_close("chunks of 3 vs CPU", &chunked.append(&toks).unwrap(), &want);
+    assert_close("chunks of 3 vs CPU", &head(&mut chunked, &toks), &want);
 }
 
 #[test]
@@ -147,8 +153,8 @@ fn lora_matches_the_cpu() {
     );
     for format in [WeightFormat::F32, WeightFormat::Packed] {
         let mut gpu = GpuModel::new(&ctx, &file, &opts(format), Some(&lora)).unwrap();
-        let mut got = gpu.append(&toks[..5]).unwrap();
-        got.extend(gpu.append(&toks[5..]).unwrap());
+        let mut got = head(&mut gpu, &toks[..5]);
+        got.extend(head(&mut gpu, &toks[5..]));
         assert_close(&format!("LoRA {format:?}"), &got, &want);
     }
     // set_lora with zero B gives back the base model.
@@ -159,7 +165,7 @@ fn lora_matches_the_cpu() {
     gpu.set_lora(&lora).unwrap();
     assert_close(
         "LoRA with B = 0",
-        &gpu.append(&toks).unwrap(),
+        &head(&mut gpu, &toks),
         &cpu_logits(&base, &toks),
     );
 }
@@ -171,9 +177,17 @@ fn greedy_generation_matches_the_cpu() {
     let cpu = Transformer::new(file.weights().unwrap());
     let prompt = tokens(5);
     let s = Sampling::default();
-    let want = eval::generate(&mut CpuLm::new(&cpu), &prompt, 12, &s, &[], &mut |_| {}).unwrap();
+    let want = block_on(eval::generate(
+        &mut CpuLm::new(&cpu),
+        &prompt,
+        12,
+        &s,
+        &[],
+        &mut |_| {},
+    ))
+    .unwrap();
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32), None).unwrap();
-    let got = eval::generate(&mut gpu, &prompt, 12, &s, &[], &mut |_| {}).unwrap();
+    let got = block_on(eval::generate(&mut gpu, &prompt, 12, &s, &[], &mut |_| {})).unwrap();
     assert_eq!(got, want);
     assert_eq!(got.len(), 12);
 }
@@ -184,20 +198,26 @@ fn truncate_and_reappend_gives_the_same_logits() {
     let file = tiny_file();
     let toks = tokens(8);
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
-    let first = gpu.append(&toks).unwrap();
+    let first = head(&mut gpu, &toks);
     let vocab = gpu.vocab();
     // Overwrite positions 4.. with other tokens, then go back and replay the originals.
     gpu.truncate(4);
-    gpu.append(&tokens(20)[12..18]).unwrap();
+    head(&mut gpu, &tokens(20)[12..18]);
     gpu.truncate(4);
     assert_eq!(gpu.len(), 4);
-    let again = gpu.append(&toks[4..]).unwrap();
+    let again = head(&mut gpu, &toks[4..]);
     assert_close("after truncate", &again, &first[4 * vocab..]);
     // Perplexity runs through the trait unchanged and agrees with the CPU.
     let cpu = Transformer::new(file.weights().unwrap());
     let long = tokens(30);
-    let pc = eval::perplexity(&mut CpuLm::new(&cpu), &long, 7, &mut |_, _| {}).unwrap();
-    let pg = eval::perplexity(&mut gpu, &long, 7, &mut |_, _| {}).unwrap();
+    let pc = block_on(eval::perplexity(
+        &mut CpuLm::new(&cpu),
+        &long,
+        7,
+        &mut |_, _| {},
+    ))
+    .unwrap();
+    let pg = block_on(eval::perplexity(&mut gpu, &long, 7, &mut |_, _| {})).unwrap();
     assert!(
         (pc.mean_nll - pg.mean_nll).abs() < 1e-4 * pc.mean_nll.abs().max(1.0),
         "perplexity: cpu {pc:?} gpu {pg:?}"
@@ -250,7 +270,7 @@ fn refuses_a_tensor_over_the_binding_limit_by_name() {
     assert!(err.contains("token_embd.weight"), "{err}");
     // Packed, the embedding (8-bit) fits.
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed), None).unwrap();
-    assert_eq!(gpu.append(&tokens(3)).unwrap().len(), 3 * file.config.vocab);
+    assert_eq!(head(&mut gpu, &tokens(3)).len(), 3 * file.config.vocab);
 }
 
 #[test]
@@ -270,15 +290,15 @@ fn real_model_prefill_matches_the_cpu() {
     let upload = t0.elapsed();
     // The first run compiles the pipelines (GEMV and tiled variants).
     let t0 = Instant::now();
-    gpu.append(&toks).unwrap();
+    head(&mut gpu, &toks);
     let first = t0.elapsed();
     gpu.truncate(0);
     let t0 = Instant::now();
-    let got = gpu.append(&toks).unwrap();
+    let got = head(&mut gpu, &toks);
     let prefill = t0.elapsed();
     let t0 = Instant::now();
     for &t in &toks[..4] {
-        gpu.append(&[t]).unwrap();
+        head(&mut gpu, &[t]);
     }
     let decode = t0.elapsed() / 4;
     let cpu = Transformer::new(file.weights().unwrap());
@@ -313,14 +333,14 @@ fn real_model_decode_timing() {
             path: None,
         };
         let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
-        gpu.append(&toks).unwrap();
+        head(&mut gpu, &toks);
         gpu.truncate(0);
         let t0 = Instant::now();
-        gpu.append(&toks).unwrap();
+        head(&mut gpu, &toks);
         let prefill = t0.elapsed();
         let t0 = Instant::now();
         for &t in &toks[..8] {
-            assert_eq!(gpu.append(&[t]).unwrap().len(), file.config.vocab);
+            assert_eq!(head(&mut gpu, &[t]).len(), file.config.vocab);
         }
         eprintln!(
             "{format:?}: weights {:.1} MiB, prefill 16 tokens {prefill:?}, decode {:?}/token",
@@ -357,7 +377,7 @@ fn compressed_file_logits_match_the_cpu() {
         let mut gpu = GpuModel::new(&ctx, &back, &opts(f), None).unwrap();
         assert_close(
             &format!("compressed file, {f:?}"),
-            &gpu.append(&toks).unwrap(),
+            &head(&mut gpu, &toks),
             &want,
         );
     }
@@ -408,9 +428,9 @@ fn sparse_file_is_read_packed_and_matches_the_cpu() {
     let vocab = file.config.vocab;
     for f in [WeightFormat::Packed, WeightFormat::F32] {
         let mut gpu = GpuModel::new(&ctx, &file, &opts(f), None).unwrap();
-        let mut got = gpu.append(&toks[..12]).unwrap();
+        let mut got = head(&mut gpu, &toks[..12]);
         for &t in &toks[12..] {
-            got.extend(gpu.append(&[t]).unwrap());
+            got.extend(head(&mut gpu, &[t]));
         }
         assert_eq!(got.len(), toks.len() * vocab);
         assert_close(&format!("sparse file, {f:?}"), &got, &want);

@@ -13,12 +13,13 @@ use common::{context, mc_questions as questions, random_lora};
 
 use edge_llm::adapter::save_dir;
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
-use edge_llm::eval::{self, CpuExitLm, CpuLm, ExitLm, Sampling};
+use edge_llm::eval::{self, CpuLm, Lm, Readout, Sampling};
 use edge_llm::model::tiny::{self, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::vote::Vote;
+use pollster::block_on;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -157,7 +158,9 @@ fn plain_head_after_an_exit_pass() {
     let vocab = file.config.vocab;
     for (exits, continues) in [([1, 3], false), ([2, 4], true)] {
         let lora = random_lora(&file.config, &exits, 9);
-        let want = eval::CausalLm::append(&mut CpuLm::new(&adapted(&file, &lora)), &toks).unwrap();
+        let want = block_on(CpuLm::new(&adapted(&file, &lora)).append(&toks, Readout::Head))
+            .unwrap()
+            .remove(0);
         let mut gpu =
             GpuModel::new(&ctx, &file, &opts(WeightFormat::Packed, 16), Some(&lora)).unwrap();
         pollster::block_on(gpu.append_exits_async(&toks[..5])).unwrap();
@@ -251,20 +254,26 @@ fn voting_on_the_gpu_matches_the_cpu() {
         let lora = random_lora(&file.config, &exits, 11);
         let m = adapted(&file, &lora);
         let t0 = Instant::now();
-        let want = eval::eval_mc_vote(
-            &mut CpuExitLm::new(&m).unwrap(),
+        let want = block_on(eval::eval_mc_vote(
+            &mut CpuLm::new(&m),
             &tok,
             &qs,
             Vote::Max,
             &mut |_, _, _| {},
-        )
+        ))
         .unwrap();
         let cpu_s = t0.elapsed().as_secs_f64();
         for format in [WeightFormat::F32, WeightFormat::Packed] {
             let mut gpu = GpuModel::new(&ctx, &file, &opts(format, 16), Some(&lora)).unwrap();
             let t0 = Instant::now();
-            let got =
-                eval::eval_mc_vote(&mut gpu, &tok, &qs, Vote::Max, &mut |_, _, _| {}).unwrap();
+            let got = block_on(eval::eval_mc_vote(
+                &mut gpu,
+                &tok,
+                &qs,
+                Vote::Max,
+                &mut |_, _, _| {},
+            ))
+            .unwrap();
             eprintln!(
                 "exits {exits:?} {format:?}: {} questions, CPU {cpu_s:.2} s, GPU {:.2} s",
                 qs.len(),
@@ -295,7 +304,7 @@ fn voting_on_the_gpu_matches_the_cpu() {
                 }
             }
             // The async body the page awaits: the same result.
-            let again = pollster::block_on(eval::eval_mc_vote_async(
+            let again = pollster::block_on(eval::eval_mc_vote(
                 &mut gpu,
                 &tok,
                 &qs,
@@ -307,17 +316,17 @@ fn voting_on_the_gpu_matches_the_cpu() {
             // Greedy voted generation: the same tokens, each rule.
             for rule in [Vote::Max, Vote::Mean, Vote::Last] {
                 let s = Sampling::default();
-                let w = eval::generate_voted(
-                    &mut CpuExitLm::new(&m).unwrap(),
+                let w = block_on(eval::generate_voted(
+                    &mut CpuLm::new(&m),
                     &prompt,
                     10,
                     &s,
                     rule,
                     &[],
                     &mut |_| {},
-                )
+                ))
                 .unwrap();
-                let g = pollster::block_on(eval::generate_voted_async(
+                let g = pollster::block_on(eval::generate_voted(
                     &mut gpu,
                     &prompt,
                     10,
@@ -333,9 +342,16 @@ fn voting_on_the_gpu_matches_the_cpu() {
     }
     // A GPU model without exits has nothing to vote over.
     let mut plain = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32, 16), None).unwrap();
-    let e = eval::eval_mc_vote(&mut plain, &tok, &qs, Vote::Max, &mut |_, _, _| {}).unwrap_err();
+    let e = block_on(eval::eval_mc_vote(
+        &mut plain,
+        &tok,
+        &qs,
+        Vote::Max,
+        &mut |_, _, _| {},
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("early exits"), "{e}");
-    assert!(ExitLm::exits(&plain).is_empty());
+    assert!(Lm::exits(&plain).is_empty());
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
@@ -389,13 +405,13 @@ fn cli_votes_on_the_gpu() {
     );
 
     let qs = questions();
-    let want = eval::eval_mc_vote(
-        &mut CpuExitLm::new(&m).unwrap(),
+    let want = block_on(eval::eval_mc_vote(
+        &mut CpuLm::new(&m),
         &tok,
         &qs,
         Vote::Mean,
         &mut |_, _, _| {},
-    )
+    ))
     .unwrap();
     let (code, obj, out) = run(&[
         "eval-mc",
@@ -454,15 +470,15 @@ fn cli_votes_on_the_gpu() {
             .filter(|v| v.len() == 1)
             .unwrap_or_default(),
     );
-    let want = eval::generate_voted(
-        &mut CpuExitLm::new(&m).unwrap(),
+    let want = block_on(eval::generate_voted(
+        &mut CpuLm::new(&m),
         &ids,
         10,
         &Sampling::default(),
         Vote::Max,
         &stop,
         &mut |_| {},
-    )
+    ))
     .unwrap();
     let (code, obj, out) = run(&[
         "generate",

@@ -304,7 +304,13 @@ fn check_round_trip(orig: &ModelFile, c: &Compressed, policy: &Policy, text: &[u
         );
     }
     let model = Transformer::new(w);
-    let ppl = perplexity(&mut CpuLm::new(&model), text, 64, &mut |_, _| {}).unwrap();
+    let ppl = block_on(perplexity(
+        &mut CpuLm::new(&model),
+        text,
+        64,
+        &mut |_, _| {},
+    ))
+    .unwrap();
     assert!(ppl.perplexity.is_finite(), "{ppl:?}");
     ppl.perplexity
 }
@@ -317,7 +323,13 @@ fn compressed_file_round_trips_and_is_smaller() {
     let hess = collect_hessians(&model, &rows, &mut |_, _| {}).unwrap();
     let tok = Tokenizer::from_gguf(&orig.gguf).unwrap();
     let text = tok.encode(TEXT).unwrap();
-    let base = perplexity(&mut CpuLm::new(&model), &text, 64, &mut |_, _| {}).unwrap();
+    let base = block_on(perplexity(
+        &mut CpuLm::new(&model),
+        &text,
+        64,
+        &mut |_, _| {},
+    ))
+    .unwrap();
     let n = orig.config.n_layers;
     let proj_f32: usize = Proj::ALL
         .iter()

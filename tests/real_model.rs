@@ -7,6 +7,7 @@ use edge_llm::eval::{self, CpuLm, Sampling};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::Transformer;
 use edge_llm::tokenizer::Tokenizer;
+use pollster::block_on;
 use std::path::PathBuf;
 
 fn model_path() -> Option<PathBuf> {
@@ -51,14 +52,14 @@ fn chat_answers_paris() {
         .encode(&tok.chat_prompt("What is the capital of France?"))
         .unwrap();
     let mut lm = CpuLm::new(&model);
-    let out = eval::generate(
+    let out = block_on(eval::generate(
         &mut lm,
         &prompt,
         16,
         &Sampling::default(),
         &[2],
         &mut |_| {},
-    )
+    ))
     .unwrap();
     let text = tok.decode(&out).unwrap();
     assert!(text.contains("Paris"), "answer: {text:?}");
@@ -79,7 +80,7 @@ fn arc_easy_subset_above_chance() {
     let tok = Tokenizer::from_gguf(&f.gguf).unwrap();
     let model = Transformer::new(f.weights().unwrap());
     let mut lm = CpuLm::new(&model);
-    let r = eval::eval_mc(&mut lm, &tok, &qs[..60], &mut |_, _, _| {}).unwrap();
+    let r = block_on(eval::eval_mc(&mut lm, &tok, &qs[..60], &mut |_, _, _| {})).unwrap();
     eprintln!("ARC-Easy first 60: accuracy {:.3}", r.accuracy);
     assert!(r.accuracy >= 0.40, "accuracy {}", r.accuracy);
 }

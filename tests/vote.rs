@@ -10,14 +10,15 @@ use edge_llm::adapter::{
 };
 use edge_llm::data::McQuestion;
 use edge_llm::eval::{
-    self, eval_mc_vote, generate_voted, score_choices, score_choices_exits, voted_distribution,
-    CpuExitLm, CpuLm, ExitLm, Sampling,
+    self, eval_mc_vote, generate_voted, score_choices, voted_distribution, CpuLm, Lm, Readout,
+    Sampling,
 };
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::vote::{combine, pick, pick_log, resolve, Vote};
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -194,8 +195,10 @@ fn deepest_exit_with_zero_b_is_the_plain_model() {
     m.lora.as_mut().unwrap().exits[1].pair.b.fill(0.0);
     let mut differs = 0.0f64;
     for q in questions() {
-        let plain = score_choices(&mut CpuLm::new(&m), &tok, &q).unwrap();
-        let exits = score_choices_exits(&mut CpuExitLm::new(&m).unwrap(), &tok, &q).unwrap();
+        let plain = block_on(score_choices(&mut CpuLm::new(&m), &tok, &q, Readout::Head))
+            .unwrap()
+            .remove(0);
+        let exits = block_on(score_choices(&mut CpuLm::new(&m), &tok, &q, Readout::Exits)).unwrap();
         assert_eq!(exits.len(), 2);
         for (a, b) in exits[1].iter().zip(&plain) {
             assert!((a - b).abs() <= SCORE_TOL, "{:?} vs {plain:?}", exits[1]);
@@ -213,8 +216,10 @@ fn deepest_exit_with_zero_b_is_the_plain_model() {
     // With its B nonzero, the deepest exit's adapter changes the scores.
     let (_, tok, m) = tiny_model(3);
     let q = &questions()[1];
-    let plain = score_choices(&mut CpuLm::new(&m), &tok, q).unwrap();
-    let exits = score_choices_exits(&mut CpuExitLm::new(&m).unwrap(), &tok, q).unwrap();
+    let plain = block_on(score_choices(&mut CpuLm::new(&m), &tok, q, Readout::Head))
+        .unwrap()
+        .remove(0);
+    let exits = block_on(score_choices(&mut CpuLm::new(&m), &tok, q, Readout::Exits)).unwrap();
     let d = exits[1]
         .iter()
         .zip(&plain)
@@ -232,14 +237,17 @@ fn cached_exit_logits_equal_uncached() {
     assert!(tokens.len() > 10);
     let full = m.exit_logits(&tokens, None);
     assert_eq!(full.len(), EXITS.len());
-    let mut lm = CpuExitLm::new(&m).unwrap();
+    let mut lm = CpuLm::new(&m);
     assert_eq!(lm.exits(), EXITS);
-    let check = |lm: &mut CpuExitLm, from: usize, parts: &[usize]| {
+    let check = |lm: &mut CpuLm, from: usize, parts: &[usize]| {
         lm.truncate(from);
         let mut got = vec![Vec::new(); EXITS.len()];
         let mut at = from;
         for &n in parts {
-            for (g, e) in got.iter_mut().zip(lm.append(&tokens[at..at + n]).unwrap()) {
+            for (g, e) in got
+                .iter_mut()
+                .zip(block_on(lm.append(&tokens[at..at + n], Readout::Exits)).unwrap())
+            {
                 g.extend(e);
             }
             at += n;
@@ -262,7 +270,7 @@ fn cached_exit_logits_equal_uncached() {
     let mut plain = m.clone();
     plain.lora.as_mut().unwrap().exits.clear();
     assert!(plain.exit_logits(&tokens, None).is_empty());
-    assert!(CpuExitLm::new(&plain).is_err());
+    assert!(block_on(CpuLm::new(&plain).append(&tokens, Readout::Exits)).is_err());
 }
 
 #[test]
@@ -270,8 +278,8 @@ fn eval_reports_every_exit_and_rule() {
     let (_, tok, m) = tiny_model(7);
     let qs = questions();
     let mut calls = 0;
-    let r = eval_mc_vote(
-        &mut CpuExitLm::new(&m).unwrap(),
+    let r = block_on(eval_mc_vote(
+        &mut CpuLm::new(&m),
         &tok,
         &qs,
         Vote::Mean,
@@ -279,7 +287,7 @@ fn eval_reports_every_exit_and_rule() {
             calls += 1;
             assert_eq!((done, total), (calls, qs.len()));
         },
-    )
+    ))
     .unwrap();
     assert_eq!(
         (r.n, r.rule, r.scores.len()),
@@ -315,13 +323,13 @@ fn eval_reports_every_exit_and_rule() {
     assert_eq!((r.correct, r.accuracy), (mean.correct, mean.accuracy));
     // Last equals the deepest exit alone.
     assert_eq!(r.votes[3].correct, r.exits[1].correct);
-    assert!(eval_mc_vote(
-        &mut CpuExitLm::new(&m).unwrap(),
+    assert!(block_on(eval_mc_vote(
+        &mut CpuLm::new(&m),
         &tok,
         &[],
         Vote::Max,
         &mut |_, _, _| {}
-    )
+    ))
     .is_err());
 }
 
@@ -332,10 +340,26 @@ fn voted_generation() {
     let greedy = Sampling::default();
     // Last with the deepest exit's B = 0 (after the last block) is the plain model.
     m.lora.as_mut().unwrap().exits[1].pair.b.fill(0.0);
-    let plain =
-        eval::generate(&mut CpuLm::new(&m), &prompt, 12, &greedy, &[], &mut |_| {}).unwrap();
-    let mut lm = CpuExitLm::new(&m).unwrap();
-    let last = generate_voted(&mut lm, &prompt, 12, &greedy, Vote::Last, &[], &mut |_| {}).unwrap();
+    let plain = block_on(eval::generate(
+        &mut CpuLm::new(&m),
+        &prompt,
+        12,
+        &greedy,
+        &[],
+        &mut |_| {},
+    ))
+    .unwrap();
+    let mut lm = CpuLm::new(&m);
+    let last = block_on(generate_voted(
+        &mut lm,
+        &prompt,
+        12,
+        &greedy,
+        Vote::Last,
+        &[],
+        &mut |_| {},
+    ))
+    .unwrap();
     assert_eq!(last, plain);
     // Max under sampling: deterministic by seed, streamed as returned.
     let s = Sampling {
@@ -344,15 +368,30 @@ fn voted_generation() {
         seed: 4,
     };
     let mut streamed = Vec::new();
-    let a = generate_voted(&mut lm, &prompt, 12, &s, Vote::Max, &[], &mut |t| {
-        streamed.push(t)
-    })
+    let a = block_on(generate_voted(
+        &mut lm,
+        &prompt,
+        12,
+        &s,
+        Vote::Max,
+        &[],
+        &mut |t| streamed.push(t),
+    ))
     .unwrap();
-    let b = generate_voted(&mut lm, &prompt, 12, &s, Vote::Max, &[], &mut |_| {}).unwrap();
+    let b = block_on(generate_voted(
+        &mut lm,
+        &prompt,
+        12,
+        &s,
+        Vote::Max,
+        &[],
+        &mut |_| {},
+    ))
+    .unwrap();
     assert_eq!((a.len(), &a), (12, &b));
     assert_eq!(streamed, a);
     // Majority is a point mass: sampling gives the greedy tokens.
-    let maj_g = generate_voted(
+    let maj_g = block_on(generate_voted(
         &mut lm,
         &prompt,
         8,
@@ -360,13 +399,22 @@ fn voted_generation() {
         Vote::Majority,
         &[],
         &mut |_| {},
-    )
+    ))
     .unwrap();
-    let maj_s = generate_voted(&mut lm, &prompt, 8, &s, Vote::Majority, &[], &mut |_| {}).unwrap();
+    let maj_s = block_on(generate_voted(
+        &mut lm,
+        &prompt,
+        8,
+        &s,
+        Vote::Majority,
+        &[],
+        &mut |_| {},
+    ))
+    .unwrap();
     assert_eq!(maj_g, maj_s);
     // A stop token ends generation before it is emitted.
     let stop = [last[2]];
-    let cut = generate_voted(
+    let cut = block_on(generate_voted(
         &mut lm,
         &prompt,
         12,
@@ -374,7 +422,7 @@ fn voted_generation() {
         Vote::Last,
         &stop,
         &mut |_| {},
-    )
+    ))
     .unwrap();
     let first_stop = last.iter().position(|t| *t == last[2]).unwrap();
     assert_eq!(cut, last[..first_stop]);
@@ -580,13 +628,13 @@ fn cli_eval_mc_and_generate_vote() {
         "eval-mc", "--model", model_s, "--data", data_s, "--device", "cpu",
     ];
 
-    let want = eval_mc_vote(
-        &mut CpuExitLm::new(&m).unwrap(),
+    let want = block_on(eval_mc_vote(
+        &mut CpuLm::new(&m),
         &tok,
         &qs,
         Vote::Max,
         &mut |_, _, _| {},
-    )
+    ))
     .unwrap();
     for (rule, extra) in [(Vote::Max, None), (Vote::Majority, Some("majority"))] {
         let mut args = base.to_vec();
@@ -662,15 +710,15 @@ fn cli_eval_mc_and_generate_vote() {
             .unwrap_or_default(),
     );
     for (rule, flag) in [(Vote::Max, None), (Vote::Last, Some("last"))] {
-        let want = generate_voted(
-            &mut CpuExitLm::new(&m).unwrap(),
+        let want = block_on(generate_voted(
+            &mut CpuLm::new(&m),
             &ids,
             10,
             &Sampling::default(),
             rule,
             &stop,
             &mut |_| {},
-        )
+        ))
         .unwrap();
         let mut args = vec![
             "generate",

@@ -21,7 +21,7 @@ use super::tune::{apply_mode, Mode, ModeArgs, RunSpec, DEFAULT_EXIT_STRIDE};
 use super::Device;
 use crate::data::Dataset;
 use crate::engine::{GpuModel, GpuModelOptions, GpuTrainer, TrainOptions, WeightFormat};
-use crate::eval::{self, CpuExitLm, CpuLm};
+use crate::eval::{self, CpuLm, Lm, Readout};
 use crate::kernels::GpuContext;
 use crate::model::ModelFile;
 use crate::reference::LoraConfig;
@@ -517,41 +517,30 @@ fn score(
         (r.accuracy, r.exits.last().map(|e| e.accuracy), per)
     };
     let has_exits = !lora.exits.is_empty();
+    let mut score = |lm: &mut dyn Lm| -> Result<Scores> {
+        Ok(if has_exits {
+            let f = eval::eval_mc_vote(lm, tok, questions, Vote::Max, &mut progress);
+            voted(pollster::block_on(f)?)
+        } else {
+            plain(pollster::block_on(eval::eval_mc(
+                lm,
+                tok,
+                questions,
+                &mut progress,
+            ))?)
+        })
+    };
     let scores = match ctx {
-        Some(ctx) => {
-            let mut gm = GpuModel::new(ctx, &file, &GpuModelOptions::default(), Some(&lora))?;
-            if has_exits {
-                let f = eval::eval_mc_vote_async(&mut gm, tok, questions, Vote::Max, &mut progress);
-                voted(pollster::block_on(f)?)
-            } else {
-                plain(pollster::block_on(eval::eval_mc_async(
-                    &mut gm,
-                    tok,
-                    questions,
-                    &mut progress,
-                ))?)
-            }
-        }
+        Some(ctx) => score(&mut GpuModel::new(
+            ctx,
+            &file,
+            &GpuModelOptions::default(),
+            Some(&lora),
+        )?)?,
         None => {
             let mut m = Transformer::new(file.weights()?);
             m.lora = Some(lora);
-            if has_exits {
-                let mut lm = CpuExitLm::new(&m)?;
-                voted(eval::eval_mc_vote(
-                    &mut lm,
-                    tok,
-                    questions,
-                    Vote::Max,
-                    &mut progress,
-                )?)
-            } else {
-                plain(eval::eval_mc(
-                    &mut CpuLm::new(&m),
-                    tok,
-                    questions,
-                    &mut progress,
-                )?)
-            }
+            score(&mut CpuLm::new(&m))?
         }
     };
     pb.finish_and_clear();
@@ -920,14 +909,22 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
         let model = crate::reference::Transformer::new(file.weights()?);
         let mut ids = tok.encode(&text)?;
         ids.truncate(a.ppl_tokens);
-        let ppl = eval::perplexity(&mut CpuLm::new(&model), &ids, 64, &mut |_, _| {})?;
+        let ppl = pollster::block_on(eval::perplexity(
+            &mut CpuLm::new(&model),
+            &ids,
+            64,
+            &mut |_, _| {},
+        ))?;
         let accuracy = if questions.is_empty() {
             None
         } else {
             let pb = progress_bar(questions.len() as u64, "eval-mc");
-            let r = eval::eval_mc(&mut CpuLm::new(&model), &tok, &questions, &mut |d, _, _| {
-                pb.set_position(d as u64)
-            })?;
+            let r = pollster::block_on(eval::eval_mc(
+                &mut CpuLm::new(&model),
+                &tok,
+                &questions,
+                &mut |d, _, _| pb.set_position(d as u64),
+            ))?;
             pb.finish_and_clear();
             Some(r.accuracy)
         };
@@ -982,9 +979,9 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
         let mut times = vec![Vec::new(); models.len()];
         for _ in 0..a.forward_reps.max(1) {
             for (k, (gm, tokens)) in models.iter_mut().enumerate() {
-                eval::CausalLm::truncate(gm, 0);
+                Lm::truncate(gm, 0);
                 let t0 = std::time::Instant::now();
-                eval::CausalLm::append(gm, tokens)?;
+                pollster::block_on(gm.append(tokens, Readout::Head))?;
                 times[k].push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }

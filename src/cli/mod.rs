@@ -372,12 +372,12 @@ pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuConte
     }
 }
 
-/// Runs `f` on the chosen backend, both behind [`eval::CausalLm`].
+/// Runs `f` on the chosen backend, both behind [`eval::Lm`].
 fn with_lm<R>(
     device: Device,
     file: &ModelFile,
     model: &Transformer<f32>,
-    f: impl FnOnce(&mut dyn eval::CausalLm) -> Result<R>,
+    f: impl FnOnce(&mut dyn eval::Lm) -> Result<R>,
 ) -> Result<R> {
     use crate::engine::{GpuModel, GpuModelOptions};
     match pick_gpu(device)? {
@@ -387,25 +387,6 @@ fn with_lm<R>(
             f(&mut gm)
         }
         None => f(&mut CpuLm::new(model)),
-    }
-}
-
-/// Runs `f` with every early exit's logits on the chosen backend (picked as [`with_lm`]
-/// picks), both behind [`eval::ExitLm`].
-fn with_exit_lm<R>(
-    device: Device,
-    file: &ModelFile,
-    model: &Transformer<f32>,
-    f: impl FnOnce(&mut dyn eval::ExitLm) -> Result<R>,
-) -> Result<R> {
-    use crate::engine::{GpuModel, GpuModelOptions};
-    match pick_gpu(device)? {
-        Some(ctx) => {
-            let mut gm =
-                GpuModel::new(&ctx, file, &GpuModelOptions::default(), model.lora.as_ref())?;
-            f(&mut gm)
-        }
-        None => f(&mut eval::CpuExitLm::new(model)?),
     }
 }
 
@@ -640,8 +621,8 @@ fn run(cmd: Cmd) -> Result<i32> {
             let out = match rule {
                 Some(rule) => {
                     eprintln!("exit voting: {rule}");
-                    with_exit_lm(device, &file, &m, |lm| {
-                        eval::generate_voted(
+                    with_lm(device, &file, &m, |lm| {
+                        pollster::block_on(eval::generate_voted(
                             lm,
                             &ids,
                             max_tokens,
@@ -649,11 +630,18 @@ fn run(cmd: Cmd) -> Result<i32> {
                             rule,
                             &stop,
                             &mut on_token,
-                        )
+                        ))
                     })?
                 }
                 None => with_lm(device, &file, &m, |lm| {
-                    eval::generate(lm, &ids, max_tokens, &sampling, &stop, &mut on_token)
+                    pollster::block_on(eval::generate(
+                        lm,
+                        &ids,
+                        max_tokens,
+                        &sampling,
+                        &stop,
+                        &mut on_token,
+                    ))
                 })?,
             };
             let secs = t0.elapsed().as_secs_f64();
@@ -689,7 +677,9 @@ fn run(cmd: Cmd) -> Result<i32> {
             ids.truncate(max_tokens);
             let pb = progress_bar(ids.len() as u64, "perplexity");
             let r = with_lm(device, &file, &m, |lm| {
-                eval::perplexity(lm, &ids, 64, &mut |done, _| pb.set_position(done as u64))
+                pollster::block_on(eval::perplexity(lm, &ids, 64, &mut |done, _| {
+                    pb.set_position(done as u64)
+                }))
             })?;
             pb.finish_and_clear();
             if json {
@@ -729,11 +719,20 @@ fn run(cmd: Cmd) -> Result<i32> {
             if let Some(rule) = crate::vote::resolve(vote, has_exits)? {
                 eprintln!("exit voting: {rule}");
                 let pb = progress_bar(qs.len() as u64, "eval-mc");
-                let r = with_exit_lm(device, &file, &m, |lm| {
-                    eval::eval_mc_vote(lm, &tok, &qs, rule, &mut |done, _, correct| {
-                        pb.set_position(done as u64);
-                        pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
-                    })
+                let r = with_lm(device, &file, &m, |lm| {
+                    pollster::block_on(eval::eval_mc_vote(
+                        lm,
+                        &tok,
+                        &qs,
+                        rule,
+                        &mut |done, _, correct| {
+                            pb.set_position(done as u64);
+                            pb.set_message(format!(
+                                "eval-mc acc {:.3}",
+                                correct as f64 / done as f64
+                            ));
+                        },
+                    ))
                 })?;
                 pb.finish_and_clear();
                 if json {
@@ -765,10 +764,10 @@ fn run(cmd: Cmd) -> Result<i32> {
             }
             let pb = progress_bar(qs.len() as u64, "eval-mc");
             let r = with_lm(device, &file, &m, |lm| {
-                eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
+                pollster::block_on(eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
                     pb.set_position(done as u64);
                     pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
-                })
+                }))
             })?;
             pb.finish_and_clear();
             if json {

@@ -1,7 +1,6 @@
 //! The whole LLaMA forward pass on the GPU for inference, composed from the kernel library,
-//! with a KV cache: an [`AsyncLm`](crate::eval::AsyncLm) (and natively a blocking
-//! [`CausalLm`](crate::eval::CausalLm)), so perplexity, multiple-choice scoring and
-//! generation run on the GPU unchanged, in the browser too.
+//! with a KV cache: an [`Lm`](crate::eval::Lm), so perplexity, multiple-choice scoring,
+//! generation and exit voting run on the GPU unchanged, in the browser too.
 //!
 //! Per appended chunk of t tokens at positions pos0..: embedding gather → per block (the
 //! block shared with training, `engine::block`): rmsnorm, q/k/v (+ LoRA), RoPE on q and k,
@@ -28,6 +27,7 @@ use super::weights::{
     compressed_embedding, cpu_gather, layout, plan_matrix, proj_tensor, read_mapped, upload_matrix,
     upload_proj, Gather, Layout, PROJ_NAMES,
 };
+use crate::eval::{Logits, Readout};
 use crate::kernels::context::GpuContext;
 use crate::kernels::ops::attention::MAX_HEAD_DIM;
 use crate::kernels::ops::embedding::encode_embedding_forward;
@@ -701,9 +701,9 @@ impl<'c> GpuModel<'c> {
     }
 }
 
-/// The evaluation functions' async model: awaits the logits' readback, so it also runs in
-/// the browser (`eval::*_async`).
-impl crate::eval::AsyncLm for GpuModel<'_> {
+/// The evaluation functions' model: awaits the logits' readback, so it also runs in the
+/// browser; the head's logits, or every early exit's in one pass (exit voting).
+impl crate::eval::Lm for GpuModel<'_> {
     fn vocab(&self) -> usize {
         self.config.vocab
     }
@@ -717,77 +717,15 @@ impl crate::eval::AsyncLm for GpuModel<'_> {
     fn truncate(&mut self, len: usize) {
         GpuModel::truncate(self, len)
     }
-    fn append(&mut self, tokens: &[u32]) -> impl std::future::Future<Output = Result<Vec<f32>>> {
-        self.append_async(tokens)
-    }
-}
-
-/// Blocking, for the native CLI and tests (the browser cannot block: it uses `AsyncLm`).
-#[cfg(not(target_arch = "wasm32"))]
-impl crate::eval::CausalLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    /// Only moves the length: later appends overwrite the cache from there.
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        pollster::block_on(self.append_async(tokens))
-    }
-}
-
-/// Exit voting's async model: every exit's logits in one pass (`eval::*_vote_async`,
-/// `eval::generate_voted_async`), in the browser too.
-impl crate::eval::AsyncExitLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
     fn exits(&self) -> Vec<usize> {
         GpuModel::exits(self)
     }
-    fn append(
-        &mut self,
-        tokens: &[u32],
-    ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>>> {
-        self.append_exits_async(tokens)
-    }
-}
-
-/// Blocking exit voting, for the native CLI and tests.
-#[cfg(not(target_arch = "wasm32"))]
-impl crate::eval::ExitLm for GpuModel<'_> {
-    fn vocab(&self) -> usize {
-        self.config.vocab
-    }
-    fn max_len(&self) -> usize {
-        self.max_len
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn truncate(&mut self, len: usize) {
-        GpuModel::truncate(self, len)
-    }
-    fn exits(&self) -> Vec<usize> {
-        GpuModel::exits(self)
-    }
-    fn append(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        pollster::block_on(self.append_exits_async(tokens))
+    fn append<'a>(&'a mut self, tokens: &'a [u32], readout: Readout) -> Logits<'a> {
+        Box::pin(async move {
+            match readout {
+                Readout::Head => Ok(vec![self.append_async(tokens).await?]),
+                Readout::Exits => self.append_exits_async(tokens).await,
+            }
+        })
     }
 }

@@ -1,5 +1,5 @@
 //! The engine: the model on the GPU, built from the kernel library: inference with a KV
-//! cache ([`GpuModel`], a [`crate::eval::CausalLm`]), LoRA training ([`GpuTrainer`], a
+//! cache ([`GpuModel`], a [`crate::eval::Lm`]), LoRA training ([`GpuTrainer`], a
 //! [`crate::train::Backend`]), and their memory plans, made before anything is allocated.
 
 mod block;
