@@ -3,22 +3,17 @@
 //! natively (tests/gpu_ops.rs) and can run in a browser unchanged: each returns an `Err`
 //! naming the kernel, the shape and the worst error on a mismatch.
 //!
-//! Tolerance rule, as everywhere in the crate: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs).
+//! Tolerance rule, as for every kernel: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs)
+//! ([`Tol::close`]).
 
 use crate::kernels::context::GpuContext;
 use crate::model::RopeStyle;
 use crate::reference::ops::{self, AttnShape, Dropout, LoraPair};
 use crate::reference::optim;
+use crate::tolerance::Tol;
 use crate::{Error, Result};
 
 use super::{adamw, attention, cross_entropy, embedding, linear, lora, rmsnorm, rope, swiglu};
-
-/// A named tolerance: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs).
-#[derive(Clone, Copy, Debug)]
-pub struct Tol {
-    pub rel: f32,
-    pub abs: f32,
-}
 
 /// Sums of up to a few thousand f32 products in [-1, 1) in a different order than the CPU
 /// (16-wide tiles vs. matrixmultiply's blocks): rounding grows like √k·ε·|partial sums|,
@@ -83,7 +78,7 @@ pub fn compare(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<f32> {
     let mut first_bad = None;
     for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
         let err = (g - c).abs();
-        let bound = (tol.rel * (g.abs() + c.abs())).max(tol.abs);
+        let bound = tol.bound(g.abs() + c.abs());
         if err.is_nan() || err > bound {
             first_bad.get_or_insert((i, g, c, bound));
             if err.is_nan() {
