@@ -3,6 +3,7 @@
 //! pair, and `eval-mc`/`generate --vote` through the binary.
 
 mod common;
+use common::{run, EXITS};
 
 use edge_llm::adapter::{
     export_exits, import_exits, import_peft, load_dir, save_dir, CONFIG_FILE, EXITS_FILE,
@@ -17,18 +18,19 @@ use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
 use edge_llm::vote::{combine, pick, pick_log, resolve, Vote};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
-/// Exits in the 4-block tiny model.
-const EXITS: [usize; 2] = [2, 4];
 /// Two f32 computations of the same summed log-likelihood (different association).
-const SCORE_TOL: f64 = 1e-4;
-/// Cached vs uncached logits: |x−y| ≤ max(R·(|x|+|y|), A).
-const LOGIT_R: f32 = 1e-4;
-const LOGIT_A: f32 = 1e-4;
+const SCORE_TOL: Tol<f64> = Tol::absolute(1e-4);
+/// Cached vs uncached logits: |x−y| ≤ max(rel·(|x|+|y|), abs).
+const CACHED_LOGIT_TOL: Tol = Tol {
+    rel: 1e-4,
+    abs: 1e-4,
+};
+/// A rule's distribution against one written by hand: f32 rounding of a few divisions.
+const PROB_TOL: Tol = Tol::absolute(1e-6);
 
 // ---- The rules ----
 
@@ -97,7 +99,7 @@ fn log_space_rules_do_not_underflow() {
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() < 1e-6, "{what}: got {got:?}, want {want:?}");
+        assert!(PROB_TOL.close(*g, *w), "{what}: got {got:?}, want {want:?}");
     }
 }
 
@@ -184,10 +186,6 @@ fn questions() -> Vec<McQuestion> {
     common::mc_questions()[..6].to_vec()
 }
 
-fn close(x: f32, y: f32) -> bool {
-    (x - y).abs() <= (LOGIT_R * (x.abs() + y.abs())).max(LOGIT_A)
-}
-
 #[test]
 fn deepest_exit_with_zero_b_is_the_plain_model() {
     let (_, tok, mut m) = tiny_model(3);
@@ -198,7 +196,7 @@ fn deepest_exit_with_zero_b_is_the_plain_model() {
         let exits = score_choices_exits(&mut CpuExitLm::new(&m).unwrap(), &tok, &q).unwrap();
         assert_eq!(exits.len(), 2);
         for (a, b) in exits[1].iter().zip(&plain) {
-            assert!((a - b).abs() <= SCORE_TOL, "{:?} vs {plain:?}", exits[1]);
+            assert!(SCORE_TOL.close(*a, *b), "{:?} vs {plain:?}", exits[1]);
         }
         for (a, b) in exits[0].iter().zip(&plain) {
             differs = differs.max((a - b).abs());
@@ -249,7 +247,11 @@ fn cached_exit_logits_equal_uncached() {
         for (k, (g, f)) in got.iter().zip(&full).enumerate() {
             let f = &f[from * v..];
             assert_eq!(g.len(), f.len());
-            let bad = g.iter().zip(f).filter(|&(&x, &y)| !close(x, y)).count();
+            let bad = g
+                .iter()
+                .zip(f)
+                .filter(|&(&x, &y)| !CACHED_LOGIT_TOL.close(x, y))
+                .count();
             assert_eq!(bad, 0, "exit {k} from {from} in parts {parts:?}");
         }
     };
@@ -523,21 +525,6 @@ fn hostile_exits_are_refused() {
 }
 
 // ---- Through the binary ----
-
-fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let obj = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap());
-    (
-        out.status.code().unwrap_or(-1),
-        obj,
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-    )
-}
 
 fn write_questions(path: &Path) {
     let lines: Vec<String> = questions()
