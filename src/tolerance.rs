@@ -43,6 +43,11 @@ real!(f32);
 real!(f64);
 
 impl<T: Real> Tol<T> {
+    /// |x − y| ≤ max(rel·scale, abs).
+    pub const fn new(rel: T, abs: T) -> Self {
+        Tol { rel, abs }
+    }
+
     /// A purely relative tolerance: |x − y| ≤ rel·scale.
     pub const fn relative(rel: T) -> Self {
         Tol { rel, abs: T::ZERO }

@@ -10,8 +10,8 @@
 
 mod common;
 use common::{
-    assert_logits_close, context, mc_questions as questions, random_lora, run,
-    tiny_file_with_layers, tokens,
+    assert_logits_close, assert_vote_report, cli_stop_tokens, context, mc_questions as questions,
+    random_lora, run, tiny_file_with_layers, tokens,
 };
 
 use edge_llm::adapter::save_dir;
@@ -370,27 +370,7 @@ fn cli_votes_on_the_gpu() {
     assert!(out.contains("device: GPU"), "{out}");
     let obj = obj.unwrap();
     assert_eq!(obj["vote"], "mean");
-    let exits: Vec<(u64, u64)> = obj["exits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
-        .collect();
-    let want_exits: Vec<(u64, u64)> = want
-        .exits
-        .iter()
-        .map(|e| (e.after as u64, e.correct as u64))
-        .collect();
-    assert_eq!(exits, want_exits);
-    for (v, w) in obj["votes"].as_array().unwrap().iter().zip(&want.votes) {
-        assert_eq!(v["rule"], w.rule.name());
-        assert_eq!(
-            v["correct"].as_u64().unwrap(),
-            w.correct as u64,
-            "{}",
-            w.rule
-        );
-    }
+    assert_vote_report(&obj, &want);
     let preds: Vec<u64> = obj["predictions"]
         .as_array()
         .unwrap()
@@ -402,13 +382,7 @@ fn cli_votes_on_the_gpu() {
 
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
+    let stop = cli_stop_tokens(&tok);
     let want = eval::generate_voted(
         &mut CpuExitLm::new(&m).unwrap(),
         &ids,

@@ -11,10 +11,7 @@ use rand_chacha::ChaCha8Rng;
 /// Finite-difference step (central differences: truncation error O(H²)).
 const H: f64 = 1e-5;
 /// |analytic − numeric| ≤ max(rel·(|a| + |n|), abs).
-const FD_TOL: Tol<f64> = Tol {
-    rel: 1e-6,
-    abs: 1e-8,
-};
+const FD_TOL: Tol<f64> = Tol::new(1e-6, 1e-8);
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()

@@ -3,7 +3,7 @@
 //! pair, and `eval-mc`/`generate --vote` through the binary.
 
 mod common;
-use common::{run, EXITS};
+use common::{assert_vote_report, cli_stop_tokens, run, EXITS};
 
 use edge_llm::adapter::{
     export_exits, import_exits, import_peft, load_dir, save_dir, CONFIG_FILE, EXITS_FILE,
@@ -25,10 +25,7 @@ use std::path::{Path, PathBuf};
 /// Two f32 computations of the same summed log-likelihood (different association).
 const SCORE_TOL: Tol<f64> = Tol::absolute(1e-4);
 /// Cached vs uncached logits: |x−y| ≤ max(rel·(|x|+|y|), abs).
-const CACHED_LOGIT_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-4,
-};
+const CACHED_LOGIT_TOL: Tol = Tol::new(1e-4, 1e-4);
 /// A rule's distribution against one written by hand: f32 rounding of a few divisions.
 const PROB_TOL: Tol = Tol::absolute(1e-6);
 
@@ -586,29 +583,8 @@ fn cli_eval_mc_and_generate_vote() {
         let obj = obj.unwrap();
         assert_eq!(obj["vote"], rule.name(), "{obj}");
         assert_eq!(obj["n"], qs.len());
-        let exits: Vec<(u64, u64)> = obj["exits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
-            .collect();
-        let want_exits: Vec<(u64, u64)> = want
-            .exits
-            .iter()
-            .map(|e| (e.after as u64, e.correct as u64))
-            .collect();
-        assert_eq!(exits, want_exits);
-        let votes = obj["votes"].as_array().unwrap();
-        assert_eq!(votes.len(), 4);
-        for (v, w) in votes.iter().zip(&want.votes) {
-            assert_eq!(v["rule"], w.rule.name());
-            assert_eq!(
-                v["correct"].as_u64().unwrap(),
-                w.correct as u64,
-                "{}",
-                w.rule
-            );
-        }
+        assert_vote_report(&obj, &want);
+        assert_eq!(want.votes.len(), 4);
         let chosen = want.votes.iter().find(|v| v.rule == rule).unwrap();
         assert_eq!(obj["correct"].as_u64().unwrap(), chosen.correct as u64);
         assert_eq!(obj["accuracy"].as_f64().unwrap(), chosen.accuracy);
@@ -640,14 +616,7 @@ fn cli_eval_mc_and_generate_vote() {
     // generate --vote: the same tokens as the library's voted generation.
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    // The CLI's stop tokens: EOS and ChatML's end of turn.
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
+    let stop = cli_stop_tokens(&tok);
     for (rule, flag) in [(Vote::Max, None), (Vote::Last, Some("last"))] {
         let want = generate_voted(
             &mut CpuExitLm::new(&m).unwrap(),

@@ -495,10 +495,7 @@ pub mod checks {
     /// scales into identical f32 weights (s·code is exact), so they differ only in the
     /// order of k f32 products of magnitude < 1 being summed: about √k·ε·(partial sums)
     /// ≈ 1e-5 at k = 1536. A wrong code, scale or index gives errors of order 0.01 to 1.
-    pub const QMATMUL_TOL: Tol = Tol {
-        rel: 1e-4,
-        abs: 2e-4,
-    };
+    pub const QMATMUL_TOL: Tol = Tol::new(1e-4, 2e-4);
 
     /// (m, k, n): every m ∈ {1, 3, 37}, k ∈ {1, 45, 200} (not multiples of any group or
     /// of the 32-code block) and n ∈ {1, 5, 70} appears; k = 96 takes the vec4 GEMV.

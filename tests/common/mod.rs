@@ -107,6 +107,46 @@ pub fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
     )
 }
 
+/// An `eval-mc --vote --json` report against the library's result: every exit's and every
+/// rule's count of correct answers.
+pub fn assert_vote_report(obj: &serde_json::Value, want: &edge_llm::eval::McVoteResult) {
+    let exits: Vec<(u64, u64)> = obj["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
+        .collect();
+    let want_exits: Vec<(u64, u64)> = want
+        .exits
+        .iter()
+        .map(|e| (e.after as u64, e.correct as u64))
+        .collect();
+    assert_eq!(exits, want_exits);
+    let votes = obj["votes"].as_array().unwrap();
+    assert_eq!(votes.len(), want.votes.len());
+    for (v, w) in votes.iter().zip(&want.votes) {
+        assert_eq!(v["rule"], w.rule.name());
+        assert_eq!(
+            v["correct"].as_u64().unwrap(),
+            w.correct as u64,
+            "{}",
+            w.rule
+        );
+    }
+}
+
+/// The CLI's stop tokens for generation: EOS and ChatML's end of turn (when one token).
+pub fn cli_stop_tokens(tok: &Tokenizer) -> Vec<u32> {
+    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+    stop.extend(
+        tok.encode("<|im_end|>")
+            .ok()
+            .filter(|v| v.len() == 1)
+            .unwrap_or_default(),
+    );
+    stop
+}
+
 /// The generated tiny model (default spec: 2 blocks).
 pub fn tiny_file() -> ModelFile {
     ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()

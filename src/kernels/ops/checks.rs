@@ -19,39 +19,21 @@ use super::{adamw, attention, cross_entropy, embedding, linear, lora, rmsnorm, r
 /// (16-wide tiles vs. matrixmultiply's blocks): rounding grows like √k·ε·|partial sums|,
 /// about 1e-4 at k ≈ 1500 when the result cancels to near zero. A wrong index or a missed
 /// tile gives errors of order 0.1 to 10.
-pub const MATMUL_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-3,
-};
+pub const MATMUL_TOL: Tol = Tol::new(1e-4, 1e-3);
 /// Per-element ops (swiglu, rope with a CPU-built table, gathers): a few ulps.
-pub const ELEMENTWISE_TOL: Tol = Tol {
-    rel: 1e-5,
-    abs: 1e-6,
-};
+pub const ELEMENTWISE_TOL: Tol = Tol::new(1e-5, 1e-6);
 /// One reduction over a row (rmsnorm) or a column (its weight gradient, embedding
 /// gradient): a different summation order over at most a few hundred terms.
-pub const REDUCTION_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-5,
-};
+pub const REDUCTION_TOL: Tol = Tol::new(1e-4, 1e-5);
 /// Attention: dot products of head_dim terms, a softmax with online rescaling (exp of
 /// differences computed in another order) and sums over up to s keys.
-pub const ATTENTION_TOL: Tol = Tol {
-    rel: 2e-4,
-    abs: 2e-5,
-};
+pub const ATTENTION_TOL: Tol = Tol::new(2e-4, 2e-5);
 /// Chunked cross-entropy: logits are sums over d, the log-sum-exp is merged across chunks
 /// with rescaling, and d_hidden sums over the whole vocabulary.
-pub const CROSS_ENTROPY_TOL: Tol = Tol {
-    rel: 2e-4,
-    abs: 1e-4,
-};
+pub const CROSS_ENTROPY_TOL: Tol = Tol::new(2e-4, 1e-4);
 /// AdamW: one update per element, but the step divides by √v̂ + eps, which amplifies the
 /// f32 rounding of the clipping factor and of v when v is tiny.
-pub const ADAMW_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-6,
-};
+pub const ADAMW_TOL: Tol = Tol::new(1e-4, 1e-6);
 
 /// Deterministic values in [-1, 1) (a small LCG: no RNG state needed in the browser).
 pub fn values(len: usize, seed: u32) -> Vec<f32> {

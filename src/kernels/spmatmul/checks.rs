@@ -13,10 +13,7 @@ use rand_chacha::ChaCha8Rng;
 /// values in [-1, 1) in different orders; the rounding error is about √k·ε·|partial sums|
 /// ≈ 1e-5. A wrong index or a skipped weight moves an output by the size of one product
 /// (≈ 0.1–1), far above both.
-pub const SPMATMUL_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-4,
-};
+pub const SPMATMUL_TOL: Tol = Tol::new(1e-4, 1e-4);
 /// Quantization budget per bit-width, as a fraction of the group's absmax: half a
 /// step (absmax/qmax/2) plus the f16 rounding of the scale (≤ 2⁻¹¹ relative, times
 /// qmax/2 steps).
