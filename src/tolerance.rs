@@ -8,6 +8,7 @@
 //! max |·| for whole vectors (logits, gradients), |reference| for one sum (a loss).
 //! Generic over f32 and f64 so that each check compares in the precision it computes in.
 
+use crate::{Error, Result};
 use std::ops::{Add, Mul, Sub};
 
 /// A named tolerance: an error is allowed when it is at most max(rel·scale, abs).
@@ -76,6 +77,40 @@ impl<T: Real> Tol<T> {
     /// Against a reference value: |x − want| ≤ max(rel·|want|, abs).
     pub fn close_to(self, x: T, want: T) -> bool {
         self.allows((x - want).abs(), want.abs())
+    }
+}
+
+/// Compares a GPU result `got` to its CPU twin's `want` elementwise by the rule
+/// |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs); returns the worst |diff|, or an error naming
+/// `what`, the first element out of tolerance and the worst error.
+pub fn compare(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<f32> {
+    if got.len() != want.len() {
+        return Err(Error::Gpu(format!(
+            "{what}: {} values from the GPU, {} from the CPU twin",
+            got.len(),
+            want.len()
+        )));
+    }
+    let mut worst = 0.0f32;
+    let mut first_bad = None;
+    for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
+        let err = (g - c).abs();
+        let bound = tol.bound(g.abs() + c.abs());
+        if err.is_nan() || err > bound {
+            first_bad.get_or_insert((i, g, c, bound));
+            if err.is_nan() {
+                worst = f32::NAN;
+            }
+        }
+        if err > worst {
+            worst = err;
+        }
+    }
+    match first_bad {
+        None => Ok(worst),
+        Some((i, g, c, bound)) => Err(Error::Gpu(format!(
+            "{what}: element {i}: gpu {g} cpu {c} (tolerance {bound}); max |gpu−cpu| = {worst:e}"
+        ))),
     }
 }
 

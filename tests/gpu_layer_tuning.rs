@@ -129,7 +129,7 @@ fn assert_allocation_is_the_plan(what: &str, gpu: &GpuTrainer<'_>, plan: &Memory
 }
 
 /// One accumulation and one AdamW step per span, in turn on the same pair of backends (so
-/// step counts diverge per tensor), on `file`, over `rows()`.
+/// step counts diverge per tensor), on `file`, over `training_rows()`.
 fn assert_spans_match_the_cpu(ctx: &GpuContext, name: &str, file: &ModelFile, o: &TrainOptions) {
     assert_spans_match_the_cpu_on(ctx, name, file, o, &training_rows());
 }

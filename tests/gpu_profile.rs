@@ -15,13 +15,13 @@ use edge_llm::compress::pipeline::{self, make_policy, CompressOptions};
 use edge_llm::compress::profile::ProfileOptions;
 use edge_llm::data::Dataset;
 use edge_llm::engine::{Category, GpuTrainer, StatsPass};
-use edge_llm::kernels::ops::checks::{compare, values, MATMUL_TOL};
+use edge_llm::kernels::ops::checks::{values, MATMUL_TOL};
 use edge_llm::kernels::ops::stats;
 use edge_llm::model::ModelFile;
 use edge_llm::reference::stats::{fisher_acc, gram_acc, BlockFisher, LayerHessians};
 use edge_llm::reference::Transformer;
 use edge_llm::tokenizer::Tokenizer;
-use edge_llm::tolerance::Tol;
+use edge_llm::tolerance::{compare, Tol};
 use edge_llm::train::Row;
 use pollster::block_on;
 

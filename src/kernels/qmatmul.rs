@@ -485,9 +485,8 @@ pub async fn gguf_matmul_nn(
 pub mod checks {
     use super::*;
     use crate::formats::quant::{self, BITS, GROUPS};
-    use crate::kernels::ops::checks::compare as compare_with;
     use crate::reference::ops;
-    use crate::tolerance::Tol;
+    use crate::tolerance::{compare as compare_with, Tol};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

@@ -10,7 +10,7 @@ use crate::kernels::context::GpuContext;
 use crate::model::RopeStyle;
 use crate::reference::ops::{self, AttnShape, Dropout, LoraPair};
 use crate::reference::optim;
-use crate::tolerance::Tol;
+use crate::tolerance::{compare, Tol};
 use crate::{Error, Result};
 
 use super::{adamw, attention, cross_entropy, embedding, linear, lora, rmsnorm, rope, swiglu};
@@ -44,39 +44,6 @@ pub fn values(len: usize, seed: u32) -> Vec<f32> {
             (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         })
         .collect()
-}
-
-/// Compares `got` to `want` elementwise; returns the worst |diff|, or an error naming `what`,
-/// the first element out of tolerance and the worst error.
-pub fn compare(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<f32> {
-    if got.len() != want.len() {
-        return Err(Error::Gpu(format!(
-            "{what}: {} values from the GPU, {} from the CPU twin",
-            got.len(),
-            want.len()
-        )));
-    }
-    let mut worst = 0.0f32;
-    let mut first_bad = None;
-    for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
-        let err = (g - c).abs();
-        let bound = tol.bound(g.abs() + c.abs());
-        if err.is_nan() || err > bound {
-            first_bad.get_or_insert((i, g, c, bound));
-            if err.is_nan() {
-                worst = f32::NAN;
-            }
-        }
-        if err > worst {
-            worst = err;
-        }
-    }
-    match first_bad {
-        None => Ok(worst),
-        Some((i, g, c, bound)) => Err(Error::Gpu(format!(
-            "{what}: element {i}: gpu {g} cpu {c} (tolerance {bound}); max |gpu−cpu| = {worst:e}"
-        ))),
-    }
 }
 
 /// Runs every check below; the first failure is returned.

@@ -3,9 +3,8 @@
 
 use super::*;
 use crate::formats::sparse::{self as sp, PackedValues};
-use crate::kernels::ops::checks::compare as compare_with;
 use crate::reference::ops;
-use crate::tolerance::Tol;
+use crate::tolerance::{compare as compare_with, Tol};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
