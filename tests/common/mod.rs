@@ -222,6 +222,12 @@ pub fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
     }
 }
 
+/// Runs a check body (edge_llm::kernels::*::checks) to its end; its error, which names the
+/// kernel, the shape and the worst error, fails the test.
+pub fn check<T>(body: impl std::future::Future<Output = edge_llm::Result<T>>) -> T {
+    pollster::block_on(body).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The default real model, if fetched; EDGE_LLM_REQUIRE_MODEL=1 makes its absence fail.
 pub fn model_path() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
