@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod model;
 pub mod reference;
 pub mod tokenizer;
+pub mod tolerance;
 pub mod train;
 pub mod vote;
 

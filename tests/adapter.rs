@@ -3,12 +3,15 @@
 //! (scripts/check_adapter.py). The cross-check is skipped with a note when .venv is absent,
 //! unless EDGE_LLM_REQUIRE_PYTHON=1.
 
+mod common;
+use common::{max_abs_diff, range};
 use edge_llm::adapter::{
     export_peft, import_peft, load_dir, permute_rows, save_dir, tensor_name, CONFIG_FILE,
 };
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+use edge_llm::tolerance::Tol;
 use edge_llm::Error;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -16,7 +19,7 @@ use std::process::Command;
 
 /// Python's float64 forward vs ours in f32 (both dequantize the same Q4_1 weights):
 /// max |Δlogit| must stay within this fraction of the logit range.
-const LOGIT_REL_TOL: f32 = 1e-3;
+const NUMPY_LOGIT_TOL: Tol = Tol::relative(1e-3);
 
 fn tiny() -> (Vec<u8>, ModelFile) {
     let bytes = generate(&TinySpec::default()).unwrap();
@@ -305,14 +308,6 @@ fn python_logits(py: &PathBuf, model: &PathBuf, adapter: &PathBuf, ids: &[u32]) 
         .collect()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn exported_adapter_matches_numpy_peft_merge() {
     let Some(py) = python() else { return };
@@ -331,9 +326,8 @@ fn exported_adapter_matches_numpy_peft_merge() {
         lora: Some(lora.clone()),
     }
     .logits(&ids, None);
-    let range =
-        ours.iter().fold(f32::MIN, |m, &x| m.max(x)) - ours.iter().fold(f32::MAX, |m, &x| m.min(x));
-    let tol = LOGIT_REL_TOL * range;
+    let range = range(&ours);
+    let tol = NUMPY_LOGIT_TOL.bound(range);
 
     let adapter = tmp.join("adapter");
     save_dir(&adapter, &lora, cfg, "edge-llm tiny test model").unwrap();
@@ -393,11 +387,11 @@ fn half_precision_adapters_load() {
     let bf = safetensors::serialize(views, None).unwrap();
     let back = import_peft(&bf, &json, cfg).unwrap();
     // bf16 keeps 8 significant bits: relative error ≤ 2⁻⁸.
-    const BF16_REL: f32 = 1.0 / 256.0;
+    const BF16_TOL: Tol = Tol::relative(1.0 / 256.0);
     let (mut a, mut b) = (lora.clone(), back);
     for (x, y) in a.tensors_mut().into_iter().zip(b.tensors_mut()) {
         for (x, y) in x.iter().zip(y.iter()) {
-            assert!((x - y).abs() <= BF16_REL * x.abs(), "{x} vs {y}");
+            assert!(BF16_TOL.close_to(*y, *x), "{x} vs {y}");
         }
     }
     assert_eq!(a.config, b.config);

@@ -11,11 +11,13 @@ use edge_llm::compress::prune::{
 use edge_llm::formats::quant::{self, code_in_block, quantize, BITS, GROUPS};
 use edge_llm::formats::sparse::ValueType;
 use edge_llm::reference::stats::Hessian;
+use edge_llm::tolerance::Tol;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// f64 agreement of two mathematically equal computations on small problems.
-const F64_TOL: f64 = 1e-9;
+/// f64 agreement of two mathematically equal computations on small problems:
+/// |a − b| ≤ rel·scale, the scale being the values' size (1 where they are of order one).
+const F64_TOL: Tol<f64> = Tol::relative(1e-9);
 
 fn uniform(rng: &mut ChaCha8Rng, len: usize) -> Vec<f64> {
     (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
@@ -114,7 +116,10 @@ fn hessian_accumulates_in_parts_and_predicts_output_error() {
     parts.add(&x[100 * k..], m - 100).unwrap();
     assert_eq!(parts.rows(), m);
     for (a, b) in whole.matrix().iter().zip(parts.matrix()) {
-        assert!((a - b).abs() <= F64_TOL * a.abs().max(1.0), "{a} vs {b}");
+        assert!(
+            F64_TOL.allows((a - b).abs(), a.abs().max(1.0)),
+            "{a} vs {b}"
+        );
     }
     let w = uniform(&mut rng, n * k);
     let w_hat = uniform(&mut rng, n * k);
@@ -122,7 +127,7 @@ fn hessian_accumulates_in_parts_and_predicts_output_error() {
         whole.output_mse(&w, &w_hat, n),
         direct_mse(&x, m, k, &w, &w_hat, n),
     );
-    assert!((got - want).abs() <= F64_TOL * want, "{got} vs {want}");
+    assert!(F64_TOL.allows((got - want).abs(), want), "{got} vs {want}");
     assert!(whole.add(&x[..k + 1], 1).is_err());
     assert_eq!(hessian_bytes(1536), 1536 * 1536 * 8);
 }
@@ -175,7 +180,7 @@ fn sparsegpt_single_removal_is_obs() {
         assert_eq!(got.w[k + q], 0.0);
         for (i, (g, e)) in got.w.iter().zip(&want).enumerate() {
             assert!(
-                (g - e).abs() <= F64_TOL,
+                F64_TOL.allows((g - e).abs(), 1.0),
                 "q {q} block {block}: w[{}][{}] = {g} vs OBS {e}",
                 i / k,
                 i % k,
@@ -210,7 +215,10 @@ fn sparsegpt_block_size_does_not_change_a_fixed_mask() {
     for block in [4, 8, 12] {
         let b = sparsegpt_update(&w, n, k, &hess, &keep, opts(block)).unwrap();
         for (i, (u, v)) in a.w.iter().zip(&b.w).enumerate() {
-            assert!((u - v).abs() <= F64_TOL, "block {block}: [{i}] {u} vs {v}");
+            assert!(
+                F64_TOL.allows((u - v).abs(), 1.0),
+                "block {block}: [{i}] {u} vs {v}"
+            );
         }
     }
     // 2:4 masks are chosen group by group as the sweep arrives, so they too do not depend
@@ -458,7 +466,10 @@ fn gptq_beats_rtn_and_packs_what_it_computed() {
                         .dequantize()
                 }
             );
-            assert!((mse / norm - gq.min(rtn)).abs() <= F64_TOL, "{mse}");
+            assert!(
+                F64_TOL.allows((mse / norm - gq.min(rtn)).abs(), 1.0),
+                "{mse}"
+            );
         }
     }
     let bad = GptqOptions {
@@ -495,7 +506,7 @@ fn sparsegpt_mask_rule_is_wanda_for_diagonal_hessian() {
         let b = prune_wanda(&w, n, k, &hess.column_norms(), s).unwrap();
         assert_eq!(a.keep, b.keep, "{s:?}");
         for (u, v) in a.w.iter().zip(&b.w) {
-            assert!((u - v).abs() <= F64_TOL, "{s:?}: {u} vs {v}");
+            assert!(F64_TOL.allows((u - v).abs(), 1.0), "{s:?}: {u} vs {v}");
         }
     }
 }

@@ -7,20 +7,21 @@
 
 mod common;
 use common::context;
+use edge_llm::kernels::ops::checks::MATMUL_TOL;
 use edge_llm::kernels::{matmul_nt, GpuContext, MatmulNt};
 use edge_llm::reference::ops;
+use edge_llm::tolerance::Tol;
 use edge_llm::Error;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Tolerance rule: |gpu − cpu| ≤ max(REL_TOL·(|gpu| + |cpu|), ABS_TOL).
+/// The gemm rule of the op checks: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs).
 /// Both sides sum k f32 products of values in [-1, 1) in a different order (16-wide tiles
 /// vs. matrixmultiply's blocking). The rounding error of such a sum grows like
 /// √k·ε·(size of the partial sums), about 1e-4 at k = 1536 where the output cancels to
-/// near zero: ABS_TOL covers that with margin up to k ≈ 4096 and REL_TOL the large
+/// near zero: abs (1e-3) covers that with margin up to k ≈ 4096 and rel (1e-4) the large
 /// outputs. A wrong index or a missed tile gives errors of order 0.1 to 10, far above both.
-const REL_TOL: f32 = 1e-4;
-const ABS_TOL: f32 = 1e-3;
+const TOL: Tol = MATMUL_TOL;
 
 /// The shapes (m, k, n): degenerate edges, sizes that do not divide 16, and the shapes of
 /// SmolLM2-135M's projections (hidden 576, ffn 1536) for one token and for a batch.
@@ -53,7 +54,7 @@ fn check_shape(ctx: &GpuContext, m: usize, k: usize, n: usize, rng: &mut ChaCha8
     let mut worst = 0.0f32;
     for (i, (&g, &c)) in got.iter().zip(&want).enumerate() {
         let err = (g - c).abs();
-        let tol = (REL_TOL * (g.abs() + c.abs())).max(ABS_TOL);
+        let tol = TOL.bound(g.abs() + c.abs());
         assert!(
             err <= tol,
             "m={m} k={k} n={n}: y[{}, {}] gpu {g} cpu {c} (|diff| {err} > tolerance {tol})",

@@ -7,13 +7,12 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::{context, model_path};
+use common::{assert_logits_close, context, max_abs_diff, model_path, range, tiny_file, tokens};
 use std::time::Instant;
 
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
 use edge_llm::eval::{self, CpuLm, Lm, Readout, Sampling};
 use edge_llm::kernels::qmatmul::Path;
-use edge_llm::model::tiny::{self, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
 use pollster::block_on;
@@ -23,37 +22,9 @@ fn head(lm: &mut dyn Lm, toks: &[u32]) -> Vec<f32> {
     block_on(lm.append(toks, Readout::Head)).unwrap().remove(0)
 }
 
-/// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
-/// the CPU logits): f32 sums in another order, the same weights.
-const LOGIT_TOL_REL: f32 = 1e-3;
-
-fn tiny_file() -> ModelFile {
-    ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()
-}
-
 /// Max |a − b| and the range of `b` (the reference).
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    let max_diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    let hi = b.iter().cloned().fold(f32::MIN, f32::max);
-    let lo = b.iter().cloned().fold(f32::MAX, f32::min);
-    (max_diff, hi - lo)
-}
-
-fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    let (d, range) = diff(gpu, cpu);
-    assert!(
-        d.is_finite() && d <= LOGIT_TOL_REL * range,
-        "{what}: max |gpu − cpu| = {d:e} over a logit range of {range} (allowed {LOGIT_TOL_REL} × range)"
-    );
-}
-
-fn tokens(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 37 + 5) % 250 + 3).collect()
+    (max_abs_diff(a, b), range(b))
 }
 
 fn opts(format: WeightFormat) -> GpuModelOptions {
@@ -85,7 +56,7 @@ fn logits_match_the_cpu_in_both_formats() {
             };
             let mut gpu = GpuModel::new(&ctx, &file, &o, None).unwrap();
             let got = head(&mut gpu, &toks);
-            assert_close(&format!("{format:?} {path:?}"), &got, &want);
+            assert_logits_close(&format!("{format:?} {path:?}"), &got, &want);
             let (d, range) = diff(&got, &want);
             eprintln!("{format:?} {path:?}: max diff {d:e} (logit range {range})");
         }
@@ -107,15 +78,15 @@ fn prefill_then_decode_equals_one_forward() {
         parts.extend(head(&mut gpu, &[t]));
     }
     assert_eq!(gpu.len(), 10);
-    assert_close("7 + 1 + 1 + 1 vs 10 (GPU)", &parts, &whole);
-    assert_close("7 + 1 + 1 + 1 vs CPU", &parts, &want);
+    assert_logits_close("7 + 1 + 1 + 1 vs 10 (GPU)", &parts, &whole);
+    assert_logits_close("7 + 1 + 1 + 1 vs CPU", &parts, &want);
     // Chunks smaller than the append: max_t = 3 runs 10 tokens as 3 + 3 + 3 + 1.
     let small = GpuModelOptions {
         max_t: 3,
         ..opts(WeightFormat::Packed)
     };
     let mut chunked = GpuModel::new(&ctx, &file, &small, None).unwrap();
-    assert_close("chunks of 3 vs CPU", &head(&mut chunked, &toks), &want);
+    assert_logits_close("chunks of 3 vs CPU", &head(&mut chunked, &toks), &want);
 }
 
 #[test]
@@ -155,7 +126,7 @@ fn lora_matches_the_cpu() {
         let mut gpu = GpuModel::new(&ctx, &file, &opts(format), Some(&lora)).unwrap();
         let mut got = head(&mut gpu, &toks[..5]);
         got.extend(head(&mut gpu, &toks[5..]));
-        assert_close(&format!("LoRA {format:?}"), &got, &want);
+        assert_logits_close(&format!("LoRA {format:?}"), &got, &want);
     }
     // set_lora with zero B gives back the base model.
     let mut gpu = GpuModel::new(&ctx, &file, &opts(WeightFormat::F32), Some(&lora)).unwrap();
@@ -163,7 +134,7 @@ fn lora_matches_the_cpu() {
         p.b.iter_mut().for_each(|b| *b = 0.0);
     }
     gpu.set_lora(&lora).unwrap();
-    assert_close(
+    assert_logits_close(
         "LoRA with B = 0",
         &head(&mut gpu, &toks),
         &cpu_logits(&base, &toks),
@@ -206,7 +177,7 @@ fn truncate_and_reappend_gives_the_same_logits() {
     gpu.truncate(4);
     assert_eq!(gpu.len(), 4);
     let again = head(&mut gpu, &toks[4..]);
-    assert_close("after truncate", &again, &first[4 * vocab..]);
+    assert_logits_close("after truncate", &again, &first[4 * vocab..]);
     // Perplexity runs through the trait unchanged and agrees with the CPU.
     let cpu = Transformer::new(file.weights().unwrap());
     let long = tokens(30);
@@ -313,7 +284,7 @@ fn real_model_prefill_matches_the_cpu() {
         d / range,
         gpu.memory_plan()
     );
-    assert_close("real model", &got, &want);
+    assert_logits_close("real model", &got, &want);
 }
 
 /// Decode speed of the two weight formats on the real model (prints; asserts only that
@@ -375,7 +346,7 @@ fn compressed_file_logits_match_the_cpu() {
     let want = cpu_logits(&cpu, &toks);
     for f in [WeightFormat::Packed, WeightFormat::F32] {
         let mut gpu = GpuModel::new(&ctx, &back, &opts(f), None).unwrap();
-        assert_close(
+        assert_logits_close(
             &format!("compressed file, {f:?}"),
             &head(&mut gpu, &toks),
             &want,
@@ -433,7 +404,7 @@ fn sparse_file_is_read_packed_and_matches_the_cpu() {
             got.extend(head(&mut gpu, &[t]));
         }
         assert_eq!(got.len(), toks.len() * vocab);
-        assert_close(&format!("sparse file, {f:?}"), &got, &want);
+        assert_logits_close(&format!("sparse file, {f:?}"), &got, &want);
         assert_eq!(
             gpu.memory_plan().total(),
             gpu.allocated_bytes(),

@@ -6,15 +6,13 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::context;
+use common::{check, context};
 use edge_llm::kernels::ops::checks;
 
 #[test]
 fn every_op_kernel_matches_its_cpu_twin() {
     let Some(ctx) = context(None) else { return };
-    if let Err(e) = pollster::block_on(checks::all(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::all(&ctx));
 }
 
 /// A device allowing only 32 workgroups per grid dimension: every kernel whose dispatch
@@ -29,9 +27,7 @@ fn op_kernels_fold_dispatches_over_the_workgroup_limit() {
         return;
     };
     assert_eq!(ctx.limits.max_compute_workgroups_per_dimension, 32);
-    if let Err(e) = pollster::block_on(checks::all(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::all(&ctx));
 }
 
 /// A device with a 16 KiB binding limit: the fused cross-entropy splits the LM head into
@@ -61,15 +57,13 @@ fn op_kernels_split_or_refuse_under_a_small_binding_limit() {
         chunk: 96,
         max_part_bytes: None,
     };
-    if let Err(e) = pollster::block_on(checks::cross_entropy_case(
+    check(checks::cross_entropy_case(
         &ctx,
         (7, 24, 1000),
         &targets,
         cfg,
         1,
-    )) {
-        panic!("{e}");
-    }
+    ));
     let (m, d) = (8, 1024); // x is 32 KiB
     let err = pollster::block_on(rmsnorm::rmsnorm_forward(
         &ctx,

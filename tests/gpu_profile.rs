@@ -9,19 +9,19 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::{context, rows_with_targets_at};
+use common::{context, max_abs, max_abs_diff, rows_with_targets_at, tiny_file, TEXT};
 use edge_llm::compress::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use edge_llm::compress::pipeline::{self, make_policy, CompressOptions};
 use edge_llm::compress::profile::ProfileOptions;
 use edge_llm::data::Dataset;
 use edge_llm::engine::{Category, GpuTrainer, StatsPass};
-use edge_llm::kernels::ops::checks::{compare, values, Tol, MATMUL_TOL};
+use edge_llm::kernels::ops::checks::{values, MATMUL_TOL};
 use edge_llm::kernels::ops::stats;
-use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::stats::{fisher_acc, gram_acc, BlockFisher, LayerHessians};
 use edge_llm::reference::Transformer;
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::{compare, Tol};
 use edge_llm::train::Row;
 use pollster::block_on;
 
@@ -31,31 +31,23 @@ use pollster::block_on;
 const STATS_TOL: Tol = MATMUL_TOL;
 /// The GPU forward (packed kernels, f32 sums in tiles) and the CPU reference (f32, another
 /// order) feed XᵀX sums (f32 on the GPU, f64 on the CPU) over every calibration token:
-/// max |gpu − cpu| ≤ HESSIAN_TOL_REL · max |cpu|. Seen on the tiny model: 1.5e-7; a wrong
+/// max |gpu − cpu| ≤ rel · max |cpu|. Seen on the tiny model: 1.5e-7; a wrong
 /// row, a missed block or a doubled pass gives errors of order 1.
-const HESSIAN_TOL_REL: f64 = 1e-5;
+const HESSIAN_TOL: Tol<f64> = Tol::relative(1e-5);
 /// The same rule for the Fisher diagonal: gradients through two blocks' backward and the
 /// head, squared (the training tests allow 1e-3 for gradients of many accumulated rows).
 /// Seen: 1.2e-6.
-const FISHER_TOL_REL: f32 = 1e-4;
+const FISHER_TOL: Tol = Tol::relative(1e-4);
 /// A profile's errors are sums of F·ΔW² and tr(ΔW·H·ΔWᵀ) over weights, from statistics
 /// within the rules above; Wanda's masks are chosen from H's diagonal, where a near tie
 /// could fall the other way and move a level's error by one weight's share. Per level:
-/// |gpu − cpu| ≤ PROFILE_TOL_REL · max(|gpu|, |cpu|). Seen: 1e-7 (no tie fell).
-const PROFILE_TOL_REL: f64 = 1e-3;
+/// |gpu − cpu| ≤ rel · max(|gpu|, |cpu|). Seen: 1e-7 (no tie fell).
+const PROFILE_TOL: Tol<f64> = Tol::relative(1e-3);
 
-const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
-    the warm mat and the bird sings in the tall tree near the river where the water runs \
-    over stones and the wind moves the grass on the hill under the wide blue sky at noon. ";
-
-fn tiny() -> ModelFile {
-    ModelFile::from_bytes(generate(&TinySpec::default()).unwrap()).unwrap()
-}
-
-/// Calibration rows of the tiny model: `n` rows of `seq_len` tokens of TEXT.
+/// Calibration rows of the tiny model: `n` rows of `seq_len` tokens of TEXT, each ended by ". ".
 fn calib(file: &ModelFile, n: usize, seq_len: usize) -> Vec<Row> {
     let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
-    let ds = Dataset::parse("calib.txt", &TEXT.repeat(6)).unwrap();
+    let ds = Dataset::parse("calib.txt", &format!("{TEXT}. ").repeat(6)).unwrap();
     calibration_rows(&ds, &tok, n, seq_len).unwrap()
 }
 
@@ -117,7 +109,7 @@ fn hessian_matrices(h: &[LayerHessians]) -> Vec<Vec<f64>> {
 #[test]
 fn gpu_hessians_equal_collect_hessians() {
     let Some(ctx) = context(None) else { return };
-    let file = tiny();
+    let file = tiny_file();
     let model = Transformer::new(file.weights().unwrap());
     // Rows of different lengths, the last without targets (Hessians read every token).
     let mut rows = calib(&file, 3, 40);
@@ -142,14 +134,14 @@ fn gpu_hessians_equal_collect_hessians() {
     let (d, max) = worst(g.iter().zip(&w).map(|(a, b)| (&a[..], &b[..])));
     println!("Hessians: max |gpu − cpu| {d:e} over max |cpu| {max:e}");
     assert!(max > 0.0);
-    assert!(d <= HESSIAN_TOL_REL * max, "max |ΔH| {d:e} over {max:e}");
+    assert!(HESSIAN_TOL.allows(d, max), "max |ΔH| {d:e} over {max:e}");
     // A second collection starts from zero.
     let again = block_on(tr.collect_hessians(&rows[..1], &mut |_, _| {})).unwrap();
     let once = collect_hessians(&model, &rows[..1], &mut |_, _| {}).unwrap();
     let (g, w) = (hessian_matrices(&again), hessian_matrices(&once));
     let (d, max) = worst(g.iter().zip(&w).map(|(a, b)| (&a[..], &b[..])));
     assert!(
-        d <= HESSIAN_TOL_REL * max,
+        HESSIAN_TOL.allows(d, max),
         "second pass: max |ΔH| {d:e} over {max:e}"
     );
 }
@@ -161,7 +153,7 @@ fn flat(f: &[BlockFisher]) -> Vec<f32> {
 #[test]
 fn gpu_fisher_equals_fisher_diagonal() {
     let Some(ctx) = context(None) else { return };
-    let file = tiny();
+    let file = tiny_file();
     let model = Transformer::new(file.weights().unwrap());
     // Calibration rows, a row with two targets, and one without: skipped by both.
     let mut rows = calib(&file, 3, 40);
@@ -182,14 +174,10 @@ fn gpu_fisher_equals_fisher_diagonal() {
         assert_eq!(shapes(g), shapes(w));
     }
     let (g, w) = (flat(&got), flat(&want));
-    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = g
-        .iter()
-        .zip(&w)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (max, d) = (max_abs(&w), max_abs_diff(&g, &w));
     println!("Fisher: max |gpu − cpu| {d:e} over max |cpu| {max:e}");
     assert!(max > 0.0);
-    assert!(d <= FISHER_TOL_REL * max, "max |ΔF| {d:e} over {max:e}");
+    assert!(FISHER_TOL.allows(d, max), "max |ΔF| {d:e} over {max:e}");
 
     // No row with a target: the same error on both devices.
     let blank = rows_with_targets_at(&[(12, 1, &[]), (9, 3, &[])]);
@@ -203,12 +191,12 @@ fn gpu_fisher_equals_fisher_diagonal() {
 }
 
 /// A profile measured with the calibration passes on the GPU and one on the CPU: the same
-/// key (the device is not part of it), every level's errors within PROFILE_TOL_REL, and the
+/// key (the device is not part of it), every level's errors within PROFILE_TOL, and the
 /// same LUC policies at two budgets.
 #[test]
 fn a_gpu_profile_gives_the_cpu_profiles_policies() {
     let Some(ctx) = context(None) else { return };
-    let file = tiny();
+    let file = tiny_file();
     let rows = calib(&file, 4, 48);
     let o = CompressOptions {
         calib_rows: 4,
@@ -247,7 +235,7 @@ fn a_gpu_profile_gives_the_cpu_profiles_policies() {
     let close = |what: &str, a: &[f64], b: &[f64]| {
         assert_eq!(a.len(), b.len(), "{what}");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let bound = PROFILE_TOL_REL * x.abs().max(y.abs());
+            let bound = PROFILE_TOL.bound(x.abs().max(y.abs()));
             worst_rel.set(
                 worst_rel
                     .get()
@@ -292,7 +280,7 @@ fn a_gpu_profile_gives_the_cpu_profiles_policies() {
 #[test]
 fn profiling_trainers_allocate_what_they_plan() {
     let Some(ctx) = context(None) else { return };
-    let file = tiny();
+    let file = tiny_file();
     let n = file.config.n_layers;
     for (pass, per_block) in [(StatsPass::Hessians, 4), (StatsPass::Fisher, 7)] {
         let opts = pass.options(40);

@@ -8,7 +8,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::context;
+use common::{check, context};
 use std::time::Instant;
 
 use edge_llm::formats::quant;
@@ -19,9 +19,7 @@ use edge_llm::kernels::{GpuContext, MatmulNt};
 #[test]
 fn qmatmul_checks_all() {
     let Some(ctx) = context(None) else { return };
-    if let Err(e) = pollster::block_on(checks::all(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::all(&ctx));
 }
 
 #[test]
@@ -33,9 +31,7 @@ fn qmatmul_refuses_weights_over_the_binding_limit() {
     let Some(ctx) = context(Some(limits)) else {
         return;
     };
-    if let Err(e) = pollster::block_on(checks::refuses_oversized(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::refuses_oversized(&ctx));
 }
 
 /// A deterministic pseudo-random weight in [−1, 1) (fast enough for 28 M values).

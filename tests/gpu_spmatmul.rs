@@ -7,7 +7,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::context;
+use common::{check, context};
 use edge_llm::formats::sparse::{self as sp, Sparse24Matrix, UnstructuredMatrix, ValueType};
 use edge_llm::kernels::spmatmul::{checks, SparseWeight};
 use edge_llm::kernels::MatmulNt;
@@ -18,9 +18,7 @@ use std::time::Instant;
 #[test]
 fn spmatmul_matches_cpu_twins() {
     let Some(ctx) = context(None) else { return };
-    if let Err(e) = pollster::block_on(checks::all(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::all(&ctx));
 }
 
 #[test]
@@ -33,9 +31,7 @@ fn spmatmul_folds_grids_and_refuses_over_the_binding_limit() {
     let Some(ctx) = context(Some(limits)) else {
         return;
     };
-    if let Err(e) = pollster::block_on(checks::small_limits(&ctx)) {
-        panic!("{e}");
-    }
+    check(checks::small_limits(&ctx));
 }
 
 /// Milliseconds per product at m = 256 on SmolLM2-135M's projection shapes: dense f32

@@ -6,25 +6,23 @@
 //! head, exact resume, and the memory plan and budget.
 
 mod common;
-use common::{context, model_path, rows_with_targets_at};
-use edge_llm::data::Dataset;
+use common::{
+    assert_same_losses, context, losses, max_abs, max_abs_diff, model_path, rows_with_targets_at,
+    text_data, tiny_file, train_lora_config, training_rows, GRAD_TOL, LOSS_TOL, RUN_TOL,
+};
 use edge_llm::engine::{fit_budget, GpuTrainer, TrainOptions, WeightFormat, DEFAULT_VOCAB_CHUNK};
 use edge_llm::gguf::GgmlType;
 use edge_llm::kernels::context::GpuContext;
-use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, LoraConfig, Proj, Span, Transformer};
 use edge_llm::tokenizer::Tokenizer;
-use edge_llm::train::{
-    derive_seed, prepare, Backend, CpuBackend, DataConfig, Row, StepReport, TrainConfig, Trainer,
-};
+use edge_llm::tolerance::Tol;
+use edge_llm::train::{derive_seed, Backend, CpuBackend, Row, TrainConfig, Trainer};
 use pollster::block_on;
 
-/// GPU gradients agree with the CPU's when max |gpu − cpu| ≤ GRAD_TOL_REL · max |cpu| over
-/// all LoRA gradients: f32 sums in another order through the same weights.
-const GRAD_TOL_REL: f32 = 1e-3;
-/// Losses (mean per target) agree within this relative difference.
-const LOSS_TOL_REL: f64 = 1e-4;
+/// The same GPU run with its head split in chunks by a small binding limit: only the
+/// head's chunk merges (log-sum-exp, d_hidden) sum in another order.
+const SPLIT_RUN_TOL: Tol<f64> = Tol::relative(1e-5);
 /// The binding limit that splits the tiny head (272 × 64, 68 KiB in f32) into three chunks.
 const SMALL_BINDING: u64 = 32 << 10;
 
@@ -35,22 +33,9 @@ fn small_limits() -> wgpu::Limits {
     }
 }
 
-fn tiny_file() -> ModelFile {
-    ModelFile::from_bytes(generate(&TinySpec::default()).unwrap()).unwrap()
-}
-
-fn lora_config() -> LoraConfig {
-    LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.1,
-        targets: Proj::ALL.to_vec(),
-    }
-}
-
 /// PEFT-initialised adapters with B filled too, so every gradient is non-zero.
 fn random_lora(file: &ModelFile, seed: u64) -> Lora<f32> {
-    let mut lora = Lora::new(&file.config, lora_config(), seed);
+    let mut lora = Lora::new(&file.config, train_lora_config(), seed);
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
     for l in &mut lora.layers {
         for p in l.iter_mut().flatten() {
@@ -63,16 +48,6 @@ fn random_lora(file: &ModelFile, seed: u64) -> Lora<f32> {
         }
     }
     lora
-}
-
-fn rows() -> Vec<Row> {
-    let row = |n: usize, k: u32| Row {
-        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
-        targets: (0..n as u32)
-            .map(|i| (i % 3 != 0).then_some((i * 11 + k) % 260 + 3))
-            .collect(),
-    };
-    vec![row(24, 5), row(17, 9)]
 }
 
 /// Rows where only a few positions have a target (the first and the last of a row among
@@ -115,7 +90,14 @@ fn one_accumulation_matches_the_cpu_reference() {
         (WeightFormat::Packed, true),
     ];
     let file = tiny_file();
-    assert_one_accumulation(&ctx, "tiny", &file, &rows(), &cases, DEFAULT_VOCAB_CHUNK);
+    assert_one_accumulation(
+        &ctx,
+        "tiny",
+        &file,
+        &training_rows(),
+        &cases,
+        DEFAULT_VOCAB_CHUNK,
+    );
 }
 
 /// A few targets per row, in a head of one chunk and of three (100 + 100 + 72 rows).
@@ -150,7 +132,7 @@ fn a_row_without_targets_counts_nothing_as_on_the_cpu() {
     let none = &rows[1];
     assert_eq!(none.n_targets(), 0);
     let mut gpu = GpuTrainer::new(&ctx, &file, &lora, &opts(WeightFormat::Packed, false)).unwrap();
-    let mut cpu = CpuBackend::new(file.weights().unwrap(), lora_config(), 0);
+    let mut cpu = CpuBackend::new(file.weights().unwrap(), train_lora_config(), 0);
     cpu.model.lora = Some(lora.clone());
     for b in [
         block_on(gpu.accumulate(&[none], 0.5, 1)).unwrap(),
@@ -179,8 +161,12 @@ fn a_row_without_targets_counts_nothing_as_on_the_cpu() {
         (some.count, some.sum.to_bits())
     );
     assert_eq!(all.count, want.count);
-    let rel = (all.sum - want.sum).abs() / want.sum;
-    assert!(rel < LOSS_TOL_REL, "eval loss {} vs {}", all.sum, want.sum);
+    assert!(
+        LOSS_TOL.close_to(all.sum, want.sum),
+        "eval loss {} vs {}",
+        all.sum,
+        want.sum
+    );
 }
 
 /// One accumulation over `rows` on `file` in each (format, recompute) case with logits
@@ -217,7 +203,7 @@ fn assert_one_accumulation(
         }
     }
     let want = flat(&want);
-    let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let max = max_abs(&want);
     assert!(max > 1e-3, "the reference gradients are all ~0 ({max})");
 
     for &(format, recompute) in cases {
@@ -236,19 +222,15 @@ fn assert_one_accumulation(
         assert_eq!(loss.count, targets, "{what}");
         let rel = (loss.sum - want_loss).abs() / want_loss;
         assert!(
-            rel < LOSS_TOL_REL,
+            LOSS_TOL.close_to(loss.sum, want_loss),
             "{what}: loss {} vs {want_loss}",
             loss.sum
         );
         let got = flat(&block_on(gpu.gradients()).unwrap());
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let d = max_abs_diff(&got, &want);
         eprintln!("{what}: loss rel diff {rel:e}, max |Δgrad| {d:e} of max |grad| {max:e}");
         assert!(
-            d <= GRAD_TOL_REL * max,
+            GRAD_TOL.allows(d, max),
             "{what}: max |gpu − cpu| gradient {d:e} over max |grad| {max:e}"
         );
         assert_eq!(
@@ -288,13 +270,13 @@ fn a_head_in_chunks_matches_the_cpu_reference_in_every_format() {
         } else {
             &[(WeightFormat::Packed, false)]
         };
-        assert_one_accumulation(&ctx, &name, &file, &rows(), cases, 100);
+        assert_one_accumulation(&ctx, &name, &file, &training_rows(), cases, 100);
 
         let o = TrainOptions {
             vocab_chunk: 100,
             ..opts(WeightFormat::Packed, false)
         };
-        let plan = GpuTrainer::plan(&file, &lora_config(), &o, &ctx.limits).unwrap();
+        let plan = GpuTrainer::plan(&file, &train_lora_config(), &o, &ctx.limits).unwrap();
         let head: Vec<_> = plan
             .entries
             .iter()
@@ -344,9 +326,9 @@ fn sparse_file_gradients_match_the_cpu_reference() {
         (WeightFormat::F32, false),
     ];
     let chunk = DEFAULT_VOCAB_CHUNK;
-    assert_one_accumulation(&ctx, "sparse file", &file, &rows(), &cases, chunk);
+    assert_one_accumulation(&ctx, "sparse file", &file, &training_rows(), &cases, chunk);
 
-    let lc = lora_config();
+    let lc = train_lora_config();
     let limits = wgpu::Limits::default();
     let plan = |f| GpuTrainer::plan(&file, &lc, &opts(f, false), &limits).unwrap();
     let (packed, dense) = (plan(WeightFormat::Packed), plan(WeightFormat::F32));
@@ -398,19 +380,6 @@ fn sparse_file_gradients_match_the_cpu_reference() {
     );
 }
 
-fn text_data(tok: &Tokenizer) -> edge_llm::train::Prepared {
-    let text = "It was the best of times, it was the worst of times, it was the age of \
-                wisdom, it was the age of foolishness, it was the epoch of belief. "
-        .repeat(4);
-    let ds = Dataset::Text(text);
-    let cfg = DataConfig {
-        seq_len: 32,
-        val_fraction: 0.2,
-        seed: 0,
-    };
-    prepare(&ds, tok, &cfg).unwrap()
-}
-
 fn train_config() -> TrainConfig {
     TrainConfig {
         lr: 3e-3,
@@ -419,29 +388,6 @@ fn train_config() -> TrainConfig {
         accum_steps: 2,
         eval_every: 3,
         ..Default::default()
-    }
-}
-
-fn losses<B: Backend>(trainer: &mut Trainer<B>, steps: u64) -> Vec<StepReport> {
-    let mut out = Vec::new();
-    block_on(trainer.run(steps, &mut |r| out.push(r.clone()))).unwrap();
-    out
-}
-
-fn assert_same_losses(what: &str, a: &[StepReport], b: &[StepReport], tol: f64) {
-    assert_eq!(a.len(), b.len(), "{what}: step counts");
-    for (x, y) in a.iter().zip(b) {
-        let rel = (x.loss - y.loss).abs() / y.loss.abs().max(1e-12);
-        assert!(
-            rel <= tol,
-            "{what}: step {} loss {} vs {} (rel {rel:e})",
-            x.step,
-            x.loss,
-            y.loss
-        );
-        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
-            assert!((u - v).abs() / v <= tol, "{what}: val loss {u} vs {v}");
-        }
     }
 }
 
@@ -454,9 +400,10 @@ fn training_matches_the_cpu_and_a_split_head_gives_the_same_losses() {
     let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
     let data = text_data(&tok);
     let config = train_config();
-    let lora = Lora::new(&file.config, lora_config(), config.seed);
+    let lora = Lora::new(&file.config, train_lora_config(), config.seed);
 
-    let mut cpu_backend = CpuBackend::new(file.weights().unwrap(), lora_config(), config.seed);
+    let mut cpu_backend =
+        CpuBackend::new(file.weights().unwrap(), train_lora_config(), config.seed);
     cpu_backend.model.lora = Some(lora.clone());
     let mut cpu = Trainer::new(cpu_backend, config.clone(), data.clone()).unwrap();
     let want = losses(&mut cpu, 6);
@@ -469,7 +416,7 @@ fn training_matches_the_cpu_and_a_split_head_gives_the_same_losses() {
     )
     .unwrap();
     let got = losses(&mut gpu, 6);
-    assert_same_losses("GPU vs CPU", &got, &want, 1e-3);
+    assert_same_losses("GPU vs CPU", &got, &want, RUN_TOL);
     assert!(
         got.last().unwrap().loss < got[0].loss,
         "training lowered nothing"
@@ -488,7 +435,12 @@ fn training_matches_the_cpu_and_a_split_head_gives_the_same_losses() {
     );
     let mut small_run = Trainer::new(split, config, data).unwrap();
     let got_small = losses(&mut small_run, 6);
-    assert_same_losses("32 KiB binding limit vs default", &got_small, &got, 1e-5);
+    assert_same_losses(
+        "32 KiB binding limit vs default",
+        &got_small,
+        &got,
+        SPLIT_RUN_TOL,
+    );
     let peak = small_run.backend.gpu_bytes();
     assert!(peak <= small_run.backend.memory_plan().total());
     for e in &small_run.backend.memory_plan().entries {
@@ -510,7 +462,7 @@ fn resume_on_the_gpu_equals_an_uninterrupted_run() {
     let tok = Tokenizer::from_gguf(&file.gguf).unwrap();
     let data = text_data(&tok);
     let config = train_config();
-    let lora = Lora::new(&file.config, lora_config(), config.seed);
+    let lora = Lora::new(&file.config, train_lora_config(), config.seed);
     let o = opts(WeightFormat::Packed, true);
     let new = || GpuTrainer::new(&ctx, &file, &lora, &o).unwrap();
 
@@ -535,7 +487,7 @@ fn resume_on_the_gpu_equals_an_uninterrupted_run() {
 #[test]
 fn the_budget_picks_recompute_or_refuses_before_allocating() {
     let file = tiny_file();
-    let lc = lora_config();
+    let lc = train_lora_config();
     let limits = wgpu::Limits::default();
     let full = TrainOptions {
         format: WeightFormat::F32,
@@ -651,12 +603,8 @@ fn real_model_gradients_match_the_cpu() {
     let loss = block_on(gpu.accumulate(&[&row], 1.0, seed)).unwrap();
     let got = flat(&block_on(gpu.gradients()).unwrap());
     let rel = (loss.sum - want_loss).abs() / want_loss;
-    let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let d = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max = max_abs(&want);
+    let d = max_abs_diff(&got, &want);
     eprintln!(
         "real model: loss {} vs {want_loss} (rel {rel:e}); max |Δgrad| {d:e} of max |grad| {max:e} \
          over {} values; GPU memory {:.1} MiB",
@@ -664,8 +612,12 @@ fn real_model_gradients_match_the_cpu() {
         want.len(),
         gpu.allocated_bytes() as f64 / 1048576.0
     );
-    assert!(rel < LOSS_TOL_REL, "loss {} vs {want_loss}", loss.sum);
-    assert!(d <= GRAD_TOL_REL * max, "max |Δgrad| {d:e} over {max:e}");
+    assert!(
+        LOSS_TOL.close_to(loss.sum, want_loss),
+        "loss {} vs {want_loss}",
+        loss.sum
+    );
+    assert!(GRAD_TOL.allows(d, max), "max |Δgrad| {d:e} over {max:e}");
 }
 
 /// Rough timing (not a check): one accumulation on the real model of a 236-token row with

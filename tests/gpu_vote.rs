@@ -9,58 +9,30 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
-use common::{context, mc_questions as questions, random_lora};
+use common::{
+    assert_logits_close, assert_vote_report, cli_stop_tokens, context, mc_questions as questions,
+    random_lora, run, tiny_file_with_layers, tokens,
+};
 
 use edge_llm::adapter::save_dir;
 use edge_llm::engine::{GpuModel, GpuModelOptions, WeightFormat};
 use edge_llm::eval::{self, CpuLm, Lm, Readout, Sampling};
-use edge_llm::model::tiny::{self, TinySpec};
 use edge_llm::model::ModelFile;
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
 use edge_llm::vote::Vote;
 use pollster::block_on;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
-/// GPU logits agree with the CPU's when max |gpu − cpu| ≤ LOGIT_TOL_REL · (max − min of
-/// the CPU logits): f32 sums in another order, the same weights (as tests/gpu_model.rs).
-const LOGIT_TOL_REL: f32 = 1e-3;
 /// Summed log-likelihoods of a few tokens: a few logit tolerances each.
-const SCORE_TOL: f64 = 1e-2;
+const SCORE_TOL: Tol<f64> = Tol::absolute(1e-2);
 /// Blocks of the tiny model.
 const LAYERS: usize = 4;
 
 fn tiny_file() -> ModelFile {
-    ModelFile::from_bytes(
-        tiny::generate(&TinySpec {
-            n_layers: LAYERS,
-            ..Default::default()
-        })
-        .unwrap(),
-    )
-    .unwrap()
-}
-
-fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
-    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
-    let d = gpu
-        .iter()
-        .zip(cpu)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    let hi = cpu.iter().cloned().fold(f32::MIN, f32::max);
-    let lo = cpu.iter().cloned().fold(f32::MAX, f32::min);
-    assert!(
-        d.is_finite() && d <= LOGIT_TOL_REL * (hi - lo),
-        "{what}: max |gpu − cpu| = {d:e} over a logit range of {} (allowed {LOGIT_TOL_REL} × range)",
-        hi - lo
-    );
-}
-
-fn tokens(n: usize) -> Vec<u32> {
-    (0..n as u32).map(|i| (i * 37 + 5) % 250 + 3).collect()
+    tiny_file_with_layers(LAYERS)
 }
 
 fn opts(format: WeightFormat, max_t: usize) -> GpuModelOptions {
@@ -137,7 +109,7 @@ fn exit_logits_match_the_cpu() {
                         "exit {k} after {}, {} layers, {format:?}, max_t {max_t}, parts {parts:?}",
                         exits[k], f.config.n_layers
                     );
-                    assert_close(&what, g, w);
+                    assert_logits_close(&what, g, w);
                 }
                 assert_eq!(gpu.memory_plan().total(), gpu.allocated_bytes());
                 checked += 1;
@@ -166,7 +138,7 @@ fn plain_head_after_an_exit_pass() {
         pollster::block_on(gpu.append_exits_async(&toks[..5])).unwrap();
         let next = pollster::block_on(gpu.append_async(&toks[5..]));
         if continues {
-            assert_close(
+            assert_logits_close(
                 "plain head after exits to the last block",
                 &next.unwrap(),
                 &want[5 * vocab..],
@@ -176,7 +148,7 @@ fn plain_head_after_an_exit_pass() {
             assert!(e.contains("truncate to 0"), "{e}");
             gpu.truncate(0);
             let got = pollster::block_on(gpu.append_async(&toks)).unwrap();
-            assert_close("plain head after truncating", &got, &want);
+            assert_logits_close("plain head after truncating", &got, &want);
         }
     }
 }
@@ -196,7 +168,7 @@ fn set_lora_updates_the_exits() {
         .zip(&want)
         .enumerate()
     {
-        assert_close(&format!("exit {k} after set_lora"), g, w);
+        assert_logits_close(&format!("exit {k} after set_lora"), g, w);
     }
     let moved = random_lora(&file.config, &[2, 3], 4);
     let e = gpu.set_lora(&moved).unwrap_err().to_string();
@@ -300,7 +272,7 @@ fn voting_on_the_gpu_matches_the_cpu() {
                 .zip(want.scores.iter().flatten())
             {
                 for (g, w) in gq.iter().zip(wq) {
-                    assert!((g - w).abs() <= SCORE_TOL, "{what}: score {g} vs {w}");
+                    assert!(SCORE_TOL.close_to(*g, *w), "{what}: score {g} vs {w}");
                 }
             }
             // The async body the page awaits: the same result.
@@ -352,23 +324,6 @@ fn voting_on_the_gpu_matches_the_cpu() {
     .unwrap_err();
     assert!(e.to_string().contains("early exits"), "{e}");
     assert!(Lm::exits(&plain).is_empty());
-}
-
-const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
-
-fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let obj = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap());
-    (
-        out.status.code().unwrap_or(-1),
-        obj,
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-    )
 }
 
 /// `eval-mc --vote` and `generate --vote` with `--device gpu`: the CPU library's counts
@@ -431,27 +386,7 @@ fn cli_votes_on_the_gpu() {
     assert!(out.contains("device: GPU"), "{out}");
     let obj = obj.unwrap();
     assert_eq!(obj["vote"], "mean");
-    let exits: Vec<(u64, u64)> = obj["exits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
-        .collect();
-    let want_exits: Vec<(u64, u64)> = want
-        .exits
-        .iter()
-        .map(|e| (e.after as u64, e.correct as u64))
-        .collect();
-    assert_eq!(exits, want_exits);
-    for (v, w) in obj["votes"].as_array().unwrap().iter().zip(&want.votes) {
-        assert_eq!(v["rule"], w.rule.name());
-        assert_eq!(
-            v["correct"].as_u64().unwrap(),
-            w.correct as u64,
-            "{}",
-            w.rule
-        );
-    }
+    assert_vote_report(&obj, &want);
     let preds: Vec<u64> = obj["predictions"]
         .as_array()
         .unwrap()
@@ -463,13 +398,7 @@ fn cli_votes_on_the_gpu() {
 
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
+    let stop = cli_stop_tokens(&tok);
     let want = block_on(eval::generate_voted(
         &mut CpuLm::new(&m),
         &ids,

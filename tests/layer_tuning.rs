@@ -4,6 +4,8 @@
 //! change), a scheduled run records its phases and resumes exactly, and the depth power
 //! scales each window's learning rate.
 
+mod common;
+use common::EXITS;
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{ModelFile, Weights};
 use edge_llm::reference::optim::AdamW;
@@ -14,8 +16,6 @@ use edge_llm::train::{
     TrainState, Trainer, WindowOrder,
 };
 use pollster::block_on;
-
-const EXITS: [usize; 2] = [2, 4];
 
 fn tiny4() -> (Tokenizer, Weights<f32>) {
     let spec = TinySpec {

@@ -2,6 +2,8 @@
 //! policy into the compressed-model file, and that file loading back through `ModelFile`
 //! with exactly the weights the compressor produced. Sizes are printed (`--nocapture`).
 
+mod common;
+use common::TEXT;
 use edge_llm::compress::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use edge_llm::compress::file;
 use edge_llm::compress::pipeline::profile_cached;
@@ -21,20 +23,17 @@ use edge_llm::model::ModelFile;
 use edge_llm::reference::stats::LayerHessians;
 use edge_llm::reference::{Proj, Transformer};
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
 use edge_llm::train::Row;
 use pollster::block_on;
 
-const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
-    the warm mat and the bird sings in the tall tree near the river where the water runs \
-    over stones and the wind moves the grass on the hill under the wide blue sky at noon";
+/// Two f64 summation orders of the same quadratic form.
+const MSE_TOL: Tol<f64> = Tol::relative(1e-9);
+/// serde_json's float parsing may be off by an ulp.
+const JSON_TOL: Tol<f64> = Tol::relative(1e-15);
 
 /// The tiny model with every tensor stored F32 (the generator stores projections Q4_1,
 /// the default model's type), so sizes compare against dense f32.
-/// Two f64 summation orders of the same quadratic form.
-const MSE_REL: f64 = 1e-9;
-/// serde_json's float parsing may be off by an ulp.
-const JSON_REL: f64 = 1e-15;
-
 fn tiny() -> ModelFile {
     let q = ModelFile::from_bytes(generate(&TinySpec::default()).unwrap()).unwrap();
     let mut w = GgufWriter::new();
@@ -156,7 +155,7 @@ fn profile_measures_and_caches() {
             h.output_mse(w, &w_hat, n),
             output_mse_gemm(&h.matrix(), k, w, &w_hat, n),
         );
-        assert!((a - b).abs() <= MSE_REL * a, "{p:?}: {a} vs {b}");
+        assert!(MSE_TOL.allows((a - b).abs(), a), "{p:?}: {a} vs {b}");
     }
 
     // Second run: read from the cache, no measurement.
@@ -181,7 +180,7 @@ fn profile_measures_and_caches() {
             .chain(&x.quant_mse)
             .zip(y.prune_mse.iter().chain(&y.quant_mse))
         {
-            assert!((u - v).abs() <= JSON_REL * v.abs(), "{u} vs {v}");
+            assert!(JSON_TOL.close_to(*u, *v), "{u} vs {v}");
         }
     }
     assert_eq!(second.path, first.path);

@@ -7,17 +7,20 @@
 //! EDGE_LLM_REQUIRE_PEFT=1. The adapter is a random rank-8 one over all seven projections,
 //! or the directory in EDGE_LLM_PEFT_ADAPTER (e.g. what `edge-llm tune` wrote).
 
+mod common;
+use common::{max_abs_diff, range};
 use edge_llm::adapter::{load_dir, permute_rows, save_dir};
 use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// PyTorch float32 vs our float32 on the same dequantized weights: only summation order
 /// differs, so the logits must agree to this absolute bound.
-const LOGIT_ABS_TOL: f32 = 1e-3;
+const PEFT_LOGIT_TOL: Tol = Tol::absolute(1e-3);
 /// The adapter must move the logits by at least this much, or the check proves nothing.
 const MIN_EFFECT: f32 = 1e-2;
 /// Half-width of the uniform B entries of the random adapter (A is PEFT's init,
@@ -127,14 +130,6 @@ fn peft_logits(py: &Path, model: &Path, adapter: &Path, ids: &[u32], base: bool)
     }
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn peft_library_reproduces_our_logits() {
     let Some(py) = peft_python() else { return };
@@ -182,7 +177,7 @@ fn peft_library_reproduces_our_logits() {
 
     let lo = ours.iter().fold(f32::MAX, |m, &x| m.min(x));
     let hi = ours.iter().fold(f32::MIN, |m, &x| m.max(x));
-    let range = hi - lo;
+    let range = range(&ours);
     let diff = max_abs_diff(&ours, &theirs.logits);
     let base_diff = max_abs_diff(&base_ours, &base_theirs);
     let effect = max_abs_diff(&ours, &base_ours);
@@ -197,17 +192,20 @@ fn peft_library_reproduces_our_logits() {
         base_diff / range
     );
     eprintln!(
-        "with adapter, PEFT vs ours: max |Δlogit| {diff:.3e} ({:.2e} of range; tol {LOGIT_ABS_TOL:.0e})",
-        diff / range
+        "with adapter, PEFT vs ours: max |Δlogit| {diff:.3e} ({:.2e} of range; tol {:.0e})",
+        diff / range,
+        PEFT_LOGIT_TOL.abs
     );
     eprintln!("adapter effect: max |Δlogit| ours {effect:.3e}, PEFT {effect_theirs:.3e}");
     assert!(
-        base_diff <= LOGIT_ABS_TOL,
-        "base model: max |Δlogit| {base_diff} > {LOGIT_ABS_TOL}"
+        PEFT_LOGIT_TOL.allows(base_diff, range),
+        "base model: max |Δlogit| {base_diff} > {}",
+        PEFT_LOGIT_TOL.abs
     );
     assert!(
-        diff <= LOGIT_ABS_TOL,
-        "with adapter: max |Δlogit| {diff} > {LOGIT_ABS_TOL}"
+        PEFT_LOGIT_TOL.allows(diff, range),
+        "with adapter: max |Δlogit| {diff} > {}",
+        PEFT_LOGIT_TOL.abs
     );
     assert!(
         effect > MIN_EFFECT && effect_theirs > MIN_EFFECT,
@@ -230,7 +228,7 @@ fn peft_library_reproduces_our_logits() {
         let bad_diff = max_abs_diff(&ours, &bad);
         eprintln!("q/k rows left permuted: max |Δlogit| {bad_diff:.3e}");
         assert!(
-            bad_diff > 10.0 * LOGIT_ABS_TOL,
+            bad_diff > 10.0 * PEFT_LOGIT_TOL.abs,
             "a wrong q/k layout went unnoticed ({bad_diff})"
         );
     }

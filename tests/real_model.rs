@@ -2,6 +2,8 @@
 //! with a note when the file is absent, unless EDGE_LLM_REQUIRE_MODEL=1 (as in CI), where
 //! a missing model is a failure.
 
+mod common;
+use common::model_path;
 use edge_llm::data::Dataset;
 use edge_llm::eval::{self, CpuLm, Sampling};
 use edge_llm::model::ModelFile;
@@ -9,19 +11,6 @@ use edge_llm::reference::Transformer;
 use edge_llm::tokenizer::Tokenizer;
 use pollster::block_on;
 use std::path::PathBuf;
-
-fn model_path() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("EDGE_LLM_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run scripts/fetch-model.sh", p.display());
-    }
-    eprintln!("note: {} absent; real-model test skipped", p.display());
-    None
-}
 
 #[test]
 fn tokenizer_matches_the_original() {

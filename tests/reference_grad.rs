@@ -4,21 +4,17 @@
 use edge_llm::model::{tiny, ModelFile, RopeStyle, Weights};
 use edge_llm::reference::ops::{self, AttnShape, LoraPair};
 use edge_llm::reference::{Lora, LoraConfig, Proj, Transformer};
+use edge_llm::tolerance::Tol;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Finite-difference step (central differences: truncation error O(H²)).
 const H: f64 = 1e-5;
-/// Tolerance rule |analytic − numeric| ≤ max(REL·(|a| + |n|), ABS).
-const REL: f64 = 1e-6;
-const ABS: f64 = 1e-8;
+/// |analytic − numeric| ≤ max(rel·(|a| + |n|), abs).
+const FD_TOL: Tol<f64> = Tol::new(1e-6, 1e-8);
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
     (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-fn close(a: f64, n: f64) -> bool {
-    (a - n).abs() <= (REL * (a.abs() + n.abs())).max(ABS)
 }
 
 /// Checks `analytic` = ∂f/∂x at every index of `x` (or `max_checks` seeded indices).
@@ -41,7 +37,7 @@ fn fd_check(name: &str, x: &[f64], analytic: &[f64], max_checks: usize, f: impl 
         let num = (f(&xp) - f(&xm)) / (2.0 * H);
         worst = worst.max((analytic[i] - num).abs());
         assert!(
-            close(analytic[i], num),
+            FD_TOL.close(analytic[i], num),
             "{name}[{i}]: analytic {} vs numeric {num}",
             analytic[i]
         );

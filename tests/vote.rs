@@ -3,6 +3,7 @@
 //! pair, and `eval-mc`/`generate --vote` through the binary.
 
 mod common;
+use common::{assert_vote_report, cli_stop_tokens, run, EXITS};
 
 use edge_llm::adapter::{
     export_exits, import_exits, import_peft, load_dir, save_dir, CONFIG_FILE, EXITS_FILE,
@@ -17,19 +18,17 @@ use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
 use edge_llm::vote::{combine, pick, pick_log, resolve, Vote};
 use pollster::block_on;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
-/// Exits in the 4-block tiny model.
-const EXITS: [usize; 2] = [2, 4];
 /// Two f32 computations of the same summed log-likelihood (different association).
-const SCORE_TOL: f64 = 1e-4;
-/// Cached vs uncached logits: |x−y| ≤ max(R·(|x|+|y|), A).
-const LOGIT_R: f32 = 1e-4;
-const LOGIT_A: f32 = 1e-4;
+const SCORE_TOL: Tol<f64> = Tol::absolute(1e-4);
+/// Cached vs uncached logits: |x−y| ≤ max(rel·(|x|+|y|), abs).
+const CACHED_LOGIT_TOL: Tol = Tol::new(1e-4, 1e-4);
+/// A rule's distribution against one written by hand: f32 rounding of a few divisions.
+const PROB_TOL: Tol = Tol::absolute(1e-6);
 
 // ---- The rules ----
 
@@ -98,7 +97,7 @@ fn log_space_rules_do_not_underflow() {
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() < 1e-6, "{what}: got {got:?}, want {want:?}");
+        assert!(PROB_TOL.close(*g, *w), "{what}: got {got:?}, want {want:?}");
     }
 }
 
@@ -185,10 +184,6 @@ fn questions() -> Vec<McQuestion> {
     common::mc_questions()[..6].to_vec()
 }
 
-fn close(x: f32, y: f32) -> bool {
-    (x - y).abs() <= (LOGIT_R * (x.abs() + y.abs())).max(LOGIT_A)
-}
-
 #[test]
 fn deepest_exit_with_zero_b_is_the_plain_model() {
     let (_, tok, mut m) = tiny_model(3);
@@ -201,7 +196,7 @@ fn deepest_exit_with_zero_b_is_the_plain_model() {
         let exits = block_on(score_choices(&mut CpuLm::new(&m), &tok, &q, Readout::Exits)).unwrap();
         assert_eq!(exits.len(), 2);
         for (a, b) in exits[1].iter().zip(&plain) {
-            assert!((a - b).abs() <= SCORE_TOL, "{:?} vs {plain:?}", exits[1]);
+            assert!(SCORE_TOL.close(*a, *b), "{:?} vs {plain:?}", exits[1]);
         }
         for (a, b) in exits[0].iter().zip(&plain) {
             differs = differs.max((a - b).abs());
@@ -257,7 +252,11 @@ fn cached_exit_logits_equal_uncached() {
         for (k, (g, f)) in got.iter().zip(&full).enumerate() {
             let f = &f[from * v..];
             assert_eq!(g.len(), f.len());
-            let bad = g.iter().zip(f).filter(|&(&x, &y)| !close(x, y)).count();
+            let bad = g
+                .iter()
+                .zip(f)
+                .filter(|&(&x, &y)| !CACHED_LOGIT_TOL.close(x, y))
+                .count();
             assert_eq!(bad, 0, "exit {k} from {from} in parts {parts:?}");
         }
     };
@@ -572,21 +571,6 @@ fn hostile_exits_are_refused() {
 
 // ---- Through the binary ----
 
-fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let obj = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap());
-    (
-        out.status.code().unwrap_or(-1),
-        obj,
-        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 fn write_questions(path: &Path) {
     let lines: Vec<String> = questions()
         .iter()
@@ -647,29 +631,8 @@ fn cli_eval_mc_and_generate_vote() {
         let obj = obj.unwrap();
         assert_eq!(obj["vote"], rule.name(), "{obj}");
         assert_eq!(obj["n"], qs.len());
-        let exits: Vec<(u64, u64)> = obj["exits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
-            .collect();
-        let want_exits: Vec<(u64, u64)> = want
-            .exits
-            .iter()
-            .map(|e| (e.after as u64, e.correct as u64))
-            .collect();
-        assert_eq!(exits, want_exits);
-        let votes = obj["votes"].as_array().unwrap();
-        assert_eq!(votes.len(), 4);
-        for (v, w) in votes.iter().zip(&want.votes) {
-            assert_eq!(v["rule"], w.rule.name());
-            assert_eq!(
-                v["correct"].as_u64().unwrap(),
-                w.correct as u64,
-                "{}",
-                w.rule
-            );
-        }
+        assert_vote_report(&obj, &want);
+        assert_eq!(want.votes.len(), 4);
         let chosen = want.votes.iter().find(|v| v.rule == rule).unwrap();
         assert_eq!(obj["correct"].as_u64().unwrap(), chosen.correct as u64);
         assert_eq!(obj["accuracy"].as_f64().unwrap(), chosen.accuracy);
@@ -701,14 +664,7 @@ fn cli_eval_mc_and_generate_vote() {
     // generate --vote: the same tokens as the library's voted generation.
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    // The CLI's stop tokens: EOS and ChatML's end of turn.
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
+    let stop = cli_stop_tokens(&tok);
     for (rule, flag) in [(Vote::Max, None), (Vote::Last, Some("last"))] {
         let want = block_on(generate_voted(
             &mut CpuLm::new(&m),

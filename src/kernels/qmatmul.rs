@@ -494,16 +494,15 @@ pub mod checks {
     use super::*;
     use crate::formats::quant::{self, BITS, GROUPS};
     use crate::reference::ops;
+    use crate::tolerance::{compare as compare_with, Tol};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Tolerance rule: |gpu − cpu| ≤ max(REL_TOL·(|gpu| + |cpu|), ABS_TOL). Both sides
-    /// decode identical codes and scales into identical f32 weights (s·code is exact), so
-    /// they differ only in the order of k f32 products of magnitude < 1 being summed:
-    /// about √k·ε·(partial sums) ≈ 1e-5 at k = 1536. A wrong code, scale or index gives
-    /// errors of order 0.01 to 1.
-    pub const REL_TOL: f32 = 1e-4;
-    pub const ABS_TOL: f32 = 2e-4;
+    /// |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs). Both sides decode identical codes and
+    /// scales into identical f32 weights (s·code is exact), so they differ only in the
+    /// order of k f32 products of magnitude < 1 being summed: about √k·ε·(partial sums)
+    /// ≈ 1e-5 at k = 1536. A wrong code, scale or index gives errors of order 0.01 to 1.
+    pub const QMATMUL_TOL: Tol = Tol::new(1e-4, 2e-4);
 
     /// (m, k, n): every m ∈ {1, 3, 37}, k ∈ {1, 45, 200} (not multiples of any group or
     /// of the 32-code block) and n ∈ {1, 5, 70} appears; k = 96 takes the vec4 GEMV.
@@ -532,27 +531,10 @@ pub mod checks {
         (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// Err naming `what` and the worst element when got and want differ beyond tolerance.
+    /// Err naming `what` and the worst element when got and want differ beyond
+    /// [`QMATMUL_TOL`]; the worst |diff| otherwise.
     pub fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<f32> {
-        if got.len() != want.len() {
-            return Err(Error::Gpu(format!(
-                "{what}: {} values, expected {}",
-                got.len(),
-                want.len()
-            )));
-        }
-        let mut worst = 0.0f32;
-        for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
-            let err = (g - c).abs();
-            let tol = (REL_TOL * (g.abs() + c.abs())).max(ABS_TOL);
-            if err.is_nan() || err > tol {
-                return Err(Error::Gpu(format!(
-                    "{what}: element {i}: gpu {g} cpu {c} (|diff| {err} > {tol})"
-                )));
-            }
-            worst = worst.max(err);
-        }
-        Ok(worst)
+        compare_with(what, got, want, QMATMUL_TOL)
     }
 
     /// Every kernel path: both GEMV tunings (vec4 with either row assignment, and the

@@ -1,8 +1,211 @@
-//! Helpers shared by the native GPU tests.
+//! Tolerances, fixtures and helpers shared by the native tests.
 #![allow(dead_code)] // each test crate uses what it needs
 
+use edge_llm::data::Dataset;
 use edge_llm::kernels::context::GpuContext;
+use edge_llm::model::tiny::{self, TinySpec};
+use edge_llm::model::ModelFile;
+use edge_llm::reference::{LoraConfig, Proj};
+use edge_llm::tokenizer::Tokenizer;
+use edge_llm::tolerance::Tol;
+use edge_llm::train::{prepare, Backend, DataConfig, Row, StepReport, Trainer};
 use std::path::PathBuf;
+use std::process::Command;
+
+// ---- Tolerances (the rule: edge_llm::tolerance) ----
+
+/// GPU logits agree with the CPU's when max |gpu − cpu| ≤ rel · (max − min of the CPU
+/// logits): f32 sums in another order, the same weights.
+pub const LOGIT_TOL: Tol = Tol::relative(1e-3);
+/// GPU gradients agree with the CPU's when max |gpu − cpu| ≤ rel · max |cpu| over all LoRA
+/// gradients: f32 sums in another order through the same weights.
+pub const GRAD_TOL: Tol = Tol::relative(1e-3);
+/// Losses (a sum or a mean over targets) agree when |gpu − cpu| ≤ rel · |cpu|.
+pub const LOSS_TOL: Tol<f64> = Tol::relative(1e-4);
+/// A training run's per-step losses (and validation losses) agree when
+/// |gpu − cpu| ≤ rel · |cpu|: the parameters drift apart by rounding from step to step.
+pub const RUN_TOL: Tol<f64> = Tol::relative(1e-3);
+
+/// max |a − b| over two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// max |x| over a slice.
+pub fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+/// max − min of a slice: the scale of [`LOGIT_TOL`].
+pub fn range(a: &[f32]) -> f32 {
+    let hi = a.iter().cloned().fold(f32::MIN, f32::max);
+    let lo = a.iter().cloned().fold(f32::MAX, f32::min);
+    hi - lo
+}
+
+/// GPU logits within [`LOGIT_TOL`] of the CPU's.
+pub fn assert_logits_close(what: &str, gpu: &[f32], cpu: &[f32]) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    let (d, range) = (max_abs_diff(gpu, cpu), range(cpu));
+    assert!(
+        d.is_finite() && LOGIT_TOL.allows(d, range),
+        "{what}: max |gpu − cpu| = {d:e} over a logit range of {range} (allowed {} × range)",
+        LOGIT_TOL.rel
+    );
+}
+
+/// Two runs' per-step losses and validation losses within `tol` of `b`'s.
+pub fn assert_same_losses(what: &str, a: &[StepReport], b: &[StepReport], tol: Tol<f64>) {
+    assert_eq!(a.len(), b.len(), "{what}: step counts");
+    for (x, y) in a.iter().zip(b) {
+        assert!(
+            tol.close_to(x.loss, y.loss),
+            "{what}: step {} loss {} vs {} (rel {:e})",
+            x.step,
+            x.loss,
+            y.loss,
+            (x.loss - y.loss).abs() / y.loss.abs()
+        );
+        if let (Some(u), Some(v)) = (x.val_loss, y.val_loss) {
+            assert!(
+                tol.close_to(u, v),
+                "{what}: step {} val loss {u} vs {v}",
+                x.step
+            );
+        }
+    }
+}
+
+// ---- Fixtures ----
+
+/// The edge-llm binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
+/// The exits of the 4-block tiny model.
+pub const EXITS: [usize; 2] = [2, 4];
+/// A short text for calibration rows.
+pub const TEXT: &str = "the quick brown fox jumps over the lazy dog while the cat sleeps on \
+    the warm mat and the bird sings in the tall tree near the river where the water runs \
+    over stones and the wind moves the grass on the hill under the wide blue sky at noon";
+
+/// Runs the binary: (exit code, the last JSON object line of stdout, stdout and stderr).
+pub fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let obj = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap());
+    (
+        out.status.code().unwrap_or(-1),
+        obj,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// An `eval-mc --vote --json` report against the library's result: every exit's and every
+/// rule's count of correct answers.
+pub fn assert_vote_report(obj: &serde_json::Value, want: &edge_llm::eval::McVoteResult) {
+    let exits: Vec<(u64, u64)> = obj["exits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["after"].as_u64().unwrap(), e["correct"].as_u64().unwrap()))
+        .collect();
+    let want_exits: Vec<(u64, u64)> = want
+        .exits
+        .iter()
+        .map(|e| (e.after as u64, e.correct as u64))
+        .collect();
+    assert_eq!(exits, want_exits);
+    let votes = obj["votes"].as_array().unwrap();
+    assert_eq!(votes.len(), want.votes.len());
+    for (v, w) in votes.iter().zip(&want.votes) {
+        assert_eq!(v["rule"], w.rule.name());
+        assert_eq!(
+            v["correct"].as_u64().unwrap(),
+            w.correct as u64,
+            "{}",
+            w.rule
+        );
+    }
+}
+
+/// The CLI's stop tokens for generation: EOS and ChatML's end of turn (when one token).
+pub fn cli_stop_tokens(tok: &Tokenizer) -> Vec<u32> {
+    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+    stop.extend(
+        tok.encode("<|im_end|>")
+            .ok()
+            .filter(|v| v.len() == 1)
+            .unwrap_or_default(),
+    );
+    stop
+}
+
+/// The generated tiny model (default spec: 2 blocks).
+pub fn tiny_file() -> ModelFile {
+    ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()
+}
+
+/// The generated tiny model with `n_layers` blocks.
+pub fn tiny_file_with_layers(n_layers: usize) -> ModelFile {
+    let spec = TinySpec {
+        n_layers,
+        ..Default::default()
+    };
+    ModelFile::from_bytes(tiny::generate(&spec).unwrap()).unwrap()
+}
+
+/// Made-up tokens in the tiny model's vocabulary.
+pub fn tokens(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| (i * 37 + 5) % 250 + 3).collect()
+}
+
+/// The GPU training tests' adapters: rank 4, α 8, dropout 0.1, every projection.
+pub fn train_lora_config() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        targets: Proj::ALL.to_vec(),
+    }
+}
+
+/// Two rows of made-up tokens with targets at two positions of three.
+pub fn training_rows() -> Vec<Row> {
+    let row = |n: usize, k: u32| Row {
+        tokens: (0..n as u32).map(|i| (i * 37 + k) % 250 + 3).collect(),
+        targets: (0..n as u32)
+            .map(|i| (i % 3 != 0).then_some((i * 11 + k) % 260 + 3))
+            .collect(),
+    };
+    vec![row(24, 5), row(17, 9)]
+}
+
+/// A Dickens sentence, repeated, prepared in rows of 32 tokens with a fifth for validation.
+pub fn text_data(tok: &Tokenizer) -> edge_llm::train::Prepared {
+    let text = "It was the best of times, it was the worst of times, it was the age of \
+                wisdom, it was the age of foolishness, it was the epoch of belief. "
+        .repeat(4);
+    let cfg = DataConfig {
+        seq_len: 32,
+        val_fraction: 0.2,
+        seed: 0,
+    };
+    prepare(&Dataset::Text(text), tok, &cfg).unwrap()
+}
+
+/// The step reports of `steps` more steps of `trainer`.
+pub fn losses<B: Backend>(trainer: &mut Trainer<B>, steps: u64) -> Vec<StepReport> {
+    let mut out = Vec::new();
+    pollster::block_on(trainer.run(steps, &mut |r| out.push(r.clone()))).unwrap();
+    out
+}
 
 /// A GPU context with `limits` (None: `wgpu::Limits::default()`, the WebGPU baseline).
 /// Without an adapter the test fails loudly, unless EDGE_LLM_ALLOW_NO_GPU=1 makes it skip.
@@ -17,6 +220,12 @@ pub fn context(limits: Option<wgpu::Limits>) -> Option<GpuContext> {
             panic!("{e}\n(set EDGE_LLM_ALLOW_NO_GPU=1 to skip GPU tests on a machine without one)")
         }
     }
+}
+
+/// Runs a check body (edge_llm::kernels::*::checks) to its end; its error, which names the
+/// kernel, the shape and the worst error, fails the test.
+pub fn check<T>(body: impl std::future::Future<Output = edge_llm::Result<T>>) -> T {
+    pollster::block_on(body).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The default real model, if fetched; EDGE_LLM_REQUIRE_MODEL=1 makes its absence fail.

@@ -3,60 +3,37 @@
 //! natively (tests/gpu_ops.rs) and can run in a browser unchanged: each returns an `Err`
 //! naming the kernel, the shape and the worst error on a mismatch.
 //!
-//! Tolerance rule, as everywhere in the crate: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs).
+//! Tolerance rule, as for every kernel: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs)
+//! ([`Tol::close`]).
 
 use crate::kernels::context::GpuContext;
 use crate::model::RopeStyle;
 use crate::reference::ops::{self, AttnShape, Dropout, LoraPair};
 use crate::reference::optim;
+use crate::tolerance::{compare, Tol};
 use crate::{Error, Result};
 
 use super::{adamw, attention, cross_entropy, embedding, linear, lora, rmsnorm, rope, swiglu};
-
-/// A named tolerance: |gpu − cpu| ≤ max(rel·(|gpu| + |cpu|), abs).
-#[derive(Clone, Copy, Debug)]
-pub struct Tol {
-    pub rel: f32,
-    pub abs: f32,
-}
 
 /// Sums of up to a few thousand f32 products in [-1, 1) in a different order than the CPU
 /// (16-wide tiles vs. matrixmultiply's blocks): rounding grows like √k·ε·|partial sums|,
 /// about 1e-4 at k ≈ 1500 when the result cancels to near zero. A wrong index or a missed
 /// tile gives errors of order 0.1 to 10.
-pub const MATMUL_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-3,
-};
+pub const MATMUL_TOL: Tol = Tol::new(1e-4, 1e-3);
 /// Per-element ops (swiglu, rope with a CPU-built table, gathers): a few ulps.
-pub const ELEMENTWISE_TOL: Tol = Tol {
-    rel: 1e-5,
-    abs: 1e-6,
-};
+pub const ELEMENTWISE_TOL: Tol = Tol::new(1e-5, 1e-6);
 /// One reduction over a row (rmsnorm) or a column (its weight gradient, embedding
 /// gradient): a different summation order over at most a few hundred terms.
-pub const REDUCTION_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-5,
-};
+pub const REDUCTION_TOL: Tol = Tol::new(1e-4, 1e-5);
 /// Attention: dot products of head_dim terms, a softmax with online rescaling (exp of
 /// differences computed in another order) and sums over up to s keys.
-pub const ATTENTION_TOL: Tol = Tol {
-    rel: 2e-4,
-    abs: 2e-5,
-};
+pub const ATTENTION_TOL: Tol = Tol::new(2e-4, 2e-5);
 /// Chunked cross-entropy: logits are sums over d, the log-sum-exp is merged across chunks
 /// with rescaling, and d_hidden sums over the whole vocabulary.
-pub const CROSS_ENTROPY_TOL: Tol = Tol {
-    rel: 2e-4,
-    abs: 1e-4,
-};
+pub const CROSS_ENTROPY_TOL: Tol = Tol::new(2e-4, 1e-4);
 /// AdamW: one update per element, but the step divides by √v̂ + eps, which amplifies the
 /// f32 rounding of the clipping factor and of v when v is tiny.
-pub const ADAMW_TOL: Tol = Tol {
-    rel: 1e-4,
-    abs: 1e-6,
-};
+pub const ADAMW_TOL: Tol = Tol::new(1e-4, 1e-6);
 
 /// Deterministic values in [-1, 1) (a small LCG: no RNG state needed in the browser).
 pub fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -67,39 +44,6 @@ pub fn values(len: usize, seed: u32) -> Vec<f32> {
             (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
         })
         .collect()
-}
-
-/// Compares `got` to `want` elementwise; returns the worst |diff|, or an error naming `what`,
-/// the first element out of tolerance and the worst error.
-pub fn compare(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<f32> {
-    if got.len() != want.len() {
-        return Err(Error::Gpu(format!(
-            "{what}: {} values from the GPU, {} from the CPU twin",
-            got.len(),
-            want.len()
-        )));
-    }
-    let mut worst = 0.0f32;
-    let mut first_bad = None;
-    for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
-        let err = (g - c).abs();
-        let bound = (tol.rel * (g.abs() + c.abs())).max(tol.abs);
-        if err.is_nan() || err > bound {
-            first_bad.get_or_insert((i, g, c, bound));
-            if err.is_nan() {
-                worst = f32::NAN;
-            }
-        }
-        if err > worst {
-            worst = err;
-        }
-    }
-    match first_bad {
-        None => Ok(worst),
-        Some((i, g, c, bound)) => Err(Error::Gpu(format!(
-            "{what}: element {i}: gpu {g} cpu {c} (tolerance {bound}); max |gpu−cpu| = {worst:e}"
-        ))),
-    }
 }
 
 /// Runs every check below; the first failure is returned.

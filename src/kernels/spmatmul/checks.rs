@@ -4,20 +4,20 @@
 use super::*;
 use crate::formats::sparse::{self as sp, PackedValues};
 use crate::reference::ops;
+use crate::tolerance::{compare as compare_with, Tol};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Tolerance rule: |a − b| ≤ max(REL_TOL·(|a| + |b|), ABS_TOL). Both sides sum at most
-/// k ≤ 576 f32 products of values in [-1, 1) in different orders; the rounding error is
-/// about √k·ε·|partial sums| ≈ 1e-5. A wrong index or a skipped weight moves an output
-/// by the size of one product (≈ 0.1–1), far above both.
-pub const REL_TOL: f32 = 1e-4;
-pub const ABS_TOL: f32 = 1e-4;
+/// |a − b| ≤ max(rel·(|a| + |b|), abs). Both sides sum at most k ≤ 576 f32 products of
+/// values in [-1, 1) in different orders; the rounding error is about √k·ε·|partial sums|
+/// ≈ 1e-5. A wrong index or a skipped weight moves an output by the size of one product
+/// (≈ 0.1–1), far above both.
+pub const SPMATMUL_TOL: Tol = Tol::new(1e-4, 1e-4);
 /// Quantization budget per bit-width, as a fraction of the group's absmax: half a
 /// step (absmax/qmax/2) plus the f16 rounding of the scale (≤ 2⁻¹¹ relative, times
 /// qmax/2 steps).
-pub const INT8_BUDGET: f32 = 0.5 / 127.0 + 0.5 / 2048.0;
-pub const INT4_BUDGET: f32 = 0.5 / 7.0 + 0.5 / 2048.0;
+pub const INT8_BUDGET: Tol = Tol::relative(0.5 / 127.0 + 0.5 / 2048.0);
+pub const INT4_BUDGET: Tol = Tol::relative(0.5 / 7.0 + 0.5 / 2048.0);
 
 const MS: [usize; 5] = [1, 3, 6, 37, 70];
 const KS: [usize; 5] = [4, 6, 64, 100, 576];
@@ -29,31 +29,7 @@ fn random(len: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<()> {
-    if got.len() != want.len() {
-        return Err(Error::Gpu(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        )));
-    }
-    let mut worst = (0.0f32, 0usize);
-    let mut bad = None;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        if err.is_nan() || err > (REL_TOL * (g.abs() + w.abs())).max(ABS_TOL) {
-            bad.get_or_insert((i, g, w));
-        }
-        if err > worst.0 || err.is_nan() {
-            worst = (err, i);
-        }
-    }
-    match bad {
-        Some((i, g, w)) => Err(Error::Gpu(format!(
-            "{what}: element {i} is {g}, expected {w}; max |error| {:.3e} at {}",
-            worst.0, worst.1
-        ))),
-        None => Ok(()),
-    }
+    compare_with(what, got, want, SPMATMUL_TOL).map(|_| ())
 }
 
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -83,7 +59,7 @@ fn check_values(
     ty: ValueType,
 ) -> Result<()> {
     let budget = match ty {
-        ValueType::F32 => 0.0,
+        ValueType::F32 => Tol::absolute(0.0),
         ValueType::Int8 => INT8_BUDGET,
         ValueType::Int4 => INT4_BUDGET,
     };
@@ -95,10 +71,10 @@ fn check_values(
                 .fold(0.0f32, |a, v| a.max(v.abs()));
             for c in cols {
                 let (a, b) = (got[r * k + c], want[r * k + c]);
-                if (b == 0.0 && a != 0.0) || (a - b).abs() > budget * absmax {
+                if (b == 0.0 && a != 0.0) || (a - b).abs() > budget.bound(absmax) {
                     return Err(Error::Invalid(format!(
                         "{what} {ty:?}: w[{r}, {c}] holds {a}, pruned weight {b} (budget {} × absmax {absmax})",
-                        budget
+                        budget.rel
                     )));
                 }
             }
