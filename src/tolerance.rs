@@ -9,7 +9,7 @@
 //! Generic over f32 and f64 so that each check compares in the precision it computes in.
 
 use crate::{Error, Result};
-use std::ops::{Add, Mul, Sub};
+use num_traits::{ConstZero, Float};
 
 /// A named tolerance: an error is allowed when it is at most max(rel·scale, abs).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,32 +18,7 @@ pub struct Tol<T = f32> {
     pub abs: T,
 }
 
-/// The scalar types a tolerance compares: f32 and f64.
-pub trait Real:
-    Copy + PartialOrd + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self>
-{
-    const ZERO: Self;
-    fn abs(self) -> Self;
-    fn max(self, other: Self) -> Self;
-}
-
-macro_rules! real {
-    ($t:ty) => {
-        impl Real for $t {
-            const ZERO: Self = 0.0;
-            fn abs(self) -> Self {
-                <$t>::abs(self)
-            }
-            fn max(self, other: Self) -> Self {
-                <$t>::max(self, other)
-            }
-        }
-    };
-}
-real!(f32);
-real!(f64);
-
-impl<T: Real> Tol<T> {
+impl<T: Float + ConstZero> Tol<T> {
     /// |x − y| ≤ max(rel·scale, abs).
     pub const fn new(rel: T, abs: T) -> Self {
         Tol { rel, abs }
