@@ -214,6 +214,28 @@ pub fn encode_matmul_tn(
     Gemm::tn(m, k, n).encode(ctx, encoder, dy, x, dw)
 }
 
+/// c += a·b by `gemm` on the GPU (upload, run, read back); returns the new c. Each
+/// operand is (name, values, expected length).
+async fn accumulate(
+    ctx: &GpuContext,
+    what: &str,
+    [a, b, c]: [(&str, &[f32], usize); 3],
+    gemm: Gemm,
+) -> Result<Vec<f32>> {
+    for (name, v, len) in [a, b, c] {
+        check_len(&format!("{what} {name}"), v.len(), len)?;
+    }
+    let (ab, bb, cb) = (
+        upload(ctx, a.0, a.1)?,
+        upload(ctx, b.0, b.1)?,
+        upload(ctx, c.0, c.1)?,
+    );
+    let mut enc = ctx.encoder();
+    gemm.encode(ctx, &mut enc, &ab, &bb, &cb)?;
+    ctx.queue.submit([enc.finish()]);
+    read(ctx, &cb, c.2).await
+}
+
 /// dx += dy·w on the GPU (upload, run, read back); returns the new dx. Twin: `matmul_nn_acc`.
 pub async fn matmul_nn(
     ctx: &GpuContext,
@@ -222,18 +244,8 @@ pub async fn matmul_nn(
     dx: &[f32],
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
-    check_len("matmul_nn dy", dy.len(), m * n)?;
-    check_len("matmul_nn w", w.len(), n * k)?;
-    check_len("matmul_nn dx", dx.len(), m * k)?;
-    let (dyb, wb, dxb) = (
-        upload(ctx, "dy", dy)?,
-        upload(ctx, "w", w)?,
-        upload(ctx, "dx", dx)?,
-    );
-    let mut enc = ctx.encoder();
-    encode_matmul_nn(ctx, &mut enc, &dyb, &wb, &dxb, m, k, n)?;
-    ctx.queue.submit([enc.finish()]);
-    read(ctx, &dxb, m * k).await
+    let ops = [("dy", dy, m * n), ("w", w, n * k), ("dx", dx, m * k)];
+    accumulate(ctx, "matmul_nn", ops, Gemm::nn(m, k, n)).await
 }
 
 /// dw += dyᵀ·x on the GPU (upload, run, read back); returns the new dw. Twin: `matmul_tn_acc`.
@@ -244,16 +256,6 @@ pub async fn matmul_tn(
     dw: &[f32],
     (m, k, n): (usize, usize, usize),
 ) -> Result<Vec<f32>> {
-    check_len("matmul_tn dy", dy.len(), m * n)?;
-    check_len("matmul_tn x", x.len(), m * k)?;
-    check_len("matmul_tn dw", dw.len(), n * k)?;
-    let (dyb, xb, dwb) = (
-        upload(ctx, "dy", dy)?,
-        upload(ctx, "x", x)?,
-        upload(ctx, "dw", dw)?,
-    );
-    let mut enc = ctx.encoder();
-    encode_matmul_tn(ctx, &mut enc, &dyb, &xb, &dwb, m, k, n)?;
-    ctx.queue.submit([enc.finish()]);
-    read(ctx, &dwb, n * k).await
+    let ops = [("dy", dy, m * n), ("x", x, m * k), ("dw", dw, n * k)];
+    accumulate(ctx, "matmul_tn", ops, Gemm::tn(m, k, n)).await
 }

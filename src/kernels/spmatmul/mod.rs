@@ -588,6 +588,24 @@ fn check_len(what: &str, got: usize, m: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
+/// `x` `[m][cols_in]` times the uploaded sparse `a` (`[m][cols_out]` out): upload, run,
+/// read back. The body of the four one-off products below.
+async fn product(
+    ctx: &GpuContext,
+    what: &str,
+    x: &[f32],
+    m: usize,
+    (cols_in, cols_out): (usize, usize),
+    a: impl FnOnce() -> Result<GpuSparseMatrix>,
+) -> Result<Vec<f32>> {
+    check_len(what, x.len(), m, cols_in)?;
+    let a = a()?;
+    run(ctx, what, x, cols_out, m, |e, x, y| {
+        a.encode(ctx, e, x, y, m)
+    })
+    .await
+}
+
 /// y[m×n] = x[m×k]·Wᵀ for a 2:4 weight, on the GPU (upload, run, read back).
 pub async fn sparse24_matmul_nt(
     ctx: &GpuContext,
@@ -595,12 +613,8 @@ pub async fn sparse24_matmul_nt(
     w: &Sparse24Matrix,
     m: usize,
 ) -> Result<Vec<f32>> {
-    check_len("sparse24_matmul_nt", x.len(), m, w.k)?;
-    let a = GpuSparseMatrix::sparse24(ctx, w)?;
-    run(ctx, "sparse24_matmul_nt", x, w.n, m, |e, x, y| {
-        a.encode(ctx, e, x, y, m)
-    })
-    .await
+    let a = || GpuSparseMatrix::sparse24(ctx, w);
+    product(ctx, "sparse24_matmul_nt", x, m, (w.k, w.n), a).await
 }
 
 /// dx[m×k] = dy[m×n]·W for a 2:4 weight, on the GPU (through its transposed copy).
@@ -610,12 +624,8 @@ pub async fn sparse24_matmul_nn(
     w: &Sparse24Matrix,
     m: usize,
 ) -> Result<Vec<f32>> {
-    check_len("sparse24_matmul_nn", dy.len(), m, w.n)?;
-    let t = GpuSparseMatrix::unstructured(ctx, &w.transposed(), None)?;
-    run(ctx, "sparse24_matmul_nn", dy, w.k, m, |e, x, y| {
-        t.encode(ctx, e, x, y, m)
-    })
-    .await
+    let t = || GpuSparseMatrix::unstructured(ctx, &w.transposed(), None);
+    product(ctx, "sparse24_matmul_nn", dy, m, (w.n, w.k), t).await
 }
 
 /// y[m×rows] = x[m×cols]·Aᵀ for an unstructured A, on the GPU.
@@ -625,12 +635,8 @@ pub async fn unstructured_matmul_nt(
     a: &UnstructuredMatrix,
     m: usize,
 ) -> Result<Vec<f32>> {
-    check_len("unstructured_matmul_nt", x.len(), m, a.cols)?;
-    let g = GpuSparseMatrix::unstructured(ctx, a, None)?;
-    run(ctx, "unstructured_matmul_nt", x, a.rows, m, |e, x, y| {
-        g.encode(ctx, e, x, y, m)
-    })
-    .await
+    let g = || GpuSparseMatrix::unstructured(ctx, a, None);
+    product(ctx, "unstructured_matmul_nt", x, m, (a.cols, a.rows), g).await
 }
 
 /// dx[m×cols] = dy[m×rows]·A for an unstructured A, on the GPU (through its transpose).
@@ -640,12 +646,8 @@ pub async fn unstructured_matmul_nn(
     a: &UnstructuredMatrix,
     m: usize,
 ) -> Result<Vec<f32>> {
-    check_len("unstructured_matmul_nn", dy.len(), m, a.rows)?;
-    let t = GpuSparseMatrix::unstructured(ctx, &a.transposed(), None)?;
-    run(ctx, "unstructured_matmul_nn", dy, a.cols, m, |e, x, y| {
-        t.encode(ctx, e, x, y, m)
-    })
-    .await
+    let t = || GpuSparseMatrix::unstructured(ctx, &a.transposed(), None);
+    product(ctx, "unstructured_matmul_nn", dy, m, (a.rows, a.cols), t).await
 }
 
 pub mod checks;
