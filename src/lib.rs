@@ -16,6 +16,7 @@ pub mod model;
 pub mod reference;
 pub mod tokenizer;
 pub mod train;
+pub mod tune;
 pub mod vote;
 
 #[cfg(not(target_arch = "wasm32"))]

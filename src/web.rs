@@ -27,17 +27,14 @@ use crate::compress::pipeline::{self, CompressOptions};
 use crate::compress::policy::Policy;
 use crate::compress::profile::{profile_key, Profile};
 use crate::data::{Dataset, LineError};
-use crate::engine::train::fit_budget_windows;
-use crate::engine::{Fit, GpuModel, GpuModelOptions, GpuTrainer, TrainOptions};
+use crate::engine::{Fit, GpuModel, GpuModelOptions, GpuTrainer};
 use crate::eval::{self, Sampling};
 use crate::kernels::GpuContext;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::{Lora, LoraConfig, Proj, Span};
+use crate::reference::{Lora, Span};
 use crate::tokenizer::Tokenizer;
-use crate::train::{
-    self, cpu::initial_adapters, Backend, DataConfig, Decay, Mode, ModeArgs, ModeLayers, Row,
-    TrainConfig, TrainState, Trainer, WindowOrder,
-};
+use crate::train::{self, Backend, LayerSchedule, Mode, Row, TrainState, Trainer, WindowOrder};
+use crate::tune::{self, TuneOptions, TuneSettings};
 use crate::vote::Vote;
 use crate::Error;
 
@@ -84,150 +81,6 @@ pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
     let model = ModelFile::from_bytes(bytes).map_err(js_err)?;
     let tokenizer = Rc::new(Tokenizer::from_gguf(&model.gguf).map_err(js_err)?);
     Ok(WebModel { model, tokenizer })
-}
-
-/// Tuning settings from the page, with the CLI's defaults (`edge-llm tune --help`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct TuneOptions {
-    /// Optimizer steps (None: `epochs` passes over the data).
-    steps: Option<u64>,
-    epochs: f64,
-    lr: f64,
-    cosine: bool,
-    warmup: f64,
-    lora_rank: usize,
-    lora_alpha: f32,
-    lora_dropout: f32,
-    lora_targets: Vec<Proj>,
-    seq_len: usize,
-    batch: usize,
-    accum: usize,
-    /// Gradient-norm clipping (0: off).
-    clip: f64,
-    val_fraction: f64,
-    eval_every: u64,
-    patience: Option<u32>,
-    seed: u64,
-    /// GPU bytes the run may use; None: only the device's limits.
-    memory_budget: Option<u64>,
-    recompute: bool,
-    /// Which layers train (`edge-llm tune --mode`); partial and edge run on the CPU.
-    mode: Mode,
-    /// Edge mode: an exit after every this many blocks (clamped to the model's blocks).
-    exit_stride: usize,
-    /// Edge mode: the order of the windows (reference or adaptive).
-    window_schedule: WindowOrder,
-    /// Edge mode: a window's learning rate is `lr` × (its depth ÷ the model's)^this.
-    window_lr_power: f64,
-    /// Edge mode, reference order: a window's share of the steps is ∝ (its depth ÷ the
-    /// model's)^this (0: equal phases).
-    window_steps_power: f64,
-    /// Partial mode: the last this many blocks train.
-    partial_layers: usize,
-}
-
-impl Default for TuneOptions {
-    fn default() -> Self {
-        Self {
-            steps: None,
-            epochs: 1.0,
-            lr: 4e-4,
-            cosine: false,
-            warmup: 0.03,
-            lora_rank: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.1,
-            lora_targets: Proj::ALL.to_vec(),
-            seq_len: 256,
-            batch: 1,
-            accum: 4,
-            clip: 0.3,
-            val_fraction: 0.1,
-            eval_every: 50,
-            patience: None,
-            seed: 0,
-            memory_budget: None,
-            recompute: false,
-            mode: Mode::Vanilla,
-            exit_stride: ModeArgs::default().exit_stride,
-            window_schedule: WindowOrder::Reference,
-            window_lr_power: ModeArgs::default().depth_lr_power,
-            window_steps_power: ModeArgs::default().depth_steps_power,
-            partial_layers: ModeArgs::default().partial_layers,
-        }
-    }
-}
-
-impl TuneOptions {
-    fn parse(json: &str) -> crate::Result<Self> {
-        let o: Self = serde_json::from_str(json)
-            .map_err(|e| Error::Invalid(format!("tuning options: {e}")))?;
-        o.validate()?;
-        Ok(o)
-    }
-
-    /// The checks of `edge-llm tune` (one shared function).
-    fn validate(&self) -> crate::Result<()> {
-        crate::train::validate(&self.lora(), &self.data(), &self.train())
-    }
-
-    fn lora(&self) -> LoraConfig {
-        LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha,
-            dropout: self.lora_dropout,
-            targets: self.lora_targets.clone(),
-        }
-    }
-
-    fn data(&self) -> DataConfig {
-        DataConfig {
-            seq_len: self.seq_len,
-            val_fraction: self.val_fraction,
-            seed: self.seed,
-        }
-    }
-
-    fn train(&self) -> TrainConfig {
-        TrainConfig {
-            lr: self.lr,
-            decay: if self.cosine {
-                Decay::Cosine
-            } else {
-                Decay::Constant
-            },
-            warmup_fraction: self.warmup,
-            micro_batch: self.batch,
-            accum_steps: self.accum,
-            max_grad_norm: (self.clip > 0.0).then_some(self.clip),
-            epochs: self.epochs,
-            max_steps: self.steps,
-            eval_every: self.eval_every,
-            patience: self.patience,
-            seed: self.seed,
-            ..Default::default()
-        }
-    }
-
-    fn mode_args(&self) -> ModeArgs {
-        ModeArgs {
-            mode: self.mode,
-            exit_stride: self.exit_stride,
-            window_schedule: self.window_schedule,
-            partial_layers: self.partial_layers,
-            depth_lr_power: self.window_lr_power,
-            depth_steps_power: self.window_steps_power,
-        }
-    }
-
-    fn engine(&self) -> TrainOptions {
-        TrainOptions {
-            seq_len: self.seq_len,
-            recompute: self.recompute,
-            ..Default::default()
-        }
-    }
 }
 
 /// Parses data leniently as `kind` ("text", "instruct", "mc", or "auto": by the name's
@@ -338,7 +191,7 @@ impl WebModel {
         kind: &str,
         options_json: &str,
     ) -> Result<String, JsError> {
-        let o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let o = TuneOptions::from_json(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
         let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
         Ok(data_json(&ds, &problems, &prepared.stats).to_string())
@@ -349,9 +202,9 @@ impl WebModel {
     /// allocated, and a budget that cannot fit is an error saying what would. Windowed
     /// modes (partial, edge) plan their windows (`GpuTrainer::plan_windows`).
     pub fn plan_tuning(&self, options_json: &str) -> Result<String, JsError> {
-        let o = TuneOptions::parse(options_json).map_err(js_err)?;
-        let ml = self.mode_layers(&o).map_err(js_err)?;
-        let (_, plan) = self.plan(&o, &ml).map_err(js_err)?;
+        let o = TuneOptions::from_json(options_json).map_err(js_err)?;
+        let s = self.settings(&o).map_err(js_err)?;
+        let (_, plan) = self.plan(&o, &s).map_err(js_err)?;
         Ok(plan.to_string())
     }
 
@@ -364,28 +217,21 @@ impl WebModel {
         kind: &str,
         options_json: &str,
     ) -> Result<WebTuner, JsError> {
-        let mut o = TuneOptions::parse(options_json).map_err(js_err)?;
+        let o = TuneOptions::from_json(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
-        let ml = self.mode_layers(&o).map_err(js_err)?;
-        let (fit, plan) = self.plan(&o, &ml).map_err(js_err)?;
+        let mut s = self.settings(&o).map_err(js_err)?;
+        let (fit, plan) = self.plan(&o, &s).map_err(js_err)?;
         // Sequence chunking chosen for the budget: shorter rows, more accumulation.
-        o.seq_len = fit.options.seq_len;
-        o.accum *= fit.accum_factor;
-        let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
+        tune::take_fit(&mut s, &fit, false).map_err(js_err)?;
+        let prepared = train::prepare(&ds, &self.tokenizer, &s.data_config).map_err(js_err)?;
         let data = data_json(&ds, &problems, &prepared.stats);
-        let lora = initial_adapters(&self.model.config, o.lora(), &ml.exits, o.seed);
         let ctx = gpu_ready()?;
-        let mut backend = match &ml.layers {
-            Some(ls) => {
-                GpuTrainer::with_windows(ctx, &self.model, &lora, &fit.options, &ls.windows)
-            }
-            None => GpuTrainer::new(ctx, &self.model, &lora, &fit.options),
-        }
+        let trainer = tune::build(&s, prepared, |s| {
+            let mut backend = tune::gpu_backend(ctx, &self.model, s, &fit.options)?;
+            backend.cache.max_bytes = WEB_PREFIX_CACHE_BYTES;
+            Ok(backend)
+        })
         .map_err(js_err)?;
-        backend.cache.max_bytes = WEB_PREFIX_CACHE_BYTES;
-        let mut config = o.train();
-        config.layers = ml.layers;
-        let trainer = Trainer::new(backend, config, prepared).map_err(js_err)?;
         Ok(WebTuner {
             trainer,
             config: self.model.config.clone(),
@@ -603,9 +449,9 @@ fn notify_stage(f: &Option<js_sys::Function>, stage: &str, done: usize, total: u
 const WEB_PREFIX_CACHE_BYTES: u64 = 256 << 20;
 
 impl WebModel {
-    /// The exits and layer schedule `o`'s mode asks for on this model (the CLI's mapping),
-    /// refusing what this model cannot do.
-    fn mode_layers(&self, o: &TuneOptions) -> crate::Result<ModeLayers> {
+    /// The settings of a run with `o` on this model (the CLI's mapping of the mode to exits
+    /// and windows), refusing what this model cannot do.
+    fn settings(&self, o: &TuneOptions) -> crate::Result<TuneSettings> {
         let compressed = crate::compress::file::is_compressed(&self.model.gguf);
         if o.mode == Mode::CompressThenTune && !compressed {
             return Err(Error::Invalid(
@@ -614,29 +460,23 @@ impl WebModel {
                     .into(),
             ));
         }
-        train::mode_layers(self.model.config.n_layers, &o.mode_args())
+        o.settings(self.model.config.n_layers)
     }
 
     /// The plan of a run (`fit_json` plus its mode, exits and windows) and the fit the
     /// trainer is built from.
-    fn plan(&self, o: &TuneOptions, ml: &ModeLayers) -> crate::Result<(Fit, serde_json::Value)> {
+    fn plan(&self, o: &TuneOptions, s: &TuneSettings) -> crate::Result<(Fit, serde_json::Value)> {
         let ctx = gpu_ready()
             .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))?;
-        let windows = ml.layers.as_ref().map(|l| l.windows.as_slice());
-        let fit = fit_budget_windows(
-            &self.model,
-            &o.lora(),
-            &o.engine(),
-            &ctx.limits,
-            o.memory_budget,
-            windows,
-        )?;
+        let opts = tune::engine_options(s, o.recompute);
+        let fit = tune::fit_memory(&self.model, s, &opts, &ctx.limits, o.memory_budget)?;
+        let layers = s.train.layers.as_ref();
         let mut v = fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits)?;
-        v["mode"] = json!(o.mode.name());
+        v["mode"] = json!(s.mode.name());
         v["device"] = json!("gpu");
-        v["exits"] = json!(ml.exits);
-        v["windows"] = windows_json(ml, &self.model.config);
-        v["window_schedule"] = json!(ml.layers.as_ref().map(|l| l.order));
+        v["exits"] = json!(s.exits);
+        v["windows"] = windows_json(layers, &s.exits, &self.model.config);
+        v["window_schedule"] = json!(layers.map(|l| l.order));
         v["compressed"] = json!(crate::compress::file::is_compressed(&self.model.gguf));
         Ok((fit, v))
     }
@@ -644,8 +484,12 @@ impl WebModel {
 
 /// The windows of a layer schedule for the page: `[{index, layers: [start, end], exit_after}]`
 /// (blocks `start..end`, 0-based; `exit_after` null when the loss is read at the model's head).
-fn windows_json(ml: &ModeLayers, c: &LlamaConfig) -> serde_json::Value {
-    let Some(ls) = &ml.layers else {
+fn windows_json(
+    layers: Option<&LayerSchedule>,
+    exits: &[usize],
+    c: &LlamaConfig,
+) -> serde_json::Value {
+    let Some(ls) = layers else {
         return json!([{"index": 0, "layers": [0, c.n_layers], "exit_after": null}]);
     };
     let windows: Vec<_> = ls
@@ -654,7 +498,7 @@ fn windows_json(ml: &ModeLayers, c: &LlamaConfig) -> serde_json::Value {
         .enumerate()
         .map(|(i, w): (usize, &Span)| {
             json!({"index": i, "layers": [w.layers.start, w.layers.end],
-                   "exit_after": w.exit.and_then(|k| ml.exits.get(k)),
+                   "exit_after": w.exit.and_then(|k| exits.get(k)),
                    "lr_scale": ls.lr_multiplier(i)})
         })
         .collect();

@@ -17,20 +17,18 @@ use super::compress::{
     SparsityRuleArg,
 };
 use super::progress_bar;
-use super::tune::{apply_mode, Mode, ModeArgs, RunSpec, DEFAULT_EXIT_STRIDE};
+use super::tune::Mode;
 use super::Device;
 use crate::data::Dataset;
 use crate::engine::{GpuModel, GpuModelOptions, GpuTrainer, TrainOptions, WeightFormat};
 use crate::eval::{self, CpuExitLm, CpuLm};
 use crate::kernels::GpuContext;
 use crate::model::ModelFile;
-use crate::reference::LoraConfig;
 use crate::reference::{Lora, Transformer};
 use crate::tokenizer::Tokenizer;
-use crate::train::cpu::{initial_adapters, PrefixCache};
-use crate::train::{
-    self, Backend, CpuBackend, DataConfig, StepReport, TrainConfig, Trainer, WindowOrder,
-};
+use crate::train::cpu::PrefixCache;
+use crate::train::{self, Backend, CpuBackend, StepReport, Trainer};
+use crate::tune::{self as run, TuneOptions, TuneSettings};
 use crate::vote::Vote;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -64,31 +62,31 @@ pub(crate) struct BenchTuneArgs {
     /// falls on all of them alike.
     #[arg(long, default_value_t = 10)]
     pub chunk: u64,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = TuneOptions::default().seq_len)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TuneOptions::default().batch)]
     pub batch: usize,
     #[arg(long, default_value_t = 1)]
     pub accum: usize,
-    #[arg(long, default_value_t = 4e-4)]
+    #[arg(long, default_value_t = TuneOptions::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TuneOptions::default().lora_rank)]
     pub lora_rank: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = TuneOptions::default().val_fraction)]
     pub val_fraction: f64,
-    #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
+    #[arg(long, default_value_t = TuneOptions::default().exit_stride)]
     pub exit_stride: usize,
     /// reference or adaptive.
     #[arg(long, default_value = "reference")]
     pub window_schedule: String,
     /// Edge mode: a window's learning rate is --lr × (its depth ÷ the model's)^this.
-    #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_LR_POWER)]
+    #[arg(long, default_value_t = TuneOptions::default().window_lr_power)]
     pub window_lr_power: f64,
     /// Edge mode, reference schedule: a window's share of the steps is ∝ (its depth ÷ the
     /// model's)^this (0: equal phases).
-    #[arg(long, default_value_t = crate::train::DEFAULT_DEPTH_STEPS_POWER)]
+    #[arg(long, default_value_t = TuneOptions::default().window_steps_power)]
     pub window_steps_power: f64,
-    #[arg(long, default_value_t = DEFAULT_EXIT_STRIDE)]
+    #[arg(long, default_value_t = TuneOptions::default().partial_layers)]
     pub partial_layers: usize,
     /// Compression of compress-then-tune (uniform) and edge (LUC): mean sparsity.
     #[arg(long, default_value_t = 0.0)]
@@ -112,7 +110,7 @@ pub(crate) struct BenchTuneArgs {
     /// Directory of cached profiles.
     #[arg(long, default_value = "runs/profile")]
     pub cache_dir: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TuneOptions::default().seed)]
     pub seed: u64,
     /// Where the compressed models, table.md, losses.svg and results.json go.
     #[arg(long, default_value = "runs/bench-tune")]
@@ -248,34 +246,10 @@ pub(crate) fn bench_tune(a: BenchTuneArgs) -> Result<()> {
     }
     let ctx = super::pick_gpu(a.device)?;
     match &ctx {
-        Some(ctx) => {
-            let make = |file: &ModelFile, spec: &RunSpec, opts: &TrainOptions| {
-                let lora = initial_adapters(
-                    &file.config,
-                    spec.lora.clone(),
-                    &spec.exits,
-                    spec.train.seed,
-                );
-                match &spec.train.layers {
-                    Some(ls) => GpuTrainer::with_windows(ctx, file, &lora, opts, &ls.windows),
-                    None => GpuTrainer::new(ctx, file, &lora, opts),
-                }
-            };
-            bench_modes(&a, Some(ctx), make)
-        }
-        None => bench_modes(
-            &a,
-            None,
-            |file: &ModelFile, spec: &RunSpec, _: &TrainOptions| {
-                let lora = spec.lora.clone();
-                Ok(CpuBackend::with_exits(
-                    file.weights()?,
-                    lora,
-                    &spec.exits,
-                    spec.train.seed,
-                ))
-            },
-        ),
+        Some(ctx) => bench_modes(&a, Some(ctx), |file, s, opts| {
+            run::gpu_backend(ctx, file, s, opts)
+        }),
+        None => bench_modes(&a, None, |file, s, _| run::cpu_backend(file, s)),
     }
 }
 
@@ -301,9 +275,9 @@ impl Benched for GpuTrainer<'_> {
 fn bench_modes<B: Benched>(
     a: &BenchTuneArgs,
     ctx: Option<&GpuContext>,
-    make: impl Fn(&ModelFile, &RunSpec, &TrainOptions) -> Result<B>,
+    make: impl Fn(&ModelFile, &TuneSettings, &TrainOptions) -> Result<B>,
 ) -> Result<()> {
-    let order: WindowOrder = a.window_schedule.parse()?;
+    let window_schedule = a.window_schedule.parse()?;
     std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
     let ds = Dataset::load(&a.data)?;
     let questions = questions(&a.eval_data, a.questions, a.no_eval)?;
@@ -315,15 +289,28 @@ fn bench_modes<B: Benched>(
             Mode::CompressThenTune => compressed_model(a, AllocationArg::Uniform)?,
             Mode::Edge => compressed_model(a, AllocationArg::Luc)?,
         };
-        let mode_args = ModeArgs {
+        // The reference settings but for these flags (eval_every 0: no validation inside
+        // the timed steps).
+        let options = TuneOptions {
+            steps: Some(a.steps),
+            lr: a.lr,
+            lora_rank: a.lora_rank,
+            lora_alpha: 2.0 * a.lora_rank as f32,
+            seq_len: a.seq_len,
+            batch: a.batch,
+            accum: a.accum,
+            val_fraction: a.val_fraction,
+            eval_every: 0,
+            seed: a.seed,
             mode,
             exit_stride: a.exit_stride,
-            window_schedule: order,
+            window_schedule,
+            window_lr_power: a.window_lr_power,
+            window_steps_power: a.window_steps_power,
             partial_layers: a.partial_layers,
-            depth_lr_power: a.window_lr_power,
-            depth_steps_power: a.window_steps_power,
+            ..TuneOptions::default()
         };
-        runs.push(prepare_mode(a, &model, &mode_args, &ds, &limits, &make)?);
+        runs.push(prepare_mode(a, &model, &options, &ds, &limits, &make)?);
     }
     // Round robin, `--chunk` steps per mode per turn: a shared machine's load changes over
     // an hour, and interleaving spreads it over every mode alike instead of over whichever
@@ -425,43 +412,16 @@ impl<B: Backend> ModeRun<B> {
 fn prepare_mode<B: Backend>(
     a: &BenchTuneArgs,
     model: &Path,
-    mode_args: &ModeArgs,
+    options: &TuneOptions,
     ds: &Dataset,
     limits: &wgpu::Limits,
-    make: &impl Fn(&ModelFile, &RunSpec, &TrainOptions) -> Result<B>,
+    make: &impl Fn(&ModelFile, &TuneSettings, &TrainOptions) -> Result<B>,
 ) -> Result<ModeRun<B>> {
-    let mode = mode_args.mode;
+    let mode = options.mode;
     let file = ModelFile::open(model)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
-    let lora = LoraConfig {
-        rank: a.lora_rank,
-        alpha: 2.0 * a.lora_rank as f32,
-        ..LoraConfig::default()
-    };
-    let mut spec = RunSpec {
-        model: model.to_path_buf(),
-        data: a.data.clone(),
-        lora: lora.clone(),
-        data_config: DataConfig {
-            seq_len: a.seq_len,
-            val_fraction: a.val_fraction,
-            seed: a.seed,
-        },
-        train: TrainConfig {
-            micro_batch: a.batch,
-            accum_steps: a.accum,
-            lr: a.lr,
-            max_steps: Some(a.steps),
-            eval_every: 0,
-            seed: a.seed,
-            ..TrainConfig::default()
-        },
-        save_every: 0,
-        mode,
-        exits: Vec::new(),
-    };
-    apply_mode(&mut spec, file.config.n_layers, mode_args)?;
-    train::validate(&spec.lora, &spec.data_config, &spec.train)?;
+    let settings = options.settings(file.config.n_layers)?;
+    settings.validate()?;
 
     // The GPU plan of this mode: f32 weights for the uncompressed modes, as vanilla is
     // defined; packed for the compressed ones.
@@ -473,18 +433,19 @@ fn prepare_mode<B: Backend>(
         },
         ..TrainOptions::default()
     };
-    let plan = match &spec.train.layers {
-        None => GpuTrainer::plan(&file, &lora, &opts, limits)?,
-        Some(ls) => GpuTrainer::plan_windows(&file, &lora, &opts, limits, &ls.windows)?,
+    let lora = &settings.lora;
+    let plan = match &settings.train.layers {
+        None => GpuTrainer::plan(&file, lora, &opts, limits)?,
+        Some(ls) => GpuTrainer::plan_windows(&file, lora, &opts, limits, &ls.windows)?,
     };
-    let data = train::prepare(ds, &tok, &spec.data_config)?;
-    let backend = make(&file, &spec, &opts)?;
+    let data = train::prepare(ds, &tok, &settings.data_config)?;
+    let trainer = run::build(&settings, data, |s| make(&file, s, &opts))?;
     Ok(ModeRun {
         mode,
         model: model.to_path_buf(),
         tok,
         plan_bytes: plan.total(),
-        trainer: Trainer::new(backend, spec.train, data)?,
+        trainer,
         reports: Vec::new(),
     })
 }
