@@ -1,15 +1,15 @@
 //! `edge-llm tune`: LoRA tuning with the training core (src/train) on the GPU engine
-//! ([`crate::engine::GpuTrainer`]) or the CPU reference ([`crate::train::CpuBackend`]). The GPU memory is planned and
-//! fitted to `--memory-budget` before anything is allocated. Writes the PEFT adapter and a
-//! checkpoint (every `--save-every` steps, at the end and on Ctrl-C) to `--out`;
-//! `--resume DIR` continues a run exactly, on either device.
+//! ([`crate::engine::GpuTrainer`]) or the CPU reference ([`crate::train::CpuBackend`]),
+//! built by `crate::tune`. The GPU memory is planned and fitted to `--memory-budget` before
+//! anything is allocated. Writes the PEFT adapter and a checkpoint (every `--save-every`
+//! steps, at the end and on Ctrl-C) to `--out`; `--resume DIR` continues a run exactly, on
+//! either device.
 
 use super::{parse_bytes, Device};
 use crate::adapter;
 use crate::data::Dataset;
-use crate::engine::{fit_budget, TrainOptions};
 use crate::model::ModelFile;
-use crate::reference::{LoraConfig, Proj};
+use crate::reference::Proj;
 use crate::tokenizer::Tokenizer;
 use crate::train::{self, Backend, Stop, TrainState, Trainer};
 use crate::tune::{self as run, TuneOptions, TuneSettings};
@@ -492,72 +492,4 @@ fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -
     }
     let by_signal = interrupted.load(Ordering::SeqCst);
     Ok(if by_signal { 130 } else { 0 })
-}
-
-/// `edge-llm plan`: the training memory plan for `model` on this machine's adapter (or the
-/// given binding limit), fitted to `budget`; nothing is allocated.
-pub fn print_plan(
-    model: &Path,
-    lora: &LoraConfig,
-    opts: &TrainOptions,
-    budget: Option<u64>,
-    binding_limit: Option<u64>,
-    top: usize,
-    json: bool,
-) -> Result<()> {
-    let file = ModelFile::open(model)?;
-    let (mut limits, adapter) = match crate::kernels::GpuContext::new_blocking(None) {
-        Ok(ctx) => (ctx.limits.clone(), ctx.info.name.clone()),
-        Err(_) => (
-            wgpu::Limits::default(),
-            "no adapter: WebGPU defaults".to_string(),
-        ),
-    };
-    if let Some(b) = binding_limit {
-        limits.max_storage_buffer_binding_size = b;
-    }
-    let fit = fit_budget(&file, lora, opts, &limits, budget)?;
-    let report = fit.report(&file.config, &limits, budget, top)?;
-    if json {
-        let mut v = serde_json::to_value(&report).map_err(|e| Error::Io(e.to_string()))?;
-        v["adapter"] = adapter.clone().into();
-        println!("{v}");
-        return Ok(());
-    }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
-        "tuning plan for {} on {adapter} (binding limit {:.0} MiB)",
-        model.display(),
-        mib(limits.max_storage_buffer_binding_size)
-    );
-    println!(
-        "seq_len {}, LoRA rank {} on {} projections, {:?} weights, layer recompute {}",
-        fit.options.seq_len,
-        lora.rank,
-        lora.targets.len(),
-        fit.options.format,
-        if fit.options.recompute { "on" } else { "off" }
-    );
-    println!(
-        "LM head: {} chunk(s) of {} vocabulary rows as the file stores it, logits made one \
-         chunk at a time",
-        report.head_chunks, report.logits_chunk
-    );
-    println!("{}", fit.plan);
-    println!("{} buffers; the largest:", fit.plan.entries.len());
-    for e in &report.largest {
-        println!("  {:>10.2} MiB  {}", mib(e.bytes), e.name);
-    }
-    if let Some(b) = budget {
-        println!(
-            "fits the budget of {:.1} MiB{}",
-            mib(b),
-            if fit.changes.is_empty() {
-                String::new()
-            } else {
-                format!(" with {}", fit.changes.join(", "))
-            }
-        );
-    }
-    Ok(())
 }
