@@ -1,10 +1,10 @@
 //! LUC profiling and compression of a loaded model (`compress::pipeline`, as the CLI).
 
-use serde_json::json;
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::model::WebModel;
-use super::{js_err, js_set, notify_stage, parse_data, shared_gpu};
+use super::{js_err, js_set, json_with, notify_stage, parse_data, shared_gpu, to_json};
 use crate::compress::pipeline::{self, CompressOptions};
 use crate::compress::policy::Policy;
 use crate::compress::profile::{profile_key, Profile};
@@ -55,9 +55,12 @@ impl WebModel {
         )
         .await
         .map_err(js_err)?;
-        let mut v = profile_json(&p);
-        v["device"] = json!(if gpu.is_some() { "gpu" } else { "cpu" });
-        Ok(v.to_string())
+        json_with(
+            profile_json(&p),
+            Device {
+                device: device_name(gpu),
+            },
+        )
     }
 
     /// Compresses this model (`edge-llm compress`: the same `compress::pipeline`),
@@ -114,33 +117,36 @@ impl WebModel {
         )
         .await
         .map_err(js_err)?;
-        let mut v = c.to_json();
-        v["layers"] = c.layers_json();
-        v["messages"] = json!(c.messages);
-        v["options"] = json!(o);
-        v["user_policy"] = json!(policy_json.is_some());
-        v["calibration"] = json!({
-            "name": name,
-            "rows": rows.len(),
-            "tokens": rows.iter().map(|r| r.tokens.len()).sum::<usize>(),
-            "device": if gpu.is_some() { "gpu" } else { "cpu" },
-        });
-        v["profile_info"] = match &c.profile {
-            Some(p) => json!({"key": p.key, "measured": c.profile_measured,
-                              "seconds": p.seconds, "base_loss": p.base_loss,
-                              "dloss": p.has_dloss()}),
-            None => serde_json::Value::Null,
+        let more = CompressSummary {
+            layers: c.layers_json(),
+            messages: &c.messages,
+            options: &o,
+            user_policy: policy_json.is_some(),
+            calibration: Calibration {
+                name: &name,
+                rows: rows.len(),
+                tokens: rows.iter().map(|r| r.tokens.len()).sum(),
+                device: device_name(gpu),
+            },
+            profile_info: c.profile.as_ref().map(|p| ProfileInfo {
+                key: &p.key,
+                measured: c.profile_measured,
+                seconds: p.seconds,
+                base_loss: p.base_loss,
+                dloss: p.has_dloss(),
+            }),
+            total_seconds: t0.elapsed().as_secs_f64(),
         };
-        v["total_seconds"] = json!(t0.elapsed().as_secs_f64());
+        let summary = json_with(c.to_json(), more)?;
         let out = js_sys::Object::new();
         let set = |k: &str, val: &JsValue| js_set(&out, k, val, "the compression result");
         set(
             "bytes",
             &js_sys::Uint8Array::from(c.bytes.as_slice()).into(),
         )?;
-        set("summary", &JsValue::from_str(&v.to_string()))?;
+        set("summary", &JsValue::from_str(&summary))?;
         if let Some(p) = c.profile.as_ref().filter(|_| c.profile_measured) {
-            set("profile", &JsValue::from_str(&profile_json(p).to_string()))?;
+            set("profile", &JsValue::from_str(&to_json(profile_json(p))?))?;
         }
         Ok(out)
     }
@@ -175,8 +181,68 @@ async fn profiling_gpu(device: Option<&str>) -> Result<Option<&'static GpuContex
     }
 }
 
+/// Where calibration ran, as the page names it.
+fn device_name(gpu: Option<&GpuContext>) -> &'static str {
+    if gpu.is_some() {
+        "gpu"
+    } else {
+        "cpu"
+    }
+}
+
 /// A profile as the page keeps it: the profile and its per-block sensitivities.
-fn profile_json(p: &Profile) -> serde_json::Value {
-    json!({"key": p.key, "profile": p, "prune_sensitivity": p.prune_sensitivity(),
-           "quant_sensitivity": p.quant_sensitivity(), "seconds": p.seconds})
+#[derive(Serialize)]
+struct ProfileJson<'a> {
+    key: &'a str,
+    profile: &'a Profile,
+    prune_sensitivity: Vec<f64>,
+    quant_sensitivity: Vec<f64>,
+    seconds: f64,
+}
+
+fn profile_json(p: &Profile) -> ProfileJson<'_> {
+    ProfileJson {
+        key: &p.key,
+        profile: p,
+        prune_sensitivity: p.prune_sensitivity(),
+        quant_sensitivity: p.quant_sensitivity(),
+        seconds: p.seconds,
+    }
+}
+
+/// What [`WebModel::profile`] adds to the profile.
+#[derive(Serialize)]
+struct Device {
+    device: &'static str,
+}
+
+/// What [`WebModel::compress`]'s summary adds to the CLI's `--json` summary.
+#[derive(Serialize)]
+struct CompressSummary<'a> {
+    layers: serde_json::Value,
+    messages: &'a [String],
+    options: &'a CompressOptions,
+    user_policy: bool,
+    calibration: Calibration<'a>,
+    profile_info: Option<ProfileInfo<'a>>,
+    total_seconds: f64,
+}
+
+/// The calibration data of a compression and where its passes ran.
+#[derive(Serialize)]
+struct Calibration<'a> {
+    name: &'a str,
+    rows: usize,
+    tokens: usize,
+    device: &'static str,
+}
+
+/// The profile LUC read: its cache key, whether this call measured it, and what it holds.
+#[derive(Serialize)]
+struct ProfileInfo<'a> {
+    key: &'a str,
+    measured: bool,
+    seconds: f64,
+    base_loss: Option<f64>,
+    dloss: bool,
 }

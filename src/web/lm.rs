@@ -3,15 +3,15 @@
 
 use std::rc::Rc;
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
-use super::{js_err, notify, parse_data, parse_json};
+use super::{js_err, json_with, notify, parse_data, parse_json, to_json};
 use crate::adapter;
 use crate::data::Dataset;
 use crate::engine::GpuModel;
 use crate::eval::{self, Sampling};
+use crate::eval::{ExitAccuracy, VoteAccuracy};
 use crate::tokenizer::Tokenizer;
 use crate::vote::Vote;
 use crate::Error;
@@ -108,9 +108,8 @@ impl WebLm {
         })
         .await
         .map_err(js_err)?;
-        let mut v = serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?;
-        v["seconds"] = json!(t0.elapsed().as_secs_f64());
-        Ok(v.to_string())
+        let seconds = t0.elapsed().as_secs_f64();
+        json_with(&r, Seconds { seconds })
     }
 
     /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL:
@@ -160,27 +159,29 @@ impl WebLm {
                     .max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
                     .unwrap_or(0)
             };
-            let questions: Vec<_> = qs
+            let questions = qs
                 .iter()
                 .zip(r.predictions.iter().zip(&r.scores))
-                .map(|(q, (p, s))| {
-                    let by_exit: Vec<usize> = s.iter().map(|e| argmax(e)).collect();
-                    json!({"question": q.question, "choices": q.choices, "answer": q.answer,
-                           "predicted": p, "scores": s.last(), "exit_predictions": by_exit})
+                .map(|(q, (&predicted, s))| QuestionResult {
+                    question: &q.question,
+                    choices: &q.choices,
+                    answer: q.answer,
+                    predicted,
+                    scores: s.last().map(Vec::as_slice),
+                    exit_predictions: Some(s.iter().map(|e| argmax(e)).collect()),
                 })
                 .collect();
-            return Ok(json!({
-                "accuracy": r.accuracy,
-                "n": r.n,
-                "correct": r.correct,
-                "seconds": t0.elapsed().as_secs_f64(),
-                "device": "gpu",
-                "vote": r.rule,
-                "exits": r.exits,
-                "votes": r.votes,
-                "questions": questions,
-            })
-            .to_string());
+            return to_json(McResult {
+                accuracy: r.accuracy,
+                n: r.n,
+                correct: r.correct,
+                seconds: t0.elapsed().as_secs_f64(),
+                device: "gpu",
+                vote: Some(r.rule),
+                exits: Some(&r.exits),
+                votes: Some(&r.votes),
+                questions,
+            });
         }
         let r = eval::eval_mc_async(
             &mut self.gm,
@@ -199,23 +200,29 @@ impl WebLm {
         )
         .await
         .map_err(js_err)?;
-        let questions: Vec<_> = qs
+        let questions = qs
             .iter()
             .zip(r.predictions.iter().zip(&r.scores))
-            .map(|(q, (p, s))| {
-                json!({"question": q.question, "choices": q.choices, "answer": q.answer,
-                       "predicted": p, "scores": s})
+            .map(|(q, (&predicted, s))| QuestionResult {
+                question: &q.question,
+                choices: &q.choices,
+                answer: q.answer,
+                predicted,
+                scores: Some(s.as_slice()),
+                exit_predictions: None,
             })
             .collect();
-        Ok(json!({
-            "accuracy": r.accuracy,
-            "n": r.n,
-            "correct": r.correct,
-            "seconds": t0.elapsed().as_secs_f64(),
-            "device": "gpu",
-            "questions": questions,
+        to_json(McResult {
+            accuracy: r.accuracy,
+            n: r.n,
+            correct: r.correct,
+            seconds: t0.elapsed().as_secs_f64(),
+            device: "gpu",
+            vote: None,
+            exits: None,
+            votes: None,
+            questions,
         })
-        .to_string())
     }
 
     /// Generates a reply to `prompt` (`options_json`: `{max_tokens, temperature, top_p,
@@ -306,17 +313,66 @@ impl WebLm {
         } else {
             0.0
         };
-        Ok(json!({
-            "text": text,
-            "tokens": out.len(),
-            "prompt_tokens": ids.len(),
-            "seconds": secs,
-            "prefill_seconds": prefill,
-            "tokens_per_s": out.len() as f64 / secs.max(1e-9),
-            "decode_tokens_per_s": decode_tps,
-            "device": "gpu",
-            "vote": rule,
+        to_json(GenerateResult {
+            tokens: out.len(),
+            prompt_tokens: ids.len(),
+            seconds: secs,
+            prefill_seconds: prefill,
+            tokens_per_s: out.len() as f64 / secs.max(1e-9),
+            decode_tokens_per_s: decode_tps,
+            device: "gpu",
+            vote: rule,
+            text,
         })
-        .to_string())
     }
+}
+
+/// What [`WebLm::perplexity`] adds to `eval::PerplexityResult`.
+#[derive(Serialize)]
+struct Seconds {
+    seconds: f64,
+}
+
+/// [`WebLm::eval_mc`]'s result; `vote`, `exits` and `votes` only when the exits voted.
+#[derive(Serialize)]
+struct McResult<'a> {
+    accuracy: f64,
+    n: usize,
+    correct: usize,
+    seconds: f64,
+    device: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vote: Option<Vote>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exits: Option<&'a [ExitAccuracy]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    votes: Option<&'a [VoteAccuracy]>,
+    questions: Vec<QuestionResult<'a>>,
+}
+
+/// One question of [`McResult`]: `scores` are the (deepest exit's) choice scores, and with
+/// voting each exit's own answer is in `exit_predictions`.
+#[derive(Serialize)]
+struct QuestionResult<'a> {
+    question: &'a str,
+    choices: &'a [String],
+    answer: usize,
+    predicted: usize,
+    scores: Option<&'a [f64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_predictions: Option<Vec<usize>>,
+}
+
+/// [`WebLm::generate`]'s result.
+#[derive(Serialize)]
+struct GenerateResult {
+    text: String,
+    tokens: usize,
+    prompt_tokens: usize,
+    seconds: f64,
+    prefill_seconds: f64,
+    tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    device: &'static str,
+    vote: Option<Vote>,
 }

@@ -22,6 +22,7 @@
 
 use std::cell::OnceCell;
 
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::data::{Dataset, LineError};
@@ -64,6 +65,34 @@ pub(super) async fn shared_gpu() -> Result<&'static GpuContext, JsError> {
 pub(super) fn gpu_ready() -> Result<&'static GpuContext, JsError> {
     GPU.with(|g| g.get().copied())
         .ok_or_else(|| JsError::new("no GPU device yet: await gpu_info() first"))
+}
+
+/// A result for the page as JSON text: `base` (a serialized object) with `extra`'s fields
+/// added, replacing any of the same name.
+pub(super) fn json_with(base: impl Serialize, extra: impl Serialize) -> Result<String, JsError> {
+    Ok(merged(base, extra)?.to_string())
+}
+
+/// [`json_with`] as a value.
+pub(super) fn merged(
+    base: impl Serialize,
+    extra: impl Serialize,
+) -> Result<serde_json::Value, JsError> {
+    let mut v = to_value(base)?;
+    if let (Some(o), serde_json::Value::Object(add)) = (v.as_object_mut(), to_value(extra)?) {
+        o.extend(add);
+    }
+    Ok(v)
+}
+
+/// A serialized value (a result the page reads).
+pub(super) fn to_value(x: impl Serialize) -> Result<serde_json::Value, JsError> {
+    serde_json::to_value(x).map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// A result for the page as JSON text.
+pub(super) fn to_json(x: impl Serialize) -> Result<String, JsError> {
+    serde_json::to_string(&x).map_err(|e| JsError::new(&e.to_string()))
 }
 
 /// Parses data leniently as `kind` ("text", "instruct", "mc", or "auto": by the name's

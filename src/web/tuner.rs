@@ -1,11 +1,11 @@
 //! Tuning runs: the data checked, the memory planned and the trainer built by
 //! `crate::tune` (the CLI's builder), one optimizer step per call.
 
-use serde_json::json;
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::model::{peft_files, WebAdapter, WebModel};
-use super::{gpu_ready, js_err, parse_data};
+use super::{gpu_ready, js_err, json_with, merged, parse_data, to_value};
 use crate::data::{Dataset, LineError};
 use crate::engine::{Fit, GpuTrainer};
 use crate::model::LlamaConfig;
@@ -15,25 +15,48 @@ use crate::tune::{self, TuneOptions, TuneSettings};
 use crate::Error;
 
 /// What the page shows about prepared data: kind, records, problems, statistics.
-fn data_json(ds: &Dataset, problems: &[LineError], stats: &train::DataStats) -> serde_json::Value {
-    json!({
-        "kind": ds.kind(),
-        "records": ds.len(),
-        "problems": problems,
-        "stats": stats,
+#[derive(Serialize)]
+struct DataSummary<'a> {
+    kind: &'static str,
+    records: usize,
+    problems: &'a [LineError],
+    stats: &'a train::DataStats,
+}
+
+fn data_json(
+    ds: &Dataset,
+    problems: &[LineError],
+    stats: &train::DataStats,
+) -> Result<serde_json::Value, JsError> {
+    to_value(DataSummary {
+        kind: ds.kind(),
+        records: ds.len(),
+        problems,
+        stats,
     })
 }
 
-/// A [`Fit`] as the page shows it.
-/// The fitted plan as the page shows it (`Fit::report`, the five largest buffers).
-fn fit_json(
-    fit: &Fit,
-    c: &LlamaConfig,
-    budget: Option<u64>,
-    limits: &wgpu::Limits,
-) -> crate::Result<serde_json::Value> {
-    let report = fit.report(c, limits, budget, 5)?;
-    serde_json::to_value(report).map_err(|e| Error::Invalid(e.to_string()))
+/// What a run's plan adds to the fitted plan (`Fit::report`): where and how it trains.
+#[derive(Serialize)]
+struct PlanRun<'a> {
+    mode: &'static str,
+    device: &'static str,
+    exits: &'a [usize],
+    windows: Vec<Window>,
+    window_schedule: Option<WindowOrder>,
+    compressed: bool,
+}
+
+/// A window of blocks for the page: blocks `layers[0]..layers[1]` (0-based), its loss read
+/// at the exit after `exit_after` blocks (None: the model's head), its learning-rate scale
+/// (windowed modes only).
+#[derive(Serialize)]
+struct Window {
+    index: usize,
+    layers: [usize; 2],
+    exit_after: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr_scale: Option<f64>,
 }
 
 #[wasm_bindgen]
@@ -51,7 +74,7 @@ impl WebModel {
         let o = TuneOptions::from_json(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
         let prepared = train::prepare(&ds, &self.tokenizer, &o.data()).map_err(js_err)?;
-        Ok(data_json(&ds, &problems, &prepared.stats).to_string())
+        Ok(data_json(&ds, &problems, &prepared.stats)?.to_string())
     }
 
     /// The GPU memory plan of a tuning run with `options_json`, fitted to its
@@ -61,7 +84,7 @@ impl WebModel {
     pub fn plan_tuning(&self, options_json: &str) -> Result<String, JsError> {
         let o = TuneOptions::from_json(options_json).map_err(js_err)?;
         let s = self.settings(&o).map_err(js_err)?;
-        let (_, plan) = self.plan(&o, &s).map_err(js_err)?;
+        let (_, plan) = self.plan(&o, &s)?;
         Ok(plan.to_string())
     }
 
@@ -77,11 +100,11 @@ impl WebModel {
         let o = TuneOptions::from_json(options_json).map_err(js_err)?;
         let (ds, problems) = parse_data(name, text, kind).map_err(js_err)?;
         let mut s = self.settings(&o).map_err(js_err)?;
-        let (fit, plan) = self.plan(&o, &s).map_err(js_err)?;
+        let (fit, plan) = self.plan(&o, &s)?;
         // Sequence chunking chosen for the budget: shorter rows, more accumulation.
         tune::take_fit(&mut s, &fit, false).map_err(js_err)?;
         let prepared = train::prepare(&ds, &self.tokenizer, &s.data_config).map_err(js_err)?;
-        let data = data_json(&ds, &problems, &prepared.stats);
+        let data = data_json(&ds, &problems, &prepared.stats)?;
         let ctx = gpu_ready()?;
         let trainer = tune::build(&s, prepared, |s| {
             let mut backend = tune::gpu_backend(ctx, &self.model, s, &fit.options)?;
@@ -120,44 +143,53 @@ impl WebModel {
 
     /// The plan of a run (`fit_json` plus its mode, exits and windows) and the fit the
     /// trainer is built from.
-    fn plan(&self, o: &TuneOptions, s: &TuneSettings) -> crate::Result<(Fit, serde_json::Value)> {
+    fn plan(&self, o: &TuneOptions, s: &TuneSettings) -> Result<(Fit, serde_json::Value), JsError> {
         let ctx = gpu_ready()
-            .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))?;
+            .map_err(|_| Error::Gpu("no GPU device yet: await gpu_info() first".into()))
+            .map_err(js_err)?;
         let opts = tune::engine_options(s, o.recompute);
-        let fit = tune::fit_memory(&self.model, s, &opts, &ctx.limits, o.memory_budget)?;
+        let fit = tune::fit_memory(&self.model, s, &opts, &ctx.limits, o.memory_budget)
+            .map_err(js_err)?;
+        // The five largest buffers.
+        let report = fit
+            .report(&self.model.config, &ctx.limits, o.memory_budget, 5)
+            .map_err(js_err)?;
         let layers = s.train.layers.as_ref();
-        let mut v = fit_json(&fit, &self.model.config, o.memory_budget, &ctx.limits)?;
-        v["mode"] = json!(s.mode.name());
-        v["device"] = json!("gpu");
-        v["exits"] = json!(s.exits);
-        v["windows"] = windows_json(layers, &s.exits, &self.model.config);
-        v["window_schedule"] = json!(layers.map(|l| l.order));
-        v["compressed"] = json!(crate::compress::file::is_compressed(&self.model.gguf));
+        let run = PlanRun {
+            mode: s.mode.name(),
+            device: "gpu",
+            exits: &s.exits,
+            windows: windows(layers, &s.exits, &self.model.config),
+            window_schedule: layers.map(|l| l.order),
+            compressed: crate::compress::file::is_compressed(&self.model.gguf),
+        };
+        let v = merged(report, run)?;
         Ok((fit, v))
     }
 }
 
 /// The windows of a layer schedule for the page: `[{index, layers: [start, end], exit_after}]`
 /// (blocks `start..end`, 0-based; `exit_after` null when the loss is read at the model's head).
-fn windows_json(
-    layers: Option<&LayerSchedule>,
-    exits: &[usize],
-    c: &LlamaConfig,
-) -> serde_json::Value {
+fn windows(layers: Option<&LayerSchedule>, exits: &[usize], c: &LlamaConfig) -> Vec<Window> {
     let Some(ls) = layers else {
-        return json!([{"index": 0, "layers": [0, c.n_layers], "exit_after": null}]);
+        let all = Window {
+            index: 0,
+            layers: [0, c.n_layers],
+            exit_after: None,
+            lr_scale: None,
+        };
+        return vec![all];
     };
-    let windows: Vec<_> = ls
-        .windows
+    ls.windows
         .iter()
         .enumerate()
-        .map(|(i, w): (usize, &Span)| {
-            json!({"index": i, "layers": [w.layers.start, w.layers.end],
-                   "exit_after": w.exit.and_then(|k| exits.get(k)),
-                   "lr_scale": ls.lr_multiplier(i)})
+        .map(|(i, w): (usize, &Span)| Window {
+            index: i,
+            layers: [w.layers.start, w.layers.end],
+            exit_after: w.exit.and_then(|k| exits.get(k).copied()),
+            lr_scale: Some(ls.lr_multiplier(i)),
         })
-        .collect();
-    json!(windows)
+        .collect()
 }
 
 /// A LoRA tuning run: the same `Trainer` that `edge-llm tune` drives, over the GPU engine
@@ -175,10 +207,9 @@ pub struct WebTuner {
 #[wasm_bindgen]
 impl WebTuner {
     /// The memory plan the trainer was built from, with the bytes it allocated.
-    pub fn plan_json(&self) -> String {
-        let mut v = self.plan.clone();
-        v["allocated_bytes"] = json!(self.trainer.backend.allocated_bytes());
-        v.to_string()
+    pub fn plan_json(&self) -> Result<String, JsError> {
+        let allocated_bytes = self.trainer.backend.allocated_bytes();
+        json_with(&self.plan, Allocated { allocated_bytes })
     }
 
     /// The prepared data: `{kind, records, problems, stats}`.
@@ -223,16 +254,17 @@ impl WebTuner {
         } else {
             summary.stop
         };
-        let mut v = match report {
-            Some(r) => serde_json::to_value(&r).map_err(|e| JsError::new(&e.to_string()))?,
-            None => json!({"step": null}),
+        let after = AfterStep {
+            device: "gpu",
+            gpu_bytes: self.trainer.backend.gpu_bytes(),
+            total_steps: self.trainer.total_steps(),
+            stop,
+            best_val_loss: self.trainer.best_val(),
         };
-        v["device"] = json!("gpu");
-        v["gpu_bytes"] = json!(self.trainer.backend.gpu_bytes());
-        v["total_steps"] = json!(self.trainer.total_steps());
-        v["stop"] = json!(stop);
-        v["best_val_loss"] = json!(self.trainer.best_val());
-        Ok(v.to_string())
+        match report {
+            Some(r) => json_with(&r, after),
+            None => json_with(NoStep { step: None }, after),
+        }
     }
 
     /// Mean validation loss of the whole model (to its last exit) without dropout
@@ -296,4 +328,26 @@ impl WebTuner {
             base_name: self.base_name.clone(),
         })
     }
+}
+
+/// What [`WebTuner::plan_json`] adds to the plan.
+#[derive(Serialize)]
+struct Allocated {
+    allocated_bytes: u64,
+}
+
+/// What [`WebTuner::step`] adds to the `StepReport`.
+#[derive(Serialize)]
+struct AfterStep {
+    device: &'static str,
+    gpu_bytes: u64,
+    total_steps: u64,
+    stop: train::Stop,
+    best_val_loss: Option<f64>,
+}
+
+/// [`WebTuner::step`]'s report when no step was left: `step` is null.
+#[derive(Serialize)]
+struct NoStep {
+    step: Option<u64>,
 }
