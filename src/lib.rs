@@ -18,6 +18,7 @@ pub mod reference;
 pub mod tokenizer;
 pub mod tolerance;
 pub mod train;
+pub mod tune;
 pub mod vote;
 
 #[cfg(not(target_arch = "wasm32"))]

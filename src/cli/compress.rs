@@ -11,7 +11,6 @@ use super::{pick_gpu, progress_bar, Device};
 use crate::compress::file::TensorReport;
 use crate::compress::pipeline::{self, CompressOptions, SparsityRule};
 use crate::compress::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
-use crate::compress::profile;
 use crate::data::Dataset;
 use crate::kernels::GpuContext;
 use crate::model::ModelFile;
@@ -106,28 +105,6 @@ pub(crate) struct DeviceArg {
 }
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct ProfileArgs {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[command(flatten)]
-    pub calib: CalibArgs,
-    #[command(flatten)]
-    pub device: DeviceArg,
-    /// Quantization group of the width levels: give `compress`'s --group, so that its
-    /// LUC finds this profile in the cache.
-    #[arg(long, default_value_t = 32)]
-    pub group: usize,
-    /// Asymmetric width levels, as `compress --asymmetric` quantizes.
-    #[arg(long)]
-    pub asymmetric: bool,
-    /// Write the per-layer plot here (default: beside the cached JSON, .svg).
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(clap::Args, Debug)]
 pub(crate) struct CompressArgs {
     #[arg(long)]
     pub model: PathBuf,
@@ -172,14 +149,14 @@ pub(crate) struct CompressArgs {
     pub json: bool,
 }
 
-fn io(e: impl std::fmt::Display, p: &Path) -> Error {
+pub(super) fn io(e: impl std::fmt::Display, p: &Path) -> Error {
     Error::Io(format!("{}: {e}", p.display()))
 }
 
 /// The general text calibrated on when no `--calib` is given (fetched by scripts/setup.sh).
 pub(crate) const GENERAL_CALIB: &str = "data/shakespeare/train.txt";
 
-fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
+pub(super) fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
     let general = PathBuf::from(GENERAL_CALIB);
     let path = match &a.calib {
         Some(p) => p,
@@ -241,7 +218,7 @@ impl Drop for StageBars {
 
 /// The cached or freshly measured profile (`runs/profile/<key>.json`), with a progress
 /// bar per stage.
-fn get_profile(
+pub(super) fn get_profile(
     file: &ModelFile,
     rows: &[Row],
     cache_dir: &Path,
@@ -272,50 +249,9 @@ fn get_profile(
     Ok(c)
 }
 
-pub(crate) fn profile_cmd(a: ProfileArgs) -> Result<()> {
-    let file = ModelFile::open(&a.model)?;
-    let rows = calib_rows(&file, &a.calib)?;
-    let o = CompressOptions {
-        group: a.group,
-        symmetric: !a.asymmetric,
-        ..a.calib.options()
-    };
-    let gpu = pick_gpu(a.device.device)?;
-    let c = get_profile(&file, &rows, &a.calib.cache_dir, &o, gpu.as_ref())?;
-    let svg = a.svg.unwrap_or_else(|| c.path.with_extension("svg"));
-    std::fs::write(&svg, c.profile.to_svg()).map_err(|e| io(e, &svg))?;
-    if a.json {
-        println!(
-            "{}",
-            json!({"cached": c.cached, "cache": c.path, "svg": svg, "profile": c.profile,
-                   "prune_sensitivity": c.profile.prune_sensitivity(),
-                   "quant_sensitivity": c.profile.quant_sensitivity()})
-        );
-    } else {
-        print!("{}", c.profile.table());
-        if let Some(b) = c.profile.base_loss {
-            println!(
-                "base loss {b:.4} on {} rows; dL = loss change with only that layer compressed",
-                c.profile.options.loss_rows.min(c.profile.calib_rows)
-            );
-        }
-        let source = match c.profile.error_source() {
-            profile::ErrorSource::Fisher => format!(
-                "the Fisher estimate of the loss change (F columns; {} rows)",
-                c.profile.options.fisher_rows.min(c.profile.calib_rows)
-            ),
-            profile::ErrorSource::Dloss => "the measured loss change".into(),
-            profile::ErrorSource::Mse => "the output MSE".into(),
-        };
-        println!("columns p*/q*: output MSE; S_prune, S_quant and LUC read {source}");
-        println!("plot: {}", svg.display());
-    }
-    Ok(())
-}
-
 impl CalibArgs {
     /// The calibration half of the library's options (the rest at their defaults).
-    fn options(&self) -> CompressOptions {
+    pub(super) fn options(&self) -> CompressOptions {
         CompressOptions {
             calib_rows: self.calib_rows,
             seq_len: self.seq_len,
@@ -329,7 +265,7 @@ impl CalibArgs {
 
 impl CompressArgs {
     /// The library's options for these flags.
-    fn options(&self) -> CompressOptions {
+    pub(super) fn options(&self) -> CompressOptions {
         CompressOptions {
             sparsity: self.sparsity,
             bits: self.bits,

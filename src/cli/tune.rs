@@ -1,20 +1,18 @@
 //! `edge-llm tune`: LoRA tuning with the training core (src/train) on the GPU engine
-//! ([`GpuTrainer`]) or the CPU reference ([`CpuBackend`]). The GPU memory is planned and
-//! fitted to `--memory-budget` before anything is allocated. Writes the PEFT adapter and a
-//! checkpoint (every `--save-every` steps, at the end and on Ctrl-C) to `--out`;
-//! `--resume DIR` continues a run exactly, on either device.
+//! ([`crate::engine::GpuTrainer`]) or the CPU reference ([`crate::train::CpuBackend`]),
+//! built by `crate::tune`. The GPU memory is planned and fitted to `--memory-budget` before
+//! anything is allocated. Writes the PEFT adapter and a checkpoint (every `--save-every`
+//! steps, at the end and on Ctrl-C) to `--out`; `--resume DIR` continues a run exactly, on
+//! either device.
 
-use super::Device;
+use super::{parse_bytes, Device};
 use crate::adapter;
 use crate::data::Dataset;
-use crate::engine::train::fit_budget_windows;
-use crate::engine::{fit_budget, GpuTrainer, TrainOptions};
 use crate::model::ModelFile;
-use crate::reference::{LoraConfig, Proj};
+use crate::reference::Proj;
 use crate::tokenizer::Tokenizer;
-use crate::train::{
-    self, Backend, CpuBackend, DataConfig, Decay, Stop, TrainConfig, TrainState, Trainer,
-};
+use crate::train::{self, Backend, Stop, TrainState, Trainer};
+use crate::tune::{self as run, TuneOptions, TuneSettings};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,35 +20,175 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+// The flags of `edge-llm tune`: the tuning options ([`TuneOptions`], whose defaults they
+// take) and the session's (files, device, memory). (A doc comment here would replace the
+// subcommand's help.)
+#[derive(clap::Args, Debug)]
+pub(crate) struct TuneArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Plain text, instruction JSONL or multiple-choice JSONL (data/README.md).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Optimizer steps (default: one epoch).
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = TuneOptions::default().epochs)]
+    epochs: f64,
+    #[arg(long, default_value_t = TuneOptions::default().lr)]
+    lr: f64,
+    /// Cosine decay after warm-up (default: constant).
+    #[arg(long)]
+    cosine: bool,
+    #[arg(long, default_value_t = TuneOptions::default().warmup)]
+    warmup: f64,
+    #[arg(long, default_value_t = TuneOptions::default().lora_rank)]
+    lora_rank: usize,
+    #[arg(long, default_value_t = TuneOptions::default().lora_alpha)]
+    lora_alpha: f32,
+    #[arg(long, default_value_t = TuneOptions::default().lora_dropout)]
+    lora_dropout: f32,
+    /// Projections to adapt: q,k,v,o,gate,up,down or all.
+    // "all" is `TuneOptions::default().lora_targets`, every projection.
+    #[arg(long, default_value = "all")]
+    lora_targets: String,
+    #[arg(long, default_value_t = TuneOptions::default().seq_len)]
+    seq_len: usize,
+    /// Rows per micro-batch and micro-batches per optimizer step.
+    #[arg(long, default_value_t = TuneOptions::default().batch)]
+    batch: usize,
+    #[arg(long, default_value_t = TuneOptions::default().accum)]
+    accum: usize,
+    #[arg(long, default_value_t = TuneOptions::default().clip)]
+    clip: f64,
+    #[arg(long, default_value_t = TuneOptions::default().val_fraction)]
+    val_fraction: f64,
+    /// Validation every N steps (0: only at the end).
+    #[arg(long, default_value_t = TuneOptions::default().eval_every)]
+    eval_every: u64,
+    /// Stop after this many validations without improvement.
+    #[arg(long)]
+    patience: Option<u32>,
+    /// Checkpoint every N steps (0: only at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 50)]
+    save_every: u64,
+    #[arg(long, default_value_t = TuneOptions::default().seed)]
+    seed: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in DIR with its saved settings.
+    #[arg(long, conflicts_with_all = ["model", "data", "steps", "epochs", "lr", "lora_rank", "seq_len", "seed"])]
+    resume: Option<PathBuf>,
+    /// Checkpoint and exit after N steps in this session (continue with --resume).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+    /// software adapter such as lavapipe); gpu: any WebGPU/Vulkan adapter.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// GPU memory the run may use (bytes; K, M, G suffixes are KiB, MiB, GiB): layer
+    /// recompute and narrower logits chunks are chosen to fit, or the run is refused
+    /// before anything is allocated.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Keep only each layer's input and recompute the layer before its backward pass.
+    #[arg(long)]
+    recompute: bool,
+    /// vanilla: LoRA on every block; compress-then-tune: the same on a compressed
+    /// model; partial: the last --partial-layers blocks only; edge: windows of blocks
+    /// between early exits, trained in turn (adaptive layer tuning).
+    #[arg(long, value_enum, default_value_t = TuneOptions::default().mode)]
+    mode: Mode,
+    /// Edge mode: an exit after every this many blocks (and after the last).
+    #[arg(long, default_value_t = TuneOptions::default().exit_stride)]
+    exit_stride: usize,
+    /// Edge mode: reference (equal phases, shallow to deep) or adaptive (a sweep, then
+    /// the window that last lowered the whole model's loss on the probe rows most).
+    #[arg(long, default_value = "reference")]
+    window_schedule: String,
+    /// Edge mode: a window's learning rate is --lr × (its last block ÷ the model's
+    /// blocks)^this; 0 trains every window at --lr, 2 gives shallow windows much less.
+    #[arg(long, default_value_t = TuneOptions::default().window_lr_power)]
+    window_lr_power: f64,
+    /// Edge mode, reference schedule: a window's share of the steps is ∝ (its last
+    /// block ÷ the model's blocks)^this; 0 gives equal phases (the paper's).
+    #[arg(long, default_value_t = TuneOptions::default().window_steps_power)]
+    window_steps_power: f64,
+    /// Partial mode: how many of the last blocks are tuned.
+    #[arg(long, default_value_t = TuneOptions::default().partial_layers)]
+    partial_layers: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `edge-llm tune`: a new run from the flags, or `--resume DIR`; returns the exit code.
+pub(crate) fn tune(a: TuneArgs) -> Result<i32> {
+    let window_schedule = a.window_schedule.parse()?;
+    let session = Session {
+        device: a.device,
+        memory_budget: a.memory_budget,
+        recompute: a.recompute,
+        stop_after: a.stop_after,
+        json: a.json,
+    };
+    if a.resume.is_some() {
+        return run(None, a.resume, a.out, session);
+    }
+    let (Some(model), Some(data)) = (a.model, a.data) else {
+        return Err(Error::Invalid(
+            "tune needs --model and --data (or --resume DIR)".into(),
+        ));
+    };
+    let options = TuneOptions {
+        steps: a.steps,
+        epochs: a.epochs,
+        lr: a.lr,
+        cosine: a.cosine,
+        warmup: a.warmup,
+        lora_rank: a.lora_rank,
+        lora_alpha: a.lora_alpha,
+        lora_dropout: a.lora_dropout,
+        lora_targets: parse_targets(&a.lora_targets)?,
+        seq_len: a.seq_len,
+        batch: a.batch,
+        accum: a.accum,
+        clip: a.clip,
+        val_fraction: a.val_fraction,
+        eval_every: a.eval_every,
+        patience: a.patience,
+        seed: a.seed,
+        memory_budget: a.memory_budget,
+        recompute: a.recompute,
+        mode: a.mode,
+        exit_stride: a.exit_stride,
+        window_schedule,
+        window_lr_power: a.window_lr_power,
+        window_steps_power: a.window_steps_power,
+        partial_layers: a.partial_layers,
+    };
+    let new = NewRun {
+        model,
+        data,
+        options,
+        save_every: a.save_every,
+        out: a.out.unwrap_or_else(|| PathBuf::from("runs/tune")),
+    };
+    run(Some(new), None, None, session)
+}
+
 /// Everything that defines a run; saved beside the checkpoint so `--resume` rebuilds it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunSpec {
     pub model: PathBuf,
     pub data: PathBuf,
-    pub lora: LoraConfig,
-    pub data_config: DataConfig,
-    pub train: TrainConfig,
+    /// The settings (LoRA, data, trainer with the layer schedule, mode, exits).
+    #[serde(flatten)]
+    pub run: TuneSettings,
     pub save_every: u64,
-    /// How the layers are tuned; the layer schedule itself is in `train.layers`.
-    #[serde(default)]
-    pub mode: Mode,
-    /// Block counts after which early exits sit (edge mode).
-    #[serde(default)]
-    pub exits: Vec<usize>,
 }
 
 /// The modes live in the library (`train::modes`), shared with the page.
-pub use crate::train::{Mode, ModeArgs, DEFAULT_EXIT_STRIDE};
-
-/// Sets the run's exits and layer schedule for `m.mode` on a model of `n_layers` blocks
-/// (`train::mode_layers`: a stride larger than the model is clamped to it).
-pub fn apply_mode(spec: &mut RunSpec, n_layers: usize, m: &ModeArgs) -> Result<()> {
-    let ml = train::mode_layers(n_layers, m)?;
-    spec.mode = m.mode;
-    spec.exits = ml.exits;
-    spec.train.layers = ml.layers;
-    Ok(())
-}
+pub use crate::train::Mode;
 
 pub const SPEC_FILE: &str = "tune_run.json";
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -67,8 +205,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The command-line settings of a new run.
 pub struct NewRun {
-    pub spec: RunSpec,
-    pub mode: ModeArgs,
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub options: TuneOptions,
+    pub save_every: u64,
     pub out: PathBuf,
 }
 
@@ -93,11 +233,6 @@ pub fn parse_targets(s: &str) -> Result<Vec<Proj>> {
         .collect()
 }
 
-/// Checks the settings a user can get wrong, with one message each.
-pub fn validate(spec: &RunSpec) -> Result<()> {
-    train::validate(&spec.lora, &spec.data_config, &spec.train)
-}
-
 /// Where and how a session runs; not part of the saved run, so a run started on one
 /// device may resume on another.
 pub struct Session {
@@ -112,13 +247,13 @@ pub struct Session {
 }
 
 /// Runs (or resumes) a tuning run; returns the process exit code (130 after Ctrl-C).
-pub fn run(
+fn run(
     new: Option<NewRun>,
     resume: Option<PathBuf>,
     out_override: Option<PathBuf>,
     session: Session,
 ) -> Result<i32> {
-    let (spec, out, state) = match (new, resume) {
+    let (mut spec, out, state) = match (new, resume) {
         (_, Some(dir)) => {
             let read = |name: &str| {
                 let p = dir.join(name);
@@ -135,25 +270,24 @@ pub fn run(
             (spec, out_override.unwrap_or(dir), Some(state))
         }
         (Some(n), None) => {
-            let mut spec = n.spec;
-            let file = ModelFile::open(&spec.model)?;
-            apply_mode(&mut spec, file.config.n_layers, &n.mode)?;
-            mode_notes(spec.mode, &file);
+            let file = ModelFile::open(&n.model)?;
+            let settings = n.options.settings(file.config.n_layers)?;
+            mode_notes(settings.mode, &file);
+            let spec = RunSpec {
+                model: n.model,
+                data: n.data,
+                run: settings,
+                save_every: n.save_every,
+            };
             (spec, n.out, None)
         }
         (None, None) => return Err(Error::Invalid("nothing to run".into())),
     };
-    validate(&spec)?;
-    let mut spec = spec;
+    spec.run.validate()?;
     let file = ModelFile::open(&spec.model)?;
-    let windows = spec.train.layers.as_ref().map(|ls| ls.windows.clone());
     let tok = Tokenizer::from_gguf(&file.gguf)?;
     let ds = Dataset::load(&spec.data)?;
-    let opts = TrainOptions {
-        seq_len: spec.data_config.seq_len,
-        recompute: session.recompute,
-        ..Default::default()
-    };
+    let opts = run::engine_options(&spec.run, session.recompute);
     let ctx = super::pick_gpu(session.device)?;
     let limits = ctx
         .as_ref()
@@ -162,9 +296,7 @@ pub fn run(
     let fit = match (&ctx, session.memory_budget) {
         (None, None) => None,
         _ => {
-            let budget = session.memory_budget;
-            let w = windows.as_deref();
-            let fit = fit_budget_windows(&file, &spec.lora, &opts, &limits, budget, w)?;
+            let fit = run::fit_memory(&file, &spec.run, &opts, &limits, session.memory_budget)?;
             eprintln!(
                 "GPU memory plan: {:.1} MiB{}",
                 fit.plan.total() as f64 / 1048576.0,
@@ -174,24 +306,11 @@ pub fn run(
                     format!(" (to fit the budget: {})", fit.changes.join(", "))
                 }
             );
-            if state.is_none() && fit.options.seq_len != spec.data_config.seq_len {
-                // Sequence chunking: shorter rows, more accumulation, same tokens per step.
-                spec.data_config.seq_len = fit.options.seq_len;
-                spec.train.accum_steps *= fit.accum_factor;
-            }
+            run::take_fit(&mut spec.run, &fit, state.is_some())?;
             Some(fit)
         }
     };
-    if let (Some(f), true) = (&fit, state.is_some()) {
-        if f.options.seq_len != spec.data_config.seq_len {
-            return Err(Error::Invalid(format!(
-                "this run was made with rows of {} tokens, which do not fit the memory budget \
-                 ({} would); resume it with a larger --memory-budget",
-                spec.data_config.seq_len, f.options.seq_len
-            )));
-        }
-    }
-    let prepared = train::prepare(&ds, &tok, &spec.data_config)?;
+    let prepared = train::prepare(&ds, &tok, &spec.run.data_config)?;
     let stats = prepared.stats.clone();
     eprintln!(
         "data: {} {} records → {} train rows ({} targets), {} validation rows; {} truncated, {} dropped",
@@ -203,7 +322,7 @@ pub fn run(
         stats.truncated,
         stats.dropped
     );
-    let run = Prepared {
+    let prep = Prepared {
         spec,
         out,
         state,
@@ -212,25 +331,17 @@ pub fn run(
     };
     match (&ctx, fit) {
         (Some(ctx), Some(fit)) => {
-            let (lc, seed) = (run.spec.lora.clone(), run.spec.train.seed);
-            let lora = train::cpu::initial_adapters(&file.config, lc, &run.spec.exits, seed);
-            let backend = match &windows {
-                Some(w) => GpuTrainer::with_windows(ctx, &file, &lora, &fit.options, w)?,
-                None => GpuTrainer::new(ctx, &file, &lora, &fit.options)?,
-            };
-            drive(backend, "gpu", prepared, run)
+            let make = |s: &TuneSettings| run::gpu_backend(ctx, &file, s, &fit.options);
+            let trainer = run::build(&prep.spec.run, prepared, make)?;
+            drive(trainer, "gpu", prep)
         }
         _ => {
             if session.memory_budget.is_some() {
                 eprintln!("note: the memory budget plans GPU memory; this run is on the CPU");
             }
-            let backend = CpuBackend::with_exits(
-                file.weights()?,
-                run.spec.lora.clone(),
-                &run.spec.exits,
-                run.spec.train.seed,
-            );
-            drive(backend, "cpu", prepared, run)
+            let make = |s: &TuneSettings| run::cpu_backend(&file, s);
+            let trainer = run::build(&prep.spec.run, prepared, make)?;
+            drive(trainer, "cpu", prep)
         }
     }
 }
@@ -267,12 +378,7 @@ struct Prepared<'a> {
 }
 
 /// The training loop with progress, JSON reports, checkpoints and Ctrl-C, on any backend.
-fn drive<B: Backend>(
-    backend: B,
-    device: &str,
-    data: train::Prepared,
-    run: Prepared<'_>,
-) -> Result<i32> {
+fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -> Result<i32> {
     let Prepared {
         spec,
         out,
@@ -281,7 +387,6 @@ fn drive<B: Backend>(
         session,
     } = run;
     let json = session.json;
-    let mut trainer = Trainer::new(backend, spec.train.clone(), data)?;
     if let Some(state) = &state {
         pollster::block_on(trainer.resume(state))?;
         eprintln!(
@@ -366,7 +471,7 @@ fn drive<B: Backend>(
         "adapter": out.display().to_string(),
         "checkpoint": out.join(CHECKPOINT_FILE).display().to_string(),
         "device": device,
-        "mode": spec.mode.name(),
+        "mode": spec.run.mode.name(),
         // Every GPU buffer is allocated when the backend is made, so the peak is the total.
         "peak_gpu_bytes": trainer.backend.gpu_bytes(),
     });
@@ -387,81 +492,4 @@ fn drive<B: Backend>(
     }
     let by_signal = interrupted.load(Ordering::SeqCst);
     Ok(if by_signal { 130 } else { 0 })
-}
-
-/// `edge-llm plan`: the training memory plan for `model` on this machine's adapter (or the
-/// given binding limit), fitted to `budget`; nothing is allocated.
-pub fn print_plan(
-    model: &Path,
-    lora: &LoraConfig,
-    opts: &TrainOptions,
-    budget: Option<u64>,
-    binding_limit: Option<u64>,
-    top: usize,
-    json: bool,
-) -> Result<()> {
-    let file = ModelFile::open(model)?;
-    let (mut limits, adapter) = match crate::kernels::GpuContext::new_blocking(None) {
-        Ok(ctx) => (ctx.limits.clone(), ctx.info.name.clone()),
-        Err(_) => (
-            wgpu::Limits::default(),
-            "no adapter: WebGPU defaults".to_string(),
-        ),
-    };
-    if let Some(b) = binding_limit {
-        limits.max_storage_buffer_binding_size = b;
-    }
-    let fit = fit_budget(&file, lora, opts, &limits, budget)?;
-    let report = fit.report(&file.config, &limits, budget, top)?;
-    if json {
-        let mut v = serde_json::to_value(&report).map_err(|e| Error::Io(e.to_string()))?;
-        v["adapter"] = adapter.clone().into();
-        println!("{v}");
-        return Ok(());
-    }
-    let mib = |b: u64| b as f64 / 1048576.0;
-    println!(
-        "tuning plan for {} on {adapter} (binding limit {:.0} MiB)",
-        model.display(),
-        mib(limits.max_storage_buffer_binding_size)
-    );
-    println!(
-        "seq_len {}, LoRA rank {} on {} projections, {:?} weights, layer recompute {}",
-        fit.options.seq_len,
-        lora.rank,
-        lora.targets.len(),
-        fit.options.format,
-        if fit.options.recompute { "on" } else { "off" }
-    );
-    println!(
-        "LM head: {} chunk(s) of {} vocabulary rows as the file stores it, logits made one \
-         chunk at a time",
-        report.head_chunks, report.logits_chunk
-    );
-    println!("{}", fit.plan);
-    println!("{} buffers; the largest:", fit.plan.entries.len());
-    for e in &report.largest {
-        println!("  {:>10.2} MiB  {}", mib(e.bytes), e.name);
-    }
-    if let Some(b) = budget {
-        println!(
-            "fits the budget of {:.1} MiB{}",
-            mib(b),
-            if fit.changes.is_empty() {
-                String::new()
-            } else {
-                format!(" with {}", fit.changes.join(", "))
-            }
-        );
-    }
-    Ok(())
-}
-
-/// Default run settings (the reference's) for the flags a user leaves out.
-pub fn default_decay(cosine: bool) -> Decay {
-    if cosine {
-        Decay::Cosine
-    } else {
-        Decay::Constant
-    }
 }

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod examples;
 pub mod layers;
 pub mod modes;
+pub mod options;
 pub mod prefix;
 pub mod schedule;
 pub mod trainer;
@@ -32,6 +33,7 @@ pub use modes::{
     mode_layers, Mode, ModeArgs, ModeLayers, DEFAULT_DEPTH_LR_POWER, DEFAULT_DEPTH_STEPS_POWER,
     DEFAULT_EXIT_STRIDE,
 };
+pub use options::{TuneOptions, TuneSettings};
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{RunSummary, StepReport, Stop, TrainConfig, Trainer};
 

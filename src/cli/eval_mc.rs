@@ -1,0 +1,122 @@
+//! `edge-llm eval-mc`: zero-shot multiple-choice accuracy, voted over early exits when the
+//! adapter has some.
+
+use super::shared::{load, with_lm};
+use super::{progress_bar, Device};
+use crate::data::Dataset;
+use crate::eval;
+use crate::{Error, Result};
+use serde_json::json;
+use std::path::PathBuf;
+
+// (A doc comment here would replace the subcommand's help.)
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    /// A LoRA adapter directory in PEFT format (from `tune --out`).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+    /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    #[arg(long)]
+    data: PathBuf,
+    /// Only the first N questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Combine the early exits' answers by this rule (max, mean, majority, last;
+    /// default max when the adapter has exits), on the chosen --device. Every exit's
+    /// and every rule's accuracy is reported too.
+    #[arg(long)]
+    vote: Option<crate::vote::Vote>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let Args {
+        model,
+        adapter,
+        device,
+        data,
+        limit,
+        vote,
+        json,
+    } = a;
+    let ds = Dataset::load(&data)?;
+    let Dataset::MultipleChoice(mut qs) = ds else {
+        return Err(Error::Data(format!(
+            "{} holds {} data; eval-mc needs multiple-choice JSONL ({{\"question\",\"choices\",\"answer\"}})",
+            data.display(),
+            ds.kind()
+        )));
+    };
+    if let Some(n) = limit {
+        qs.truncate(n);
+    }
+    let (file, tok, m) = load(&model, adapter.as_deref())?;
+    let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
+    if let Some(rule) = crate::vote::resolve(vote, has_exits)? {
+        eprintln!("exit voting: {rule}");
+        let pb = progress_bar(qs.len() as u64, "eval-mc");
+        let r = with_lm(device, &file, &m, |lm| {
+            pollster::block_on(eval::eval_mc_vote(
+                lm,
+                &tok,
+                &qs,
+                rule,
+                &mut |done, _, correct| {
+                    pb.set_position(done as u64);
+                    pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+                },
+            ))
+        })?;
+        pb.finish_and_clear();
+        if json {
+            println!(
+                "{}",
+                json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
+                       "vote": r.rule, "exits": r.exits, "votes": r.votes,
+                       "predictions": r.predictions})
+            );
+        } else {
+            for e in &r.exits {
+                println!(
+                    "exit after block {:<3} accuracy {:.4} ({}/{})",
+                    e.after, e.accuracy, e.correct, r.n
+                );
+            }
+            for v in &r.votes {
+                println!(
+                    "vote {:<15} accuracy {:.4} ({}/{})",
+                    v.rule, v.accuracy, v.correct, r.n
+                );
+            }
+            println!(
+                "accuracy {:.4} ({}/{}) by vote {}",
+                r.accuracy, r.correct, r.n, r.rule
+            );
+        }
+        return Ok(());
+    }
+    let pb = progress_bar(qs.len() as u64, "eval-mc");
+    let r = with_lm(device, &file, &m, |lm| {
+        pollster::block_on(eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
+            pb.set_position(done as u64);
+            pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+        }))
+    })?;
+    pb.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
+                   "predictions": r.predictions})
+        );
+    } else {
+        println!("accuracy {:.4} ({}/{})", r.accuracy, r.correct, r.n);
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! What several commands share: the device choice, byte counts, loading a model with its
+//! adapter, and running evaluation on the chosen backend.
+
+use crate::eval::{self, CpuLm};
+use crate::model::ModelFile;
+use crate::reference::Transformer;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Device {
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+/// A byte count: digits with an optional K, M or G suffix (KiB, MiB, GiB).
+pub(crate) fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("'{s}': use a number of bytes or K, M, G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 600M)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// The GPU to run on for `device`, or None for the CPU reference (saying which on stderr):
+/// auto takes a hardware GPU, not a software adapter, which is slower than the reference.
+pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuContext>> {
+    if device == Device::Cpu {
+        eprintln!("device: CPU reference");
+        return Ok(None);
+    }
+    match crate::kernels::GpuContext::new_blocking(None) {
+        Ok(ctx) if device == Device::Gpu || !ctx.is_software() => {
+            eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
+            Ok(Some(ctx))
+        }
+        Ok(ctx) => {
+            eprintln!(
+                "device: CPU reference ({} is a software adapter; --device gpu uses it anyway)",
+                ctx.info.name
+            );
+            Ok(None)
+        }
+        Err(e) if device == Device::Gpu => Err(e),
+        Err(_) => {
+            eprintln!("device: CPU reference (no GPU adapter)");
+            Ok(None)
+        }
+    }
+}
+
+/// Runs `f` on the chosen backend, both behind [`eval::Lm`].
+pub(crate) fn with_lm<R>(
+    device: Device,
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    f: impl FnOnce(&mut dyn eval::Lm) -> Result<R>,
+) -> Result<R> {
+    use crate::engine::{GpuModel, GpuModelOptions};
+    match pick_gpu(device)? {
+        Some(ctx) => {
+            let mut gm =
+                GpuModel::new(&ctx, file, &GpuModelOptions::default(), model.lora.as_ref())?;
+            f(&mut gm)
+        }
+        None => f(&mut CpuLm::new(model)),
+    }
+}
+
+pub(crate) fn load(
+    path: &Path,
+    adapter: Option<&Path>,
+) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
+    let file = ModelFile::open(path)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let mut model = Transformer::new(file.weights()?);
+    if let Some(dir) = adapter {
+        model.lora = Some(crate::adapter::load_dir(dir, &file.config)?);
+    }
+    Ok((file, tok, model))
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    if text.trim().is_empty() {
+        return Err(Error::Data(format!("{} is empty", path.display())));
+    }
+    Ok(text)
+}

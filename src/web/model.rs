@@ -1,0 +1,214 @@
+//! A loaded model (GGUF bytes, its configuration and tokenizer) and adapters for it.
+
+use std::rc::Rc;
+
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use super::lm::WebLm;
+use super::{gpu_ready, js_err, js_set, parse_json};
+use crate::adapter;
+use crate::compress::policy::Policy;
+use crate::engine::{GpuModel, GpuModelOptions};
+use crate::model::{LlamaConfig, ModelFile};
+use crate::reference::Lora;
+use crate::tokenizer::Tokenizer;
+
+/// A model loaded from GGUF bytes: its header, configuration and tokenizer.
+#[wasm_bindgen]
+pub struct WebModel {
+    pub(super) model: ModelFile,
+    /// Shared with the [`WebLm`]s built from this model.
+    pub(super) tokenizer: Rc<Tokenizer>,
+}
+
+/// Parses a GGUF file (the bytes of `models/default.gguf` or of a file the user picked).
+#[wasm_bindgen]
+pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
+    let model = ModelFile::from_bytes(bytes).map_err(js_err)?;
+    let tokenizer = Rc::new(Tokenizer::from_gguf(&model.gguf).map_err(js_err)?);
+    Ok(WebModel { model, tokenizer })
+}
+
+#[wasm_bindgen]
+impl WebModel {
+    /// The model configuration (`LlamaConfig`) as JSON.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.model.config)
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The size of the GGUF file in bytes.
+    pub fn file_bytes(&self) -> usize {
+        self.model.bytes.len()
+    }
+
+    /// Whether the file is a compressed model (`edge-llm compress`), which
+    /// compress-then-tune needs.
+    pub fn is_compressed(&self) -> bool {
+        crate::formats::packed::is_compressed(&self.model.gguf)
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        self.tokenizer.encode(text).map_err(js_err)
+    }
+
+    /// The text of each token, one string per id.
+    pub fn token_strings(&self, ids: Vec<u32>) -> Result<Vec<String>, JsError> {
+        ids.iter()
+            .map(|&id| self.tokenizer.decode(&[id]).map_err(js_err))
+            .collect()
+    }
+
+    /// `text` as the user turn of the model's ChatML template, ready for generation.
+    pub fn chat_prompt(&self, text: &str) -> String {
+        self.tokenizer.chat_prompt(text)
+    }
+}
+
+#[wasm_bindgen]
+impl WebModel {
+    /// A copy of the GGUF file's bytes (to hand to another worker, or to download).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.model.bytes.clone()
+    }
+
+    /// The policy a compressed model was made with (`edge_llm.policy`), as JSON; None for
+    /// an uncompressed model.
+    pub fn policy_json(&self) -> Result<Option<String>, JsError> {
+        let p = crate::compress::file::policy_of(&self.model.gguf, self.model.config.n_layers)
+            .map_err(js_err)?;
+        Ok(p.map(|p| p.to_json()))
+    }
+
+    /// Checks a policy document against this model (the library's validation, whose
+    /// error names the first problem); returns it as pretty JSON.
+    pub fn check_policy(&self, policy_json: &str) -> Result<String, JsError> {
+        let p = Policy::from_json(policy_json, self.model.config.n_layers).map_err(js_err)?;
+        Ok(p.to_json())
+    }
+}
+
+#[wasm_bindgen]
+impl WebModel {
+    /// Reads a PEFT adapter (`adapter_model.safetensors` bytes and `adapter_config.json`
+    /// text) for this model, with its early exits (`exits.safetensors` bytes) if given;
+    /// refused when its shapes or settings do not fit.
+    pub fn import_adapter(
+        &self,
+        safetensors: &[u8],
+        config_json: &str,
+        exits: Option<Vec<u8>>,
+    ) -> Result<WebAdapter, JsError> {
+        let mut lora =
+            adapter::import_peft(safetensors, config_json, &self.model.config).map_err(js_err)?;
+        if let Some(bytes) = exits {
+            lora.exits = adapter::import_exits(&bytes, lora.config.rank, &self.model.config)
+                .map_err(js_err)?;
+        }
+        Ok(WebAdapter {
+            lora,
+            config: self.model.config.clone(),
+            base_name: self.base_name(),
+        })
+    }
+
+    /// The base model on this thread's GPU for evaluation and generation (`gpu_info` must
+    /// have run). `options_json`: `{max_len?}` (KV-cache positions).
+    pub fn lm(&self, options_json: &str) -> Result<WebLm, JsError> {
+        self.build_lm(None, options_json)
+    }
+
+    /// The model with `adapter`'s LoRA (tuned or imported) on this thread's GPU.
+    pub fn lm_with_adapter(
+        &self,
+        adapter: &WebAdapter,
+        options_json: &str,
+    ) -> Result<WebLm, JsError> {
+        self.build_lm(Some(&adapter.lora), options_json)
+    }
+}
+
+impl WebModel {
+    pub(super) fn base_name(&self) -> String {
+        adapter::gguf_model_name(&self.model.gguf)
+            .unwrap_or("edge-llm-base")
+            .to_owned()
+    }
+
+    fn build_lm(&self, lora: Option<&Lora<f32>>, options_json: &str) -> Result<WebLm, JsError> {
+        let ctx = gpu_ready()?;
+        let o: LmOptions = parse_json("model options", options_json).map_err(js_err)?;
+        let opts = GpuModelOptions {
+            max_len: o.max_len,
+            ..Default::default()
+        };
+        // With exits the same model also gives every exit's logits (voted accuracy and
+        // chat); perplexity reads the model's own head.
+        let gm = GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?;
+        Ok(WebLm {
+            gm,
+            tokenizer: Rc::clone(&self.tokenizer),
+            with_adapter: lora.is_some(),
+        })
+    }
+}
+
+/// Options of [`WebModel::lm`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LmOptions {
+    max_len: Option<usize>,
+}
+
+/// Adapter values (tuned or imported) to build a [`WebLm`] with, or to export.
+#[wasm_bindgen]
+pub struct WebAdapter {
+    pub(super) lora: Lora<f32>,
+    pub(super) config: LlamaConfig,
+    pub(super) base_name: String,
+}
+
+#[wasm_bindgen]
+impl WebAdapter {
+    /// The LoRA rank.
+    pub fn rank(&self) -> usize {
+        self.lora.config.rank
+    }
+
+    /// The block counts after which its early exits sit (empty: plain LoRA).
+    pub fn exits(&self) -> Vec<u32> {
+        exit_afters(&self.lora)
+    }
+
+    /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}`, and
+    /// `exits: Uint8Array` (`exits.safetensors`) when it has early exits.
+    pub fn files(&self) -> Result<js_sys::Object, JsError> {
+        peft_files(&self.lora, &self.config, &self.base_name)
+    }
+}
+
+pub(super) fn peft_files(
+    lora: &Lora<f32>,
+    config_of: &LlamaConfig,
+    base_name: &str,
+) -> Result<js_sys::Object, JsError> {
+    let (bytes, config) = adapter::export_peft(lora, config_of, base_name).map_err(js_err)?;
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: &JsValue| js_set(&out, k, v, "the adapter object");
+    set(
+        "safetensors",
+        &js_sys::Uint8Array::from(bytes.as_slice()).into(),
+    )?;
+    set("config", &JsValue::from_str(&config))?;
+    if !lora.exits.is_empty() {
+        let exits = adapter::export_exits(lora, config_of).map_err(js_err)?;
+        set("exits", &js_sys::Uint8Array::from(exits.as_slice()).into())?;
+    }
+    Ok(out)
+}
+
+fn exit_afters(lora: &Lora<f32>) -> Vec<u32> {
+    lora.exits.iter().map(|e| e.after as u32).collect()
+}
