@@ -4,7 +4,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::model::WebModel;
-use super::{js_err, js_set, json_with, notify_stage, parse_data, shared_gpu, to_json};
+use super::{js_err, json_with, notify_stage, parse_data, shared_gpu, to_js_object, to_json};
 use crate::compress::pipeline::{self, CompressOptions};
 use crate::compress::policy::Policy;
 use crate::compress::profile::{profile_key, Profile};
@@ -138,17 +138,15 @@ impl WebModel {
             total_seconds: t0.elapsed().as_secs_f64(),
         };
         let summary = json_with(c.to_json(), more)?;
-        let out = js_sys::Object::new();
-        let set = |k: &str, val: &JsValue| js_set(&out, k, val, "the compression result");
-        set(
-            "bytes",
-            &js_sys::Uint8Array::from(c.bytes.as_slice()).into(),
-        )?;
-        set("summary", &JsValue::from_str(&summary))?;
-        if let Some(p) = c.profile.as_ref().filter(|_| c.profile_measured) {
-            set("profile", &JsValue::from_str(&to_json(profile_json(p))?))?;
-        }
-        Ok(out)
+        let profile = match c.profile.as_ref().filter(|_| c.profile_measured) {
+            Some(p) => Some(to_json(profile_json(p))?),
+            None => None,
+        };
+        to_js_object(&Compressed {
+            bytes: &c.bytes,
+            summary,
+            profile,
+        })
     }
 }
 
@@ -245,4 +243,15 @@ struct ProfileInfo<'a> {
     seconds: f64,
     base_loss: Option<f64>,
     dloss: bool,
+}
+
+/// [`WebModel::compress`]'s result: the compressed file, the summary (JSON) and the
+/// profile (JSON) when this call measured one.
+#[derive(Serialize)]
+struct Compressed<'a> {
+    #[serde(with = "serde_bytes")]
+    bytes: &'a [u8],
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
 }

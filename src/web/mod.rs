@@ -147,16 +147,11 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(json).map_err(|e| Error::Invalid(format!("{what}: {e}")))
 }
 
-/// Sets `obj[k] = v`, naming `what` was being built if that fails.
-pub(super) fn js_set(
-    obj: &js_sys::Object,
-    k: &str,
-    v: &JsValue,
-    what: &str,
-) -> Result<(), JsError> {
-    js_sys::Reflect::set(obj, &JsValue::from_str(k), v)
-        .map(|_| ())
-        .map_err(|_| JsError::new(&format!("could not build {what}")))
+/// A result with bytes as a plain JS object (`serde-wasm-bindgen`): its byte fields
+/// (`#[serde(with = "serde_bytes")]`) become Uint8Arrays, its strings JS strings.
+pub(super) fn to_js_object(x: &impl Serialize) -> Result<js_sys::Object, JsError> {
+    let v = serde_wasm_bindgen::to_value(x).map_err(|e| JsError::new(&e.to_string()))?;
+    Ok(v.unchecked_into())
 }
 
 /// Calls a JS progress callback, ignoring what it returns or throws (progress is advisory).

@@ -2,11 +2,11 @@
 
 use std::rc::Rc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
 use super::lm::WebLm;
-use super::{gpu_ready, js_err, js_set, parse_json};
+use super::{gpu_ready, js_err, parse_json, to_js_object};
 use crate::adapter;
 use crate::compress::policy::Policy;
 use crate::engine::{GpuModel, GpuModelOptions};
@@ -195,18 +195,26 @@ pub(super) fn peft_files(
     base_name: &str,
 ) -> Result<js_sys::Object, JsError> {
     let (bytes, config) = adapter::export_peft(lora, config_of, base_name).map_err(js_err)?;
-    let out = js_sys::Object::new();
-    let set = |k: &str, v: &JsValue| js_set(&out, k, v, "the adapter object");
-    set(
-        "safetensors",
-        &js_sys::Uint8Array::from(bytes.as_slice()).into(),
-    )?;
-    set("config", &JsValue::from_str(&config))?;
-    if !lora.exits.is_empty() {
-        let exits = adapter::export_exits(lora, config_of).map_err(js_err)?;
-        set("exits", &js_sys::Uint8Array::from(exits.as_slice()).into())?;
-    }
-    Ok(out)
+    let exits = match lora.exits.is_empty() {
+        true => None,
+        false => Some(adapter::export_exits(lora, config_of).map_err(js_err)?),
+    };
+    to_js_object(&PeftFiles {
+        safetensors: &bytes,
+        config: &config,
+        exits,
+    })
+}
+
+/// The PEFT files of an adapter for the page: `adapter_model.safetensors`,
+/// `adapter_config.json` and, with early exits, `exits.safetensors`.
+#[derive(Serialize)]
+struct PeftFiles<'a> {
+    #[serde(with = "serde_bytes")]
+    safetensors: &'a [u8],
+    config: &'a str,
+    #[serde(with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    exits: Option<Vec<u8>>,
 }
 
 fn exit_afters(lora: &Lora<f32>) -> Vec<u32> {
