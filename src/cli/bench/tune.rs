@@ -31,10 +31,9 @@ use crate::train::{self, Backend, CpuBackend, StepReport, Trainer};
 use crate::tune::{self as run, TuneOptions, TuneSettings};
 use crate::vote::Vote;
 use crate::{Error, Result};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-use super::tune_report::{loss_svg, markdown};
+use super::tune_report::{loss_svg, markdown, ModeResult};
 use super::{io, questions, write_outputs};
 
 #[derive(clap::Args, Debug)]
@@ -127,31 +126,33 @@ pub(crate) struct BenchTuneArgs {
     pub device: Device,
 }
 
-/// One mode's measurements.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct ModeResult {
-    pub mode: &'static str,
-    pub model: PathBuf,
-    pub steps: u64,
-    pub tokens: usize,
-    pub step_ms: f64,
-    pub tokens_per_s: f64,
-    /// The GPU engine's memory plan for this mode (browser default limits).
-    pub peak_gpu_bytes: u64,
-    pub val_loss: Option<f64>,
-    /// Voted (edge: max rule) or plain accuracy; None without evaluation.
-    pub accuracy: Option<f64>,
-    /// Edge: the deepest exit alone, and every exit.
-    pub last_exit_accuracy: Option<f64>,
-    pub exit_accuracies: Vec<(usize, f64)>,
-    pub speedup_vs_vanilla: Option<f64>,
-    pub memory_ratio_vs_vanilla: Option<f64>,
-    /// Accuracy minus vanilla's, in percentage points (voted for edge).
-    pub accuracy_vs_vanilla_points: Option<f64>,
-    /// Prefix cache (windowed modes): rows served from it and rows computed.
-    pub prefix_hits: u64,
-    pub prefix_misses: u64,
-    pub losses: Vec<f64>,
+/// What the report says was run: the settings paragraph above its table.
+fn settings(a: &BenchTuneArgs, engine: &str) -> String {
+    let mut s = format!(
+        "Tuning modes, {} steps × {} row(s) of ≤ {} tokens, LoRA r {}, LR {}, on {engine}. \
+         GPU MiB = the GPU engine's memory plan for the mode (what it allocates; at the \
+         browser's default limits when the steps run on the CPU); ratios are vanilla ÷ mode \
+         (higher is better).\n\n",
+        a.steps,
+        a.batch * a.accum,
+        a.seq_len,
+        a.lora_rank,
+        a.lr
+    );
+    if a.modes.contains(&Mode::Edge) {
+        s += &format!(
+            "Edge: exits every {} blocks, {} window order, window LR × (depth)^{}{}.\n\n",
+            a.exit_stride,
+            a.window_schedule,
+            a.window_lr_power,
+            if a.window_steps_power != 0.0 {
+                format!(", steps ∝ (depth)^{}", a.window_steps_power)
+            } else {
+                String::new()
+            }
+        );
+    }
+    s
 }
 
 /// Makes (or reuses, when present from an earlier run of the same settings) the
@@ -327,7 +328,7 @@ fn bench_modes<B: Benched>(
         Some(c) => format!("the GPU engine on {} ({})", c.info.name, c.info.backend),
         None => "the CPU backend".to_string(),
     };
-    let table = markdown(a, &engine, &results);
+    let table = markdown(&settings(a, &engine), &results);
     let svg = loss_svg(&results);
     let files = [
         ("table.md", table.clone().into_bytes()),

@@ -1,35 +1,41 @@
 //! What `edge-llm bench tune` writes: the markdown table with edge mode against its
 //! targets, and the loss plot.
 
-use super::tune::{BenchTuneArgs, ModeResult};
 use crate::cli::tune::Mode;
+use serde::Serialize;
+use std::path::PathBuf;
 
-pub(super) fn markdown(a: &BenchTuneArgs, engine: &str, rs: &[ModeResult]) -> String {
+/// One mode's measurements.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ModeResult {
+    pub mode: &'static str,
+    pub model: PathBuf,
+    pub steps: u64,
+    pub tokens: usize,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    /// The GPU engine's memory plan for this mode (browser default limits).
+    pub peak_gpu_bytes: u64,
+    pub val_loss: Option<f64>,
+    /// Voted (edge: max rule) or plain accuracy; None without evaluation.
+    pub accuracy: Option<f64>,
+    /// Edge: the deepest exit alone, and every exit.
+    pub last_exit_accuracy: Option<f64>,
+    pub exit_accuracies: Vec<(usize, f64)>,
+    pub speedup_vs_vanilla: Option<f64>,
+    pub memory_ratio_vs_vanilla: Option<f64>,
+    /// Accuracy minus vanilla's, in percentage points (voted for edge).
+    pub accuracy_vs_vanilla_points: Option<f64>,
+    /// Prefix cache (windowed modes): rows served from it and rows computed.
+    pub prefix_hits: u64,
+    pub prefix_misses: u64,
+    pub losses: Vec<f64>,
+}
+
+/// The report: `settings` (what was run, from [`super::tune`]) and the table.
+pub(super) fn markdown(settings: &str, rs: &[ModeResult]) -> String {
     let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("–".into(), f);
-    let mut s = format!(
-        "Tuning modes, {} steps × {} row(s) of ≤ {} tokens, LoRA r {}, LR {}, on {engine}. \
-         GPU MiB = the GPU engine's memory plan for the mode (what it allocates; at the \
-         browser's default limits when the steps run on the CPU); ratios are vanilla ÷ mode \
-         (higher is better).\n\n",
-        a.steps,
-        a.batch * a.accum,
-        a.seq_len,
-        a.lora_rank,
-        a.lr
-    );
-    if a.modes.contains(&Mode::Edge) {
-        s += &format!(
-            "Edge: exits every {} blocks, {} window order, window LR × (depth)^{}{}.\n\n",
-            a.exit_stride,
-            a.window_schedule,
-            a.window_lr_power,
-            if a.window_steps_power != 0.0 {
-                format!(", steps ∝ (depth)^{}", a.window_steps_power)
-            } else {
-                String::new()
-            }
-        );
-    }
+    let mut s = settings.to_string();
     s += "| mode | ms/step | tokens/s | GPU MiB (plan) | val loss | accuracy | last exit | Δ accuracy | speedup | memory ratio |\n";
     s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rs {
