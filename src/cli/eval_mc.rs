@@ -1,8 +1,8 @@
 //! `edge-llm eval-mc`: zero-shot multiple-choice accuracy, voted over early exits when the
 //! adapter has some.
 
-use super::shared::{load, with_lm};
-use super::{progress_bar, Device};
+use super::progress_bar;
+use super::shared::{load, with_lm, LmArgs};
 use crate::data::Dataset;
 use crate::eval;
 use crate::{Error, Result};
@@ -12,15 +12,8 @@ use std::path::PathBuf;
 // (A doc comment here would replace the subcommand's help.)
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    /// A LoRA adapter directory in PEFT format (from `tune --out`).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
-    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
-    /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    lm: LmArgs,
     #[arg(long)]
     data: PathBuf,
     /// Only the first N questions.
@@ -37,9 +30,11 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        model,
-        adapter,
-        device,
+        lm: LmArgs {
+            model,
+            adapter,
+            device,
+        },
         data,
         limit,
         vote,

@@ -1,26 +1,17 @@
 //! `edge-llm generate`: text after a prompt, streamed as whole characters arrive.
 
-use super::shared::{load, with_lm};
-use super::Device;
+use super::shared::{load, with_lm, LmArgs};
 use crate::eval::{self, Sampling};
 use crate::{Error, Result};
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
 // (A doc comment here would replace the subcommand's help.)
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    /// A LoRA adapter directory in PEFT format (from `tune --out`).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
-    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
-    /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    lm: LmArgs,
     #[arg(long)]
     prompt: String,
     /// Wrap the prompt in the model's chat template.
@@ -44,9 +35,11 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        model,
-        adapter,
-        device,
+        lm: LmArgs {
+            model,
+            adapter,
+            device,
+        },
         prompt,
         chat,
         max_tokens,

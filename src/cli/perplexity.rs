@@ -1,7 +1,7 @@
 //! `edge-llm perplexity`: perplexity over the first tokens of a text file.
 
-use super::shared::{load, read_text, with_lm};
-use super::{progress_bar, Device};
+use super::progress_bar;
+use super::shared::{load, read_text, with_lm, LmArgs};
 use crate::eval;
 use crate::Result;
 use serde_json::json;
@@ -10,15 +10,8 @@ use std::path::PathBuf;
 // (A doc comment here would replace the subcommand's help.)
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    /// A LoRA adapter directory in PEFT format (from `tune --out`).
-    #[arg(long)]
-    adapter: Option<PathBuf>,
-    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
-    /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[command(flatten)]
+    lm: LmArgs,
     #[arg(long)]
     text: PathBuf,
     #[arg(long, default_value_t = 1024)]
@@ -29,9 +22,11 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        model,
-        adapter,
-        device,
+        lm: LmArgs {
+            model,
+            adapter,
+            device,
+        },
         text,
         max_tokens,
         json,

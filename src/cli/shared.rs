@@ -6,7 +6,7 @@ use crate::model::ModelFile;
 use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Device {
@@ -64,6 +64,20 @@ pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuConte
             Ok(None)
         }
     }
+}
+
+/// The model a command evaluates: its file, an adapter, and the device it runs on.
+#[derive(clap::Args, Debug)]
+pub(crate) struct LmArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A LoRA adapter directory in PEFT format (from `tune --out`).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
+    /// software Vulkan/WebGPU); gpu: wgpu on whatever adapter exists; cpu: reference.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 }
 
 /// Runs `f` on the chosen backend, both behind [`eval::Lm`].
