@@ -173,6 +173,19 @@ impl Tokenizer {
             .to_vec())
     }
 
+    /// The tokens that end a generated reply: EOS and ChatML's end of turn (when the
+    /// vocabulary has it as one token).
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop: Vec<u32> = self.eos.into_iter().collect();
+        stop.extend(
+            self.encode("<|im_end|>")
+                .ok()
+                .filter(|v| v.len() == 1)
+                .unwrap_or_default(),
+        );
+        stop
+    }
+
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(tok_err)

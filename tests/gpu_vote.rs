@@ -10,8 +10,8 @@
 
 mod common;
 use common::{
-    assert_logits_close, assert_vote_report, cli_stop_tokens, context, mc_questions as questions,
-    random_lora, run, tiny_file_with_layers, tokens,
+    assert_logits_close, assert_vote_report, context, mc_questions as questions, random_lora, run,
+    tiny_file_with_layers, tokens,
 };
 
 use edge_llm::adapter::save_dir;
@@ -398,7 +398,7 @@ fn cli_votes_on_the_gpu() {
 
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    let stop = cli_stop_tokens(&tok);
+    let stop = tok.stop_tokens();
     let want = block_on(eval::generate_voted(
         &mut CpuLm::new(&m),
         &ids,

@@ -3,7 +3,7 @@
 //! pair, and `eval-mc`/`generate --vote` through the binary.
 
 mod common;
-use common::{assert_vote_report, cli_stop_tokens, run, EXITS};
+use common::{assert_vote_report, run, EXITS};
 
 use edge_llm::adapter::{
     export_exits, import_exits, import_peft, load_dir, save_dir, CONFIG_FILE, EXITS_FILE,
@@ -664,7 +664,7 @@ fn cli_eval_mc_and_generate_vote() {
     // generate --vote: the same tokens as the library's voted generation.
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
-    let stop = cli_stop_tokens(&tok);
+    let stop = tok.stop_tokens();
     for (rule, flag) in [(Vote::Max, None), (Vote::Last, Some("last"))] {
         let want = block_on(generate_voted(
             &mut CpuLm::new(&m),

@@ -2,7 +2,7 @@
 //! adapter has some.
 
 use super::progress_bar;
-use super::shared::{load, with_lm, LmArgs};
+use super::shared::{with_lm, LmArgs};
 use crate::data::Dataset;
 use crate::eval;
 use crate::{Error, Result};
@@ -30,11 +30,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        lm: LmArgs {
-            model,
-            adapter,
-            device,
-        },
+        lm,
         data,
         limit,
         vote,
@@ -51,22 +47,18 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if let Some(n) = limit {
         qs.truncate(n);
     }
-    let (file, tok, m) = load(&model, adapter.as_deref())?;
+    let (file, tok, m) = lm.load()?;
     let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
-    if let Some(rule) = crate::vote::resolve(vote, has_exits)? {
+    let rule = crate::vote::resolve(vote, has_exits)?;
+    let pb = progress_bar(qs.len() as u64, "eval-mc");
+    let mut progress = |done: usize, _: usize, correct: usize| {
+        pb.set_position(done as u64);
+        pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+    };
+    if let Some(rule) = rule {
         eprintln!("exit voting: {rule}");
-        let pb = progress_bar(qs.len() as u64, "eval-mc");
-        let r = with_lm(device, &file, &m, |lm| {
-            pollster::block_on(eval::eval_mc_vote(
-                lm,
-                &tok,
-                &qs,
-                rule,
-                &mut |done, _, correct| {
-                    pb.set_position(done as u64);
-                    pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
-                },
-            ))
+        let r = with_lm(lm.device, &file, &m, |lm| {
+            pollster::block_on(eval::eval_mc_vote(lm, &tok, &qs, rule, &mut progress))
         })?;
         pb.finish_and_clear();
         if json {
@@ -96,12 +88,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let pb = progress_bar(qs.len() as u64, "eval-mc");
-    let r = with_lm(device, &file, &m, |lm| {
-        pollster::block_on(eval::eval_mc(lm, &tok, &qs, &mut |done, _, correct| {
-            pb.set_position(done as u64);
-            pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
-        }))
+    let r = with_lm(lm.device, &file, &m, |lm| {
+        pollster::block_on(eval::eval_mc(lm, &tok, &qs, &mut progress))
     })?;
     pb.finish_and_clear();
     if json {

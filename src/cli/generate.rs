@@ -1,6 +1,6 @@
 //! `edge-llm generate`: text after a prompt, streamed as whole characters arrive.
 
-use super::shared::{load, with_lm, LmArgs};
+use super::shared::{with_lm, LmArgs};
 use crate::eval::{self, Sampling};
 use crate::{Error, Result};
 use serde_json::json;
@@ -35,11 +35,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        lm: LmArgs {
-            model,
-            adapter,
-            device,
-        },
+        lm,
         prompt,
         chat,
         max_tokens,
@@ -54,20 +50,14 @@ pub(crate) fn run(a: Args) -> Result<()> {
             "need 0 < --top-p <= 1 and --temperature >= 0".into(),
         ));
     }
-    let (file, tok, m) = load(&model, adapter.as_deref())?;
+    let (file, tok, m) = lm.load()?;
     let text = if chat {
         tok.chat_prompt(&prompt)
     } else {
         prompt
     };
     let ids = tok.encode(&text)?;
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
+    let stop = tok.stop_tokens();
     let sampling = Sampling {
         temperature,
         top_p,
@@ -96,7 +86,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let out = match rule {
         Some(rule) => {
             eprintln!("exit voting: {rule}");
-            with_lm(device, &file, &m, |lm| {
+            with_lm(lm.device, &file, &m, |lm| {
                 pollster::block_on(eval::generate_voted(
                     lm,
                     &ids,
@@ -108,7 +98,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 ))
             })?
         }
-        None => with_lm(device, &file, &m, |lm| {
+        None => with_lm(lm.device, &file, &m, |lm| {
             pollster::block_on(eval::generate(
                 lm,
                 &ids,

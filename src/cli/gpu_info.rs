@@ -1,6 +1,7 @@
 //! `edge-llm gpu-info`: the GPU adapter and its limits.
 
-use crate::{Error, Result};
+use super::shared::print_json;
+use crate::Result;
 
 // (A doc comment here would replace the subcommand's help.)
 #[derive(clap::Args, Debug)]
@@ -13,13 +14,5 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let Args { json } = a;
     let ctx = crate::kernels::GpuContext::new_blocking(None)?;
     let v = ctx.describe();
-    if json {
-        println!("{v}");
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?
-        );
-    }
-    Ok(())
+    print_json(&v, json)
 }

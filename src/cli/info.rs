@@ -1,8 +1,9 @@
 //! `edge-llm info`: a model's configuration, tensors and tokenizer.
 
+use super::shared::print_json;
 use crate::model::ModelFile;
 use crate::tokenizer::Tokenizer;
-use crate::{Error, Result};
+use crate::Result;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -35,13 +36,5 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "tokenizer": {"vocab": tok.vocab_size(), "bos": tok.bos, "eos": tok.eos,
                        "add_bos": tok.add_bos, "chatml": tok.chatml},
     });
-    if json {
-        println!("{v}");
-    } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| Error::Io(e.to_string()))?
-        );
-    }
-    Ok(())
+    print_json(&v, json)
 }

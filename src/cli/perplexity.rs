@@ -1,7 +1,7 @@
 //! `edge-llm perplexity`: perplexity over the first tokens of a text file.
 
 use super::progress_bar;
-use super::shared::{load, read_text, with_lm, LmArgs};
+use super::shared::{read_text, with_lm, LmArgs};
 use crate::eval;
 use crate::Result;
 use serde_json::json;
@@ -22,21 +22,17 @@ pub(crate) struct Args {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let Args {
-        lm: LmArgs {
-            model,
-            adapter,
-            device,
-        },
+        lm,
         text,
         max_tokens,
         json,
     } = a;
     let body = read_text(&text)?;
-    let (file, tok, m) = load(&model, adapter.as_deref())?;
+    let (file, tok, m) = lm.load()?;
     let mut ids = tok.encode(&body)?;
     ids.truncate(max_tokens);
     let pb = progress_bar(ids.len() as u64, "perplexity");
-    let r = with_lm(device, &file, &m, |lm| {
+    let r = with_lm(lm.device, &file, &m, |lm| {
         pollster::block_on(eval::perplexity(lm, &ids, 64, &mut |done, _| {
             pb.set_position(done as u64)
         }))

@@ -80,6 +80,13 @@ pub(crate) struct LmArgs {
     pub device: Device,
 }
 
+impl LmArgs {
+    /// The model with its adapter, and its tokenizer.
+    pub(crate) fn load(&self) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
+        load(&self.model, self.adapter.as_deref())
+    }
+}
+
 /// Runs `f` on the chosen backend, both behind [`eval::Lm`].
 pub(crate) fn with_lm<R>(
     device: Device,
@@ -118,4 +125,15 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
         return Err(Error::Data(format!("{} is empty", path.display())));
     }
     Ok(text)
+}
+
+/// Prints `v` on one line (`--json`) or indented for reading.
+pub(crate) fn print_json(v: &serde_json::Value, compact: bool) -> Result<()> {
+    if compact {
+        println!("{v}");
+    } else {
+        let text = serde_json::to_string_pretty(v).map_err(|e| Error::Io(e.to_string()))?;
+        println!("{text}");
+    }
+    Ok(())
 }

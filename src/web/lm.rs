@@ -247,13 +247,7 @@ impl WebLm {
             prompt
         };
         let ids = tok.encode(&text).map_err(js_err)?;
-        let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-        stop.extend(
-            tok.encode("<|im_end|>")
-                .ok()
-                .filter(|v| v.len() == 1)
-                .unwrap_or_default(),
-        );
+        let stop = tok.stop_tokens();
         let sampling = Sampling {
             temperature: o.temperature,
             top_p: o.top_p,

@@ -135,18 +135,6 @@ pub fn assert_vote_report(obj: &serde_json::Value, want: &edge_llm::eval::McVote
     }
 }
 
-/// The CLI's stop tokens for generation: EOS and ChatML's end of turn (when one token).
-pub fn cli_stop_tokens(tok: &Tokenizer) -> Vec<u32> {
-    let mut stop: Vec<u32> = tok.eos.into_iter().collect();
-    stop.extend(
-        tok.encode("<|im_end|>")
-            .ok()
-            .filter(|v| v.len() == 1)
-            .unwrap_or_default(),
-    );
-    stop
-}
-
 /// The generated tiny model (default spec: 2 blocks).
 pub fn tiny_file() -> ModelFile {
     ModelFile::from_bytes(tiny::generate(&TinySpec::default()).unwrap()).unwrap()
