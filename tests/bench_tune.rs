@@ -4,32 +4,9 @@
 //! vanilla and writes its table, plot and JSON.
 
 use edge_llm::model::tiny;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edge-llm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let objs = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        objs,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::path::Path;
+mod common;
+use common::{run_lines, scratch_dir};
 
 /// The tiny model with 4 blocks, and 40 made-up multiple-choice questions.
 fn setup(dir: &Path) -> (String, String) {
@@ -58,7 +35,7 @@ fn setup(dir: &Path) -> (String, String) {
 
 #[test]
 fn edge_mode_trains_windows_resumes_and_votes() {
-    let dir = scratch("edge-mode");
+    let dir = scratch_dir("edge-mode");
     let (model, data) = setup(&dir);
     let out = dir.join("run").display().to_string();
     let common = [
@@ -82,7 +59,7 @@ fn edge_mode_trains_windows_resumes_and_votes() {
         "--json",
     ];
     let whole = dir.join("whole").display().to_string();
-    let (code, want, err) = run(&[&common[..], &["--out", &whole]].concat());
+    let (code, want, err) = run_lines(&[&common[..], &["--out", &whole]].concat());
     assert_eq!(code, 0, "{err}");
     let windows: Vec<u64> = want
         .iter()
@@ -93,10 +70,11 @@ fn edge_mode_trains_windows_resumes_and_votes() {
     assert_eq!(last["mode"], "edge");
 
     // Stopped after 3 steps (inside the first window) and resumed: the same run.
-    let (code, mut got, err) = run(&[&common[..], &["--out", &out, "--stop-after", "3"]].concat());
+    let (code, mut got, err) =
+        run_lines(&[&common[..], &["--out", &out, "--stop-after", "3"]].concat());
     assert_eq!(code, 0, "{err}");
     got.pop();
-    let (code, rest, err) = run(&["tune", "--resume", &out, "--json"]);
+    let (code, rest, err) = run_lines(&["tune", "--resume", &out, "--json"]);
     assert_eq!(code, 0, "{err}");
     got.extend(rest);
     let key = |v: &[serde_json::Value]| -> Vec<String> {
@@ -109,7 +87,7 @@ fn edge_mode_trains_windows_resumes_and_votes() {
 
     // The adapter carries its exits; eval-mc votes with them by default.
     assert!(Path::new(&out).join("exits.safetensors").exists());
-    let (code, objs, err) = run(&[
+    let (code, objs, err) = run_lines(&[
         "eval-mc",
         "--model",
         &model,
@@ -130,7 +108,8 @@ fn edge_mode_trains_windows_resumes_and_votes() {
     // The GPU engine runs the same windows: the same steps, windows and losses (within
     // f32 rounding of another summation order).
     let on_gpu = dir.join("gpu").display().to_string();
-    let (code, got, err) = run(&[&common[..], &["--out", &on_gpu, "--device", "gpu"]].concat());
+    let (code, got, err) =
+        run_lines(&[&common[..], &["--out", &on_gpu, "--device", "gpu"]].concat());
     assert_eq!(code, 0, "{err}");
     let steps = |v: &[serde_json::Value]| -> Vec<(u64, f64, u64)> {
         v.iter()
@@ -162,7 +141,7 @@ fn edge_mode_trains_windows_resumes_and_votes() {
 
 #[test]
 fn bench_tune_reports_every_mode_against_vanilla() {
-    let dir = scratch("bench-tune");
+    let dir = scratch_dir("bench-tune");
     let (model, data) = setup(&dir);
     let out = dir.join("bench");
     let out_s = out.display().to_string();
@@ -199,7 +178,7 @@ fn bench_tune_reports_every_mode_against_vanilla() {
         &out_s,
         "--json",
     ];
-    let (code, objs, err) = run(&args);
+    let (code, objs, err) = run_lines(&args);
     assert_eq!(code, 0, "{err}");
     let modes: Vec<&str> = objs.iter().map(|o| o["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["vanilla", "compress-then-tune", "partial", "edge"]);
@@ -278,7 +257,7 @@ fn bench_tune_reports_every_mode_against_vanilla() {
             a => a,
         })
         .collect();
-    let (code, gpu, err) = run(&gpu_args);
+    let (code, gpu, err) = run_lines(&gpu_args);
     assert_eq!(code, 0, "{err}");
     let modes: Vec<&str> = gpu.iter().map(|o| o["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["vanilla", "edge"]);
@@ -320,13 +299,13 @@ fn bench_tune_reports_every_mode_against_vanilla() {
 
 #[test]
 fn bench_compress_compares_uniform_and_luc_at_each_budget() {
-    let dir = scratch("bench-compress");
+    let dir = scratch_dir("bench-compress");
     let (model, data) = setup(&dir);
     let text = dir.join("text.txt");
     std::fs::write(&text, "the cat sat on the mat and the dog ran. ".repeat(40)).unwrap();
     let text = text.display().to_string();
     let out = dir.join("bench");
-    let (code, rows, err) = run(&[
+    let (code, rows, err) = run_lines(&[
         "bench",
         "compress",
         "--model",

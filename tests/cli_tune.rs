@@ -3,29 +3,13 @@
 
 use edge_llm::model::tiny;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_edge-llm");
+mod common;
+use common::run_lines;
 
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("edge-llm-tune-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn run(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let objs = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        objs,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn setup(dir: &Path) -> (String, String) {
@@ -62,7 +46,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
     let full = dir.join("full");
     let mut args = common.to_vec();
     args.extend(["--out", full.to_str().unwrap()]);
-    let (code, objs, err) = run(&[&["tune"], args.as_slice()].concat());
+    let (code, objs, err) = run_lines(&[&["tune"], args.as_slice()].concat());
     assert_eq!(code, 0, "{err}");
     let steps: Vec<&serde_json::Value> = objs.iter().filter(|o| o.get("step").is_some()).collect();
     assert_eq!(steps.len(), 8);
@@ -86,10 +70,10 @@ fn stopped_and_resumed_equals_uninterrupted() {
     let part = dir.join("part");
     let mut args = common.to_vec();
     args.extend(["--out", part.to_str().unwrap(), "--stop-after", "3"]);
-    let (code, objs_a, err) = run(&[&["tune"], args.as_slice()].concat());
+    let (code, objs_a, err) = run_lines(&[&["tune"], args.as_slice()].concat());
     assert_eq!(code, 0, "{err}");
     assert_eq!(objs_a.last().unwrap()["stopped_early"], true);
-    let (code, objs_b, err) = run(&["tune", "--resume", part.to_str().unwrap(), "--json"]);
+    let (code, objs_b, err) = run_lines(&["tune", "--resume", part.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
     let resumed: Vec<f64> = objs_a
         .iter()
@@ -105,7 +89,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
     );
 
     // The adapter is used by the other commands.
-    let (code, base, err) = run(&[
+    let (code, base, err) = run_lines(&[
         "perplexity",
         "--model",
         &model,
@@ -116,7 +100,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
         "--json",
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, tuned, err) = run(&[
+    let (code, tuned, err) = run_lines(&[
         "perplexity",
         "--model",
         &model,
@@ -140,7 +124,7 @@ fn stopped_and_resumed_equals_uninterrupted() {
 fn bad_tune_settings_are_refused() {
     let dir = scratch();
     let (model, data) = setup(&dir);
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_lines(&[
         "tune",
         "--model",
         &model,
@@ -151,7 +135,7 @@ fn bad_tune_settings_are_refused() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("--lora-rank"), "{err}");
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_lines(&[
         "tune",
         "--model",
         &model,
@@ -162,10 +146,10 @@ fn bad_tune_settings_are_refused() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown LoRA target"), "{err}");
-    let (code, _, err) = run(&["tune", "--resume", dir.join("nope").to_str().unwrap()]);
+    let (code, _, err) = run_lines(&["tune", "--resume", dir.join("nope").to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("tune output directory"), "{err}");
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_lines(&[
         "generate",
         "--model",
         &model,
@@ -188,7 +172,7 @@ fn gpu_tuning_matches_the_cpu_and_reports_its_memory() {
     let (model, data) = setup(&dir);
     let losses = |device: &str| {
         let out = dir.join(device);
-        let (code, objs, err) = run(&[
+        let (code, objs, err) = run_lines(&[
             "tune",
             "--model",
             &model,
@@ -236,12 +220,12 @@ fn gpu_tuning_matches_the_cpu_and_reports_its_memory() {
     assert!(peak > 0 && last["val_loss"].as_f64().is_some(), "{last}");
 
     // The plan command prints the same total the run allocated, without allocating.
-    let (code, plan, err) = run(&["plan", "--model", &model, "--seq-len", "32", "--json"]);
+    let (code, plan, err) = run_lines(&["plan", "--model", &model, "--seq-len", "32", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(plan[0]["total_bytes"].as_u64().unwrap(), peak);
     // A budget that cannot fit is refused before anything is made, saying what would.
     let refused = dir.join("refused");
-    let (code, _, err) = run(&[
+    let (code, _, err) = run_lines(&[
         "tune",
         "--model",
         &model,

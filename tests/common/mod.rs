@@ -107,6 +107,30 @@ pub fn run(args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
     )
 }
 
+/// Runs the binary: (exit code, every JSON object line of stdout, stderr).
+pub fn run_lines(args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let out = Command::new(BIN).args(args).output().expect("run edge-llm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let objs = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        objs,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh scratch directory of this test process, named `name`.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-llm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// An `eval-mc --vote --json` report against the library's result: every exit's and every
 /// rule's count of correct answers.
 pub fn assert_vote_report(obj: &serde_json::Value, want: &edge_llm::eval::McVoteResult) {
