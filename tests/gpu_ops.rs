@@ -15,6 +15,13 @@ fn every_op_kernel_matches_its_cpu_twin() {
     check(checks::all(&ctx));
 }
 
+/// The roofline's FMA chain (the bench's arithmetic ceiling) computes what its twin does.
+#[test]
+fn fma_chain_matches_its_cpu_twin() {
+    let Some(ctx) = context(None) else { return };
+    check(edge_llm::kernels::roofline::check_fma_chain(&ctx));
+}
+
 /// A device allowing only 32 workgroups per grid dimension: every kernel whose dispatch
 /// exceeds 32 workgroups must fold it into a 2-D grid and still match its twin.
 #[test]

@@ -77,6 +77,57 @@ async fn op_kernels_match_cpu_twins() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The roofline's FMA chain against its twin (Tint compiles it too).
+#[wasm_bindgen_test]
+async fn fma_chain_matches_cpu_twin() {
+    let ctx = context().await;
+    edge_llm::kernels::roofline::check_fma_chain(&ctx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `edge-llm bench kernels`' roofline table in the browser (SwiftShader): the FMA peak and
+/// the copy bandwidth, then every kernel on the q/o projection's shape at one and 256 rows
+/// with its share of both, printed to the test's output.
+#[wasm_bindgen_test]
+async fn roofline_table_in_the_browser() {
+    use edge_llm::kernels::bench::{bench_kernels, BenchOptions};
+    let ctx = context().await;
+    let opts = BenchOptions {
+        shapes: vec![(576, 576)],
+        seq: vec![1, 256],
+        target_s: 0.02,
+    };
+    console_log!("kernel m k n ms GFLOP/s %FMA GB/s %BW ({})", ctx.info.name);
+    let rows = bench_kernels(&ctx, &opts, &mut |r| {
+        console_log!(
+            "{} {} {} {} {:.3} {:.2} {:.1} {:.2} {:.1}",
+            r.kernel,
+            r.m,
+            r.k,
+            r.n,
+            r.ms,
+            r.gflops,
+            r.pct_peak_flops,
+            r.gbps,
+            r.pct_peak_bandwidth
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let peak = rows
+        .iter()
+        .find(|r| r.kernel == "fma_peak")
+        .expect("an FMA peak row");
+    assert!(peak.gflops > 0.0 && peak.pct_peak_flops == 100.0);
+    for r in rows.iter().filter(|r| r.m > 0) {
+        assert!(
+            r.pct_peak_flops.is_finite() && r.pct_peak_bandwidth.is_finite() && r.ms > 0.0,
+            "{r:?}"
+        );
+    }
+}
+
 /// The test bodies of tests/gpu_spmatmul.rs on a subset of its shapes, in the browser.
 #[wasm_bindgen_test]
 async fn sparse_matmul_kernels_match_cpu_twins() {

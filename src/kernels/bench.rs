@@ -2,25 +2,29 @@
 //! by side in one run. Every kernel records `iters` dispatches into one encoder on
 //! resident buffers (no uploads in the timed region); the time is read from GPU timestamp
 //! queries where the adapter offers them (inside encoders), else from the wall clock
-//! around a synchronised submit.
+//! from the submit to the readback of a word copied after the work (so the same code times
+//! in the browser).
 //!
 //! `dense_f32` is the FASTEST dense f32 kernel we have for each shape — the tiled
 //! `matmul_nt`, the GEMV-structured dense variant of `qmatmul`, or the sparse kernels'
 //! tiling run on the unpruned weight — so each ratio compares against the best dense
 //! baseline in the same run, not a weak one. GFLOP/s count dense-equivalent work
 //! (2·m·k·n) for every kernel; GB/s count the bytes a kernel must read and write once
-//! (weight as stored + x + y).
+//! (weight as stored + x + y). Two ceilings are measured first, in the same run: the
+//! copy bandwidth (a 64 MiB buffer copy) and the FMA peak (the FMA-chain kernel,
+//! [`super::roofline`]); every row gives its GFLOP/s and GB/s as percentages of them.
 
 use super::context::GpuContext;
 use super::matmul::MatmulNt;
 use super::qmatmul::{GpuWeight, QMatmul};
+use super::roofline::FmaChain;
 use super::spmatmul::GpuSparseMatrix;
 use crate::formats::quant::{quantize, GgufBlockMatrix};
 use crate::formats::sparse::{
     prune_magnitude, prune_magnitude_2of4, Sparse24Matrix, UnstructuredMatrix, ValueType,
 };
 use crate::gguf::GgmlType;
-use crate::{Error, Result};
+use crate::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -50,6 +54,10 @@ pub struct BenchRow {
     pub ms: f64,
     pub gflops: f64,
     pub gbps: f64,
+    /// `gflops` as a percentage of the adapter's measured FMA peak (`fma_peak`'s row).
+    pub pct_peak_flops: f64,
+    /// `gbps` as a percentage of the adapter's measured copy bandwidth (`copy_bandwidth`).
+    pub pct_peak_bandwidth: f64,
     /// Time of `dense_f32` divided by this kernel's time.
     pub vs_dense: f64,
     /// Bytes of the weight as the kernel reads it.
@@ -89,13 +97,25 @@ enum Op {
 
 struct Timer {
     query: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+    /// A word copied at the end of each timed encoder and read back: the end of the work,
+    /// awaited the same way natively and in the browser (which cannot block on a poll).
+    fence: (wgpu::Buffer, wgpu::Buffer),
 }
 
 impl Timer {
     fn new(ctx: &GpuContext) -> Result<Self> {
+        let fence = (
+            ctx.storage_zeroed("bench fence", 4)?,
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench fence readback"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        );
         let f = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
         if !ctx.features.contains(f) {
-            return Ok(Self { query: None });
+            return Ok(Self { query: None, fence });
         }
         let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("bench"),
@@ -110,6 +130,7 @@ impl Timer {
         });
         Ok(Self {
             query: Some((set, buf)),
+            fence,
         })
     }
 
@@ -119,6 +140,39 @@ impl Timer {
         } else {
             "wall"
         }
+    }
+}
+
+/// Seconds for the work `record` puts into one encoder: from GPU timestamps around it where
+/// the adapter has them (a zero reading falls back), else the wall clock from the submit
+/// to the fence's readback.
+async fn time_work(
+    ctx: &GpuContext,
+    timer: &Timer,
+    record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<f64> {
+    let mut enc = ctx.encoder();
+    if let Some((set, _)) = &timer.query {
+        enc.write_timestamp(set, 0);
+    }
+    record(&mut enc)?;
+    if let Some((set, buf)) = &timer.query {
+        enc.write_timestamp(set, 1);
+        enc.resolve_query_set(set, 0..2, buf, 0);
+    }
+    enc.copy_buffer_to_buffer(&timer.fence.0, 0, &timer.fence.1, 0, 4);
+    let t0 = web_time::Instant::now();
+    ctx.queue.submit([enc.finish()]);
+    ctx.map_read(&timer.fence.1, 4).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    match &timer.query {
+        Some((_, buf)) => {
+            let bytes = ctx.read_buffer(buf).await?;
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+            let ns = ts[1].saturating_sub(ts[0]) as f64 * ctx.queue.get_timestamp_period() as f64;
+            Ok(if ns > 0.0 { ns * 1e-9 } else { wall })
+        }
+        None => Ok(wall),
     }
 }
 
@@ -132,37 +186,68 @@ async fn time(
     (m, k, n): (usize, usize, usize),
     iters: usize,
 ) -> Result<f64> {
-    let mut enc = ctx.encoder();
-    if let Some((set, _)) = &timer.query {
-        enc.write_timestamp(set, 0);
-    }
-    for _ in 0..iters {
-        match op {
-            Op::Tiled(w) => MatmulNt::new(ctx).encode(ctx, &mut enc, x, w, y, m, k, n),
-            Op::Q(q, w) => q.encode_nt(ctx, &mut enc, w, x, y, m)?,
-            Op::Sparse(s) => s.encode(ctx, &mut enc, x, y, m)?,
+    time_work(ctx, timer, |enc| {
+        for _ in 0..iters {
+            match op {
+                Op::Tiled(w) => MatmulNt::new(ctx).encode(ctx, enc, x, w, y, m, k, n),
+                Op::Q(q, w) => q.encode_nt(ctx, enc, w, x, y, m)?,
+                Op::Sparse(s) => s.encode(ctx, enc, x, y, m)?,
+            }
         }
+        Ok(())
+    })
+    .await
+}
+
+/// A ceiling's row: `secs` for `flops` and `bytes` (each at 100 % of itself).
+fn peak_row(
+    kernel: &str,
+    secs: f64,
+    flops: f64,
+    bytes: u64,
+    iters: usize,
+    timer: &Timer,
+) -> BenchRow {
+    BenchRow {
+        kernel: kernel.into(),
+        m: 0,
+        k: 0,
+        n: 0,
+        ms: secs * 1e3,
+        gflops: flops / secs * 1e-9,
+        gbps: bytes as f64 / secs * 1e-9,
+        pct_peak_flops: if flops > 0.0 { 100.0 } else { 0.0 },
+        pct_peak_bandwidth: if bytes > 0 { 100.0 } else { 0.0 },
+        vs_dense: f64::NAN,
+        weight_bytes: 0,
+        iters,
+        timer: timer.name(),
+        best_of: None,
     }
-    if let Some((set, buf)) = &timer.query {
-        enc.write_timestamp(set, 1);
-        enc.resolve_query_set(set, 0..2, buf, 0);
+}
+
+/// The arithmetic ceiling: the FMA chain ([`FmaChain`]) over enough invocations to fill
+/// the adapter, dispatched until about `target_s` of work; the best of three timings.
+async fn fma_peak(ctx: &GpuContext, timer: &Timer, target_s: f64) -> Result<BenchRow> {
+    let k = FmaChain {
+        invocations: 1 << 16,
+        chain: 1024,
+    };
+    let out = ctx.storage_zeroed("fma chain out", k.invocations as u64 * 4)?;
+    let out = &out;
+    let run = |iters: usize| {
+        time_work(ctx, timer, move |enc| {
+            (0..iters).try_for_each(|_| k.encode(ctx, enc, out))
+        })
+    };
+    run(1).await?; // pipeline creation is not timed
+    let once = run(1).await?;
+    let iters = ((target_s / once.max(1e-6)) as usize).clamp(1, 200);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(run(iters).await? / iters as f64);
     }
-    let t0 = web_time::Instant::now();
-    ctx.queue.submit([enc.finish()]);
-    ctx.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-    let wall = t0.elapsed().as_secs_f64();
-    match &timer.query {
-        Some((_, buf)) => {
-            let bytes = ctx.read_buffer(buf).await?;
-            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
-            let ns = ts[1].saturating_sub(ts[0]) as f64 * ctx.queue.get_timestamp_period() as f64;
-            // A timer that reads zero (some drivers) falls back to the wall clock.
-            Ok(if ns > 0.0 { ns * 1e-9 } else { wall })
-        }
-        None => Ok(wall),
-    }
+    Ok(peak_row("fma_peak", best, k.flops(), 0, iters, timer))
 }
 
 /// The bandwidth ceiling: a 64 MiB buffer-to-buffer copy (bytes read plus written), the
@@ -173,44 +258,16 @@ async fn copy_bandwidth(ctx: &GpuContext, timer: &Timer) -> Result<BenchRow> {
     let b = ctx.storage_zeroed("copy dst", BYTES)?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
-        let mut enc = ctx.encoder();
-        if let Some((set, _)) = &timer.query {
-            enc.write_timestamp(set, 0);
-        }
-        enc.copy_buffer_to_buffer(&a, 0, &b, 0, BYTES);
-        if let Some((set, buf)) = &timer.query {
-            enc.write_timestamp(set, 1);
-            enc.resolve_query_set(set, 0..2, buf, 0);
-        }
-        let t0 = web_time::Instant::now();
-        ctx.queue.submit([enc.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        let mut secs = t0.elapsed().as_secs_f64();
-        if let Some((_, buf)) = &timer.query {
-            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&ctx.read_buffer(buf).await?);
-            let ns = ts[1].saturating_sub(ts[0]) as f64 * ctx.queue.get_timestamp_period() as f64;
-            if ns > 0.0 {
-                secs = ns * 1e-9;
-            }
-        }
+        let secs = time_work(ctx, timer, |enc| {
+            enc.copy_buffer_to_buffer(&a, 0, &b, 0, BYTES);
+            Ok(())
+        })
+        .await?;
         best = best.min(secs);
     }
-    Ok(BenchRow {
-        kernel: "copy_bandwidth".into(),
-        m: 0,
-        k: 0,
-        n: 0,
-        ms: best * 1e3,
-        gflops: 0.0,
-        gbps: 2.0 * BYTES as f64 / best * 1e-9,
-        vs_dense: f64::NAN,
-        weight_bytes: BYTES as usize,
-        iters: 3,
-        timer: timer.name(),
-        best_of: None,
-    })
+    let mut row = peak_row("copy_bandwidth", best, 0.0, 2 * BYTES, 3, timer);
+    row.weight_bytes = BYTES as usize;
+    Ok(row)
 }
 
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -227,8 +284,19 @@ pub async fn bench_kernels(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
     let copy = copy_bandwidth(ctx, &timer).await?;
-    progress(&copy);
-    rows.push(copy);
+    let fma = fma_peak(ctx, &timer, opts.target_s).await?;
+    let (peak_gbps, peak_gflops) = (copy.gbps, fma.gflops);
+    for row in [copy, fma] {
+        progress(&row);
+        rows.push(row);
+    }
+    let pct = |v: f64, peak: f64| {
+        if peak > 0.0 {
+            100.0 * v / peak
+        } else {
+            f64::NAN
+        }
+    };
     for &(k, n) in &opts.shapes {
         let w = random(&mut rng, n * k);
         // Build every operand once per shape; the dense ones may not fit a binding.
@@ -336,14 +404,18 @@ pub async fn bench_kernels(
                       iters: usize,
                       best_of: Option<String>| {
                 let io = wbytes + (m * k + m * n) * 4;
+                let gflops = 2.0 * (m * k * n) as f64 / secs * 1e-9;
+                let gbps = io as f64 / secs * 1e-9;
                 BenchRow {
                     kernel,
                     m,
                     k,
                     n,
                     ms: secs * 1e3,
-                    gflops: 2.0 * (m * k * n) as f64 / secs * 1e-9,
-                    gbps: io as f64 / secs * 1e-9,
+                    gflops,
+                    gbps,
+                    pct_peak_flops: pct(gflops, peak_gflops),
+                    pct_peak_bandwidth: pct(gbps, peak_gbps),
                     vs_dense: if best_s.is_finite() {
                         best_s / secs
                     } else {

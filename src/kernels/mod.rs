@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod ops;
 pub mod program;
 pub mod qmatmul;
+pub mod roofline;
 pub mod spmatmul;
 pub mod weights;
 

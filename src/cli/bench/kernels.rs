@@ -60,8 +60,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
     );
     if !json {
         println!(
-            "{:<28} {:>4} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9}  timer",
-            "kernel", "m", "k", "n", "ms", "GFLOP/s", "GB/s", "vs dense"
+            "{:<28} {:>4} {:>5} {:>6} {:>10} {:>8} {:>6} {:>8} {:>6} {:>9}  timer",
+            "kernel", "m", "k", "n", "ms", "GFLOP/s", "%FMA", "GB/s", "%BW", "vs dense"
         );
     }
     let rows = pollster::block_on(bench::bench_kernels(&ctx, &opts, &mut |r| {
@@ -73,8 +73,18 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 None => r.kernel.clone(),
             };
             println!(
-                "{:<28} {:>4} {:>5} {:>6} {:>10.3} {:>8.2} {:>8.2} {:>8.2}x  {}",
-                name, r.m, r.k, r.n, r.ms, r.gflops, r.gbps, r.vs_dense, r.timer
+                "{:<28} {:>4} {:>5} {:>6} {:>10.3} {:>8.2} {:>6.1} {:>8.2} {:>6.1} {:>8.2}x  {}",
+                name,
+                r.m,
+                r.k,
+                r.n,
+                r.ms,
+                r.gflops,
+                r.pct_peak_flops,
+                r.gbps,
+                r.pct_peak_bandwidth,
+                r.vs_dense,
+                r.timer
             );
         }
     }))?;
