@@ -3,6 +3,13 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`edge-llm … | head`) panics;
+    // restore the default, under which the process ends quietly like any Unix filter.
+    #[cfg(unix)]
+    // SAFETY: called once, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     std::process::exit(edge_llm::cli::main());
 }
 

@@ -283,3 +283,44 @@ fn gpu_and_cpu_devices_agree() {
     };
     assert_eq!(gen("gpu"), gen("cpu"));
 }
+
+/// `edge-llm … | head`: output into a pipe the reader has closed ends the process quietly
+/// (no "failed printing to stdout" panic). The output is several times a pipe's buffer, so
+/// the writer is still writing when the reader goes.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let model = tiny_model();
+    let text = scratch("long.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog ".repeat(20_000),
+    )
+    .unwrap();
+    let args = ["tokenize", "--model", model.to_str().unwrap()];
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--file", text.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edge-llm");
+    let mut head = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The reader is dropped here: the pipe is closed.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    // The same command into an open pipe writes far more than one pipe buffer (64 KiB).
+    let full = Command::new(BIN)
+        .args(args)
+        .args(["--file", text.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(full.status.success());
+    assert!(full.stdout.len() > 4 << 16, "{} bytes", full.stdout.len());
+}

@@ -46,8 +46,8 @@ enum Cmd {
     Perplexity(perplexity::Args),
     /// Zero-shot multiple-choice accuracy (summed log-likelihood of each choice).
     EvalMc(eval_mc::Args),
-    /// Tune LoRA adapters on a data file (CPU reference backend; the GPU backend is in
-    /// progress). Writes a PEFT adapter and a checkpoint to --out.
+    /// Tune LoRA adapters on a data file, on the GPU engine or the CPU backend (--device),
+    /// in any mode (--mode). Writes a PEFT adapter and a checkpoint to --out.
     Tune(Box<tune::TuneArgs>),
     /// Print the GPU memory plan of a tuning run (every buffer, by category) without
     /// allocating anything, and whether it fits --memory-budget.
