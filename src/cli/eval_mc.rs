@@ -52,8 +52,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let rule = crate::vote::resolve(vote, has_exits)?;
     let pb = progress_bar(qs.len() as u64, "eval-mc");
     let mut progress = |done: usize, _: usize, correct: usize| {
-        pb.set_position(done as u64);
         pb.set_message(format!("eval-mc acc {:.3}", correct as f64 / done as f64));
+        pb.set_position(done as u64);
     };
     if let Some(rule) = rule {
         eprintln!("exit voting: {rule}");

@@ -25,13 +25,14 @@ pub(crate) fn progress_bar(len: u64, what: &str) -> Progress {
 }
 
 /// Progress of long work: a bar on a terminal; elsewhere (a pipe, a log file, CI), where
-/// the bar is hidden, a plain line at most every [`PLAIN_EVERY_S`] seconds.
+/// the bar is hidden, a plain line at most every [`PLAIN_EVERY_S`] seconds, written when the
+/// position moves (so callers set the message first).
 pub(crate) struct Progress {
     bar: ProgressBar,
     plain: Option<Plain>,
 }
 
-const PLAIN_EVERY_S: f64 = 30.0;
+const PLAIN_EVERY_S: f64 = 5.0;
 
 struct Plain {
     what: String,

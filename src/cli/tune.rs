@@ -441,8 +441,8 @@ fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -
                            "gpu_bytes": trainer.backend.gpu_bytes()})
                 );
             }
-            pb.set_position(r.step);
             pb.set_message(format!("tune loss {:.4}", r.loss));
+            pb.set_position(r.step);
             if spec.save_every > 0 && r.step.is_multiple_of(spec.save_every) {
                 save(&mut trainer)?;
             }

@@ -301,8 +301,8 @@ fn bench_modes<B: Benched>(
             pollster::block_on(r.trainer.run(n, &mut |rep| {
                 reports.push(rep.clone());
                 done += 1;
-                pb.set_position(done);
                 pb.set_message(format!("{name} step {} loss {:.4}", rep.step, rep.loss));
+                pb.set_position(done);
             }))?;
         }
     }
@@ -437,11 +437,11 @@ fn score(
     let file = ModelFile::open(model)?;
     let pb = progress_bar(questions.len() as u64, "eval-mc");
     let mut progress = |done: usize, _: usize, correct: usize| {
-        pb.set_position(done as u64);
         pb.set_message(format!(
             "{label} acc {:.3}",
             correct as f64 / done.max(1) as f64
         ));
+        pb.set_position(done as u64);
     };
     let plain = |r: eval::McResult| -> Scores { (r.accuracy, None, Vec::new()) };
     let voted = |r: eval::McVoteResult| -> Scores {
