@@ -3,15 +3,12 @@
 //! webdriver.json for the browser flags.
 #![cfg(target_arch = "wasm32")]
 
+use edge_llm::kernels::ops::checks::MATMUL_TOL;
 use edge_llm::kernels::{matmul_nt, GpuContext};
 use edge_llm::reference::ops;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-/// Tolerance rule, as in tests/gpu_matmul.rs: |gpu − cpu| ≤ max(REL_TOL·(|gpu| + |cpu|), ABS_TOL).
-const REL_TOL: f32 = 1e-4;
-const ABS_TOL: f32 = 1e-3;
 
 /// Deterministic values in [-1, 1) (a small LCG: no rand state needed in the browser).
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -59,9 +56,8 @@ async fn matmul_nt_matches_cpu_twin_on_awkward_shapes() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.len(), m * n);
         for (i, (&g, &c)) in got.iter().zip(&want).enumerate() {
-            let tol = (REL_TOL * (g.abs() + c.abs())).max(ABS_TOL);
             assert!(
-                (g - c).abs() <= tol,
+                MATMUL_TOL.close(g, c),
                 "m={m} k={k} n={n} y[{i}]: gpu {g} cpu {c}"
             );
         }

@@ -5,6 +5,7 @@
 
 use super::context::GpuContext;
 use super::program::{Bind, KernelSpec};
+use crate::tolerance::Tol;
 use crate::{Error, Result};
 
 const SOURCE: &str = include_str!("../../shaders/roofline.wgsl");
@@ -12,6 +13,10 @@ const SOURCE: &str = include_str!("../../shaders/roofline.wgsl");
 pub const WG: u32 = 64;
 /// Flops per step of one invocation: 8 vec4 FMAs of 2 flops per lane.
 const FLOPS_PER_STEP: u64 = 8 * 4 * 2;
+/// GPU against twin: the recurrence contracts, so a fused or unfused multiply-add (WGSL
+/// allows either) differs by a few ulps of the sum (≈ 50), far below 1e-4 of it; a wrong
+/// step count or start moves it by far more.
+pub const FMA_CHAIN_TOL: Tol = Tol::new(1e-4, 1e-4);
 /// The shader's contraction factor and offset.
 const M: f32 = 1.0 - 1.0 / 1024.0;
 const C: f32 = 1.0 / 1024.0;
@@ -60,9 +65,7 @@ impl FmaChain {
         let mut enc = ctx.encoder();
         self.encode(ctx, &mut enc, &out)?;
         ctx.queue.submit([enc.finish()]);
-        let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&ctx.read_buffer(&out).await?);
-        v.truncate(self.invocations as usize);
-        Ok(v)
+        super::ops::read(ctx, &out, self.invocations as usize).await
     }
 }
 
@@ -86,23 +89,18 @@ pub fn fma_chain_twin(i: u32, chain: u32) -> f32 {
 }
 
 /// Test body: the GPU's sums against the twin on an awkward count (not a multiple of the
-/// workgroup) and two chain lengths. The recurrence contracts, so a fused or unfused
-/// multiply-add rounds differently by a few ulps only.
+/// workgroup) and two chain lengths.
 pub async fn check_fma_chain(ctx: &GpuContext) -> Result<()> {
     for chain in [1u32, 300] {
         let k = FmaChain {
             invocations: 1000,
             chain,
         };
+        let want: Vec<f32> = (0..k.invocations)
+            .map(|i| fma_chain_twin(i, chain))
+            .collect();
         let got = k.run(ctx).await?;
-        for (i, g) in got.iter().enumerate() {
-            let want = fma_chain_twin(i as u32, chain);
-            if (g - want).abs() > 1e-4 * want.abs().max(1.0) {
-                return Err(Error::Invalid(format!(
-                    "fma chain {chain}: invocation {i} wrote {g}, the twin {want}"
-                )));
-            }
-        }
+        crate::tolerance::compare(&format!("fma chain {chain}"), &got, &want, FMA_CHAIN_TOL)?;
     }
     Ok(())
 }
