@@ -61,9 +61,11 @@ pub trait Lm {
 /// The head's logits of `tokens` appended to `lm`'s context.
 async fn head(lm: &mut dyn Lm, tokens: &[u32]) -> Result<Vec<f32>> {
     let mut heads = lm.append(tokens, Readout::Head).await?;
-    heads
-        .pop()
-        .ok_or_else(|| Error::Invalid("the model returned no logits".into()))
+    heads.pop().ok_or_else(no_logits)
+}
+
+fn no_logits() -> Error {
+    Error::Invalid("the model returned no logits".into())
 }
 
 /// The CPU reference as an [`Lm`] (ready futures).
@@ -208,7 +210,7 @@ pub async fn eval_mc(
         let scores = score_choices(lm, tok, q, Readout::Head)
             .await?
             .pop()
-            .unwrap_or_default();
+            .ok_or_else(no_logits)?;
         let best = argmax_f64(&scores);
         correct += usize::from(best == q.answer);
         predictions.push(best);

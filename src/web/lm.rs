@@ -135,25 +135,14 @@ impl WebLm {
             .transpose()
             .map_err(js_err)?;
         let t0 = web_time::Instant::now();
+        let mut report = |done: usize, total: usize, correct: usize| {
+            let counts = [done as f64, total as f64, correct as f64];
+            notify(&progress, &counts.map(JsValue::from))
+        };
         if let Some(rule) = self.vote_rule(asked).map_err(js_err)? {
-            let r = eval::eval_mc_vote(
-                &mut self.gm,
-                &self.tokenizer,
-                &qs,
-                rule,
-                &mut |done, total, correct| {
-                    notify(
-                        &progress,
-                        &[
-                            (done as f64).into(),
-                            (total as f64).into(),
-                            (correct as f64).into(),
-                        ],
-                    )
-                },
-            )
-            .await
-            .map_err(js_err)?;
+            let r = eval::eval_mc_vote(&mut self.gm, &self.tokenizer, &qs, rule, &mut report)
+                .await
+                .map_err(js_err)?;
             let argmax = |s: &[f64]| {
                 (0..s.len())
                     .max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
@@ -183,23 +172,9 @@ impl WebLm {
                 questions,
             });
         }
-        let r = eval::eval_mc(
-            &mut self.gm,
-            &self.tokenizer,
-            &qs,
-            &mut |done, total, correct| {
-                notify(
-                    &progress,
-                    &[
-                        (done as f64).into(),
-                        (total as f64).into(),
-                        (correct as f64).into(),
-                    ],
-                )
-            },
-        )
-        .await
-        .map_err(js_err)?;
+        let r = eval::eval_mc(&mut self.gm, &self.tokenizer, &qs, &mut report)
+            .await
+            .map_err(js_err)?;
         let questions = qs
             .iter()
             .zip(r.predictions.iter().zip(&r.scores))
