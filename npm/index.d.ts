@@ -60,6 +60,9 @@ export interface TuneOptions {
   seed?: number;
   memory_budget?: number | null;
   recompute?: boolean;
+  /** Where the run trains: 'auto' (default) the GPU engine on a hardware WebGPU adapter,
+   * the CPU engine on a software adapter (SwiftShader) or none; 'gpu'; 'cpu'. */
+  device?: Device;
   /** Which layers train (`edge-llm tune --mode`). Partial and edge train windows of
    * layers on the GPU, one at a time; compress-then-tune needs a compressed model.
    * Default 'vanilla'. */
@@ -81,6 +84,7 @@ export interface TuneOptions {
   partial_layers?: number;
 }
 
+export type Device = 'auto' | 'gpu' | 'cpu';
 export type TuneMode = 'vanilla' | 'compress-then-tune' | 'partial' | 'edge';
 export type WindowSchedule = 'reference' | 'adaptive';
 export type VoteRule = 'max' | 'mean' | 'majority' | 'last';
@@ -110,8 +114,10 @@ export interface TunePlan {
   max_storage_buffer_binding_size: number;
   max_buffer_size: number;
   mode: TuneMode;
-  /** Where the run trains: every mode on the GPU. */
-  device: 'gpu';
+  /** Where the run trains (the device rule's choice) and why, in plain words. On the
+   * CPU the plan is of host memory: `total_bytes` and `by_category` only. */
+  device: 'gpu' | 'cpu';
+  device_reason: string;
   /** Block counts after which early exits sit (edge mode). */
   exits: number[];
   windows: TuneWindow[];
@@ -139,7 +145,7 @@ export interface StepReport {
   loss: number;
   /** The window trained (an index into the plan's `windows`; windowed modes only). */
   window?: number;
-  device: 'gpu';
+  device: 'gpu' | 'cpu';
   lr: number;
   tokens_per_s: number;
   val_loss?: number | null;
@@ -174,7 +180,7 @@ export declare class Model {
   plan(options?: TuneOptions): Promise<TunePlan>;
   tuner(input: DataInput): Promise<Tuner>;
   importAdapter(files: { safetensors: Uint8Array; config: string; exits?: Uint8Array | null }): Adapter;
-  lm(options?: { adapter?: Adapter | null; maxLen?: number }): Promise<Lm>;
+  lm(options?: { adapter?: Adapter | null; maxLen?: number; device?: Device }): Promise<Lm>;
   /** A copy of the GGUF file's bytes. */
   bytes(): Uint8Array;
   /** Checks a policy document against this model; throws the first problem. */
@@ -360,7 +366,9 @@ export declare class Tuner {
   readonly totalSteps: number;
   readonly step: number;
   readonly gpuBytes: number;
-  readonly device: 'gpu';
+  /** Where the run trains, and why in plain words (the device rule). */
+  readonly device: 'gpu' | 'cpu';
+  readonly deviceReason: string;
   runStep(): Promise<StepReport>;
   run(options?: { onStep?: (report: StepReport) => void; signal?: AbortSignal }): Promise<StepReport | null>;
   validationLoss(): Promise<number | null>;
@@ -424,6 +432,9 @@ export interface GenerateResult {
 export declare class Lm {
   readonly inner: Raw.WebLm;
   readonly gpuBytes: number;
+  /** Where the model runs, and why in plain words (the device rule). */
+  readonly device: 'gpu' | 'cpu';
+  readonly deviceReason: string;
   readonly maxLen: number;
   readonly hasAdapter: boolean;
   /** Block counts after which the adapter's early exits sit (empty: none). */

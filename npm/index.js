@@ -78,20 +78,20 @@ export class Model {
     return JSON.parse(this.inner.check_data(name, text, kind, asJson(options)));
   }
 
-  /// The GPU memory plan of a tuning run (nothing is allocated), with `mode`, `device`,
-  /// `exits` and `windows` (windowed modes, partial and edge, plan their windows).
+  /// The memory plan of a tuning run (nothing is allocated) on the engine `options.device`
+  /// picks ('auto' by default: WebGPU on a hardware adapter, the CPU engine on a software
+  /// adapter or none), with `device`, `device_reason`, `mode`, `exits` and `windows`
+  /// (windowed modes, partial and edge, plan their windows).
   async plan(options = {}) {
-    await gpuInfo();
-    return JSON.parse(this.inner.plan_tuning(asJson(options)));
+    return JSON.parse(await this.inner.plan_tuning(asJson(options)));
   }
 
   /// A LoRA tuning run on `text` (plain text, instruction JSONL or multiple-choice JSONL;
   /// `kind`: 'auto' | 'text' | 'instruct' | 'mc'); `options` as `edge-llm tune`
-  /// (steps, lr, seq_len, lora_rank, accum, mode, exit_stride, …). The trainer is
-  /// allocated on the GPU (partial and edge: their windows).
+  /// (steps, lr, seq_len, lora_rank, accum, mode, exit_stride, device, …). The trainer
+  /// is built on the engine `options.device` picks, as `plan()` says.
   async tuner({ text, name = 'data.txt', kind = 'auto', options = {} }) {
-    await gpuInfo();
-    return new Tuner(this.inner.tuner(name, text, kind, asJson(options)));
+    return new Tuner(await this.inner.tuner(name, text, kind, asJson(options)));
   }
 
   /// Reads a PEFT adapter (`adapter_model.safetensors` bytes, `adapter_config.json` text),
@@ -160,12 +160,12 @@ export class Model {
     };
   }
 
-  /// The model on the GPU for evaluation and generation, with `adapter` if given.
-  /// `maxLen`: KV-cache positions (default min(context, 2048)).
-  async lm({ adapter = null, maxLen } = {}) {
-    await gpuInfo();
-    const opts = asJson(maxLen ? { max_len: maxLen } : {});
-    return new Lm(adapter ? this.inner.lm_with_adapter(adapter.inner, opts) : this.inner.lm(opts));
+  /// The model for evaluation and generation, with `adapter` if given, on the engine
+  /// `device` picks (as for tuning: 'auto', 'gpu' or 'cpu'). `maxLen`: the GPU model's
+  /// KV-cache positions (default min(context, 2048)).
+  async lm({ adapter = null, maxLen, device = 'auto' } = {}) {
+    const opts = asJson(maxLen ? { max_len: maxLen, device } : { device });
+    return new Lm(await (adapter ? this.inner.lm_with_adapter(adapter.inner, opts) : this.inner.lm(opts)));
   }
 
   free() { this.inner.free(); }
@@ -181,8 +181,9 @@ export class Tuner {
   get totalSteps() { return this.inner.total_steps(); }
   get step() { return this.inner.current_step(); }
   get gpuBytes() { return this.inner.gpu_bytes(); }
-  /// 'gpu' (every mode trains on the GPU).
+  /// 'gpu' or 'cpu': where the run trains, and why in plain words.
   get device() { return this.inner.device(); }
+  get deviceReason() { return this.inner.device_reason(); }
 
   /// One optimizer step: `{step, loss, lr, tokens_per_s, val_loss?, stop, …}`; `stop` is
   /// 'steps' while the run goes on.
@@ -243,10 +244,13 @@ export class Lm {
   constructor(inner) { this.inner = inner; }
 
   get gpuBytes() { return this.inner.gpu_bytes(); }
+  /// 'gpu' or 'cpu': where the model runs, and why in plain words.
+  get device() { return this.inner.device(); }
+  get deviceReason() { return this.inner.device_reason(); }
   get maxLen() { return this.inner.max_len(); }
   get hasAdapter() { return this.inner.has_adapter(); }
   /// Block counts after which the adapter's early exits sit (empty: none). With exits,
-  /// accuracy and generation vote over them on the GPU, in one pass to the deepest exit.
+  /// accuracy and generation vote over them, in one pass to the deepest exit.
   get exits() { return Array.from(this.inner.exits()); }
 
   /// Perplexity of the first `maxTokens` tokens of `text`.

@@ -17,6 +17,7 @@ use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::borrow::Borrow;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -68,18 +69,23 @@ fn no_logits() -> Error {
     Error::Invalid("the model returned no logits".into())
 }
 
-/// The CPU reference as an [`Lm`] (ready futures).
-pub struct CpuLm<'a> {
-    pub model: &'a Transformer<f32>,
+/// The CPU engine as an [`Lm`] (ready futures), over a borrowed or owned model.
+pub struct CpuLm<M: Borrow<Transformer<f32>>> {
+    pub model: M,
     cache: KvCache<f32>,
 }
 
-impl<'a> CpuLm<'a> {
-    pub fn new(model: &'a Transformer<f32>) -> Self {
+impl<M: Borrow<Transformer<f32>>> CpuLm<M> {
+    pub fn new(model: M) -> Self {
+        let n_layers = model.borrow().w.config.n_layers;
         Self {
             model,
-            cache: KvCache::new(model.w.config.n_layers),
+            cache: KvCache::new(n_layers),
         }
+    }
+
+    fn model(&self) -> &Transformer<f32> {
+        self.model.borrow()
     }
 
     fn append_now(&mut self, tokens: &[u32], readout: Readout) -> Result<Vec<Vec<f32>>> {
@@ -93,30 +99,37 @@ impl<'a> CpuLm<'a> {
             )));
         }
         match readout {
-            Readout::Head => Ok(vec![self.model.logits(tokens, Some(&mut self.cache))]),
+            Readout::Head => Ok(vec![self
+                .model
+                .borrow()
+                .logits(tokens, Some(&mut self.cache))]),
             Readout::Exits => {
                 check_exits(&self.exits())?;
-                Ok(self.model.exit_logits(tokens, Some(&mut self.cache)))
+                Ok(self
+                    .model
+                    .borrow()
+                    .exit_logits(tokens, Some(&mut self.cache)))
             }
         }
     }
 }
 
-impl Lm for CpuLm<'_> {
+impl<M: Borrow<Transformer<f32>>> Lm for CpuLm<M> {
     fn vocab(&self) -> usize {
-        self.model.w.config.vocab
+        self.model().w.config.vocab
     }
     fn max_len(&self) -> usize {
-        self.model.w.config.context_length
+        self.model().w.config.context_length
     }
     fn len(&self) -> usize {
         self.cache.len
     }
     fn truncate(&mut self, len: usize) {
-        self.cache.truncate(len, self.model.w.config.kv_dim());
+        let kv = self.model().w.config.kv_dim();
+        self.cache.truncate(len, kv);
     }
     fn exits(&self) -> Vec<usize> {
-        self.model
+        self.model()
             .lora
             .as_ref()
             .map(|l| l.exits.iter().map(|e| e.after).collect())

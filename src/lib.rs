@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod compress;
 pub mod data;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod eval;

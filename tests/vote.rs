@@ -234,7 +234,7 @@ fn cached_exit_logits_equal_uncached() {
     assert_eq!(full.len(), EXITS.len());
     let mut lm = CpuLm::new(&m);
     assert_eq!(lm.exits(), EXITS);
-    let check = |lm: &mut CpuLm, from: usize, parts: &[usize]| {
+    let check = |lm: &mut CpuLm<&Transformer<f32>>, from: usize, parts: &[usize]| {
         lm.truncate(from);
         let mut got = vec![Vec::new(); EXITS.len()];
         let mut at = from;

@@ -6,8 +6,9 @@
 // 'eval-progress', done, total, correct?}), streamed chat text ({event: 'token', text})
 // and profiling/compression progress ({event: 'compress-progress', stage, done, total}).
 // It drives the engine through ./edge-llm.js, the npm package's wrapper (npm/index.js).
-// Every tuning mode trains on the GPU; exit voting at evaluation runs on the same GPU
-// model, which computes every early exit's logits in one pass.
+// Tuning and evaluation run on the engine the page's device setting picks ('auto': WebGPU
+// on a hardware adapter, the wasm CPU engine on a software adapter such as SwiftShader or
+// none); exit voting runs on the same model, which computes every exit's logits in one pass.
 
 import { init, gpuInfo, loadModel, loseGpuForTesting } from './edge-llm.js';
 
@@ -54,7 +55,7 @@ function freeAdapters() {
 /// weights change. Reading the tuned adapter out of a finished run frees that run's
 /// trainer, so the two never both hold GPU memory after tuning (a paused run keeps it:
 /// it may still continue).
-async function ensureLm(source) {
+async function ensureLm(source, device = 'auto') {
   if (!model) throw new Error('no model loaded');
   if (looping) throw new Error('a tuning run is in progress: pause it (or let it finish) before evaluating');
   let key = 'base', adapter = null;
@@ -75,9 +76,10 @@ async function ensureLm(source) {
   } else if (source !== 'base') {
     throw new Error(`unknown model source ${source}`);
   }
+  key = `${key}@${device}`;
   if (!lm || lmKey !== key) {
     freeLm();
-    lm = await model.lm({ adapter });
+    lm = await model.lm({ adapter, device });
     lmKey = key;
   }
   return lm;
@@ -91,6 +93,8 @@ function evalInfo(source) {
     lm_bytes: lm ? lm.gpuBytes : 0,
     max_len: lm ? lm.maxLen : 0,
     lm_exits: lm ? lm.exits : [],
+    lm_device: lm ? lm.device : null,
+    lm_device_reason: lm ? lm.deviceReason : null,
     trainer_bytes: tuner ? tuner.gpuBytes : 0,
   };
 }
@@ -168,6 +172,7 @@ const ops = {
       total: tuner.totalSteps,
       step: tuner.step,
       device: tuner.device,
+      device_reason: tuner.deviceReason,
     };
   },
 
@@ -217,16 +222,16 @@ const ops = {
   },
 
   /// Builds (or reuses) the evaluation model and says what it holds.
-  prepareEval({ source }) {
+  prepareEval({ source, device }) {
     return exclusive(async () => {
-      await ensureLm(source);
+      await ensureLm(source, device);
       return evalInfo(source);
     });
   },
 
-  perplexity({ source, text, max_tokens }) {
+  perplexity({ source, text, max_tokens, device }) {
     return exclusive(async () => {
-      const m = await ensureLm(source);
+      const m = await ensureLm(source, device);
       const r = await m.perplexity(text, {
         maxTokens: max_tokens,
         onProgress: (done, total) => post({ event: 'eval-progress', what: 'perplexity', done, total }),
@@ -235,12 +240,12 @@ const ops = {
     });
   },
 
-  evalMc({ source, jsonl, limit, vote }) {
+  evalMc({ source, jsonl, limit, vote, device }) {
     return exclusive(async () => {
-      const m = await ensureLm(source);
+      const m = await ensureLm(source, device);
       const r = await m.evalMc(jsonl, {
         limit,
-        // The rule applies to adapters with early exits; others score on the GPU alone.
+        // The rule applies to adapters with early exits; others score with their head.
         vote: m.exits.length ? vote : undefined,
         onProgress: (done, total, correct) => post({ event: 'eval-progress', what: 'mc', done, total, correct }),
       });
@@ -248,9 +253,9 @@ const ops = {
     });
   },
 
-  generate({ source, prompt, options }) {
+  generate({ source, prompt, options, device }) {
     return exclusive(async () => {
-      const m = await ensureLm(source);
+      const m = await ensureLm(source, device);
       const vote = m.exits.length ? options.vote : undefined;
       const r = await m.generate(prompt, { ...options, vote, onText: (text) => post({ event: 'token', text }) });
       return { ...r, ...evalInfo(source) };
@@ -342,10 +347,23 @@ async function checkpointEvent(event, extra = {}) {
     [bytes.buffer]);
 }
 
+/// Resolves after the requests already queued (pause, cancel) have run: the CPU engine's
+/// steps complete without waiting on the event loop, so without this a run would take no
+/// request until it ended.
+function queuedRequests() {
+  return new Promise((resolve) => {
+    const c = new MessageChannel();
+    c.port1.onmessage = () => resolve();
+    c.port2.postMessage(0);
+  });
+}
+
 async function loop() {
   looping = true;
   try {
     while (running) {
+      await queuedRequests();
+      if (!running) break;
       const t0 = performance.now();
       const report = await tuner.runStep();
       report.step_ms = performance.now() - t0;

@@ -8,12 +8,8 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Device {
-    Auto,
-    Gpu,
-    Cpu,
-}
+pub(crate) use crate::device::Device;
+use crate::device::{choose, Adapter};
 
 /// A byte count: digits with an optional K, M or G suffix (KiB, MiB, GiB).
 pub(crate) fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
@@ -39,31 +35,31 @@ pub(crate) fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// The GPU to run on for `device`, or None for the CPU reference (saying which on stderr):
-/// auto takes a hardware GPU, not a software adapter, which is slower than the reference.
+/// The GPU to run on for `device`, or None for the CPU engine, by the one device rule
+/// (`crate::device`), saying which and why on stderr.
 pub(crate) fn pick_gpu(device: Device) -> Result<Option<crate::kernels::GpuContext>> {
-    if device == Device::Cpu {
-        eprintln!("device: CPU reference");
-        return Ok(None);
-    }
-    match crate::kernels::GpuContext::new_blocking(None) {
-        Ok(ctx) if device == Device::Gpu || !ctx.is_software() => {
-            eprintln!("device: GPU {} ({})", ctx.info.name, ctx.info.backend);
-            Ok(Some(ctx))
+    let found = match device {
+        Device::Cpu => None,
+        _ => Some(crate::kernels::GpuContext::new_blocking(None)),
+    };
+    let (choice, ctx) = match found {
+        None => (choose(device, &Adapter::NotAsked)?, None),
+        Some(Err(e)) => (choose(device, &Adapter::Missing(&e.to_string()))?, None),
+        Some(Ok(ctx)) => {
+            let name = format!("{} ({})", ctx.info.name, ctx.info.backend);
+            let adapter = Adapter::Found {
+                name: &name,
+                software: ctx.is_software(),
+            };
+            (choose(device, &adapter)?, Some(ctx))
         }
-        Ok(ctx) => {
-            eprintln!(
-                "device: CPU reference ({} is a software adapter; --device gpu uses it anyway)",
-                ctx.info.name
-            );
-            Ok(None)
-        }
-        Err(e) if device == Device::Gpu => Err(e),
-        Err(_) => {
-            eprintln!("device: CPU reference (no GPU adapter)");
-            Ok(None)
-        }
-    }
+    };
+    eprintln!(
+        "device: {} ({})",
+        choice.device.to_uppercase(),
+        choice.reason
+    );
+    Ok(ctx.filter(|_| choice.is_gpu()))
 }
 
 /// The model a command evaluates: its file, an adapter, and the device it runs on.

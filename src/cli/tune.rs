@@ -82,9 +82,9 @@ pub(crate) struct TuneArgs {
     /// Checkpoint and exit after N steps in this session (continue with --resume).
     #[arg(long)]
     stop_after: Option<u64>,
-    /// auto: a hardware GPU if there is one, else the CPU reference (faster than a
-    /// software adapter such as lavapipe); gpu: any WebGPU/Vulkan adapter.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    /// auto: a hardware GPU if there is one, else the CPU engine (faster than a
+    /// software adapter such as lavapipe); gpu: any WebGPU/Vulkan adapter; cpu.
+    #[arg(long, value_enum, default_value_t = TuneOptions::default().device)]
     device: Device,
     /// GPU memory the run may use (bytes; K, M, G suffixes are KiB, MiB, GiB): layer
     /// recompute and narrower logits chunks are chosen to fit, or the run is refused
@@ -159,6 +159,7 @@ pub(crate) fn tune(a: TuneArgs) -> Result<i32> {
         seed: a.seed,
         memory_budget: a.memory_budget,
         recompute: a.recompute,
+        device: a.device,
         mode: a.mode,
         exit_stride: a.exit_stride,
         window_schedule,

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod examples;
+pub mod host_plan;
 pub mod layers;
 pub mod modes;
 pub mod options;
@@ -28,6 +29,7 @@ pub mod trainer;
 pub use checkpoint::{ParamState, Tensor, TrainState};
 pub use cpu::CpuBackend;
 pub use examples::{prepare, DataConfig, DataStats, Example, Prepared, Row};
+pub use host_plan::{host_plan, HostPlan};
 pub use layers::{exits_every, LayerSchedule, Phase, WindowOrder};
 pub use modes::{
     mode_layers, Mode, ModeArgs, ModeLayers, DEFAULT_DEPTH_LR_POWER, DEFAULT_DEPTH_STEPS_POWER,

@@ -5,6 +5,7 @@
 //! `crate::tune` builds a run from it.
 
 use super::{mode_layers, DataConfig, Decay, Mode, ModeArgs, TrainConfig, WindowOrder};
+use crate::device::Device;
 use crate::reference::{LoraConfig, Proj};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,8 @@ pub struct TuneOptions {
     pub memory_budget: Option<u64>,
     /// Layer recompute on the GPU (less memory, one more forward per block).
     pub recompute: bool,
+    /// Where the run trains: the GPU engine or the CPU engine (`crate::device`'s rule).
+    pub device: Device,
     /// Which layers train.
     pub mode: Mode,
     /// Edge mode: an exit after every this many blocks (clamped to the model's blocks).
@@ -84,6 +87,7 @@ impl Default for TuneOptions {
             seed: train.seed,
             memory_budget: None,
             recompute: false,
+            device: Device::default(),
             mode: mode.mode,
             exit_stride: mode.exit_stride,
             window_schedule: mode.window_schedule,

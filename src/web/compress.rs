@@ -4,10 +4,11 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use super::model::WebModel;
-use super::{js_err, json_with, notify_stage, parse_data, shared_gpu, to_js_object, to_json};
+use super::{engine_for, js_err, json_with, notify_stage, parse_data, to_js_object, to_json};
 use crate::compress::pipeline::{self, CompressOptions};
 use crate::compress::policy::Policy;
 use crate::compress::profile::{profile_key, Profile};
+use crate::device::Device;
 use crate::kernels::GpuContext;
 use crate::train::Row;
 
@@ -57,7 +58,7 @@ impl WebModel {
         .map_err(js_err)?;
         json_with(
             profile_json(&p),
-            Device {
+            Ran {
                 device: device_name(gpu),
             },
         )
@@ -164,19 +165,11 @@ impl WebModel {
     }
 }
 
-/// The device of profiling's calibration passes, picked as the CLI's `--device` picks it:
-/// "auto" (or none given) this thread's WebGPU device unless it is a software adapter
-/// (SwiftShader; the CPU reference is faster there) or there is none; "gpu" the WebGPU
-/// device whatever it is; "cpu" the CPU reference.
+/// The device of profiling's calibration passes, by the one device rule (`crate::device`):
+/// "auto" (or none given), "gpu" or "cpu".
 async fn profiling_gpu(device: Option<&str>) -> Result<Option<&'static GpuContext>, JsError> {
-    match device.unwrap_or("auto") {
-        "auto" => Ok(shared_gpu().await.ok().filter(|c| !c.is_software())),
-        "gpu" => Ok(Some(shared_gpu().await?)),
-        "cpu" => Ok(None),
-        other => Err(JsError::new(&format!(
-            "device '{other}': profiling runs on 'auto', 'gpu' or 'cpu'"
-        ))),
-    }
+    let asked: Device = device.unwrap_or("auto").parse().map_err(js_err)?;
+    Ok(engine_for(asked).await?.1)
 }
 
 /// Where calibration ran, as the page names it.
@@ -210,7 +203,7 @@ fn profile_json(p: &Profile) -> ProfileJson<'_> {
 
 /// What [`WebModel::profile`] adds to the profile.
 #[derive(Serialize)]
-struct Device {
+struct Ran {
     device: &'static str,
 }
 

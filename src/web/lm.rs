@@ -9,9 +9,11 @@ use wasm_bindgen::prelude::*;
 use super::{js_err, json_with, notify, parse_data, parse_json, to_json};
 use crate::adapter;
 use crate::data::Dataset;
+use crate::device::Choice;
 use crate::engine::GpuModel;
-use crate::eval::{self, Sampling};
+use crate::eval::{self, CpuLm, Sampling};
 use crate::eval::{ExitAccuracy, VoteAccuracy};
+use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::vote::Vote;
 use crate::Error;
@@ -48,16 +50,50 @@ impl Default for GenerateOptions {
 /// and generation: the engine's `GpuModel` behind the same `eval` functions as the CLI.
 #[wasm_bindgen]
 pub struct WebLm {
-    pub(super) gm: GpuModel<'static>,
+    pub(super) engine: Engine,
+    /// The device rule's choice and its reason.
+    pub(super) device: Choice,
     pub(super) tokenizer: Rc<Tokenizer>,
     pub(super) with_adapter: bool,
+}
+
+/// The model a [`WebLm`] runs: on the GPU engine or on the CPU engine, both an
+/// [`eval::Lm`].
+pub(super) enum Engine {
+    Gpu(Box<GpuModel<'static>>),
+    Cpu(CpuLm<Transformer<f32>>),
+}
+
+impl Engine {
+    fn lm(&mut self) -> &mut dyn eval::Lm {
+        match self {
+            Engine::Gpu(m) => &mut **m,
+            Engine::Cpu(m) => m,
+        }
+    }
+
+    fn lm_ref(&self) -> &dyn eval::Lm {
+        match self {
+            Engine::Gpu(m) => &**m,
+            Engine::Cpu(m) => m,
+        }
+    }
+
+    /// Positions per `append` in perplexity: the GPU model's scratch rows; the CLI's
+    /// chunk on the CPU.
+    fn chunk(&self) -> usize {
+        match self {
+            Engine::Gpu(m) => m.max_t(),
+            Engine::Cpu(_) => 64,
+        }
+    }
 }
 
 impl WebLm {
     /// The voting rule for `asked` (default max with exits); asking without exits is an
     /// error.
     fn vote_rule(&self, asked: Option<Vote>) -> crate::Result<Option<Vote>> {
-        match (asked, self.gm.exits().is_empty()) {
+        match (asked, self.engine.lm_ref().exits().is_empty()) {
             (Some(r), true) => Err(Error::Invalid(format!(
                 "voting ({r}) needs an adapter with early exits: tune in edge mode, or load \
                  the adapter with its {}",
@@ -71,14 +107,27 @@ impl WebLm {
 
 #[wasm_bindgen]
 impl WebLm {
-    /// GPU bytes this model holds (weights, KV cache, scratch).
+    /// GPU bytes this model holds (weights, KV cache, scratch; 0 on the CPU engine).
     pub fn gpu_bytes(&self) -> f64 {
-        self.gm.allocated_bytes() as f64
+        match &self.engine {
+            Engine::Gpu(m) => m.allocated_bytes() as f64,
+            Engine::Cpu(_) => 0.0,
+        }
+    }
+
+    /// Where it runs: "gpu" or "cpu".
+    pub fn device(&self) -> String {
+        self.device.device.into()
+    }
+
+    /// Why it runs there, in plain words (the device rule's reason).
+    pub fn device_reason(&self) -> String {
+        self.device.reason.clone()
     }
 
     /// Positions the KV cache holds: the longest prompt plus reply, or text evaluated.
     pub fn max_len(&self) -> usize {
-        eval::Lm::max_len(&self.gm)
+        self.engine.lm_ref().max_len()
     }
 
     /// Whether a LoRA adapter is applied.
@@ -88,7 +137,12 @@ impl WebLm {
 
     /// The block counts after which the adapter's early exits sit (empty: none).
     pub fn exits(&self) -> Vec<u32> {
-        self.gm.exits().into_iter().map(|a| a as u32).collect()
+        self.engine
+            .lm_ref()
+            .exits()
+            .into_iter()
+            .map(|a| a as u32)
+            .collect()
     }
 
     /// Perplexity of the first `max_tokens` tokens of `text` (at most the cache length):
@@ -100,10 +154,10 @@ impl WebLm {
         progress: Option<js_sys::Function>,
     ) -> Result<String, JsError> {
         let mut ids = self.tokenizer.encode(&text).map_err(js_err)?;
-        ids.truncate(max_tokens.min(eval::Lm::max_len(&self.gm)));
+        ids.truncate(max_tokens.min(self.engine.lm_ref().max_len()));
         let t0 = web_time::Instant::now();
-        let chunk = self.gm.max_t();
-        let r = eval::perplexity(&mut self.gm, &ids, chunk, &mut |done, total| {
+        let chunk = self.engine.chunk();
+        let r = eval::perplexity(self.engine.lm(), &ids, chunk, &mut |done, total| {
             notify(&progress, &[(done as f64).into(), (total as f64).into()])
         })
         .await
@@ -140,7 +194,7 @@ impl WebLm {
             notify(&progress, &counts.map(JsValue::from))
         };
         if let Some(rule) = self.vote_rule(asked).map_err(js_err)? {
-            let r = eval::eval_mc_vote(&mut self.gm, &self.tokenizer, &qs, rule, &mut report)
+            let r = eval::eval_mc_vote(self.engine.lm(), &self.tokenizer, &qs, rule, &mut report)
                 .await
                 .map_err(js_err)?;
             let argmax = |s: &[f64]| {
@@ -165,14 +219,14 @@ impl WebLm {
                 n: r.n,
                 correct: r.correct,
                 seconds: t0.elapsed().as_secs_f64(),
-                device: "gpu",
+                device: self.device.device,
                 vote: Some(r.rule),
                 exits: Some(&r.exits),
                 votes: Some(&r.votes),
                 questions,
             });
         }
-        let r = eval::eval_mc(&mut self.gm, &self.tokenizer, &qs, &mut report)
+        let r = eval::eval_mc(self.engine.lm(), &self.tokenizer, &qs, &mut report)
             .await
             .map_err(js_err)?;
         let questions = qs
@@ -192,7 +246,7 @@ impl WebLm {
             n: r.n,
             correct: r.correct,
             seconds: t0.elapsed().as_secs_f64(),
-            device: "gpu",
+            device: self.device.device,
             vote: None,
             exits: None,
             votes: None,
@@ -247,7 +301,7 @@ impl WebLm {
         let out = match rule {
             Some(rule) => {
                 eval::generate_voted(
-                    &mut self.gm,
+                    self.engine.lm(),
                     &ids,
                     o.max_tokens,
                     &sampling,
@@ -259,7 +313,7 @@ impl WebLm {
             }
             None => {
                 eval::generate(
-                    &mut self.gm,
+                    self.engine.lm(),
                     &ids,
                     o.max_tokens,
                     &sampling,
@@ -289,7 +343,7 @@ impl WebLm {
             prefill_seconds: prefill,
             tokens_per_s: out.len() as f64 / secs.max(1e-9),
             decode_tokens_per_s: decode_tps,
-            device: "gpu",
+            device: self.device.device,
             vote: rule,
             text,
         })

@@ -26,6 +26,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::data::{Dataset, LineError};
+use crate::device::{choose, Adapter, Choice, Device};
 use crate::kernels::GpuContext;
 use crate::Error;
 
@@ -54,12 +55,56 @@ thread_local! {
 
 /// This thread's GPU device, created on first use (WebGPU baseline limits).
 pub(super) async fn shared_gpu() -> Result<&'static GpuContext, JsError> {
+    gpu_context().await.map_err(js_err)
+}
+
+async fn gpu_context() -> crate::Result<&'static GpuContext> {
     if let Some(ctx) = GPU.with(|g| g.get().copied()) {
         return Ok(ctx);
     }
-    let ctx = GpuContext::new(None).await.map_err(js_err)?;
+    let ctx = GpuContext::new(None).await?;
     // Another call may have finished first while this one awaited: keep the first.
     Ok(GPU.with(|g| *g.get_or_init(|| Box::leak(Box::new(ctx)))))
+}
+
+/// The engine for `asked` by the one device rule (`crate::device`): this thread's GPU
+/// device (created on first use) when the rule takes it, else None for the CPU engine;
+/// with the rule's reason in plain words.
+pub(super) async fn engine_for(
+    asked: Device,
+) -> Result<(Choice, Option<&'static GpuContext>), JsError> {
+    let found = match asked {
+        Device::Cpu => None,
+        _ => Some(gpu_context().await),
+    };
+    let (choice, ctx) = match found {
+        None => (choose(asked, &Adapter::NotAsked), None),
+        Some(Err(e)) => (choose(asked, &Adapter::Missing(&e.to_string())), None),
+        Some(Ok(ctx)) => {
+            let name = adapter_name(ctx);
+            let adapter = Adapter::Found {
+                name: &name,
+                software: ctx.is_software(),
+            };
+            (choose(asked, &adapter), Some(ctx))
+        }
+    };
+    let choice = choice.map_err(js_err)?;
+    let ctx = ctx.filter(|_| choice.is_gpu());
+    Ok((choice, ctx))
+}
+
+/// The adapter as the page names it: its name, driver or driver details, whichever the
+/// browser gives.
+fn adapter_name(ctx: &GpuContext) -> String {
+    let i = &ctx.info;
+    match [&i.name, &i.driver, &i.driver_info]
+        .into_iter()
+        .find(|s| !s.is_empty())
+    {
+        Some(name) => format!("{name} (WebGPU)"),
+        None => "the browser's WebGPU adapter".into(),
+    }
 }
 
 pub(super) fn gpu_ready() -> Result<&'static GpuContext, JsError> {

@@ -5,13 +5,15 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
-use super::lm::WebLm;
-use super::{gpu_ready, js_err, parse_json, to_js_object};
+use super::lm::{Engine, WebLm};
+use super::{engine_for, js_err, parse_json, to_js_object};
 use crate::adapter;
 use crate::compress::policy::Policy;
+use crate::device::Device;
 use crate::engine::{GpuModel, GpuModelOptions};
+use crate::eval::CpuLm;
 use crate::model::{LlamaConfig, ModelFile};
-use crate::reference::Lora;
+use crate::reference::{Lora, Transformer};
 use crate::tokenizer::Tokenizer;
 
 /// A model loaded from GGUF bytes: its header, configuration and tokenizer.
@@ -114,19 +116,20 @@ impl WebModel {
         })
     }
 
-    /// The base model on this thread's GPU for evaluation and generation (`gpu_info` must
-    /// have run). `options_json`: `{max_len?}` (KV-cache positions).
-    pub fn lm(&self, options_json: &str) -> Result<WebLm, JsError> {
-        self.build_lm(None, options_json)
+    /// The base model for evaluation and generation, on the engine `options_json`'s
+    /// `device` picks (`crate::device`'s rule). `options_json`: `{max_len?, device?}`
+    /// (`max_len`: the GPU model's KV-cache positions).
+    pub async fn lm(&self, options_json: &str) -> Result<WebLm, JsError> {
+        self.build_lm(None, options_json).await
     }
 
-    /// The model with `adapter`'s LoRA (tuned or imported) on this thread's GPU.
-    pub fn lm_with_adapter(
+    /// The model with `adapter`'s LoRA (tuned or imported), on the engine `device` picks.
+    pub async fn lm_with_adapter(
         &self,
         adapter: &WebAdapter,
         options_json: &str,
     ) -> Result<WebLm, JsError> {
-        self.build_lm(Some(&adapter.lora), options_json)
+        self.build_lm(Some(&adapter.lora), options_json).await
     }
 }
 
@@ -137,18 +140,36 @@ impl WebModel {
             .to_owned()
     }
 
-    fn build_lm(&self, lora: Option<&Lora<f32>>, options_json: &str) -> Result<WebLm, JsError> {
-        let ctx = gpu_ready()?;
+    async fn build_lm(
+        &self,
+        lora: Option<&Lora<f32>>,
+        options_json: &str,
+    ) -> Result<WebLm, JsError> {
         let o: LmOptions = parse_json("model options", options_json).map_err(js_err)?;
-        let opts = GpuModelOptions {
-            max_len: o.max_len,
-            ..Default::default()
-        };
+        let (device, ctx) = engine_for(o.device).await?;
         // With exits the same model also gives every exit's logits (voted accuracy and
         // chat); perplexity reads the model's own head.
-        let gm = GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?;
+        let engine = match ctx {
+            Some(ctx) => {
+                let opts = GpuModelOptions {
+                    max_len: o.max_len,
+                    ..Default::default()
+                };
+                Engine::Gpu(Box::new(
+                    GpuModel::new(ctx, &self.model, &opts, lora).map_err(js_err)?,
+                ))
+            }
+            None => {
+                let model = Transformer {
+                    w: self.model.weights().map_err(js_err)?,
+                    lora: lora.cloned(),
+                };
+                Engine::Cpu(CpuLm::new(model))
+            }
+        };
         Ok(WebLm {
-            gm,
+            engine,
+            device,
             tokenizer: Rc::clone(&self.tokenizer),
             with_adapter: lora.is_some(),
         })
@@ -160,6 +181,7 @@ impl WebModel {
 #[serde(default, deny_unknown_fields)]
 struct LmOptions {
     max_len: Option<usize>,
+    device: Device,
 }
 
 /// Adapter values (tuned or imported) to build a [`WebLm`] with, or to export.

@@ -289,6 +289,8 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
     assert.equal(await page.isHidden('#cmp-error'), true);
 
     // A short compress-then-tune run, then the run report.
+    // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+    await page.selectOption('#opt-device', 'gpu');
     for (const [id, v] of [['#opt-steps', TUNE_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 2],
       ['#opt-save', 2], ['#opt-accum', 1], ['#opt-rank', 4]]) {
       await page.fill(id, String(v));

@@ -99,3 +99,49 @@ export function ensureWebData() {
     fs.symlinkSync(path.join('..', '..', 'data', d), link);
   }
 }
+
+/// The small text the tuning tests train on: short rows that a few steps visibly learn.
+export const TEXT = Array.from({ length: 60 }, (_, i) =>
+  `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
+
+// Browser (SwiftShader) vs native (Vulkan) GPU losses: |a − b| ≤ max(REL·(|a| + |b|), ABS).
+export const LOSS_REL_TOL = 1e-3;
+export const LOSS_ABS_TOL = 1e-3;
+
+/// Runs the CLI (`edge-llm ARGS --json`) and returns its JSON lines, or null without a binary.
+export function cliJson(args) {
+  const bin = edgeLlm();
+  if (!bin) return null;
+  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+}
+
+/// The browser run `train` ([step, loss, window?] per step) against the same run natively
+/// (`edge-llm tune FLAGS --device DEVICE` on TEXT): the same steps, windows and losses within
+/// |a − b| ≤ max(rel·(|a| + |b|), abs). Returns the native step objects, or null without a
+/// CLI binary.
+export function checkNativeSteps(flags, train, what, { device = 'gpu', rel = LOSS_REL_TOL, abs = LOSS_ABS_TOL } = {}) {
+  const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-'));
+  fs.writeFileSync(path.join(dir, 'song.txt'), TEXT);
+  let native;
+  try {
+    native = cliJson(['tune', '--model', TINY, '--data', path.join(dir, 'song.txt'), ...flags,
+      '--device', device, '--out', path.join(dir, 'run')]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (!native) {
+    console.log('native cross-check skipped (no edge-llm binary)');
+    return null;
+  }
+  const close = (a, b) => Math.abs(a - b) <= Math.max(rel * (Math.abs(a) + Math.abs(b)), abs);
+  const steps = native.filter((r) => typeof r.loss === 'number');
+  assert.equal(steps.length, train.length, 'steps, native vs browser');
+  steps.forEach((r, i) => {
+    const [s, v, w] = train[i];
+    assert.ok(r.step === s && (r.window ?? null) === (w ?? null) && close(r.loss, v),
+      `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
+  });
+  console.log(`native run (${what}): the same steps, windows and losses`);
+  return steps;
+}

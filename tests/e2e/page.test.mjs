@@ -134,7 +134,7 @@ test('a file that is not GGUF gives a plain message, and a good file picked from
   }
 });
 
-test('without WebGPU: plain messages with what to do, the model still loads, tuning is refused', async () => {
+test('without WebGPU: plain messages with what to do, the model loads, tuning runs on the CPU engine', async () => {
   // A browser without WebGPU, in the page and in its workers.
   const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
   await context.addInitScript(() => { delete Navigator.prototype.gpu; });
@@ -154,13 +154,17 @@ test('without WebGPU: plain messages with what to do, the model still loads, tun
     // The model is read without a GPU (configuration and tokenizer run in wasm on the CPU).
     assert.equal(await page.textContent('#model-status'), 'Loaded models/default.gguf.');
     assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '30');
-    // Tuning says why it cannot start and what to do, without wgpu's list of backends.
-    await page.waitForSelector('#tune-error:not([hidden])');
-    const tuneError = await page.textContent('#tune-error');
-    assert.match(tuneError, /^Tuning needs WebGPU, and this page has none in a worker: .*no WebGPU adapter found: .*Chrome or Edge \(113\+\)/);
-    assert.doesNotMatch(tuneError, /not compiled in|mesa-vulkan/);
-    await page.waitForFunction(() => document.querySelector('#plan-status').textContent === 'Tuning needs WebGPU.');
-    assert.doesNotMatch(await page.textContent('#plan-error'), /Change the mode/);
+    // The engine rule picks the CPU engine and says why, without wgpu's list of backends.
+    await page.waitForFunction(() => /^Runs on the CPU engine/.test(document.querySelector('#plan-status').textContent));
+    const why = await page.textContent('#plan-table [data-key=device] td');
+    assert.match(why, /^the CPU engine, because there is no GPU adapter \(.*no WebGPU adapter found/);
+    assert.doesNotMatch(why, /not compiled in|mesa-vulkan/);
+    assert.equal(await page.isHidden('#tune-error'), true);
+    assert.equal(await page.isDisabled('#tune-start'), false);
+    // Asking for the GPU where there is none is refused with what to do.
+    await page.selectOption('#opt-device', 'gpu');
+    await page.waitForFunction(() => document.querySelector('#plan-status').textContent.startsWith('There is no GPU here'));
+    assert.match(await page.textContent('#plan-error'), /choose 'auto' or 'cpu'/);
     assert.equal(await page.isDisabled('#tune-start'), true);
     assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
   } finally {

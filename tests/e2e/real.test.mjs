@@ -200,13 +200,15 @@ test('the real model in the page: tune, reload and resume, evaluate, chat, downl
 
       // The three ARC-Easy questions as the user's file, and the run's settings.
       await page.setInputFiles('#data-file', { name: DATA_NAME, mimeType: 'application/json', buffer: Buffer.from(dataText) });
+      // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+      await page.selectOption('#opt-device', 'gpu');
       for (const [id, v] of [['#opt-steps', SETTINGS.steps], ['#opt-lr', SETTINGS.lr], ['#opt-seq', SETTINGS.seq],
         ['#opt-eval', SETTINGS.eval], ['#opt-save', SAVE_EVERY], ['#opt-accum', SETTINGS.accum], ['#opt-rank', SETTINGS.rank]]) {
         await page.fill(id, String(v));
       }
       assert.equal(await page.inputValue('#opt-mode'), 'vanilla');
       assert.equal(await until((name) => document.querySelector('#data-status').textContent.startsWith(`${name}: 3 `) &&
-        /^Needs /.test(document.querySelector('#plan-status').textContent) &&
+        /^Runs on the GPU and needs /.test(document.querySelector('#plan-status').textContent) &&
         !document.querySelector('#tune-start').disabled, DATA_NAME), 'ok');
       const dataStatus = await page.textContent('#data-status');
       assert.match(dataStatus, /→ 1 training rows .*1 validation rows/, dataStatus);

@@ -18,7 +18,10 @@
 // (`edge-llm make-tiny`) when it is missing.
 
 import { test, before, after } from 'node:test';
-import { ROOT, WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, ensureWebData, edgeLlm } from './harness.mjs';
+import {
+  ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, edgeLlm, cliJson, checkNativeSteps,
+  LOSS_REL_TOL, LOSS_ABS_TOL,
+} from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -32,9 +35,6 @@ const TIMEOUT_MS = 240_000;
 const STEPS = 24;
 const NATIVE_FLAGS = ['--steps', '24', '--lr', '0.01', '--seq-len', '32', '--eval-every', '4', '--accum', '1',
   '--lora-rank', '4', '--seed', '0'];
-// Browser (SwiftShader) vs native (Vulkan) losses: |a − b| ≤ max(REL·(|a| + |b|), ABS).
-const LOSS_REL_TOL = 1e-3;
-const LOSS_ABS_TOL = 1e-3;
 const SAVE_EVERY = 4;
 // Evaluation after tuning: tokens of the tuning text scored, chat length, ARC questions.
 const PPL_TOKENS = 128;
@@ -107,9 +107,6 @@ after(async () => {
 });
 
 // A small, repetitive text: a tiny random model learns it within a few steps.
-const TEXT = Array.from({ length: 60 }, (_, i) =>
-  `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
-
 const BAD_JSONL = [
   '{"prompt": "Question: 2+2?\\nAnswer:", "response": " 4"}',
   '{"prompt": "no response here"}',
@@ -159,6 +156,8 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
 
     // The small text file, and the settings of a short run.
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+    await page.selectOption('#opt-device', 'gpu');
     for (const [id, v] of [['#opt-steps', STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
       ['#opt-save', SAVE_EVERY], ['#opt-accum', 1], ['#opt-rank', 4]]) {
       await page.fill(id, String(v));
@@ -397,42 +396,6 @@ const EDGE_FLAGS = ['--steps', String(EDGE_STEPS), '--lr', '0.01', '--seq-len', 
   '--accum', '1', '--lora-rank', '4', '--seed', '0', '--mode', 'edge', '--exit-stride', '1',
   '--window-steps-power', '1'];
 
-/// Runs the CLI (`edge-llm ARGS --json`) and returns its JSON lines, or null without a binary.
-function cliJson(args) {
-  const bin = edgeLlm();
-  if (!bin) return null;
-  const out = execFileSync(bin, [...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  return out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
-}
-
-/// The browser run `train` ([step, loss, window?] per step) against the same run natively on
-/// the GPU engine (`edge-llm tune FLAGS --device gpu` on TEXT): the same steps, windows and
-/// losses within LOSS_*_TOL. Returns the native step objects, or null without a CLI binary.
-function checkNativeSteps(flags, train, what) {
-  const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'native-'));
-  fs.writeFileSync(path.join(dir, 'song.txt'), TEXT);
-  let native;
-  try {
-    native = cliJson(['tune', '--model', TINY, '--data', path.join(dir, 'song.txt'), ...flags,
-      '--device', 'gpu', '--out', path.join(dir, 'run')]);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-  if (!native) {
-    console.log('native cross-check skipped (no edge-llm binary)');
-    return null;
-  }
-  const close = (a, b) => Math.abs(a - b) <= Math.max(LOSS_REL_TOL * (Math.abs(a) + Math.abs(b)), LOSS_ABS_TOL);
-  const steps = native.filter((r) => typeof r.loss === 'number');
-  assert.equal(steps.length, train.length, 'steps, native vs browser');
-  steps.forEach((r, i) => {
-    const [s, v, w] = train[i];
-    assert.ok(r.step === s && (r.window ?? null) === (w ?? null) && close(r.loss, v),
-      `step ${s}: native window ${r.window} loss ${r.loss}, browser window ${w} loss ${v}`);
-  });
-  console.log(`native run (${what}): the same steps, windows and losses`);
-  return steps;
-}
 
 test('edge mode: windows on the GPU, per-window losses, per-exit and voted accuracy, exits.safetensors', async () => {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
@@ -456,6 +419,8 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     assert.equal(await page.inputValue('#opt-exit-stride'), '2');
     assert.equal(await page.inputValue('#opt-partial'), '2');
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+    await page.selectOption('#opt-device', 'gpu');
     for (const [id, v] of [['#opt-steps', EDGE_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
       ['#opt-save', 4], ['#opt-accum', 1], ['#opt-rank', 4]]) {
       await page.fill(id, String(v));
@@ -481,7 +446,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
       /exits/.test(document.querySelector('#plan-table [data-key=exits]')?.textContent ?? ''));
     assert.match(await page.textContent('#mode-note'), /train one window of blocks at a time on the GPU/);
-    assert.match(await page.textContent('#plan-status'), /^Needs .* of GPU memory/);
+    assert.match(await page.textContent('#plan-status'), /^Runs on the GPU and needs .* of GPU memory/);
     assert.equal(await page.textContent('#plan-table [data-key=exits] td'), '1, 2');
     assert.match(await page.textContent('#plan-table [data-key=windows] td'),
       /window 1 \(block 1, exit after 1, LR × 0\.25\); window 2 \(block 2, exit after 2\); reference order/);
@@ -599,7 +564,8 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     assert.deepEqual(fromDisk.rows, tuned.rows, 'the adapter from disk votes as the tuned one');
     await page.screenshot({ path: path.join(ARTIFACTS, 'edge-eval.png'), fullPage: true });
 
-    // A checkpoint resumes only under its own schedule (through the npm wrapper, on the GPU).
+    // A checkpoint resumes only under its own schedule (through the npm wrapper, whose
+    // 'auto' engine is the CPU engine on SwiftShader's software adapter).
     const refused = await page.evaluate(async (text) => {
       const m = await import('./edge-llm.js');
       const model = await m.loadModel('models/tiny.gguf');
@@ -612,12 +578,13 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
       try { await b.resume(bytes); } catch (e) { message = e.message; }
       const c = await model.tuner({ text, name: 'song.txt', options });
       const at = await c.resume(bytes);
-      const out = { message, device: a.device, window: r.window, stepDevice: r.device, at };
+      const out = { message, device: a.device, reason: a.deviceReason, window: r.window, stepDevice: r.device, at };
       for (const x of [a, b, c, model]) x.free();
       return out;
     }, TEXT);
-    assert.equal(refused.device, 'gpu');
-    assert.equal(refused.stepDevice, 'gpu');
+    assert.equal(refused.device, 'cpu');
+    assert.match(refused.reason, /software adapter/);
+    assert.equal(refused.stepDevice, 'cpu');
     assert.equal(refused.window, 0);
     assert.equal(refused.at, 1, 'the same settings resume');
     assert.match(refused.message ?? '', /another mode, exit stride, partial layers or window schedule/);
@@ -693,6 +660,8 @@ test('out of memory mid-run (adaptive edge): a plain message, the checkpoint kep
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
     await page.selectOption('#opt-mode', 'edge');
     await page.selectOption('#opt-window-schedule', 'adaptive');
+    // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+    await page.selectOption('#opt-device', 'gpu');
     for (const [id, v] of [['#opt-steps', OOM_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
       ['#opt-save', OOM_SAVE_EVERY], ['#opt-accum', 1], ['#opt-rank', 4], ['#opt-exit-stride', 1]]) {
       await page.fill(id, String(v));
@@ -756,6 +725,8 @@ test('partial mode: the last block tuned on the GPU, the CLI\'s losses, only tha
     await page.waitForFunction(() => document.body.dataset.ready === 'true');
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
     await page.selectOption('#opt-mode', 'partial');
+    // The GPU engine, forced: auto would pick the CPU engine on SwiftShader.
+    await page.selectOption('#opt-device', 'gpu');
     for (const [id, v] of [['#opt-steps', PARTIAL_STEPS], ['#opt-lr', 0.01], ['#opt-seq', 32], ['#opt-eval', 4],
       ['#opt-save', 4], ['#opt-accum', 1], ['#opt-rank', 4], ['#opt-partial', 1]]) {
       await page.fill(id, String(v));

@@ -11,20 +11,26 @@ const evalSource = () => document.querySelector('input[name=eval-source]:checked
 
 const SOURCE_LABELS = { base: 'base model', tuned: 'tuned adapter', file: 'adapter from disk' };
 
+/// The engine setting of the tune section, which evaluation follows too.
+const device = () => $('opt-device').value;
+
 function showEvalModel(info) {
-  const parts = [`Evaluating with the ${SOURCE_LABELS[info.source]}: ${mib(info.lm_bytes)} on the GPU ` +
-    `(KV cache for ${info.max_len} positions)`];
+  const where = info.lm_device === 'cpu'
+    ? `on ${info.lm_device_reason}`
+    : `${mib(info.lm_bytes)} on the GPU (KV cache for ${info.max_len} positions; ${info.lm_device_reason})`;
+  const parts = [`Evaluating with the ${SOURCE_LABELS[info.source]} ${where}`];
   parts.push(info.trainer_bytes
     ? `; the paused run's trainer holds ${mib(info.trainer_bytes)} more.`
     : '.');
   if (info.lm_exits && info.lm_exits.length) {
-    parts.push(` Its early exits (after blocks ${info.lm_exits.join(', ')}) run on the GPU with it: accuracy and ` +
+    parts.push(` Its early exits (after blocks ${info.lm_exits.join(', ')}) run with it: accuracy and ` +
       'chat vote over them; perplexity reads the model\'s own head (the exits are not applied there).');
   }
   const el = $('eval-model-status');
   el.dataset.info = parts.join('');
   el.dataset.lmBytes = String(info.lm_bytes);
   el.dataset.exits = (info.lm_exits || []).join(',');
+  el.dataset.device = info.lm_device ?? '';
   el.textContent = el.dataset.info;
 }
 
@@ -71,7 +77,7 @@ async function onPerplexity() {
     const { name, text } = await pplText();
     const source = evalSource();
     $('ppl-status').textContent = `Scoring ${name} with the ${SOURCE_LABELS[source]}…`;
-    const r = await call('perplexity', { source, text, max_tokens: maxTokens });
+    const r = await call('perplexity', { source, text, max_tokens: maxTokens, device: device() });
     showEvalModel(r);
     const line = `${SOURCE_LABELS[source]}: perplexity ${r.perplexity.toFixed(3)} on ${name} ` +
       `(${r.tokens} tokens, ${r.seconds.toFixed(1)} s)`;
@@ -102,7 +108,7 @@ async function onMc() {
     const source = evalSource();
     $('mc-status').textContent = `Scoring ${limit} questions with the ${SOURCE_LABELS[source]}…`;
     delete $('mc-status').dataset.accuracy;
-    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value });
+    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value, device: device() });
     showEvalModel(r);
     const voted = r.vote ? ` voted by ${r.vote} over exits after blocks ${r.exits.map((e) => e.after).join(', ')} (${r.device.toUpperCase()})` : '';
     $('mc-status').textContent = `${SOURCE_LABELS[source]}${voted}: accuracy ${r.accuracy.toFixed(3)} ` +
@@ -180,7 +186,7 @@ async function onChat() {
     out.dataset.pieces = '0';
     const source = evalSource();
     $('chat-status').textContent = `Generating with the ${SOURCE_LABELS[source]}…`;
-    const r = await call('generate', { source, prompt, options });
+    const r = await call('generate', { source, prompt, options, device: device() });
     showEvalModel(r);
     reply.textContent = r.text;  // the streamed pieces joined, made exact
     const st = $('chat-status');

@@ -10,7 +10,8 @@ export async function showGpu() {
     showError('gpu-error',
       'This browser does not offer WebGPU (navigator.gpu is missing). Use a current Chrome or Edge ' +
       '(113 or later), Safari 26, or Firefox 141 or later on Windows. On Linux, start Chrome with ' +
-      '--enable-unsafe-webgpu. WebGPU also needs a secure page: open it from http://localhost or https.');
+      '--enable-unsafe-webgpu. WebGPU also needs a secure page: open it from http://localhost or https. ' +
+      'Until then, tuning, evaluation and chat run on the CPU engine (WebAssembly) in this tab.');
     return;
   }
   try {
@@ -51,6 +52,7 @@ export async function showGpu() {
     status.textContent = 'No WebGPU adapter.';
     showError('gpu-error',
       `${messageOf(e)}\nThe browser has WebGPU but gave no adapter: check that hardware acceleration ` +
-      'is on (chrome://settings/system) and see chrome://gpu for why WebGPU is disabled.');
+      'is on (chrome://settings/system) and see chrome://gpu for why WebGPU is disabled. Until then, ' +
+      'tuning, evaluation and chat run on the CPU engine (WebAssembly) in this tab.');
   }
 }

@@ -132,8 +132,15 @@ function showLegend(windows) {
   legend.replaceChildren(...items);
 }
 
+/// Where the run trains and the memory it holds: the GPU's bytes in use against the plan,
+/// or the CPU engine and why it was chosen.
 export function showGpuBytes(bytes) {
-  $('tune-gpu').dataset.device = 'gpu';
+  $('tune-gpu').dataset.device = tune.device;
+  if (tune.device === 'cpu') {
+    $('tune-gpu').textContent = `Training on ${tune.deviceReason}; about ${kib(tune.plan?.total_bytes ?? 0)} of memory planned.`;
+    $('tune-gpu').dataset.bytes = '0';
+    return;
+  }
   const planned = tune.plan ? tune.plan.total_bytes : 0;
   $('tune-gpu').textContent = `GPU memory in use: ${kib(bytes)} of ${kib(planned)} planned` +
     (bytes === planned ? ' (exactly the plan: everything is allocated once, up front)' : '');

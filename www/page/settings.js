@@ -69,6 +69,7 @@ export function readOptions() {
   const mode = $('opt-mode').value;
   const blocks = modelInfo ? modelInfo.config.n_layers : Infinity;
   options.mode = mode;
+  options.device = $('opt-device').value;
   if (mode === 'compress-then-tune' && model && !model.compressed) {
     throw new Error('Compress-then-tune tunes a compressed model, and this one is not compressed: load a ' +
       '.gguf written by `edge-llm compress`, or pick vanilla.');
@@ -103,7 +104,7 @@ export function updateModeControls() {
   const compressed = model ? model.compressed : false;
   let note;
   if (WINDOWED.includes(mode)) {
-    note = 'Edge and partial modes train one window of blocks at a time on the GPU: the blocks below it run ' +
+    note = 'Edge and partial modes train one window of blocks at a time: the blocks below it run ' +
       'forward only (their output is cached per row) and nothing above it runs.';
     if (mode === 'edge') {
       note += ' Each window of blocks trains in turn with its loss read at its own early exit; the exits are ' +
@@ -114,10 +115,10 @@ export function updateModeControls() {
       }
     }
   } else if (mode === 'compress-then-tune') {
-    note = compressed ? 'Every block of this compressed model trains on the GPU.'
+    note = compressed ? 'Every block of this compressed model trains.'
       : 'Compress-then-tune needs a compressed model (edge-llm compress); this one is not.';
   } else {
-    note = 'Every block trains on the GPU.';
+    note = 'Every block trains.';
   }
   $('mode-note').textContent = note;
 }
@@ -132,6 +133,7 @@ export function writeOptions(o, saveEvery) {
   $('opt-budget').value = o.memory_budget ? o.memory_budget / (1024 * 1024) : '';
   $('opt-save').value = saveEvery;
   $('opt-mode').value = o.mode || 'vanilla';
+  $('opt-device').value = o.device || 'auto';
   if (o.exit_stride) $('opt-exit-stride').value = o.exit_stride;
   if (o.window_schedule) $('opt-window-schedule').value = o.window_schedule;
   if (o.window_lr_power != null) $('opt-window-lr-power').value = o.window_lr_power;
@@ -194,13 +196,17 @@ export function windowLabel(index, plan = tune.plan) {
 
 export function showPlan(plan) {
   const windowed = plan.windows.length > 1 || plan.windows[0]?.layers[0] > 0;
-  const rows = [
+  const rows = plan.device === 'cpu' ? [
+    ['total', 'Memory planned (this tab)', kib(plan.total_bytes)],
+    ...plan.by_category.map((c) => [`cat-${c.category}`, `· ${c.category}`, kib(c.bytes)]),
+    ['device', 'Runs on', plan.device_reason],
+  ] : [
     ['total', 'GPU memory planned', kib(plan.total_bytes)],
     ...plan.by_category.map((c) => [`cat-${c.category}`, `· ${c.category.replace('_', ' ')}`, kib(c.bytes)]),
     ['budget', 'Budget', plan.budget_bytes ? mib(plan.budget_bytes) : 'none (device limits only)'],
     ['changes', 'To fit', plan.changes.length ? plan.changes.join(', ') : 'nothing changed'],
     ['largest', 'Largest buffer', `${plan.largest[0]?.name} (${kib(plan.largest[0]?.bytes ?? 0)}; binding limit ${mib(plan.max_storage_buffer_binding_size)})`],
-    ['device', 'Runs on', 'the GPU'],
+    ['device', 'Runs on', plan.device_reason],
   ];
   if (windowed) {
     rows.push(['windows', 'Windows (trained in turn)',
@@ -210,6 +216,16 @@ export function showPlan(plan) {
   fillTable($('plan-table'), rows);
   $('plan-table').dataset.totalBytes = String(plan.total_bytes);
   $('plan-table').dataset.device = plan.device;
+}
+
+/// One line on where the run would train and what it needs.
+export function planStatus(plan) {
+  if (plan.device === 'cpu') {
+    return `Runs on the CPU engine in this tab and needs about ${kib(plan.total_bytes)} of memory.`;
+  }
+  return plan.budget_bytes
+    ? `Runs on the GPU; fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
+    : `Runs on the GPU and needs ${kib(plan.total_bytes)} of GPU memory.`;
 }
 
 let checkTimer = 0;
@@ -250,24 +266,20 @@ export async function checkSettings() {
       '{"prompt", "response"} or {"question", "choices", "answer"} object per line (see data/README.md).');
     return;
   }
-  $('plan-status').textContent = 'Planning GPU memory…';
+  $('plan-status').textContent = 'Planning memory…';
   try {
     const plan = await call('plan', { options });
     if (stale()) return;
     showPlan(plan);
-    {
-      $('plan-status').textContent = plan.budget_bytes
-        ? `Fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
-        : `Needs ${kib(plan.total_bytes)} of GPU memory.`;
-    }
+    $('plan-status').textContent = planStatus(plan);
     tune.ready = true;
   } catch (e) {
     if (stale()) return;
     $('plan-table').hidden = true;
     const msg = messageOf(e);
     const memory = /budget|too small|binding|fit/.test(msg);
-    const noGpu = /no WebGPU adapter/.test(msg);
-    $('plan-status').textContent = noGpu ? 'Tuning needs WebGPU.'
+    const noGpu = /no GPU adapter/.test(msg);
+    $('plan-status').textContent = noGpu ? 'There is no GPU here: choose the CPU or auto engine.'
       : memory ? 'This run does not fit.' : 'These settings cannot run.';
     showError('plan-error', noGpu ? msg
       : memory ? `${msg}\nRaise the memory budget (or leave it empty), or lower the sequence length or the LoRA rank.`

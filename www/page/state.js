@@ -22,7 +22,8 @@ export const tune = {
   step: 0,
   total: 0,
   plan: null,
-  device: 'gpu',       // where the run trains (every mode: the GPU)
+  device: 'gpu',       // where the run trains: 'gpu' or 'cpu' (the engine rule's choice)
+  deviceReason: '',    // why, in plain words
   history: { train: [], val: [] },
   elapsedMs: 0,        // training time of earlier sessions of this run
   sessionStart: 0,

@@ -43,7 +43,12 @@ export async function saveRun(checkpoint, step, done) {
     total: tune.total,
     done,
     elapsedMs: elapsedMs(),
-    history: tune.history,
+    // A copy up to the checkpoint's step, taken now: IndexedDB clones the record only once
+    // the store is open, and later steps' losses arrive meanwhile.
+    history: {
+      train: tune.history.train.filter((p) => p[0] <= step),
+      val: tune.history.val.filter((p) => p[0] <= step),
+    },
     checkpoint,
   };
   try {

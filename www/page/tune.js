@@ -7,7 +7,7 @@ import { workerClient } from './worker-client.js';
 import { setTuneState, showTuneError } from './controls.js';
 import { RUN_KEY, idbGet, idbDelete, saveRun, showSavedRun } from './storage.js';
 import {
-  currentData, showDataInfo, readOptions, updateModeControls, writeOptions, showPlan, scheduleCheck, checkSettings,
+  currentData, showDataInfo, readOptions, updateModeControls, writeOptions, showPlan, planStatus, scheduleCheck, checkSettings,
 } from './settings.js';
 import { showProgress, drawPlot, showGpuBytes } from './plot.js';
 import { onEvalEvent, evalModelLoaded } from './eval.js';
@@ -36,23 +36,34 @@ async function startRun(run, checkpoint) {
   tune.run = { ...run, data: run.data.source === 'file' ? run.data : { ...run.data, text: undefined } };
   tune.plan = made.plan;
   tune.device = made.device;
+  tune.deviceReason = made.device_reason;
   tune.total = made.total;
   tune.step = made.step;
   tune.sessionSteps = 0;
   tune.sessionMs = 0;
   showPlan(made.plan);
-  $('plan-status').textContent = `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
+  $('plan-status').textContent = made.device === 'cpu'
+    ? planStatus(made.plan)
+    : `This run holds ${kib(made.plan.allocated_bytes)} of GPU memory.`;
   showError('plan-error', '');
   showDataInfo(made.data, run.data);
   showGpuBytes(made.plan.allocated_bytes);
   $('saved-run').hidden = true;
   drawPlot();
   if (made.step >= made.total) {
+    selectTuned();
     setTuneState('done');
     showProgress();
     return;
   }
   await runOn();
+}
+
+/// Evaluation then uses the run's adapter.
+function selectTuned() {
+  const radio = document.querySelector('input[name=eval-source][value=tuned]');
+  radio.disabled = false;
+  radio.checked = true;
 }
 
 async function runOn() {
@@ -182,8 +193,7 @@ async function onWorkerEvent(m) {
       if (m.val_loss !== null && !tune.history.val.some(([s]) => s === m.step)) {
         tune.history.val.push([m.step, m.val_loss]);
       }
-      document.querySelector('input[name=eval-source][value=tuned]').disabled = false;
-      document.querySelector('input[name=eval-source][value=tuned]').checked = true;
+      selectTuned();
       setTuneState('done');
       await saveRun(m.checkpoint, m.step, true);
       showProgress();
@@ -224,11 +234,8 @@ export function setupTuning() {
     showTuneError(`The tuning worker could not start (${messageOf(e)}). Use a current Chrome or Edge.`);
     return;
   }
-  tuneWorkerReady = call('init').then((r) => {
-    if (r.gpuError) {
-      showTuneError(`Tuning needs WebGPU, and this page has none in a worker: ${r.gpuError}`);
-    }
-  }, (e) => {
+  // Without WebGPU in the worker the engine rule picks the CPU engine; the plan says so.
+  tuneWorkerReady = call('init').then(() => {}, (e) => {
     showTuneError(`The tuning worker did not start: ${messageOf(e)}. Build the module with ` +
       'scripts/build-wasm.sh and reload.');
   });

@@ -1,0 +1,105 @@
+//! The CPU engine's memory plan: the host bytes a tuning run on [`super::CpuBackend`] holds,
+//! by category, computed from the configuration before anything is allocated, as the GPU
+//! engine plans its buffers. The page shows it beside the GPU plan, and the wasm32 module's
+//! 4 GiB address space is checked against it before a run starts.
+
+use crate::model::LlamaConfig;
+use crate::reference::{Lora, LoraPair};
+use serde::Serialize;
+
+/// Host memory of a CPU run, by category.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostPlan {
+    pub total_bytes: u64,
+    pub by_category: Vec<HostCategory>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostCategory {
+    pub category: &'static str,
+    pub bytes: u64,
+}
+
+/// f32 values of the model's frozen weights (as the CPU engine holds them today).
+pub fn weight_values(c: &LlamaConfig) -> u64 {
+    let (d, f) = (c.hidden as u64, c.ffn as u64);
+    let q = (c.n_heads * c.head_dim) as u64;
+    let kv = (c.n_kv_heads * c.head_dim) as u64;
+    let block = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f;
+    let head = if c.tied_embeddings {
+        0
+    } else {
+        c.vocab as u64 * d
+    };
+    c.vocab as u64 * d + c.n_layers as u64 * block + d + head
+}
+
+/// f32 values one block saves for its backward pass over a row of `t` tokens
+/// (`reference::LayerActs`, LoRA dropout masks included when `dropout`).
+fn saved_per_block(c: &LlamaConfig, lora: &Lora<f32>, t: u64, dropout: bool) -> u64 {
+    let (d, f) = (c.hidden as u64, c.ffn as u64);
+    let q = (c.n_heads * c.head_dim) as u64;
+    let kv = (c.n_kv_heads * c.head_dim) as u64;
+    let probs = c.n_heads as u64 * t * t;
+    let dense = t * (4 * d + 2 + 2 * q + 2 * kv + 3 * f) + probs;
+    let targets = lora.config.targets.len() as u64;
+    let u = targets * t * lora.config.rank as u64;
+    // A mask per adapted projection, as wide as its input (≤ the ffn width).
+    let masks = if dropout { targets * t * f.max(q) } else { 0 };
+    dense + u + masks
+}
+
+/// The plan of a run training at most `window_blocks` blocks at a time over rows of
+/// `seq_len` tokens with `lora` (exits included), its prefix cache capped at
+/// `prefix_cache_bytes` (0 when the run trains every block). Rows run one at a time, so the
+/// activations are one row's; the logits are one row's at its target positions (at most
+/// every position), with their gradient.
+pub fn host_plan(
+    c: &LlamaConfig,
+    lora: &Lora<f32>,
+    seq_len: usize,
+    window_blocks: usize,
+    prefix_cache_bytes: u64,
+) -> HostPlan {
+    let t = seq_len as u64;
+    let pair = |p: &LoraPair<f32>| (p.a.len() + p.b.len()) as u64;
+    let adapter: u64 = lora
+        .layers
+        .iter()
+        .flatten()
+        .flatten()
+        .map(pair)
+        .sum::<u64>()
+        + lora.exits.iter().map(|e| pair(&e.pair)).sum::<u64>();
+    let dropout = lora.config.dropout > 0.0;
+    let acts =
+        window_blocks as u64 * saved_per_block(c, lora, t, dropout) + 6 * t * c.hidden as u64;
+    let logits = 2 * t * c.vocab as u64;
+    let by_category = vec![
+        HostCategory {
+            category: "weights (f32)",
+            bytes: 4 * weight_values(c),
+        },
+        // Values, accumulated gradients, a row's gradients, AdamW's two moments.
+        HostCategory {
+            category: "adapters, gradients and AdamW",
+            bytes: 4 * 5 * adapter,
+        },
+        HostCategory {
+            category: "activations (one row)",
+            bytes: 4 * acts,
+        },
+        HostCategory {
+            category: "logits and their gradient (one row)",
+            bytes: 4 * logits,
+        },
+        HostCategory {
+            category: "prefix cache (at most)",
+            bytes: prefix_cache_bytes,
+        },
+    ];
+    HostPlan {
+        total_bytes: by_category.iter().map(|c| c.bytes).sum(),
+        by_category,
+    }
+}
