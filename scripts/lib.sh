@@ -52,16 +52,20 @@ wasm_toolchain() {
   export WASM_MODE
 }
 
+# The wasm32 build's target features: SIMD128 (4 f32 lanes; every browser with WebGPU has
+# it) for the CPU engine's matrix products.
+WASM_FEATURES="-C target-feature=+simd128"
+
 # wasm_cargo SUBCOMMAND ARGS... : runs cargo for wasm32 with the chosen toolchain.
 wasm_cargo() {
   local sub="$1"; shift
   if [ "$WASM_MODE" = rustup ]; then
-    cargo "$sub" --target wasm32-unknown-unknown "$@"
+    RUSTFLAGS="$WASM_FEATURES ${WASM_RUSTFLAGS:-}" cargo "$sub" --target wasm32-unknown-unknown "$@"
   else
     # `test` is in the set for every subcommand: test binaries link libtest, and one set
     # for all lets `build` and `test` share the std and dependency builds (a different set
     # rebuilds everything, minutes on 2 cores).
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 ${WASM_RUSTFLAGS:-}" \
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 $WASM_FEATURES ${WASM_RUSTFLAGS:-}" \
       cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort,test "$@"
   fi
 }

@@ -1,0 +1,134 @@
+// The page's tuning speed against the native CLI's, measured in one run on this machine with
+// the same settings (the real default model, ARC-Easy's training questions, 256-token rows,
+// one row per step, the same seed and so the same rows): the wasm CPU engine and the
+// WebGPU engine in headless Chromium, through the page's own wasm module and npm wrapper
+// (www/edge-llm.js), and `edge-llm tune --device cpu` (the release build).
+// Run by scripts/bench-browser.sh; prints a table, or with --json one JSON object.
+//   --steps N        CPU steps per engine (default 6; the first is not counted)
+//   --gpu-steps N    WebGPU steps (default 1: on a software adapter one step takes minutes;
+//                    with one step the figure includes compiling the kernels)
+//   --no-gpu         skip the WebGPU engine
+
+import { ROOT, WWW, DEFAULT_MODEL, serve, launchBrowser, ensureWebData } from './harness.mjs';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const args = process.argv.slice(2);
+const flag = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i < 0 ? dflt : Number(args[i + 1]);
+};
+const JSON_OUT = args.includes('--json');
+const STEPS = flag('--steps', 6);
+const GPU_STEPS = args.includes('--no-gpu') ? 0 : flag('--gpu-steps', 1);
+const SEQ = 256;
+const DATA = path.join(ROOT, 'data', 'arc-easy', 'train.jsonl');
+const log = (s) => process.stderr.write(`${s}\n`);
+const median = (v) => { const s = [...v].sort((a, b) => a - b); return s.length ? s[(s.length - 1) >> 1] : NaN; };
+/// Steady tokens/s: the median over the steps after the first (which includes warm-up), or
+/// the one step when there is only one.
+const steady = (v) => median(v.length > 1 ? v.slice(1) : v);
+
+function native() {
+  const cli = path.join(ROOT, 'target', 'release', 'edge-llm');
+  if (!fs.existsSync(cli)) throw new Error('no release CLI: cargo build --release');
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-browser-'));
+  try {
+    const lines = execFileSync(cli, ['tune', '--model', DEFAULT_MODEL, '--data', DATA, '--steps', String(STEPS),
+      '--accum', '1', '--seq-len', String(SEQ), '--eval-every', '0', '--device', 'cpu', '--json', '--out', out],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
+    const steps = lines.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+      .filter((r) => typeof r.step === 'number' && typeof r.tokens_per_s === 'number');
+    return { tokensPerS: steps.map((r) => r.tokens_per_s), tokens: steps.map((r) => r.tokens), losses: steps.map((r) => r.loss) };
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+}
+
+/// `steps` tuning steps in the page on `device`, through the npm wrapper the page's worker uses.
+async function inPage(page, device, steps) {
+  return page.evaluate(async ({ device, steps, seq }) => {
+    const m = await import('./edge-llm.js');
+    await m.init();
+    const model = await m.loadModel('models/default.gguf');
+    const text = await (await fetch('data/arc-easy/train.jsonl')).text();
+    const t0 = performance.now();
+    const tuner = await model.tuner({ text, name: 'train.jsonl', kind: 'mc',
+      options: { steps, accum: 1, seq_len: seq, eval_every: 0, device } });
+    const createMs = performance.now() - t0;
+    const r = { device: tuner.device, reason: tuner.deviceReason, createMs, tokensPerS: [], losses: [],
+      threads: 1, isolated: self.crossOriginIsolated };
+    for (let i = 0; i < steps; i++) {
+      const s = await tuner.runStep();
+      r.tokensPerS.push(s.tokens_per_s);
+      r.losses.push(s.loss);
+    }
+    tuner.free();
+    model.free();
+    return r;
+  }, { device, steps, seq: SEQ });
+}
+
+ensureWebData();
+const { server, base } = await serve(WWW);
+const browser = await launchBrowser();
+const results = {};
+try {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(0);
+  await page.goto(base);
+  log(`page: the CPU engine, ${STEPS} steps…`);
+  results.cpu = await inPage(page, 'cpu', STEPS);
+  if (GPU_STEPS > 0) {
+    log(`page: the WebGPU engine, ${GPU_STEPS} step(s) (minutes on a software adapter)…`);
+    results.gpu = await inPage(page, 'gpu', GPU_STEPS);
+  }
+  log(`native: edge-llm tune --device cpu, ${STEPS} steps…`);
+  results.native = native();
+} finally {
+  await browser.close();
+  server.kill();
+}
+
+const pageCpu = steady(results.cpu.tokensPerS);
+const nativeCpu = steady(results.native.tokensPerS);
+const pageGpu = results.gpu ? steady(results.gpu.tokensPerS) : null;
+const maxLossDiff = Math.max(...results.cpu.losses.map((l, i) => Math.abs(l - results.native.losses[i])));
+const summary = {
+  settings: { model: path.basename(fs.realpathSync(DEFAULT_MODEL)), data: 'arc-easy/train.jsonl', seq_len: SEQ,
+    rows_per_step: 1, steps: STEPS, gpu_steps: GPU_STEPS, tokens_per_step: results.native.tokens[0] },
+  page_cpu_tokens_per_s: pageCpu,
+  // The wasm module is single-threaded today (no threads without cross-origin isolation
+  // and an atomics build): the page's CPU figure is its one-thread figure.
+  page_cpu_1thread_tokens_per_s: pageCpu,
+  page_cpu_threads: results.cpu.threads,
+  page_cross_origin_isolated: results.cpu.isolated,
+  page_gpu_tokens_per_s: pageGpu,
+  page_gpu_adapter: results.gpu?.reason ?? null,
+  native_cpu_tokens_per_s: nativeCpu,
+  page_cpu_over_native: pageCpu / nativeCpu,
+  page_gpu_over_native: pageGpu === null ? null : pageGpu / nativeCpu,
+  page_cpu_over_page_gpu: pageGpu === null ? null : pageCpu / pageGpu,
+  page_cpu_vs_native_max_loss_diff: maxLossDiff,
+  per_step: { page_cpu: results.cpu.tokensPerS, page_gpu: results.gpu?.tokensPerS ?? null, native_cpu: results.native.tokensPerS },
+};
+if (JSON_OUT) {
+  console.log(JSON.stringify(summary, null, 2));
+} else {
+  const f = (x, d = 1) => (x === null ? '—' : x.toFixed(d));
+  console.log([
+    `Tuning speed, ${summary.settings.model}, ARC-Easy, ${summary.settings.tokens_per_step}-token rows, 1 row/step, ` +
+      `steady median of steps 2..${STEPS} (GPU: ${GPU_STEPS} step${GPU_STEPS === 1 ? ', compilation included' : 's'})`,
+    '',
+    '| engine | tokens/s | ÷ native CPU |',
+    '|---|---:|---:|',
+    `| page, CPU engine (wasm, ${summary.page_cpu_threads} thread) | ${f(pageCpu)} | ${f(summary.page_cpu_over_native, 3)} |`,
+    `| page, WebGPU engine | ${f(pageGpu, 2)} | ${f(summary.page_gpu_over_native, 4)} |`,
+    `| native, edge-llm tune --device cpu | ${f(nativeCpu)} | 1.000 |`,
+    '',
+    `page CPU ÷ page GPU: ${f(summary.page_cpu_over_page_gpu)}×; losses, page CPU vs native: max |Δ| ${maxLossDiff.toExponential(2)}`,
+    results.gpu ? `WebGPU engine: ${results.gpu.reason}` : '',
+  ].join('\n'));
+}
