@@ -150,11 +150,17 @@ impl GpuWeight {
 /// Which kernel shape to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// GEMV up to [`GEMV_MAX_M`] rows of x, tiles above.
+    /// GEMV up to [`GEMV_MAX_M`] rows of x, register tiles above.
     Auto,
     Gemv,
+    /// One output per invocation in 16×16 workgroup tiles (tiled_nt, tiled_nn).
     Tiled,
+    /// 4×4 outputs per invocation in 64×64 tiles (reg_nt, reg_nn).
+    Register,
 }
+
+/// The output tile side of the register-tiled kernels (shaders/qmatmul.wgsl's RT).
+const REG_TILE: usize = 64;
 
 /// GEMV workgroup shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,7 +297,7 @@ impl QMatmul {
         match self.path {
             Path::Auto => m <= GEMV_MAX_M,
             Path::Gemv => true,
-            Path::Tiled => false,
+            Path::Tiled | Path::Register => false,
         }
     }
 
@@ -371,8 +377,12 @@ impl QMatmul {
                 ("gemv_nt", n.div_ceil(rows_per_wg) * m)
             }
             (true, true) => ("gemv_nn", bpr.div_ceil(self.tuning.nn_wg as usize) * m),
-            (false, false) => ("tiled_nt", m.div_ceil(16) * n.div_ceil(16)),
-            (true, false) => ("tiled_nn", m.div_ceil(16) * bpr),
+            (false, false) if self.path == Path::Tiled => {
+                ("tiled_nt", m.div_ceil(16) * n.div_ceil(16))
+            }
+            (true, false) if self.path == Path::Tiled => ("tiled_nn", m.div_ceil(16) * bpr),
+            (false, false) => ("reg_nt", m.div_ceil(REG_TILE) * n.div_ceil(REG_TILE)),
+            (true, false) => ("reg_nn", m.div_ceil(REG_TILE) * k.div_ceil(REG_TILE)),
         };
         let groups = u32::try_from(groups)
             .map_err(|_| Error::Gpu(format!("{name}: {groups} workgroups")))?;
@@ -569,6 +579,13 @@ pub mod checks {
                 "tiled",
                 QMatmul {
                     path: Path::Tiled,
+                    tuning: Tuning::CPU,
+                },
+            ),
+            (
+                "register",
+                QMatmul {
+                    path: Path::Register,
                     tuning: Tuning::CPU,
                 },
             ),
