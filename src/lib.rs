@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod compress;
+pub mod cpu;
 pub mod data;
 pub mod engine;
 pub mod error;

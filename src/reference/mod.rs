@@ -1,8 +1,10 @@
 //! The CPU reference transformer: plain, explicit forward/backward pairs, generic over
 //! f32 (to run the real model) and f64 (to check gradients by finite differences).
-//! It is the oracle for the GPU kernels, so it aims to be right rather than fast; the
-//! only concession to speed is that matrix products go through `matrixmultiply`.
+//! It is the oracle for the GPU kernels and the engine of the CPU trainer: f32 matrix
+//! products go through the packed kernels of [`crate::cpu`], f64 ones (gradient checks
+//! only) through `matrixmultiply`.
 
+mod attention;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -105,5 +107,32 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(f32, matrixmultiply::sgemm);
+
+impl Real for f32 {
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        rsa: isize,
+        csa: isize,
+        b: &[Self],
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+        csc: isize,
+    ) {
+        crate::cpu::sgemm(
+            (m, k, n),
+            alpha,
+            (a, rsa, csa),
+            (b, rsb, csb),
+            beta,
+            (c, rsc, csc),
+        );
+    }
+}
 impl_real!(f64, matrixmultiply::dgemm);

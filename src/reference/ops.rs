@@ -4,69 +4,88 @@
 //! is y = x·Wᵀ. Backward functions ADD into their gradient outputs (`d*`), so gradients
 //! from several uses (residual branches, tied embeddings) accumulate without copies.
 
+pub use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::Real;
 use crate::model::RopeStyle;
 
 /// y[m×n] = x[m×k] · w[n×k]ᵀ (a linear layer without bias; `w` is `[out][in]`).
 pub fn matmul_nt<T: Real>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); m * n];
-    T::gemm(
-        m,
-        k,
-        n,
-        T::one(),
-        x,
-        k as isize,
-        1,
-        w,
-        1,
-        k as isize,
-        T::zero(),
-        &mut y,
-        n as isize,
-        1,
-    );
-    y
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulNt,
+        2 * (m * k * n) as u64,
+        || {
+            let mut y = vec![T::zero(); m * n];
+            T::gemm(
+                m,
+                k,
+                n,
+                T::one(),
+                x,
+                k as isize,
+                1,
+                w,
+                1,
+                k as isize,
+                T::zero(),
+                &mut y,
+                n as isize,
+                1,
+            );
+            y
+        },
+    )
 }
 
 /// dx[m×k] += dy[m×n] · w[n×k] (the input gradient of [`matmul_nt`]).
 pub fn matmul_nn_acc<T: Real>(dy: &[T], w: &[T], m: usize, k: usize, n: usize, dx: &mut [T]) {
-    T::gemm(
-        m,
-        n,
-        k,
-        T::one(),
-        dy,
-        n as isize,
-        1,
-        w,
-        k as isize,
-        1,
-        T::one(),
-        dx,
-        k as isize,
-        1,
-    );
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulNnAcc,
+        2 * (m * k * n) as u64,
+        || {
+            T::gemm(
+                m,
+                n,
+                k,
+                T::one(),
+                dy,
+                n as isize,
+                1,
+                w,
+                k as isize,
+                1,
+                T::one(),
+                dx,
+                k as isize,
+                1,
+            );
+        },
+    )
 }
 
 /// dw[n×k] += dy[m×n]ᵀ · x[m×k] (the weight gradient of [`matmul_nt`]).
 pub fn matmul_tn_acc<T: Real>(dy: &[T], x: &[T], m: usize, k: usize, n: usize, dw: &mut [T]) {
-    T::gemm(
-        n,
-        m,
-        k,
-        T::one(),
-        dy,
-        1,
-        n as isize,
-        x,
-        k as isize,
-        1,
-        T::one(),
-        dw,
-        k as isize,
-        1,
-    );
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulTnAcc,
+        2 * (m * k * n) as u64,
+        || {
+            T::gemm(
+                n,
+                m,
+                k,
+                T::one(),
+                dy,
+                1,
+                n as isize,
+                x,
+                k as isize,
+                1,
+                T::one(),
+                dw,
+                k as isize,
+                1,
+            );
+        },
+    )
 }
 
 /// Linear layer forward: y = x·Wᵀ.
@@ -130,7 +149,7 @@ pub fn lora_forward<T: Real>(
         }
         None => matmul_nt(x, &p.a, m, k, r),
     };
-    T::gemm(
+    lora_gemm(
         m,
         r,
         n,
@@ -147,6 +166,30 @@ pub fn lora_forward<T: Real>(
         1,
     );
     u
+}
+
+/// [`Real::gemm`] timed as a LoRA product (the profile's "matmul other").
+#[allow(clippy::too_many_arguments)]
+fn lora_gemm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: &mut [T],
+    rsc: isize,
+    csc: isize,
+) {
+    let flops = 2 * (m * k * n) as u64;
+    crate::cpu::profile::time(crate::cpu::profile::Op::MatmulOther, flops, || {
+        T::gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    })
 }
 
 /// SplitMix64's finaliser: a well-mixed 64-bit function of a 64-bit input.
@@ -223,7 +266,7 @@ pub fn lora_backward<T: Real>(
 ) {
     let (k, n, r) = (p.k, p.n, p.rank);
     // db[n×r] += scale · dyᵀ·u
-    T::gemm(
+    lora_gemm(
         n,
         m,
         r,
@@ -241,7 +284,7 @@ pub fn lora_backward<T: Real>(
     );
     // du[m×r] = scale · dy·B
     let mut du = vec![T::zero(); m * r];
-    T::gemm(
+    lora_gemm(
         m,
         n,
         r,
@@ -295,19 +338,21 @@ pub fn embedding_backward<T: Real>(dout: &[T], tokens: &[u32], d: usize, dtable:
 
 /// RMSNorm: y = x · r · w with r = 1/√(mean(x²) + eps), per row. Returns (y, r per row).
 pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], m: usize, d: usize, eps: T) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::zero(); m * d];
-    let mut rstd = vec![T::zero(); m];
-    let dn = T::from_f64(d as f64);
-    for i in 0..m {
-        let row = &x[i * d..(i + 1) * d];
-        let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
-        let r = T::one() / (ms + eps).sqrt();
-        rstd[i] = r;
-        for j in 0..d {
-            y[i * d + j] = row[j] * r * w[j];
+    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+        let mut y = vec![T::zero(); m * d];
+        let mut rstd = vec![T::zero(); m];
+        let dn = T::from_f64(d as f64);
+        for i in 0..m {
+            let row = &x[i * d..(i + 1) * d];
+            let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
+            let r = T::one() / (ms + eps).sqrt();
+            rstd[i] = r;
+            for j in 0..d {
+                y[i * d + j] = row[j] * r * w[j];
+            }
         }
-    }
-    (y, rstd)
+        (y, rstd)
+    })
 }
 
 /// RMSNorm backward: dx += r·w⊙dy − x·r³/d·Σ(dy⊙w⊙x); dw += Σ_rows dy⊙x·r.
@@ -322,23 +367,25 @@ pub fn rmsnorm_backward<T: Real>(
     dx: &mut [T],
     dw: Option<&mut [T]>,
 ) {
-    let dn = T::from_f64(d as f64);
-    for i in 0..m {
-        let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-        let r = rstd[i];
-        let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
-        let c = r * r * r * dot / dn;
-        for j in 0..d {
-            dx[i * d + j] = dx[i * d + j] + r * w[j] * gr[j] - xr[j] * c;
-        }
-    }
-    if let Some(dw) = dw {
+    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+        let dn = T::from_f64(d as f64);
         for i in 0..m {
+            let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let r = rstd[i];
+            let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
+            let c = r * r * r * dot / dn;
             for j in 0..d {
-                dw[j] = dw[j] + dy[i * d + j] * x[i * d + j] * rstd[i];
+                dx[i * d + j] = dx[i * d + j] + r * w[j] * gr[j] - xr[j] * c;
             }
         }
-    }
+        if let Some(dw) = dw {
+            for i in 0..m {
+                for j in 0..d {
+                    dw[j] = dw[j] + dy[i * d + j] * x[i * d + j] * rstd[i];
+                }
+            }
+        }
+    })
 }
 
 /// The index pairs RoPE rotates inside a head, and the frequency index of each pair.
@@ -363,21 +410,23 @@ fn rope_apply<T: Real>(
     style: RopeStyle,
     sign: f64,
 ) {
-    let width = n_heads * head_dim;
-    for row in 0..m {
-        let pos = (pos0 + row) as f64;
-        for (a, b, i) in rope_pairs(style, head_dim) {
-            let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
-            let (s, c) = (sign * pos * freq).sin_cos();
-            let (s, c) = (T::from_f64(s), T::from_f64(c));
-            for h in 0..n_heads {
-                let base = row * width + h * head_dim;
-                let (x0, x1) = (x[base + a], x[base + b]);
-                x[base + a] = x0 * c - x1 * s;
-                x[base + b] = x0 * s + x1 * c;
+    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+        let width = n_heads * head_dim;
+        for row in 0..m {
+            let pos = (pos0 + row) as f64;
+            for (a, b, i) in rope_pairs(style, head_dim) {
+                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
+                let (s, c) = (sign * pos * freq).sin_cos();
+                let (s, c) = (T::from_f64(s), T::from_f64(c));
+                for h in 0..n_heads {
+                    let base = row * width + h * head_dim;
+                    let (x0, x1) = (x[base + a], x[base + b]);
+                    x[base + a] = x0 * c - x1 * s;
+                    x[base + b] = x0 * s + x1 * c;
+                }
             }
         }
-    }
+    })
 }
 
 /// RoPE forward in place on `[m][n_heads·head_dim]`, rows at positions pos0, pos0+1, ….
@@ -406,141 +455,32 @@ pub fn rope_backward<T: Real>(
     rope_apply(dx, m, n_heads, head_dim, pos0, theta, style, -1.0);
 }
 
-/// Shapes of a grouped-query attention call: `t` query rows at positions s−t … s−1
-/// attending causally to `s` key rows (s > t when a KV cache holds earlier positions).
-#[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub t: usize,
-    pub s: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// Causal grouped-query attention. q `[t][H·hd]`, k and v `[s][Hkv·hd]`. Query head h reads
-/// KV head h / (H/Hkv). Returns (out `[t][H·hd]`, probs `[H][t][s]`).
-pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
-    let AttnShape {
-        t,
-        s,
-        n_heads,
-        n_kv_heads,
-        head_dim: hd,
-    } = sh;
-    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
-    let scale = T::one() / T::from_f64(hd as f64).sqrt();
-    let mut out = vec![T::zero(); t * qw];
-    let mut probs = vec![T::zero(); n_heads * t * s];
-    for h in 0..n_heads {
-        let kh = h / group;
-        for i in 0..t {
-            let last = s - t + i; // causal: keys 0..=last
-            let p = &mut probs[(h * t + i) * s..(h * t + i + 1) * s];
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let mut max = T::neg_infinity();
-            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
-                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                let dot: T = qi.iter().zip(kj).map(|(&a, &b)| a * b).sum();
-                *pj = dot * scale;
-                max = max.max(*pj);
-            }
-            let mut sum = T::zero();
-            for pj in p.iter_mut().take(last + 1) {
-                *pj = (*pj - max).exp();
-                sum = sum + *pj;
-            }
-            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
-                *pj = *pj / sum;
-                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (oo, &vv) in o.iter_mut().zip(vj) {
-                    *oo = *oo + *pj * vv;
-                }
-            }
-        }
-    }
-    (out, probs)
-}
-
-/// Attention backward: (dq, dk, dv) from dout and the saved probabilities.
-pub fn attention_backward<T: Real>(
-    dout: &[T],
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    probs: &[T],
-    sh: AttnShape,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let AttnShape {
-        t,
-        s,
-        n_heads,
-        n_kv_heads,
-        head_dim: hd,
-    } = sh;
-    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
-    let scale = T::one() / T::from_f64(hd as f64).sqrt();
-    let mut dq = vec![T::zero(); t * qw];
-    let mut dk = vec![T::zero(); s * kw];
-    let mut dv = vec![T::zero(); s * kw];
-    let mut dp = vec![T::zero(); s];
-    for h in 0..n_heads {
-        let kh = h / group;
-        for i in 0..t {
-            let last = s - t + i;
-            let p = &probs[(h * t + i) * s..(h * t + i + 1) * s];
-            let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
-            // dP_j = do·v_j ; dv_j += p_j·do
-            for j in 0..=last {
-                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                dp[j] = doi.iter().zip(vj).map(|(&a, &b)| a * b).sum();
-                let dvj = &mut dv[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (d, &g) in dvj.iter_mut().zip(doi) {
-                    *d = *d + p[j] * g;
-                }
-            }
-            // softmax backward: dS_j = p_j (dP_j − Σ p·dP)
-            let dot: T = (0..=last).map(|j| p[j] * dp[j]).sum();
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for j in 0..=last {
-                let ds = p[j] * (dp[j] - dot) * scale;
-                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                let dqi = &mut dq[i * qw + h * hd..i * qw + (h + 1) * hd];
-                for (d, &kk) in dqi.iter_mut().zip(kj) {
-                    *d = *d + ds * kk;
-                }
-                let dkj = &mut dk[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (d, &qq) in dkj.iter_mut().zip(qi) {
-                    *d = *d + ds * qq;
-                }
-            }
-        }
-    }
-    (dq, dk, dv)
-}
-
 fn sigmoid<T: Real>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
 }
 
 /// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| g * sigmoid(g) * u)
-        .collect()
+    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+        gate.iter()
+            .zip(up)
+            .map(|(&g, &u)| g * sigmoid(g) * u)
+            .collect()
+    })
 }
 
 /// SwiGLU backward: (dgate, dup).
 pub fn swiglu_backward<T: Real>(dh: &[T], gate: &[T], up: &[T]) -> (Vec<T>, Vec<T>) {
-    let mut dg = Vec::with_capacity(dh.len());
-    let mut du = Vec::with_capacity(dh.len());
-    for ((&d, &g), &u) in dh.iter().zip(gate).zip(up) {
-        let sg = sigmoid(g);
-        du.push(d * g * sg);
-        dg.push(d * u * sg * (T::one() + g * (T::one() - sg)));
-    }
-    (dg, du)
+    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+        let mut dg = Vec::with_capacity(dh.len());
+        let mut du = Vec::with_capacity(dh.len());
+        for ((&d, &g), &u) in dh.iter().zip(gate).zip(up) {
+            let sg = sigmoid(g);
+            du.push(d * g * sg);
+            dg.push(d * u * sg * (T::one() + g * (T::one() - sg)));
+        }
+        (dg, du)
+    })
 }
 
 /// log-softmax of one row.
@@ -557,22 +497,24 @@ pub fn cross_entropy_forward<T: Real>(
     targets: &[Option<u32>],
     vocab: usize,
 ) -> (T, usize) {
-    let mut total = T::zero();
-    let mut n = 0;
-    for (i, tg) in targets.iter().enumerate() {
-        if let Some(tg) = *tg {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-            let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
-            total = total + lse - row[tg as usize];
-            n += 1;
+    crate::cpu::profile::time(crate::cpu::profile::Op::Loss, 0, || {
+        let mut total = T::zero();
+        let mut n = 0;
+        for (i, tg) in targets.iter().enumerate() {
+            if let Some(tg) = *tg {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+                let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
+                total = total + lse - row[tg as usize];
+                n += 1;
+            }
         }
-    }
-    if n == 0 {
-        (T::zero(), 0)
-    } else {
-        (total / T::from_f64(n as f64), n)
-    }
+        if n == 0 {
+            (T::zero(), 0)
+        } else {
+            (total / T::from_f64(n as f64), n)
+        }
+    })
 }
 
 /// Cross-entropy backward: dlogits = (softmax − onehot)·dloss/n on counted rows, 0 elsewhere.
@@ -582,22 +524,24 @@ pub fn cross_entropy_backward<T: Real>(
     vocab: usize,
     dloss: T,
 ) -> Vec<T> {
-    let n = targets.iter().filter(|t| t.is_some()).count();
-    let mut d = vec![T::zero(); logits.len()];
-    if n == 0 {
-        return d;
-    }
-    let g = dloss / T::from_f64(n as f64);
-    for (i, tg) in targets.iter().enumerate() {
-        if let Some(tg) = *tg {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let lp = log_softmax(row);
-            let drow = &mut d[i * vocab..(i + 1) * vocab];
-            for (dv, l) in drow.iter_mut().zip(lp) {
-                *dv = l.exp() * g;
-            }
-            drow[tg as usize] = drow[tg as usize] - g;
+    crate::cpu::profile::time(crate::cpu::profile::Op::Loss, 0, || {
+        let n = targets.iter().filter(|t| t.is_some()).count();
+        let mut d = vec![T::zero(); logits.len()];
+        if n == 0 {
+            return d;
         }
-    }
-    d
+        let g = dloss / T::from_f64(n as f64);
+        for (i, tg) in targets.iter().enumerate() {
+            if let Some(tg) = *tg {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let lp = log_softmax(row);
+                let drow = &mut d[i * vocab..(i + 1) * vocab];
+                for (dv, l) in drow.iter_mut().zip(lp) {
+                    *dv = l.exp() * g;
+                }
+                drow[tg as usize] = drow[tg as usize] - g;
+            }
+        }
+        d
+    })
 }

@@ -1,0 +1,351 @@
+//! C[m×n] = α·A·B + β·C in f32, with explicit row and column strides for each operand (so
+//! one call covers x·Wᵀ, dy·W and dyᵀ·x). Blocked and packed in the usual way: for each
+//! block of NC columns and KC depth, B is packed into NR-wide panels, each MR-row strip of
+//! A into a small buffer, and a micro-kernel makes an MR×NR tile that is then added into C.
+//! The columns (or, for narrow products, the rows) are split over threads.
+
+use super::{kernels, par};
+use std::cell::RefCell;
+
+/// A micro-kernel: `run(kc, a, b, tile)` overwrites the MR×NR `tile` with the product of a
+/// packed A strip (kc steps of MR values) and a packed B panel (kc steps of NR values).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub mr: usize,
+    pub nr: usize,
+    pub(super) run: unsafe fn(usize, *const f32, *const f32, *mut f32),
+}
+
+/// Depth of one packed block (its B block stays in L2, its A strip in L1).
+const KC: usize = 384;
+/// Columns of one packed B block (a multiple of every kernel's NR).
+const NC: usize = 768;
+/// Products of fewer multiply-adds than this run on one thread (a split would cost more).
+const PARALLEL_MIN: usize = 1 << 18;
+
+/// Every kernel this machine runs, fastest first.
+pub fn kernels() -> Vec<Kernel> {
+    kernels::available()
+}
+
+/// The kernel [`sgemm`] uses.
+pub fn best_kernel() -> Kernel {
+    kernels::best()
+}
+
+/// Whether [`sgemm`] runs on `matrixmultiply` instead of these kernels: set
+/// `EDGE_LLM_SGEMM=matrixmultiply` to compare the two on the same binary.
+pub fn uses_matrixmultiply() -> bool {
+    static MM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MM.get_or_init(|| std::env::var("EDGE_LLM_SGEMM").is_ok_and(|v| v == "matrixmultiply"))
+}
+
+/// C = α·A·B + β·C, A m×k and B k×n, each element (i, j) of X at `i·rsx + j·csx` (the
+/// strides matrixmultiply takes; non-negative here). β = 0 overwrites C without reading
+/// it. Panics when an operand's furthest element lies outside its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    (a, rsa, csa): (&[f32], isize, isize),
+    (b, rsb, csb): (&[f32], isize, isize),
+    beta: f32,
+    (c, rsc, csc): (&mut [f32], isize, isize),
+) {
+    if uses_matrixmultiply() {
+        check_bounds((m, k, n), (a, rsa, csa), (b, rsb, csb), (&*c, rsc, csc));
+        if m > 0 && n > 0 {
+            // SAFETY: strides non-negative and every element in bounds (checked above).
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr(),
+                    rsb,
+                    csb,
+                    beta,
+                    c.as_mut_ptr(),
+                    rsc,
+                    csc,
+                )
+            }
+        }
+        return;
+    }
+    sgemm_with(
+        kernels::best(),
+        (m, k, n),
+        alpha,
+        (a, rsa, csa),
+        (b, rsb, csb),
+        beta,
+        (c, rsc, csc),
+    );
+}
+
+/// Raw operand pointers shared by the threads (each writes its own tiles of C).
+#[derive(Clone, Copy)]
+struct Ptrs {
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsa: usize,
+    csa: usize,
+    rsb: usize,
+    csb: usize,
+    rsc: usize,
+    csc: usize,
+}
+// SAFETY: A and B are only read; threads write disjoint ranges of C.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+/// [`sgemm`] with a given kernel (for tests and benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    kern: Kernel,
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    (a, rsa, csa): (&[f32], isize, isize),
+    (b, rsb, csb): (&[f32], isize, isize),
+    beta: f32,
+    (c, rsc, csc): (&mut [f32], isize, isize),
+) {
+    check_bounds((m, k, n), (a, rsa, csa), (b, rsb, csb), (&*c, rsc, csc));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let u = |s: isize| s as usize;
+    if k == 0 || alpha == 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                let x = &mut c[i * u(rsc) + j * u(csc)];
+                *x = if beta == 0.0 { 0.0 } else { beta * *x };
+            }
+        }
+        return;
+    }
+    let p = Ptrs {
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.as_mut_ptr(),
+        rsa: u(rsa),
+        csa: u(csa),
+        rsb: u(rsb),
+        csb: u(csb),
+        rsc: u(rsc),
+        csc: u(csc),
+    };
+    let threads = if m * k * n < PARALLEL_MIN {
+        1
+    } else {
+        par::threads()
+    };
+    let (strips, panels) = (m.div_ceil(kern.mr), n.div_ceil(kern.nr));
+    if panels >= 2 * threads || panels >= strips {
+        let parts = threads.min(panels);
+        par::for_each(parts, |i| {
+            let q = par::part(panels, parts, i);
+            let cols = q.start * kern.nr..(q.end * kern.nr).min(n);
+            // SAFETY: bounds asserted above; parts own disjoint columns of C.
+            unsafe { block(kern, p, 0..m, cols, k, alpha, beta) }
+        });
+    } else {
+        let parts = threads.min(strips);
+        par::for_each(parts, |i| {
+            let q = par::part(strips, parts, i);
+            let rows = q.start * kern.mr..(q.end * kern.mr).min(m);
+            // SAFETY: bounds asserted above; parts own disjoint rows of C.
+            unsafe { block(kern, p, rows, 0..n, k, alpha, beta) }
+        });
+    }
+}
+
+/// Panics unless every stride is non-negative and each operand's furthest element lies
+/// inside its slice.
+fn check_bounds(
+    (m, k, n): (usize, usize, usize),
+    (a, rsa, csa): (&[f32], isize, isize),
+    (b, rsb, csb): (&[f32], isize, isize),
+    (c, rsc, csc): (&[f32], isize, isize),
+) {
+    assert!(
+        [rsa, csa, rsb, csb, rsc, csc].iter().all(|&s| s >= 0),
+        "sgemm: negative stride"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last =
+        |r: usize, cc: usize, rs: isize, cs: isize| (r - 1) * rs as usize + (cc - 1) * cs as usize;
+    assert!(
+        k == 0 || last(m, k, rsa, csa) < a.len(),
+        "sgemm: A out of bounds"
+    );
+    assert!(
+        k == 0 || last(k, n, rsb, csb) < b.len(),
+        "sgemm: B out of bounds"
+    );
+    assert!(last(m, n, rsc, csc) < c.len(), "sgemm: C out of bounds");
+}
+
+thread_local! {
+    /// Packed A strip and B block, reused across calls on each thread.
+    static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The 64-byte aligned part of `v` of `len` values, growing `v` if needed.
+fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
+    if v.len() < len + 16 {
+        v.resize(len + 16, 0.0);
+    }
+    let off = v.as_ptr().align_offset(64).min(15);
+    // SAFETY: off ≤ 15 and the vector holds len + 16 values.
+    unsafe { v.as_mut_ptr().add(off) }
+}
+
+/// C[rows, cols] = α·A[rows, :]·B[:, cols] + β·C[rows, cols].
+///
+/// # Safety
+/// Every element of the operands addressed by `rows`, `cols` and `k` must be in bounds,
+/// and no other thread may touch C[rows, cols] meanwhile.
+unsafe fn block(
+    kern: Kernel,
+    p: Ptrs,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    BUFS.with_borrow_mut(|(abuf, bbuf)| {
+        let ap = aligned(abuf, mr * KC);
+        let bp = aligned(bbuf, KC * NC);
+        let mut tile = [0f32; 512];
+        for jc in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                pack_b(bp, p, pc, kc, jc, nc, nr);
+                let beta = if pc == 0 { beta } else { 1.0 };
+                for ic in rows.clone().step_by(mr) {
+                    let mrows = mr.min(rows.end - ic);
+                    pack_a(ap, p, ic, mrows, pc, kc, mr);
+                    for (q, jr) in (0..nc).step_by(nr).enumerate() {
+                        let ncols = nr.min(nc - jr);
+                        (kern.run)(kc, ap, bp.add(q * kc * nr), tile.as_mut_ptr());
+                        let c = p.c.add(ic * p.rsc + (jc + jr) * p.csc);
+                        update(
+                            c,
+                            (p.rsc, p.csc),
+                            &tile[..mr * nr],
+                            nr,
+                            (mrows, ncols),
+                            alpha,
+                            beta,
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// C tile = α·tile + β·C tile (β = 0: C not read).
+///
+/// # Safety
+/// `c` must address a valid `rows`×`cols` block at strides (rsc, csc).
+unsafe fn update(
+    c: *mut f32,
+    (rsc, csc): (usize, usize),
+    tile: &[f32],
+    nr: usize,
+    (rows, cols): (usize, usize),
+    alpha: f32,
+    beta: f32,
+) {
+    for i in 0..rows {
+        let t = &tile[i * nr..i * nr + cols];
+        if csc == 1 {
+            let cr = std::slice::from_raw_parts_mut(c.add(i * rsc), cols);
+            if beta == 0.0 {
+                cr.iter_mut().zip(t).for_each(|(x, &y)| *x = alpha * y);
+            } else if beta == 1.0 {
+                cr.iter_mut().zip(t).for_each(|(x, &y)| *x += alpha * y);
+            } else {
+                cr.iter_mut()
+                    .zip(t)
+                    .for_each(|(x, &y)| *x = alpha * y + beta * *x);
+            }
+        } else {
+            for (j, &y) in t.iter().enumerate() {
+                let x = &mut *c.add(i * rsc + j * csc);
+                *x = if beta == 0.0 {
+                    alpha * y
+                } else {
+                    alpha * y + beta * *x
+                };
+            }
+        }
+    }
+}
+
+/// Packs A[ic..ic+mrows, pc..pc+kc] as kc steps of `mr` values (rows past `mrows` zero).
+///
+/// # Safety
+/// The block must be in bounds of A; `dst` must hold kc·mr values.
+unsafe fn pack_a(dst: *mut f32, p: Ptrs, ic: usize, mrows: usize, pc: usize, kc: usize, mr: usize) {
+    let src = p.a.add(ic * p.rsa + pc * p.csa);
+    if mrows < mr {
+        std::ptr::write_bytes(dst, 0, kc * mr);
+    }
+    if p.csa == 1 {
+        for i in 0..mrows {
+            let row = src.add(i * p.rsa);
+            for q in 0..kc {
+                *dst.add(q * mr + i) = *row.add(q);
+            }
+        }
+    } else {
+        for q in 0..kc {
+            let col = src.add(q * p.csa);
+            for i in 0..mrows {
+                *dst.add(q * mr + i) = *col.add(i * p.rsa);
+            }
+        }
+    }
+}
+
+/// Packs B[pc..pc+kc, jc..jc+nc] into NR-wide panels of kc steps (columns past nc zero).
+///
+/// # Safety
+/// The block must be in bounds of B; `dst` must hold kc·⌈nc/nr⌉·nr values.
+unsafe fn pack_b(dst: *mut f32, p: Ptrs, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize) {
+    for (q, jr) in (0..nc).step_by(nr).enumerate() {
+        let ncols = nr.min(nc - jr);
+        let panel = dst.add(q * kc * nr);
+        let src = p.b.add(pc * p.rsb + (jc + jr) * p.csb);
+        if ncols < nr {
+            std::ptr::write_bytes(panel, 0, kc * nr);
+        }
+        if p.csb == 1 {
+            for s in 0..kc {
+                std::ptr::copy_nonoverlapping(src.add(s * p.rsb), panel.add(s * nr), ncols);
+            }
+        } else {
+            for j in 0..ncols {
+                let col = src.add(j * p.csb);
+                for s in 0..kc {
+                    *panel.add(s * nr + j) = *col.add(s * p.rsb);
+                }
+            }
+        }
+    }
+}
