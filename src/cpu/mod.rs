@@ -7,9 +7,11 @@
 //! one everywhere else. Natively the work is split over rayon's threads; wasm32 runs on
 //! one thread (no threads without cross-origin isolation and an atomics build).
 
+pub mod alloc;
 pub mod gemm;
 mod kernels;
 pub mod par;
 pub mod profile;
 
+pub use alloc::keep_freed_memory;
 pub use gemm::{sgemm, Kernel};

@@ -21,10 +21,12 @@ pub enum Op {
     Elementwise,
     /// Softmax cross-entropy over the vocabulary.
     Loss,
+    /// LoRA dropout masks (drawn by hashing).
+    Dropout,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::MatmulNt,
         Op::MatmulNnAcc,
         Op::MatmulTnAcc,
@@ -32,6 +34,7 @@ impl Op {
         Op::Attention,
         Op::Elementwise,
         Op::Loss,
+        Op::Dropout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,17 +44,18 @@ impl Op {
             Op::MatmulTnAcc => "matmul tn_acc",
             Op::MatmulOther => "matmul other",
             Op::Attention => "attention",
-            Op::Elementwise => "norms/rope/elementwise",
+            Op::Elementwise => "norms/rope/swiglu",
             Op::Loss => "cross-entropy",
+            Op::Dropout => "dropout masks",
         }
     }
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
 static ENV: Once = Once::new();
-static NANOS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
-static CALLS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
-static FLOPS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static NANOS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static CALLS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static FLOPS: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
 /// Switches collection on or off (and reads the environment variable once).
 pub fn enable(on: bool) {

@@ -244,10 +244,21 @@ impl Dropout {
 
     /// The first `n` mask values: 0 or 1/(1 − p).
     pub fn mask<T: Real>(&self, n: usize) -> Vec<T> {
-        let keep = T::from_f64(self.keep_scale);
-        (0..n as u32)
-            .map(|i| if self.keeps(i) { keep } else { T::zero() })
-            .collect()
+        use crate::cpu::{par, profile};
+        // Two integer hashes per element (millions per step): split over threads.
+        const CHUNK: usize = 1 << 15;
+        profile::time(profile::Op::Dropout, 0, || {
+            let keep = T::from_f64(self.keep_scale);
+            let mut out = vec![T::zero(); n];
+            par::chunks_mut(&mut out, CHUNK, |c, part| {
+                for (j, x) in part.iter_mut().enumerate() {
+                    if self.keeps((c * CHUNK + j) as u32) {
+                        *x = keep;
+                    }
+                }
+            });
+            out
+        })
     }
 }
 

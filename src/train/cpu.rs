@@ -48,6 +48,7 @@ impl CpuBackend {
     /// Like [`Self::new`], with early exits after the given block counts (for adaptive
     /// layer tuning; their adapters are drawn from a seed derived from `seed`).
     pub fn with_exits(weights: Weights<f32>, lora: LoraConfig, exits: &[usize], seed: u64) -> Self {
+        crate::cpu::keep_freed_memory();
         let adapters = initial_adapters(&weights.config, lora, exits, seed);
         let mut grad = adapters.zeros_like();
         let zeros: Vec<Vec<f32>> = grad
