@@ -4,18 +4,9 @@
 //! A into a small buffer, and a micro-kernel makes an MR×NR tile that is then added into C.
 //! The columns (or, for narrow products, the rows) are split over threads.
 
+pub use super::kernels::Kernel;
 use super::{kernels, par};
 use std::cell::RefCell;
-
-/// A micro-kernel: `run(kc, a, b, tile)` overwrites the MR×NR `tile` with the product of a
-/// packed A strip (kc steps of MR values) and a packed B panel (kc steps of NR values).
-#[derive(Clone, Copy, Debug)]
-pub struct Kernel {
-    pub name: &'static str,
-    pub mr: usize,
-    pub nr: usize,
-    pub(super) run: unsafe fn(usize, *const f32, *const f32, *mut f32),
-}
 
 /// Depth of one packed block (its B block stays in L2, its A strip in L1).
 const KC: usize = 384;

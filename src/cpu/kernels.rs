@@ -5,7 +5,15 @@
 //! with their product. Packing pads both to full MR and NR with zeros, so a kernel never
 //! sees an edge.
 
-use super::gemm::Kernel;
+/// A micro-kernel: `run(kc, a, b, tile)` overwrites the MR×NR `tile` with the product of a
+/// packed A strip (kc steps of MR values) and a packed B panel (kc steps of NR values).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub mr: usize,
+    pub nr: usize,
+    pub(super) run: unsafe fn(usize, *const f32, *const f32, *mut f32),
+}
 
 /// The fastest kernel this machine runs (chosen once).
 pub fn best() -> Kernel {

@@ -53,3 +53,38 @@ pub fn chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [
     }
     out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
+
+/// Runs `f(i, a_i, b_i)` for every row i of `a` (`[m][wa]`) and `b` (`[m][wb]`), with the
+/// rows split into one contiguous band per thread.
+pub fn rows2<A: Send, B: Send>(
+    a: &mut [A],
+    wa: usize,
+    b: &mut [B],
+    wb: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync + Send,
+) {
+    assert!(wa > 0 && wb > 0, "rows2: zero width");
+    let band = (a.len() / wa).div_ceil(threads()).max(1);
+    let mut bands: Vec<(&mut [A], &mut [B])> = a
+        .chunks_mut(band * wa)
+        .zip(b.chunks_mut(band * wb))
+        .collect();
+    chunks_mut(&mut bands, 1, |c, part| {
+        let (ab, bb) = &mut part[0];
+        let rows = ab.chunks_mut(wa).zip(bb.chunks_mut(wb));
+        for (i, (ar, br)) in rows.enumerate() {
+            f(c * band + i, ar, br);
+        }
+    });
+}
+
+/// Runs `f(i, a_i)` for every row i of `a` (`[m][w]`), one band of rows per thread.
+pub fn rows<A: Send>(a: &mut [A], w: usize, f: impl Fn(usize, &mut [A]) + Sync + Send) {
+    assert!(w > 0, "rows: zero width");
+    let band = (a.len() / w).div_ceil(threads()).max(1);
+    chunks_mut(a, band * w, |c, part| {
+        for (i, r) in part.chunks_mut(w).enumerate() {
+            f(c * band + i, r);
+        }
+    });
+}

@@ -6,6 +6,10 @@
 
 pub use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::Real;
+use crate::cpu::{par, profile};
+
+/// Elements per task of the elementwise ops split over threads.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 use crate::model::RopeStyle;
 
 /// y[m×n] = x[m×k] · w[n×k]ᵀ (a linear layer without bias; `w` is `[out][in]`).
@@ -244,7 +248,6 @@ impl Dropout {
 
     /// The first `n` mask values: 0 or 1/(1 − p).
     pub fn mask<T: Real>(&self, n: usize) -> Vec<T> {
-        use crate::cpu::{par, profile};
         // Two integer hashes per element (millions per step): split over threads.
         const CHUNK: usize = 1 << 15;
         profile::time(profile::Op::Dropout, 0, || {
@@ -349,19 +352,18 @@ pub fn embedding_backward<T: Real>(dout: &[T], tokens: &[u32], d: usize, dtable:
 
 /// RMSNorm: y = x · r · w with r = 1/√(mean(x²) + eps), per row. Returns (y, r per row).
 pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], m: usize, d: usize, eps: T) -> (Vec<T>, Vec<T>) {
-    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+    profile::time(profile::Op::Elementwise, 0, || {
         let mut y = vec![T::zero(); m * d];
         let mut rstd = vec![T::zero(); m];
         let dn = T::from_f64(d as f64);
-        for i in 0..m {
+        par::rows2(&mut y, d, &mut rstd, 1, |i, yr, r| {
             let row = &x[i * d..(i + 1) * d];
             let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
-            let r = T::one() / (ms + eps).sqrt();
-            rstd[i] = r;
-            for j in 0..d {
-                y[i * d + j] = row[j] * r * w[j];
+            r[0] = T::one() / (ms + eps).sqrt();
+            for ((o, &v), &g) in yr.iter_mut().zip(row).zip(w) {
+                *o = v * r[0] * g;
             }
-        }
+        });
         (y, rstd)
     })
 }
@@ -378,17 +380,17 @@ pub fn rmsnorm_backward<T: Real>(
     dx: &mut [T],
     dw: Option<&mut [T]>,
 ) {
-    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+    profile::time(profile::Op::Elementwise, 0, || {
         let dn = T::from_f64(d as f64);
-        for i in 0..m {
+        par::rows(&mut dx[..m * d], d, |i, dxr| {
             let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
             let r = rstd[i];
             let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
             let c = r * r * r * dot / dn;
             for j in 0..d {
-                dx[i * d + j] = dx[i * d + j] + r * w[j] * gr[j] - xr[j] * c;
+                dxr[j] = dxr[j] + r * w[j] * gr[j] - xr[j] * c;
             }
-        }
+        });
         if let Some(dw) = dw {
             for i in 0..m {
                 for j in 0..d {
@@ -421,22 +423,22 @@ fn rope_apply<T: Real>(
     style: RopeStyle,
     sign: f64,
 ) {
-    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
+    profile::time(profile::Op::Elementwise, 0, || {
         let width = n_heads * head_dim;
-        for row in 0..m {
+        par::rows(&mut x[..m * width], width, |row, xr| {
             let pos = (pos0 + row) as f64;
             for (a, b, i) in rope_pairs(style, head_dim) {
                 let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
                 let (s, c) = (sign * pos * freq).sin_cos();
                 let (s, c) = (T::from_f64(s), T::from_f64(c));
                 for h in 0..n_heads {
-                    let base = row * width + h * head_dim;
-                    let (x0, x1) = (x[base + a], x[base + b]);
-                    x[base + a] = x0 * c - x1 * s;
-                    x[base + b] = x0 * s + x1 * c;
+                    let base = h * head_dim;
+                    let (x0, x1) = (xr[base + a], xr[base + b]);
+                    xr[base + a] = x0 * c - x1 * s;
+                    xr[base + b] = x0 * s + x1 * c;
                 }
             }
-        }
+        });
     })
 }
 
@@ -472,24 +474,40 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 /// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
-        gate.iter()
-            .zip(up)
-            .map(|(&g, &u)| g * sigmoid(g) * u)
-            .collect()
+    profile::time(profile::Op::Elementwise, 0, || {
+        let mut h = vec![T::zero(); gate.len()];
+        par::chunks_mut(&mut h, ELEMENTWISE_CHUNK, |c, part| {
+            let o = c * ELEMENTWISE_CHUNK;
+            for ((y, &g), &u) in part.iter_mut().zip(&gate[o..]).zip(&up[o..]) {
+                *y = g * sigmoid(g) * u;
+            }
+        });
+        h
     })
 }
 
 /// SwiGLU backward: (dgate, dup).
 pub fn swiglu_backward<T: Real>(dh: &[T], gate: &[T], up: &[T]) -> (Vec<T>, Vec<T>) {
-    crate::cpu::profile::time(crate::cpu::profile::Op::Elementwise, 0, || {
-        let mut dg = Vec::with_capacity(dh.len());
-        let mut du = Vec::with_capacity(dh.len());
-        for ((&d, &g), &u) in dh.iter().zip(gate).zip(up) {
-            let sg = sigmoid(g);
-            du.push(d * g * sg);
-            dg.push(d * u * sg * (T::one() + g * (T::one() - sg)));
-        }
+    profile::time(profile::Op::Elementwise, 0, || {
+        let mut dg = vec![T::zero(); dh.len()];
+        let mut du = vec![T::zero(); dh.len()];
+        par::rows2(
+            &mut dg,
+            ELEMENTWISE_CHUNK,
+            &mut du,
+            ELEMENTWISE_CHUNK,
+            |c, dgc, duc| {
+                let o = c * ELEMENTWISE_CHUNK;
+                let it = dgc.iter_mut().zip(duc.iter_mut());
+                for (((g_out, u_out), &d), (&g, &u)) in
+                    it.zip(&dh[o..]).zip(gate[o..].iter().zip(&up[o..]))
+                {
+                    let sg = sigmoid(g);
+                    *u_out = d * g * sg;
+                    *g_out = d * u * sg * (T::one() + g * (T::one() - sg));
+                }
+            },
+        );
         (dg, du)
     })
 }
