@@ -122,6 +122,21 @@ pub fn sgemm_with(
         }
         return;
     }
+    // A product narrower than a panel (a LoRA rank) is made transposed, Cᵀ = Bᵀ·Aᵀ, so
+    // that its few columns become a kernel's rows instead of padding in every panel.
+    if n < kern.nr && m > n {
+        let kern = kernels::for_rows(kern, n);
+        return sgemm_with(
+            kern,
+            (n, k, m),
+            alpha,
+            (b, csb, rsb),
+            (a, csa, rsa),
+            beta,
+            (c, csc, rsc),
+        );
+    }
+    let kern = kernels::for_rows(kern, m);
     let p = Ptrs {
         a: a.as_ptr(),
         b: b.as_ptr(),

@@ -29,6 +29,7 @@ pub fn available() -> Vec<Kernel> {
     {
         if std::is_x86_feature_detected!("avx512f") {
             v.push(x86::AVX512);
+            v.push(x86::AVX512_8);
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             v.push(x86::AVX2);
@@ -38,6 +39,17 @@ pub fn available() -> Vec<Kernel> {
     v.push(wasm::SIMD128);
     v.push(PORTABLE);
     v
+}
+
+/// The variant of `kern` for products of at most `m` rows (fewer rows per tile, so that
+/// rank-8 LoRA products do not compute a tile of which a third is padding).
+pub fn for_rows(kern: Kernel, m: usize) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if kern.name == x86::AVX512.name && m <= x86::AVX512_8.mr {
+        return x86::AVX512_8;
+    }
+    let _ = m;
+    kern
 }
 
 /// Plain Rust over arrays: what the compiler vectorises for the baseline target.
@@ -81,6 +93,12 @@ mod x86 {
         nr: 32,
         run: avx512_12x32,
     };
+    pub const AVX512_8: Kernel = Kernel {
+        name: "avx512 8x32",
+        mr: 8,
+        nr: 32,
+        run: avx512_8x32,
+    };
     pub const AVX2: Kernel = Kernel {
         name: "avx2+fma 6x16",
         mr: 6,
@@ -93,6 +111,12 @@ mod x86 {
     /// `tile` 384.
     unsafe fn avx512_12x32(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
         avx512::<12>(kc, a, b, tile)
+    }
+
+    /// # Safety
+    /// As [`avx512_12x32`], with 8 rows: `a` holds kc·8 values, `tile` 256.
+    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+        avx512::<8>(kc, a, b, tile)
     }
 
     #[target_feature(enable = "avx512f")]

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod gemm;
 mod kernels;
+pub mod mask;
 pub mod par;
 pub mod profile;
 

@@ -39,6 +39,14 @@ pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync
         rsc: isize,
         csc: isize,
     );
+    /// out[j] = mask element `start + j` of `d` (0 or 1/(1 − p)).
+    fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
+        let keep = Self::from_f64(d.keep_scale);
+        for (j, x) in out.iter_mut().enumerate() {
+            let kept = d.keeps(start.wrapping_add(j as u32));
+            *x = if kept { keep } else { Self::zero() };
+        }
+    }
     fn from_f64(x: f64) -> Self {
         <Self as num_traits::NumCast>::from(x).unwrap_or_else(Self::nan)
     }
@@ -133,6 +141,10 @@ impl Real for f32 {
             beta,
             (c, rsc, csc),
         );
+    }
+    fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
+        let keep = d.keep_scale as f32;
+        crate::cpu::mask::fill(d.key, d.threshold, start, keep, out);
     }
 }
 impl_real!(f64, matrixmultiply::dgemm);

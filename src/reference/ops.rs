@@ -204,15 +204,7 @@ pub fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A 32-bit integer hash (the "lowbias32" constants), written identically in
-/// shaders/lora.wgsl.
-pub fn hash32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
+pub use crate::cpu::mask::hash32;
 
 /// Inverted LoRA dropout as a counter-based function: element `i` of a mask is dropped
 /// when `hash32(hash32(i) ^ key) < threshold`, kept values are scaled by 1/(1 − p). The
@@ -243,7 +235,7 @@ impl Dropout {
     }
 
     pub fn keeps(&self, i: u32) -> bool {
-        hash32(hash32(i) ^ self.key) >= self.threshold
+        crate::cpu::mask::keeps(self.key, self.threshold, i)
     }
 
     /// The first `n` mask values: 0 or 1/(1 − p).
@@ -251,14 +243,9 @@ impl Dropout {
         // Two integer hashes per element (millions per step): split over threads.
         const CHUNK: usize = 1 << 15;
         profile::time(profile::Op::Dropout, 0, || {
-            let keep = T::from_f64(self.keep_scale);
             let mut out = vec![T::zero(); n];
             par::chunks_mut(&mut out, CHUNK, |c, part| {
-                for (j, x) in part.iter_mut().enumerate() {
-                    if self.keeps((c * CHUNK + j) as u32) {
-                        *x = keep;
-                    }
-                }
+                T::fill_mask(self, (c * CHUNK) as u32, part);
             });
             out
         })
