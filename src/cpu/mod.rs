@@ -12,6 +12,7 @@ pub mod gemm;
 mod kernels;
 pub mod mask;
 pub mod par;
+pub mod peak;
 pub mod profile;
 
 pub use alloc::keep_freed_memory;
