@@ -135,13 +135,15 @@ impl Backend for CpuBackend {
             let seed = derive_seed(dropout_seed, &[r as u64]);
             let span = self.current_span();
             let input = self.prefix(&row.tokens, span.layers.start);
-            let acts =
-                self.model
-                    .forward_span(&row.tokens, input, &span, Some(&row.targets), Some(seed));
-            let loss = self.model.loss(&acts, &row.targets);
-            let mut g = self
-                .model
-                .backward(&acts, &row.targets, false)
+            let model = &self.model;
+            // On a pool thread: each op's first part starts without a wake-up.
+            let (loss, grads) = crate::cpu::par::install(|| {
+                let acts =
+                    model.forward_span(&row.tokens, input, &span, Some(&row.targets), Some(seed));
+                let loss = model.loss(&acts, &row.targets);
+                (loss, model.backward(&acts, &row.targets, false))
+            });
+            let mut g = grads
                 .lora
                 .ok_or_else(|| Error::Invalid("the CPU backend has no LoRA adapters".into()))?;
             // backward() differentiates this row's mean; the step wants Σ·grad_scale.
