@@ -5,7 +5,8 @@
 //! The columns (or, for narrow products, the rows) are split over threads.
 
 pub use super::kernels::Kernel;
-use super::{kernels, par};
+use super::kernels::Out;
+use super::{kernels, narrow, par};
 use std::cell::RefCell;
 
 /// Depth of one packed block (its B block stays in L2, its A strip in L1).
@@ -121,6 +122,59 @@ pub fn sgemm_with(
             }
         }
         return;
+    }
+    // At most 8 columns, both operands contiguous along the depth: dot products (with B
+    // transposed first when its columns are the contiguous side).
+    if n <= narrow::MAX_N && csa == 1 && k >= 16 {
+        let bt: Vec<f32>;
+        let (bp, bcs) = if rsb == 1 {
+            (b.as_ptr(), u(csb))
+        } else if csb == 1 {
+            bt = (0..n)
+                .flat_map(|j| (0..k).map(move |p| (j, p)))
+                .map(|(j, p)| b[p * u(rsb) + j])
+                .collect();
+            (bt.as_ptr(), k)
+        } else {
+            (std::ptr::null(), 0)
+        };
+        if !bp.is_null() {
+            let p = Ptrs {
+                a: a.as_ptr(),
+                b: bp,
+                c: c.as_mut_ptr(),
+                rsa: u(rsa),
+                csa: 1,
+                rsb: 1,
+                csb: bcs,
+                rsc: u(rsc),
+                csc: u(csc),
+            };
+            let parts = if m * k * n < PARALLEL_MIN {
+                1
+            } else {
+                par::threads().min(m)
+            };
+            let wide = kern.nr >= 16;
+            par::for_each(parts, |i| {
+                let p: Ptrs = p; // the whole struct (Sync), not its raw fields
+                let rows = par::part(m, parts, i);
+                // SAFETY: bounds asserted above (B's copy holds n·k values); parts own
+                // disjoint rows of C.
+                unsafe {
+                    narrow::dots(
+                        wide,
+                        (rows.len(), k, n),
+                        alpha,
+                        (p.a.add(rows.start * p.rsa), p.rsa),
+                        (p.b, p.csb),
+                        beta,
+                        (p.c.add(rows.start * p.rsc), p.rsc, p.csc),
+                    )
+                }
+            });
+            return;
+        }
     }
     // A product narrower than a panel (a LoRA rank) is made transposed, Cᵀ = Bᵀ·Aᵀ, so
     // that its few columns become a kernel's rows instead of padding in every panel.
@@ -246,17 +300,32 @@ unsafe fn block(
                     pack_a(ap, p, ic, mrows, pc, kc, mr);
                     for (q, jr) in (0..nc).step_by(nr).enumerate() {
                         let ncols = nr.min(nc - jr);
-                        (kern.run)(kc, ap, bp.add(q * kc * nr), tile.as_mut_ptr());
+                        let bq = bp.add(q * kc * nr);
                         let c = p.c.add(ic * p.rsc + (jc + jr) * p.csc);
-                        update(
-                            c,
-                            (p.rsc, p.csc),
-                            &tile[..mr * nr],
-                            nr,
-                            (mrows, ncols),
-                            alpha,
-                            beta,
-                        );
+                        if mrows == mr && ncols == nr && p.csc == 1 {
+                            let rsc = p.rsc;
+                            (kern.run)(
+                                kc,
+                                ap,
+                                bq,
+                                Out {
+                                    c,
+                                    rsc,
+                                    alpha,
+                                    beta,
+                                },
+                            );
+                        } else {
+                            let t = Out {
+                                c: tile.as_mut_ptr(),
+                                rsc: nr,
+                                alpha: 1.0,
+                                beta: 0.0,
+                            };
+                            (kern.run)(kc, ap, bq, t);
+                            let tile = &tile[..mr * nr];
+                            update(c, (p.rsc, p.csc), tile, nr, (mrows, ncols), alpha, beta);
+                        }
                     }
                 }
             }

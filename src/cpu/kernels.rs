@@ -1,18 +1,28 @@
 //! The micro-kernels: an MR×NR tile of A·B from packed panels, one per target.
 //!
 //! Every kernel reads `kc` steps of a packed A strip (MR values per step) and a packed B
-//! panel (NR values per step, 64-byte aligned) and overwrites `tile` (MR×NR, row-major)
-//! with their product. Packing pads both to full MR and NR with zeros, so a kernel never
-//! sees an edge.
+//! panel (NR values per step, 64-byte aligned) and writes their MR×NR product into C as
+//! C = α·product + β·C (the driver passes a scratch tile with α 1, β 0 at C's edges).
+//! Packing pads both to full MR and NR with zeros, so a kernel never sees an edge.
 
-/// A micro-kernel: `run(kc, a, b, tile)` overwrites the MR×NR `tile` with the product of a
+/// Where a kernel writes its tile: C rows at `c + i·rsc` (columns contiguous), as
+/// C = α·tile + β·C (β = 0: C not read).
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// A micro-kernel: `run(kc, a, b, out)` writes into `out` the MR×NR product of a
 /// packed A strip (kc steps of MR values) and a packed B panel (kc steps of NR values).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     pub name: &'static str,
     pub mr: usize,
     pub nr: usize,
-    pub(super) run: unsafe fn(usize, *const f32, *const f32, *mut f32),
+    pub(super) run: unsafe fn(usize, *const f32, *const f32, Out),
 }
 
 /// The fastest kernel this machine runs (chosen once).
@@ -61,8 +71,8 @@ pub const PORTABLE: Kernel = Kernel {
 };
 
 /// # Safety
-/// `a` holds kc·4 values, `b` kc·8, `tile` 32.
-unsafe fn portable(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+/// `a` holds kc·4 values, `b` kc·8, `out` an MR×NR block.
+unsafe fn portable(kc: usize, a: *const f32, b: *const f32, out: Out) {
     const MR: usize = 4;
     const NR: usize = 8;
     let a = std::slice::from_raw_parts(a, kc * MR);
@@ -76,15 +86,21 @@ unsafe fn portable(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
             }
         }
     }
-    let tile = std::slice::from_raw_parts_mut(tile, MR * NR);
-    for i in 0..MR {
-        tile[i * NR..(i + 1) * NR].copy_from_slice(&acc[i]);
+    for (i, row) in acc.iter().enumerate() {
+        let c = std::slice::from_raw_parts_mut(out.c.add(i * out.rsc), NR);
+        for (x, &t) in c.iter_mut().zip(row) {
+            *x = if out.beta == 0.0 {
+                out.alpha * t
+            } else {
+                out.alpha * t + out.beta * *x
+            };
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Kernel;
+    use super::{Kernel, Out};
     use std::arch::x86_64::*;
 
     pub const AVX512: Kernel = Kernel {
@@ -108,19 +124,19 @@ mod x86 {
 
     /// # Safety
     /// Only on a CPU with AVX-512F; `a` holds kc·12 values, `b` kc·32 (64-byte aligned),
-    /// `tile` 384.
-    unsafe fn avx512_12x32(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
-        avx512::<12>(kc, a, b, tile)
+    /// `out` an MR×NR block.
+    unsafe fn avx512_12x32(kc: usize, a: *const f32, b: *const f32, out: Out) {
+        avx512::<12>(kc, a, b, out)
     }
 
     /// # Safety
-    /// As [`avx512_12x32`], with 8 rows: `a` holds kc·8 values, `tile` 256.
-    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
-        avx512::<8>(kc, a, b, tile)
+    /// As [`avx512_12x32`], with 8 rows: `a` holds kc·8 values, `out` an MR×NR block.
+    unsafe fn avx512_8x32(kc: usize, a: *const f32, b: *const f32, out: Out) {
+        avx512::<8>(kc, a, b, out)
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512<const MR: usize>(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    unsafe fn avx512<const MR: usize>(kc: usize, a: *const f32, b: *const f32, out: Out) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kc {
             let b0 = _mm512_load_ps(b.add(p * 32));
@@ -132,21 +148,31 @@ mod x86 {
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
+        let (va, vb) = (_mm512_set1_ps(out.alpha), _mm512_set1_ps(out.beta));
         for (i, row) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.add(i * 32), row[0]);
-            _mm512_storeu_ps(tile.add(i * 32 + 16), row[1]);
+            let c = out.c.add(i * out.rsc);
+            for (h, &t) in row.iter().enumerate() {
+                let ch = c.add(16 * h);
+                let t = _mm512_mul_ps(t, va);
+                let v = if out.beta == 0.0 {
+                    t
+                } else {
+                    _mm512_fmadd_ps(_mm512_loadu_ps(ch), vb, t)
+                };
+                _mm512_storeu_ps(ch, v);
+            }
         }
     }
 
     /// # Safety
     /// Only on a CPU with AVX2 and FMA; `a` holds kc·6 values, `b` kc·16 (32-byte
-    /// aligned), `tile` 96.
-    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
-        avx2::<6>(kc, a, b, tile)
+    /// aligned), `out` an MR×NR block.
+    unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, out: Out) {
+        avx2::<6>(kc, a, b, out)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2<const MR: usize>(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    unsafe fn avx2<const MR: usize>(kc: usize, a: *const f32, b: *const f32, out: Out) {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for p in 0..kc {
             let b0 = _mm256_load_ps(b.add(p * 16));
@@ -158,16 +184,26 @@ mod x86 {
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
         }
+        let (va, vb) = (_mm256_set1_ps(out.alpha), _mm256_set1_ps(out.beta));
         for (i, row) in acc.iter().enumerate() {
-            _mm256_storeu_ps(tile.add(i * 16), row[0]);
-            _mm256_storeu_ps(tile.add(i * 16 + 8), row[1]);
+            let c = out.c.add(i * out.rsc);
+            for (h, &t) in row.iter().enumerate() {
+                let ch = c.add(8 * h);
+                let t = _mm256_mul_ps(t, va);
+                let v = if out.beta == 0.0 {
+                    t
+                } else {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(ch), vb, t)
+                };
+                _mm256_storeu_ps(ch, v);
+            }
         }
     }
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm {
-    use super::Kernel;
+    use super::{Kernel, Out};
     use std::arch::wasm32::*;
 
     pub const SIMD128: Kernel = Kernel {
@@ -178,8 +214,8 @@ mod wasm {
     };
 
     /// # Safety
-    /// `a` holds kc·4 values, `b` kc·8, `tile` 32.
-    unsafe fn simd128_4x8(kc: usize, a: *const f32, b: *const f32, tile: *mut f32) {
+    /// `a` holds kc·4 values, `b` kc·8, `out` an MR×NR block.
+    unsafe fn simd128_4x8(kc: usize, a: *const f32, b: *const f32, out: Out) {
         const MR: usize = 4;
         let mut acc = [[f32x4_splat(0.0); 2]; MR];
         for p in 0..kc {
@@ -193,9 +229,19 @@ mod wasm {
                 row[1] = f32x4_add(row[1], f32x4_mul(av, b1));
             }
         }
+        let (va, vb) = (f32x4_splat(out.alpha), f32x4_splat(out.beta));
         for (i, row) in acc.iter().enumerate() {
-            v128_store(tile.add(i * 8) as *mut v128, row[0]);
-            v128_store(tile.add(i * 8 + 4) as *mut v128, row[1]);
+            let c = out.c.add(i * out.rsc);
+            for (h, &t) in row.iter().enumerate() {
+                let ch = c.add(4 * h) as *mut v128;
+                let t = f32x4_mul(t, va);
+                let v = if out.beta == 0.0 {
+                    t
+                } else {
+                    f32x4_add(t, f32x4_mul(v128_load(ch), vb))
+                };
+                v128_store(ch, v);
+            }
         }
     }
 }

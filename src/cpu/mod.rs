@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod gemm;
 mod kernels;
 pub mod mask;
+mod narrow;
 pub mod par;
 pub mod peak;
 pub mod profile;
