@@ -15,6 +15,7 @@ mod narrow;
 pub mod par;
 pub mod peak;
 pub mod profile;
+pub mod vmath;
 
 pub use alloc::keep_freed_memory;
 pub use gemm::{sgemm, Kernel};

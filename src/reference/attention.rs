@@ -103,12 +103,7 @@ fn softmax_causal<T: Real>(row: &mut [T], last: usize) {
     let (live, masked) = row.split_at_mut(last + 1);
     masked.iter_mut().for_each(|x| *x = T::zero());
     let max = live.iter().copied().fold(T::neg_infinity(), T::max);
-    let mut sum = T::zero();
-    for x in live.iter_mut() {
-        *x = (*x - max).exp();
-        sum = sum + *x;
-    }
-    let inv = T::one() / sum;
+    let inv = T::one() / T::exp_sum(live, max);
     live.iter_mut().for_each(|x| *x = *x * inv);
 }
 

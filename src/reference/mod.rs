@@ -39,6 +39,31 @@ pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync
         rsc: isize,
         csc: isize,
     );
+    /// out = silu(gate) ⊙ up, silu(g) = g·σ(g).
+    fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * (Self::one() / (Self::one() + (-g).exp())) * u;
+        }
+    }
+    /// SwiGLU backward: dg = dh·u·σ(g)(1 + g(1 − σ(g))), du = dh·g·σ(g).
+    fn swiglu_backward(dh: &[Self], gate: &[Self], up: &[Self], dg: &mut [Self], du: &mut [Self]) {
+        let one = Self::one();
+        for i in 0..dh.len() {
+            let (d, g, u) = (dh[i], gate[i], up[i]);
+            let sg = one / (one + (-g).exp());
+            du[i] = d * g * sg;
+            dg[i] = d * u * sg * (one + g * (one - sg));
+        }
+    }
+    /// row = e^(row − max) in place; returns the sum.
+    fn exp_sum(row: &mut [Self], max: Self) -> Self {
+        let mut sum = Self::zero();
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum = sum + *x;
+        }
+        sum
+    }
     /// out[j] = mask element `start + j` of `d` (0 or 1/(1 − p)).
     fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
         let keep = Self::from_f64(d.keep_scale);
@@ -141,6 +166,15 @@ impl Real for f32 {
             beta,
             (c, rsc, csc),
         );
+    }
+    fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
+        crate::cpu::vmath::swiglu(gate, up, out);
+    }
+    fn swiglu_backward(dh: &[Self], gate: &[Self], up: &[Self], dg: &mut [Self], du: &mut [Self]) {
+        crate::cpu::vmath::swiglu_backward(dh, gate, up, dg, du);
+    }
+    fn exp_sum(row: &mut [Self], max: Self) -> Self {
+        crate::cpu::vmath::exp_sum(row, max)
     }
     fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
         let keep = d.keep_scale as f32;

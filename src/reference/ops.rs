@@ -455,19 +455,13 @@ pub fn rope_backward<T: Real>(
     rope_apply(dx, m, n_heads, head_dim, pos0, theta, style, -1.0);
 }
 
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
 /// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
     profile::time(profile::Op::Elementwise, 0, || {
         let mut h = vec![T::zero(); gate.len()];
         par::chunks_mut(&mut h, ELEMENTWISE_CHUNK, |c, part| {
-            let o = c * ELEMENTWISE_CHUNK;
-            for ((y, &g), &u) in part.iter_mut().zip(&gate[o..]).zip(&up[o..]) {
-                *y = g * sigmoid(g) * u;
-            }
+            let o = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + part.len();
+            T::swiglu(&gate[o.clone()], &up[o], part);
         });
         h
     })
@@ -478,23 +472,11 @@ pub fn swiglu_backward<T: Real>(dh: &[T], gate: &[T], up: &[T]) -> (Vec<T>, Vec<
     profile::time(profile::Op::Elementwise, 0, || {
         let mut dg = vec![T::zero(); dh.len()];
         let mut du = vec![T::zero(); dh.len()];
-        par::rows2(
-            &mut dg,
-            ELEMENTWISE_CHUNK,
-            &mut du,
-            ELEMENTWISE_CHUNK,
-            |c, dgc, duc| {
-                let o = c * ELEMENTWISE_CHUNK;
-                let it = dgc.iter_mut().zip(duc.iter_mut());
-                for (((g_out, u_out), &d), (&g, &u)) in
-                    it.zip(&dh[o..]).zip(gate[o..].iter().zip(&up[o..]))
-                {
-                    let sg = sigmoid(g);
-                    *u_out = d * g * sg;
-                    *g_out = d * u * sg * (T::one() + g * (T::one() - sg));
-                }
-            },
-        );
+        let w = ELEMENTWISE_CHUNK;
+        par::rows2(&mut dg, w, &mut du, w, |c, dgc, duc| {
+            let o = c * w..c * w + dgc.len();
+            T::swiglu_backward(&dh[o.clone()], &gate[o.clone()], &up[o], dgc, duc);
+        });
         (dg, du)
     })
 }
