@@ -21,7 +21,7 @@ pub enum Op {
     Elementwise,
     /// Softmax cross-entropy over the vocabulary.
     Loss,
-    /// LoRA dropout masks (drawn by hashing).
+    /// LoRA dropout: the masks (drawn by hashing), x ⊙ mask and its gradient.
     Dropout,
 }
 
@@ -46,7 +46,7 @@ impl Op {
             Op::Attention => "attention",
             Op::Elementwise => "norms/rope/swiglu",
             Op::Loss => "cross-entropy",
-            Op::Dropout => "dropout masks",
+            Op::Dropout => "dropout (masks, x⊙mask)",
         }
     }
 }

@@ -148,7 +148,7 @@ pub fn lora_forward<T: Real>(
     let (k, n, r) = (p.k, p.n, p.rank);
     let u = match mask {
         Some(mk) => {
-            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            let xd = masked(x, mk);
             matmul_nt(&xd, &p.a, m, k, r)
         }
         None => matmul_nt(x, &p.a, m, k, r),
@@ -170,6 +170,20 @@ pub fn lora_forward<T: Real>(
         1,
     );
     u
+}
+
+/// x ⊙ mask (LoRA's dropped-out input), split over threads.
+fn masked<T: Real>(x: &[T], mask: &[T]) -> Vec<T> {
+    profile::time(profile::Op::Dropout, 0, || {
+        let mut out = vec![T::zero(); x.len()];
+        par::chunks_mut(&mut out, ELEMENTWISE_CHUNK, |c, part| {
+            let o = c * ELEMENTWISE_CHUNK;
+            for ((y, &a), &b) in part.iter_mut().zip(&x[o..]).zip(&mask[o..]) {
+                *y = a * b;
+            }
+        });
+        out
+    })
 }
 
 /// [`Real::gemm`] timed as a LoRA product (the profile's "matmul other").
@@ -303,13 +317,18 @@ pub fn lora_backward<T: Real>(
     );
     match mask {
         Some(mk) => {
-            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            let xd = masked(x, mk);
             matmul_tn_acc(&du, &xd, m, k, r, &mut dp.a);
             let mut dxd = vec![T::zero(); m * k];
             matmul_nn_acc(&du, &p.a, m, k, r, &mut dxd);
-            for ((d, g), &mm) in dx.iter_mut().zip(dxd).zip(mk) {
-                *d = *d + g * mm;
-            }
+            profile::time(profile::Op::Dropout, 0, || {
+                par::chunks_mut(dx, ELEMENTWISE_CHUNK, |c, part| {
+                    let o = c * ELEMENTWISE_CHUNK;
+                    for ((d, &g), &mm) in part.iter_mut().zip(&dxd[o..]).zip(&mk[o..]) {
+                        *d = *d + g * mm;
+                    }
+                });
+            });
         }
         None => {
             matmul_tn_acc(&du, x, m, k, r, &mut dp.a);
