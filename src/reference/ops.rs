@@ -7,6 +7,7 @@
 pub use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::Real;
 use crate::cpu::{par, profile};
+use std::sync::{Arc, Mutex};
 
 /// Elements per task of the elementwise ops split over threads.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
@@ -407,6 +408,39 @@ pub fn rmsnorm_backward<T: Real>(
     })
 }
 
+/// (sin, cos) of sign·pos·θ^(−2i/head_dim) for positions below `n` and i < head_dim/2,
+/// by position: the f64 values RoPE used to recompute per row of every call (a sin_cos and
+/// a powf per pair, about a million per training step), made once per (θ, head_dim, sign)
+/// and regrown, doubling, when a longer sequence comes.
+fn rope_table(theta: f64, head_dim: usize, sign: f64, n: usize) -> Arc<Vec<(f64, f64)>> {
+    type Tables = Vec<((u64, usize, u64), Arc<Vec<(f64, f64)>>)>;
+    static TABLES: Mutex<Tables> = Mutex::new(Vec::new());
+    let key = (theta.to_bits(), head_dim, sign.to_bits());
+    let half = head_dim / 2;
+    let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let have = tables.iter().position(|(k, _)| *k == key);
+    if let Some(i) = have {
+        if tables[i].1.len() >= n * half {
+            return tables[i].1.clone();
+        }
+    }
+    let len = have.map_or(0, |i| tables[i].1.len() / half.max(1));
+    let positions = n.max(2 * len).max(256);
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let table: Arc<Vec<(f64, f64)>> = Arc::new(
+        (0..positions)
+            .flat_map(|pos| freqs.iter().map(move |f| (sign * pos as f64 * f).sin_cos()))
+            .collect(),
+    );
+    match have {
+        Some(i) => tables[i].1 = table.clone(),
+        None => tables.push((key, table.clone())),
+    }
+    table
+}
+
 /// The index pairs RoPE rotates inside a head, and the frequency index of each pair.
 fn rope_pairs(style: RopeStyle, head_dim: usize) -> impl Iterator<Item = (usize, usize, usize)> {
     let half = head_dim / 2;
@@ -430,13 +464,12 @@ fn rope_apply<T: Real>(
     sign: f64,
 ) {
     profile::time(profile::Op::Elementwise, 0, || {
-        let width = n_heads * head_dim;
+        let (width, half) = (n_heads * head_dim, head_dim / 2);
+        let table = rope_table(theta, head_dim, sign, pos0 + m);
         par::rows(&mut x[..m * width], width, |row, xr| {
-            let pos = (pos0 + row) as f64;
+            let angles = &table[(pos0 + row) * half..(pos0 + row + 1) * half];
             for (a, b, i) in rope_pairs(style, head_dim) {
-                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
-                let (s, c) = (sign * pos * freq).sin_cos();
-                let (s, c) = (T::from_f64(s), T::from_f64(c));
+                let (s, c) = (T::from_f64(angles[i].0), T::from_f64(angles[i].1));
                 for h in 0..n_heads {
                     let base = h * head_dim;
                     let (x0, x1) = (xr[base + a], xr[base + b]);
