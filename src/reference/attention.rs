@@ -18,17 +18,34 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Query rows per causal block: a block's rows attend to keys up to its last row's, so
+/// blocks skip most of the masked triangle (the products shrink to about (½ + ROWS/2t) of
+/// t×s) while staying large enough for the GEMM.
+const ROWS: usize = 64;
+
 impl AttnShape {
+    /// The causal row blocks: (first row, end row, keys the block reads).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (t, s) = (self.t, self.s);
+        (0..t)
+            .step_by(ROWS)
+            .map(move |r0| (r0, (r0 + ROWS).min(t), s - t + (r0 + ROWS).min(t)))
+    }
+
+    /// Multiply-adds ×2 of one t'×s'×hd product per block and head (forward has two such
+    /// products, backward four).
     fn flops(&self) -> u64 {
-        // Two t×s×hd products per head forward (four backward), counted in full.
-        (4 * self.t * self.s * self.head_dim * self.n_heads) as u64
+        let per: usize = self.blocks().map(|(r0, r1, kend)| (r1 - r0) * kend).sum();
+        (2 * per * self.head_dim * self.n_heads) as u64
     }
 }
 
 /// Causal grouped-query attention. q `[t][H·hd]`, k and v `[s][Hkv·hd]`. Query head h reads
 /// KV head h / (H/Hkv). Returns (out `[t][H·hd]`, probs `[H][t][s]`).
 pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
-    profile::time(profile::Op::Attention, sh.flops(), || forward(q, k, v, sh))
+    profile::time(profile::Op::Attention, 2 * sh.flops(), || {
+        forward(q, k, v, sh)
+    })
 }
 
 fn forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
@@ -51,43 +68,50 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>
     par::chunks_mut(&mut work, 1, |h, w| {
         let (p, o) = &mut w[0];
         let kh = (h / group) * hd;
-        // S = scale · Q_h·K_khᵀ
-        T::gemm(
-            t,
-            hd,
-            s,
-            scale,
-            &q[h * hd..],
-            qw as isize,
-            1,
-            &k[kh..],
-            1,
-            kw as isize,
-            T::zero(),
-            p,
-            s as isize,
-            1,
-        );
-        for (i, row) in p.chunks_mut(s).enumerate() {
-            softmax_causal(row, s - t + i);
+        for (r0, r1, kend) in sh.blocks() {
+            let (rows, p) = (r1 - r0, &mut p[r0 * s..r1 * s]);
+            // S = scale · Q_h·K_khᵀ over the keys the block reads (the rest stays 0)
+            let qh = &q[r0 * qw + h * hd..];
+            let (sw, qs, ks) = (s as isize, qw as isize, kw as isize);
+            T::gemm(
+                rows,
+                hd,
+                kend,
+                scale,
+                qh,
+                qs,
+                1,
+                &k[kh..],
+                1,
+                ks,
+                T::zero(),
+                p,
+                sw,
+                1,
+            );
+            for (i, row) in p.chunks_mut(s).enumerate() {
+                softmax_causal(row, s - t + r0 + i);
+            }
+            // O_h = P·V_kh
+            let o = &mut o[r0 * hd..r1 * hd];
+            let hw = hd as isize;
+            T::gemm(
+                rows,
+                kend,
+                hd,
+                T::one(),
+                p,
+                sw,
+                1,
+                &v[kh..],
+                ks,
+                1,
+                T::zero(),
+                o,
+                hw,
+                1,
+            );
         }
-        // O_h = P·V_kh
-        T::gemm(
-            t,
-            s,
-            hd,
-            T::one(),
-            p,
-            s as isize,
-            1,
-            &v[kh..],
-            kw as isize,
-            1,
-            T::zero(),
-            o,
-            hd as isize,
-            1,
-        );
     });
     let mut out = vec![T::zero(); t * qw];
     for (h, o) in heads.chunks(t * hd).enumerate() {
@@ -116,7 +140,7 @@ pub fn attention_backward<T: Real>(
     probs: &[T],
     sh: AttnShape,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    profile::time(profile::Op::Attention, 2 * sh.flops(), || {
+    profile::time(profile::Op::Attention, 4 * sh.flops(), || {
         backward(dout, q, k, v, probs, sh)
     })
 }
@@ -148,80 +172,88 @@ fn backward<T: Real>(
         let (dq, rest) = buf.split_at_mut(t * hd);
         let (dk, rest) = rest.split_at_mut(s * hd);
         let (dv, ds) = rest.split_at_mut(s * hd);
-        let d_o = &dout[h * hd..];
-        // dP = dO_h·V_khᵀ (into ds), dV_kh = Pᵀ·dO_h
-        T::gemm(
-            t,
-            hd,
-            s,
-            T::one(),
-            d_o,
-            qw as isize,
-            1,
-            &v[kh..],
-            1,
-            kw as isize,
-            T::zero(),
-            ds,
-            s as isize,
-            1,
-        );
-        T::gemm(
-            s,
-            t,
-            hd,
-            T::one(),
-            p,
-            1,
-            s as isize,
-            d_o,
-            qw as isize,
-            1,
-            T::zero(),
-            dv,
-            hd as isize,
-            1,
-        );
-        // Softmax backward: dS_j = scale · p_j (dP_j − Σ p·dP), 0 where masked (p = 0).
-        for (pr, dr) in p.chunks(s).zip(ds.chunks_mut(s)) {
-            let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &b)| a * b).sum();
-            for (d, &pj) in dr.iter_mut().zip(pr) {
-                *d = scale * pj * (*d - dot);
+        let (sw, qs, ks, hw) = (s as isize, qw as isize, kw as isize, hd as isize);
+        for (r0, r1, kend) in sh.blocks() {
+            let rows = r1 - r0;
+            let (p, ds) = (&p[r0 * s..r1 * s], &mut ds[r0 * s..r1 * s]);
+            let d_o = &dout[r0 * qw + h * hd..];
+            // dP = dO_h·V_khᵀ over the block's keys (into ds), dV_kh += Pᵀ·dO_h
+            T::gemm(
+                rows,
+                hd,
+                kend,
+                T::one(),
+                d_o,
+                qs,
+                1,
+                &v[kh..],
+                1,
+                ks,
+                T::zero(),
+                ds,
+                sw,
+                1,
+            );
+            T::gemm(
+                kend,
+                rows,
+                hd,
+                T::one(),
+                p,
+                1,
+                sw,
+                d_o,
+                qs,
+                1,
+                T::one(),
+                dv,
+                hw,
+                1,
+            );
+            // Softmax backward: dS_j = scale · p_j (dP_j − Σ p·dP), 0 where masked (p = 0).
+            for (pr, dr) in p.chunks(s).zip(ds.chunks_mut(s)) {
+                let (pr, dr) = (&pr[..kend], &mut dr[..kend]);
+                let dot: T = pr.iter().zip(dr.iter()).map(|(&a, &b)| a * b).sum();
+                for (d, &pj) in dr.iter_mut().zip(pr) {
+                    *d = scale * pj * (*d - dot);
+                }
             }
+            // dQ_h = dS·K_kh, dK_kh += dSᵀ·Q_h
+            let dq = &mut dq[r0 * hd..r1 * hd];
+            let qh = &q[r0 * qw + h * hd..];
+            T::gemm(
+                rows,
+                kend,
+                hd,
+                T::one(),
+                ds,
+                sw,
+                1,
+                &k[kh..],
+                ks,
+                1,
+                T::zero(),
+                dq,
+                hw,
+                1,
+            );
+            T::gemm(
+                kend,
+                rows,
+                hd,
+                T::one(),
+                ds,
+                1,
+                sw,
+                qh,
+                qs,
+                1,
+                T::one(),
+                dk,
+                hw,
+                1,
+            );
         }
-        // dQ_h = dS·K_kh, dK_kh = dSᵀ·Q_h
-        T::gemm(
-            t,
-            s,
-            hd,
-            T::one(),
-            ds,
-            s as isize,
-            1,
-            &k[kh..],
-            kw as isize,
-            1,
-            T::zero(),
-            dq,
-            hd as isize,
-            1,
-        );
-        T::gemm(
-            s,
-            t,
-            hd,
-            T::one(),
-            ds,
-            1,
-            s as isize,
-            &q[h * hd..],
-            qw as isize,
-            1,
-            T::zero(),
-            dk,
-            hd as isize,
-            1,
-        );
     });
     let mut dq = vec![T::zero(); t * qw];
     let mut dk = vec![T::zero(); s * kw];
