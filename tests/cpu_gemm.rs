@@ -164,7 +164,9 @@ type GemmArgs<'a> = (
     (isize, isize),
 );
 
-#[test]
+// Also on wasm32 (the SIMD128 kernel): `wasm-bindgen-test-runner` in Node.
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 fn every_kernel_matches_the_triple_loop() {
     every_case(
         "sgemm_with",
@@ -182,7 +184,8 @@ fn every_kernel_matches_the_triple_loop() {
     );
 }
 
-#[test]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+#[cfg_attr(not(target_arch = "wasm32"), test)]
 fn the_dispatch_matches_the_triple_loop() {
     // The kernel sgemm picks, split over threads as in the engine (the kernel argument is
     // the same for every pass here).
