@@ -6,6 +6,7 @@
 
 pub use super::kernels::Kernel;
 use super::kernels::Out;
+use super::pack::{aligned, pack_a, pack_b};
 use super::{kernels, narrow, par};
 use std::cell::RefCell;
 
@@ -260,16 +261,6 @@ thread_local! {
     static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// The 64-byte aligned part of `v` of `len` values, growing `v` if needed.
-fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
-    if v.len() < len + 16 {
-        v.resize(len + 16, 0.0);
-    }
-    let off = v.as_ptr().align_offset(64).min(15);
-    // SAFETY: off ≤ 15 and the vector holds len + 16 values.
-    unsafe { v.as_mut_ptr().add(off) }
-}
-
 /// C[rows, cols] = α·A[rows, :]·B[:, cols] + β·C[rows, cols].
 ///
 /// # Safety
@@ -293,11 +284,23 @@ unsafe fn block(
             let nc = NC.min(cols.end - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack_b(bp, p, pc, kc, jc, nc, nr);
+                pack_b(
+                    bp,
+                    (p.b.add(pc * p.rsb + jc * p.csb), p.rsb, p.csb),
+                    kc,
+                    nc,
+                    nr,
+                );
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in rows.clone().step_by(mr) {
                     let mrows = mr.min(rows.end - ic);
-                    pack_a(ap, p, ic, mrows, pc, kc, mr);
+                    pack_a(
+                        ap,
+                        (p.a.add(ic * p.rsa + pc * p.csa), p.rsa, p.csa),
+                        mrows,
+                        kc,
+                        mr,
+                    );
                     for (q, jr) in (0..nc).step_by(nr).enumerate() {
                         let ncols = nr.min(nc - jr);
                         let bq = bp.add(q * kc * nr);
@@ -367,59 +370,6 @@ unsafe fn update(
                 } else {
                     alpha * y + beta * *x
                 };
-            }
-        }
-    }
-}
-
-/// Packs A[ic..ic+mrows, pc..pc+kc] as kc steps of `mr` values (rows past `mrows` zero).
-///
-/// # Safety
-/// The block must be in bounds of A; `dst` must hold kc·mr values.
-unsafe fn pack_a(dst: *mut f32, p: Ptrs, ic: usize, mrows: usize, pc: usize, kc: usize, mr: usize) {
-    let src = p.a.add(ic * p.rsa + pc * p.csa);
-    if mrows < mr {
-        std::ptr::write_bytes(dst, 0, kc * mr);
-    }
-    if p.csa == 1 {
-        for i in 0..mrows {
-            let row = src.add(i * p.rsa);
-            for q in 0..kc {
-                *dst.add(q * mr + i) = *row.add(q);
-            }
-        }
-    } else {
-        for q in 0..kc {
-            let col = src.add(q * p.csa);
-            for i in 0..mrows {
-                *dst.add(q * mr + i) = *col.add(i * p.rsa);
-            }
-        }
-    }
-}
-
-/// Packs B[pc..pc+kc, jc..jc+nc] into NR-wide panels of kc steps (columns past nc zero).
-///
-/// # Safety
-/// The block must be in bounds of B; `dst` must hold kc·⌈nc/nr⌉·nr values.
-unsafe fn pack_b(dst: *mut f32, p: Ptrs, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize) {
-    for (q, jr) in (0..nc).step_by(nr).enumerate() {
-        let ncols = nr.min(nc - jr);
-        let panel = dst.add(q * kc * nr);
-        let src = p.b.add(pc * p.rsb + (jc + jr) * p.csb);
-        if ncols < nr {
-            std::ptr::write_bytes(panel, 0, kc * nr);
-        }
-        if p.csb == 1 {
-            for s in 0..kc {
-                std::ptr::copy_nonoverlapping(src.add(s * p.rsb), panel.add(s * nr), ncols);
-            }
-        } else {
-            for j in 0..ncols {
-                let col = src.add(j * p.csb);
-                for s in 0..kc {
-                    *panel.add(s * nr + j) = *col.add(s * p.rsb);
-                }
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod gemm;
 mod kernels;
 pub mod mask;
 mod narrow;
+mod pack;
 pub mod par;
 pub mod peak;
 pub mod profile;
