@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod compress;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -10,6 +10,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Every CPU path (training, evaluation, compression) allocates large buffers per op.
+    edge_llm::cpu::keep_freed_memory();
     std::process::exit(edge_llm::cli::main());
 }
 

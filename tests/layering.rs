@@ -217,3 +217,22 @@ fn the_checker_sees_a_cycle() {
     let paths = paths_after("use crate::x::{y, z::w};", "crate::");
     assert_eq!(paths, vec![vec!["x", "y"], vec!["x", "z", "w"]]);
 }
+
+#[test]
+fn the_cpu_kernels_are_the_bottom_layer() {
+    // src/cpu sits under the reference and everything else: it imports no other module.
+    let g = graph();
+    assert!(g.keys().any(|m| m.first().is_some_and(|s| s == "cpu")));
+    for (m, targets) in g {
+        if m.first().is_some_and(|s| s == "cpu") {
+            for t in targets {
+                assert!(
+                    t.first().is_some_and(|s| s == "cpu"),
+                    "{} imports {}",
+                    m.join("/"),
+                    t.join("/")
+                );
+            }
+        }
+    }
+}

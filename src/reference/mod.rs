@@ -1,8 +1,10 @@
 //! The CPU reference transformer: plain, explicit forward/backward pairs, generic over
 //! f32 (to run the real model) and f64 (to check gradients by finite differences).
-//! It is the oracle for the GPU kernels, so it aims to be right rather than fast; the
-//! only concession to speed is that matrix products go through `matrixmultiply`.
+//! It is the oracle for the GPU kernels and the engine of the CPU trainer: f32 matrix
+//! products go through the packed kernels of [`crate::cpu`], f64 ones (gradient checks
+//! only) through `matrixmultiply`.
 
+mod attention;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -37,6 +39,39 @@ pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync
         rsc: isize,
         csc: isize,
     );
+    /// out = silu(gate) ⊙ up, silu(g) = g·σ(g).
+    fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * (Self::one() / (Self::one() + (-g).exp())) * u;
+        }
+    }
+    /// SwiGLU backward: dg = dh·u·σ(g)(1 + g(1 − σ(g))), du = dh·g·σ(g).
+    fn swiglu_backward(dh: &[Self], gate: &[Self], up: &[Self], dg: &mut [Self], du: &mut [Self]) {
+        let one = Self::one();
+        for i in 0..dh.len() {
+            let (d, g, u) = (dh[i], gate[i], up[i]);
+            let sg = one / (one + (-g).exp());
+            du[i] = d * g * sg;
+            dg[i] = d * u * sg * (one + g * (one - sg));
+        }
+    }
+    /// row = e^(row − max) in place; returns the sum.
+    fn exp_sum(row: &mut [Self], max: Self) -> Self {
+        let mut sum = Self::zero();
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum = sum + *x;
+        }
+        sum
+    }
+    /// out[j] = mask element `start + j` of `d` (0 or 1/(1 − p)).
+    fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
+        let keep = Self::from_f64(d.keep_scale);
+        for (j, x) in out.iter_mut().enumerate() {
+            let kept = d.keeps(start.wrapping_add(j as u32));
+            *x = if kept { keep } else { Self::zero() };
+        }
+    }
     fn from_f64(x: f64) -> Self {
         <Self as num_traits::NumCast>::from(x).unwrap_or_else(Self::nan)
     }
@@ -105,5 +140,45 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(f32, matrixmultiply::sgemm);
+
+impl Real for f32 {
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        rsa: isize,
+        csa: isize,
+        b: &[Self],
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+        csc: isize,
+    ) {
+        crate::cpu::sgemm(
+            (m, k, n),
+            alpha,
+            (a, rsa, csa),
+            (b, rsb, csb),
+            beta,
+            (c, rsc, csc),
+        );
+    }
+    fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
+        crate::cpu::vmath::swiglu(gate, up, out);
+    }
+    fn swiglu_backward(dh: &[Self], gate: &[Self], up: &[Self], dg: &mut [Self], du: &mut [Self]) {
+        crate::cpu::vmath::swiglu_backward(dh, gate, up, dg, du);
+    }
+    fn exp_sum(row: &mut [Self], max: Self) -> Self {
+        crate::cpu::vmath::exp_sum(row, max)
+    }
+    fn fill_mask(d: &ops::Dropout, start: u32, out: &mut [Self]) {
+        let keep = d.keep_scale as f32;
+        crate::cpu::mask::fill(d.key, d.threshold, start, keep, out);
+    }
+}
 impl_real!(f64, matrixmultiply::dgemm);

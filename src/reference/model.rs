@@ -402,13 +402,16 @@ impl<T: Real> Transformer<T> {
         let (d, eps) = (c.hidden, T::from_f64(c.norm_eps as f64));
         let theta = c.rope_theta as f64;
         let pos0 = cache.as_ref().map_or(0, |c| c.len);
-        let masks = save.as_ref().map(|s| s.lora_mask.clone());
-        let mask = |p: Proj| masks.as_ref().and_then(|ms| ms[p.index()].clone());
+        // The masks are read while lora_u is written: taken out of `save` for the block
+        // (not copied: they are megabytes per block) and put back at its end.
+        let masks = save
+            .as_deref_mut()
+            .map(|s| std::mem::take(&mut s.lora_mask));
+        let mask = |p: Proj| masks.as_ref().and_then(|ms| ms[p.index()].as_deref());
         macro_rules! proj {
             ($p:expr, $x:expr) => {{
-                let mk = mask($p);
                 let slot = save.as_deref_mut().map(|s| &mut s.lora_u[$p.index()]);
-                self.proj(l, $p, $x, m, mk.as_deref(), slot)
+                self.proj(l, $p, $x, m, mask($p), slot)
             }};
         }
 
@@ -444,6 +447,9 @@ impl<T: Real> Transformer<T> {
         let down = proj!(Proj::Down, &act);
         let y = h.iter().zip(&down).map(|(&a, &b)| a + b).collect();
         if let Some(s) = save {
+            if let Some(ms) = masks {
+                s.lora_mask = ms;
+            }
             s.x = x.to_vec();
             (s.n1, s.rstd1, s.q, s.k, s.v, s.probs, s.attn) = (n1, rstd1, q, k, v, probs, attn);
             (s.h, s.n2, s.rstd2, s.gate, s.up, s.act) = (h, n2, rstd2, gate, up, act);

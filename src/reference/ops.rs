@@ -4,69 +4,93 @@
 //! is y = x·Wᵀ. Backward functions ADD into their gradient outputs (`d*`), so gradients
 //! from several uses (residual branches, tied embeddings) accumulate without copies.
 
+pub use super::attention::{attention_backward, attention_forward, AttnShape};
 use super::Real;
+use crate::cpu::{par, profile};
+use std::sync::{Arc, Mutex};
+
+/// Elements per task of the elementwise ops split over threads.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 use crate::model::RopeStyle;
 
 /// y[m×n] = x[m×k] · w[n×k]ᵀ (a linear layer without bias; `w` is `[out][in]`).
 pub fn matmul_nt<T: Real>(x: &[T], w: &[T], m: usize, k: usize, n: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); m * n];
-    T::gemm(
-        m,
-        k,
-        n,
-        T::one(),
-        x,
-        k as isize,
-        1,
-        w,
-        1,
-        k as isize,
-        T::zero(),
-        &mut y,
-        n as isize,
-        1,
-    );
-    y
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulNt,
+        2 * (m * k * n) as u64,
+        || {
+            let mut y = vec![T::zero(); m * n];
+            T::gemm(
+                m,
+                k,
+                n,
+                T::one(),
+                x,
+                k as isize,
+                1,
+                w,
+                1,
+                k as isize,
+                T::zero(),
+                &mut y,
+                n as isize,
+                1,
+            );
+            y
+        },
+    )
 }
 
 /// dx[m×k] += dy[m×n] · w[n×k] (the input gradient of [`matmul_nt`]).
 pub fn matmul_nn_acc<T: Real>(dy: &[T], w: &[T], m: usize, k: usize, n: usize, dx: &mut [T]) {
-    T::gemm(
-        m,
-        n,
-        k,
-        T::one(),
-        dy,
-        n as isize,
-        1,
-        w,
-        k as isize,
-        1,
-        T::one(),
-        dx,
-        k as isize,
-        1,
-    );
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulNnAcc,
+        2 * (m * k * n) as u64,
+        || {
+            T::gemm(
+                m,
+                n,
+                k,
+                T::one(),
+                dy,
+                n as isize,
+                1,
+                w,
+                k as isize,
+                1,
+                T::one(),
+                dx,
+                k as isize,
+                1,
+            );
+        },
+    )
 }
 
 /// dw[n×k] += dy[m×n]ᵀ · x[m×k] (the weight gradient of [`matmul_nt`]).
 pub fn matmul_tn_acc<T: Real>(dy: &[T], x: &[T], m: usize, k: usize, n: usize, dw: &mut [T]) {
-    T::gemm(
-        n,
-        m,
-        k,
-        T::one(),
-        dy,
-        1,
-        n as isize,
-        x,
-        k as isize,
-        1,
-        T::one(),
-        dw,
-        k as isize,
-        1,
-    );
+    crate::cpu::profile::time(
+        crate::cpu::profile::Op::MatmulTnAcc,
+        2 * (m * k * n) as u64,
+        || {
+            T::gemm(
+                n,
+                m,
+                k,
+                T::one(),
+                dy,
+                1,
+                n as isize,
+                x,
+                k as isize,
+                1,
+                T::one(),
+                dw,
+                k as isize,
+                1,
+            );
+        },
+    )
 }
 
 /// Linear layer forward: y = x·Wᵀ.
@@ -125,12 +149,12 @@ pub fn lora_forward<T: Real>(
     let (k, n, r) = (p.k, p.n, p.rank);
     let u = match mask {
         Some(mk) => {
-            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            let xd = masked(x, mk);
             matmul_nt(&xd, &p.a, m, k, r)
         }
         None => matmul_nt(x, &p.a, m, k, r),
     };
-    T::gemm(
+    lora_gemm(
         m,
         r,
         n,
@@ -149,6 +173,44 @@ pub fn lora_forward<T: Real>(
     u
 }
 
+/// x ⊙ mask (LoRA's dropped-out input), split over threads.
+fn masked<T: Real>(x: &[T], mask: &[T]) -> Vec<T> {
+    profile::time(profile::Op::Dropout, 0, || {
+        let mut out = vec![T::zero(); x.len()];
+        par::chunks_mut(&mut out, ELEMENTWISE_CHUNK, |c, part| {
+            let o = c * ELEMENTWISE_CHUNK;
+            for ((y, &a), &b) in part.iter_mut().zip(&x[o..]).zip(&mask[o..]) {
+                *y = a * b;
+            }
+        });
+        out
+    })
+}
+
+/// [`Real::gemm`] timed as a LoRA product (the profile's "matmul other").
+#[allow(clippy::too_many_arguments)]
+fn lora_gemm<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T,
+    a: &[T],
+    rsa: isize,
+    csa: isize,
+    b: &[T],
+    rsb: isize,
+    csb: isize,
+    beta: T,
+    c: &mut [T],
+    rsc: isize,
+    csc: isize,
+) {
+    let flops = 2 * (m * k * n) as u64;
+    crate::cpu::profile::time(crate::cpu::profile::Op::MatmulOther, flops, || {
+        T::gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    })
+}
+
 /// SplitMix64's finaliser: a well-mixed 64-bit function of a 64-bit input.
 pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -157,15 +219,7 @@ pub fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A 32-bit integer hash (the "lowbias32" constants), written identically in
-/// shaders/lora.wgsl.
-pub fn hash32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
+pub use crate::cpu::mask::hash32;
 
 /// Inverted LoRA dropout as a counter-based function: element `i` of a mask is dropped
 /// when `hash32(hash32(i) ^ key) < threshold`, kept values are scaled by 1/(1 − p). The
@@ -196,15 +250,20 @@ impl Dropout {
     }
 
     pub fn keeps(&self, i: u32) -> bool {
-        hash32(hash32(i) ^ self.key) >= self.threshold
+        crate::cpu::mask::keeps(self.key, self.threshold, i)
     }
 
     /// The first `n` mask values: 0 or 1/(1 − p).
     pub fn mask<T: Real>(&self, n: usize) -> Vec<T> {
-        let keep = T::from_f64(self.keep_scale);
-        (0..n as u32)
-            .map(|i| if self.keeps(i) { keep } else { T::zero() })
-            .collect()
+        // Two integer hashes per element (millions per step): split over threads.
+        const CHUNK: usize = 1 << 15;
+        profile::time(profile::Op::Dropout, 0, || {
+            let mut out = vec![T::zero(); n];
+            par::chunks_mut(&mut out, CHUNK, |c, part| {
+                T::fill_mask(self, (c * CHUNK) as u32, part);
+            });
+            out
+        })
     }
 }
 
@@ -223,7 +282,7 @@ pub fn lora_backward<T: Real>(
 ) {
     let (k, n, r) = (p.k, p.n, p.rank);
     // db[n×r] += scale · dyᵀ·u
-    T::gemm(
+    lora_gemm(
         n,
         m,
         r,
@@ -241,7 +300,7 @@ pub fn lora_backward<T: Real>(
     );
     // du[m×r] = scale · dy·B
     let mut du = vec![T::zero(); m * r];
-    T::gemm(
+    lora_gemm(
         m,
         n,
         r,
@@ -259,13 +318,18 @@ pub fn lora_backward<T: Real>(
     );
     match mask {
         Some(mk) => {
-            let xd: Vec<T> = x.iter().zip(mk).map(|(&a, &b)| a * b).collect();
+            let xd = masked(x, mk);
             matmul_tn_acc(&du, &xd, m, k, r, &mut dp.a);
             let mut dxd = vec![T::zero(); m * k];
             matmul_nn_acc(&du, &p.a, m, k, r, &mut dxd);
-            for ((d, g), &mm) in dx.iter_mut().zip(dxd).zip(mk) {
-                *d = *d + g * mm;
-            }
+            profile::time(profile::Op::Dropout, 0, || {
+                par::chunks_mut(dx, ELEMENTWISE_CHUNK, |c, part| {
+                    let o = c * ELEMENTWISE_CHUNK;
+                    for ((d, &g), &mm) in part.iter_mut().zip(&dxd[o..]).zip(&mk[o..]) {
+                        *d = *d + g * mm;
+                    }
+                });
+            });
         }
         None => {
             matmul_tn_acc(&du, x, m, k, r, &mut dp.a);
@@ -295,19 +359,20 @@ pub fn embedding_backward<T: Real>(dout: &[T], tokens: &[u32], d: usize, dtable:
 
 /// RMSNorm: y = x · r · w with r = 1/√(mean(x²) + eps), per row. Returns (y, r per row).
 pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], m: usize, d: usize, eps: T) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::zero(); m * d];
-    let mut rstd = vec![T::zero(); m];
-    let dn = T::from_f64(d as f64);
-    for i in 0..m {
-        let row = &x[i * d..(i + 1) * d];
-        let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
-        let r = T::one() / (ms + eps).sqrt();
-        rstd[i] = r;
-        for j in 0..d {
-            y[i * d + j] = row[j] * r * w[j];
-        }
-    }
-    (y, rstd)
+    profile::time(profile::Op::Elementwise, 0, || {
+        let mut y = vec![T::zero(); m * d];
+        let mut rstd = vec![T::zero(); m];
+        let dn = T::from_f64(d as f64);
+        par::rows2(&mut y, d, &mut rstd, 1, |i, yr, r| {
+            let row = &x[i * d..(i + 1) * d];
+            let ms = row.iter().map(|&v| v * v).sum::<T>() / dn;
+            r[0] = T::one() / (ms + eps).sqrt();
+            for ((o, &v), &g) in yr.iter_mut().zip(row).zip(w) {
+                *o = v * r[0] * g;
+            }
+        });
+        (y, rstd)
+    })
 }
 
 /// RMSNorm backward: dx += r·w⊙dy − x·r³/d·Σ(dy⊙w⊙x); dw += Σ_rows dy⊙x·r.
@@ -322,23 +387,58 @@ pub fn rmsnorm_backward<T: Real>(
     dx: &mut [T],
     dw: Option<&mut [T]>,
 ) {
-    let dn = T::from_f64(d as f64);
-    for i in 0..m {
-        let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-        let r = rstd[i];
-        let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
-        let c = r * r * r * dot / dn;
-        for j in 0..d {
-            dx[i * d + j] = dx[i * d + j] + r * w[j] * gr[j] - xr[j] * c;
-        }
-    }
-    if let Some(dw) = dw {
-        for i in 0..m {
+    profile::time(profile::Op::Elementwise, 0, || {
+        let dn = T::from_f64(d as f64);
+        par::rows(&mut dx[..m * d], d, |i, dxr| {
+            let (xr, gr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let r = rstd[i];
+            let dot: T = (0..d).map(|j| gr[j] * w[j] * xr[j]).sum();
+            let c = r * r * r * dot / dn;
             for j in 0..d {
-                dw[j] = dw[j] + dy[i * d + j] * x[i * d + j] * rstd[i];
+                dxr[j] = dxr[j] + r * w[j] * gr[j] - xr[j] * c;
+            }
+        });
+        if let Some(dw) = dw {
+            for i in 0..m {
+                for j in 0..d {
+                    dw[j] = dw[j] + dy[i * d + j] * x[i * d + j] * rstd[i];
+                }
             }
         }
+    })
+}
+
+/// (sin, cos) of sign·pos·θ^(−2i/head_dim) for positions below `n` and i < head_dim/2,
+/// by position: the f64 values RoPE used to recompute per row of every call (a sin_cos and
+/// a powf per pair, about a million per training step), made once per (θ, head_dim, sign)
+/// and regrown, doubling, when a longer sequence comes.
+fn rope_table(theta: f64, head_dim: usize, sign: f64, n: usize) -> Arc<Vec<(f64, f64)>> {
+    type Tables = Vec<((u64, usize, u64), Arc<Vec<(f64, f64)>>)>;
+    static TABLES: Mutex<Tables> = Mutex::new(Vec::new());
+    let key = (theta.to_bits(), head_dim, sign.to_bits());
+    let half = head_dim / 2;
+    let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let have = tables.iter().position(|(k, _)| *k == key);
+    if let Some(i) = have {
+        if tables[i].1.len() >= n * half {
+            return tables[i].1.clone();
+        }
     }
+    let len = have.map_or(0, |i| tables[i].1.len() / half.max(1));
+    let positions = n.max(2 * len).max(256);
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let table: Arc<Vec<(f64, f64)>> = Arc::new(
+        (0..positions)
+            .flat_map(|pos| freqs.iter().map(move |f| (sign * pos as f64 * f).sin_cos()))
+            .collect(),
+    );
+    match have {
+        Some(i) => tables[i].1 = table.clone(),
+        None => tables.push((key, table.clone())),
+    }
+    table
 }
 
 /// The index pairs RoPE rotates inside a head, and the frequency index of each pair.
@@ -363,21 +463,22 @@ fn rope_apply<T: Real>(
     style: RopeStyle,
     sign: f64,
 ) {
-    let width = n_heads * head_dim;
-    for row in 0..m {
-        let pos = (pos0 + row) as f64;
-        for (a, b, i) in rope_pairs(style, head_dim) {
-            let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
-            let (s, c) = (sign * pos * freq).sin_cos();
-            let (s, c) = (T::from_f64(s), T::from_f64(c));
-            for h in 0..n_heads {
-                let base = row * width + h * head_dim;
-                let (x0, x1) = (x[base + a], x[base + b]);
-                x[base + a] = x0 * c - x1 * s;
-                x[base + b] = x0 * s + x1 * c;
+    profile::time(profile::Op::Elementwise, 0, || {
+        let (width, half) = (n_heads * head_dim, head_dim / 2);
+        let table = rope_table(theta, head_dim, sign, pos0 + m);
+        par::rows(&mut x[..m * width], width, |row, xr| {
+            let angles = &table[(pos0 + row) * half..(pos0 + row + 1) * half];
+            for (a, b, i) in rope_pairs(style, head_dim) {
+                let (s, c) = (T::from_f64(angles[i].0), T::from_f64(angles[i].1));
+                for h in 0..n_heads {
+                    let base = h * head_dim;
+                    let (x0, x1) = (xr[base + a], xr[base + b]);
+                    xr[base + a] = x0 * c - x1 * s;
+                    xr[base + b] = x0 * s + x1 * c;
+                }
             }
-        }
-    }
+        });
+    })
 }
 
 /// RoPE forward in place on `[m][n_heads·head_dim]`, rows at positions pos0, pos0+1, ….
@@ -406,141 +507,30 @@ pub fn rope_backward<T: Real>(
     rope_apply(dx, m, n_heads, head_dim, pos0, theta, style, -1.0);
 }
 
-/// Shapes of a grouped-query attention call: `t` query rows at positions s−t … s−1
-/// attending causally to `s` key rows (s > t when a KV cache holds earlier positions).
-#[derive(Clone, Copy, Debug)]
-pub struct AttnShape {
-    pub t: usize,
-    pub s: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// Causal grouped-query attention. q `[t][H·hd]`, k and v `[s][Hkv·hd]`. Query head h reads
-/// KV head h / (H/Hkv). Returns (out `[t][H·hd]`, probs `[H][t][s]`).
-pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], sh: AttnShape) -> (Vec<T>, Vec<T>) {
-    let AttnShape {
-        t,
-        s,
-        n_heads,
-        n_kv_heads,
-        head_dim: hd,
-    } = sh;
-    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
-    let scale = T::one() / T::from_f64(hd as f64).sqrt();
-    let mut out = vec![T::zero(); t * qw];
-    let mut probs = vec![T::zero(); n_heads * t * s];
-    for h in 0..n_heads {
-        let kh = h / group;
-        for i in 0..t {
-            let last = s - t + i; // causal: keys 0..=last
-            let p = &mut probs[(h * t + i) * s..(h * t + i + 1) * s];
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let mut max = T::neg_infinity();
-            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
-                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                let dot: T = qi.iter().zip(kj).map(|(&a, &b)| a * b).sum();
-                *pj = dot * scale;
-                max = max.max(*pj);
-            }
-            let mut sum = T::zero();
-            for pj in p.iter_mut().take(last + 1) {
-                *pj = (*pj - max).exp();
-                sum = sum + *pj;
-            }
-            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (j, pj) in p.iter_mut().enumerate().take(last + 1) {
-                *pj = *pj / sum;
-                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (oo, &vv) in o.iter_mut().zip(vj) {
-                    *oo = *oo + *pj * vv;
-                }
-            }
-        }
-    }
-    (out, probs)
-}
-
-/// Attention backward: (dq, dk, dv) from dout and the saved probabilities.
-pub fn attention_backward<T: Real>(
-    dout: &[T],
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    probs: &[T],
-    sh: AttnShape,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let AttnShape {
-        t,
-        s,
-        n_heads,
-        n_kv_heads,
-        head_dim: hd,
-    } = sh;
-    let (qw, kw, group) = (n_heads * hd, n_kv_heads * hd, n_heads / n_kv_heads);
-    let scale = T::one() / T::from_f64(hd as f64).sqrt();
-    let mut dq = vec![T::zero(); t * qw];
-    let mut dk = vec![T::zero(); s * kw];
-    let mut dv = vec![T::zero(); s * kw];
-    let mut dp = vec![T::zero(); s];
-    for h in 0..n_heads {
-        let kh = h / group;
-        for i in 0..t {
-            let last = s - t + i;
-            let p = &probs[(h * t + i) * s..(h * t + i + 1) * s];
-            let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
-            // dP_j = do·v_j ; dv_j += p_j·do
-            for j in 0..=last {
-                let vj = &v[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                dp[j] = doi.iter().zip(vj).map(|(&a, &b)| a * b).sum();
-                let dvj = &mut dv[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (d, &g) in dvj.iter_mut().zip(doi) {
-                    *d = *d + p[j] * g;
-                }
-            }
-            // softmax backward: dS_j = p_j (dP_j − Σ p·dP)
-            let dot: T = (0..=last).map(|j| p[j] * dp[j]).sum();
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for j in 0..=last {
-                let ds = p[j] * (dp[j] - dot) * scale;
-                let kj = &k[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                let dqi = &mut dq[i * qw + h * hd..i * qw + (h + 1) * hd];
-                for (d, &kk) in dqi.iter_mut().zip(kj) {
-                    *d = *d + ds * kk;
-                }
-                let dkj = &mut dk[j * kw + kh * hd..j * kw + (kh + 1) * hd];
-                for (d, &qq) in dkj.iter_mut().zip(qi) {
-                    *d = *d + ds * qq;
-                }
-            }
-        }
-    }
-    (dq, dk, dv)
-}
-
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
 /// SwiGLU: h = silu(gate) ⊙ up, silu(g) = g·σ(g).
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T]) -> Vec<T> {
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| g * sigmoid(g) * u)
-        .collect()
+    profile::time(profile::Op::Elementwise, 0, || {
+        let mut h = vec![T::zero(); gate.len()];
+        par::chunks_mut(&mut h, ELEMENTWISE_CHUNK, |c, part| {
+            let o = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + part.len();
+            T::swiglu(&gate[o.clone()], &up[o], part);
+        });
+        h
+    })
 }
 
 /// SwiGLU backward: (dgate, dup).
 pub fn swiglu_backward<T: Real>(dh: &[T], gate: &[T], up: &[T]) -> (Vec<T>, Vec<T>) {
-    let mut dg = Vec::with_capacity(dh.len());
-    let mut du = Vec::with_capacity(dh.len());
-    for ((&d, &g), &u) in dh.iter().zip(gate).zip(up) {
-        let sg = sigmoid(g);
-        du.push(d * g * sg);
-        dg.push(d * u * sg * (T::one() + g * (T::one() - sg)));
-    }
-    (dg, du)
+    profile::time(profile::Op::Elementwise, 0, || {
+        let mut dg = vec![T::zero(); dh.len()];
+        let mut du = vec![T::zero(); dh.len()];
+        let w = ELEMENTWISE_CHUNK;
+        par::rows2(&mut dg, w, &mut du, w, |c, dgc, duc| {
+            let o = c * w..c * w + dgc.len();
+            T::swiglu_backward(&dh[o.clone()], &gate[o.clone()], &up[o], dgc, duc);
+        });
+        (dg, du)
+    })
 }
 
 /// log-softmax of one row.
@@ -557,22 +547,24 @@ pub fn cross_entropy_forward<T: Real>(
     targets: &[Option<u32>],
     vocab: usize,
 ) -> (T, usize) {
-    let mut total = T::zero();
-    let mut n = 0;
-    for (i, tg) in targets.iter().enumerate() {
-        if let Some(tg) = *tg {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let max = row.iter().copied().fold(T::neg_infinity(), T::max);
-            let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
-            total = total + lse - row[tg as usize];
-            n += 1;
+    crate::cpu::profile::time(crate::cpu::profile::Op::Loss, 0, || {
+        let mut total = T::zero();
+        let mut n = 0;
+        for (i, tg) in targets.iter().enumerate() {
+            if let Some(tg) = *tg {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+                let lse = row.iter().map(|&v| (v - max).exp()).sum::<T>().ln() + max;
+                total = total + lse - row[tg as usize];
+                n += 1;
+            }
         }
-    }
-    if n == 0 {
-        (T::zero(), 0)
-    } else {
-        (total / T::from_f64(n as f64), n)
-    }
+        if n == 0 {
+            (T::zero(), 0)
+        } else {
+            (total / T::from_f64(n as f64), n)
+        }
+    })
 }
 
 /// Cross-entropy backward: dlogits = (softmax − onehot)·dloss/n on counted rows, 0 elsewhere.
@@ -582,22 +574,24 @@ pub fn cross_entropy_backward<T: Real>(
     vocab: usize,
     dloss: T,
 ) -> Vec<T> {
-    let n = targets.iter().filter(|t| t.is_some()).count();
-    let mut d = vec![T::zero(); logits.len()];
-    if n == 0 {
-        return d;
-    }
-    let g = dloss / T::from_f64(n as f64);
-    for (i, tg) in targets.iter().enumerate() {
-        if let Some(tg) = *tg {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let lp = log_softmax(row);
-            let drow = &mut d[i * vocab..(i + 1) * vocab];
-            for (dv, l) in drow.iter_mut().zip(lp) {
-                *dv = l.exp() * g;
-            }
-            drow[tg as usize] = drow[tg as usize] - g;
+    crate::cpu::profile::time(crate::cpu::profile::Op::Loss, 0, || {
+        let n = targets.iter().filter(|t| t.is_some()).count();
+        let mut d = vec![T::zero(); logits.len()];
+        if n == 0 {
+            return d;
         }
-    }
-    d
+        let g = dloss / T::from_f64(n as f64);
+        for (i, tg) in targets.iter().enumerate() {
+            if let Some(tg) = *tg {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                let lp = log_softmax(row);
+                let drow = &mut d[i * vocab..(i + 1) * vocab];
+                for (dv, l) in drow.iter_mut().zip(lp) {
+                    *dv = l.exp() * g;
+                }
+                drow[tg as usize] = drow[tg as usize] - g;
+            }
+        }
+        d
+    })
 }

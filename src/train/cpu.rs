@@ -48,6 +48,7 @@ impl CpuBackend {
     /// Like [`Self::new`], with early exits after the given block counts (for adaptive
     /// layer tuning; their adapters are drawn from a seed derived from `seed`).
     pub fn with_exits(weights: Weights<f32>, lora: LoraConfig, exits: &[usize], seed: u64) -> Self {
+        crate::cpu::keep_freed_memory();
         let adapters = initial_adapters(&weights.config, lora, exits, seed);
         let mut grad = adapters.zeros_like();
         let zeros: Vec<Vec<f32>> = grad
@@ -134,13 +135,15 @@ impl Backend for CpuBackend {
             let seed = derive_seed(dropout_seed, &[r as u64]);
             let span = self.current_span();
             let input = self.prefix(&row.tokens, span.layers.start);
-            let acts =
-                self.model
-                    .forward_span(&row.tokens, input, &span, Some(&row.targets), Some(seed));
-            let loss = self.model.loss(&acts, &row.targets);
-            let mut g = self
-                .model
-                .backward(&acts, &row.targets, false)
+            let model = &self.model;
+            // On a pool thread: each op's first part starts without a wake-up.
+            let (loss, grads) = crate::cpu::par::install(|| {
+                let acts =
+                    model.forward_span(&row.tokens, input, &span, Some(&row.targets), Some(seed));
+                let loss = model.loss(&acts, &row.targets);
+                (loss, model.backward(&acts, &row.targets, false))
+            });
+            let mut g = grads
                 .lora
                 .ok_or_else(|| Error::Invalid("the CPU backend has no LoRA adapters".into()))?;
             // backward() differentiates this row's mean; the step wants Σ·grad_scale.

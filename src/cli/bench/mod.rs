@@ -7,6 +7,7 @@ use clap::Subcommand;
 use std::path::Path;
 
 mod compress;
+mod cpu;
 mod kernels;
 mod tune;
 mod tune_report;
@@ -16,6 +17,9 @@ pub(crate) enum BenchCmd {
     /// Matmul kernels (dense f32, q8/q4/q3/q2, GGUF blocks, 2:4 and 50 % sparse) on the
     /// default model's shapes, with each kernel's speed relative to dense f32.
     Kernels(kernels::Args),
+    /// The CPU engine's vanilla LoRA step: step time, tokens/s, the work it counts and the
+    /// rate it runs at against the machine's FMA peak (an FMA loop), and the time per op.
+    Cpu(cpu::Args),
     /// The tuning modes (vanilla, compress-then-tune, partial, edge) back to back on the
     /// same data: step time, tokens/s, GPU memory plan, validation loss, accuracy, and
     /// each mode's ratios to vanilla; writes table.md, losses.svg and results.json.
@@ -28,6 +32,7 @@ pub(crate) enum BenchCmd {
 pub(crate) fn run(what: BenchCmd) -> Result<()> {
     match what {
         BenchCmd::Kernels(a) => kernels::run(a),
+        BenchCmd::Cpu(a) => cpu::run(a),
         BenchCmd::Tune(a) => tune::bench_tune(*a),
         BenchCmd::Compress(a) => compress::bench_compress(*a),
     }

@@ -411,6 +411,8 @@ fn prepare_mode<B: Backend>(
     };
     let data = train::prepare(ds, &tok, &settings.data_config)?;
     let trainer = run::build(&settings, data, |s| make(&file, s, &opts))?;
+    // The CPU profile (EDGE_LLM_CPU_PROFILE=1) covers the steps only.
+    crate::cpu::profile::reset();
     Ok(ModeRun {
         mode,
         model: model.to_path_buf(),
@@ -504,6 +506,14 @@ fn finish_mode<B: Benched>(
         .sum();
     let tokens: usize = reports.iter().map(|r| r.tokens).sum();
     let steps = reports.len() as u64;
+    if crate::cpu::profile::on() {
+        eprintln!(
+            "{}: where the {steps} steps' time went (wall time per op)",
+            mode.name()
+        );
+        crate::cpu::profile::report();
+        crate::cpu::profile::reset();
+    }
     trainer.leave_window()?;
     let val_loss = pollster::block_on(trainer.validation_loss())?;
     let (hits, misses) = {
