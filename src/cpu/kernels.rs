@@ -32,8 +32,9 @@ pub fn best() -> Kernel {
 }
 
 /// Every kernel this machine runs, fastest first (the last is the portable one).
+// The pushes depend on the target: on some no line but the last pushes.
+#[allow(unused_mut, clippy::vec_init_then_push)]
 pub fn available() -> Vec<Kernel> {
-    #[allow(unused_mut)]
     let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {

@@ -221,7 +221,7 @@ export function showPlan(plan) {
 /// One line on where the run would train and what it needs.
 export function planStatus(plan) {
   if (plan.device === 'cpu') {
-    return `Runs on the CPU engine in this tab and needs about ${kib(plan.total_bytes)} of memory.`;
+    return `Runs on the CPU engine in this tab (one thread) and needs about ${kib(plan.total_bytes)} of memory.`;
   }
   return plan.budget_bytes
     ? `Runs on the GPU; fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`
