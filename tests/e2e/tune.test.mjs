@@ -445,7 +445,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     await page.fill('#opt-window-steps-power', '1');
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled &&
       /exits/.test(document.querySelector('#plan-table [data-key=exits]')?.textContent ?? ''));
-    assert.match(await page.textContent('#mode-note'), /train one window of blocks at a time on the GPU/);
+    assert.match(await page.textContent('#mode-note'), /train one window of blocks at a time: the blocks below it run forward only/);
     assert.match(await page.textContent('#plan-status'), /^Runs on the GPU and needs .* of GPU memory/);
     assert.equal(await page.textContent('#plan-table [data-key=exits] td'), '1, 2');
     assert.match(await page.textContent('#plan-table [data-key=windows] td'),
