@@ -12,7 +12,7 @@
 // cross-checks; writes www/models/tiny.gguf with it when missing.
 
 import { test, before, after } from 'node:test';
-import { WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm } from './harness.mjs';
+import { WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm, untilIn } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -106,15 +106,9 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.setDefaultTimeout(TIMEOUT_MS);
-  const untilIn = (box) => (fn, arg) => page.waitForFunction(([b, src, a]) => {
-    const err = document.querySelector(b);
-    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [box, fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
-  const untilCmp = untilIn('#cmp-error');
-  const untilEval = untilIn('#eval-error');
-  const untilTune = untilIn('#tune-error');
+  const untilCmp = untilIn(page, '#cmp-error', { timeout: TIMEOUT_MS });
+  const untilEval = untilIn(page, '#eval-error', { timeout: TIMEOUT_MS });
+  const untilTune = untilIn(page, '#tune-error', { timeout: TIMEOUT_MS });
   const download = async (selector, name) => {
     const [d] = await Promise.all([page.waitForEvent('download'), page.click(selector)]);
     const to = path.join(dir, name ?? d.suggestedFilename());

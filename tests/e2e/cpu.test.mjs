@@ -9,6 +9,7 @@
 import { test, before, after } from 'node:test';
 import {
   ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, cliJson, checkNativeSteps,
+  untilIn,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -48,14 +49,7 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.setDefaultTimeout(TIMEOUT_MS);
   /// Waits for `fn` in the page, failing early with the tuning or evaluation error shown.
-  const until = (fn, arg) => page.waitForFunction(([src, a]) => {
-    for (const id of ['#tune-error', '#eval-error']) {
-      const err = document.querySelector(id);
-      if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    }
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+  const until = untilIn(page, ['#tune-error', '#eval-error'], { timeout: TIMEOUT_MS });
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
     await page.waitForFunction(() => document.body.dataset.ready === 'true');

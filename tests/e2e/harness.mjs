@@ -70,6 +70,22 @@ export async function serve(dir, ms = 15_000) {
   }
 }
 
+/// `untilIn(page, boxes, options)(fn, arg)`: waits until `fn(arg)` holds in the page and
+/// resolves to 'ok', or to 'error: …' as soon as an error box of `boxes` (a selector or a
+/// list of them) shows a message, so that a test fails with the page's own words. `options`
+/// go to waitForFunction (`timeout`, `polling`).
+export function untilIn(page, boxes, options = {}) {
+  const ids = Array.isArray(boxes) ? boxes : [boxes];
+  return (fn, arg) => page.waitForFunction(([b, src, a]) => {
+    for (const id of b) {
+      const err = document.querySelector(id);
+      if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+    }
+    // eslint-disable-next-line no-new-func
+    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
+  }, [ids, fn.toString(), arg], options).then((r) => r.jsonValue());
+}
+
 /// The built CLI binary (debug or release), if any.
 export const edgeLlm = () =>
   ['debug', 'release'].map((p) => path.join(ROOT, 'target', p, 'edge-llm')).find((p) => fs.existsSync(p));

@@ -25,7 +25,7 @@
 
 import { test, before, after } from 'node:test';
 import {
-  ROOT, WWW, ARTIFACTS, DEFAULT_MODEL, serve, launchBrowser, ensureWebData,
+  ROOT, WWW, ARTIFACTS, DEFAULT_MODEL, serve, launchBrowser, ensureWebData, untilIn,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -152,14 +152,8 @@ test('the real model in the page: tune, reload and resume, evaluate, chat, downl
     page.setDefaultTimeout(STEP_TIMEOUT_MS);
     /// Waits for `fn` in the page (polled each 0.5 s: the CPU is busy with the kernels),
     /// failing early with the page's error from `box` if one shows.
-    const untilIn = (box, timeout) => (fn, arg) => page.waitForFunction(([b, src, a]) => {
-      const err = document.querySelector(b);
-      if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-      // eslint-disable-next-line no-new-func
-      return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-    }, [box, fn.toString(), arg], { timeout, polling: 500 }).then((h) => h.jsonValue());
-    const until = untilIn('#tune-error', STEP_TIMEOUT_MS);
-    const untilEval = untilIn('#eval-error', EVAL_TIMEOUT_MS);
+    const until = untilIn(page, '#tune-error', { timeout: STEP_TIMEOUT_MS, polling: 500 });
+    const untilEval = untilIn(page, '#eval-error', { timeout: EVAL_TIMEOUT_MS, polling: 500 });
     const ready = () => page.waitForFunction(() => document.body.dataset.ready === 'true', null, { polling: 200 });
 
     // Each step as the page saw it: {step, ms (the worker's step time), tokensPerS (the

@@ -20,7 +20,7 @@
 import { test, before, after } from 'node:test';
 import {
   ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, edgeLlm, cliJson, checkNativeSteps,
-  LOSS_REL_TOL, LOSS_ABS_TOL,
+  LOSS_REL_TOL, LOSS_ABS_TOL, untilIn,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -124,21 +124,9 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
   page.setDefaultTimeout(TIMEOUT_MS);
   const state = () => page.evaluate(() => document.body.dataset.tuneState);
   const tuneError = async () => (await page.isVisible('#tune-error')) ? page.textContent('#tune-error') : '';
-  /// Waits for `fn` in the page, failing early with the page's tuning error if one shows.
-  const until = (fn, arg) => page.waitForFunction(([src, a]) => {
-    const err = document.querySelector('#tune-error');
-    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
-
-  /// The same for the evaluation section's error box.
-  const untilEval = (fn, arg) => page.waitForFunction(([src, a]) => {
-    const err = document.querySelector('#eval-error');
-    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+  /// Waits for `fn` in the page, failing early with the page's tuning (or evaluation) error.
+  const until = untilIn(page, '#tune-error', { timeout: TIMEOUT_MS });
+  const untilEval = untilIn(page, '#eval-error', { timeout: TIMEOUT_MS });
 
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
@@ -403,14 +391,8 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.setDefaultTimeout(TIMEOUT_MS);
-  const untilIn = (box) => (fn, arg) => page.waitForFunction(([b, src, a]) => {
-    const err = document.querySelector(b);
-    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [box, fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
-  const until = untilIn('#tune-error');
-  const untilEval = untilIn('#eval-error');
+  const until = untilIn(page, '#tune-error', { timeout: TIMEOUT_MS });
+  const untilEval = untilIn(page, '#eval-error', { timeout: TIMEOUT_MS });
   const mean = (v) => v.reduce((a, b) => a + b, 0) / v.length;
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
@@ -648,12 +630,7 @@ test('out of memory mid-run (adaptive edge): a plain message, the checkpoint kep
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.setDefaultTimeout(TIMEOUT_MS);
-  const until = (fn, arg) => page.waitForFunction(([src, a]) => {
-    const err = document.querySelector('#tune-error');
-    if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [fn.toString(), arg], { timeout: TIMEOUT_MS }).then((h) => h.jsonValue());
+  const until = untilIn(page, '#tune-error', { timeout: TIMEOUT_MS });
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
     await page.waitForFunction(() => document.body.dataset.ready === 'true');
