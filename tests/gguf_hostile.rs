@@ -759,3 +759,11 @@ fn real_model_header() {
     let q = g.tensor_f32(&b, "blk.0.attn_q.weight").unwrap();
     assert!(q.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn a_file_cut_after_its_header_is_truncated_not_absurd() {
+    // 272 tensors (SmolLM2's count) declared, the file ends 40 bytes later: cut short.
+    let e = parse_err(&Raw::header(3, 272, 0).padded(64));
+    assert!(matches!(e.what, GgufErrorKind::Truncated { .. }), "{e}");
+    assert!(e.to_string().contains("ends too soon"), "{e}");
+}

@@ -240,7 +240,8 @@ impl fmt::Display for GgufErrorKind {
             }
             Self::Truncated { field, need } => write!(
                 f,
-                "truncated: {field} needs {need} more bytes than the file has"
+                "truncated: {field} needs {need} more bytes than the file has (the file \
+                 ends too soon: a download or copy cut short?)"
             ),
             Self::Absurd { field, value } => write!(f, "absurd {field} = {value}"),
             Self::InvalidUtf8 { field } => write!(f, "invalid UTF-8 in {field}"),

@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use super::quant;
 use super::{GgmlType, GgufError, GgufErrorKind, TensorInfo, Value};
 
+/// The most tensors, keys or array items a real file holds (the largest models have a few
+/// thousand tensors): a count above it that passes the file's end is corrupt, not cut short.
+const PLAUSIBLE_COUNT: u64 = 1 << 20;
+
 /// Used when `general.alignment` is absent (the GGUF default).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// Arrays may hold arrays; this bounds the recursion (llama.cpp itself allows none).
@@ -128,7 +132,9 @@ impl<'a> Cursor<'a> {
     }
 
     /// A count that, with each item taking at least `min_item` bytes, must fit in the bytes
-    /// that remain; Absurd (at `at`, where the count was read) otherwise.
+    /// that remain: beyond them, a count a real file could hold ([`PLAUSIBLE_COUNT`]) means
+    /// the file was cut short (Truncated), a larger one a corrupt header (Absurd; both at
+    /// `at`, where the count was read).
     fn check_count(
         &self,
         at: u64,
@@ -147,6 +153,13 @@ impl<'a> Cursor<'a> {
         };
         match count.checked_mul(min_item) {
             Some(n) if n <= self.remaining() => usize::try_from(count).map_err(|_| absurd()),
+            Some(n) if count <= PLAUSIBLE_COUNT => Err(err(
+                at,
+                GgufErrorKind::Truncated {
+                    field: field(),
+                    need: n - self.remaining(),
+                },
+            )),
             _ => Err(absurd()),
         }
     }
