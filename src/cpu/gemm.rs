@@ -230,15 +230,18 @@ pub fn sgemm_with(
 
 /// Panics unless every stride is non-negative and each operand's furthest element lies
 /// inside its slice.
-fn check_bounds(
+/// Panics unless every stride is non-negative and the furthest element each operand of a
+/// C[m×n] = A[m×k]·B[k×n] product touches is in its slice (any element type: the f64
+/// reference's matrixmultiply products are checked here too).
+pub fn check_bounds<T>(
     (m, k, n): (usize, usize, usize),
-    (a, rsa, csa): (&[f32], isize, isize),
-    (b, rsb, csb): (&[f32], isize, isize),
-    (c, rsc, csc): (&[f32], isize, isize),
+    (a, rsa, csa): (&[T], isize, isize),
+    (b, rsb, csb): (&[T], isize, isize),
+    (c, rsc, csc): (&[T], isize, isize),
 ) {
     assert!(
         [rsa, csa, rsb, csb, rsc, csc].iter().all(|&s| s >= 0),
-        "sgemm: negative stride"
+        "gemm: negative stride"
     );
     if m == 0 || n == 0 {
         return;
@@ -247,13 +250,13 @@ fn check_bounds(
         |r: usize, cc: usize, rs: isize, cs: isize| (r - 1) * rs as usize + (cc - 1) * cs as usize;
     assert!(
         k == 0 || last(m, k, rsa, csa) < a.len(),
-        "sgemm: A out of bounds"
+        "gemm: A out of bounds"
     );
     assert!(
         k == 0 || last(k, n, rsb, csb) < b.len(),
-        "sgemm: B out of bounds"
+        "gemm: B out of bounds"
     );
-    assert!(last(m, n, rsc, csc) < c.len(), "sgemm: C out of bounds");
+    assert!(last(m, n, rsc, csc) < c.len(), "gemm: C out of bounds");
 }
 
 thread_local! {

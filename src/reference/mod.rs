@@ -80,67 +80,6 @@ pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync
     }
 }
 
-macro_rules! impl_real {
-    ($t:ty, $f:path) => {
-        impl Real for $t {
-            fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: Self,
-                a: &[Self],
-                rsa: isize,
-                csa: isize,
-                b: &[Self],
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: &mut [Self],
-                rsc: isize,
-                csc: isize,
-            ) {
-                if m == 0 || n == 0 {
-                    return;
-                }
-                // Bounds: the furthest element each operand touches must be in its slice.
-                let last = |r: usize, cc: usize, rs: isize, cs: isize| {
-                    (r.saturating_sub(1) as isize * rs + cc.saturating_sub(1) as isize * cs)
-                        as usize
-                };
-                assert!(
-                    k == 0 || last(m, k, rsa, csa) < a.len(),
-                    "gemm: A out of bounds"
-                );
-                assert!(
-                    k == 0 || last(k, n, rsb, csb) < b.len(),
-                    "gemm: B out of bounds"
-                );
-                assert!(last(m, n, rsc, csc) < c.len(), "gemm: C out of bounds");
-                // SAFETY: the asserts above keep every access inside the slices, and
-                // strides are non-negative in every call site of this crate.
-                unsafe {
-                    $f(
-                        m,
-                        k,
-                        n,
-                        alpha,
-                        a.as_ptr(),
-                        rsa,
-                        csa,
-                        b.as_ptr(),
-                        rsb,
-                        csb,
-                        beta,
-                        c.as_mut_ptr(),
-                        rsc,
-                        csc,
-                    )
-                }
-            }
-        }
-    };
-}
-
 impl Real for f32 {
     fn gemm(
         m: usize,
@@ -181,4 +120,46 @@ impl Real for f32 {
         crate::cpu::mask::fill(d.key, d.threshold, start, keep, out);
     }
 }
-impl_real!(f64, matrixmultiply::dgemm);
+impl Real for f64 {
+    // f64 is for gradient checks: matrixmultiply's dgemm, bounds checked as the f32 kernels'.
+    fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: &[Self],
+        rsa: isize,
+        csa: isize,
+        b: &[Self],
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: &mut [Self],
+        rsc: isize,
+        csc: isize,
+    ) {
+        crate::cpu::gemm::check_bounds((m, k, n), (a, rsa, csa), (b, rsb, csb), (&*c, rsc, csc));
+        if m == 0 || n == 0 {
+            return;
+        }
+        // SAFETY: check_bounds keeps every access inside the slices, strides non-negative.
+        unsafe {
+            matrixmultiply::dgemm(
+                m,
+                k,
+                n,
+                alpha,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                beta,
+                c.as_mut_ptr(),
+                rsc,
+                csc,
+            )
+        }
+    }
+}
