@@ -1,10 +1,28 @@
 // Types of index.js. The raw wasm-bindgen API's types are ./pkg/edge_llm.d.ts.
 import type * as Raw from './pkg/edge_llm.js';
 
-export declare const raw: typeof Raw;
+/** The wasm-bindgen module in use, set by `init` (./pkg, or ./pkg-threads with threads). */
+export declare let raw: typeof Raw;
 
-/** Loads the WebAssembly module once; `wasm` overrides where edge_llm_bg.wasm is fetched from. */
-export declare function init(wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
+/**
+ * Loads the WebAssembly module once; `wasm` overrides where edge_llm_bg.wasm is fetched from.
+ * In a worker of a cross-origin isolated page the CPU engine gets a thread per core (the
+ * threaded module ./pkg-threads); `threads` caps that (1: the single-threaded module).
+ */
+export declare function init(
+  wasm?: string | URL | Request | Response | BufferSource | WebAssembly.Module,
+  options?: { threads?: number },
+): Promise<void>;
+
+export interface CpuThreads {
+  /** Threads the CPU engine splits its work over in this thread's module. */
+  threads: number;
+  /** Why (e.g. "2 threads", or "one thread: the page is not cross-origin isolated …"). */
+  note: string;
+}
+
+/** How many threads the CPU engine uses here, and why not more. */
+export declare function cpuThreads(): Promise<CpuThreads>;
 
 export interface GpuInfo {
   adapter: string;

@@ -4,17 +4,64 @@
 // The same file is the npm package's entry and the page's (www/edge-llm.js links here),
 // so the app exercises exactly what the package ships.
 
-import initWasm, * as raw from './pkg/edge_llm.js';
-
-export { raw };
+/// The wasm-bindgen module in use (./pkg, or ./pkg-threads where the CPU engine runs on
+/// several threads), set by `init`.
+export let raw = null;
 
 let loading = null;
+let threading = { threads: 1, note: 'not loaded yet' };
+
+/// How many threads this thread's CPU engine may use, and why not more: the threaded module
+/// needs shared memory (a cross-origin isolated page: COOP/COEP headers) and a thread that
+/// may wait on others (a worker, not a page's main thread).
+function threadsAllowed() {
+  const cores = globalThis.navigator?.hardwareConcurrency || 1;
+  if (globalThis.crossOriginIsolated !== true || typeof SharedArrayBuffer === 'undefined') {
+    return { threads: 1, note: 'one thread: the page is not cross-origin isolated (its server sends no COOP/COEP headers; scripts/run.sh sends them)' };
+  }
+  const inWorker = typeof WorkerGlobalScope !== 'undefined' && globalThis instanceof WorkerGlobalScope;
+  if (!inWorker) return { threads: 1, note: "one thread: a page's main thread cannot wait on workers" };
+  if (cores < 2) return { threads: 1, note: 'one thread: this device reports one core' };
+  return { threads: cores, note: `${cores} threads` };
+}
+
+async function load(wasm, threads) {
+  const allowed = threadsAllowed();
+  const want = threads === undefined ? allowed.threads : Math.min(threads, allowed.threads);
+  if (want > 1 && wasm === undefined) {
+    try {
+      const mod = await import('./pkg-threads/edge_llm.js');
+      await mod.default();
+      await mod.initThreadPool(want);
+      raw = mod;
+      threading = { threads: mod.cpuThreads(), note: `${mod.cpuThreads()} threads` };
+      return;
+    } catch (e) {
+      threading = { threads: 1, note: `one thread: the threaded module did not load (${e?.message ?? e})` };
+    }
+  } else {
+    threading = threads !== undefined && threads <= 1
+      ? { threads: 1, note: 'one thread, as asked' }
+      : allowed;
+  }
+  const mod = await import('./pkg/edge_llm.js');
+  await mod.default(wasm === undefined ? undefined : { module_or_path: wasm });
+  raw = mod;
+}
 
 /// Loads the WebAssembly module once (from `wasm`, a URL or bytes, or the file beside
-/// ./pkg/edge_llm.js). Call before anything else.
-export function init(wasm) {
-  loading ??= initWasm(wasm === undefined ? undefined : { module_or_path: wasm });
+/// ./pkg/edge_llm.js). Call before anything else. In a worker of a cross-origin isolated
+/// page the CPU engine gets a thread per core (the threaded module ./pkg-threads, with its
+/// own pool of workers); `threads` caps that (1: the single-threaded module).
+export function init(wasm, { threads } = {}) {
+  loading ??= load(wasm, threads);
   return loading;
+}
+
+/// How many threads the CPU engine uses in this thread's module, and in words why.
+export async function cpuThreads() {
+  await init();
+  return { ...threading };
 }
 
 /// Creates this thread's WebGPU device (once) and describes the adapter and its limits.

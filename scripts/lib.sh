@@ -41,15 +41,26 @@ wasm_toolchain() {
     WASM_MODE=rustup
   else
     log "rustup cannot fetch the wasm32 target here; using Debian's rustc-web"
+    debweb_toolchain
+    mkdir -p "$ROOT/target" && touch "$ROOT/target/.wasm-mode-debweb"
+    WASM_MODE=debweb
+  fi
+  export WASM_MODE
+}
+
+# Debian's rustc-web with the std sources and the wasm linker, linked into rustup as
+# `debweb`: builds std from source (-Zbuild-std), which the threaded module always needs
+# (its std must be compiled with atomics) and the plain one needs where rustup cannot
+# fetch the wasm32 target.
+debweb_toolchain() {
+  if ! rustup toolchain list | grep -q '^debweb' || ! command -v wasm-ld-22 >/dev/null 2>&1 ||
+     [ ! -d /usr/lib/rustlib/src/rust/library ]; then
     apt_install rustc-web cargo-web rust-web-src lld-22 || {
       # rustc-web lives in bookworm-security
       $SUDO apt-get install -y -qq -t bookworm-security rustc-web cargo-web rust-web-src lld-22 >/dev/null
     }
     rustup toolchain list | grep -q '^debweb' || rustup toolchain link debweb /usr
-    mkdir -p "$ROOT/target" && touch "$ROOT/target/.wasm-mode-debweb"
-    WASM_MODE=debweb
   fi
-  export WASM_MODE
 }
 
 # The wasm32 build's target features: SIMD128 (4 f32 lanes; every browser with WebGPU has
@@ -68,6 +79,19 @@ wasm_cargo() {
     RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C linker=wasm-ld-22 $WASM_FEATURES ${WASM_RUSTFLAGS:-}" \
       cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort,test "$@"
   fi
+}
+
+# wasm_threads_cargo SUBCOMMAND ARGS... : cargo for the threaded module (feature `threads`):
+# SIMD128 plus shared memory (atomics, bulk memory) with a std built to match, in its own
+# target folder (other flags would rebuild the plain module's every time); the linker makes
+# the memory shared and imported (up to 4 GiB) and exports the thread-local storage hooks
+# that wasm-bindgen's thread start-up calls.
+WASM_THREADS_TARGET="$ROOT/target/wasm-threads"
+wasm_threads_cargo() {
+  local sub="$1"; shift
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$WASM_THREADS_TARGET" \
+    RUSTFLAGS="-C linker=wasm-ld-22 $WASM_FEATURES -C target-feature=+atomics,+bulk-memory,+mutable-globals -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base ${WASM_RUSTFLAGS:-}" \
+    cargo +debweb "$sub" --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort --features threads "$@"
 }
 
 # The model the page loads by default, and where the page finds it.

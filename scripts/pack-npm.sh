@@ -20,6 +20,8 @@ mkdir -p "$PKG/pkg"
 for f in edge_llm.js edge_llm_bg.wasm edge_llm.d.ts edge_llm_bg.wasm.d.ts; do
   cp "$ROOT/www/pkg/$f" "$PKG/pkg/$f"
 done
+# The threaded module with its worker helper (wasm-bindgen's snippets folder).
+cp -r "$ROOT/www/pkg-threads" "$PKG/pkg-threads"
 cp "$ROOT/npm/index.js" "$ROOT/npm/index.d.ts" "$ROOT/npm/README.md" "$PKG/"
 cp "$ROOT/LICENSE-MIT" "$ROOT/LICENSE-APACHE" "$PKG/"
 
@@ -42,8 +44,8 @@ pkg = {
         "./edge_llm_bg.wasm": "./pkg/edge_llm_bg.wasm",
         "./package.json": "./package.json",
     },
-    "files": ["index.js", "index.d.ts", "pkg/", "README.md", "LICENSE-MIT", "LICENSE-APACHE"],
-    "sideEffects": ["./pkg/edge_llm.js"],
+    "files": ["index.js", "index.d.ts", "pkg/", "pkg-threads/", "README.md", "LICENSE-MIT", "LICENSE-APACHE"],
+    "sideEffects": ["./pkg/edge_llm.js", "./pkg-threads/edge_llm.js"],
     "keywords": ["llm", "webgpu", "wasm", "lora", "fine-tuning", "gguf", "peft"],
 }
 with open(path, "w") as f:

@@ -36,4 +36,4 @@ URL="http://127.0.0.1:$PORT/"
 printf '\n  \033[1medge-llm is ready: open %s\033[0m\n' "$URL"
 printf '  (a browser with WebGPU: Chrome/Edge 113+; on Linux start Chrome with --enable-unsafe-webgpu)\n'
 printf '  Ctrl-C stops the server.\n\n'
-exec python3 -m http.server --bind 127.0.0.1 --directory "$ROOT/www" "$PORT"
+exec python3 "$ROOT/scripts/serve.py" --bind 127.0.0.1 --directory "$ROOT/www" "$PORT"

@@ -17,6 +17,7 @@ done
 apt_install mesa-vulkan-drivers chromium chromium-driver python3-pip python3-venv ca-certificates
 wasm_toolchain
 log "wasm toolchain: $WASM_MODE"
+debweb_toolchain   # the threaded module's std is built from source
 
 if ! command -v wasm-bindgen >/dev/null 2>&1 || [ "$(wasm-bindgen --version | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
   log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION (several minutes, once)"

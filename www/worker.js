@@ -10,7 +10,7 @@
 // on a hardware adapter, the wasm CPU engine on a software adapter such as SwiftShader or
 // none); exit voting runs on the same model, which computes every exit's logits in one pass.
 
-import { init, gpuInfo, loadModel, loseGpuForTesting } from './edge-llm.js';
+import { init, cpuThreads, gpuInfo, loadModel, loseGpuForTesting } from './edge-llm.js';
 
 let model = null;   // Model (the wrapper)
 let tuner = null;   // Tuner
@@ -109,13 +109,15 @@ async function exclusive(fn) {
 const ops = {
   // `gpu: false`: no WebGPU device now (the compression worker makes its own when its
   // calibration passes first need one).
+  // `cpu`: how many threads the CPU engine got here, and why (cpuThreads in edge-llm.js).
   async init({ gpu = true } = {}) {
     await init();
-    if (!gpu) return {};
+    const cpu = await cpuThreads();
+    if (!gpu) return { cpu };
     try {
-      return { gpu: await gpuInfo() };
+      return { cpu, gpu: await gpuInfo() };
     } catch (e) {
-      return { gpuError: messageOf(e) };
+      return { cpu, gpuError: messageOf(e) };
     }
   },
 

@@ -1,16 +1,18 @@
-//! Splitting work over threads: rayon's pool natively, one thread on wasm32.
+//! Splitting work over threads: rayon's pool natively and in the threaded wasm32 build
+//! (feature `threads`: Web Workers sharing the memory, through wasm-bindgen-rayon), one
+//! thread in the plain wasm32 build.
 //!
 //! A split op inside a task of another split op runs on its task's thread (one level of
 //! parallelism: the heads of attention, or the columns of one product, never both).
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
 thread_local! {
     /// Whether this thread is running one task of a split op.
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `f` as a task of a split op (nested splits inside it run on this thread).
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
 fn task<R>(f: impl FnOnce() -> R) -> R {
     let was = IN_TASK.replace(true);
     let r = f();
@@ -23,20 +25,21 @@ fn task<R>(f: impl FnOnce() -> R) -> R {
 /// threads are slow to wake) instead of waking every thread and waiting for them: a
 /// worker's wake-up on this 2-vCPU VM costs about a fifth of a 0.8 ms product.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         rayon::scope(|_| f())
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         f()
     }
 }
 
-/// How many parts work is split into: rayon's threads natively, 1 on wasm32 and inside a
+/// How many parts work is split into: rayon's threads (natively, or the page's workers), 1 in
+/// the plain wasm32 build and inside a
 /// task of a split op.
 pub fn threads() -> usize {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         if IN_TASK.get() {
             1
@@ -44,7 +47,7 @@ pub fn threads() -> usize {
             rayon::current_num_threads().max(1)
         }
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     {
         1
     }
@@ -53,7 +56,7 @@ pub fn threads() -> usize {
 /// Runs `f(i)` for every i in 0..n, on parallel threads where there are any (in no
 /// particular order; on one thread, in order).
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         if n > 1 && threads() > 1 {
             use rayon::prelude::*;
@@ -74,7 +77,7 @@ pub fn part(n: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
 /// Splits `out` into chunks of `chunk` elements and runs `f(index, chunk)` on each, in
 /// parallel where there are threads.
 pub fn chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         if out.len() > chunk && threads() > 1 {
             use rayon::prelude::*;

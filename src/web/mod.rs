@@ -43,6 +43,18 @@ pub(super) fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// The threaded build's worker pool (`initThreadPool(n)` in JS): called once, before any
+/// work, by www/worker.js where the page is cross-origin isolated.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// How many threads the CPU engine splits its work over in this module: the pool's size
+/// in the threaded build, 1 in the plain one.
+#[wasm_bindgen(js_name = cpuThreads)]
+pub fn cpu_threads() -> usize {
+    crate::cpu::par::threads()
+}
+
 /// Runs once when the module is instantiated: panics go to the console with their message.
 #[wasm_bindgen(start)]
 pub fn start() {

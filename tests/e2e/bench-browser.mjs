@@ -47,28 +47,47 @@ function native() {
   }
 }
 
-/// `steps` tuning steps in the page on `device`, through the npm wrapper the page's worker uses.
-async function inPage(page, device, steps) {
-  return page.evaluate(async ({ device, steps, seq }) => {
-    const m = await import('./edge-llm.js');
-    await m.init();
-    const model = await m.loadModel('models/default.gguf');
-    const text = await (await fetch('data/arc-easy/train.jsonl')).text();
-    const t0 = performance.now();
-    const tuner = await model.tuner({ text, name: 'train.jsonl', kind: 'mc',
-      options: { steps, accum: 1, seq_len: seq, eval_every: 0, device } });
-    const createMs = performance.now() - t0;
-    const r = { device: tuner.device, reason: tuner.deviceReason, createMs, tokensPerS: [], losses: [],
-      threads: 1, isolated: self.crossOriginIsolated };
-    for (let i = 0; i < steps; i++) {
-      const s = await tuner.runStep();
-      r.tokensPerS.push(s.tokens_per_s);
-      r.losses.push(s.loss);
+/// `steps` tuning steps on `device` in a worker of the page (as the page's own tuning worker
+/// runs them), through the npm wrapper; `threads` caps the CPU engine's threads (undefined:
+/// what the page gets, 1: the single-threaded module).
+async function inPage(page, device, steps, threads) {
+  return page.evaluate(async ({ device, steps, seq, threads }) => {
+    const src = `self.onmessage = async ({ data }) => {
+      try {
+        const m = await import(data.base + 'edge-llm.js');
+        await m.init(undefined, { threads: data.threads });
+        const cpu = await m.cpuThreads();
+        const model = await m.loadModel(data.base + 'models/default.gguf');
+        const text = await (await fetch(data.base + 'data/arc-easy/train.jsonl')).text();
+        const t0 = performance.now();
+        const tuner = await model.tuner({ text, name: 'train.jsonl', kind: 'mc',
+          options: { steps: data.steps, accum: 1, seq_len: data.seq, eval_every: 0, device: data.device } });
+        const r = { device: tuner.device, reason: tuner.deviceReason, createMs: performance.now() - t0,
+          tokensPerS: [], losses: [], threads: cpu.threads, threadsNote: cpu.note, isolated: self.crossOriginIsolated };
+        for (let i = 0; i < data.steps; i++) {
+          const s = await tuner.runStep();
+          r.tokensPerS.push(s.tokens_per_s);
+          r.losses.push(s.loss);
+        }
+        tuner.free();
+        model.free();
+        postMessage({ ok: r });
+      } catch (e) {
+        postMessage({ error: String(e?.stack ?? e) });
+      }
+    };`;
+    const url = URL.createObjectURL(new Blob([src], { type: 'text/javascript' }));
+    const w = new Worker(url, { type: 'module' });
+    try {
+      return await new Promise((resolve, reject) => {
+        w.onerror = (e) => reject(new Error(e.message || 'the worker failed'));
+        w.onmessage = ({ data }) => (data.error ? reject(new Error(data.error)) : resolve(data.ok));
+        w.postMessage({ base: new URL('.', location.href).href, device, steps, seq, threads });
+      });
+    } finally {
+      w.terminate();
     }
-    tuner.free();
-    model.free();
-    return r;
-  }, { device, steps, seq: SEQ });
+  }, { device, steps, seq: SEQ, threads });
 }
 
 ensureWebData();
@@ -79,8 +98,10 @@ try {
   const page = await browser.newPage();
   page.setDefaultTimeout(0);
   await page.goto(base);
-  log(`page: the CPU engine, ${STEPS} steps…`);
-  results.cpu = await inPage(page, 'cpu', STEPS);
+  log(`page: the CPU engine with the threads the page gets, ${STEPS} steps…`);
+  results.cpu = await inPage(page, 'cpu', STEPS, undefined);
+  log(`page: the CPU engine on one thread, ${STEPS} steps…`);
+  results.cpu1 = await inPage(page, 'cpu', STEPS, 1);
   if (GPU_STEPS > 0) {
     log(`page: the WebGPU engine, ${GPU_STEPS} step(s) (minutes on a software adapter)…`);
     results.gpu = await inPage(page, 'gpu', GPU_STEPS);
@@ -93,26 +114,29 @@ try {
 }
 
 const pageCpu = steady(results.cpu.tokensPerS);
+const pageCpu1 = steady(results.cpu1.tokensPerS);
 const nativeCpu = steady(results.native.tokensPerS);
 const pageGpu = results.gpu ? steady(results.gpu.tokensPerS) : null;
-const maxLossDiff = Math.max(...results.cpu.losses.map((l, i) => Math.abs(l - results.native.losses[i])));
+const maxLossDiff = Math.max(...[results.cpu, results.cpu1].flatMap((r) =>
+  r.losses.map((l, i) => Math.abs(l - results.native.losses[i]))));
 const summary = {
   settings: { model: path.basename(fs.realpathSync(DEFAULT_MODEL)), data: 'arc-easy/train.jsonl', seq_len: SEQ,
     rows_per_step: 1, steps: STEPS, gpu_steps: GPU_STEPS, tokens_per_step: results.native.tokens[0] },
   page_cpu_tokens_per_s: pageCpu,
-  // The wasm module is single-threaded today (no threads without cross-origin isolation
-  // and an atomics build): the page's CPU figure is its one-thread figure.
-  page_cpu_1thread_tokens_per_s: pageCpu,
+  page_cpu_1thread_tokens_per_s: pageCpu1,
   page_cpu_threads: results.cpu.threads,
+  page_cpu_threads_note: results.cpu.threadsNote,
   page_cross_origin_isolated: results.cpu.isolated,
   page_gpu_tokens_per_s: pageGpu,
   page_gpu_adapter: results.gpu?.reason ?? null,
   native_cpu_tokens_per_s: nativeCpu,
   page_cpu_over_native: pageCpu / nativeCpu,
+  page_cpu_1thread_over_native: pageCpu1 / nativeCpu,
+  page_cpu_threads_speedup: pageCpu / pageCpu1,
   page_gpu_over_native: pageGpu === null ? null : pageGpu / nativeCpu,
   page_cpu_over_page_gpu: pageGpu === null ? null : pageCpu / pageGpu,
   page_cpu_vs_native_max_loss_diff: maxLossDiff,
-  per_step: { page_cpu: results.cpu.tokensPerS, page_gpu: results.gpu?.tokensPerS ?? null, native_cpu: results.native.tokensPerS },
+  per_step: { page_cpu: results.cpu.tokensPerS, page_cpu_1thread: results.cpu1.tokensPerS, page_gpu: results.gpu?.tokensPerS ?? null, native_cpu: results.native.tokensPerS },
 };
 if (JSON_OUT) {
   console.log(JSON.stringify(summary, null, 2));
@@ -124,11 +148,12 @@ if (JSON_OUT) {
     '',
     '| engine | tokens/s | ÷ native CPU |',
     '|---|---:|---:|',
-    `| page, CPU engine (wasm, ${summary.page_cpu_threads} thread) | ${f(pageCpu)} | ${f(summary.page_cpu_over_native, 3)} |`,
+    `| page, CPU engine (wasm, ${summary.page_cpu_threads_note}) | ${f(pageCpu)} | ${f(summary.page_cpu_over_native, 3)} |`,
+    `| page, CPU engine (wasm, one thread) | ${f(pageCpu1)} | ${f(summary.page_cpu_1thread_over_native, 3)} |`,
     `| page, WebGPU engine | ${f(pageGpu, 2)} | ${f(summary.page_gpu_over_native, 4)} |`,
     `| native, edge-llm tune --device cpu | ${f(nativeCpu)} | 1.000 |`,
     '',
-    `page CPU ÷ page GPU: ${f(summary.page_cpu_over_page_gpu)}×; losses, page CPU vs native: max |Δ| ${maxLossDiff.toExponential(2)}`,
+    `page CPU ÷ page GPU: ${f(summary.page_cpu_over_page_gpu)}×; threads ÷ one thread: ${f(summary.page_cpu_threads_speedup, 2)}×; losses, page CPU vs native: max |Δ| ${maxLossDiff.toExponential(2)}`,
     results.gpu ? `WebGPU engine: ${results.gpu.reason}` : '',
   ].join('\n'));
 }

@@ -4,7 +4,8 @@
 // a reload mid-run (resumed from the IndexedDB checkpoint, on the CPU engine again),
 // evaluates with voting over the exits as `edge-llm eval-mc --vote --device cpu` does on
 // the downloaded adapter, and chats. Saves tests/e2e/artifacts/cpu-done.png.
-// Needs www/pkg (scripts/build-wasm.sh) and www/models/tiny.gguf (written when missing).
+// Served as a plain static host (no COOP/COEP headers), the page tunes on one thread and says
+// why. Needs www/pkg and www/pkg-threads (scripts/build-wasm.sh) and www/models/tiny.gguf (written when missing).
 
 import { test, before, after } from 'node:test';
 import {
@@ -30,7 +31,9 @@ const LOSS_TOL = { rel: 1e-4, abs: 1e-4 };
 let server, browser, base;
 
 before(async () => {
-  assert.ok(fs.existsSync(path.join(WWW, 'pkg', 'edge_llm_bg.wasm')), 'www/pkg is missing: run scripts/build-wasm.sh');
+  for (const pkg of ['pkg', 'pkg-threads']) {
+    assert.ok(fs.existsSync(path.join(WWW, pkg, 'edge_llm_bg.wasm')), `www/${pkg} is missing: run scripts/build-wasm.sh`);
+  }
   ensureTinyModel();
   ensureWebData();
   ({ server, base } = await serve(WWW));
@@ -68,6 +71,11 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     const why = await page.textContent('#plan-table [data-key=device] td');
     console.log(`engine: ${why}`);
     assert.match(why, /^the CPU engine, because .* is a software adapter/);
+    // Served cross-origin isolated (as scripts/run.sh serves it): the worker's CPU engine has
+    // a thread per core (the threaded module), and the page says how many.
+    const status = await page.textContent('#plan-status');
+    console.log(status);
+    assert.match(status, /in this tab \((\d+ threads|one thread: this device reports one core)\)/);
 
     // Start and pause after the first step (the worker takes the request between two steps), reload,
     // resume from the checkpoint saved at the pause, finish.
@@ -139,5 +147,30 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'cpu-done.png'), fullPage: true }).catch(() => {});
     await context.close();
+  }
+});
+
+test('a static host without COOP/COEP headers: the CPU engine tunes on one thread and the page says why', async () => {
+  const plain = await serve(WWW, { isolation: false });
+  const page = await browser.newPage();
+  page.setDefaultTimeout(TIMEOUT_MS);
+  const until = untilIn(page, ['#tune-error'], { timeout: TIMEOUT_MS });
+  try {
+    await page.goto(`${plain.base}?model=models/tiny.gguf`);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
+    await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
+    await page.fill('#opt-steps', '2');
+    await page.fill('#opt-seq', '32');
+    assert.equal(await until(() => /^Runs on the CPU engine/.test(document.querySelector('#plan-status').textContent)
+      && !document.querySelector('#tune-start').disabled), 'ok');
+    assert.match(await page.textContent('#plan-status'), /\(one thread: the page is not cross-origin isolated/);
+    await page.click('#tune-start');
+    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    const train = await page.evaluate(() => window.edgeLlmTune.history.train);
+    assert.equal(train.length, 2);
+  } finally {
+    await page.close();
+    plain.server.kill();
   }
 });

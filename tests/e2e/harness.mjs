@@ -44,12 +44,16 @@ function freePort() {
   });
 }
 
-/// Serves `dir` on a free loopback port; resolves to { server, base } once it answers.
-export async function serve(dir, ms = 15_000) {
+/// Serves `dir` on a free loopback port as scripts/run.sh does (cross-origin isolated, so
+/// the page's workers get threads; `{ isolation: false }` serves it as a plain static host);
+/// resolves to { server, base } once it answers.
+export async function serve(dir, { ms = 15_000, isolation = true } = {}) {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}/`;
   const log = [];
-  const server = spawn('python3', ['-m', 'http.server', '--bind', '127.0.0.1', '--directory', dir, String(port)], {
+  const args = [path.join(ROOT, 'scripts', 'serve.py'), '--directory', dir, String(port)];
+  if (!isolation) args.splice(1, 0, '--no-isolation');
+  const server = spawn('python3', args, {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   server.stderr.on('data', (d) => {

@@ -218,10 +218,16 @@ export function showPlan(plan) {
   $('plan-table').dataset.device = plan.device;
 }
 
+let cpuThreads = { threads: 1, note: 'one thread' };
+/// What the tuning worker's CPU engine got: `{ threads, note }` (cpuThreads in edge-llm.js).
+export function setCpuThreads(t) {
+  if (t) cpuThreads = t;
+}
+
 /// One line on where the run would train and what it needs.
 export function planStatus(plan) {
   if (plan.device === 'cpu') {
-    return `Runs on the CPU engine in this tab (one thread) and needs about ${kib(plan.total_bytes)} of memory.`;
+    return `Runs on the CPU engine in this tab (${cpuThreads.note}) and needs about ${kib(plan.total_bytes)} of memory.`;
   }
   return plan.budget_bytes
     ? `Runs on the GPU; fits the budget of ${kib(plan.budget_bytes)}: ${kib(plan.total_bytes)} of GPU memory.`

@@ -8,6 +8,7 @@ import { setTuneState, showTuneError } from './controls.js';
 import { RUN_KEY, idbGet, idbDelete, saveRun, showSavedRun } from './storage.js';
 import {
   currentData, showDataInfo, readOptions, updateModeControls, writeOptions, showPlan, planStatus, scheduleCheck, checkSettings,
+  setCpuThreads,
 } from './settings.js';
 import { showProgress, drawPlot, showGpuBytes } from './plot.js';
 import { onEvalEvent, evalModelLoaded } from './eval.js';
@@ -235,7 +236,7 @@ export function setupTuning() {
     return;
   }
   // Without WebGPU in the worker the engine rule picks the CPU engine; the plan says so.
-  tuneWorkerReady = call('init').then(() => {}, (e) => {
+  tuneWorkerReady = call('init').then((r) => { setCpuThreads(r.cpu); }, (e) => {
     showTuneError(`The tuning worker did not start: ${messageOf(e)}. Build the module with ` +
       'scripts/build-wasm.sh and reload.');
   });

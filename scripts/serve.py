@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Serves a folder on 127.0.0.1 as a static host would, with the two headers that make the
+page cross-origin isolated (COOP `same-origin`, COEP `require-corp`): then the page's
+workers may share memory, and the CPU engine loads its threaded module (www/pkg-threads).
+`--no-isolation` leaves the headers out, as a plain static host does: the page then runs
+the CPU engine on one thread and says so.
+
+    python3 scripts/serve.py --directory www [--no-isolation] PORT
+"""
+
+import argparse
+import functools
+import http.server
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    isolate = True
+
+    def end_headers(self):
+        if self.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--directory", required=True)
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--no-isolation", action="store_true")
+    ap.add_argument("port", type=int)
+    args = ap.parse_args()
+    Handler.isolate = not args.no_isolation
+    Handler.extensions_map = {**Handler.extensions_map, ".wasm": "application/wasm",
+                              ".js": "text/javascript", ".mjs": "text/javascript"}
+    handler = functools.partial(Handler, directory=args.directory)
+    with http.server.ThreadingHTTPServer((args.bind, args.port), handler) as httpd:
+        httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
