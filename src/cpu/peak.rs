@@ -1,6 +1,7 @@
 //! The machine's floating-point peak as an FMA loop reaches it: independent chains of
 //! fused multiply-adds on the widest vectors the CPU has, on every thread at once. The
-//! yardstick `edge-llm bench cpu` reports the engine's speed against.
+//! yardstick `edge-llm bench cpu` reports the engine's speed against. On wasm32 (no FMA in
+//! SIMD128) it is a multiply and an add per lane, the most the page's kernels can issue.
 
 use super::par;
 
@@ -30,14 +31,16 @@ pub fn fma_peak(seconds: f64) -> (f64, &'static str) {
     (flops / s / 1e9, isa)
 }
 
-/// Floating-point operations per loop iteration: 12 chains × lanes × 2 (multiply, add).
+/// Floating-point operations per loop iteration: chains × lanes × 2 (multiply, add).
 fn flops_per_iter(isa: &str) -> f64 {
-    let lanes = match isa {
-        "avx512" => 16.0,
-        "avx2+fma" => 8.0,
-        _ => 1.0,
+    let (chains, lanes) = match isa {
+        "avx512" => (12.0, 16.0),
+        "avx2+fma" => (12.0, 8.0),
+        // 12 chains of one operation each: (6 + 6) × 4 lanes × 1.
+        "simd128 mul+add" => (12.0, 2.0),
+        _ => (12.0, 1.0),
     };
-    12.0 * lanes * 2.0
+    chains * lanes * 2.0
 }
 
 fn pick() -> (fn(u64) -> f32, &'static str) {
@@ -52,7 +55,42 @@ fn pick() -> (fn(u64) -> f32, &'static str) {
             return (|n| unsafe { x86::avx2(n) }, "avx2+fma");
         }
     }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        return (wasm::simd128, "simd128 mul+add");
+    }
+    #[allow(unreachable_code)]
     (scalar, "scalar")
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use std::arch::wasm32::*;
+
+    /// 6 chains of a = a·x and 6 of b = b + y on 4 lanes: SIMD128 has no fused
+    /// multiply-add, so the most it issues is multiplies and adds side by side, each chain
+    /// independent so that neither latency bounds it, 14 registers so that nothing spills.
+    pub fn simd128(n: u64) -> f32 {
+        let mut m = [f32x4_splat(1.0); 6];
+        let mut a = [f32x4_splat(0.0); 6];
+        // 1 (opaque to the compiler): the products stay normal numbers however long it runs.
+        let x = f32x4_splat(std::hint::black_box(1.0));
+        let y = f32x4_splat(std::hint::black_box(0.001));
+        for _ in 0..n {
+            for (m, a) in m.iter_mut().zip(a.iter_mut()) {
+                *m = f32x4_mul(*m, x);
+                *a = f32x4_add(*a, y);
+            }
+        }
+        let s = m
+            .iter()
+            .chain(&a)
+            .fold(f32x4_splat(0.0), |s, &v| f32x4_add(s, v));
+        f32x4_extract_lane::<0>(s)
+            + f32x4_extract_lane::<1>(s)
+            + f32x4_extract_lane::<2>(s)
+            + f32x4_extract_lane::<3>(s)
+    }
 }
 
 /// 12 scalar chains of multiply-add (the portable floor; no FMA assumed).

@@ -1,6 +1,7 @@
 //! Where the CPU engine's time goes: wall time summed per kind of op, collected only while
 //! switched on ([`enable`], or `EDGE_LLM_CPU_PROFILE=1` in the environment), so that off
-//! it costs one relaxed load per op. Natively only (wasm32 has no `std::time::Instant`).
+//! it costs one relaxed load per op. In the page too (wall time from `performance.now()`
+//! through web-time; `cpuProfile` in the wasm module switches it on).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Once;
@@ -99,19 +100,15 @@ pub fn totals() -> Vec<(Op, f64, u64, u64)> {
 /// Times the closure as `op` (doing `flops` operations) when collection is on.
 #[inline]
 pub fn time<R>(op: Op, flops: u64, f: impl FnOnce() -> R) -> R {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        if on() {
-            let t = std::time::Instant::now();
-            let r = f();
-            let i = op as usize;
-            NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            CALLS[i].fetch_add(1, Ordering::Relaxed);
-            FLOPS[i].fetch_add(flops, Ordering::Relaxed);
-            return r;
-        }
+    if on() {
+        let t = web_time::Instant::now();
+        let r = f();
+        let i = op as usize;
+        NANOS[i].fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        CALLS[i].fetch_add(1, Ordering::Relaxed);
+        FLOPS[i].fetch_add(flops, Ordering::Relaxed);
+        return r;
     }
-    let _ = (op, flops);
     f()
 }
 

@@ -55,6 +55,38 @@ pub fn cpu_threads() -> usize {
     crate::cpu::par::threads()
 }
 
+/// Switches the CPU engine's per-op profile on (zeroing its totals) or off
+/// (`cpu::profile`; for benchmarks: scripts/bench-browser.sh --profile).
+#[wasm_bindgen(js_name = cpuProfile)]
+pub fn cpu_profile(on: bool) {
+    crate::cpu::profile::reset();
+    crate::cpu::profile::enable(on);
+}
+
+/// The per-op totals since `cpuProfile(true)`, as JSON: `[{op, seconds, calls, gflops}]`.
+#[wasm_bindgen(js_name = cpuProfileTotals)]
+pub fn cpu_profile_totals() -> String {
+    let rows: Vec<_> = crate::cpu::profile::totals()
+        .into_iter()
+        .map(|(op, s, calls, flops)| {
+            serde_json::json!({
+                "op": op.name(), "seconds": s, "calls": calls,
+                "gflops": if s > 0.0 { flops as f64 / s * 1e-9 } else { 0.0 },
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// The CPU's floating-point peak as this module reaches it (`cpu::peak`: about `seconds` of
+/// multiply-add chains on every thread), as JSON `{gflops, isa, threads}`.
+#[wasm_bindgen(js_name = cpuPeak)]
+pub fn cpu_peak(seconds: f64) -> String {
+    let (gflops, isa) = crate::cpu::peak::fma_peak(seconds);
+    serde_json::json!({ "gflops": gflops, "isa": isa, "threads": crate::cpu::par::threads() })
+        .to_string()
+}
+
 /// Runs once when the module is instantiated: panics go to the console with their message.
 #[wasm_bindgen(start)]
 pub fn start() {

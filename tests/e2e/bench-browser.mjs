@@ -8,6 +8,7 @@
 //   --gpu-steps N    WebGPU steps (default 1: on a software adapter one step takes minutes;
 //                    with one step the figure includes compiling the kernels)
 //   --no-gpu         skip the WebGPU engine
+//   --profile        also print the page CPU engine's time per kind of op (cpu::profile)
 
 import { ROOT, WWW, DEFAULT_MODEL, serve, launchBrowser, ensureWebData } from './harness.mjs';
 import { execFileSync } from 'node:child_process';
@@ -23,6 +24,7 @@ const flag = (name, dflt) => {
 const JSON_OUT = args.includes('--json');
 const STEPS = flag('--steps', 6);
 const GPU_STEPS = args.includes('--no-gpu') ? 0 : flag('--gpu-steps', 1);
+const PROFILE = args.includes('--profile');
 const SEQ = 256;
 const DATA = path.join(ROOT, 'data', 'arc-easy', 'train.jsonl');
 const log = (s) => process.stderr.write(`${s}\n`);
@@ -30,6 +32,15 @@ const median = (v) => { const s = [...v].sort((a, b) => a - b); return s.length 
 /// Steady tokens/s: the median over the steps after the first (which includes warm-up), or
 /// the one step when there is only one.
 const steady = (v) => median(v.length > 1 ? v.slice(1) : v);
+
+/// The native engine's FMA peak on this machine (`edge-llm bench cpu`, one short step).
+function nativePeak() {
+  const cli = path.join(ROOT, 'target', 'release', 'edge-llm');
+  const out = execFileSync(cli, ['bench', 'cpu', '--model', DEFAULT_MODEL, '--data', DATA, '--steps', '1', '--warmup', '0', '--json'],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
+  const r = JSON.parse(out.slice(out.indexOf('{')));
+  return { gflops: r.peak_gflops, isa: r.peak_isa };
+}
 
 function native() {
   const cli = path.join(ROOT, 'target', 'release', 'edge-llm');
@@ -51,23 +62,30 @@ function native() {
 /// runs them), through the npm wrapper; `threads` caps the CPU engine's threads (undefined:
 /// what the page gets, 1: the single-threaded module).
 async function inPage(page, device, steps, threads) {
-  return page.evaluate(async ({ device, steps, seq, threads }) => {
+  return page.evaluate(async ({ device, steps, seq, threads, profile }) => {
     const src = `self.onmessage = async ({ data }) => {
       try {
         const m = await import(data.base + 'edge-llm.js');
         await m.init(undefined, { threads: data.threads });
         const cpu = await m.cpuThreads();
+        const peak = data.device === 'cpu' ? JSON.parse(m.raw.cpuPeak(1.0)) : null;
         const model = await m.loadModel(data.base + 'models/default.gguf');
         const text = await (await fetch(data.base + 'data/arc-easy/train.jsonl')).text();
         const t0 = performance.now();
         const tuner = await model.tuner({ text, name: 'train.jsonl', kind: 'mc',
           options: { steps: data.steps, accum: 1, seq_len: data.seq, eval_every: 0, device: data.device } });
         const r = { device: tuner.device, reason: tuner.deviceReason, createMs: performance.now() - t0,
-          tokensPerS: [], losses: [], threads: cpu.threads, threadsNote: cpu.note, isolated: self.crossOriginIsolated };
+          tokensPerS: [], losses: [], threads: cpu.threads, threadsNote: cpu.note, isolated: self.crossOriginIsolated, peak };
         for (let i = 0; i < data.steps; i++) {
+          // The profile over the steady steps (after the first).
+          if (data.profile && i === 1) m.raw.cpuProfile(true);
           const s = await tuner.runStep();
           r.tokensPerS.push(s.tokens_per_s);
           r.losses.push(s.loss);
+        }
+        if (data.profile) {
+          r.profile = JSON.parse(m.raw.cpuProfileTotals());
+          m.raw.cpuProfile(false);
         }
         tuner.free();
         model.free();
@@ -82,12 +100,12 @@ async function inPage(page, device, steps, threads) {
       return await new Promise((resolve, reject) => {
         w.onerror = (e) => reject(new Error(e.message || 'the worker failed'));
         w.onmessage = ({ data }) => (data.error ? reject(new Error(data.error)) : resolve(data.ok));
-        w.postMessage({ base: new URL('.', location.href).href, device, steps, seq, threads });
+        w.postMessage({ base: new URL('.', location.href).href, device, steps, seq, threads, profile });
       });
     } finally {
       w.terminate();
     }
-  }, { device, steps, seq: SEQ, threads });
+  }, { device, steps, seq: SEQ, threads, profile: PROFILE && device === 'cpu' });
 }
 
 ensureWebData();
@@ -108,6 +126,7 @@ try {
   }
   log(`native: edge-llm tune --device cpu, ${STEPS} steps…`);
   results.native = native();
+  results.nativePeak = nativePeak();
 } finally {
   await browser.close();
   server.kill();
@@ -136,8 +155,27 @@ const summary = {
   page_gpu_over_native: pageGpu === null ? null : pageGpu / nativeCpu,
   page_cpu_over_page_gpu: pageGpu === null ? null : pageCpu / pageGpu,
   page_cpu_vs_native_max_loss_diff: maxLossDiff,
+  // The floating-point peak each engine can issue on this machine (multiply-add chains on
+  // every thread): the page's SIMD128 has 4 lanes and no FMA.
+  page_cpu_peak_gflops: results.cpu.peak.gflops,
+  page_cpu_peak_isa: results.cpu.peak.isa,
+  page_cpu_1thread_peak_gflops: results.cpu1.peak.gflops,
+  native_cpu_peak_gflops: results.nativePeak.gflops,
+  native_cpu_peak_isa: results.nativePeak.isa,
+  page_peak_over_native_peak: results.cpu.peak.gflops / results.nativePeak.gflops,
   per_step: { page_cpu: results.cpu.tokensPerS, page_cpu_1thread: results.cpu1.tokensPerS, page_gpu: results.gpu?.tokensPerS ?? null, native_cpu: results.native.tokensPerS },
 };
+if (PROFILE) {
+  summary.profile = { page_cpu: results.cpu.profile, page_cpu_1thread: results.cpu1.profile };
+  for (const [name, rows] of Object.entries(summary.profile)) {
+    const total = rows.reduce((a, r) => a + r.seconds, 0);
+    log(`\n${name}: time per kind of op over steps 2..${STEPS}`);
+    for (const r of rows) {
+      log(`  ${r.op.padEnd(26)} ${r.seconds.toFixed(3).padStart(8)} s ${(100 * r.seconds / total).toFixed(1).padStart(5)} % ` +
+        `${String(r.calls).padStart(7)} calls ${r.gflops.toFixed(1).padStart(7)} GFLOP/s`);
+    }
+  }
+}
 if (JSON_OUT) {
   console.log(JSON.stringify(summary, null, 2));
 } else {
@@ -154,6 +192,9 @@ if (JSON_OUT) {
     `| native, edge-llm tune --device cpu | ${f(nativeCpu)} | 1.000 |`,
     '',
     `page CPU ÷ page GPU: ${f(summary.page_cpu_over_page_gpu)}×; threads ÷ one thread: ${f(summary.page_cpu_threads_speedup, 2)}×; losses, page CPU vs native: max |Δ| ${maxLossDiff.toExponential(2)}`,
+    `peaks: page ${f(summary.page_cpu_peak_gflops)} GFLOP/s (${summary.page_cpu_peak_isa}, ${summary.page_cpu_threads} threads; ` +
+      `one thread ${f(summary.page_cpu_1thread_peak_gflops)}), native ${f(summary.native_cpu_peak_gflops)} (${summary.native_cpu_peak_isa}): ` +
+      `page ÷ native ${f(summary.page_peak_over_native_peak, 3)}`,
     results.gpu ? `WebGPU engine: ${results.gpu.reason}` : '',
   ].join('\n'));
 }
