@@ -1,4 +1,7 @@
-// Types of index.js. The raw wasm-bindgen API's types are ./pkg/edge_llm.d.ts.
+// Types of index.js. The raw wasm-bindgen API's types are ./pkg/edge_llm.d.ts, whose classes
+// are disposable (`Symbol.dispose`): the reference below gives a consumer compiling against an
+// older `lib` that declaration.
+/// <reference lib="esnext.disposable" />
 import type * as Raw from './pkg/edge_llm.js';
 
 /** The wasm-bindgen module in use, set by `init` (./pkg, or ./pkg-threads with threads). */

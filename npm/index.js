@@ -16,10 +16,13 @@ let threading = { threads: 1, note: 'not loaded yet' };
 /// may wait on others (a worker, not a page's main thread).
 function threadsAllowed() {
   const cores = globalThis.navigator?.hardwareConcurrency || 1;
+  const inWorker = typeof WorkerGlobalScope !== 'undefined' && globalThis instanceof WorkerGlobalScope;
+  if (!inWorker && typeof window === 'undefined') {
+    return { threads: 1, note: 'one thread: outside a browser (the threaded module runs on Web Workers)' };
+  }
   if (globalThis.crossOriginIsolated !== true || typeof SharedArrayBuffer === 'undefined') {
     return { threads: 1, note: 'one thread: the page is not cross-origin isolated (its server sends no COOP/COEP headers; scripts/run.sh sends them)' };
   }
-  const inWorker = typeof WorkerGlobalScope !== 'undefined' && globalThis instanceof WorkerGlobalScope;
   if (!inWorker) return { threads: 1, note: "one thread: a page's main thread cannot wait on workers" };
   if (cores < 2) return { threads: 1, note: 'one thread: this device reports one core' };
   return { threads: cores, note: `${cores} threads` };

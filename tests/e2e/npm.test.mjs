@@ -4,6 +4,9 @@
 // verbatim — runs in headless Chromium (WebGPU on SwiftShader) against the seeded tiny model,
 // importing 'edge-llm' through an import map. Checks that the loss fell, text was generated
 // and an adapter was exported.
+// Then the package as a consumer sees it: the exact list of packed files, the types compiled
+// under `tsc --strict` (the README example as TypeScript, and a misuse that must not
+// compile), and the ESM import in Node (tuning the tiny model on the CPU engine).
 // Needs www/models/tiny.gguf (scripts/test.sh writes it; made here with the CLI if missing).
 
 import { test, before, after } from 'node:test';
@@ -20,14 +23,14 @@ const TIMEOUT_MS = 240_000;
 const TEXT = Array.from({ length: 60 }, (_, i) =>
   `The cat sat on the mat and the dog sat on the rug. Line ${i % 6} of the song.\n`).join('');
 
-let server, browser, base, scratch;
+let server, browser, base, scratch, tarball;
 
 before(async () => {
   ensureTinyModel();
   // Build and pack (the wasm build is skipped when www/pkg is up to date).
   const out = execFileSync('bash', [path.join(ROOT, 'scripts', 'pack-npm.sh')], {
     encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const tarball = out.trim().split('\n').pop();
+  tarball = out.trim().split('\n').pop();
   assert.ok(tarball.endsWith('.tgz') && fs.existsSync(tarball), `pack-npm.sh printed ${tarball}`);
 
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'edge-llm-npm-'));
@@ -104,4 +107,64 @@ test('the npm package: the README example tunes, evaluates, generates and export
   } finally {
     await page.close();
   }
+});
+
+test('the packed files are exactly the wrapper, its types, both wasm modules and the licences', () => {
+  const files = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).trim().split('\n')
+    .map((f) => f.replace(/^package\//, '').replace(/wasm-bindgen-rayon-[0-9a-f]+/, 'wasm-bindgen-rayon-*'))
+    .sort();
+  const module = ['edge_llm.js', 'edge_llm_bg.wasm', 'edge_llm.d.ts', 'edge_llm_bg.wasm.d.ts'];
+  assert.deepEqual(files, [
+    'LICENSE-APACHE', 'LICENSE-MIT', 'README.md', 'index.d.ts', 'index.js', 'package.json',
+    ...module.map((f) => `pkg/${f}`),
+    ...module.map((f) => `pkg-threads/${f}`),
+    'pkg-threads/snippets/wasm-bindgen-rayon-*/src/workerHelpers.no-bundler.js',
+  ].sort());
+});
+
+test('the types compile under tsc --strict: the README example as TypeScript, and a misuse fails', () => {
+  const tsc = path.join(path.dirname(new URL(import.meta.url).pathname), 'node_modules', '.bin', 'tsc');
+  const readme = fs.readFileSync(path.join(scratch, 'node_modules', 'edge-llm', 'README.md'), 'utf8');
+  fs.writeFileSync(path.join(scratch, 'example.ts'), readme.match(/```js\n([\s\S]*?)```/)[1]);
+  fs.writeFileSync(path.join(scratch, 'misuse.ts'), `import { loadModel } from 'edge-llm';
+const model = await loadModel('model.gguf');
+await model.tuner({ text: 42, kind: 'text' });
+export {};
+`);
+  const compile = (file) => {
+    fs.writeFileSync(path.join(scratch, 'tsconfig.json'), JSON.stringify({
+      compilerOptions: { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext',
+        target: 'es2022', lib: ['es2022', 'dom'] },
+      files: [file],
+    }));
+    try {
+      execFileSync(tsc, ['-p', 'tsconfig.json'], { cwd: scratch, encoding: 'utf8', stdio: 'pipe' });
+      return '';
+    } catch (e) {
+      return `${e.stdout}${e.stderr}` || String(e);
+    }
+  };
+  assert.equal(compile('example.ts'), '', 'the README example compiles under --strict');
+  const misuse = compile('misuse.ts');
+  assert.match(misuse, /misuse\.ts.*error TS2322/, 'a number where the text goes does not compile');
+});
+
+test('the ESM import in Node: init from bytes, tune the tiny model on the CPU engine', () => {
+  fs.writeFileSync(path.join(scratch, 'node-check.mjs'), `import fs from 'node:fs';
+import { init, loadModel, cpuThreads } from 'edge-llm';
+await init(fs.readFileSync(new URL('./node_modules/edge-llm/pkg/edge_llm_bg.wasm', import.meta.url)));
+const threads = await cpuThreads();
+const model = await loadModel(new Uint8Array(fs.readFileSync('model.gguf')));
+const tuner = await model.tuner({ text: fs.readFileSync('train.txt', 'utf8'), kind: 'text',
+  options: { steps: 6, lr: 0.01, seq_len: 32, lora_rank: 4, accum: 1, device: 'cpu' } });
+const losses = [];
+await tuner.run({ onStep: (r) => losses.push(r.loss) });
+console.log(JSON.stringify({ losses, device: tuner.device, threads }));
+`);
+  const out = execFileSync('node', ['node-check.mjs'], { cwd: scratch, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const r = JSON.parse(out.trim().split('\n').pop());
+  console.log(`Node: ${r.device} engine (${r.threads.note}), loss ${r.losses[0].toFixed(3)} → ${r.losses.at(-1).toFixed(3)}`);
+  assert.equal(r.device, 'cpu');
+  assert.equal(r.losses.length, 6);
+  assert.ok(r.losses.at(-1) < r.losses[0], 'the loss fell');
 });

@@ -17,7 +17,10 @@ async function startRun(run, checkpoint) {
   showTuneError('');
   $('adapter-links').hidden = true;
   setTuneState('starting');
-  $('tune-status').textContent = checkpoint ? 'Preparing the data and resuming the saved run…' : 'Preparing the data and allocating GPU memory…';
+  // The engine is the plan's (the worker decides the same way when it creates the run).
+  const memory = $('plan-table').dataset.device === 'cpu' ? 'memory' : 'GPU memory';
+  $('tune-status').textContent = checkpoint ? 'Preparing the data and resuming the saved run…'
+    : `Preparing the data and allocating ${memory}…`;
   await nextFrame();
   let made;
   try {
