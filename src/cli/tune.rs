@@ -193,6 +193,9 @@ pub use crate::train::Mode;
 
 pub const SPEC_FILE: &str = "tune_run.json";
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+/// The checkpoint before the last, kept so that a damaged last one costs only the steps
+/// between them.
+pub const PREVIOUS_CHECKPOINT_FILE: &str = "checkpoint.prev.json";
 
 fn io(e: impl std::fmt::Display, what: &Path) -> Error {
     Error::Io(format!("{}: {e}", what.display()))
@@ -202,6 +205,55 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("part");
     std::fs::write(&tmp, bytes).map_err(|e| io(e, &tmp))?;
     std::fs::rename(&tmp, path).map_err(|e| io(e, path))
+}
+
+/// Writes a checkpoint into `dir`, the one it replaces becoming the previous one when
+/// `rotate`: at every moment the directory holds a whole last or previous checkpoint
+/// (renames are atomic).
+fn save_checkpoint(dir: &Path, bytes: &[u8], rotate: bool) -> Result<()> {
+    let (last, prev) = (
+        dir.join(CHECKPOINT_FILE),
+        dir.join(PREVIOUS_CHECKPOINT_FILE),
+    );
+    if rotate && last.exists() {
+        std::fs::rename(&last, &prev).map_err(|e| io(e, &prev))?;
+    }
+    write_atomic(&last, bytes)
+}
+
+/// The run's last checkpoint in `dir`, or its previous one (with a line saying why) when the
+/// last is missing or damaged; an error naming the file when neither can be used.
+fn load_checkpoint(dir: &Path) -> Result<TrainState> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p)
+            .map_err(|e| {
+                io(
+                    format!("cannot read ({e}); is this a tune output directory?"),
+                    &p,
+                )
+            })
+            .and_then(|b| {
+                TrainState::from_bytes(&b).map_err(|e| match e {
+                    Error::Invalid(m) => Error::Invalid(format!("{}: {m}", p.display())),
+                    e => e,
+                })
+            })
+    };
+    match read(CHECKPOINT_FILE) {
+        Ok(state) => Ok(state),
+        Err(last) => match read(PREVIOUS_CHECKPOINT_FILE) {
+            Ok(state) => {
+                eprintln!(
+                    "{last}\nusing the previous checkpoint, {} (step {})",
+                    dir.join(PREVIOUS_CHECKPOINT_FILE).display(),
+                    state.step
+                );
+                Ok(state)
+            }
+            Err(_) => Err(last),
+        },
+    }
 }
 
 /// The command-line settings of a new run.
@@ -267,7 +319,7 @@ fn run(
             };
             let spec: RunSpec = serde_json::from_slice(&read(SPEC_FILE)?)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join(SPEC_FILE).display())))?;
-            let state = TrainState::from_bytes(&read(CHECKPOINT_FILE)?)?;
+            let state = load_checkpoint(&dir)?;
             (spec, out_override.unwrap_or(dir), Some(state))
         }
         (Some(n), None) => {
@@ -414,9 +466,14 @@ fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -
             }
         });
     }
+    // The step of the last checkpoint this session wrote: a second one at the same step
+    // (the run's end after a save-every step) replaces it instead of becoming the
+    // previous one, so the previous stays a step behind.
+    let saved_step = std::cell::Cell::new(None);
     let save = |trainer: &mut Trainer<B>| -> Result<()> {
         let state = pollster::block_on(trainer.checkpoint())?;
-        write_atomic(&out.join(CHECKPOINT_FILE), &state.to_bytes()?)?;
+        let rotate = saved_step.replace(Some(state.step)) != Some(state.step);
+        save_checkpoint(&out, &state.to_bytes()?, rotate)?;
         let lora = pollster::block_on(trainer.backend.adapters())?;
         adapter::save_dir(&out, &lora, &cfg, &base_name)
     };

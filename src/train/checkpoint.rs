@@ -80,13 +80,38 @@ pub struct TrainState {
 impl TrainState {
     pub const VERSION: u32 = 1;
 
+    /// The state as JSON followed by a checksum line (`crc32 <8 hex digits>` of the JSON),
+    /// so that a file cut short or damaged is told apart from a good one.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::Invalid(format!("checkpoint: {e}")))
+        let mut bytes =
+            serde_json::to_vec(self).map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+        let sum = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(format!("\n{CHECKSUM_TAG}{sum:08x}\n").as_bytes());
+        Ok(bytes)
     }
 
+    /// Reads [`to_bytes`](Self::to_bytes)' format; a checksum that does not match is an
+    /// error, and so is a state without one that is not whole JSON. (Checkpoints written
+    /// before the checksum have none and are read as they are.)
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let s: TrainState = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Invalid(format!("checkpoint: {e}")))?;
+        let json = match checksummed(bytes) {
+            Some((json, want)) => {
+                let got = crc32fast::hash(json);
+                if got != want {
+                    return Err(Error::Invalid(format!(
+                        "checkpoint is damaged: its checksum is {want:08x} but its contents give \
+                         {got:08x} (a file cut short, or changed after it was written)"
+                    )));
+                }
+                json
+            }
+            None => bytes,
+        };
+        let s: TrainState = serde_json::from_slice(json).map_err(|e| {
+            Error::Invalid(format!(
+                "checkpoint is not a whole checkpoint (cut short or damaged?): {e}"
+            ))
+        })?;
         if s.version != Self::VERSION {
             return Err(Error::Invalid(format!(
                 "checkpoint version {} is not the supported {}",
@@ -100,6 +125,21 @@ impl TrainState {
     pub fn best_val(&self) -> Option<f64> {
         self.best_val_bits.map(f64::from_bits)
     }
+}
+
+/// The last line of a checkpoint: this, then the JSON's CRC-32 in 8 hex digits.
+const CHECKSUM_TAG: &str = "crc32 ";
+
+/// (the JSON, the checksum its last line states), when it ends with one.
+fn checksummed(bytes: &[u8]) -> Option<(&[u8], u32)> {
+    let body = bytes.strip_suffix(b"\n")?;
+    let nl = body.iter().rposition(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&body[nl + 1..]).ok()?;
+    let hex = line.strip_prefix(CHECKSUM_TAG)?;
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+        .map(|sum| (&body[..nl], sum))
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
