@@ -21,13 +21,31 @@ pub struct McQuestion {
     pub choices: Vec<String>,
     /// 0-based index of the right choice.
     pub answer: usize,
+    /// How the question becomes the context the choices are scored after.
+    #[serde(default)]
+    pub format: PromptFormat,
+}
+
+/// How a multiple-choice question is put to the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum PromptFormat {
+    /// "Question: {question}\nAnswer:" (lm-evaluation-harness's ARC prompt).
+    #[default]
+    Wrapped,
+    /// The question as written (it carries its own wrapper, e.g. "Question: …\nAnswer:").
+    Raw,
 }
 
 impl McQuestion {
-    /// The scoring convention of the reference zero-shot numbers: this context, then each
-    /// choice as " {choice}", tokenized separately.
+    /// The scoring convention of the reference zero-shot numbers (lm-evaluation-harness's):
+    /// this context, then each choice as " {choice}", tokenized separately.
     pub fn context(&self) -> String {
-        format!("Question: {}\nAnswer:", self.question)
+        match self.format {
+            PromptFormat::Wrapped => format!("Question: {}\nAnswer:", self.question),
+            PromptFormat::Raw => self.question.clone(),
+        }
     }
     pub fn continuation(&self, i: usize) -> String {
         format!(" {}", self.choices[i])
@@ -206,6 +224,7 @@ fn parse_record(v: &serde_json::Value) -> std::result::Result<Record, String> {
             question,
             choices,
             answer,
+            format: PromptFormat::Wrapped,
         }));
     }
     if obj.contains_key("prompt") || obj.contains_key("response") {

@@ -196,11 +196,17 @@ pub async fn perplexity(
 
 #[derive(Clone, Debug, Serialize)]
 pub struct McResult {
+    /// lm-evaluation-harness's `acc`: the choice with the highest summed log-likelihood.
     pub accuracy: f64,
     pub n: usize,
     pub correct: usize,
     /// The chosen index per question.
     pub predictions: Vec<usize>,
+    /// lm-evaluation-harness's `acc_norm`: the choice with the highest log-likelihood per
+    /// byte of the choice's text ([`norm_scores`]).
+    pub accuracy_norm: f64,
+    pub correct_norm: usize,
+    pub predictions_norm: Vec<usize>,
     /// Each question's summed log-likelihood per choice.
     pub scores: Vec<Vec<f64>>,
 }
@@ -216,8 +222,9 @@ pub async fn eval_mc(
     if questions.is_empty() {
         return Err(Error::Data("no questions to evaluate".into()));
     }
-    let mut correct = 0;
+    let (mut correct, mut correct_norm) = (0, 0);
     let mut predictions = Vec::with_capacity(questions.len());
+    let mut predictions_norm = Vec::with_capacity(questions.len());
     let mut all_scores = Vec::with_capacity(questions.len());
     for (i, q) in questions.iter().enumerate() {
         let scores = score_choices(lm, tok, q, Readout::Head)
@@ -225,18 +232,36 @@ pub async fn eval_mc(
             .pop()
             .ok_or_else(no_logits)?;
         let best = argmax_f64(&scores);
+        let best_norm = argmax_f64(&norm_scores(q, &scores));
         correct += usize::from(best == q.answer);
+        correct_norm += usize::from(best_norm == q.answer);
         predictions.push(best);
+        predictions_norm.push(best_norm);
         all_scores.push(scores);
         progress(i + 1, questions.len(), correct);
     }
+    let n = questions.len();
     Ok(McResult {
-        accuracy: correct as f64 / questions.len() as f64,
-        n: questions.len(),
+        accuracy: correct as f64 / n as f64,
+        n,
         correct,
         predictions,
+        accuracy_norm: correct_norm as f64 / n as f64,
+        correct_norm,
+        predictions_norm,
         scores: all_scores,
     })
+}
+
+/// Each choice's summed log-likelihood divided by the length of its text in bytes (without
+/// the separating space): lm-evaluation-harness's `acc_norm` (which divides by characters,
+/// the same for ASCII), so that long answers are not penalised for their length.
+pub fn norm_scores(q: &McQuestion, scores: &[f64]) -> Vec<f64> {
+    scores
+        .iter()
+        .zip(&q.choices)
+        .map(|(s, c)| s / c.len().max(1) as f64)
+        .collect()
 }
 
 fn argmax_f64(v: &[f64]) -> usize {

@@ -128,6 +128,50 @@ fn commands_work_on_the_tiny_model() {
         preds.iter().filter(|&&p| p == 0).count() as u64,
         v["correct"].as_u64().unwrap()
     );
+    // acc is `accuracy`; acc_norm picks the highest log-likelihood per byte of choice text.
+    assert_eq!(v["acc"], v["accuracy"]);
+    let scores: Vec<Vec<f64>> = serde_json::from_value(v["scores"].clone()).unwrap();
+    let choices = [vec!["four", "five", "six"], vec!["blue", "green"]];
+    let norm: Vec<usize> = scores
+        .iter()
+        .zip(&choices)
+        .map(|(s, c)| {
+            let per_byte: Vec<f64> = s.iter().zip(c).map(|(s, c)| s / c.len() as f64).collect();
+            (0..per_byte.len())
+                .max_by(|&a, &b| per_byte[a].total_cmp(&per_byte[b]).then(b.cmp(&a)))
+                .unwrap()
+        })
+        .collect();
+    let preds_norm: Vec<usize> = serde_json::from_value(v["predictions_norm"].clone()).unwrap();
+    assert_eq!(preds_norm, norm);
+    let correct_norm = norm.iter().filter(|&&p| p == 0).count();
+    assert_eq!(v["acc_norm"].as_f64().unwrap(), correct_norm as f64 / 2.0);
+
+    // --prompt-format raw scores a question that carries its own wrapper as written: the
+    // same scores as the plain question wrapped by eval-mc.
+    let raw = scratch("mc-raw.jsonl");
+    let d = write(
+        &raw,
+        b"{\"question\": \"Question: What is 2+2?\\nAnswer:\", \"choices\": [\"four\", \"five\", \"six\"], \"answer\": 0}\n{\"question\": \"Question: Sky?\\nAnswer:\", \"choices\": [\"blue\", \"green\"], \"answer\": 0}\n",
+    );
+    let (code, out, err) = run(&[
+        "eval-mc",
+        "--model",
+        m,
+        "--data",
+        &d,
+        "--prompt-format",
+        "raw",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(r["prompt_format"], "raw");
+    assert_eq!(r["scores"], v["scores"]);
+    // ... and wrapped again, a different context (so different scores).
+    let (code, out, err) = run(&["eval-mc", "--model", m, "--data", &d, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(json(&out)["scores"], v["scores"]);
 }
 
 #[test]

@@ -78,6 +78,7 @@ fn multiple_choice_masks_cover_the_right_answer_only() {
         question: "1+1?".into(),
         choices: vec!["3".into(), "2".into()],
         answer: 1,
+        format: Default::default(),
     };
     let ctx = tok.encode(&q.context()).unwrap();
     let mut stats = DataStats::default();

@@ -3,7 +3,7 @@
 
 use super::progress_bar;
 use super::shared::{with_lm, LmArgs};
-use crate::data::Dataset;
+use crate::data::{Dataset, PromptFormat};
 use crate::eval;
 use crate::{Error, Result};
 use serde_json::json;
@@ -24,6 +24,11 @@ pub(crate) struct Args {
     /// and every rule's accuracy is reported too.
     #[arg(long)]
     vote: Option<crate::vote::Vote>,
+    /// How each question is put to the model: wrapped as "Question: {question}\nAnswer:"
+    /// (lm-evaluation-harness's ARC prompt), or raw, as written in the file (for questions
+    /// that carry their own wrapper). Each choice follows as " {choice}".
+    #[arg(long, value_enum, default_value_t = PromptFormat::Wrapped)]
+    prompt_format: PromptFormat,
     #[arg(long)]
     json: bool,
 }
@@ -34,6 +39,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         data,
         limit,
         vote,
+        prompt_format,
         json,
     } = a;
     let ds = Dataset::load(&data)?;
@@ -46,6 +52,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
     };
     if let Some(n) = limit {
         qs.truncate(n);
+    }
+    for q in &mut qs {
+        q.format = prompt_format;
     }
     let (file, tok, m) = lm.load()?;
     let has_exits = m.lora.as_ref().is_some_and(|l| !l.exits.is_empty());
@@ -95,11 +104,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if json {
         println!(
             "{}",
-            json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
-                   "predictions": r.predictions})
+            json!({"accuracy": r.accuracy, "acc": r.accuracy, "acc_norm": r.accuracy_norm,
+                   "n": r.n, "correct": r.correct, "correct_norm": r.correct_norm,
+                   "prompt_format": prompt_format, "predictions": r.predictions,
+                   "predictions_norm": r.predictions_norm, "scores": r.scores})
         );
     } else {
-        println!("accuracy {:.4} ({}/{})", r.accuracy, r.correct, r.n);
+        println!(
+            "accuracy (acc) {:.4} ({}/{}); acc_norm {:.4} ({}/{})",
+            r.accuracy, r.correct, r.n, r.accuracy_norm, r.correct_norm, r.n
+        );
     }
     Ok(())
 }

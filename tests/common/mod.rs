@@ -320,6 +320,7 @@ pub fn mc_questions() -> Vec<edge_llm::data::McQuestion> {
         question: question.into(),
         choices: choices.iter().map(|c| c.to_string()).collect(),
         answer,
+        format: Default::default(),
     };
     vec![
         q("what is the sky", &["blue", "a green thing", "red"], 0),
