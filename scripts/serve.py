@@ -2,8 +2,10 @@
 """Serves a folder on 127.0.0.1 as a static host would, with the two headers that make the
 page cross-origin isolated (COOP `same-origin`, COEP `require-corp`): then the page's
 workers may share memory, and the CPU engine loads its threaded module (www/pkg-threads).
-`--no-isolation` leaves the headers out, as a plain static host does: the page then runs
-the CPU engine on one thread and says so.
+`--no-isolation` leaves those out, as a plain static host does: the page then runs the CPU
+engine on one thread and says so. Every response carries the page's Content-Security-Policy
+(connections to this origin only), so that it covers the workers too (a page's <meta> CSP
+does not reach a worker fetched from a URL).
 
     python3 scripts/serve.py --directory www [--no-isolation] PORT
 """
@@ -13,10 +15,18 @@ import functools
 import http.server
 
 
+# The same policy as www/index.html's <meta>: scripts, workers (the thread pool's are blob:
+# URLs of this origin's script) and connections from this origin only; WebAssembly compiled.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
+       "connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; object-src 'none'; "
+       "base-uri 'self'; form-action 'none'")
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     isolate = True
 
     def end_headers(self):
+        self.send_header("Content-Security-Policy", CSP)
         if self.isolate:
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")

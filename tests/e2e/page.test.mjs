@@ -1,7 +1,9 @@
-// The page end to end: serve www/ as scripts/run.sh does (python3 -m http.server on a
-// free loopback port), open it in headless Chromium with WebGPU (SwiftShader), and check
+// The page end to end: serve www/ as scripts/run.sh does (scripts/serve.py on a free
+// loopback port), open it in headless Chromium with WebGPU (SwiftShader), and check
 // that the adapter, the default model's configuration and the tokenized prompt appear; a
-// bad model file and a browser without WebGPU give plain messages with what to do.
+// bad model file and a browser without WebGPU give plain messages with what to do; nothing
+// leaves the tab (the Content-Security-Policy blocks connections to another origin from the
+// page and from its workers).
 // Saves tests/e2e/artifacts/page.png and no-webgpu.png. Needs www/pkg (scripts/build-wasm.sh) and
 // www/models/default.gguf (scripts/run.sh or scripts/test.sh link it).
 
@@ -171,5 +173,42 @@ test('without WebGPU: plain messages with what to do, the model loads, tuning ru
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'no-webgpu.png'), fullPage: true }).catch(() => {});
     await context.close();
+  }
+});
+
+test('nothing leaves the tab: the page and its workers cannot connect to another origin', async () => {
+  // Every file the page and its workers run is served with the policy (a worker takes the
+  // policy of its own response, not the page's <meta>).
+  for (const f of ['', 'worker.js', 'edge-llm.js', 'pkg/edge_llm.js', 'pkg-threads/edge_llm.js']) {
+    const csp = (await fetch(base + f)).headers.get('content-security-policy') ?? '';
+    assert.match(csp, /connect-src 'self'/, `${f || 'index.html'}: ${csp}`);
+  }
+  const other = await serve(ARTIFACTS);   // another port: another origin
+  const page = await browser.newPage();
+  try {
+    await page.goto(base);
+    const r = await page.evaluate(async (url) => {
+      // A connection the policy refuses fires 'securitypolicyviolation' (only CSP does).
+      const attempt = (scope) => new Promise((resolve) => {
+        scope.addEventListener('securitypolicyviolation',
+          (e) => resolve(`blocked by ${e.effectiveDirective}`), { once: true });
+        fetch(url, { mode: 'no-cors' }).then(() => resolve('connected'), () => {});
+      });
+      const inPage = await attempt(document);
+      const src = `onmessage = async (e) => {
+        self.addEventListener('securitypolicyviolation',
+          (v) => postMessage('blocked by ' + v.effectiveDirective), { once: true });
+        fetch(e.data, { mode: 'no-cors' }).then(() => postMessage('connected'), () => {});
+      };`;
+      const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })));
+      const inWorker = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage(url); });
+      w.terminate();
+      const sameOrigin = (await fetch('index.html')).ok;
+      return { inPage, inWorker, sameOrigin };
+    }, `${other.base}x.txt`);
+    assert.deepEqual(r, { inPage: 'blocked by connect-src', inWorker: 'blocked by connect-src', sameOrigin: true });
+  } finally {
+    await page.close();
+    other.server.kill();
   }
 });

@@ -15,7 +15,9 @@ export function showProgress() {
   const parts = [
     `Step ${tune.step} of ${tune.total}`,
     `elapsed ${clock(elapsedMs())}`,
-    tune.step < tune.total ? `remaining ~${remaining}` : 'done',
+    // After the last step the run still validates and saves: 'done' only once it has.
+    tune.step < tune.total ? `remaining ~${remaining}`
+      : tune.state === 'done' ? 'done' : 'finishing: final validation and saving…',
   ];
   if (last && last[2] !== null && last[2] !== undefined) parts.push(windowLabel(last[2]));
   if (last) parts.push(`loss ${last[1].toFixed(4)}`);
