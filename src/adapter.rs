@@ -101,9 +101,33 @@ fn permuted_heads(p: Proj, cfg: &LlamaConfig) -> Option<usize> {
     }
 }
 
-/// `general.name` of a GGUF file, the natural `base_model_name_or_path`.
+/// `general.name` of a GGUF file (a display name: Hugging Face's loaders cannot resolve it).
 pub fn gguf_model_name(g: &crate::gguf::Gguf) -> Option<&str> {
     g.get("general.name").and_then(crate::gguf::Value::as_str)
+}
+
+/// GGUF files whose Hugging Face model is known, by the file's sha256: the default model
+/// (scripts/fetch-model.sh checks the same sum).
+const KNOWN_BASES: &[(&str, &str)] = &[(
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+)];
+
+/// The adapter's `base_model_name_or_path`: the Hugging Face model id of a file recognised by
+/// its sha256, else the file's `general.name` (which a loader may not resolve: pass the id
+/// with `tune --base-model`), else "edge-llm-base".
+pub fn base_model_id(file: &crate::model::ModelFile) -> String {
+    use sha2::{Digest, Sha256};
+    let sum: String = Sha256::digest(&file.bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    KNOWN_BASES
+        .iter()
+        .find(|(s, _)| *s == sum)
+        .map(|(_, id)| (*id).to_owned())
+        .or_else(|| gguf_model_name(&file.gguf).map(str::to_owned))
+        .unwrap_or_else(|| "edge-llm-base".to_owned())
 }
 
 fn invalid(msg: impl Into<String>) -> Error {

@@ -60,6 +60,13 @@ fn stopped_and_resumed_equals_uninterrupted() {
     ] {
         assert!(full.join(f).exists(), "{f} missing");
     }
+    // A file not recognised names itself (its general.name) as the adapter's base.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["base_model_name_or_path"],
+        "edge-llm tiny test model"
+    );
     let first_loss = steps[0]["loss"].as_f64().unwrap();
     let last_loss = steps[7]["loss"].as_f64().unwrap();
     assert!(
@@ -84,9 +91,32 @@ fn stopped_and_resumed_equals_uninterrupted() {
     assert_eq!(resumed, straight, "resumed losses differ");
     assert_eq!(objs_b.last().unwrap()["val_loss"], last["val_loss"]);
     assert_eq!(
+        std::fs::read(part.join("adapter_config.json")).unwrap(),
+        std::fs::read(full.join("adapter_config.json")).unwrap()
+    );
+    assert_eq!(
         std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(full.join("adapter_model.safetensors")).unwrap()
     );
+
+    // --base-model names the adapter's base, and a resumed run keeps it.
+    let named = dir.join("named");
+    let mut args = common.to_vec();
+    args.extend([
+        "--out",
+        named.to_str().unwrap(),
+        "--stop-after",
+        "2",
+        "--base-model",
+        "someone/their-model",
+    ]);
+    let (code, _, err) = run_lines(&[&["tune"], args.as_slice()].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_lines(&["tune", "--resume", named.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(named.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], "someone/their-model");
 
     // The adapter is used by the other commands.
     let (code, base, err) = run_lines(&[

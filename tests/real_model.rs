@@ -31,6 +31,18 @@ fn tokenizer_matches_the_original() {
     assert_eq!((tok.bos, tok.eos, tok.add_bos), (Some(1), Some(2), false));
 }
 
+/// Its adapters name the Hugging Face model (recognised by the file's sha256), which PEFT's
+/// loaders resolve, not the GGUF's display name.
+#[test]
+fn adapters_name_the_hugging_face_base_model() {
+    let Some(p) = model_path() else { return };
+    let f = ModelFile::open(p).unwrap();
+    assert_eq!(
+        edge_llm::adapter::base_model_id(&f),
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    );
+}
+
 #[test]
 fn chat_answers_paris() {
     let Some(p) = model_path() else { return };

@@ -76,8 +76,13 @@ pub(crate) struct TuneArgs {
     seed: u64,
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The Hugging Face model id the adapter names as its base (`base_model_name_or_path`),
+    /// for loaders such as PEFT's. Default: the id of a file recognised by its sha256 (the
+    /// default model: HuggingFaceTB/SmolLM2-135M-Instruct), else the file's own name.
+    #[arg(long)]
+    base_model: Option<String>,
     /// Continue the run saved in DIR with its saved settings.
-    #[arg(long, conflicts_with_all = ["model", "data", "steps", "epochs", "lr", "lora_rank", "seq_len", "seed"])]
+    #[arg(long, conflicts_with_all = ["model", "data", "steps", "epochs", "lr", "lora_rank", "seq_len", "seed", "base_model"])]
     resume: Option<PathBuf>,
     /// Checkpoint and exit after N steps in this session (continue with --resume).
     #[arg(long)]
@@ -173,6 +178,7 @@ pub(crate) fn tune(a: TuneArgs) -> Result<i32> {
         options,
         save_every: a.save_every,
         out: a.out.unwrap_or_else(|| PathBuf::from("runs/tune")),
+        base_model: a.base_model,
     };
     run(Some(new), None, None, session)
 }
@@ -186,6 +192,9 @@ pub struct RunSpec {
     #[serde(flatten)]
     pub run: TuneSettings,
     pub save_every: u64,
+    /// `tune --base-model`: the adapter's `base_model_name_or_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
 }
 
 /// The modes live in the library (`train::modes`), shared with the page.
@@ -263,6 +272,7 @@ pub struct NewRun {
     pub options: TuneOptions,
     pub save_every: u64,
     pub out: PathBuf,
+    pub base_model: Option<String>,
 }
 
 /// Parses the projections list ("q,k,v,o,gate,up,down" or "all").
@@ -331,6 +341,7 @@ fn run(
                 data: n.data,
                 run: settings,
                 save_every: n.save_every,
+                base_model: n.base_model,
             };
             (spec, n.out, None)
         }
@@ -451,9 +462,10 @@ fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -
     std::fs::create_dir_all(&out).map_err(|e| io(e, &out))?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Io(e.to_string()))?;
     write_atomic(&out.join(SPEC_FILE), &spec_json)?;
-    let base_name = adapter::gguf_model_name(&file.gguf)
-        .unwrap_or("edge-llm-base")
-        .to_owned();
+    let base_name = spec
+        .base_model
+        .clone()
+        .unwrap_or_else(|| adapter::base_model_id(file));
     let cfg = file.config.clone();
 
     let interrupted = Arc::new(AtomicBool::new(false));

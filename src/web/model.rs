@@ -22,6 +22,8 @@ pub struct WebModel {
     pub(super) model: ModelFile,
     /// Shared with the [`WebLm`]s built from this model.
     pub(super) tokenizer: Rc<Tokenizer>,
+    /// `base_model_name_or_path` of its adapters, worked out on first export.
+    pub(super) base_name: std::cell::OnceCell<String>,
 }
 
 /// Parses a GGUF file (the bytes of `models/default.gguf` or of a file the user picked).
@@ -29,7 +31,11 @@ pub struct WebModel {
 pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
     let model = ModelFile::from_bytes(bytes).map_err(js_err)?;
     let tokenizer = Rc::new(Tokenizer::from_gguf(&model.gguf).map_err(js_err)?);
-    Ok(WebModel { model, tokenizer })
+    Ok(WebModel {
+        model,
+        tokenizer,
+        base_name: Default::default(),
+    })
 }
 
 #[wasm_bindgen]
@@ -134,10 +140,11 @@ impl WebModel {
 }
 
 impl WebModel {
+    /// The adapters' `base_model_name_or_path` (the file's sha256 once, then kept).
     pub(super) fn base_name(&self) -> String {
-        adapter::gguf_model_name(&self.model.gguf)
-            .unwrap_or("edge-llm-base")
-            .to_owned()
+        self.base_name
+            .get_or_init(|| adapter::base_model_id(&self.model))
+            .clone()
     }
 
     async fn build_lm(
