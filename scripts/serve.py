@@ -5,9 +5,10 @@ workers may share memory, and the CPU engine loads its threaded module (www/pkg-
 `--no-isolation` leaves those out, as a plain static host does: the page then runs the CPU
 engine on one thread and says so. Every response carries the page's Content-Security-Policy
 (connections to this origin only), so that it covers the workers too (a page's <meta> CSP
-does not reach a worker fetched from a URL).
+does not reach a worker fetched from a URL); `--no-csp` leaves it out (a page of another
+project, like the npm test's consumer page with its inline import map).
 
-    python3 scripts/serve.py --directory www [--no-isolation] PORT
+    python3 scripts/serve.py --directory www [--no-isolation] [--no-csp] PORT
 """
 
 import argparse
@@ -24,9 +25,11 @@ CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'se
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     isolate = True
+    csp = True
 
     def end_headers(self):
-        self.send_header("Content-Security-Policy", CSP)
+        if self.csp:
+            self.send_header("Content-Security-Policy", CSP)
         if self.isolate:
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
@@ -38,9 +41,11 @@ def main():
     ap.add_argument("--directory", required=True)
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--no-isolation", action="store_true")
+    ap.add_argument("--no-csp", action="store_true")
     ap.add_argument("port", type=int)
     args = ap.parse_args()
     Handler.isolate = not args.no_isolation
+    Handler.csp = not args.no_csp
     Handler.extensions_map = {**Handler.extensions_map, ".wasm": "application/wasm",
                               ".js": "text/javascript", ".mjs": "text/javascript"}
     handler = functools.partial(Handler, directory=args.directory)

@@ -45,14 +45,16 @@ function freePort() {
 }
 
 /// Serves `dir` on a free loopback port as scripts/run.sh does (cross-origin isolated, so
-/// the page's workers get threads; `{ isolation: false }` serves it as a plain static host);
+/// the page's workers get threads; `{ isolation: false }` serves it as a plain static host;
+/// `{ csp: false }` without the page's Content-Security-Policy, for another project's page);
 /// resolves to { server, base } once it answers.
-export async function serve(dir, { ms = 15_000, isolation = true } = {}) {
+export async function serve(dir, { ms = 15_000, isolation = true, csp = true } = {}) {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}/`;
   const log = [];
   const args = [path.join(ROOT, 'scripts', 'serve.py'), '--directory', dir, String(port)];
   if (!isolation) args.splice(1, 0, '--no-isolation');
+  if (!csp) args.splice(1, 0, '--no-csp');
   const server = spawn('python3', args, {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -80,14 +82,22 @@ export async function serve(dir, { ms = 15_000, isolation = true } = {}) {
 /// go to waitForFunction (`timeout`, `polling`).
 export function untilIn(page, boxes, options = {}) {
   const ids = Array.isArray(boxes) ? boxes : [boxes];
-  return (fn, arg) => page.waitForFunction(([b, src, a]) => {
-    for (const id of b) {
-      const err = document.querySelector(id);
-      if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
-    }
-    // eslint-disable-next-line no-new-func
-    return new Function('a', `return (${src})(a)`)(a) ? 'ok' : false;
-  }, [ids, fn.toString(), arg], options).then((r) => r.jsonValue());
+  // Two waits raced, each a function Playwright compiles itself: the page's
+  // Content-Security-Policy forbids compiling a string in the page (eval, new Function).
+  return async (fn, arg) => {
+    const failed = page.waitForFunction((b) => {
+      for (const id of b) {
+        const err = document.querySelector(id);
+        if (err && !err.hidden && err.textContent) return `error: ${err.textContent}`;
+      }
+      return false;
+    }, ids, options).then((r) => r.jsonValue());
+    const held = page.waitForFunction(fn, arg, options).then(() => 'ok');
+    // The loser keeps polling until it times out or the page closes: ignore its end.
+    failed.catch(() => {});
+    held.catch(() => {});
+    return Promise.race([failed, held]);
+  };
 }
 
 /// The built CLI binary (debug or release), if any.

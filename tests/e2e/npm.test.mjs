@@ -62,7 +62,8 @@ before(async () => {
   fs.copyFileSync(TINY, path.join(scratch, 'model.gguf'));
   fs.writeFileSync(path.join(scratch, 'train.txt'), TEXT);
 
-  ({ server, base } = await serve(scratch));
+  // A consumer's page (with its own inline import map), not edge-llm's: no edge-llm CSP.
+  ({ server, base } = await serve(scratch, { csp: false }));
   browser = await launchBrowser();
 });
 
