@@ -307,6 +307,7 @@ fn truncation_at_every_byte_is_an_error() {
             matches!(
                 e.what,
                 GgufErrorKind::Truncated { .. }
+                    | GgufErrorKind::TruncatedFile { .. }
                     | GgufErrorKind::Absurd { .. }
                     | GgufErrorKind::BadTensor { .. }
             ),
@@ -766,4 +767,27 @@ fn a_file_cut_after_its_header_is_truncated_not_absurd() {
     let e = parse_err(&Raw::header(3, 272, 0).padded(64));
     assert!(matches!(e.what, GgufErrorKind::Truncated { .. }), "{e}");
     assert!(e.to_string().contains("ends too soon"), "{e}");
+}
+
+#[test]
+fn a_file_cut_in_its_tensor_data_says_how_much_is_there() {
+    let b = edge_llm::model::tiny::generate(&edge_llm::model::tiny::TinySpec::default()).unwrap();
+    let cut = &b[..b.len() * 3 / 4];
+    let e = parse_err(cut);
+    assert_eq!(
+        e.what,
+        GgufErrorKind::TruncatedFile {
+            expected: b.len() as u64,
+            actual: cut.len() as u64
+        },
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(&format!(
+            "the file has {} bytes but its tensors need {} (75 %",
+            cut.len(),
+            b.len()
+        )),
+        "{e}"
+    );
 }

@@ -196,6 +196,11 @@ pub enum GgufErrorKind {
         field: String,
         need: u64,
     },
+    /// The header is whole but the tensors' data runs past the end: the file was cut short.
+    TruncatedFile {
+        expected: u64,
+        actual: u64,
+    },
     /// A count or length larger than the file could possibly hold.
     Absurd {
         field: String,
@@ -242,6 +247,12 @@ impl fmt::Display for GgufErrorKind {
                 f,
                 "truncated: {field} needs {need} more bytes than the file has (the file \
                  ends too soon: a download or copy cut short?)"
+            ),
+            Self::TruncatedFile { expected, actual } => write!(
+                f,
+                "truncated: the file has {actual} bytes but its tensors need {expected} \
+                 ({:.0} % of it is there: a download or copy cut short?)",
+                100.0 * *actual as f64 / (*expected).max(1) as f64
             ),
             Self::Absurd { field, value } => write!(f, "absurd {field} = {value}"),
             Self::InvalidUtf8 { field } => write!(f, "invalid UTF-8 in {field}"),

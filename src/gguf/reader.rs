@@ -10,6 +10,9 @@ use super::{GgmlType, GgufError, GgufErrorKind, TensorInfo, Value};
 /// The most tensors, keys or array items a real file holds (the largest models have a few
 /// thousand tensors): a count above it that passes the file's end is corrupt, not cut short.
 const PLAUSIBLE_COUNT: u64 = 1 << 20;
+/// The largest file the tensors may say they need for a shortfall to read as a file cut
+/// short (1 TiB); beyond it, an offset is corrupt.
+const PLAUSIBLE_FILE_BYTES: u64 = 1 << 40;
 
 /// Used when `general.alignment` is absent (the GGUF default).
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -268,6 +271,27 @@ struct RawTensor {
     rel_at: u64,
 }
 
+/// Where the tensors' data ends (relative to the data section) when they lie end to end
+/// from its start, each at the next multiple of the alignment after the one before; None
+/// when they do not (or a sum overflows).
+fn contiguous_end(raw: &[RawTensor], alignment: u64) -> Option<u64> {
+    let mut spans: Vec<(u64, u64)> = raw.iter().map(|t| (t.rel, t.info.n_bytes)).collect();
+    spans.sort_unstable();
+    let mut end = 0u64;
+    for (i, &(rel, n)) in spans.iter().enumerate() {
+        let expect = if i == 0 {
+            0
+        } else {
+            end.checked_next_multiple_of(alignment)?
+        };
+        if rel != expect {
+            return None;
+        }
+        end = rel.checked_add(n)?;
+    }
+    (!spans.is_empty()).then_some(end)
+}
+
 fn read_tensor_info(c: &mut Cursor<'_>, i: usize, alignment: u64) -> Result<RawTensor, GgufError> {
     let file_len = c.len();
     let name = c.string(&|| format!("name of tensor #{i}"))?;
@@ -461,6 +485,21 @@ impl Gguf {
             .checked_next_multiple_of(alignment)
             .ok_or_else(|| err(info_end, GgufErrorKind::BadAlignment(alignment)))?;
 
+        // The tensors laid end to end from the data section's start (as writers lay them)
+        // and the last one ending past the file: a file cut short, said as such rather than
+        // as one tensor's bad offset (a corrupt offset breaks the layout).
+        if let Some(expected) = contiguous_end(&raw, alignment)
+            .and_then(|end| data_offset.checked_add(end))
+            .filter(|&e| e > file_len && e <= PLAUSIBLE_FILE_BYTES)
+        {
+            return Err(err(
+                file_len,
+                GgufErrorKind::TruncatedFile {
+                    expected,
+                    actual: file_len,
+                },
+            ));
+        }
         for t in &mut raw {
             let start = data_offset.checked_add(t.rel);
             let end = start.and_then(|s| s.checked_add(t.info.n_bytes));
