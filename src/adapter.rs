@@ -527,6 +527,38 @@ pub fn import_exits(bytes: &[u8], rank: usize, cfg: &LlamaConfig) -> Result<Vec<
         .collect()
 }
 
+/// An adapter's files, as `save_dir` writes them: the PEFT pair (`adapter_model.safetensors`,
+/// `adapter_config.json`) and, with early exits, `exits.safetensors`.
+pub fn adapter_files(
+    lora: &Lora<f32>,
+    cfg: &LlamaConfig,
+    base_name: &str,
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let (bytes, json) = export_peft(lora, cfg, base_name)?;
+    let mut files = vec![(WEIGHTS_FILE, bytes), (CONFIG_FILE, json.into_bytes())];
+    if !lora.exits.is_empty() {
+        files.push((EXITS_FILE, export_exits(lora, cfg)?));
+    }
+    Ok(files)
+}
+
+/// Files as one zip archive (stored: f32 tensors hardly compress), to unpack into the
+/// directory that PEFT's `from_pretrained` and `edge-llm --adapter` read: the page's one
+/// download.
+pub fn zip_files(files: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let zip_err = |e: &dyn std::fmt::Display| Error::Io(format!("zip: {e}"));
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(files.iter().any(|(_, d)| d.len() >= u32::MAX as usize));
+    for (name, data) in files {
+        w.start_file(*name, options).map_err(|e| zip_err(&e))?;
+        w.write_all(data).map_err(|e| zip_err(&e))?;
+    }
+    Ok(w.finish().map_err(|e| zip_err(&e))?.into_inner())
+}
+
 /// Writes the two PEFT files into `dir` (created if needed), and [`EXITS_FILE`] when the
 /// adapter has exits (removing a stale one when it has none).
 #[cfg(not(target_arch = "wasm32"))]
@@ -537,24 +569,19 @@ pub fn save_dir(
     base_name: &str,
 ) -> Result<()> {
     let dir = dir.as_ref();
-    let (bytes, json) = export_peft(lora, cfg, base_name)?;
-    let exits = (!lora.exits.is_empty())
-        .then(|| export_exits(lora, cfg))
-        .transpose()?;
+    let files = adapter_files(lora, cfg, base_name)?;
     let io = |p: &std::path::Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    for (name, data) in [(WEIGHTS_FILE, bytes), (CONFIG_FILE, json.into_bytes())] {
+    for (name, data) in &files {
         let p = dir.join(name);
         std::fs::write(&p, data).map_err(|e| io(&p, e))?;
     }
+    // No exits: an exits file left by an earlier adapter in the directory goes.
     let p = dir.join(EXITS_FILE);
-    match exits {
-        Some(data) => std::fs::write(&p, data).map_err(|e| io(&p, e))?,
-        None => {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(io(&p, e));
-                }
+    if !files.iter().any(|(name, _)| *name == EXITS_FILE) {
+        if let Err(e) = std::fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io(&p, e));
             }
         }
     }

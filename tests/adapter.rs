@@ -396,3 +396,25 @@ fn half_precision_adapters_load() {
     }
     assert_eq!(a.config, b.config);
 }
+
+/// The page's one download: every file of the adapter in a zip, byte for byte.
+#[test]
+fn the_adapter_zip_holds_its_files() {
+    let files = vec![
+        (
+            "adapter_model.safetensors",
+            (0..=255u8).cycle().take(5000).collect::<Vec<u8>>(),
+        ),
+        ("adapter_config.json", b"{\"peft_type\": \"LORA\"}".to_vec()),
+        ("exits.safetensors", vec![]),
+    ];
+    let zip = edge_llm::adapter::zip_files(&files).unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).unwrap();
+    assert_eq!(archive.len(), 3);
+    for (name, data) in &files {
+        let mut f = archive.by_name(name).unwrap();
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut read).unwrap();
+        assert_eq!(&read, data, "{name}");
+    }
+}

@@ -207,7 +207,7 @@ const ops = {
     // After evaluation freed a finished run's trainer, its adapter values remain.
     const files = tuner ? await tuner.exportAdapter() : tuned?.adapter.files();
     if (!files) throw new Error('no run: start one first');
-    return { safetensors: files.safetensors, config: files.config, exits: files.exits ?? null };
+    return { safetensors: files.safetensors, config: files.config, exits: files.exits ?? null, zip: files.zip };
   },
 
   // ------------------------------------------------ evaluation and chat

@@ -223,27 +223,33 @@ pub(super) fn peft_files(
     config_of: &LlamaConfig,
     base_name: &str,
 ) -> Result<js_sys::Object, JsError> {
-    let (bytes, config) = adapter::export_peft(lora, config_of, base_name).map_err(js_err)?;
-    let exits = match lora.exits.is_empty() {
-        true => None,
-        false => Some(adapter::export_exits(lora, config_of).map_err(js_err)?),
+    let files = adapter::adapter_files(lora, config_of, base_name).map_err(js_err)?;
+    let zip = adapter::zip_files(&files).map_err(js_err)?;
+    let file = |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, d)| d);
+    let (Some(safetensors), Some(config)) =
+        (file(adapter::WEIGHTS_FILE), file(adapter::CONFIG_FILE))
+    else {
+        return Err(JsError::new("the adapter's PEFT files are missing"));
     };
     to_js_object(&PeftFiles {
-        safetensors: &bytes,
-        config: &config,
-        exits,
+        safetensors,
+        config: std::str::from_utf8(config).map_err(|e| JsError::new(&e.to_string()))?,
+        exits: file(adapter::EXITS_FILE).map(Vec::as_slice),
+        zip: &zip,
     })
 }
 
-/// The PEFT files of an adapter for the page: `adapter_model.safetensors`,
-/// `adapter_config.json` and, with early exits, `exits.safetensors`.
+/// The files of an adapter for the page: `adapter_model.safetensors`, `adapter_config.json`
+/// and, with early exits, `exits.safetensors`; and all of them as one zip (the download).
 #[derive(Serialize)]
 struct PeftFiles<'a> {
     #[serde(with = "serde_bytes")]
     safetensors: &'a [u8],
     config: &'a str,
     #[serde(with = "serde_bytes", skip_serializing_if = "Option::is_none")]
-    exits: Option<Vec<u8>>,
+    exits: Option<&'a [u8]>,
+    #[serde(with = "serde_bytes")]
+    zip: &'a [u8],
 }
 
 fn exit_afters(lora: &Lora<f32>) -> Vec<u32> {

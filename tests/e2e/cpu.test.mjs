@@ -10,7 +10,7 @@
 import { test, before, after } from 'node:test';
 import {
   ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, cliJson, checkNativeSteps,
-  untilIn,
+  untilIn, downloadAdapter,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -106,14 +106,8 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     checkNativeSteps(FLAGS, train, 'edge-llm tune --mode edge --device cpu', { device: 'cpu', ...LOSS_TOL });
 
     // The adapter, downloaded for the CLI's cross-check.
-    const downloads = [];
-    page.on('download', (d) => downloads.push(d));
-    await page.click('#tune-download');
-    await page.waitForSelector('#adapter-links:not([hidden])');
-    const deadline = Date.now() + 20_000;
-    while (downloads.length < 3 && Date.now() < deadline) await page.waitForTimeout(100);
     const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'cpu-adapter-'));
-    for (const d of downloads) await d.saveAs(path.join(dir, d.suggestedFilename()));
+    await downloadAdapter(page, dir);
     assert.deepEqual(fs.readdirSync(dir).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'exits.safetensors']);
 
     // Accuracy per exit and per rule on the CPU engine, as the CLI's on the same files.

@@ -76,6 +76,20 @@ export async function serve(dir, { ms = 15_000, isolation = true, csp = true } =
   }
 }
 
+/// Clicks the page's "Download adapter", takes its one download (a zip), unpacks it into
+/// `dir` and returns the files it held, by name ({ name: Buffer }).
+export async function downloadAdapter(page, dir) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#tune-download')]);
+  assert.equal(download.suggestedFilename(), 'edge-llm-adapter.zip');
+  fs.mkdirSync(dir, { recursive: true });
+  const zip = path.join(dir, download.suggestedFilename());
+  await download.saveAs(zip);
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
+  fs.rmSync(zip);
+  await page.waitForSelector('#adapter-links:not([hidden])');
+  return Object.fromEntries(fs.readdirSync(dir).map((f) => [f, fs.readFileSync(path.join(dir, f))]));
+}
+
 /// `untilIn(page, boxes, options)(fn, arg)`: waits until `fn(arg)` holds in the page and
 /// resolves to 'ok', or to 'error: …' as soon as an error box of `boxes` (a selector or a
 /// list of them) shows a message, so that a test fails with the page's own words. `options`

@@ -25,7 +25,7 @@
 
 import { test, before, after } from 'node:test';
 import {
-  ROOT, WWW, ARTIFACTS, DEFAULT_MODEL, serve, launchBrowser, ensureWebData, untilIn,
+  ROOT, WWW, ARTIFACTS, DEFAULT_MODEL, serve, launchBrowser, ensureWebData, untilIn, downloadAdapter,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -267,15 +267,11 @@ test('the real model in the page: tune, reload and resume, evaluate, chat, downl
       nativeCpu.val.forEach(([s, v], i) => assert.ok(close(v, val[i][1], VAL_REL_TOL), `validation at ${s}: native ${v}, browser ${val[i][1]}`));
 
       // Download the adapter: the PEFT pair, rank 8 on every projection of the 30 blocks.
-      const downloads = [];
-      page.on('download', (d) => downloads.push(d));
-      await page.click('#tune-download');
-      await page.waitForSelector('#adapter-links:not([hidden])');
-      const deadline = Date.now() + 60_000;
-      while (downloads.length < 2 && Date.now() < deadline) await page.waitForTimeout(200);
       const adapterDir = path.join(work, 'adapter');
-      fs.mkdirSync(adapterDir, { recursive: true });
-      for (const d of downloads) await d.saveAs(path.join(adapterDir, d.suggestedFilename()));
+      const files = await downloadAdapter(page, adapterDir);
+      // The default model's adapter names its Hugging Face base (recognised by its sha256).
+      assert.equal(JSON.parse(files['adapter_config.json'].toString('utf8')).base_model_name_or_path,
+        'HuggingFaceTB/SmolLM2-135M-Instruct');
       assert.deepEqual(fs.readdirSync(adapterDir).sort(), ['adapter_config.json', 'adapter_model.safetensors']);
       const header = safetensorsHeader(fs.readFileSync(path.join(adapterDir, 'adapter_model.safetensors')));
       assert.equal(Object.keys(header).filter((n) => n !== '__metadata__').length, 30 * 7 * 2);

@@ -20,7 +20,7 @@
 import { test, before, after } from 'node:test';
 import {
   ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, edgeLlm, cliJson, checkNativeSteps,
-  LOSS_REL_TOL, LOSS_ABS_TOL, untilIn,
+  LOSS_REL_TOL, LOSS_ABS_TOL, untilIn, downloadAdapter,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -272,19 +272,9 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
     }
     await page.screenshot({ path: path.join(ARTIFACTS, 'tune-done.png'), fullPage: true });
 
-    // Download the adapter: two files, a safetensors with PEFT names and the PEFT config.
-    const downloads = [];
-    page.on('download', (d) => downloads.push(d));
-    await page.click('#tune-download');
-    await page.waitForSelector('#adapter-links:not([hidden])');
-    const deadline = Date.now() + 20_000;
-    while (downloads.length < 2 && Date.now() < deadline) await page.waitForTimeout(100);
-    const files = {};
-    for (const d of downloads) {
-      const to = path.join(ARTIFACTS, d.suggestedFilename());
-      await d.saveAs(to);
-      files[d.suggestedFilename()] = fs.readFileSync(to);
-    }
+    // Download the adapter (one zip): a safetensors with PEFT names and the PEFT config.
+    const adapterDir = fs.mkdtempSync(path.join(ARTIFACTS, 'tune-adapter-'));
+    const files = await downloadAdapter(page, adapterDir);
     assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors']);
     const header = safetensorsHeader(files['adapter_model.safetensors']);
     const names = Object.keys(header).filter((n) => n !== '__metadata__');
@@ -319,7 +309,7 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
 
     // The downloaded PEFT files, loaded back from disk: the same perplexity.
     await page.setInputFiles('#adapter-files', ['adapter_model.safetensors', 'adapter_config.json']
-      .map((f) => path.join(ARTIFACTS, f)));
+      .map((f) => path.join(adapterDir, f)));
     await page.waitForFunction(() => document.querySelector('input[name=eval-source][value=file]').checked);
     await page.waitForFunction(() => !document.querySelector('#ppl-run').disabled);
     const filePpl = await runPerplexity();
@@ -466,19 +456,8 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     checkNativeSteps(EDGE_FLAGS, train, 'edge-llm tune --mode edge --device gpu');
 
     // The adapter: the PEFT pair and exits.safetensors (both exits, trained).
-    const downloads = [];
-    page.on('download', (d) => downloads.push(d));
-    await page.click('#tune-download');
-    await page.waitForSelector('#adapter-links:not([hidden])');
-    const deadline = Date.now() + 20_000;
-    while (downloads.length < 3 && Date.now() < deadline) await page.waitForTimeout(100);
     const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'edge-adapter-'));
-    const files = {};
-    for (const d of downloads) {
-      const to = path.join(dir, d.suggestedFilename());
-      await d.saveAs(to);
-      files[d.suggestedFilename()] = fs.readFileSync(to);
-    }
+    const files = await downloadAdapter(page, dir);
     assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'exits.safetensors']);
     const exits = safetensorsHeader(files['exits.safetensors']);
     assert.deepEqual(Object.keys(exits).filter((n) => n !== '__metadata__').sort(),
@@ -720,19 +699,10 @@ test('partial mode: the last block tuned on the GPU, the CLI\'s losses, only tha
 
     checkNativeSteps(PARTIAL_FLAGS, train, 'edge-llm tune --mode partial --device gpu');
 
-    const downloads = [];
-    page.on('download', (d) => downloads.push(d));
-    await page.click('#tune-download');
-    await page.waitForSelector('#adapter-links:not([hidden])');
-    const deadline = Date.now() + 20_000;
-    while (downloads.length < 2 && Date.now() < deadline) await page.waitForTimeout(100);
-    const st = downloads.find((d) => d.suggestedFilename() === 'adapter_model.safetensors');
-    assert.ok(st, `downloads: ${downloads.map((d) => d.suggestedFilename())}`);
-    const to = path.join(ARTIFACTS, 'partial-adapter_model.safetensors');
-    await st.saveAs(to);
+    const files = await downloadAdapter(page, fs.mkdtempSync(path.join(ARTIFACTS, 'partial-adapter-')));
     // The frozen block's LoRA stays as initialised (B = 0: no change to the model); the tuned
     // block's B moved.
-    const buf = fs.readFileSync(to);
+    const buf = files['adapter_model.safetensors'];
     const header = safetensorsHeader(buf);
     const tensor = (name) => {
       const t = header[name];

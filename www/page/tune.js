@@ -131,6 +131,9 @@ async function onDiscardSaved() {
   $('saved-run').hidden = true;
 }
 
+/// The adapter's one download (the PEFT files and the exits).
+const ADAPTER_ZIP = 'edge-llm-adapter.zip';
+
 async function onDownload() {
   showTuneError('');
   let files;
@@ -145,21 +148,23 @@ async function onDownload() {
     ['adapter_config.json', new Blob([files.config], { type: 'application/json' })],
   ];
   if (files.exits) named.push(['exits.safetensors', new Blob([files.exits], { type: 'application/octet-stream' })]);
-  const links = named.map(([name, blob]) => {
+  const link = (name, blob) => {
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);
     a.download = name;
     a.textContent = `${name} (${kib(blob.size)})`;
     return a;
-  });
+  };
+  // One download: the files in a zip, to unpack into the directory PEFT and edge-llm read.
+  const zip = link(ADAPTER_ZIP, new Blob([files.zip], { type: 'application/zip' }));
+  const links = named.map(([name, blob]) => link(name, blob));
   const box = $('adapter-links');
-  box.replaceChildren('The PEFT adapter (load it with peft.PeftModel.from_pretrained, or edge-llm --adapter DIR): ',
-    links[0], ' and ', links[1]);
-  if (links[2]) {
-    box.append('; its early exits (PEFT has none; edge-llm reads them from the same directory): ', links[2]);
-  }
+  box.replaceChildren('Downloaded ', zip, ': unpack it into a folder and load it with ',
+    'peft.PeftModel.from_pretrained(model, folder) or edge-llm --adapter folder. The files one by one: ',
+    ...links.flatMap((a, i) => (i ? [', ', a] : [a])),
+    files.exits ? ' (exits.safetensors holds the early exits, which PEFT has not; edge-llm reads them).' : '.');
   box.hidden = false;
-  for (const a of links) a.click();
+  zip.click();
 }
 
 async function onWorkerEvent(m) {
