@@ -1,13 +1,14 @@
 //! `edge-llm bench cpu`: the CPU engine against the machine's FMA peak, in one run:
 //!
 //! * vanilla LoRA steps on the model dequantized to f32 (the top-level figures, as before)
-//!   and on the file's own weights held packed (Q4_1/Q8_0 blocks read in place);
+//!   and on the file's own weights held packed (Q4_1/Q8_0 blocks read in place), one step
+//!   of each in turn so that the machine's load falls on both alike;
 //! * the frozen-prefix forward (every block, no head) over the same rows on the f32
 //!   model, on its packed file weights, and on a LUC-compressed model (mean sparsity 0.5,
 //!   4 bits; made and cached as `bench tune` makes its edge model when absent).
 //!
-//! Each runs `--warmup` steps (not counted), then `--steps` optimizer steps with the per-op
-//! profile on, and reports: mean step time and tokens/s; the floating-point work as the ops
+//! The vanilla runs take `--warmup` steps each (not counted), then `--steps` optimizer steps
+//! with the per-op profile on; the forward passes run in rounds (the best counts). Reports: mean step time and tokens/s; the floating-point work as the ops
 //! counted it (matrix products and attention from their shapes, dense-equivalent for the
 //! sparse formats) and the rate it was done at; the FMA peak measured by an FMA loop on
 //! every thread; each rate's share of that peak; and, for the f32 step, the time per op.
@@ -40,9 +41,12 @@ pub(crate) struct Args {
     /// Steps run first and not timed (thread pool, allocator and caches warm up).
     #[arg(long, default_value_t = 1)]
     warmup: u64,
-    /// Rows of the forward comparison (each model runs them once untimed, then timed).
-    #[arg(long, default_value_t = 8)]
+    /// Rows of the forward comparison (each model runs them once untimed, then in turn
+    /// with the others for --forward-rounds rounds; the best round counts).
+    #[arg(long, default_value_t = 4)]
     forward_rows: usize,
+    #[arg(long, default_value_t = 3)]
+    forward_rounds: usize,
     /// The LUC-compressed model of the forward comparison; made from --model (LUC, mean
     /// sparsity 0.5, 4 bits, RTN, as `bench tune` makes its edge model) when absent.
     #[arg(long, default_value = "runs/bench-tune/luc-s0.5-b4-Rtn.gguf")]
@@ -73,8 +77,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     settings.validate()?;
     let data = train::prepare(&Dataset::load(&a.data)?, &tok, &settings.data_config)?;
     let (peak, isa) = peak::fma_peak(a.peak_s);
-    let (f32_run, ops) = vanilla(&a, &file, &settings, &data, Storage::F32, peak)?;
-    let (file_run, _) = vanilla(&a, &file, &settings, &data, Storage::File, peak)?;
+    let (f32_run, file_run, ops) = vanilla(&a, &file, &settings, &data, peak)?;
     let forward = if a.no_forward {
         Vec::new()
     } else {
@@ -85,19 +88,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
             .take(a.forward_rows.max(1))
             .map(|r| r.tokens.as_slice())
             .collect();
-        let mut out = Vec::new();
-        for (name, f, storage) in [
+        let models = [
             ("f32", &file, Storage::F32),
             ("file", &file, Storage::File),
             ("luc", &luc, Storage::File),
-        ] {
-            out.push(forward_pass(name, f, storage, &rows, peak)?);
-        }
-        let base = out[0].tokens_per_s;
-        for f in &mut out {
-            f.speed_vs_f32 = f.tokens_per_s / base;
-        }
-        out
+        ];
+        forward_passes(&models, &rows, a.forward_rounds.max(1), peak)?
     };
     let r = Report {
         threads: par::threads(),
@@ -145,121 +141,169 @@ fn formats(w: &Weights<f32>) -> String {
     parts.join(", ")
 }
 
-/// Vanilla LoRA steps on the CPU backend with the weights held as `storage` says; the
-/// per-op shares of its timed steps.
+/// Per-op totals of the profile (seconds, flops), added into `into`.
+fn add_profile(into: &mut Vec<(profile::Op, f64, u64)>) {
+    for (i, (op, secs, _, flops)) in profile::totals().into_iter().enumerate() {
+        match into.get_mut(i) {
+            Some(t) => {
+                t.1 += secs;
+                t.2 += flops;
+            }
+            None => into.push((op, secs, flops)),
+        }
+    }
+}
+
+/// Vanilla LoRA steps on the CPU backend with the weights in f32 and as the file stores
+/// them, the two runs' steps interleaved (one f32 step, one packed step, …) so that a
+/// change in the machine's load falls on both alike; the per-op shares of the f32 run.
 fn vanilla(
     a: &Args,
     file: &ModelFile,
     settings: &TuneSettings,
     data: &Prepared,
-    storage: Storage,
     peak: f64,
-) -> Result<(Vanilla, Vec<OpShare>)> {
-    let make = |s: &TuneSettings| run::cpu_backend_as(file, s, storage);
-    let mut trainer = run::build(settings, data.clone(), make)?;
-    let weights = formats(&trainer.backend.model.w);
-    let weight_bytes = trainer.backend.model.w.bytes() as u64;
-    let pb = progress_bar(
-        a.warmup + a.steps,
-        &format!("bench cpu ({})", storage.name()),
-    );
-    let mut reports: Vec<StepReport> = Vec::new();
+) -> Result<(Vanilla, Vanilla, Vec<OpShare>)> {
+    let mut runs = Vec::new();
+    for storage in [Storage::F32, Storage::File] {
+        let make = |s: &TuneSettings| run::cpu_backend_as(file, s, storage);
+        runs.push(run::build(settings, data.clone(), make)?);
+    }
+    let pb = progress_bar(2 * (a.warmup + a.steps), "bench cpu (f32 and packed steps)");
+    let mut reports: [Vec<StepReport>; 2] = [Vec::new(), Vec::new()];
+    let mut totals: [Vec<(profile::Op, f64, u64)>; 2] = [Vec::new(), Vec::new()];
     let mut done = 0;
-    let mut step = |n: u64, keep: bool, reports: &mut Vec<StepReport>| -> Result<()> {
-        pollster::block_on(trainer.run(n, &mut |rep| {
-            if keep {
-                reports.push(rep.clone());
+    for s in 0..a.warmup + a.steps {
+        let timed = s >= a.warmup;
+        for (i, trainer) in runs.iter_mut().enumerate() {
+            profile::reset();
+            profile::enable(timed);
+            pollster::block_on(trainer.run(1, &mut |rep| {
+                if timed {
+                    reports[i].push(rep.clone());
+                }
+            }))?;
+            profile::enable(false);
+            if timed {
+                add_profile(&mut totals[i]);
             }
             done += 1;
             pb.set_position(done);
-        }))
-        .map(|_| ())
-    };
-    step(a.warmup, false, &mut reports)?;
-    profile::reset();
-    profile::enable(true);
-    step(a.steps, true, &mut reports)?;
-    profile::enable(false);
-    pb.finish_and_clear();
-    if reports.is_empty() {
-        return Err(Error::Data("no step ran (too little data?)".into()));
+        }
     }
-    let n = reports.len() as f64;
-    let secs: f64 = reports
+    pb.finish_and_clear();
+    let mut rows = Vec::new();
+    for (i, trainer) in runs.iter().enumerate() {
+        let reports = &reports[i];
+        if reports.is_empty() {
+            return Err(Error::Data("no step ran (too little data?)".into()));
+        }
+        let n = reports.len() as f64;
+        let secs: f64 = reports
+            .iter()
+            .map(|r| r.tokens as f64 / r.tokens_per_s.max(1e-12))
+            .sum();
+        let tokens: f64 = reports.iter().map(|r| r.tokens as f64).sum();
+        let flops: f64 = totals[i].iter().map(|t| t.2 as f64).sum();
+        let gflops = flops / secs / 1e9;
+        rows.push(Vanilla {
+            weights: formats(&trainer.backend.model.w),
+            weight_bytes: trainer.backend.model.w.bytes() as u64,
+            steps: reports.len() as u64,
+            tokens_per_step: tokens / n,
+            step_ms: 1e3 * secs / n,
+            tokens_per_s: tokens / secs,
+            gflop_per_step: flops / n / 1e9,
+            gflops,
+            share_of_peak: gflops / peak,
+            speed_vs_f32: 1.0,
+        });
+    }
+    let (n, step_s) = (rows[0].steps as f64, rows[0].step_ms / 1e3);
+    let ops = totals[0]
         .iter()
-        .map(|r| r.tokens as f64 / r.tokens_per_s.max(1e-12))
-        .sum();
-    let tokens: f64 = reports.iter().map(|r| r.tokens as f64).sum();
-    let totals = profile::totals();
-    let flops: f64 = totals.iter().map(|t| t.3 as f64).sum();
-    let gflops = flops / secs / 1e9;
-    let ops = totals
-        .iter()
-        .map(|&(op, s, _, f)| {
+        .map(|&(op, s, f)| {
             let g = (f > 0 && s > 0.0).then(|| f as f64 / s / 1e9);
             OpShare {
                 op: op.name(),
                 ms_per_step: 1e3 * s / n,
-                share_of_step: s / secs,
+                share_of_step: s / n / step_s,
                 gflops: g,
                 share_of_peak: g.map(|g| g / peak),
             }
         })
         .collect();
-    let row = Vanilla {
-        weights,
-        weight_bytes,
-        steps: reports.len() as u64,
-        tokens_per_step: tokens / n,
-        step_ms: 1e3 * secs / n,
-        tokens_per_s: tokens / secs,
-        gflop_per_step: flops / n / 1e9,
-        gflops,
-        share_of_peak: gflops / peak,
-        speed_vs_f32: 1.0,
-    };
-    Ok((row, ops))
+    let file_row = rows.pop().expect("two runs");
+    let f32_row = rows.pop().expect("two runs");
+    Ok((f32_row, file_row, ops))
 }
 
-/// The frozen-prefix forward (every block, no final norm or head) over `rows` on `file`'s
-/// weights held as `storage` says: one untimed pass, then one timed.
-fn forward_pass(
-    name: &str,
-    file: &ModelFile,
-    storage: Storage,
+/// The frozen-prefix forward (every block, no final norm or head) over `rows` on each
+/// model (name, file, storage): one untimed pass each, then `rounds` rounds of one timed
+/// pass per model in turn; each model's best round is reported (the one least disturbed
+/// by other work on the machine), its speed relative to the first model's.
+fn forward_passes(
+    models: &[(&str, &ModelFile, Storage)],
     rows: &[&[u32]],
+    rounds: usize,
     peak: f64,
-) -> Result<Forward> {
-    let model = Transformer::new(file.weights_as(storage)?);
-    let n = file.config.n_layers;
-    let pass = || {
+) -> Result<Vec<Forward>> {
+    let built: Vec<Transformer<f32>> = models
+        .iter()
+        .map(|(_, f, s)| f.weights_as(*s).map(Transformer::new))
+        .collect::<Result<_>>()?;
+    let pass = |m: &Transformer<f32>| {
+        let n = m.w.config.n_layers;
         for r in rows {
-            std::hint::black_box(model.forward_blocks(r, None, 0, n));
+            std::hint::black_box(m.forward_blocks(r, None, 0, n));
         }
     };
-    pass();
-    profile::reset();
-    profile::enable(true);
-    let t0 = web_time::Instant::now();
-    pass();
-    let secs = t0.elapsed().as_secs_f64();
-    profile::enable(false);
-    let flops: f64 = profile::totals().iter().map(|t| t.3 as f64).sum();
+    built.iter().for_each(pass);
+    let mut best = vec![(f64::INFINITY, 0f64); built.len()];
+    let pb = progress_bar((rounds * built.len()) as u64, "bench cpu (forward)");
+    for round in 0..rounds {
+        for (i, m) in built.iter().enumerate() {
+            profile::reset();
+            profile::enable(true);
+            let t0 = web_time::Instant::now();
+            pass(m);
+            let secs = t0.elapsed().as_secs_f64();
+            profile::enable(false);
+            let flops: f64 = profile::totals().iter().map(|t| t.3 as f64).sum();
+            if secs < best[i].0 {
+                best[i] = (secs, flops);
+            }
+            pb.set_position((round * built.len() + i + 1) as u64);
+        }
+    }
+    pb.finish_and_clear();
     let tokens: usize = rows.iter().map(|r| r.len()).sum();
-    let gflops = flops / secs / 1e9;
-    Ok(Forward {
-        model: name.to_string(),
-        weights: formats(&model.w),
-        weight_bytes: model.w.bytes() as u64,
-        rows: rows.len(),
-        tokens,
-        ms: 1e3 * secs,
-        tokens_per_s: tokens as f64 / secs,
-        gflop: flops / 1e9,
-        gflops,
-        share_of_peak: gflops / peak,
-        speed_vs_f32: 1.0,
-    })
+    let mut out: Vec<Forward> = models
+        .iter()
+        .zip(&built)
+        .zip(&best)
+        .map(|(((name, ..), m), &(secs, flops))| {
+            let gflops = flops / secs / 1e9;
+            Forward {
+                model: name.to_string(),
+                weights: formats(&m.w),
+                weight_bytes: m.w.bytes() as u64,
+                rows: rows.len(),
+                tokens,
+                ms: 1e3 * secs,
+                tokens_per_s: tokens as f64 / secs,
+                gflop: flops / 1e9,
+                gflops,
+                share_of_peak: gflops / peak,
+                speed_vs_f32: 1.0,
+            }
+        })
+        .collect();
+    let base = out[0].tokens_per_s;
+    for f in &mut out {
+        f.speed_vs_f32 = f.tokens_per_s / base;
+    }
+    Ok(out)
 }
 
 /// The LUC model of the forward comparison: `--luc-model` when it exists, else made from
