@@ -18,7 +18,6 @@ pub mod par;
 pub mod peak;
 pub mod profile;
 pub mod source;
-mod sparse;
 pub mod vmath;
 
 pub use alloc::keep_freed_memory;

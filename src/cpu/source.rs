@@ -3,8 +3,7 @@
 //! [`sgemm_rows`] multiplies by Wᵀ (a forward pass, y = x·Wᵀ) or by W (an input gradient,
 //! dx = dy·W), decoding W tile by tile while it packs the B panels (the panel packing
 //! copies anyway), so a weight stored in 4 or 8 bits is read in 4 or 8 bits. Products of a
-//! few rows (decoding a token) take each row of W once through dot products instead, and a
-//! sparse W multiplies only its stored weights in x·Wᵀ ([`super::sparse`]).
+//! few rows (decoding a token) take each row of W once through dot products instead.
 //!
 //! This layer knows no format: the packed formats implement [`RowSource`] where they are
 //! defined (`crate::formats`), and [`DenseRows`] is the plain f32 one.
@@ -22,23 +21,6 @@ pub trait RowSource: Sync {
     /// `out[i] = W[r][c0 + i]` for every `i < out.len()` (`r < rows`,
     /// `c0 + out.len() ≤ cols`).
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]);
-    /// Whether [`Self::entries`] lists the rows' stored weights (a sparse format): then
-    /// x·Wᵀ multiplies only those.
-    fn is_sparse(&self) -> bool {
-        false
-    }
-    /// Appends row `r`'s stored weights (column < cols, value; every other weight of the
-    /// row is 0) to `idx` and `val`. Only called when [`Self::is_sparse`].
-    fn entries(&self, r: usize, idx: &mut Vec<u32>, val: &mut Vec<f32>) {
-        let mut row = vec![0.0f32; self.cols()];
-        self.row_into(r, 0, &mut row);
-        for (c, &v) in row.iter().enumerate() {
-            if v != 0.0 {
-                idx.push(c as u32);
-                val.push(v);
-            }
-        }
-    }
 }
 
 /// Which product [`sgemm_rows`] makes with W.
@@ -130,10 +112,6 @@ pub fn sgemm_rows(
     if op == Op::Nt && m <= DOT_ROWS_MAX && csa == 1 {
         // SAFETY: A and C bounds checked above.
         return unsafe { dot_rows(p, w, (m, k, n), alpha, beta) };
-    }
-    if op == Op::Nt && csa == 1 && w.is_sparse() {
-        // SAFETY: A and C bounds checked above; entries' columns are < k (the contract).
-        return unsafe { super::sparse::sparse_nt(p, w, (m, k, n), alpha, beta) };
     }
     // SAFETY: A and C bounds checked above; B is the source's.
     unsafe {

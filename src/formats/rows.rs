@@ -217,25 +217,6 @@ impl RowSource for Sparse24Matrix {
             }
         }
     }
-    fn is_sparse(&self) -> bool {
-        true
-    }
-    fn entries(&self, r: usize, idx: &mut Vec<u32>, val: &mut Vec<f32>) {
-        let mut vals = RowValues::new(&self.values, r);
-        for g in 0..self.groups() {
-            let nib = (self.idx[r * self.idx_stride + g / 8] >> (4 * (g % 8))) as usize;
-            for (slot, i) in [(0, nib & 3), (1, (nib >> 2) & 3)] {
-                let c = 4 * g + i;
-                if c < self.k {
-                    let v = vals.get(r * self.value_stride + 2 * g + slot, c);
-                    if v != 0.0 {
-                        idx.push(c as u32);
-                        val.push(v);
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl RowSource for UnstructuredMatrix {
@@ -269,27 +250,6 @@ impl RowSource for UnstructuredMatrix {
                 m &= m - 1;
                 if (c0..end).contains(&c) {
                     out[c - c0] = vals.get(p, c);
-                }
-                p += 1;
-            }
-        }
-    }
-    fn is_sparse(&self) -> bool {
-        true
-    }
-    fn entries(&self, r: usize, idx: &mut Vec<u32>, val: &mut Vec<f32>) {
-        let nb = self.blocks();
-        let mut p = self.row_ptr[r] as usize;
-        let mut vals = RowValues::new(&self.values, r);
-        for (b, &mask) in self.masks[r * nb..(r + 1) * nb].iter().enumerate() {
-            let mut m = mask;
-            while m != 0 {
-                let c = b * SBLOCK + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let v = vals.get(p, c);
-                if v != 0.0 {
-                    idx.push(c as u32);
-                    val.push(v);
                 }
                 p += 1;
             }
