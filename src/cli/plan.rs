@@ -8,7 +8,7 @@ use super::tune::parse_targets;
 use crate::engine::{fit_budget, TrainOptions};
 use crate::model::{ModelFile, Storage};
 use crate::reference::{Lora, LoraConfig};
-use crate::train::{host_plan, HostPlan};
+use crate::train::host_plan;
 use crate::tune::TuneOptions;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -156,16 +156,6 @@ fn print_plan(
             }
         );
     }
-    println!("{}", describe_host_plan(&cpu));
+    println!("{cpu}");
     Ok(())
-}
-
-/// The CPU engine's host memory plan in a few lines (`tune --device cpu`, `plan`).
-pub(crate) fn describe_host_plan(plan: &HostPlan) -> String {
-    let mib = |b: u64| b as f64 / 1048576.0;
-    let mut s = format!("CPU memory plan: {:.1} MiB", mib(plan.total_bytes));
-    for c in &plan.by_category {
-        s += &format!("\n  {:>10.2} MiB  {}", mib(c.bytes), c.category);
-    }
-    s
 }

@@ -342,7 +342,7 @@ fn run(
             }
             let cache = train::CpuBackend::DEFAULT_CACHE_BYTES;
             let plan = run::cpu_plan(&file, &prep.spec.run, cache);
-            eprintln!("{}", super::plan::describe_host_plan(&plan));
+            eprintln!("{plan}");
             let make = |s: &TuneSettings| run::cpu_backend(&file, s);
             let trainer = run::build(&prep.spec.run, prepared, make)?;
             drive(trainer, "cpu", prep)

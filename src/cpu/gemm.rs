@@ -7,7 +7,7 @@
 pub use super::kernels::Kernel;
 use super::kernels::Out;
 use super::pack::{aligned, pack_a, pack_b, pack_b_rows};
-use super::source::{Op, RowSource};
+use super::rows::{Op, RowSource};
 use super::{kernels, narrow, par};
 use std::cell::RefCell;
 

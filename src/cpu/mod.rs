@@ -17,6 +17,7 @@ mod pack;
 pub mod par;
 pub mod peak;
 pub mod profile;
+pub mod rows;
 pub mod source;
 pub mod vmath;
 

@@ -2,7 +2,7 @@
 //! the order a micro-kernel reads them, padded with zeros to whole strips and panels; B
 //! either from a strided f32 slice or decoded from a [`RowSource`] panel by panel.
 
-use super::source::{Op, RowSource};
+use super::rows::{Op, RowSource};
 
 /// The 64-byte aligned part of `v` of `len` values, growing `v` if needed.
 pub(super) fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {

@@ -32,10 +32,12 @@ impl Storage {
 impl ModelFile {
     /// Matrix `name` `[out][in]` (GGUF dims `[in, out]`), held as `storage` says.
     pub fn matrix(&self, name: &str, dims: &[usize], storage: Storage) -> Result<Mat<f32>> {
+        let &[cols, rows] = dims else {
+            return self.tensor_f32(name, dims).map(Mat::Dense);
+        };
         if storage == Storage::F32 {
             return self.tensor_f32(name, dims).map(Mat::Dense);
         }
-        let (cols, rows) = (dims[0], dims[1]);
         if self.gguf.tensor(name).is_none() {
             if let Some(p) = cfile::read_tensor(&self.gguf, &self.bytes, name)? {
                 if p.format().shape() != (rows, cols) {

@@ -96,3 +96,15 @@ pub fn host_plan(
         by_category,
     }
 }
+
+impl std::fmt::Display for HostPlan {
+    /// The total and each category in MiB, a line each (`tune --device cpu`, `plan`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        write!(f, "CPU memory plan: {:.1} MiB", mib(self.total_bytes))?;
+        for c in &self.by_category {
+            write!(f, "\n  {:>10.2} MiB  {}", mib(c.bytes), c.category)?;
+        }
+        Ok(())
+    }
+}
