@@ -9,9 +9,9 @@
 use crate::engine::train::fit_budget_windows;
 use crate::engine::{Fit, GpuTrainer, TrainOptions};
 use crate::kernels::GpuContext;
-use crate::model::ModelFile;
+use crate::model::{ModelFile, Storage};
 use crate::train::cpu::initial_adapters;
-use crate::train::{Backend, CpuBackend, Prepared, Trainer};
+use crate::train::{Backend, CpuBackend, HostPlan, Prepared, Trainer};
 use crate::{Error, Result};
 
 pub use crate::train::{TuneOptions, TuneSettings};
@@ -73,14 +73,37 @@ pub fn gpu_backend<'a>(
     }
 }
 
-/// The CPU reference as a run's backend, with the same initial adapters.
+/// The CPU engine as a run's backend, with the same initial adapters, its frozen weights
+/// held as the file stores them ([`Storage::File`]: GGUF blocks and compressed projections
+/// read in place by the CPU GEMM).
 pub fn cpu_backend(file: &ModelFile, s: &TuneSettings) -> Result<CpuBackend> {
+    cpu_backend_as(file, s, Storage::File)
+}
+
+/// [`cpu_backend`] with the frozen weights held as `storage` says (f32: the oracle's).
+pub fn cpu_backend_as(file: &ModelFile, s: &TuneSettings, storage: Storage) -> Result<CpuBackend> {
     Ok(CpuBackend::with_exits(
-        file.weights()?,
+        file.weights_as(storage)?,
         s.lora.clone(),
         &s.exits,
         s.train.seed,
     ))
+}
+
+/// The CPU engine's host memory plan for a run with `s` ([`cpu_backend`]'s weights), its
+/// prefix cache (windowed runs only) capped at `cache_bytes`.
+pub fn cpu_plan(file: &ModelFile, s: &TuneSettings, cache_bytes: u64) -> HostPlan {
+    let c = &file.config;
+    let lora = initial_adapters(c, s.lora.clone(), &s.exits, s.train.seed);
+    let (window, cache) = match &s.train.layers {
+        Some(ls) => {
+            let longest = ls.windows.iter().map(|w| w.layers.len()).max();
+            (longest.unwrap_or(c.n_layers), cache_bytes)
+        }
+        None => (c.n_layers, 0),
+    };
+    let seq = s.data_config.seq_len;
+    crate::train::host_plan(file, Storage::File, &lora, seq, window, cache)
 }
 
 /// A run: the backend `make` builds for `s` (e.g. [`gpu_backend`]) under the trainer with

@@ -310,26 +310,45 @@ fn whole_model_gradients() {
         }
     }
     let gb = g.base.as_ref().unwrap();
-    let base = |name: &str,
-                get: fn(&Weights<f64>) -> &Vec<f64>,
-                set: fn(&mut Weights<f64>) -> &mut Vec<f64>| {
-        fd_check(name, get(&model.w), get(gb), 8, |x| {
-            let mut m2 = model.clone();
-            *set(&mut m2.w) = x.to_vec();
-            loss(&m2)
-        });
-    };
-    base("tok_embd (tied head)", |w| &w.tok_embd, |w| &mut w.tok_embd);
+    let base =
+        |name: &str, get: fn(&Weights<f64>) -> &[f64], set: fn(&mut Weights<f64>) -> &mut [f64]| {
+            fd_check(name, get(&model.w), get(gb), 8, |x| {
+                let mut m2 = model.clone();
+                set(&mut m2.w).copy_from_slice(x);
+                loss(&m2)
+            });
+        };
+    base(
+        "tok_embd (tied head)",
+        |w| w.tok_embd.dense().unwrap(),
+        |w| w.tok_embd.grad_mut(),
+    );
     base("output_norm", |w| &w.output_norm, |w| &mut w.output_norm);
     base(
         "L0 attn_norm",
         |w| &w.layers[0].attn_norm,
         |w| &mut w.layers[0].attn_norm,
     );
-    base("L0 wq", |w| &w.layers[0].wq, |w| &mut w.layers[0].wq);
-    base("L0 wk", |w| &w.layers[0].wk, |w| &mut w.layers[0].wk);
-    base("L1 wv", |w| &w.layers[1].wv, |w| &mut w.layers[1].wv);
-    base("L1 wo", |w| &w.layers[1].wo, |w| &mut w.layers[1].wo);
+    base(
+        "L0 wq",
+        |w| w.layers[0].wq.dense().unwrap(),
+        |w| w.layers[0].wq.grad_mut(),
+    );
+    base(
+        "L0 wk",
+        |w| w.layers[0].wk.dense().unwrap(),
+        |w| w.layers[0].wk.grad_mut(),
+    );
+    base(
+        "L1 wv",
+        |w| w.layers[1].wv.dense().unwrap(),
+        |w| w.layers[1].wv.grad_mut(),
+    );
+    base(
+        "L1 wo",
+        |w| w.layers[1].wo.dense().unwrap(),
+        |w| w.layers[1].wo.grad_mut(),
+    );
     base(
         "L1 ffn_norm",
         |w| &w.layers[1].ffn_norm,
@@ -337,14 +356,18 @@ fn whole_model_gradients() {
     );
     base(
         "L0 w_gate",
-        |w| &w.layers[0].w_gate,
-        |w| &mut w.layers[0].w_gate,
+        |w| w.layers[0].w_gate.dense().unwrap(),
+        |w| w.layers[0].w_gate.grad_mut(),
     );
-    base("L0 w_up", |w| &w.layers[0].w_up, |w| &mut w.layers[0].w_up);
+    base(
+        "L0 w_up",
+        |w| w.layers[0].w_up.dense().unwrap(),
+        |w| w.layers[0].w_up.grad_mut(),
+    );
     base(
         "L1 w_down",
-        |w| &w.layers[1].w_down,
-        |w| &mut w.layers[1].w_down,
+        |w| w.layers[1].w_down.dense().unwrap(),
+        |w| w.layers[1].w_down.grad_mut(),
     );
 }
 

@@ -1,11 +1,14 @@
 //! `edge-llm plan`: the GPU memory plan of a tuning run on this machine's adapter (or a
-//! given binding limit), fitted to a budget; nothing is allocated.
+//! given binding limit), fitted to a budget, and the CPU engine's host plan for the same
+//! run (its frozen weights as the file stores them, or f32 with `--f32`); nothing is
+//! allocated.
 
 use super::parse_bytes;
 use super::tune::parse_targets;
 use crate::engine::{fit_budget, TrainOptions};
-use crate::model::ModelFile;
-use crate::reference::LoraConfig;
+use crate::model::{ModelFile, Storage};
+use crate::reference::{Lora, LoraConfig};
+use crate::train::host_plan;
 use crate::tune::TuneOptions;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ pub(crate) struct Args {
     /// (e.g. 128M, the WebGPU default a browser gives).
     #[arg(long, value_parser = parse_bytes)]
     binding_limit: Option<u64>,
-    /// Dense f32 base weights instead of the packed quantized blocks.
+    /// Dense f32 base weights instead of the packed quantized blocks (both engines).
     #[arg(long)]
     f32: bool,
     #[arg(long)]
@@ -103,9 +106,18 @@ fn print_plan(
     }
     let fit = fit_budget(&file, lora, opts, &limits, budget)?;
     let report = fit.report(&file.config, &limits, budget, top)?;
+    // The CPU engine's plan for the same run (every block, one row at a time).
+    let storage = match opts.format {
+        crate::engine::WeightFormat::F32 => Storage::F32,
+        _ => Storage::File,
+    };
+    let adapters = Lora::<f32>::new(&file.config, lora.clone(), 0);
+    let n = file.config.n_layers;
+    let cpu = host_plan(&file, storage, &adapters, fit.options.seq_len, n, 0);
     if json {
         let mut v = serde_json::to_value(&report).map_err(|e| Error::Io(e.to_string()))?;
         v["adapter"] = adapter.clone().into();
+        v["cpu"] = serde_json::to_value(&cpu).map_err(|e| Error::Io(e.to_string()))?;
         println!("{v}");
         return Ok(());
     }
@@ -144,5 +156,6 @@ fn print_plan(
             }
         );
     }
+    println!("{cpu}");
     Ok(())
 }

@@ -107,7 +107,7 @@ pub(crate) fn load(
 ) -> Result<(ModelFile, Tokenizer, Transformer<f32>)> {
     let file = ModelFile::open(path)?;
     let tok = Tokenizer::from_gguf(&file.gguf)?;
-    let mut model = Transformer::new(file.weights()?);
+    let mut model = Transformer::new(file.weights_as(crate::model::Storage::File)?);
     if let Some(dir) = adapter {
         model.lora = Some(crate::adapter::load_dir(dir, &file.config)?);
     }

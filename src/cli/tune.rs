@@ -403,6 +403,9 @@ fn run(
             if session.memory_budget.is_some() {
                 eprintln!("note: the memory budget plans GPU memory; this run is on the CPU");
             }
+            let cache = train::CpuBackend::DEFAULT_CACHE_BYTES;
+            let plan = run::cpu_plan(&file, &prep.spec.run, cache);
+            eprintln!("{plan}");
             let make = |s: &TuneSettings| run::cpu_backend(&file, s);
             let trainer = run::build(&prep.spec.run, prepared, make)?;
             drive(trainer, "cpu", prep)

@@ -90,7 +90,7 @@ pub fn fisher_diagonal(
             })?;
             for (fl, gl) in f.iter_mut().zip(&base.layers) {
                 for (fp, p) in fl.iter_mut().zip(Proj::ALL) {
-                    for (a, &b) in fp.iter_mut().zip(p.weight(gl)) {
+                    for (a, &b) in fp.iter_mut().zip(p.weight(gl).values().iter()) {
                         *a += b * b;
                     }
                 }

@@ -149,6 +149,7 @@ pub fn compress_model(
         for (pi, p) in Proj::ALL.into_iter().enumerate() {
             let (k, n) = p.shape(c);
             let orig = weight_of(lw, p);
+            let orig = &*orig;
             let h = hess.map(|h| h[l].of(p));
             let name = proj_name(l, p);
             let (packed, gptq) = match Sparsity::from_policy(policy.pattern, lp.sparsity) {

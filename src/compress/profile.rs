@@ -54,9 +54,10 @@ pub const FISHER_SPARSITIES: [f64; 18] = [
 /// Version of the cached profile JSON; a different version is recomputed.
 pub const PROFILE_VERSION: u32 = 3;
 
-/// Projection `p`'s weight `[out][in]` in a block.
-pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> &[f32] {
-    p.weight(l)
+/// Projection `p`'s weight `[out][in]` in a block: borrowed when dense (compression
+/// loads the model dense), dequantized when the CPU engine holds it packed.
+pub fn weight_of(l: &LayerWeights<f32>, p: Proj) -> std::borrow::Cow<'_, [f32]> {
+    p.weight(l).values()
 }
 
 /// The Fisher estimate of the loss change from replacing `w` by `w_hat`:
@@ -605,6 +606,7 @@ pub fn prune_proj(
 ) -> Result<Vec<f32>> {
     let (k, n) = p.shape(c);
     let w = weight_of(lw, p);
+    let w = &*w;
     Ok(match method {
         PruneMethod::Magnitude => prune_magnitude(w, n, k, s)?.w,
         PruneMethod::Wanda => prune_wanda(w, n, k, &hess.column_norms(), s)?.w,
@@ -677,6 +679,7 @@ pub fn profile(
                 let (k, n) = p.shape(&c);
                 let h = hl.of(p);
                 let w = weight_of(&orig, p);
+                let w = &*w;
                 let w_hat = if i < SPARSITIES.len() {
                     let s = Sparsity::Unstructured(SPARSITIES[i]);
                     prune_proj(&orig, p, &c, h, opts.method, s)
@@ -695,7 +698,7 @@ pub fn profile(
                 if let (Some(fl), true) = (fl, i >= SPARSITIES.len()) {
                     fe += fisher_error(&fl[pi], w, &w_hat);
                 }
-                *p.weight_mut(&mut model.w.layers[l]) = w_hat;
+                *p.weight_mut(&mut model.w.layers[l]) = w_hat.into();
             }
             let dloss = base_loss.map(|b| loss_on(model, loss_rows) - b);
             if i < SPARSITIES.len() {
@@ -721,6 +724,7 @@ pub fn profile(
                     let (k, n) = p.shape(&c);
                     let lw = &model.w.layers[l];
                     let w = weight_of(lw, p);
+                    let w = &*w;
                     let s = Sparsity::Unstructured(sp);
                     let w_hat = prune_proj(lw, p, &c, hl.of(p), opts.method, s)?;
                     fe += fisher_error(&fl[pi], w, &w_hat);

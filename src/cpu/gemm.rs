@@ -6,7 +6,8 @@
 
 pub use super::kernels::Kernel;
 use super::kernels::Out;
-use super::pack::{aligned, pack_a, pack_b};
+use super::pack::{aligned, pack_a, pack_b, pack_b_rows};
+use super::rows::{Op, RowSource};
 use super::{kernels, narrow, par};
 use std::cell::RefCell;
 
@@ -84,16 +85,16 @@ pub fn sgemm(
 
 /// Raw operand pointers shared by the threads (each writes its own tiles of C).
 #[derive(Clone, Copy)]
-struct Ptrs {
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rsa: usize,
-    csa: usize,
-    rsb: usize,
-    csb: usize,
-    rsc: usize,
-    csc: usize,
+pub(super) struct Ptrs {
+    pub a: *const f32,
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub rsa: usize,
+    pub csa: usize,
+    pub rsb: usize,
+    pub csb: usize,
+    pub rsc: usize,
+    pub csc: usize,
 }
 // SAFETY: A and B are only read; threads write disjoint ranges of C.
 unsafe impl Send for Ptrs {}
@@ -191,7 +192,6 @@ pub fn sgemm_with(
             (c, csc, rsc),
         );
     }
-    let kern = kernels::for_rows(kern, m);
     let p = Ptrs {
         a: a.as_ptr(),
         b: b.as_ptr(),
@@ -203,6 +203,32 @@ pub fn sgemm_with(
         rsc: u(rsc),
         csc: u(csc),
     };
+    // SAFETY: bounds asserted above.
+    unsafe { blocked(kern, p, BFrom::Strided, (m, k, n), alpha, beta) }
+}
+
+/// Where [`block`] reads B: the strided slice of [`Ptrs`], or a [`RowSource`] (B = Wᵀ or
+/// W) decoded while its panels are packed.
+#[derive(Clone, Copy)]
+pub(super) enum BFrom<'a> {
+    Strided,
+    Rows(&'a dyn RowSource, Op),
+}
+
+/// The packed product over every tile, split over threads by columns (or by rows when
+/// there are too few column panels).
+///
+/// # Safety
+/// Every element of A, C (and B when strided) addressed by (m, k, n) must be in bounds.
+pub(super) unsafe fn blocked(
+    kern: Kernel,
+    p: Ptrs,
+    b: BFrom,
+    (m, k, n): (usize, usize, usize),
+    alpha: f32,
+    beta: f32,
+) {
+    let kern = kernels::for_rows(kern, m);
     let threads = if m * k * n < PARALLEL_MIN {
         1
     } else {
@@ -214,22 +240,20 @@ pub fn sgemm_with(
         par::for_each(parts, |i| {
             let q = par::part(panels, parts, i);
             let cols = q.start * kern.nr..(q.end * kern.nr).min(n);
-            // SAFETY: bounds asserted above; parts own disjoint columns of C.
-            unsafe { block(kern, p, 0..m, cols, k, alpha, beta) }
+            // SAFETY: the caller's bounds; parts own disjoint columns of C.
+            unsafe { block(kern, p, b, 0..m, cols, k, alpha, beta) }
         });
     } else {
         let parts = threads.min(strips);
         par::for_each(parts, |i| {
             let q = par::part(strips, parts, i);
             let rows = q.start * kern.mr..(q.end * kern.mr).min(m);
-            // SAFETY: bounds asserted above; parts own disjoint rows of C.
-            unsafe { block(kern, p, rows, 0..n, k, alpha, beta) }
+            // SAFETY: the caller's bounds; parts own disjoint rows of C.
+            unsafe { block(kern, p, b, rows, 0..n, k, alpha, beta) }
         });
     }
 }
 
-/// Panics unless every stride is non-negative and each operand's furthest element lies
-/// inside its slice.
 /// Panics unless every stride is non-negative and the furthest element each operand of a
 /// C[m×n] = A[m×k]·B[k×n] product touches is in its slice (any element type: the f64
 /// reference's matrixmultiply products are checked here too).
@@ -260,8 +284,10 @@ pub fn check_bounds<T>(
 }
 
 thread_local! {
-    /// Packed A strip and B block, reused across calls on each thread.
-    static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packed A strip and B block, and a decoded row of a [`RowSource`], reused across
+    /// calls on each thread.
+    static BUFS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// C[rows, cols] = α·A[rows, :]·B[:, cols] + β·C[rows, cols].
@@ -269,9 +295,11 @@ thread_local! {
 /// # Safety
 /// Every element of the operands addressed by `rows`, `cols` and `k` must be in bounds,
 /// and no other thread may touch C[rows, cols] meanwhile.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     kern: Kernel,
     p: Ptrs,
+    b: BFrom,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     k: usize,
@@ -279,7 +307,7 @@ unsafe fn block(
     beta: f32,
 ) {
     let (mr, nr) = (kern.mr, kern.nr);
-    BUFS.with_borrow_mut(|(abuf, bbuf)| {
+    BUFS.with_borrow_mut(|(abuf, bbuf, row)| {
         let ap = aligned(abuf, mr * KC);
         let bp = aligned(bbuf, KC * NC);
         let mut tile = [0f32; 512];
@@ -287,13 +315,16 @@ unsafe fn block(
             let nc = NC.min(cols.end - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack_b(
-                    bp,
-                    (p.b.add(pc * p.rsb + jc * p.csb), p.rsb, p.csb),
-                    kc,
-                    nc,
-                    nr,
-                );
+                match b {
+                    BFrom::Strided => pack_b(
+                        bp,
+                        (p.b.add(pc * p.rsb + jc * p.csb), p.rsb, p.csb),
+                        kc,
+                        nc,
+                        nr,
+                    ),
+                    BFrom::Rows(w, op) => pack_b_rows(bp, (w, op), (pc, kc), (jc, nc), nr, row),
+                }
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in rows.clone().step_by(mr) {
                     let mrows = mr.min(rows.end - ic);

@@ -1,5 +1,8 @@
 //! Packing for the GEMM: blocks of A into MR-row strips and of B into NR-wide panels, in
-//! the order a micro-kernel reads them, padded with zeros to whole strips and panels.
+//! the order a micro-kernel reads them, padded with zeros to whole strips and panels; B
+//! either from a strided f32 slice or decoded from a [`RowSource`] panel by panel.
+
+use super::rows::{Op, RowSource};
 
 /// The 64-byte aligned part of `v` of `len` values, growing `v` if needed.
 pub(super) fn aligned(v: &mut Vec<f32>, len: usize) -> *mut f32 {
@@ -71,6 +74,52 @@ pub(super) unsafe fn pack_b(
                 let col = src.add(j * csb);
                 for s in 0..kc {
                     *panel.add(s * nr + j) = *col.add(s * rsb);
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_b`] for a B read through a [`RowSource`] W: the block of B at depth `p0..p0+kc`
+/// and columns `j0..j0+nc`, where B = Wᵀ ([`Op::Nt`]: column j of B is row j of W) or
+/// B = W ([`Op::Nn`]: row p of B is row p of W). Each row of W the block touches is
+/// decoded once into `row` and copied into its panels.
+///
+/// # Safety
+/// `dst` must hold kc·⌈nc/nr⌉·nr values; the block must lie inside B.
+pub(super) unsafe fn pack_b_rows(
+    dst: *mut f32,
+    (w, op): (&dyn RowSource, Op),
+    (p0, kc): (usize, usize),
+    (j0, nc): (usize, usize),
+    nr: usize,
+    row: &mut Vec<f32>,
+) {
+    let panels = nc.div_ceil(nr);
+    if !nc.is_multiple_of(nr) {
+        // Only the last panel has padding columns.
+        std::ptr::write_bytes(dst.add((panels - 1) * kc * nr), 0, kc * nr);
+    }
+    match op {
+        Op::Nt => {
+            row.resize(kc.max(row.len()), 0.0);
+            let row = &mut row[..kc];
+            for j in 0..nc {
+                w.row_into(j0 + j, p0, row);
+                let col = dst.add((j / nr) * kc * nr + j % nr);
+                for (s, &v) in row.iter().enumerate() {
+                    *col.add(s * nr) = v;
+                }
+            }
+        }
+        Op::Nn => {
+            row.resize(nc.max(row.len()), 0.0);
+            let row = &mut row[..nc];
+            for s in 0..kc {
+                w.row_into(p0 + s, j0, row);
+                for (q, chunk) in row.chunks(nr).enumerate() {
+                    let at = dst.add(q * kc * nr + s * nr);
+                    std::ptr::copy_nonoverlapping(chunk.as_ptr(), at, chunk.len());
                 }
             }
         }

@@ -1,9 +1,14 @@
-//! A model file (GGUF) and its weights in f32 (or f64 for gradient checks).
+//! A model file (GGUF) and its weights in f32 (or f64 for gradient checks), dense or, for
+//! the CPU engine, with the matrices kept as the file stores them ([`Storage::File`]).
 
 pub mod config;
+mod load;
+pub mod matrix;
 pub mod tiny;
 
 pub use config::{LlamaConfig, RopeStyle};
+pub use load::Storage;
+pub use matrix::Mat;
 
 use crate::gguf::Gguf;
 use crate::{Error, Result};
@@ -63,89 +68,85 @@ impl ModelFile {
         Ok(self.gguf.tensor_f32(&self.bytes, name)?)
     }
 
-    /// All weights dequantized to f32.
+    /// All weights dequantized to f32 (the oracle's, and what compression reads).
     pub fn weights(&self) -> Result<Weights<f32>> {
-        let c = &self.config;
-        let (d, f, q, kv) = (c.hidden, c.ffn, c.q_dim(), c.kv_dim());
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            let t = |n: &str, dims: &[usize]| self.tensor_f32(&format!("blk.{l}.{n}.weight"), dims);
-            layers.push(LayerWeights {
-                attn_norm: t("attn_norm", &[d])?,
-                wq: t("attn_q", &[d, q])?,
-                wk: t("attn_k", &[d, kv])?,
-                wv: t("attn_v", &[d, kv])?,
-                wo: t("attn_output", &[q, d])?,
-                ffn_norm: t("ffn_norm", &[d])?,
-                w_gate: t("ffn_gate", &[d, f])?,
-                w_up: t("ffn_up", &[d, f])?,
-                w_down: t("ffn_down", &[f, d])?,
-            });
-        }
-        let output = if c.tied_embeddings {
-            None
-        } else {
-            Some(self.tensor_f32("output.weight", &[d, c.vocab])?)
-        };
-        Ok(Weights {
-            config: c.clone(),
-            tok_embd: self.tensor_f32("token_embd.weight", &[d, c.vocab])?,
-            layers,
-            output_norm: self.tensor_f32("output_norm.weight", &[d])?,
-            output,
-        })
+        self.weights_as(Storage::F32)
     }
 }
 
-/// One transformer block. Every matrix is `[out][in]` row-major (y = x·Wᵀ).
+/// One transformer block. Every matrix is `[out][in]` row-major (y = x·Wᵀ); the norms are
+/// always dense.
 #[derive(Clone, Debug)]
 pub struct LayerWeights<T> {
     pub attn_norm: Vec<T>,
-    pub wq: Vec<T>,
-    pub wk: Vec<T>,
-    pub wv: Vec<T>,
-    pub wo: Vec<T>,
+    pub wq: Mat<T>,
+    pub wk: Mat<T>,
+    pub wv: Mat<T>,
+    pub wo: Mat<T>,
     pub ffn_norm: Vec<T>,
-    pub w_gate: Vec<T>,
-    pub w_up: Vec<T>,
-    pub w_down: Vec<T>,
+    pub w_gate: Mat<T>,
+    pub w_up: Mat<T>,
+    pub w_down: Mat<T>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Weights<T> {
     pub config: LlamaConfig,
     /// `[vocab][hidden]`; also the LM head when tied.
-    pub tok_embd: Vec<T>,
+    pub tok_embd: Mat<T>,
     pub layers: Vec<LayerWeights<T>>,
     pub output_norm: Vec<T>,
     /// `[vocab][hidden]` when the head is not tied.
-    pub output: Option<Vec<T>>,
+    pub output: Option<Mat<T>>,
 }
 
 impl<T: Float> Weights<T> {
-    /// Every tensor mapped through `f`, keeping the structure (casts, zeroed gradients).
+    /// Every tensor mapped through `f`, keeping the structure (casts, zeroed gradients);
+    /// a packed matrix is given to `f` dequantized, so the result is dense.
     pub fn map<U>(&self, f: impl Fn(&[T]) -> Vec<U>) -> Weights<U> {
+        let m = |x: &Mat<T>| Mat::Dense(f(&x.values()));
         Weights {
             config: self.config.clone(),
-            tok_embd: f(&self.tok_embd),
+            tok_embd: m(&self.tok_embd),
             layers: self
                 .layers
                 .iter()
                 .map(|l| LayerWeights {
                     attn_norm: f(&l.attn_norm),
-                    wq: f(&l.wq),
-                    wk: f(&l.wk),
-                    wv: f(&l.wv),
-                    wo: f(&l.wo),
+                    wq: m(&l.wq),
+                    wk: m(&l.wk),
+                    wv: m(&l.wv),
+                    wo: m(&l.wo),
                     ffn_norm: f(&l.ffn_norm),
-                    w_gate: f(&l.w_gate),
-                    w_up: f(&l.w_up),
-                    w_down: f(&l.w_down),
+                    w_gate: m(&l.w_gate),
+                    w_up: m(&l.w_up),
+                    w_down: m(&l.w_down),
                 })
                 .collect(),
             output_norm: f(&self.output_norm),
-            output: self.output.as_deref().map(&f),
+            output: self.output.as_ref().map(m),
         }
+    }
+
+    /// Every matrix (embedding, head when untied, the blocks' projections), in order.
+    pub fn matrices(&self) -> Vec<&Mat<T>> {
+        let mut v = vec![&self.tok_embd];
+        v.extend(&self.output);
+        for l in &self.layers {
+            v.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        }
+        v
+    }
+
+    /// Bytes the weights hold (packed matrices at their packed size).
+    pub fn bytes(&self) -> usize {
+        let norms = self.output_norm.len()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.attn_norm.len() + l.ffn_norm.len())
+                .sum::<usize>();
+        norms * std::mem::size_of::<T>() + self.matrices().iter().map(|m| m.bytes()).sum::<usize>()
     }
 
     /// The same weights in another precision (f64 for finite-difference checks).
@@ -155,7 +156,7 @@ impl<T: Float> Weights<T> {
     }
 
     /// The LM head matrix `[vocab][hidden]`.
-    pub fn head(&self) -> &[T] {
-        self.output.as_deref().unwrap_or(&self.tok_embd)
+    pub fn head(&self) -> &Mat<T> {
+        self.output.as_ref().unwrap_or(&self.tok_embd)
     }
 }

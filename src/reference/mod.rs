@@ -5,6 +5,7 @@
 //! only) through `matrixmultiply`.
 
 mod attention;
+pub mod matrix;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -16,6 +17,7 @@ pub use model::{
 };
 pub use ops::{Dropout, LoraPair};
 
+use crate::cpu::{Op, RowSource};
 use num_traits::Float;
 
 /// The scalar types the reference runs in.
@@ -39,6 +41,57 @@ pub trait Real: Float + Default + std::fmt::Debug + std::iter::Sum + Send + Sync
         rsc: isize,
         csc: isize,
     );
+    /// C = α·A·op(W) + β·C with W read through a [`RowSource`] (shapes and strides as
+    /// [`crate::cpu::sgemm_rows`]). This default is the plain oracle: each row of W decoded
+    /// once, then a loop in `Self`'s precision (f64's gradient checks); f32 runs the packed
+    /// GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rows(
+        op: Op,
+        m: usize,
+        alpha: Self,
+        (a, rsa, csa): (&[Self], isize, isize),
+        w: &dyn RowSource,
+        beta: Self,
+        (c, rsc, csc): (&mut [Self], isize, isize),
+    ) {
+        let (m, k, n) = crate::cpu::source::dims(op, m, w);
+        let (rsa, csa, rsc, csc) = (rsa as usize, csa as usize, rsc as usize, csc as usize);
+        for i in 0..m {
+            for j in 0..n {
+                let x = &mut c[i * rsc + j * csc];
+                *x = if beta == Self::zero() {
+                    Self::zero()
+                } else {
+                    beta * *x
+                };
+            }
+        }
+        let mut row = vec![0.0f32; w.cols()];
+        for r in 0..w.rows() {
+            w.row_into(r, 0, &mut row);
+            let row: Vec<Self> = row.iter().map(|&v| Self::from_f64(v as f64)).collect();
+            for i in 0..m {
+                match op {
+                    // Column r of C: A's row i against W's row r.
+                    Op::Nt => {
+                        let dot =
+                            (0..k).fold(Self::zero(), |s, p| s + a[i * rsa + p * csa] * row[p]);
+                        let x = &mut c[i * rsc + r * csc];
+                        *x = *x + alpha * dot;
+                    }
+                    // Depth r: C's row i gains A[i][r]·W's row r.
+                    Op::Nn => {
+                        let s = alpha * a[i * rsa + r * csa];
+                        for (j, &v) in row.iter().enumerate().take(n) {
+                            let x = &mut c[i * rsc + j * csc];
+                            *x = *x + s * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
     /// out = silu(gate) ⊙ up, silu(g) = g·σ(g).
     fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -105,6 +158,17 @@ impl Real for f32 {
             beta,
             (c, rsc, csc),
         );
+    }
+    fn gemm_rows(
+        op: Op,
+        m: usize,
+        alpha: Self,
+        a: (&[Self], isize, isize),
+        w: &dyn RowSource,
+        beta: Self,
+        c: (&mut [Self], isize, isize),
+    ) {
+        crate::cpu::sgemm_rows(op, m, alpha, a, w, beta, c);
     }
     fn swiglu(gate: &[Self], up: &[Self], out: &mut [Self]) {
         crate::cpu::vmath::swiglu(gate, up, out);

@@ -5,9 +5,10 @@
 //!        y = h + Wdown·(silu(Wgate·n2) ⊙ Wup·n2),           n2 = rmsnorm(h)
 //! Head:  logits = rmsnorm(y_last)·Eᵀ (tied) — every projection may carry a LoRA adapter.
 
+use super::matrix as mx;
 use super::ops::{self, AttnShape, Dropout, LoraPair};
 use super::Real;
-use crate::model::{LayerWeights, Weights};
+use crate::model::{LayerWeights, Mat, Weights};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,7 @@ impl Proj {
     }
 
     /// This projection's weight `[out][in]` in a block.
-    pub fn weight<T>(self, l: &LayerWeights<T>) -> &[T] {
+    pub fn weight<T>(self, l: &LayerWeights<T>) -> &Mat<T> {
         match self {
             Proj::Q => &l.wq,
             Proj::K => &l.wk,
@@ -64,7 +65,7 @@ impl Proj {
         }
     }
 
-    pub fn weight_mut<T>(self, l: &mut LayerWeights<T>) -> &mut Vec<T> {
+    pub fn weight_mut<T>(self, l: &mut LayerWeights<T>) -> &mut Mat<T> {
         match self {
             Proj::Q => &mut l.wq,
             Proj::K => &mut l.wk,
@@ -375,7 +376,7 @@ impl<T: Real> Transformer<T> {
         save: Option<&mut Vec<T>>,
     ) -> Vec<T> {
         let (k, n) = p.shape(&self.w.config);
-        let mut y = ops::linear_forward(x, p.weight(&self.w.layers[l]), m, k, n);
+        let mut y = mx::linear_forward(x, p.weight(&self.w.layers[l]), m, k, n);
         if let Some(lora) = &self.lora {
             if let Some(pair) = &lora.layers[l][p.index()] {
                 let u = ops::lora_forward(x, pair, lora.scale(), m, mask, &mut y);
@@ -462,7 +463,7 @@ impl<T: Real> Transformer<T> {
     pub fn forward_hidden(&self, tokens: &[u32], mut cache: Option<&mut KvCache<T>>) -> Vec<T> {
         let c = &self.w.config;
         let m = tokens.len();
-        let mut x = ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
+        let mut x = mx::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
         for l in 0..c.n_layers {
             x = self.block_forward(l, &x, m, cache.as_deref_mut(), None);
         }
@@ -476,7 +477,7 @@ impl<T: Real> Transformer<T> {
     /// Logits `[rows][vocab]` of normed hidden rows.
     pub fn head(&self, hidden: &[T]) -> Vec<T> {
         let c = &self.w.config;
-        ops::linear_forward(
+        mx::linear_forward(
             hidden,
             self.w.head(),
             hidden.len() / c.hidden,
@@ -501,7 +502,7 @@ impl<T: Real> Transformer<T> {
     ) -> Vec<T> {
         let c = &self.w.config;
         let m = tokens.len();
-        let mut x = x.unwrap_or_else(|| ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden));
+        let mut x = x.unwrap_or_else(|| mx::embedding_forward(tokens, &self.w.tok_embd, c.hidden));
         for l in from..to {
             x = self.block_forward(l, &x, m, None, None);
         }
@@ -598,7 +599,7 @@ impl<T: Real> Transformer<T> {
             return Vec::new();
         };
         let eps = T::from_f64(c.norm_eps as f64);
-        let mut x = ops::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
+        let mut x = mx::embedding_forward(tokens, &self.w.tok_embd, c.hidden);
         let mut done = 0;
         let mut out = Vec::with_capacity(lora.exits.len());
         for e in &lora.exits {
@@ -642,10 +643,10 @@ impl<T: Real> Transformer<T> {
         let dlogits = ops::cross_entropy_backward(&acts.logits, &t, c.vocab, T::one());
         let mut dyn_rows = vec![T::zero(); acts.rows.len() * d];
         let head_grad = gb.as_mut().map(|g| match &mut g.output {
-            Some(o) => o.as_mut_slice(),
-            None => g.tok_embd.as_mut_slice(),
+            Some(o) => o.grad_mut(),
+            None => g.tok_embd.grad_mut(),
         });
-        ops::linear_backward(
+        mx::linear_backward(
             &dlogits,
             &gather_rows(&acts.yn, &acts.rows, d),
             self.w.head(),
@@ -691,7 +692,7 @@ impl<T: Real> Transformer<T> {
         }
         if let Some(g) = gb.as_mut() {
             if acts.span.layers.start == 0 {
-                ops::embedding_backward(&dx, &acts.tokens, d, &mut g.tok_embd);
+                ops::embedding_backward(&dx, &acts.tokens, d, g.tok_embd.grad_mut());
             }
         }
         Grads { lora: gl, base: gb }
@@ -712,8 +713,8 @@ impl<T: Real> Transformer<T> {
         gl: Option<&mut Lora<T>>,
     ) {
         let (k, n) = p.shape(&self.w.config);
-        let dw = gb.map(|g| p.weight_mut(&mut g.layers[l]).as_mut_slice());
-        ops::linear_backward(dy, x, p.weight(&self.w.layers[l]), (m, k, n), dx, dw);
+        let dw = gb.map(|g| p.weight_mut(&mut g.layers[l]).grad_mut());
+        mx::linear_backward(dy, x, p.weight(&self.w.layers[l]), (m, k, n), dx, dw);
         if let (Some(lora), Some(gl)) = (&self.lora, gl) {
             if let (Some(pair), Some(dpair)) =
                 (&lora.layers[l][p.index()], &mut gl.layers[l][p.index()])

@@ -1,9 +1,10 @@
 //! The CPU engine's memory plan: the host bytes a tuning run on [`super::CpuBackend`] holds,
 //! by category, computed from the configuration before anything is allocated, as the GPU
-//! engine plans its buffers. The page shows it beside the GPU plan, and the wasm32 module's
+//! engine plans its buffers. The frozen weights count as held: packed as the file stores
+//! them (GGUF blocks, a compressed file's projections), or f32. The page shows it beside the GPU plan, and the wasm32 module's
 //! 4 GiB address space is checked against it before a run starts.
 
-use crate::model::LlamaConfig;
+use crate::model::{LlamaConfig, ModelFile, Storage};
 use crate::reference::{Lora, LoraPair};
 use serde::Serialize;
 
@@ -18,20 +19,6 @@ pub struct HostPlan {
 pub struct HostCategory {
     pub category: &'static str,
     pub bytes: u64,
-}
-
-/// f32 values of the model's frozen weights (as the CPU engine holds them today).
-pub fn weight_values(c: &LlamaConfig) -> u64 {
-    let (d, f) = (c.hidden as u64, c.ffn as u64);
-    let q = (c.n_heads * c.head_dim) as u64;
-    let kv = (c.n_kv_heads * c.head_dim) as u64;
-    let block = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f;
-    let head = if c.tied_embeddings {
-        0
-    } else {
-        c.vocab as u64 * d
-    };
-    c.vocab as u64 * d + c.n_layers as u64 * block + d + head
 }
 
 /// f32 values one block saves for its backward pass over a row of `t` tokens
@@ -49,18 +36,21 @@ fn saved_per_block(c: &LlamaConfig, lora: &Lora<f32>, t: u64, dropout: bool) -> 
     dense + u + masks
 }
 
-/// The plan of a run training at most `window_blocks` blocks at a time over rows of
-/// `seq_len` tokens with `lora` (exits included), its prefix cache capped at
-/// `prefix_cache_bytes` (0 when the run trains every block). Rows run one at a time, so the
-/// activations are one row's; the logits are one row's at its target positions (at most
-/// every position), with their gradient.
+/// The plan of a run on `file`'s weights held as `storage` says (packed as the file stores
+/// them, or f32: [`ModelFile::weight_bytes`]), training at most `window_blocks` blocks at a
+/// time over rows of `seq_len` tokens with `lora` (exits included), its prefix cache capped
+/// at `prefix_cache_bytes` (0 when the run trains every block). Rows run one at a time, so
+/// the activations are one row's; the logits are one row's at its target positions (at
+/// most every position), with their gradient.
 pub fn host_plan(
-    c: &LlamaConfig,
+    file: &ModelFile,
+    storage: Storage,
     lora: &Lora<f32>,
     seq_len: usize,
     window_blocks: usize,
     prefix_cache_bytes: u64,
 ) -> HostPlan {
+    let c = &file.config;
     let t = seq_len as u64;
     let pair = |p: &LoraPair<f32>| (p.a.len() + p.b.len()) as u64;
     let adapter: u64 = lora
@@ -77,8 +67,11 @@ pub fn host_plan(
     let logits = 2 * t * c.vocab as u64;
     let by_category = vec![
         HostCategory {
-            category: "weights (f32)",
-            bytes: 4 * weight_values(c),
+            category: match storage {
+                Storage::File => "frozen weights (as the file stores them)",
+                Storage::F32 => "frozen weights (f32)",
+            },
+            bytes: file.weight_bytes(storage),
         },
         // Values, accumulated gradients, a row's gradients, AdamW's two moments.
         HostCategory {
@@ -101,5 +94,17 @@ pub fn host_plan(
     HostPlan {
         total_bytes: by_category.iter().map(|c| c.bytes).sum(),
         by_category,
+    }
+}
+
+impl std::fmt::Display for HostPlan {
+    /// The total and each category in MiB, a line each (`tune --device cpu`, `plan`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        write!(f, "CPU memory plan: {:.1} MiB", mib(self.total_bytes))?;
+        for c in &self.by_category {
+            write!(f, "\n  {:>10.2} MiB  {}", mib(c.bytes), c.category)?;
+        }
+        Ok(())
     }
 }

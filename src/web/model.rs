@@ -168,7 +168,10 @@ impl WebModel {
             }
             None => {
                 let model = Transformer {
-                    w: self.model.weights().map_err(js_err)?,
+                    w: self
+                        .model
+                        .weights_as(crate::model::Storage::File)
+                        .map_err(js_err)?,
                     lora: lora.cloned(),
                 };
                 Engine::Cpu(CpuLm::new(model))

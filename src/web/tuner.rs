@@ -12,7 +12,6 @@ use crate::engine::{Fit, GpuTrainer};
 use crate::kernels::GpuContext;
 use crate::model::LlamaConfig;
 use crate::reference::Span;
-use crate::train::cpu::initial_adapters;
 use crate::train::{
     self, Backend, CpuBackend, LayerSchedule, Mode, TrainState, Trainer, WindowOrder,
 };
@@ -202,16 +201,7 @@ impl WebModel {
     /// The CPU engine's host memory for a run with `s`, refused when it would not fit in
     /// the tab: a wasm32 module addresses 4 GiB in all, the model file included.
     fn host_plan(&self, s: &TuneSettings) -> crate::Result<train::HostPlan> {
-        let c = &self.model.config;
-        let lora = initial_adapters(c, s.lora.clone(), &s.exits, s.train.seed);
-        let (window, cache) = match &s.train.layers {
-            Some(ls) => {
-                let longest = ls.windows.iter().map(|w| w.layers.len()).max();
-                (longest.unwrap_or(c.n_layers), WEB_PREFIX_CACHE_BYTES)
-            }
-            None => (c.n_layers, 0),
-        };
-        let plan = train::host_plan(c, &lora, s.data_config.seq_len, window, cache);
+        let plan = tune::cpu_plan(&self.model, s, WEB_PREFIX_CACHE_BYTES);
         let need = plan.total_bytes + self.model.bytes.len() as u64;
         if need > WASM_MEMORY_BYTES {
             return Err(Error::Invalid(format!(

@@ -8,6 +8,7 @@ use std::path::Path;
 
 mod compress;
 mod cpu;
+mod cpu_report;
 mod kernels;
 mod tune;
 mod tune_report;
@@ -17,8 +18,10 @@ pub(crate) enum BenchCmd {
     /// Matmul kernels (dense f32, q8/q4/q3/q2, GGUF blocks, 2:4 and 50 % sparse) on the
     /// default model's shapes, with each kernel's speed relative to dense f32.
     Kernels(kernels::Args),
-    /// The CPU engine's vanilla LoRA step: step time, tokens/s, the work it counts and the
-    /// rate it runs at against the machine's FMA peak (an FMA loop), and the time per op.
+    /// The CPU engine: vanilla LoRA steps on f32 weights and on the file's own packed
+    /// weights, and the frozen-prefix forward on f32, packed and LUC-compressed weights:
+    /// step time, tokens/s, the work counted and its rate against the machine's FMA peak
+    /// (an FMA loop), and the time per op.
     Cpu(cpu::Args),
     /// The tuning modes (vanilla, compress-then-tune, partial, edge) back to back on the
     /// same data: step time, tokens/s, GPU memory plan, validation loss, accuracy, and

@@ -478,7 +478,7 @@ fn score(
             Some(&lora),
         )?)?,
         None => {
-            let mut m = Transformer::new(file.weights()?);
+            let mut m = Transformer::new(file.weights_as(crate::model::Storage::File)?);
             m.lora = Some(lora);
             score(&mut CpuLm::new(&m))?
         }
