@@ -179,7 +179,7 @@ fn bad_model_files_give_one_line_errors() {
     let good = tiny::generate(&tiny::TinySpec::default()).unwrap();
 
     let p = write(&scratch("m1.gguf"), &good[..good.len() / 3]);
-    expect_error(&["info", "--model", &p], "past the end");
+    expect_error(&["info", "--model", &p], "truncated: the file has");
 
     let mut bad = good.clone();
     bad[..4].copy_from_slice(b"GGML");
