@@ -112,59 +112,66 @@ fn killed_at_random_moments_resumes_to_the_losses_of_an_uninterrupted_run() {
     };
     let window = (took.as_micros() as u64 / 3).max(1);
 
-    let part = dir.join("part");
-    let (mut kills, mut sessions) = (0u32, 0u32);
-    let mut seen = BTreeMap::new();
-    loop {
-        let args = if resumable(&part) {
-            resume_args(&part)
-        } else {
-            new_run(&dir, &part)
-        };
-        let mut child = Command::new(BIN)
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        sessions += 1;
-        if kills < KILLS {
-            std::thread::sleep(Duration::from_micros(next() % window));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap(); // SIGKILL
-                kills += 1;
+    // Runs killed until KILLS sessions have been: a run whose last session ends on its own
+    // (the machine was quick) is checked whole, and a new one starts.
+    let (mut kills, mut sessions, mut runs) = (0u32, 0u32, 0u32);
+    while kills < KILLS {
+        let part = dir.join(format!("part{runs}"));
+        runs += 1;
+        let mut seen = BTreeMap::new();
+        loop {
+            let args = if resumable(&part) {
+                resume_args(&part)
+            } else {
+                new_run(&dir, &part)
+            };
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            sessions += 1;
+            if kills < KILLS {
+                std::thread::sleep(Duration::from_micros(next() % window));
+                if child.try_wait().unwrap().is_none() {
+                    child.kill().unwrap(); // SIGKILL
+                    kills += 1;
+                }
             }
-        }
-        let o = child.wait_with_output().unwrap();
-        for (step, loss) in step_losses(&o.stdout) {
-            assert_eq!(
-                loss, straight[&step],
-                "step {step} after {kills} kills (seed {seed})"
+            let o = child.wait_with_output().unwrap();
+            for (step, loss) in step_losses(&o.stdout) {
+                assert_eq!(
+                    loss, straight[&step],
+                    "step {step} after {kills} kills (seed {seed})"
+                );
+                seen.insert(step, loss);
+            }
+            if o.status.success() {
+                break;
+            }
+            // A killed session: nothing on stderr but what a run prints.
+            assert!(
+                o.status.code().is_none(),
+                "session {sessions} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
             );
-            seen.insert(step, loss);
+            assert!(
+                sessions < 10 * KILLS,
+                "no end after {sessions} sessions (seed {seed})"
+            );
         }
-        if o.status.success() {
-            break;
-        }
-        // A killed session: nothing on stderr but what a run prints.
-        assert!(
-            o.status.code().is_none(),
-            "session {sessions} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
+        assert_eq!(
+            seen, straight,
+            "every step's loss, across the sessions (seed {seed})"
         );
-        assert!(
-            sessions < 10 * KILLS,
-            "no end after {sessions} sessions (seed {seed})"
+        assert_eq!(
+            std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
+            std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
+            "the adapter of the killed run (seed {seed})"
         );
     }
-    eprintln!("{kills} kills over {sessions} sessions");
-    assert_eq!(kills, KILLS);
-    assert_eq!(seen, straight, "every step's loss, across the sessions");
-    assert_eq!(
-        std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
-        std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
-        "the adapter of the killed run (seed {seed})"
-    );
+    eprintln!("{kills} kills over {sessions} sessions in {runs} runs");
 }
 
 #[test]
