@@ -4,7 +4,6 @@
 //! naming it and the previous one is used; both damaged, a one-line error naming the file.
 #![cfg(unix)]
 
-use edge_llm::model::tiny;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,21 +24,14 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The tiny model and a text, and the flags of a new run writing to `out`.
 fn new_run(dir: &Path, out: &Path) -> Vec<String> {
-    let model = dir.join("tiny.gguf");
-    std::fs::write(&model, tiny::generate(&tiny::TinySpec::default()).unwrap()).unwrap();
-    let data = dir.join("text.txt");
-    std::fs::write(
-        &data,
-        "the quick brown fox jumps over the lazy dog. ".repeat(120),
-    )
-    .unwrap();
+    let (model, data) = common::tiny_tune_files(dir);
     let steps = STEPS.to_string();
     [
         "tune",
         "--model",
-        model.to_str().unwrap(),
+        &model,
         "--data",
-        data.to_str().unwrap(),
+        &data,
         "--steps",
         &steps,
         "--seq-len",

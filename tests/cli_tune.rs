@@ -1,7 +1,6 @@
 //! `edge-llm tune` end to end on the tiny model: outputs, a run stopped and resumed equals
 //! the uninterrupted run, and the saved PEFT adapter changes what `--adapter` evaluates.
 
-use edge_llm::model::tiny;
 use std::path::{Path, PathBuf};
 mod common;
 use common::run_lines;
@@ -13,15 +12,7 @@ fn scratch() -> PathBuf {
 }
 
 fn setup(dir: &Path) -> (String, String) {
-    let model = dir.join("tiny.gguf");
-    std::fs::write(&model, tiny::generate(&tiny::TinySpec::default()).unwrap()).unwrap();
-    let data = dir.join("text.txt");
-    std::fs::write(
-        &data,
-        "the quick brown fox jumps over the lazy dog. ".repeat(120),
-    )
-    .unwrap();
-    (model.display().to_string(), data.display().to_string())
+    common::tiny_tune_files(dir)
 }
 
 #[test]

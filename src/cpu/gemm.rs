@@ -117,12 +117,7 @@ pub fn sgemm_with(
     }
     let u = |s: isize| s as usize;
     if k == 0 || alpha == 0.0 {
-        for i in 0..m {
-            for j in 0..n {
-                let x = &mut c[i * u(rsc) + j * u(csc)];
-                *x = if beta == 0.0 { 0.0 } else { beta * *x };
-            }
-        }
+        scale_c((m, n), beta, (c, rsc, csc));
         return;
     }
     // At most 8 columns, both operands contiguous along the depth: dot products (with B
@@ -257,6 +252,22 @@ pub(super) unsafe fn blocked(
 /// Panics unless every stride is non-negative and the furthest element each operand of a
 /// C[m×n] = A[m×k]·B[k×n] product touches is in its slice (any element type: the f64
 /// reference's matrixmultiply products are checked here too).
+/// C = β·C over an m×n C (C = 0 when β is 0, without reading it): a product with nothing
+/// to add (k = 0 or α = 0).
+pub(super) fn scale_c(
+    (m, n): (usize, usize),
+    beta: f32,
+    (c, rsc, csc): (&mut [f32], isize, isize),
+) {
+    let u = |s: isize| s as usize;
+    for i in 0..m {
+        for j in 0..n {
+            let x = &mut c[i * u(rsc) + j * u(csc)];
+            *x = if beta == 0.0 { 0.0 } else { beta * *x };
+        }
+    }
+}
+
 pub fn check_bounds<T>(
     (m, k, n): (usize, usize, usize),
     (a, rsa, csa): (&[T], isize, isize),

@@ -51,12 +51,7 @@ pub fn sgemm_rows(
     }
     let u = |s: isize| s as usize;
     if k == 0 || alpha == 0.0 {
-        for i in 0..m {
-            for j in 0..n {
-                let x = &mut c[i * u(rsc) + j * u(csc)];
-                *x = if beta == 0.0 { 0.0 } else { beta * *x };
-            }
-        }
+        gemm::scale_c((m, n), beta, (c, rsc, csc));
         return;
     }
     let p = Ptrs {

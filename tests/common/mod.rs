@@ -378,3 +378,21 @@ pub fn rows_with_targets_at(spec: &[(usize, u32, &[usize])]) -> Vec<edge_llm::tr
         })
         .collect()
 }
+
+/// The tiny model and a repetitive text written into `dir` for `edge-llm tune` runs:
+/// (the model's path, the text's path).
+pub fn tiny_tune_files(dir: &std::path::Path) -> (String, String) {
+    let model = dir.join("tiny.gguf");
+    std::fs::write(
+        &model,
+        edge_llm::model::tiny::generate(&edge_llm::model::tiny::TinySpec::default()).unwrap(),
+    )
+    .unwrap();
+    let data = dir.join("text.txt");
+    std::fs::write(
+        &data,
+        "the quick brown fox jumps over the lazy dog. ".repeat(120),
+    )
+    .unwrap();
+    (model.display().to_string(), data.display().to_string())
+}
