@@ -14,22 +14,32 @@ project, like the npm test's consumer page with its inline import map).
 import argparse
 import functools
 import http.server
+import pathlib
+import re
+import sys
 
 
-# The same policy as www/index.html's <meta>: scripts, workers (the thread pool's are blob:
-# URLs of this origin's script) and connections from this origin only; WebAssembly compiled.
-CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
-       "connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; object-src 'none'; "
-       "base-uri 'self'; form-action 'none'")
+# The page's own policy, read from its <meta> in www/index.html (one place to change it):
+# scripts, workers (the thread pool's are blob: URLs of this origin's script) and connections
+# from this origin only; WebAssembly compiled.
+INDEX = pathlib.Path(__file__).resolve().parent.parent / "www" / "index.html"
+
+
+def page_policy():
+    m = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', INDEX.read_text())
+    if not m:
+        sys.exit(f"{INDEX} has no Content-Security-Policy <meta>")
+    return m.group(1)
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
     isolate = True
     csp = True
+    policy = ""
 
     def end_headers(self):
         if self.csp:
-            self.send_header("Content-Security-Policy", CSP)
+            self.send_header("Content-Security-Policy", self.policy)
         if self.isolate:
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
@@ -46,6 +56,8 @@ def main():
     args = ap.parse_args()
     Handler.isolate = not args.no_isolation
     Handler.csp = not args.no_csp
+    if Handler.csp:
+        Handler.policy = page_policy()
     Handler.extensions_map = {**Handler.extensions_map, ".wasm": "application/wasm",
                               ".js": "text/javascript", ".mjs": "text/javascript"}
     handler = functools.partial(Handler, directory=args.directory)
