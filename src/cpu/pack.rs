@@ -30,12 +30,8 @@ pub(super) unsafe fn pack_a(
         std::ptr::write_bytes(dst, 0, kc * mr);
     }
     if csa == 1 {
-        for i in 0..mrows {
-            let row = src.add(i * rsa);
-            for q in 0..kc {
-                *dst.add(q * mr + i) = *row.add(q);
-            }
-        }
+        let rows: Vec<*const f32> = (0..mrows).map(|i| src.add(i * rsa)).collect();
+        transpose(&rows, kc, dst, mr);
     } else {
         for q in 0..kc {
             let col = src.add(q * csa);
@@ -69,6 +65,9 @@ pub(super) unsafe fn pack_b(
             for s in 0..kc {
                 std::ptr::copy_nonoverlapping(src.add(s * rsb), panel.add(s * nr), ncols);
             }
+        } else if rsb == 1 {
+            let cols: Vec<*const f32> = (0..ncols).map(|j| src.add(j * csb)).collect();
+            transpose(&cols, kc, panel, nr);
         } else {
             for j in 0..ncols {
                 let col = src.add(j * csb);
@@ -102,14 +101,18 @@ pub(super) unsafe fn pack_b_rows(
     }
     match op {
         Op::Nt => {
-            row.resize(kc.max(row.len()), 0.0);
-            let row = &mut row[..kc];
-            for j in 0..nc {
-                w.row_into(j0 + j, p0, row);
-                let col = dst.add((j / nr) * kc * nr + j % nr);
-                for (s, &v) in row.iter().enumerate() {
-                    *col.add(s * nr) = v;
+            // Up to TILE rows of W decoded, then moved into their panel's columns.
+            row.resize((TILE * kc).max(row.len()), 0.0);
+            let mut j = 0;
+            while j < nc {
+                let (q, at) = (j / nr, j % nr);
+                let take = TILE.min(nr - at).min(nc - j);
+                for (t, r) in row.chunks_exact_mut(kc).take(take).enumerate() {
+                    w.row_into(j0 + j + t, p0, r);
                 }
+                let srcs: Vec<*const f32> = (0..take).map(|t| row.as_ptr().add(t * kc)).collect();
+                transpose(&srcs, kc, dst.add(q * kc * nr + at), nr);
+                j += take;
             }
         }
         Op::Nn => {
@@ -122,6 +125,91 @@ pub(super) unsafe fn pack_b_rows(
                     std::ptr::copy_nonoverlapping(chunk.as_ptr(), at, chunk.len());
                 }
             }
+        }
+    }
+}
+
+/// Rows per tile of [`transpose`].
+const TILE: usize = 8;
+
+/// `dst[s·ld + r] = srcs[r][s]` for `s < len` and every source r: contiguous rows
+/// written as columns of a matrix of leading dimension `ld`, eight rows at a time through
+/// 8×8 register transposes where the CPU has AVX.
+///
+/// # Safety
+/// Each source must hold `len` values; `dst` must hold (len − 1)·ld + srcs.len() values.
+pub(super) unsafe fn transpose(srcs: &[*const f32], len: usize, dst: *mut f32, ld: usize) {
+    let mut r0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        while r0 + TILE <= srcs.len() {
+            let rows: [*const f32; TILE] = std::array::from_fn(|r| srcs[r0 + r]);
+            let whole = len / TILE * TILE;
+            x86::transpose8(&rows, whole, dst.add(r0), ld);
+            scalar(&rows, whole..len, dst.add(r0), ld);
+            r0 += TILE;
+        }
+    }
+    scalar(&srcs[r0..], 0..len, dst.add(r0), ld);
+}
+
+/// [`transpose`] one value at a time, for the steps `range`.
+///
+/// # Safety
+/// As [`transpose`].
+unsafe fn scalar(srcs: &[*const f32], range: std::ops::Range<usize>, dst: *mut f32, ld: usize) {
+    for (r, row) in srcs.iter().enumerate() {
+        for s in range.clone() {
+            *dst.add(s * ld + r) = *row.add(s);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::transpose`] of eight rows over `len` steps (a multiple of 8), 8×8 blocks
+    /// in AVX registers.
+    ///
+    /// # Safety
+    /// As [`super::transpose`]; the CPU must have AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose8(rows: &[*const f32; 8], len: usize, dst: *mut f32, ld: usize) {
+        let mut s = 0;
+        while s < len {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(rows[i].add(s)));
+            // Pairs of rows interleaved, then quads, then the two 128-bit halves swapped.
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in out.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((s + i) * ld), v);
+            }
+            s += 8;
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use super::gemm::{self, BFrom, Ptrs};
 pub use super::rows::{DenseRows, Op, RowSource};
-use super::{kernels, par};
+use super::{kernels, narrow, par};
 use std::cell::RefCell;
 
 /// Products of at most this many rows in the [`Op::Nt`] orientation run as dot products
@@ -83,15 +83,16 @@ pub fn sgemm_rows(
 }
 
 thread_local! {
-    /// One decoded row of W per thread.
-    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// [`narrow::MAX_N`] decoded rows of W per thread.
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Columns of C per task of [`dot_rows`] (enough work to hide the split).
 const DOT_CHUNK: usize = 64;
 
-/// C = α·A·Wᵀ + β·C for a few rows of A (contiguous along k): each row of W is decoded
-/// once and dotted with every row of A.
+/// C = α·A·Wᵀ + β·C for a few rows of A (contiguous along k): W is decoded
+/// [`narrow::MAX_N`] rows at a time, each dotted with every row of A by [`narrow::dots`]
+/// (vectorised, AVX-512 where the CPU has it), so W is decoded once per product.
 ///
 /// # Safety
 /// A (m×k, csa = 1) and C (m×n) must be in bounds at the strides of `p`.
@@ -112,36 +113,27 @@ unsafe fn dot_rows(
         let p: Ptrs = p;
         let q = par::part(tasks, parts, i);
         let cols = q.start * DOT_CHUNK..(q.end * DOT_CHUNK).min(n);
-        ROW.with_borrow_mut(|row| {
-            row.resize(k, 0.0);
-            for j in cols {
-                w.row_into(j, 0, row);
-                for r in 0..m {
-                    // SAFETY: row r of A holds k values; C[r][j] is this part's.
-                    let a = std::slice::from_raw_parts(p.a.add(r * p.rsa), k);
-                    let c = &mut *p.c.add(r * p.rsc + j * p.csc);
-                    let d = alpha * dot(a, row);
-                    *c = if beta == 0.0 { d } else { d + beta * *c };
+        ROWS.with_borrow_mut(|rows| {
+            rows.resize(narrow::MAX_N * k, 0.0);
+            let mut j = cols.start;
+            while j < cols.end {
+                let nb = (cols.end - j).min(narrow::MAX_N);
+                for (t, row) in rows.chunks_exact_mut(k).take(nb).enumerate() {
+                    w.row_into(j + t, 0, row);
                 }
+                // SAFETY: A holds m rows of k values at stride rsa; columns j..j + nb of
+                // C are this part's; `rows` holds nb rows of k.
+                narrow::dots(
+                    true,
+                    (m, k, nb),
+                    alpha,
+                    (p.a, p.rsa),
+                    (rows.as_ptr(), k),
+                    beta,
+                    (p.c.add(j * p.csc), p.rsc, p.csc),
+                );
+                j += nb;
             }
         });
     });
-}
-
-/// Σ a·b in eight lanes (vectorised by the compiler on every target).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

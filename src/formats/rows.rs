@@ -59,45 +59,100 @@ impl GgufRows {
     }
 
     /// The [`QK`] values of block `b` of `row` (not for F16).
-    fn block(&self, row: usize, b: usize, out: &mut [f32]) {
+    #[inline(always)]
+    fn block(&self, row: usize, b: usize, out: &mut [f32; QK]) {
         let bb = self.ty.block_bytes();
         let blk = &self.bytes[row * self.row_bytes() + b * bb..][..bb];
         let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        match self.ty {
+        // Codes first, then one multiply-add per value: loops the compiler vectorises.
+        let mut codes = [0i8; QK];
+        let (scale, offset) = match self.ty {
             GgmlType::Q8_0 => {
-                for (o, &q) in out.iter_mut().zip(&blk[2..34]) {
-                    *o = d * (q as i8) as f32;
+                for (c, &q) in codes.iter_mut().zip(&blk[2..34]) {
+                    *c = q as i8;
                 }
+                (d, None)
             }
             GgmlType::Q4_1 => {
-                let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                let (lo, hi) = out.split_at_mut(QK / 2);
-                for (j, &q) in blk[4..20].iter().enumerate() {
-                    lo[j] = d * (q & 0x0F) as f32 + m;
-                    hi[j] = d * (q >> 4) as f32 + m;
-                }
+                nibbles(&blk[4..20], 0, &mut codes);
+                (d, Some(f16::from_le_bytes([blk[2], blk[3]]).to_f32()))
             }
             _ => {
-                let (lo, hi) = out.split_at_mut(QK / 2);
-                for (j, &q) in blk[2..18].iter().enumerate() {
-                    lo[j] = d * ((q & 0x0F) as i32 - 8) as f32;
-                    hi[j] = d * ((q >> 4) as i32 - 8) as f32;
+                nibbles(&blk[2..18], 8, &mut codes);
+                (d, None)
+            }
+        };
+        match offset {
+            None => {
+                for (o, &c) in out.iter_mut().zip(&codes) {
+                    *o = scale * c as f32;
+                }
+            }
+            Some(m) => {
+                for (o, &c) in out.iter_mut().zip(&codes) {
+                    *o = scale * c as f32 + m;
                 }
             }
         }
     }
 }
 
-/// Calls `f(block, first column inside it, values wanted, their offset in out)` for the
-/// blocks of `size` columns that cover `c0..c0 + len`.
-fn blocks_of(c0: usize, len: usize, size: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
-    let mut c = c0;
-    while c < c0 + len {
-        let (b, at) = (c / size, c % size);
-        let take = (size - at).min(c0 + len - c);
-        f(b, at, take, c - c0);
-        c += take;
+/// The 32 codes of 16 bytes of 4-bit pairs (low nibbles first, as GGUF stores them),
+/// less `bias`.
+#[inline(always)]
+fn nibbles(bytes: &[u8], bias: i8, codes: &mut [i8; QK]) {
+    let (lo, hi) = codes.split_at_mut(QK / 2);
+    for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
+        *l = (q & 0x0F) as i8 - bias;
+        *h = (q >> 4) as i8 - bias;
     }
+}
+
+impl GgufRows {
+    /// [`RowSource::row_into`]'s body, inlined into each target's copy.
+    #[inline(always)]
+    fn decode(&self, r: usize, c0: usize, out: &mut [f32]) {
+        if self.ty == GgmlType::F16 {
+            let row = &self.bytes[(r * self.cols + c0) * 2..][..out.len() * 2];
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+            return;
+        }
+        let mut tmp = [0.0f32; QK];
+        let (mut c, end) = (c0, c0 + out.len());
+        while c < end {
+            let (b, at) = (c / QK, c % QK);
+            let take = (QK - at).min(end - c);
+            let o = &mut out[c - c0..c - c0 + take];
+            match o.try_into() {
+                Ok(full) => self.block(r, b, full),
+                Err(_) => {
+                    self.block(r, b, &mut tmp);
+                    o.copy_from_slice(&tmp[at..at + take]);
+                }
+            }
+            c += take;
+        }
+    }
+
+    /// [`Self::decode`] compiled for AVX2 (the block loops vectorise 8 wide).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode_avx2(&self, r: usize, c0: usize, out: &mut [f32]) {
+        self.decode(r, c0, out)
+    }
+}
+
+/// Whether this CPU runs the AVX2 copies of the decoders.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 impl RowSource for GgufRows {
@@ -108,45 +163,80 @@ impl RowSource for GgufRows {
         self.cols
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
-        if self.ty == GgmlType::F16 {
-            let row = &self.bytes[(r * self.cols + c0) * 2..][..out.len() * 2];
-            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-            return;
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the features were detected.
+            return unsafe { self.decode_avx2(r, c0, out) };
         }
-        let mut tmp = [0.0f32; QK];
-        blocks_of(c0, out.len(), QK, |b, at, take, o| {
-            if at == 0 && take == QK {
-                self.block(r, b, &mut out[o..o + QK]);
-            } else {
-                self.block(r, b, &mut tmp);
-                out[o..o + take].copy_from_slice(&tmp[at..at + take]);
-            }
-        });
+        self.decode(r, c0, out)
     }
 }
 
 /// The 32 codes of a [`QuantMatrix`] block, decoded to `s·code + z`.
+#[inline(always)]
 fn quant_block(q: &QuantMatrix, row: usize, b: usize, out: &mut [f32; QBLOCK]) {
-    let (s, z) = q.scale(row, b * QBLOCK / q.group);
-    let words = q.block(row, b);
     match q.bits {
-        8 | 4 | 2 => {
-            let bits = q.bits as usize;
-            let per = 32 / bits;
-            let mask = u32::MAX >> (32 - bits);
-            for (c, o) in out.iter_mut().enumerate() {
-                let code = (words[c / per] >> ((c % per) * bits)) & mask;
-                *o = s * code as f32 + z;
-            }
-        }
+        8 => quant_block_pow2::<8>(q, row, b, out),
+        4 => quant_block_pow2::<4>(q, row, b, out),
+        2 => quant_block_pow2::<2>(q, row, b, out),
         _ => {
+            let (s, z) = q.scale(row, b * QBLOCK / q.group);
+            let words = q.block(row, b);
             for (c, o) in out.iter_mut().enumerate() {
                 let code = super::quant::code_in_block(words, q.bits, c);
                 *o = s * code as f32 + z;
             }
         }
+    }
+}
+
+/// [`quant_block`] for a width that divides 32 (codes never straddle words), unrolled.
+#[inline(always)]
+fn quant_block_pow2<const BITS: usize>(
+    q: &QuantMatrix,
+    row: usize,
+    b: usize,
+    out: &mut [f32; QBLOCK],
+) {
+    let (s, z) = q.scale(row, b * QBLOCK / q.group);
+    let words = q.block(row, b);
+    let per = 32 / BITS;
+    let mask = u32::MAX >> (32 - BITS);
+    for (c, o) in out.iter_mut().enumerate() {
+        let code = (words[c / per] >> ((c % per) * BITS)) & mask;
+        *o = s * code as f32 + z;
+    }
+}
+
+impl QuantMatrix {
+    /// [`RowSource::row_into`]'s body, inlined into each target's copy.
+    #[inline(always)]
+    fn decode(&self, r: usize, c0: usize, out: &mut [f32]) {
+        let mut tmp = [0.0f32; QBLOCK];
+        let (mut c, end) = (c0, c0 + out.len());
+        while c < end {
+            let (b, at) = (c / QBLOCK, c % QBLOCK);
+            let take = (QBLOCK - at).min(end - c);
+            let o = &mut out[c - c0..c - c0 + take];
+            match o.try_into() {
+                Ok(full) => quant_block(self, r, b, full),
+                Err(_) => {
+                    quant_block(self, r, b, &mut tmp);
+                    o.copy_from_slice(&tmp[at..at + take]);
+                }
+            }
+            c += take;
+        }
+    }
+
+    /// [`Self::decode`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode_avx2(&self, r: usize, c0: usize, out: &mut [f32]) {
+        self.decode(r, c0, out)
     }
 }
 
@@ -158,11 +248,12 @@ impl RowSource for QuantMatrix {
         self.cols
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
-        let mut tmp = [0.0f32; QBLOCK];
-        blocks_of(c0, out.len(), QBLOCK, |b, at, take, o| {
-            quant_block(self, r, b, &mut tmp);
-            out[o..o + take].copy_from_slice(&tmp[at..at + take]);
-        });
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the features were detected.
+            return unsafe { self.decode_avx2(r, c0, out) };
+        }
+        self.decode(r, c0, out)
     }
 }
 

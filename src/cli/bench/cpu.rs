@@ -5,7 +5,9 @@
 //!   of each in turn so that the machine's load falls on both alike;
 //! * the frozen-prefix forward (every block, no head) over the same rows on the f32
 //!   model, on its packed file weights, and on a LUC-compressed model (mean sparsity 0.5,
-//!   4 bits; made and cached as `bench tune` makes its edge model when absent).
+//!   4 bits; made and cached as `bench tune` makes its edge model when absent);
+//! * token-by-token decoding with the KV cache (every block, the final norm and the head:
+//!   what chat and the choices of `eval-mc` run) on the same three models.
 //!
 //! The vanilla runs take `--warmup` steps each (not counted), then `--steps` optimizer steps
 //! with the per-op profile on; the forward passes run in rounds (the best counts). Reports: mean step time and tokens/s; the floating-point work as the ops
@@ -13,7 +15,7 @@
 //! sparse formats) and the rate it was done at; the FMA peak measured by an FMA loop on
 //! every thread; each rate's share of that peak; and, for the f32 step, the time per op.
 
-use super::cpu_report::{print_table, Forward, OpShare, Report, Vanilla};
+use super::cpu_report::{print_table, Decode, Forward, OpShare, Report, Vanilla};
 use crate::cli::compress::{
     compress_file, AllocationArg, CalibArgs, CompressArgs, MethodArg, PatternArg, QuantArg,
     SparsityRuleArg,
@@ -22,7 +24,7 @@ use crate::cli::progress_bar;
 use crate::cpu::{par, peak, profile};
 use crate::data::Dataset;
 use crate::model::{ModelFile, Storage, Weights};
-use crate::reference::Transformer;
+use crate::reference::{KvCache, Transformer};
 use crate::tokenizer::Tokenizer;
 use crate::train::{self, Prepared, StepReport};
 use crate::tune::{self as run, TuneOptions, TuneSettings};
@@ -47,6 +49,10 @@ pub(crate) struct Args {
     forward_rows: usize,
     #[arg(long, default_value_t = 3)]
     forward_rounds: usize,
+    /// Tokens decoded one at a time (after a prompt of as many) per model and round of
+    /// the decoding comparison.
+    #[arg(long, default_value_t = 16)]
+    decode_tokens: usize,
     /// The LUC-compressed model of the forward comparison; made from --model (LUC, mean
     /// sparsity 0.5, 4 bits, RTN, as `bench tune` makes its edge model) when absent.
     #[arg(long, default_value = "runs/bench-tune/luc-s0.5-b4-Rtn.gguf")]
@@ -78,8 +84,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let data = train::prepare(&Dataset::load(&a.data)?, &tok, &settings.data_config)?;
     let (peak, isa) = peak::fma_peak(a.peak_s);
     let (f32_run, file_run, ops) = vanilla(&a, &file, &settings, &data, peak)?;
-    let forward = if a.no_forward {
-        Vec::new()
+    let (forward, decode) = if a.no_forward {
+        (Vec::new(), Vec::new())
     } else {
         let luc = luc_model(&a)?;
         let rows: Vec<&[u32]> = data
@@ -93,7 +99,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
             ("file", &file, Storage::File),
             ("luc", &luc, Storage::File),
         ];
-        forward_passes(&models, &rows, a.forward_rounds.max(1), peak)?
+        let built: Vec<Transformer<f32>> = models
+            .iter()
+            .map(|(_, f, s)| f.weights_as(*s).map(Transformer::new))
+            .collect::<Result<_>>()?;
+        let names: Vec<&str> = models.iter().map(|m| m.0).collect();
+        let rounds = a.forward_rounds.max(1);
+        (
+            forward_passes(&names, &built, &rows, rounds, peak)?,
+            decode_passes(&names, &built, rows[0], a.decode_tokens.max(1), rounds)?,
+        )
     };
     let r = Report {
         threads: par::threads(),
@@ -115,6 +130,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             ..file_run
         },
         forward,
+        decode,
     };
     if a.json {
         println!(
@@ -239,19 +255,16 @@ fn vanilla(
 }
 
 /// The frozen-prefix forward (every block, no final norm or head) over `rows` on each
-/// model (name, file, storage): one untimed pass each, then `rounds` rounds of one timed
+/// model: one untimed pass each, then `rounds` rounds of one timed
 /// pass per model in turn; each model's best round is reported (the one least disturbed
 /// by other work on the machine), its speed relative to the first model's.
 fn forward_passes(
-    models: &[(&str, &ModelFile, Storage)],
+    names: &[&str],
+    built: &[Transformer<f32>],
     rows: &[&[u32]],
     rounds: usize,
     peak: f64,
 ) -> Result<Vec<Forward>> {
-    let built: Vec<Transformer<f32>> = models
-        .iter()
-        .map(|(_, f, s)| f.weights_as(*s).map(Transformer::new))
-        .collect::<Result<_>>()?;
     let pass = |m: &Transformer<f32>| {
         let n = m.w.config.n_layers;
         for r in rows {
@@ -278,11 +291,11 @@ fn forward_passes(
     }
     pb.finish_and_clear();
     let tokens: usize = rows.iter().map(|r| r.len()).sum();
-    let mut out: Vec<Forward> = models
+    let mut out: Vec<Forward> = names
         .iter()
-        .zip(&built)
+        .zip(built)
         .zip(&best)
-        .map(|(((name, ..), m), &(secs, flops))| {
+        .map(|((name, m), &(secs, flops))| {
             let gflops = flops / secs / 1e9;
             Forward {
                 model: name.to_string(),
@@ -304,6 +317,62 @@ fn forward_passes(
         f.speed_vs_f32 = f.tokens_per_s / base;
     }
     Ok(out)
+}
+
+/// Decoding one token at a time with the KV cache, through the head, on each model: the
+/// first `tokens` of `row` as the prompt (untimed), then its next `tokens` one by one
+/// (timed; tokens of the row, not sampled, so every model decodes the same). Models take
+/// turns for `rounds` rounds; each one's best round counts.
+fn decode_passes(
+    names: &[&str],
+    built: &[Transformer<f32>],
+    row: &[u32],
+    tokens: usize,
+    rounds: usize,
+) -> Result<Vec<Decode>> {
+    if row.len() < 2 * tokens {
+        return Err(Error::Data(format!(
+            "decoding {tokens} tokens after a prompt of as many needs a row of {} tokens; \
+             the first has {}",
+            2 * tokens,
+            row.len()
+        )));
+    }
+    let (prompt, next) = (&row[..tokens], &row[tokens..2 * tokens]);
+    let mut best = vec![f64::INFINITY; built.len()];
+    let pb = progress_bar((rounds * built.len()) as u64, "bench cpu (decoding)");
+    for round in 0..rounds {
+        for (i, m) in built.iter().enumerate() {
+            let mut cache = KvCache::new(m.w.config.n_layers);
+            std::hint::black_box(m.logits(prompt, Some(&mut cache)));
+            let t0 = web_time::Instant::now();
+            for &t in next {
+                std::hint::black_box(m.logits(&[t], Some(&mut cache)));
+            }
+            best[i] = best[i].min(t0.elapsed().as_secs_f64());
+            pb.set_position((round * built.len() + i + 1) as u64);
+        }
+    }
+    pb.finish_and_clear();
+    let base = tokens as f64 / best[0];
+    Ok(names
+        .iter()
+        .zip(built)
+        .zip(&best)
+        .map(|((name, m), &secs)| {
+            let tokens_per_s = tokens as f64 / secs;
+            let bytes = m.w.bytes() as u64;
+            Decode {
+                model: name.to_string(),
+                weight_bytes: bytes,
+                tokens,
+                ms_per_token: 1e3 * secs / tokens as f64,
+                tokens_per_s,
+                weight_gbps: bytes as f64 * tokens_per_s / 1e9,
+                speed_vs_f32: tokens_per_s / base,
+            }
+        })
+        .collect())
 }
 
 /// The LUC model of the forward comparison: `--luc-model` when it exists, else made from

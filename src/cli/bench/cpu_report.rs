@@ -49,6 +49,20 @@ pub(super) struct Forward {
     pub speed_vs_f32: f64,
 }
 
+/// Token-by-token decoding with the KV cache, through the head (chat, `eval-mc`'s choices).
+#[derive(Serialize)]
+pub(super) struct Decode {
+    pub model: String,
+    pub weight_bytes: u64,
+    /// Tokens decoded (timed).
+    pub tokens: usize,
+    pub ms_per_token: f64,
+    pub tokens_per_s: f64,
+    /// The weights' bytes read per second (each token reads every weight once).
+    pub weight_gbps: f64,
+    pub speed_vs_f32: f64,
+}
+
 #[derive(Serialize)]
 pub(super) struct Report {
     pub threads: usize,
@@ -72,6 +86,8 @@ pub(super) struct Report {
     pub file_weights: Vanilla,
     /// The frozen-prefix forward: f32, file weights, LUC (empty with --no-forward).
     pub forward: Vec<Forward>,
+    /// Decoding one token at a time: f32, file weights, LUC (empty with --no-forward).
+    pub decode: Vec<Decode>,
 }
 
 fn mib(b: u64) -> f64 {
@@ -156,6 +172,23 @@ pub(super) fn print_table(r: &Report) {
             100.0 * f.share_of_peak,
             f.speed_vs_f32,
             f.weights
+        );
+    }
+    println!("\ndecoding one token at a time (KV cache, every block and the head):");
+    println!(
+        "{:<6} {:>10} {:>9} {:>10} {:>10} {:>12} {:>7}",
+        "model", "MiB", "tokens", "ms/token", "tokens/s", "weights GB/s", "× f32"
+    );
+    for d in &r.decode {
+        println!(
+            "{:<6} {:>10.1} {:>9} {:>10.2} {:>10.1} {:>12.1} {:>7.2}",
+            d.model,
+            mib(d.weight_bytes),
+            d.tokens,
+            d.ms_per_token,
+            d.tokens_per_s,
+            d.weight_gbps,
+            d.speed_vs_f32
         );
     }
 }
