@@ -19,6 +19,7 @@ pub mod peak;
 pub mod profile;
 pub mod rows;
 pub mod source;
+mod sparse;
 pub mod vmath;
 
 pub use alloc::keep_freed_memory;

@@ -11,6 +11,27 @@ pub trait RowSource: Sync {
     /// `out[i] = W[r][c0 + i]` for every `i < out.len()` (`r < rows`,
     /// `c0 + out.len() ≤ cols`).
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]);
+
+    /// The share of W's entries the format stores (1 for a dense one). Below
+    /// [`super::sparse::DENSITY_MAX`], products with W take its stored entries only
+    /// ([`RowSource::entries`]).
+    fn density(&self) -> f32 {
+        1.0
+    }
+
+    /// Appends to `out` the stored entries of row `r` in columns `c0..c1`, ascending, as
+    /// (column − c0, value): those of [`RowSource::row_into`] that the format stores
+    /// (a stored zero may be included; an entry left out must be zero).
+    fn entries(&self, r: usize, c0: usize, c1: usize, out: &mut Vec<(u32, f32)>) {
+        let mut row = vec![0.0f32; c1 - c0];
+        self.row_into(r, c0, &mut row);
+        out.extend(
+            row.iter()
+                .enumerate()
+                .filter(|(_, &v)| v != 0.0)
+                .map(|(c, &v)| (c as u32, v)),
+        );
+    }
 }
 
 /// Which product [`sgemm_rows`] makes with W.

@@ -10,7 +10,7 @@
 
 use super::gemm::{self, BFrom, Ptrs};
 pub use super::rows::{DenseRows, Op, RowSource};
-use super::{kernels, narrow, par};
+use super::{kernels, narrow, par, sparse};
 use std::cell::RefCell;
 
 /// Products of at most this many rows in the [`Op::Nt`] orientation run as dot products
@@ -65,6 +65,10 @@ pub fn sgemm_rows(
         rsc: u(rsc),
         csc: u(csc),
     };
+    if op == Op::Nt && csa == 1 && m > DOT_ROWS_MAX && w.density() <= sparse::DENSITY_MAX {
+        // SAFETY: A and C bounds checked above.
+        return unsafe { sparse::nt(p, w, (m, k, n), alpha, beta) };
+    }
     if op == Op::Nt && m <= DOT_ROWS_MAX && csa == 1 {
         // SAFETY: A and C bounds checked above.
         return unsafe { dot_rows(p, w, (m, k, n), alpha, beta) };

@@ -287,6 +287,24 @@ impl<'a> RowValues<'a> {
     }
 }
 
+impl Sparse24Matrix {
+    /// Calls `f(column, value)` for the stored entries of row `r` in columns `c0..c1`, in
+    /// order (the packer keeps each group's two offsets ascending; a group past k or with
+    /// fewer than two non-zeros stores zeros).
+    fn each_entry(&self, r: usize, c0: usize, c1: usize, mut f: impl FnMut(usize, f32)) {
+        let mut vals = RowValues::new(&self.values, r);
+        for g in c0 / 4..c1.div_ceil(4) {
+            let nib = (self.idx[r * self.idx_stride + g / 8] >> (4 * (g % 8))) as usize;
+            for (slot, i) in [(0, nib & 3), (1, (nib >> 2) & 3)] {
+                let c = 4 * g + i;
+                if (c0..c1).contains(&c) {
+                    f(c, vals.get(r * self.value_stride + 2 * g + slot, c));
+                }
+            }
+        }
+    }
+}
+
 impl RowSource for Sparse24Matrix {
     fn rows(&self) -> usize {
         self.n
@@ -296,16 +314,86 @@ impl RowSource for Sparse24Matrix {
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
         out.fill(0.0);
-        let mut vals = RowValues::new(&self.values, r);
-        let end = c0 + out.len();
-        for g in c0 / 4..end.div_ceil(4) {
-            let nib = (self.idx[r * self.idx_stride + g / 8] >> (4 * (g % 8))) as usize;
-            for (slot, i) in [(0, nib & 3), (1, (nib >> 2) & 3)] {
-                let c = 4 * g + i;
-                if (c0..end).contains(&c) {
-                    out[c - c0] = vals.get(r * self.value_stride + 2 * g + slot, c);
-                }
+        self.each_entry(r, c0, c0 + out.len(), |c, v| out[c - c0] = v);
+    }
+    fn density(&self) -> f32 {
+        0.5
+    }
+    fn entries(&self, r: usize, c0: usize, c1: usize, out: &mut Vec<(u32, f32)>) {
+        self.each_entry(r, c0, c1, |c, v| out.push(((c - c0) as u32, v)));
+    }
+}
+
+impl UnstructuredMatrix {
+    /// Calls `f(column, value)` for the stored entries of row `r` in columns `c0..c1`, in
+    /// order.
+    fn each_entry(&self, r: usize, c0: usize, c1: usize, mut f: impl FnMut(usize, f32)) {
+        let nb = self.blocks();
+        let masks = &self.masks[r * nb..(r + 1) * nb];
+        let first = c0 / SBLOCK;
+        let mut p = self.row_ptr[r] as usize;
+        p += masks[..first]
+            .iter()
+            .map(|m| m.count_ones() as usize)
+            .sum::<usize>();
+        let blocks = masks
+            .iter()
+            .enumerate()
+            .take(c1.div_ceil(SBLOCK))
+            .skip(first);
+        let v = &self.values;
+        if v.layout == ScaleLayout::Direct {
+            match v.ty {
+                ValueType::Int4 => return codes::<4>(v, r, c0..c1, p, blocks, f),
+                ValueType::Int8 => return codes::<8>(v, r, c0..c1, p, blocks, f),
+                ValueType::F32 => {}
             }
+        }
+        let mut vals = RowValues::new(v, r);
+        for (b, &mask) in blocks {
+            let mut m = mask;
+            while m != 0 {
+                let c = b * SBLOCK + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if (c0..c1).contains(&c) {
+                    f(c, vals.get(p, c));
+                }
+                p += 1;
+            }
+        }
+    }
+}
+
+/// [`UnstructuredMatrix::each_entry`] for `BITS`-bit codes with the row's own scales:
+/// decoded here (shifts by constants), the scale looked up once per group, each value the
+/// one `PackedValues::get` gives. `p` is the position of the first block's first entry.
+#[inline(always)]
+fn codes<'a, const BITS: usize>(
+    v: &PackedValues,
+    r: usize,
+    cols: std::ops::Range<usize>,
+    mut p: usize,
+    blocks: impl Iterator<Item = (usize, &'a u32)>,
+    mut f: impl FnMut(usize, f32),
+) {
+    let per = 32 / BITS;
+    let shift = (32 - BITS) as u32;
+    let (mut group, mut scale) = (usize::MAX, 0.0f32);
+    for (b, &mask) in blocks {
+        let mut m = mask;
+        while m != 0 {
+            let c = b * SBLOCK + m.trailing_zeros() as usize;
+            m &= m - 1;
+            if cols.contains(&c) {
+                if c / QCOLS != group {
+                    group = c / QCOLS;
+                    scale = v.scale(r, c);
+                }
+                let word = v.words[p / per] >> (BITS * (p % per));
+                let code = ((word << shift) as i32) >> shift;
+                f(c, code as f32 * scale);
+            }
+            p += 1;
         }
     }
 }
@@ -319,32 +407,18 @@ impl RowSource for UnstructuredMatrix {
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
         out.fill(0.0);
-        let nb = self.blocks();
-        let masks = &self.masks[r * nb..(r + 1) * nb];
-        let first = c0 / SBLOCK;
-        let mut p = self.row_ptr[r] as usize;
-        p += masks[..first]
-            .iter()
-            .map(|m| m.count_ones() as usize)
-            .sum::<usize>();
-        let mut vals = RowValues::new(&self.values, r);
-        let end = c0 + out.len();
-        for (b, &mask) in masks
-            .iter()
-            .enumerate()
-            .take(end.div_ceil(SBLOCK))
-            .skip(first)
-        {
-            let mut m = mask;
-            while m != 0 {
-                let c = b * SBLOCK + m.trailing_zeros() as usize;
-                m &= m - 1;
-                if (c0..end).contains(&c) {
-                    out[c - c0] = vals.get(p, c);
-                }
-                p += 1;
-            }
+        self.each_entry(r, c0, c0 + out.len(), |c, v| out[c - c0] = v);
+    }
+    fn density(&self) -> f32 {
+        // Positions held (each row's padded to a multiple of 8): a bound on the entries.
+        let all = self.rows * self.cols;
+        if all == 0 {
+            return 1.0;
         }
+        self.row_ptr[self.rows] as f32 / all as f32
+    }
+    fn entries(&self, r: usize, c0: usize, c1: usize, out: &mut Vec<(u32, f32)>) {
+        self.each_entry(r, c0, c1, |c, v| out.push(((c - c0) as u32, v)));
     }
 }
 
