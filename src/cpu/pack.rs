@@ -139,9 +139,19 @@ const TILE: usize = 8;
 /// # Safety
 /// Each source must hold `len` values; `dst` must hold (len − 1)·ld + srcs.len() values.
 pub(super) unsafe fn transpose(srcs: &[*const f32], len: usize, dst: *mut f32, ld: usize) {
-    let mut r0 = 0;
+    let done = transpose_wide(srcs, len, dst, ld);
+    scalar(&srcs[done..], 0..len, dst.add(done), ld);
+}
+
+/// The whole tiles of eight sources where the CPU has AVX; returns how many sources were
+/// done (0 elsewhere).
+///
+/// # Safety
+/// As [`transpose`].
+unsafe fn transpose_wide(srcs: &[*const f32], len: usize, dst: *mut f32, ld: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx") {
+        let mut r0 = 0;
         while r0 + TILE <= srcs.len() {
             let rows: [*const f32; TILE] = std::array::from_fn(|r| srcs[r0 + r]);
             let whole = len / TILE * TILE;
@@ -149,8 +159,10 @@ pub(super) unsafe fn transpose(srcs: &[*const f32], len: usize, dst: *mut f32, l
             scalar(&rows, whole..len, dst.add(r0), ld);
             r0 += TILE;
         }
+        return r0;
     }
-    scalar(&srcs[r0..], 0..len, dst.add(r0), ld);
+    let _ = (srcs, len, dst, ld);
+    0
 }
 
 /// [`transpose`] one value at a time, for the steps `range`.
