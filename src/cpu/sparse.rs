@@ -5,9 +5,9 @@
 //! values): against the dense GEMM over the decoded weight this kernel takes 1.9× as
 //! long at sparsity 0.5, 1.06× at 0.7, 0.96× at 0.8 and 0.83× at 0.9. Each stored entry
 //! costs a broadcast and four loads of Aᵀ for four multiply-adds, where the dense
-//! micro-kernel loads about one value per two multiply-adds, and it runs at about one
-//! entry per nine cycles, well below what its loads allow; so only weights with at most
-//! [`DENSITY_MAX`] of their entries stored take it (docs/results.md).
+//! micro-kernel loads about one value per two multiply-adds, so at sparsity 0.5 it could
+//! at best match the dense GEMM; only weights with at most [`DENSITY_MAX`] of their
+//! entries stored take it (docs/results.md).
 //!
 //! The dense GEMM broadcasts A and streams W; here W's entries are the broadcast side.
 //! A is transposed into tiles of [`MT`] rows (`at[c]` holds column c of A for the tile's
