@@ -435,6 +435,9 @@ export interface McResult {
   exits?: Array<{ after: number; accuracy: number; correct: number }>;
   /** With exits: every rule's accuracy. */
   votes?: Array<{ rule: VoteRule; accuracy: number; correct: number }>;
+  /** With exits: the error-weighted rule fitted leave-one-out (each exit weighted by its
+   *  accuracy on the other questions) and its answer per question. */
+  fitted?: { accuracy: number; correct: number; predictions: number[] };
 }
 
 export interface GenerateResult {

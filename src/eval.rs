@@ -436,6 +436,14 @@ pub struct ExitAccuracy {
     pub correct: usize,
 }
 
+/// Accuracy of the error-weighted rule fitted leave-one-out on the questions evaluated.
+#[derive(Clone, Debug, Serialize)]
+pub struct FittedAccuracy {
+    pub accuracy: f64,
+    pub correct: usize,
+    pub predictions: Vec<usize>,
+}
+
 /// Accuracy of one voting rule.
 #[derive(Clone, Debug, Serialize)]
 pub struct VoteAccuracy {
@@ -456,6 +464,8 @@ pub struct McVoteResult {
     pub exits: Vec<ExitAccuracy>,
     /// Every rule, in [`Vote::ALL`] order.
     pub votes: Vec<VoteAccuracy>,
+    /// The error-weighted rule fitted leave-one-out ([`vote::fitted_leave_one_out`]).
+    pub fitted: FittedAccuracy,
     /// The chosen rule's choice per question.
     pub predictions: Vec<usize>,
     /// Each question's summed log-likelihoods, `[question][exit][choice]`.
@@ -509,6 +519,9 @@ pub async fn eval_mc_vote(
         .iter()
         .find(|v| v.rule == rule)
         .map_or(0, |v| v.correct);
+    let answers: Vec<usize> = questions.iter().map(|q| q.answer).collect();
+    let fitted = vote::fitted_leave_one_out(&all_scores, &answers)?;
+    let fitted_correct = fitted.iter().zip(&answers).filter(|(p, a)| p == a).count();
     Ok(McVoteResult {
         rule,
         accuracy: frac(correct),
@@ -524,6 +537,11 @@ pub async fn eval_mc_vote(
             })
             .collect(),
         votes,
+        fitted: FittedAccuracy {
+            accuracy: frac(fitted_correct),
+            correct: fitted_correct,
+            predictions: fitted,
+        },
         predictions,
         scores: all_scores,
     })

@@ -19,7 +19,7 @@ use edge_llm::model::{LlamaConfig, ModelFile};
 use edge_llm::reference::{Lora, Transformer};
 use edge_llm::tokenizer::Tokenizer;
 use edge_llm::tolerance::Tol;
-use edge_llm::vote::{combine, pick, pick_log, resolve, Vote};
+use edge_llm::vote::{combine, fitted_leave_one_out, pick, pick_log, resolve, Vote};
 use pollster::block_on;
 use std::path::{Path, PathBuf};
 
@@ -150,11 +150,48 @@ fn names_parse_and_serialize() {
     }
     assert_eq!("MEAN".parse::<Vote>().unwrap(), Vote::Mean);
     assert!("median".parse::<Vote>().is_err());
-    assert_eq!(resolve(None, true).unwrap(), Some(Vote::Max));
+    assert_eq!(resolve(None, true).unwrap(), Some(Vote::Last));
     assert_eq!(resolve(Some(Vote::Last), true).unwrap(), Some(Vote::Last));
     assert_eq!(resolve(None, false).unwrap(), None);
     let e = resolve(Some(Vote::Mean), false).unwrap_err().to_string();
     assert!(e.contains("early exits"), "{e}");
+}
+
+#[test]
+fn the_fitted_rule_weighs_exits_by_their_accuracy_on_the_other_questions() {
+    // Log-likelihoods [exit][choice] for 3 choices: `sure(c)` puts the mass on choice c.
+    let sure =
+        |c: usize| -> Vec<f64> { (0..3).map(|i| if i == c { -0.1 } else { -5.0 }).collect() };
+    // Exit 0 always wrong (picks answer + 1), exit 1 always right: the fitted rule follows
+    // exit 1, whatever the order of the exits.
+    let answers = [0usize, 1, 2, 0, 1];
+    let good: Vec<Vec<Vec<f64>>> = answers
+        .iter()
+        .map(|&a| vec![sure((a + 1) % 3), sure(a)])
+        .collect();
+    assert_eq!(fitted_leave_one_out(&good, &answers).unwrap(), answers);
+    let flipped: Vec<Vec<Vec<f64>>> = good
+        .iter()
+        .map(|q| vec![q[1].clone(), q[0].clone()])
+        .collect();
+    assert_eq!(fitted_leave_one_out(&flipped, &answers).unwrap(), answers);
+    // Leave-one-out: exit 0 is right only on question 0 and exit 1 only on question 1, so
+    // on question 0 the weights come from question 1 alone (exit 1 right, exit 0 wrong):
+    // exit 1 decides, and is wrong there; a rule fitted on all questions would see both
+    // exits equal. The same on question 1, mirrored.
+    let answers = [0usize, 1];
+    let scores = vec![vec![sure(0), sure(2)], vec![sure(2), sure(1)]];
+    assert_eq!(fitted_leave_one_out(&scores, &answers).unwrap(), vec![2, 2]);
+    // No exit better than chance (1/3) on the other questions: the last exit decides.
+    let answers = [0usize, 0, 0];
+    let scores: Vec<Vec<Vec<f64>>> = (0..3).map(|_| vec![sure(1), sure(2)]).collect();
+    assert_eq!(
+        fitted_leave_one_out(&scores, &answers).unwrap(),
+        vec![2, 2, 2]
+    );
+    // Mismatched inputs are errors, not panics.
+    assert!(fitted_leave_one_out(&scores, &[0]).is_err());
+    assert!(fitted_leave_one_out(&[vec![sure(0)], vec![]], &[0, 0]).is_err());
 }
 
 // ---- The tiny model with exits ----
@@ -620,7 +657,7 @@ fn cli_eval_mc_and_generate_vote() {
         &mut |_, _, _| {},
     ))
     .unwrap();
-    for (rule, extra) in [(Vote::Max, None), (Vote::Majority, Some("majority"))] {
+    for (rule, extra) in [(Vote::Last, None), (Vote::Majority, Some("majority"))] {
         let mut args = base.to_vec();
         args.extend(["--adapter", adapter_s, "--json"]);
         if let Some(r) = extra {
@@ -646,7 +683,8 @@ fn cli_eval_mc_and_generate_vote() {
         "exit after block 2",
         "exit after block 4",
         "vote majority",
-        "by vote max",
+        "vote fitted",
+        "by vote last",
     ] {
         assert!(out.contains(s), "{s} not in {out}");
     }
@@ -665,7 +703,7 @@ fn cli_eval_mc_and_generate_vote() {
     let prompt = "the cat";
     let ids = tok.encode(prompt).unwrap();
     let stop = tok.stop_tokens();
-    for (rule, flag) in [(Vote::Max, None), (Vote::Last, Some("last"))] {
+    for (rule, flag) in [(Vote::Last, None), (Vote::Max, Some("max"))] {
         let want = block_on(generate_voted(
             &mut CpuLm::new(&m),
             &ids,

@@ -20,8 +20,9 @@ pub(crate) struct Args {
     #[arg(long)]
     limit: Option<usize>,
     /// Combine the early exits' answers by this rule (max, mean, majority, last;
-    /// default max when the adapter has exits), on the chosen --device. Every exit's
-    /// and every rule's accuracy is reported too.
+    /// default last when the adapter has exits), on the chosen --device. Every exit's
+    /// and every rule's accuracy is reported too, and an error-weighted rule's fitted
+    /// leave-one-out on the questions.
     #[arg(long)]
     vote: Option<crate::vote::Vote>,
     /// How each question is put to the model: wrapped as "Question: {question}\nAnswer:"
@@ -75,7 +76,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 "{}",
                 json!({"accuracy": r.accuracy, "n": r.n, "correct": r.correct,
                        "vote": r.rule, "exits": r.exits, "votes": r.votes,
-                       "predictions": r.predictions})
+                       "fitted": r.fitted, "predictions": r.predictions})
             );
         } else {
             for e in &r.exits {
@@ -90,6 +91,11 @@ pub(crate) fn run(a: Args) -> Result<()> {
                     v.rule, v.accuracy, v.correct, r.n
                 );
             }
+            println!(
+                "vote {:<15} accuracy {:.4} ({}/{}; exits weighted by their accuracy on \
+                 the other questions)",
+                "fitted", r.fitted.accuracy, r.fitted.correct, r.n
+            );
             println!(
                 "accuracy {:.4} ({}/{}) by vote {}",
                 r.accuracy, r.correct, r.n, r.rule

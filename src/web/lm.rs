@@ -12,7 +12,7 @@ use crate::data::Dataset;
 use crate::device::Choice;
 use crate::engine::GpuModel;
 use crate::eval::{self, CpuLm, Sampling};
-use crate::eval::{ExitAccuracy, VoteAccuracy};
+use crate::eval::{ExitAccuracy, FittedAccuracy, VoteAccuracy};
 use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::vote::Vote;
@@ -90,7 +90,7 @@ impl Engine {
 }
 
 impl WebLm {
-    /// The voting rule for `asked` (default max with exits); asking without exits is an
+    /// The voting rule for `asked` (default [`crate::vote::DEFAULT`] with exits); asking without exits is an
     /// error.
     fn vote_rule(&self, asked: Option<Vote>) -> crate::Result<Option<Vote>> {
         match (asked, self.engine.lm_ref().exits().is_empty()) {
@@ -99,7 +99,7 @@ impl WebLm {
                  the adapter with its {}",
                 adapter::EXITS_FILE
             ))),
-            (asked, false) => Ok(Some(asked.unwrap_or(Vote::Max))),
+            (asked, false) => Ok(Some(asked.unwrap_or(crate::vote::DEFAULT))),
             (None, true) => Ok(None),
         }
     }
@@ -169,8 +169,9 @@ impl WebLm {
     /// Zero-shot accuracy on the first `limit` questions of multiple-choice JSONL:
     /// `{accuracy, n, correct, seconds, device, questions: [{question, choices, answer,
     /// predicted, scores}]}`. With early exits the answer is voted by `vote`
-    /// (max, mean, majority, last; default max) and the result adds `vote`, `exits: [{after,
-    /// accuracy, correct}]`, `votes: [{rule, accuracy, correct}]` and per question
+    /// (max, mean, majority, last; default last) and the result adds `vote`, `exits: [{after,
+    /// accuracy, correct}]`, `votes: [{rule, accuracy, correct}]`, `fitted: {accuracy,
+    /// correct, predictions}` (the error-weighted rule fitted leave-one-out) and per question
     /// `exit_predictions`. Calls `progress(done, total, correct)` after each question.
     pub async fn eval_mc(
         &mut self,
@@ -223,6 +224,7 @@ impl WebLm {
                 vote: Some(r.rule),
                 exits: Some(&r.exits),
                 votes: Some(&r.votes),
+                fitted: Some(&r.fitted),
                 questions,
             });
         }
@@ -250,6 +252,7 @@ impl WebLm {
             vote: None,
             exits: None,
             votes: None,
+            fitted: None,
             questions,
         })
     }
@@ -370,6 +373,8 @@ struct McResult<'a> {
     exits: Option<&'a [ExitAccuracy]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     votes: Option<&'a [VoteAccuracy]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fitted: Option<&'a FittedAccuracy>,
     questions: Vec<QuestionResult<'a>>,
 }
 

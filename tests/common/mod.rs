@@ -157,6 +157,10 @@ pub fn assert_vote_report(obj: &serde_json::Value, want: &edge_llm::eval::McVote
             w.rule
         );
     }
+    assert_eq!(
+        obj["fitted"]["correct"].as_u64().unwrap(),
+        want.fitted.correct as u64
+    );
 }
 
 /// The generated tiny model (default spec: 2 blocks).

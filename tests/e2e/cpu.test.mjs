@@ -117,7 +117,7 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     assert.equal(await until(() => document.querySelector('#mc-status').dataset.accuracy !== undefined), 'ok');
     const rows = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll('#mc-exits tbody tr')]
       .map((tr) => [tr.dataset.key, Number(tr.dataset.accuracy)])));
-    assert.match(await page.textContent('#mc-status'), /voted by max over exits after blocks 1, 2 \(CPU\)/);
+    assert.match(await page.textContent('#mc-status'), /voted by last over exits after blocks 1, 2 \(CPU\)/);
     assert.equal(await page.getAttribute('#eval-model-status', 'data-device'), 'cpu');
     const cli = cliJson(['eval-mc', '--model', TINY, '--adapter', dir, '--data',
       path.join(ROOT, 'data', 'arc-easy', 'validation.jsonl'), '--limit', String(MC_QUESTIONS),
@@ -125,7 +125,8 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     if (cli) {
       const r = cli[cli.length - 1];
       assert.deepEqual(rows, Object.fromEntries([...r.exits.map((e) => [`exit-${e.after}`, e.accuracy]),
-        ...r.votes.map((v) => [`vote-${v.rule}`, v.accuracy])]), 'edge-llm eval-mc --vote --device cpu agrees');
+        ...r.votes.map((v) => [`vote-${v.rule}`, v.accuracy]), ['vote-fitted', r.fitted.accuracy]]),
+        'edge-llm eval-mc --vote --device cpu agrees');
     }
 
     // Chat on the CPU engine samples the voted distribution.
@@ -134,7 +135,7 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     await page.fill('#chat-max', String(CHAT_TOKENS));
     await page.click('#chat-send');
     assert.equal(await until(() => document.querySelector('#chat-status').dataset.tokens !== undefined), 'ok');
-    assert.equal(await page.getAttribute('#chat-status', 'data-vote'), 'max');
+    assert.equal(await page.getAttribute('#chat-status', 'data-vote'), 'last');
     assert.ok(Number(await page.getAttribute('#chat-status', 'data-tokens')) >= 1);
     assert.deepEqual(pageErrors, [], 'uncaught errors on the page');
   } finally {

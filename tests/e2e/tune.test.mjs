@@ -490,10 +490,10 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     const tuned = await mc();
     console.log(`edge accuracy on ${EDGE_MC_QUESTIONS} questions: ${JSON.stringify(tuned.rows)}; ${tuned.status}`);
     assert.deepEqual(Object.keys(tuned.rows),
-      ['exit-1', 'exit-2', 'vote-max', 'vote-mean', 'vote-majority', 'vote-last']);
-    assert.equal(tuned.accuracy, tuned.rows['vote-max'], 'the chosen rule (max) is the headline accuracy');
+      ['exit-1', 'exit-2', 'vote-max', 'vote-mean', 'vote-majority', 'vote-last', 'vote-fitted']);
+    assert.equal(tuned.accuracy, tuned.rows['vote-last'], 'the chosen rule (last, the default) is the headline accuracy');
     assert.equal(tuned.rows['vote-last'], tuned.rows['exit-2'], 'voting by the last exit is that exit alone');
-    assert.match(tuned.status, /voted by max over exits after blocks 1, 2 \(GPU\)/);
+    assert.match(tuned.status, /voted by last over exits after blocks 1, 2 \(GPU\)/);
     assert.equal(tuned.questions, EDGE_MC_QUESTIONS);
     assert.equal(await page.getAttribute('#eval-model-status', 'data-exits'), '1,2');
     // The CLI on the downloaded directory (exits.safetensors beside the PEFT pair) agrees.
@@ -503,7 +503,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     if (cli) {
       const r = cli[cli.length - 1];
       const rows = Object.fromEntries([...r.exits.map((e) => [`exit-${e.after}`, e.accuracy]),
-        ...r.votes.map((v) => [`vote-${v.rule}`, v.accuracy])]);
+        ...r.votes.map((v) => [`vote-${v.rule}`, v.accuracy]), ['vote-fitted', r.fitted.accuracy]]);
       assert.deepEqual(tuned.rows, rows, 'edge-llm eval-mc --vote on the downloaded adapter');
     }
 
@@ -513,7 +513,7 @@ test('edge mode: windows on the GPU, per-window losses, per-exit and voted accur
     await page.fill('#chat-max', String(CHAT_TOKENS));
     await page.click('#chat-send');
     assert.equal(await untilEval(() => document.querySelector('#chat-status').dataset.tokens !== undefined), 'ok');
-    assert.equal(await page.getAttribute('#chat-status', 'data-vote'), 'max');
+    assert.equal(await page.getAttribute('#chat-status', 'data-vote'), 'last');
     assert.ok(Number(await page.getAttribute('#chat-status', 'data-tokens')) >= 1);
 
     // The three downloaded files loaded back: the same accuracies, exit by exit.

@@ -146,10 +146,12 @@ function showExitAccuracy(r) {
   fillTable(table, [
     ...r.exits.map((e) => [`exit-${e.after}`, `Exit after block ${e.after} alone`, acc(e.accuracy, e.correct)]),
     ...r.votes.map((v) => [`vote-${v.rule}`, `Vote: ${v.rule}${v.rule === r.vote ? ' (chosen)' : ''}`, acc(v.accuracy, v.correct)]),
+    ['vote-fitted', 'Vote: exits weighted by their accuracy on the other questions', acc(r.fitted.accuracy, r.fitted.correct)],
   ]);
   for (const tr of table.querySelectorAll('tbody tr')) {
     const [kind, what] = tr.dataset.key.split('-');
-    const item = kind === 'exit' ? r.exits.find((e) => String(e.after) === what) : r.votes.find((v) => v.rule === what);
+    const item = kind === 'exit' ? r.exits.find((e) => String(e.after) === what)
+      : what === 'fitted' ? r.fitted : r.votes.find((v) => v.rule === what);
     tr.dataset.accuracy = String(item.accuracy);
     if (kind === 'vote' && what === r.vote) tr.classList.add('chosen');
   }

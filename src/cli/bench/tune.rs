@@ -29,7 +29,6 @@ use crate::tokenizer::Tokenizer;
 use crate::train::cpu::PrefixCache;
 use crate::train::{self, Backend, CpuBackend, StepReport, Trainer};
 use crate::tune::{self as run, TuneOptions, TuneSettings};
-use crate::vote::Vote;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -457,7 +456,7 @@ fn score(
                 lm,
                 tok,
                 questions,
-                Vote::Max,
+                crate::vote::DEFAULT,
                 &mut progress,
             ));
             voted(f?)
