@@ -141,6 +141,10 @@ test('tune in the browser: plan, train, reload and resume from IndexedDB, downlo
     assert.match(await page.textContent('#data-status'), /^song\.txt: [\d.]+ KiB of plain text, in \d+ pieces of up to 32 tokens → \d+ to train on/);
     const planned = Number(await page.getAttribute('#plan-table', 'data-total-bytes'));
     assert.ok(planned > 0, 'a memory plan');
+    // No speed probe on SwiftShader's WebGPU (it would take minutes with a real model): the
+    // page says why and what is faster.
+    await page.waitForFunction(() => /^No estimate: WebGPU here is a software renderer/
+      .test(document.querySelector('#estimate').textContent));
 
     // The base model's perplexity on the tuning text, to compare after tuning.
     // (The history of results lives in the page: the reload below clears it.)

@@ -231,7 +231,8 @@ test('an estimate before Start, smaller settings offered when it is hours; plain
     const steps = Number(await page.inputValue('#opt-steps'));
     assert.ok(steps >= 1 && steps < 100000000, `suggested ${steps} steps`);
     assert.equal(await page.inputValue('#opt-accum'), '1');
-    assert.ok(Number(await page.getAttribute('#estimate', 'data-seconds')) < 3600);
+    assert.equal(await page.inputValue('#opt-eval'), '0');
+    assert.ok(Number(await page.getAttribute('#estimate', 'data-seconds')) < 15 * 60);
 
     // A setting the engine refuses: plain words, the field outlined, no plan left beside it.
     await page.fill('#opt-rank', '2000');

@@ -19,6 +19,8 @@ export function setTuneState(state) {
   $('tune-download').disabled = !((tune.created && (state === 'paused' || state === 'done')) ||
     (tune.keptId !== null && !WORKING.includes(state)));
   $('resume-saved').disabled = busy || !model;
+  // The estimate's smaller settings apply to the next run, not to one that is going.
+  if ($('use-suggested')) $('use-suggested').disabled = busy;
   updateEvalControls();
   updateCompressControls();
 }

@@ -1,17 +1,19 @@
 // How long the chosen settings take, said before Start: the speed of these settings measured
 // on this device by a short probe in the worker (a trainer of its own for two steps of one
 // short row, freed after), times the tokens the run will train on; and smaller settings
-// offered when that is hours.
+// offered when that is more than a quarter of an hour.
 
 import { $ } from './ui.js';
-import { modelInfo, tune, call, BUSY } from './state.js';
+import { modelInfo, gpuDescription, tune, call, BUSY } from './state.js';
 
-/// From this long on, smaller settings are offered.
-const LONG_S = 3600;
+/// From this long on, smaller settings are offered (a first try should take minutes).
+const LONG_S = 15 * 60;
 /// The offered settings aim at about this long.
 const SUGGEST_S = 300;
-/// The probe's rows are at most this many tokens (a software GPU takes seconds per token).
-const PROBE_SEQ = 64;
+/// The probe's rows are at most this many tokens: about 3 s a step for SmolLM2-135M on a
+/// 2-core CPU. (Shorter rows ran slower per token: 29 tokens/s at 64 against 39 for the run's
+/// 245-token rows.)
+const PROBE_SEQ = 128;
 /// A validation row costs about a third of a training row (forward only).
 const VAL_COST = 1 / 3;
 /// The probe waits for the settings to rest this long (no probe per keystroke, none when
@@ -49,6 +51,15 @@ export async function showEstimate(data, options, info, plan, stale) {
   const probeOptions = { ...options, seq_len: Math.min(options.seq_len, PROBE_SEQ) };
   const key = JSON.stringify([modelInfo.name, modelInfo.bytes, plan.device, options.mode, probeOptions.seq_len,
     options.lora_rank, options.exit_stride, options.partial_layers, data.name, data.text.length, data.kind]);
+  if (plan.device === 'gpu' && gpuDescription?.device_type === 'Cpu') {
+    // WebGPU on a software adapter (SwiftShader): the probe alone would hold the engine for
+    // minutes, and the run is hundreds of times slower than on the CPU engine.
+    clearEstimate();
+    el.textContent = 'No estimate: WebGPU here is a software renderer, on which even a two-step probe takes ' +
+      'minutes; the CPU engine (Engine: auto, under Advanced settings) is far faster on this device.';
+    el.hidden = false;
+    return;
+  }
   if (!tune.probe || tune.probe.key !== key) {
     clearEstimate();
     el.textContent = 'Measuring the speed of these settings on this device…';
@@ -73,11 +84,15 @@ export async function showEstimate(data, options, info, plan, stale) {
   el.append(`${options.steps} steps take ${duration(seconds)} on this device ` +
     `(measured here: ${rate} tokens/s with these settings).`);
   if (seconds >= LONG_S) {
-    // One row per step, as many steps as fit in about SUGGEST_S.
-    const steps = Math.max(1, Math.min(options.steps, Math.floor((SUGGEST_S * tps) / rowTokens)));
-    const shorter = secondsFor({ ...options, steps, accum: 1 }, info.stats, tps).seconds;
+    // One row per step, the validation loss measured once (at the end), as many steps as
+    // fit in about SUGGEST_S.
+    let steps = Math.max(1, Math.min(options.steps, Math.floor((SUGGEST_S * tps) / rowTokens)));
+    const time = (n) => secondsFor({ ...options, steps: n, accum: 1, eval_every: 0 }, info.stats, tps).seconds;
+    while (steps > 1 && time(steps) > SUGGEST_S) steps = Math.floor(steps * 0.9);
+    const shorter = time(steps);
     el.classList.add('long');
-    el.append(` That is long for a first try: ${steps} steps of one row each take ${duration(shorter)}.`);
+    el.append(` That is long for a first try: ${steps} steps of one row each, with the validation loss ` +
+      `measured once at the end, take ${duration(shorter)}. `);
     const use = document.createElement('button');
     use.type = 'button';
     use.id = 'use-suggested';
@@ -86,6 +101,7 @@ export async function showEstimate(data, options, info, plan, stale) {
     use.addEventListener('click', () => {
       $('opt-steps').value = String(steps);
       $('opt-accum').value = '1';
+      $('opt-eval').value = '0';
       $('opt-steps').dispatchEvent(new Event('change'));
     });
     el.append(use);
