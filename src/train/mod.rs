@@ -123,7 +123,8 @@ pub trait Backend {
 }
 
 /// Checks the settings a user can get wrong (from the CLI's flags or the page's form), one
-/// message each in plain words, naming the setting as both the page and `tune --help` do.
+/// message each in plain words (no flags, no range syntax: the page shows them too), the
+/// setting named as the page's form names it.
 pub fn validate(lora: &LoraConfig, data: &DataConfig, train: &TrainConfig) -> Result<()> {
     let bad = |m: String| Err(crate::Error::Invalid(m));
     if lora.rank == 0 || lora.rank > 1024 {

@@ -4,7 +4,7 @@
 // once and the page starts again after it), the states are honest ('done' only when the run
 // has ended, the remaining time measured before it is guessed, counts while evaluating, chat
 // rates that are rates, the saved run's settings in the form after a reload), the estimate
-// before Start with smaller settings offered when it is hours, and settings errors in plain
+// before Start with smaller settings offered when it is long, and settings errors in plain
 // words beside their field.
 // Saves tests/e2e/artifacts/work-*.png. Needs www/pkg (scripts/build-wasm.sh).
 
@@ -211,7 +211,7 @@ test('honest states: measured before guessed, done only when ended, counts, rate
   }
 });
 
-test('an estimate before Start, smaller settings offered when it is hours; plain messages beside the field', async () => {
+test('an estimate before Start, smaller settings offered when it is long; plain messages beside the field', async () => {
   const context = await browser.newContext({ viewport: { width: 1100, height: 1000 } });
   const { page, errors } = await openRun(context);
   try {
