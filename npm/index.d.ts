@@ -190,6 +190,9 @@ export declare class Model {
   readonly inner: Raw.WebModel;
   readonly config: LlamaConfig;
   readonly fileBytes: number;
+  /** What the model is: the Hugging Face id of a file recognised by its sha256 (else null),
+   *  the file's own name (general.name) and the type of most of its weight bytes ("Q4_1"). */
+  readonly identity: { hf_id: string | null; name: string | null; weights: string | null };
   /** Whether the file is a compressed model (compress-then-tune needs one). */
   readonly compressed: boolean;
   /** The policy a compressed model was made with (null: not compressed). */

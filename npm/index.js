@@ -112,6 +112,11 @@ export class Model {
 
   get fileBytes() { return this.inner.file_bytes(); }
 
+  /// What the model is, for people: `{hf_id, name, weights}` (the Hugging Face id of a file
+  /// recognised by its sha256, else null; the file's own name; the main weight type, "Q4_1").
+  /// The first call hashes the file.
+  get identity() { return JSON.parse(this.inner.identity_json()); }
+
   /// Whether the file is a compressed model (`edge-llm compress`): compress-then-tune
   /// needs one.
   get compressed() { return this.inner.is_compressed(); }

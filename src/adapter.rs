@@ -113,10 +113,9 @@ const KNOWN_BASES: &[(&str, &str)] = &[(
     "HuggingFaceTB/SmolLM2-135M-Instruct",
 )];
 
-/// The adapter's `base_model_name_or_path`: the Hugging Face model id of a file recognised by
-/// its sha256, else the file's `general.name` (which a loader may not resolve: pass the id
-/// with `tune --base-model`), else "edge-llm-base".
-pub fn base_model_id(file: &crate::model::ModelFile) -> String {
+/// The Hugging Face model id of a GGUF file recognised by its sha256 (the default model),
+/// or None.
+pub fn known_base_id(file: &crate::model::ModelFile) -> Option<&'static str> {
     use sha2::{Digest, Sha256};
     let sum: String = Sha256::digest(&file.bytes)
         .iter()
@@ -125,7 +124,20 @@ pub fn base_model_id(file: &crate::model::ModelFile) -> String {
     KNOWN_BASES
         .iter()
         .find(|(s, _)| *s == sum)
-        .map(|(_, id)| (*id).to_owned())
+        .map(|(_, id)| *id)
+}
+
+/// The adapter's `base_model_name_or_path`: the Hugging Face model id of a file recognised by
+/// its sha256, else the file's `general.name` (which a loader may not resolve: pass the id
+/// with `tune --base-model`), else "edge-llm-base".
+pub fn base_model_id(file: &crate::model::ModelFile) -> String {
+    base_model_name(file, known_base_id(file))
+}
+
+/// [`base_model_id`] given the file's [`known_base_id`], worked out once by the caller.
+pub fn base_model_name(file: &crate::model::ModelFile, known: Option<&str>) -> String {
+    known
+        .map(str::to_owned)
         .or_else(|| gguf_model_name(&file.gguf).map(str::to_owned))
         .unwrap_or_else(|| "edge-llm-base".to_owned())
 }

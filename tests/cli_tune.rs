@@ -155,7 +155,10 @@ fn bad_tune_settings_are_refused() {
         "0",
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("--lora-rank"), "{err}");
+    assert!(
+        err.contains("LoRA rank must be between 1 and 1024"),
+        "{err}"
+    );
     let (code, _, err) = run_lines(&[
         "tune",
         "--model",

@@ -6,10 +6,12 @@
 // copy of the module and its own GPU device, so the page stays responsive. Checkpoints go
 // to IndexedDB, so a run survives a reload.
 //
-// Each section of the page is a module in ./page/: gpu, model, prompt, compress, tune (with
-// settings, plot and storage), eval and report. They share ui.js (helpers), state.js (what
-// the sections share), controls.js (which controls are enabled) and worker-client.js (the
-// one client of worker.js). This file wires them and starts the page.
+// The page leads with five steps (model, data, tune, try it, download); the device's WebGPU
+// details, the tokenizer viewer and compression are collapsed below them. Each section is a
+// module in ./page/: model, tune (with settings, estimate, plot and storage), eval, download,
+// report, and the advanced gpu, prompt and compress. They share ui.js (helpers), state.js
+// (what the sections share), controls.js (which controls are enabled) and worker-client.js
+// (the one client of worker.js). This file wires them and starts the page.
 
 import { $, showError, messageOf } from './page/ui.js';
 import { setWasm } from './page/state.js';

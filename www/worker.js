@@ -26,6 +26,7 @@ let running = false;
 let looping = false;
 let cancelling = false;
 let saveEvery = 0;
+const PROBE_STEPS = 2;
 
 function messageOf(e) {
   if (e instanceof WebAssembly.RuntimeError) {
@@ -176,6 +177,29 @@ const ops = {
       device: tuner.device,
       device_reason: tuner.deviceReason,
     };
+  },
+
+  /// The speed of these settings on this device, before a run: a trainer of its own for
+  /// PROBE_STEPS steps of one row each (the first pays for warming up), then freed.
+  /// `{tokens_per_s, step_ms, row_tokens}` of the last step; null when a run or an
+  /// evaluation holds the engine (its memory is not shared with a probe).
+  async probe({ name, text, kind, options }) {
+    if (!model) throw new Error('no model loaded');
+    if (looping || evalBusy || (tuner && !tunerDone)) return null;
+    const t = await model.tuner({ name, text, kind, options: { ...options, steps: PROBE_STEPS, accum: 1, eval_every: 0 } });
+    try {
+      let last = null;
+      for (let i = 0; i < PROBE_STEPS; i++) {
+        const t0 = performance.now();
+        const r = await t.runStep();
+        const ms = performance.now() - t0;
+        if (r.step === null) break;
+        last = { tokens_per_s: (r.tokens * 1000) / Math.max(ms, 1e-3), step_ms: ms, row_tokens: r.tokens };
+      }
+      return last;
+    } finally {
+      t.free();
+    }
   },
 
   run() {

@@ -99,7 +99,7 @@ mod f64_bits {
 pub fn exits_every(n_layers: usize, stride: usize) -> Result<Vec<usize>> {
     if stride == 0 || stride > n_layers {
         return Err(Error::Invalid(format!(
-            "exit stride (--exit-stride) {stride} must be in 1..={n_layers} (the model's blocks)"
+            "exit every must be between 1 and {n_layers} blocks, the model's blocks (it is {stride})"
         )));
     }
     let mut v: Vec<usize> = (1..=n_layers / stride).map(|k| k * stride).collect();

@@ -123,51 +123,52 @@ pub trait Backend {
 }
 
 /// Checks the settings a user can get wrong (from the CLI's flags or the page's form), one
-/// message each, naming the CLI flag.
+/// message each in plain words (no flags, no range syntax: the page shows them too), the
+/// setting named as the page's form names it.
 pub fn validate(lora: &LoraConfig, data: &DataConfig, train: &TrainConfig) -> Result<()> {
     let bad = |m: String| Err(crate::Error::Invalid(m));
     if lora.rank == 0 || lora.rank > 1024 {
         return bad(format!(
-            "LoRA rank (--lora-rank) {} must be in 1..=1024",
+            "the LoRA rank must be between 1 and 1024 (it is {})",
             lora.rank
         ));
     }
     if lora.targets.is_empty() {
-        return bad("LoRA needs at least one target projection (--lora-targets)".into());
+        return bad("LoRA needs at least one target projection (LoRA targets)".into());
     }
     if !(0.0..1.0).contains(&lora.dropout) {
         return bad(format!(
-            "LoRA dropout (--lora-dropout) {} must be in [0, 1)",
+            "the LoRA dropout must be at least 0 and below 1 (it is {})",
             lora.dropout
         ));
     }
     if !(train.lr > 0.0 && train.lr.is_finite()) {
         return bad(format!(
-            "learning rate (--lr) {} must be positive",
+            "the learning rate must be above 0 (it is {})",
             train.lr
         ));
     }
     if data.seq_len < 2 {
         return bad(format!(
-            "sequence length (--seq-len) {} must be at least 2",
+            "the sequence length must be at least 2 tokens (it is {})",
             data.seq_len
         ));
     }
     if train.max_steps == Some(0) {
-        return bad("steps (--steps) must be at least 1".into());
+        return bad("the steps must be at least 1".into());
     }
     if train.micro_batch == 0 || train.accum_steps == 0 {
-        return bad("batch (--batch) and accumulation (--accum) must be at least 1".into());
+        return bad("the batch and the rows per step (accumulation) must be at least 1".into());
     }
     if !(0.0..1.0).contains(&data.val_fraction) {
         return bad(format!(
-            "validation share (--val-fraction) {} must be in [0, 1)",
+            "the validation share must be at least 0 and below 1 (it is {})",
             data.val_fraction
         ));
     }
     if !(0.0..1.0).contains(&train.warmup_fraction) {
         return bad(format!(
-            "warm-up share (--warmup) {} must be in [0, 1)",
+            "the warm-up share must be at least 0 and below 1 (it is {})",
             train.warmup_fraction
         ));
     }

@@ -108,8 +108,8 @@ pub fn mode_layers(n_layers: usize, m: &ModeArgs) -> Result<ModeLayers> {
             let k = m.partial_layers;
             if k == 0 || k > n_layers {
                 return Err(Error::Invalid(format!(
-                    "partial layers (--partial-layers) {k} must be in 1..={n_layers} (the \
-                     model's blocks)"
+                    "the blocks to tune must be between 1 and {n_layers}, the model's blocks \
+                     (it is {k})"
                 )));
             }
             ModeLayers {
@@ -128,14 +128,14 @@ pub fn mode_layers(n_layers: usize, m: &ModeArgs) -> Result<ModeLayers> {
         Mode::Edge => {
             if !(m.depth_lr_power.is_finite() && m.depth_lr_power >= 0.0) {
                 return Err(Error::Invalid(format!(
-                    "window learning-rate power (--window-lr-power) {} must be a number \
-                     ≥ 0",
+                    "the window learning-rate depth power must be a number of at least 0 \
+                     (it is {})",
                     m.depth_lr_power
                 )));
             }
             if !(m.depth_steps_power.is_finite() && m.depth_steps_power >= 0.0) {
                 return Err(Error::Invalid(format!(
-                    "window steps power (--window-steps-power) {} must be a number ≥ 0",
+                    "the window steps depth power must be a number of at least 0 (it is {})",
                     m.depth_steps_power
                 )));
             }

@@ -79,15 +79,19 @@ impl Engine {
         }
     }
 
-    /// Positions per `append` in perplexity: the GPU model's scratch rows; the CLI's
-    /// chunk on the CPU.
+    /// Positions per `append` in perplexity, each followed by a progress count: the CLI's
+    /// chunk on the CPU, and on the GPU as many at most (its scratch rows may hold the whole
+    /// text, and a software adapter took minutes over it with no count shown).
     fn chunk(&self) -> usize {
         match self {
-            Engine::Gpu(m) => m.max_t(),
-            Engine::Cpu(_) => 64,
+            Engine::Gpu(m) => m.max_t().min(PROGRESS_CHUNK),
+            Engine::Cpu(_) => PROGRESS_CHUNK,
         }
     }
 }
+
+/// Perplexity's positions per forward pass (and per progress count) in the page.
+const PROGRESS_CHUNK: usize = 64;
 
 impl WebLm {
     /// The voting rule for `asked` (default [`crate::vote::DEFAULT`] with exits); asking without exits is an

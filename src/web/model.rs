@@ -22,8 +22,9 @@ pub struct WebModel {
     pub(super) model: ModelFile,
     /// Shared with the [`WebLm`]s built from this model.
     pub(super) tokenizer: Rc<Tokenizer>,
-    /// `base_model_name_or_path` of its adapters, worked out on first export.
-    pub(super) base_name: std::cell::OnceCell<String>,
+    /// The Hugging Face id of a file recognised by its sha256 (its adapters'
+    /// `base_model_name_or_path`), worked out on first use.
+    pub(super) known_base: std::cell::OnceCell<Option<&'static str>>,
 }
 
 /// Parses a GGUF file (the bytes of `models/default.gguf` or of a file the user picked).
@@ -34,7 +35,7 @@ pub fn load_model(bytes: Vec<u8>) -> Result<WebModel, JsError> {
     Ok(WebModel {
         model,
         tokenizer,
-        base_name: Default::default(),
+        known_base: Default::default(),
     })
 }
 
@@ -55,6 +56,30 @@ impl WebModel {
     /// compress-then-tune needs.
     pub fn is_compressed(&self) -> bool {
         crate::formats::packed::is_compressed(&self.model.gguf)
+    }
+
+    /// What the model is, for people, as JSON: `{hf_id, name, weights}`: the Hugging Face id
+    /// of a file recognised by its sha256 (null for others), the file's own
+    /// `general.name` (null without one), and the storage type of most of its weight bytes
+    /// ("Q4_1", "F32", …).
+    pub fn identity_json(&self) -> String {
+        let mut by_type: Vec<(crate::gguf::GgmlType, u64)> = Vec::new();
+        for t in &self.model.gguf.tensors {
+            match by_type.iter_mut().find(|(ty, _)| *ty == t.ty) {
+                Some((_, n)) => *n += t.n_bytes,
+                None => by_type.push((t.ty, t.n_bytes)),
+            }
+        }
+        let weights = by_type
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(ty, _)| ty.name());
+        serde_json::json!({
+            "hf_id": self.known_base(),
+            "name": adapter::gguf_model_name(&self.model.gguf),
+            "weights": weights,
+        })
+        .to_string()
     }
 
     /// Token ids of `text` (no special tokens added).
@@ -140,11 +165,16 @@ impl WebModel {
 }
 
 impl WebModel {
-    /// The adapters' `base_model_name_or_path` (the file's sha256 once, then kept).
+    /// The Hugging Face id of a file recognised by its sha256 (hashed once, then kept).
+    fn known_base(&self) -> Option<&'static str> {
+        *self
+            .known_base
+            .get_or_init(|| adapter::known_base_id(&self.model))
+    }
+
+    /// The adapters' `base_model_name_or_path`.
     pub(super) fn base_name(&self) -> String {
-        self.base_name
-            .get_or_init(|| adapter::base_model_id(&self.model))
-            .clone()
+        adapter::base_model_name(&self.model, self.known_base())
     }
 
     async fn build_lm(

@@ -12,7 +12,7 @@
 // cross-checks; writes www/models/tiny.gguf with it when missing.
 
 import { test, before, after } from 'node:test';
-import { WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm, untilIn } from './harness.mjs';
+import { ready, openAll, WWW, ARTIFACTS, TINY, serve, launchBrowser, ensureTinyModel, edgeLlm, untilIn } from './harness.mjs';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -142,7 +142,7 @@ test('compress in the page (LUC and uniform), match the CLI, refuse a bad policy
 
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     assert.equal(await page.getAttribute('#config-table', 'data-compressed'), 'false');
     // The calibration data: the user's file (picked as the tuning data).
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
@@ -342,6 +342,7 @@ test('cancel a compression: the loaded model stays', async () => {
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
     await page.waitForFunction(() => document.body.dataset.ready === 'true' && !document.querySelector('#cmp-run').disabled);
+    await openAll(page);
     // Enough work to cancel in the middle of: many long rows, the loss measured on all.
     await page.setInputFiles('#data-file', { name: 'long.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT.repeat(40)) });
     await page.fill('#cmp-rows', '64');

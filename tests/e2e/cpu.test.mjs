@@ -9,7 +9,7 @@
 
 import { test, before, after } from 'node:test';
 import {
-  ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, cliJson, checkNativeSteps,
+  ready, ROOT, WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ensureWebData, cliJson, checkNativeSteps,
   untilIn, downloadAdapter,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
@@ -55,7 +55,7 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
   const until = untilIn(page, ['#tune-error', '#eval-error'], { timeout: TIMEOUT_MS });
   try {
     await page.goto(`${base}?model=models/tiny.gguf`);
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     assert.equal(await page.inputValue('#opt-device'), 'auto');
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
     await page.selectOption('#opt-mode', 'edge');
@@ -94,7 +94,7 @@ test('the CPU engine in the page: auto picks it on a software adapter; edge tuni
     const saved = Number(await page.evaluate(() => document.body.dataset.savedStep));
     assert.ok(saved >= 1 && saved < STEPS, `paused at step ${saved} of ${STEPS}`);
     await page.reload();
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     await page.waitForSelector('#saved-run:not([hidden])');
     assert.equal(await page.inputValue('#opt-device'), 'auto', 'the saved run keeps its engine setting');
     await page.click('#resume-saved');
@@ -152,7 +152,7 @@ test('a static host without COOP/COEP headers: the CPU engine tunes on one threa
   const until = untilIn(page, ['#tune-error'], { timeout: TIMEOUT_MS });
   try {
     await page.goto(`${plain.base}?model=models/tiny.gguf`);
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
     await page.setInputFiles('#data-file', { name: 'song.txt', mimeType: 'text/plain', buffer: Buffer.from(TEXT) });
     await page.fill('#opt-steps', '2');

@@ -76,6 +76,19 @@ export async function serve(dir, { ms = 15_000, isolation = true, csp = true } =
   }
 }
 
+/// Opens every collapsed section of the page (advanced settings, device details, the
+/// tokenizer viewer, compression), as a user does before changing what is inside.
+export const openAll = (page) => page.evaluate(() => {
+  for (const d of document.querySelectorAll('details')) d.open = true;
+});
+
+/// Waits until the page is ready (model loaded, worker started), then opens its collapsed
+/// sections.
+export async function ready(page) {
+  await page.waitForFunction(() => document.body.dataset.ready === 'true');
+  await openAll(page);
+}
+
 /// Clicks the page's "Download adapter", takes its one download (a zip), unpacks it into
 /// `dir` and returns the files it held, by name ({ name: Buffer }).
 export async function downloadAdapter(page, dir) {
@@ -188,4 +201,20 @@ export function checkNativeSteps(flags, train, what, { device = 'gpu', rel = LOS
   });
   console.log(`native run (${what}): the same steps, windows and losses`);
   return steps;
+}
+
+/// Reads a safetensors file's header: {name: {dtype, shape, data_offsets}}.
+export function safetensorsHeader(buf) {
+  assert.ok(buf.length > 8, 'safetensors file too short');
+  const n = Number(buf.readBigUInt64LE(0));
+  assert.ok(n > 0 && 8 + n <= buf.length, `header length ${n} of a ${buf.length}-byte file`);
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const dataLen = buf.length - 8 - n;
+  for (const [name, t] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [a, b] = t.data_offsets;
+    assert.ok(a <= b && b <= dataLen, `${name}: offsets ${a}..${b} outside ${dataLen} data bytes`);
+    assert.equal(b - a, 4 * t.shape.reduce((x, y) => x * y, 1), `${name}: size of ${t.dtype} ${t.shape}`);
+  }
+  return header;
 }

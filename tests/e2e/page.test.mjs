@@ -1,14 +1,16 @@
 // The page end to end: serve www/ as scripts/run.sh does (scripts/serve.py on a free
 // loopback port), open it in headless Chromium with WebGPU (SwiftShader), and check
-// that the adapter, the default model's configuration and the tokenized prompt appear; a
-// bad model file and a browser without WebGPU give plain messages with what to do; nothing
+// that the adapter, the default model's configuration and the tokenized prompt appear; the
+// page leads with its five steps (model, data, tune, try, download) and keeps the expert
+// parts collapsed, at desktop and phone widths; a bad model file (which keeps the loaded
+// model) and a browser without WebGPU give plain messages with what to do; nothing
 // leaves the tab (the Content-Security-Policy blocks connections to another origin from the
 // page and from its workers).
 // Saves tests/e2e/artifacts/page.png and no-webgpu.png. Needs www/pkg (scripts/build-wasm.sh) and
 // www/models/default.gguf (scripts/run.sh or scripts/test.sh link it).
 
 import { test, before, after } from 'node:test';
-import { WWW, ARTIFACTS, serve, launchBrowser } from './harness.mjs';
+import { ready, openAll, WWW, ARTIFACTS, serve, launchBrowser } from './harness.mjs';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -81,7 +83,9 @@ test('the page shows the WebGPU adapter, the model configuration and the tokeniz
     assert.equal(ids.length, withChat);
     assert.ok(ids.every((id) => Number.isInteger(id) && id >= 0 && id < 49152), `ids ${ids}`);
 
-    // Without the ChatML wrapper the same prompt has fewer tokens.
+    // Without the ChatML wrapper the same prompt has fewer tokens (in the tokenizer viewer,
+    // one of the collapsed sections).
+    await openAll(page);
     await page.uncheck('#chatml');
     await page.waitForFunction((n) => {
       const m = document.querySelector('#token-count').textContent.match(/^(\d+) tokens?$/);
@@ -90,7 +94,7 @@ test('the page shows the WebGPU adapter, the model configuration and the tokeniz
     await page.check('#chatml');
     await page.waitForFunction((n) => document.querySelector('#token-count').textContent === `${n} tokens`, withChat);
 
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     for (const box of ['#gpu-error', '#model-error', '#tokenizer-error']) {
       assert.equal(await page.isHidden(box), true, `${box}: ${await page.textContent(box)}`);
     }
@@ -104,14 +108,59 @@ test('the page shows the WebGPU adapter, the model configuration and the tokeniz
   }
 });
 
-test('a file that is not GGUF gives a plain message, and a good file picked from disk loads', async () => {
+test('one obvious path: the five steps first, the expert parts collapsed below, usable at phone width', async () => {
+  for (const [width, height, shot] of [[1100, 900, 'flow-desktop.png'], [390, 844, 'flow-phone.png']]) {
+    const page = await browser.newPage({ viewport: { width, height } });
+    page.setDefaultTimeout(PAGE_TIMEOUT_MS);
+    try {
+      await page.goto(`${base}?model=models/tiny.gguf`);
+      await page.waitForFunction(() => document.body.dataset.ready === 'true' &&
+        !document.querySelector('#tune-start').disabled);
+      const r = await page.evaluate(() => {
+        // Inside a closed <details> an element is laid out but not rendered.
+        const shown = (sel) => document.querySelector(sel).checkVisibility();
+        return {
+          sections: [...document.querySelectorAll('main > section')].map((e) => e.id),
+          steps: [...document.querySelectorAll('main > section h2 .step')].map((e) => e.textContent),
+          shown: Object.fromEntries(['#model-status', '#data-file', '#opt-steps', '#tune-start', '#chat-send',
+            '#tune-download', '#gpu-table', '#prompt', '#compress-box', '#opt-lr', '#opt-mode', '#config-table']
+            .map((sel) => [sel, shown(sel)])),
+          overflow: document.documentElement.scrollWidth - window.innerWidth,
+          height: document.documentElement.scrollHeight,
+          startTop: document.querySelector('#tune-start').getBoundingClientRect().top,
+        };
+      });
+      console.log(`${width} px wide: page ${r.height} px long, Start at ${Math.round(r.startTop)} px`);
+      assert.deepEqual(r.sections, ['model-section', 'data-section', 'tune-section', 'eval-section', 'download-section',
+        'gpu-section', 'tokenizer-section', 'compress-section']);
+      assert.deepEqual(r.steps, ['1', '2', '3', '4', '5']);
+      for (const sel of ['#model-status', '#data-file', '#opt-steps', '#tune-start', '#chat-send', '#tune-download']) {
+        assert.equal(r.shown[sel], true, `${sel} is on the path`);
+      }
+      for (const sel of ['#gpu-table', '#prompt', '#compress-box', '#opt-lr', '#opt-mode', '#config-table']) {
+        assert.equal(r.shown[sel], false, `${sel} is collapsed`);
+      }
+      assert.ok(r.overflow <= 0, `${r.overflow} px wider than the screen`);
+      fs.mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: path.join(ARTIFACTS, shot), fullPage: true });
+    } finally {
+      await page.close();
+    }
+  }
+});
+
+test('a file that is not GGUF gives a plain message and keeps the model; a good file picked from disk loads', async () => {
   const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.setDefaultTimeout(PAGE_TIMEOUT_MS);
   try {
     await page.goto(base);
-    await page.waitForSelector('#config-table [data-key=n_layers]');
+    await ready(page);
+    const loaded = await page.textContent('#model-status');
+    // The default model, named by what it is (recognised by its file's sha256).
+    assert.match(loaded, /^Loaded SmolLM2-135M-Instruct \(Q4_1, \d+ MB\)\.$/);
+    assert.equal(await page.textContent('#config-table [data-key=hf_id] td'), 'HuggingFaceTB/SmolLM2-135M-Instruct');
 
     await page.setInputFiles('#model-file', {
       name: 'notes.gguf',
@@ -121,12 +170,16 @@ test('a file that is not GGUF gives a plain message, and a good file picked from
     await page.waitForSelector('#model-error:not([hidden])');
     const message = await page.textContent('#model-error');
     assert.match(message, /^Could not load notes\.gguf: /);
+    assert.match(message, /The model loaded before, SmolLM2-135M-Instruct \(Q4_1, \d+ MB\), is still the one in use/);
     assert.doesNotMatch(message, /internal error/, 'a bad file must be an error, not a panic');
-    assert.equal(await page.isHidden('#config-table'), true);
-    assert.equal(await page.locator('#tokens .token').count(), 0);
+    // Nothing changed: the model, its configuration and the prompt's tokens stay.
+    assert.equal(await page.textContent('#model-status'), loaded);
+    assert.equal(await page.isHidden('#config-table'), false);
+    assert.ok(await page.locator('#tokens .token').count() > 0);
 
     await page.setInputFiles('#model-file', path.join(WWW, 'models', 'default.gguf'));
-    await page.waitForFunction(() => document.querySelector('#model-status').textContent === 'Loaded default.gguf.');
+    await page.waitForFunction(() => document.querySelector('#model-status').dataset.file === 'default.gguf' &&
+      /^Loaded /.test(document.querySelector('#model-status').textContent));
     assert.equal(await page.isHidden('#model-error'), true);
     assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '30');
     await page.waitForSelector('#tokens .token');
@@ -150,11 +203,11 @@ test('without WebGPU: plain messages with what to do, the model loads, tuning ru
   page.setDefaultTimeout(PAGE_TIMEOUT_MS);
   try {
     await page.goto(base);
-    await page.waitForFunction(() => document.body.dataset.ready === 'true');
+    await ready(page);
     assert.equal(await page.textContent('#gpu-status'), 'No WebGPU.');
     assert.match(await page.textContent('#gpu-error'), /does not offer WebGPU .* Use a current Chrome or Edge/);
     // The model is read without a GPU (configuration and tokenizer run in wasm on the CPU).
-    assert.equal(await page.textContent('#model-status'), 'Loaded models/default.gguf.');
+    assert.match(await page.textContent('#model-status'), /^Loaded SmolLM2-135M-Instruct \(Q4_1, \d+ MB\)\.$/);
     assert.equal(await page.textContent('#config-table [data-key=n_layers] td'), '30');
     // The engine rule picks the CPU engine and says why, without wgpu's list of backends.
     await page.waitForFunction(() => /^Runs on the CPU engine/.test(document.querySelector('#plan-status').textContent));

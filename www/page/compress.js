@@ -4,7 +4,7 @@
 // place of the original.
 
 import { $, showError, messageOf, mib, fillTable, clock } from './ui.js';
-import { model, modelInfo, tune, cmp } from './state.js';
+import { model, modelInfo, tune, cmp, BUSY } from './state.js';
 import { workerClient } from './worker-client.js';
 import { setTuneState, updateCompressControls } from './controls.js';
 import { dataSource, currentData, builtinData } from './settings.js';
@@ -91,7 +91,7 @@ function onCompressEvent(m) {
 async function runCompressJob(op) {
   showError('cmp-error', '');
   if (cmp.job) return;
-  if (['starting', 'running', 'pausing', 'paused'].includes(tune.state)) {
+  if (BUSY.includes(tune.state)) {
     showError('cmp-error', 'A tuning run is in progress: cancel it or let it finish before compressing.');
     return;
   }

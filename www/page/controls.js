@@ -2,13 +2,13 @@
 // and a compression exclude one another.
 
 import { $, showError } from './ui.js';
-import { model, tune, cmp, evalState } from './state.js';
+import { model, tune, cmp, evalState, BUSY, WORKING } from './state.js';
 
 /// The run's state: the tune section's buttons, then every other section's that depend on it.
 export function setTuneState(state) {
   tune.state = state;
   document.body.dataset.tuneState = state;
-  const busy = ['starting', 'running', 'pausing', 'paused'].includes(state);
+  const busy = BUSY.includes(state);
   $('data-box').disabled = busy;
   $('settings-box').disabled = busy;
   // A compression ends by loading its model into the worker: no run starts meanwhile.
@@ -16,8 +16,11 @@ export function setTuneState(state) {
   $('tune-pause').disabled = state !== 'running';
   $('tune-resume').disabled = state !== 'paused';
   $('tune-cancel').disabled = !(state === 'running' || state === 'paused');
-  $('tune-download').disabled = !(tune.created && (state === 'paused' || state === 'done'));
+  $('tune-download').disabled = !((tune.created && (state === 'paused' || state === 'done')) ||
+    (tune.keptId !== null && !WORKING.includes(state)));
   $('resume-saved').disabled = busy || !model;
+  // The estimate's smaller settings apply to the next run, not to one that is going.
+  if ($('use-suggested')) $('use-suggested').disabled = busy;
   updateEvalControls();
   updateCompressControls();
 }
@@ -27,7 +30,7 @@ export function showTuneError(message) {
 }
 
 export function updateEvalControls() {
-  const tuningBusy = ['starting', 'running', 'pausing'].includes(tune.state);
+  const tuningBusy = WORKING.includes(tune.state);
   const tunedRadio = document.querySelector('input[name=eval-source][value=tuned]');
   tunedRadio.disabled = !(tune.created && ['paused', 'done'].includes(tune.state));
   if (tunedRadio.disabled && tunedRadio.checked) {
@@ -41,7 +44,7 @@ export function updateEvalControls() {
 }
 
 export function updateCompressControls() {
-  const tuningBusy = ['starting', 'running', 'pausing', 'paused'].includes(tune.state);
+  const tuningBusy = BUSY.includes(tune.state);
   const running = cmp.state === 'running';
   document.body.dataset.compressState = cmp.state;
   const off = !model || running || tuningBusy;

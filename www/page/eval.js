@@ -2,8 +2,8 @@
 // the tuned adapter or one from disk. They run in the same worker as tuning, on a model
 // built with the chosen adapter (the worker rebuilds it only when that changes).
 
-import { $, showError, messageOf, mib, fillTable } from './ui.js';
-import { modelInfo, evalState, call } from './state.js';
+import { $, showError, messageOf, mib, fillTable, clock } from './ui.js';
+import { modelInfo, evalState, tune, call } from './state.js';
 import { updateEvalControls } from './controls.js';
 import { currentData } from './settings.js';
 
@@ -41,6 +41,8 @@ async function evalTask(fn) {
   showError('eval-error', '');
   updateEvalControls();
   try {
+    // A speed probe in the worker ends first.
+    if (tune.probing) await tune.probing;
     await fn();
   } catch (e) {
     showError('eval-error', messageOf(e));
@@ -76,8 +78,8 @@ async function onPerplexity() {
     if (!Number.isInteger(maxTokens) || maxTokens < 2) throw new Error('Tokens must be a whole number of at least 2.');
     const { name, text } = await pplText();
     const source = evalSource();
-    $('ppl-status').textContent = `Scoring ${name} with the ${SOURCE_LABELS[source]}…`;
-    const r = await call('perplexity', { source, text, max_tokens: maxTokens, device: device() });
+    const r = await ticking('ppl-status', `Scoring up to ${maxTokens} tokens of ${name} with the ${SOURCE_LABELS[source]}`,
+      () => call('perplexity', { source, text, max_tokens: maxTokens, device: device() }));
     showEvalModel(r);
     const line = `${SOURCE_LABELS[source]}: perplexity ${r.perplexity.toFixed(3)} on ${name} ` +
       `(${r.tokens} tokens, ${r.seconds.toFixed(1)} s)`;
@@ -106,9 +108,9 @@ async function onMc() {
       evalState.mcQuestions = await r.text();
     }
     const source = evalSource();
-    $('mc-status').textContent = `Scoring ${limit} questions with the ${SOURCE_LABELS[source]}…`;
     delete $('mc-status').dataset.accuracy;
-    const r = await call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value, device: device() });
+    const r = await ticking('mc-status', `Scoring ${limit} questions with the ${SOURCE_LABELS[source]}: 0 of ${limit}`,
+      () => call('evalMc', { source, jsonl: evalState.mcQuestions, limit, vote: $('eval-vote').value, device: device() }));
     showEvalModel(r);
     const voted = r.vote ? ` voted by ${r.vote} over exits after blocks ${r.exits.map((e) => e.after).join(', ')} (${r.device.toUpperCase()})` : '';
     $('mc-status').textContent = `${SOURCE_LABELS[source]}${voted}: accuracy ${r.accuracy.toFixed(3)} ` +
@@ -187,14 +189,12 @@ async function onChat() {
     evalState.pieces = 0;
     out.dataset.pieces = '0';
     const source = evalSource();
-    $('chat-status').textContent = `Generating with the ${SOURCE_LABELS[source]}…`;
-    const r = await call('generate', { source, prompt, options, device: device() });
+    const r = await ticking('chat-status', `Generating with the ${SOURCE_LABELS[source]}`,
+      () => call('generate', { source, prompt, options, device: device() }));
     showEvalModel(r);
     reply.textContent = r.text;  // the streamed pieces joined, made exact
     const st = $('chat-status');
-    st.textContent = `${r.tokens} tokens in ${r.seconds.toFixed(2)} s: ${r.tokens_per_s.toFixed(1)} tokens/s ` +
-      `(${r.decode_tokens_per_s.toFixed(1)} tokens/s after the ${r.prompt_tokens}-token prompt's ` +
-      `${r.prefill_seconds.toFixed(2)} s)${r.vote ? `, sampled from the exits' distributions voted by ${r.vote} on the ${r.device.toUpperCase()}` : ''}.`;
+    st.textContent = `${chatSpeed(r)}${r.vote ? `, sampled from the exits' distributions voted by ${r.vote} on the ${r.device.toUpperCase()}` : ''}.`;
     st.dataset.vote = r.vote ?? '';
     st.dataset.tokens = String(r.tokens);
     st.dataset.tokensPerS = String(r.tokens_per_s);
@@ -203,16 +203,60 @@ async function onChat() {
   });
 }
 
+/// Chat's speed in words, with no rate that is not one: the reply's tokens after the first
+/// (the first waits for the whole prompt), or the time alone for a one-token reply.
+function chatSpeed(r) {
+  const rate = (t) => (t < 10 ? t.toFixed(2) : t.toFixed(1));
+  const time = (s) => (s < 0.1 ? `${Math.max(1, Math.round(s * 1000))} ms` : `${s.toFixed(2)} s`);
+  const prompt = `the ${r.prompt_tokens}-token prompt took ${time(r.prefill_seconds)}`;
+  if (r.tokens === 0) return `No reply: the model ended its turn at once (${time(r.seconds)})`;
+  if (r.decode_tokens_per_s > 0) {
+    return `${r.tokens} tokens in ${time(r.seconds)}: ${rate(r.decode_tokens_per_s)} tokens/s after the first (${prompt})`;
+  }
+  return `${r.tokens} token${r.tokens === 1 ? '' : 's'} in ${time(r.seconds)} (${prompt})`;
+}
+
+/// Runs `work` with `id`'s status saying what runs and for how long, from its first moment;
+/// progress events replace the count (onEvalEvent) and keep the clock.
+async function ticking(id, what, work) {
+  const el = $(id);
+  const t0 = performance.now();
+  el.dataset.what = what;
+  el.dataset.count = '';
+  const show = () => {
+    el.textContent = `${el.dataset.count ? `${what.replace(/: 0 of \d+$/, '')}: ${el.dataset.count}` : what}` +
+      ` · ${clock(performance.now() - t0)}…`;
+  };
+  show();
+  const timer = setInterval(show, 1000);
+  showers.set(id, show);
+  try {
+    return await work();
+  } catch (e) {
+    el.textContent = `${what.replace(/: 0 of \d+$/, '')}: stopped (the reason is above).`;
+    throw e;
+  } finally {
+    clearInterval(timer);
+    showers.delete(id);
+  }
+}
+const showers = new Map();
+
 export function onEvalEvent(m) {
   if (m.event === 'token') {
     const reply = $('chat-reply');
     if (reply) reply.textContent += m.text;
     evalState.pieces += 1;
     $('chat-output').dataset.pieces = String(evalState.pieces);
+    const st = $('chat-status');
+    st.dataset.count = `${$('chat-reply')?.textContent.length ?? 0} characters so far`;
+    showers.get('chat-status')?.();
   } else if (m.what === 'perplexity') {
-    $('ppl-status').textContent = `Scoring: ${m.done} of ${m.total} tokens…`;
+    $('ppl-status').dataset.count = `${m.done} of ${m.total} tokens`;
+    showers.get('ppl-status')?.();
   } else if (m.what === 'mc') {
-    $('mc-status').textContent = `Scoring: ${m.done} of ${m.total} questions, ${m.correct} right so far…`;
+    $('mc-status').dataset.count = `${m.done} of ${m.total} questions, ${m.correct} right so far`;
+    showers.get('mc-status')?.();
   }
 }
 

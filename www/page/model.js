@@ -1,9 +1,11 @@
 // The model section: the default model (fetched with progress) or a .gguf picked from disk,
-// and its configuration. The other sections hear of each loaded model through
-// `onModelLoaded`.
+// named by what it is, and its configuration. A file that does not load leaves the loaded
+// model (and everything made with it) as it was. The other sections hear of each loaded
+// model through `onModelLoaded`.
 
-import { $, showError, messageOf, mib, fillTable, nextFrame } from './ui.js';
-import { wasm, model, setModel, setModelInfo, tune, cmp } from './state.js';
+import { $, showError, messageOf, mib, megabytes, fillTable, nextFrame } from './ui.js';
+import { wasm, model, modelInfo, setModel, setModelInfo, tune, cmp, BUSY } from './state.js';
+import { setTuneState } from './controls.js';
 
 // `?model=models/tiny.gguf` serves another model beside the page (tests use the tiny one).
 const DEFAULT_MODEL = new URLSearchParams(location.search).get('model') || 'models/default.gguf';
@@ -62,29 +64,48 @@ async function fetchWithProgress(url) {
 /// Loads `bytes` as the page's model. `origin` ({name, load}) says where the uncompressed
 /// original comes from (compression reads it again); 'derived' keeps the current one (the
 /// model was compressed from it here).
+/// What a model is, in people's words: `{label, hfId}`, e.g. "SmolLM2-135M-Instruct
+/// (Q4_1, 98 MB)" for the default model (recognised by its file's sha256).
+function describe(m, fileName) {
+  let id = {};
+  try { id = m.identity; } catch { /* a name is all the label needs */ }
+  const what = id.hf_id ? id.hf_id.split('/').pop() : (id.name || fileName.split('/').pop());
+  const detail = [m.compressed ? 'compressed' : id.weights, megabytes(m.fileBytes)].filter(Boolean).join(', ');
+  return { label: `${what} (${detail})`, hfId: id.hf_id ?? null };
+}
+
+/// Loads `bytes` as the page's model. `origin` ({name, load}) says where the uncompressed
+/// original comes from (compression reads it again); 'derived' keeps the current one (the
+/// model was compressed from it here). A file that does not load changes nothing: the
+/// model loaded before stays, with its runs and adapters. Returns whether it loaded.
 export async function loadBytes(bytes, name, origin = null) {
   const status = $('model-status');
+  const before = { text: status.textContent, ok: status.classList.contains('ok') };
   status.classList.remove('ok');
   status.textContent = `Reading ${name} (${mib(bytes.length)})…`;
   showError('model-error', '');
   await nextFrame();
+  let next;
   try {
-    if (model) { model.free(); setModel(null); }
-    setModel(await wasm.loadModel(bytes));
+    next = await wasm.loadModel(bytes);
   } catch (e) {
-    status.textContent = 'No model loaded.';
-    $('config-table').hidden = true;
-    $('prompt').disabled = true;
-    $('tokens').replaceChildren();
-    $('token-count').textContent = 'Tokens appear here once a model is loaded.';
-    $('token-ids').textContent = '';
+    status.textContent = model ? before.text : 'No model loaded.';
+    status.classList.toggle('ok', Boolean(model) && before.ok);
     showError('model-error',
-      `Could not load ${name}: ${messageOf(e)}\nPick the GGUF file of a LLaMA-family model ` +
-      '(for example SmolLM2-135M-Instruct, Q4_1, Q8_0, F16 or F32).');
-    return;
+      `Could not load ${name}: ${messageOf(e)}\n${model
+        ? `The model loaded before, ${modelInfo.label}, is still the one in use.`
+        : 'Pick the GGUF file of a LLaMA-family model (for example SmolLM2-135M-Instruct, Q4_1, Q8_0, F16 or F32).'}`);
+    setTuneState(tune.state);
+    return false;
   }
+  if (model) model.free();
+  setModel(next);
   const config = model.config;
-  const rows = Object.entries(config).map(([k, v]) => [k, CONFIG_LABELS[k] ?? k, v]);
+  const { label, hfId } = describe(model, name);
+  const rows = [];
+  if (hfId) rows.push(['hf_id', 'Hugging Face model', hfId]);
+  rows.push(['file', 'File', name]);
+  rows.push(...Object.entries(config).map(([k, v]) => [k, CONFIG_LABELS[k] ?? k, v]));
   rows.push(['file_size', 'File size', mib(model.fileBytes)]);
   if (model.compressed) {
     let policy = null;
@@ -94,15 +115,18 @@ export async function loadBytes(bytes, name, origin = null) {
       : 'yes']);
   }
   fillTable($('config-table'), rows);
-  status.textContent = `Loaded ${name}.`;
+  $('model-progress').hidden = true;
+  status.textContent = `Loaded ${label}.`;
   status.classList.add('ok');
+  status.dataset.file = name;
   $('prompt').disabled = false;
   let policy = null;
   try { policy = model.policy; } catch { /* a damaged policy shows when the file is used */ }
-  setModelInfo({ name, bytes: bytes.length, config, compressed: model.compressed, policy });
+  setModelInfo({ name, label, hfId, bytes: bytes.length, config, compressed: model.compressed, policy });
   $('config-table').dataset.compressed = String(model.compressed);
   $('config-table').dataset.name = name;
   await loaded(bytes, origin);
+  return true;
 }
 
 export async function loadDefault() {
@@ -129,8 +153,8 @@ async function fetchBytes(url) {
 export async function loadPicked(event) {
   const file = event.target.files[0];
   if (!file) return;
-  if (['starting', 'running', 'pausing', 'paused'].includes(tune.state)) {
-    showError('model-error', 'A tuning run is in progress: cancel it before loading another model.');
+  if (BUSY.includes(tune.state)) {
+    showError('model-error', 'A tuning run is in progress: cancel it (or let it finish) before loading another model.');
     return;
   }
   $('model-progress').hidden = true;

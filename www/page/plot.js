@@ -11,12 +11,13 @@ export function showProgress() {
   bar.value = tune.step;
   const last = tune.history.train[tune.history.train.length - 1];
   const perStep = tune.sessionSteps ? tune.sessionMs / tune.sessionSteps : 0;
-  const remaining = perStep ? clock(perStep * (tune.total - tune.step)) : '…';
+  // Until a step of this session has ended there is no time per step to go by.
+  const remaining = perStep ? `remaining ~${clock(perStep * (tune.total - tune.step))}` : 'remaining: measuring…';
   const parts = [
     `Step ${tune.step} of ${tune.total}`,
     `elapsed ${clock(elapsedMs())}`,
     // After the last step the run still validates and saves: 'done' only once it has.
-    tune.step < tune.total ? `remaining ~${remaining}`
+    tune.step < tune.total ? remaining
       : tune.state === 'done' ? 'done' : 'finishing: final validation and saving…',
   ];
   if (last && last[2] !== null && last[2] !== undefined) parts.push(windowLabel(last[2]));
@@ -27,7 +28,10 @@ export function showProgress() {
     const t = tune.lastTokensPerS;
     parts.push(`${t < 10 ? t.toFixed(2) : Math.round(t)} tokens/s`);
   }
-  const state = { paused: ' (paused)', pausing: ' (pausing…)', done: ' (finished)', cancelled: ' (cancelled)' }[tune.state] || '';
+  const state = {
+    paused: ' (paused)', pausing: ' (pausing after this step…)', done: ' (finished)', cancelled: ' (cancelled)',
+    cancelling: ' (cancelling… after the step in progress)',
+  }[tune.state] || '';
   $('tune-status').textContent = parts.join(' · ') + state;
   $('tune-status').dataset.step = String(tune.step);
   if (last && last[2] !== null && last[2] !== undefined) $('tune-status').dataset.window = String(last[2]);

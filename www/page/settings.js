@@ -3,9 +3,10 @@
 // the check of both as they change: what preparation makes of the data and the GPU memory
 // plan (nothing is allocated). Compression and evaluation read the same data.
 
-import { $, showError, messageOf, mib, kib, fillTable } from './ui.js';
-import { model, modelInfo, tune, call } from './state.js';
+import { $, showError, messageOf, plain, mib, kib, fillTable } from './ui.js';
+import { model, modelInfo, tune, call, BUSY } from './state.js';
 import { setTuneState } from './controls.js';
+import { showEstimate, clearEstimate } from './estimate.js';
 
 const BUILTIN = {
   'builtin:arc': { url: 'data/arc-easy/train.jsonl', name: 'arc-easy/train.jsonl', kind: 'mc' },
@@ -46,12 +47,50 @@ export async function builtinData(source) {
   return { source, name: b.name, kind: b.kind, text: tune.builtinText[source] };
 }
 
+/// An error about one setting: `field` is the id of its input.
+function fieldError(field, message) {
+  const e = new Error(message);
+  e.field = field;
+  return e;
+}
+
+/// The input a settings message of the engine is about (its words name the setting as the
+/// form does), or null.
+const FIELD_WORDS = [
+  [/LoRA rank/i, 'opt-rank'], [/sequence length|rows of \d+ tokens/i, 'opt-seq'], [/learning rate/i, 'opt-lr'],
+  [/exit every/i, 'opt-exit-stride'], [/blocks to tune/i, 'opt-partial'],
+  [/learning-rate depth power/i, 'opt-window-lr-power'], [/steps depth power/i, 'opt-window-steps-power'],
+  [/rows per step|accumulation/i, 'opt-accum'], [/budget/i, 'opt-budget'], [/^(the )?steps/i, 'opt-steps'],
+];
+export function fieldOf(message) {
+  return FIELD_WORDS.find(([re]) => re.test(message))?.[1] ?? null;
+}
+
+/// Outlines the setting `id` with `message` under it (and opens the section it is in);
+/// `null` clears every mark.
+export function markField(id, message = '') {
+  for (const el of document.querySelectorAll('#settings-box .invalid')) {
+    el.classList.remove('invalid');
+    el.removeAttribute('aria-invalid');
+  }
+  for (const el of document.querySelectorAll('#settings-box .field-error')) el.remove();
+  if (!id) return;
+  const input = $(id);
+  input.classList.add('invalid');
+  input.setAttribute('aria-invalid', 'true');
+  const note = document.createElement('span');
+  note.className = 'field-error';
+  note.textContent = message;
+  input.after(note);
+  for (let d = input.closest('details'); d; d = d.parentElement.closest('details')) d.open = true;
+}
+
 export function readOptions() {
   const num = (id, label, { int = true, min = 0 } = {}) => {
     const raw = $(id).value.trim();
     const v = Number(raw);
     if (raw === '' || !Number.isFinite(v) || (int && !Number.isInteger(v)) || v < min) {
-      throw new Error(`${label} must be ${int ? 'a whole number' : 'a number'} of at least ${min}.`);
+      throw fieldError(id, `${label} must be ${int ? 'a whole number' : 'a number'} of at least ${min}.`);
     }
     return v;
   };
@@ -59,9 +98,9 @@ export function readOptions() {
     steps: num('opt-steps', 'Steps', { min: 1 }),
     lr: num('opt-lr', 'Learning rate', { int: false, min: 1e-9 }),
     lora_rank: num('opt-rank', 'LoRA rank', { min: 1 }),
-    seq_len: num('opt-seq', 'Sequence length', { min: 2 }),
+    seq_len: num('opt-seq', 'Tokens per row', { min: 2 }),
     eval_every: num('opt-eval', 'Validate every', { min: 0 }),
-    accum: num('opt-accum', 'Rows per step', { min: 1 }),
+    accum: num('opt-accum', 'Rows of text per step', { min: 1 }),
   };
   if ($('opt-budget').value.trim() !== '') {
     options.memory_budget = Math.round(num('opt-budget', 'Memory budget', { int: false, min: 0.001 }) * 1024 * 1024);
@@ -71,13 +110,13 @@ export function readOptions() {
   options.mode = mode;
   options.device = $('opt-device').value;
   if (mode === 'compress-then-tune' && model && !model.compressed) {
-    throw new Error('Compress-then-tune tunes a compressed model, and this one is not compressed: load a ' +
-      '.gguf written by `edge-llm compress`, or pick vanilla.');
+    throw fieldError('opt-mode', 'Compress-then-tune tunes a compressed model, and this one is not compressed: ' +
+      'compress it under Advanced below (or load a compressed .gguf), or pick vanilla.');
   }
   if (mode === 'edge') {
     options.exit_stride = num('opt-exit-stride', 'Exit every', { min: 1 });
     if (options.exit_stride > blocks) {
-      throw new Error(`Exit every must be at most the model's ${blocks} blocks (one exit, at the top).`);
+      throw fieldError('opt-exit-stride', `Exit every must be at most the model's ${blocks} blocks (one exit, at the top).`);
     }
     options.window_schedule = $('opt-window-schedule').value;
     options.window_lr_power = num('opt-window-lr-power', 'Window LR depth power', { int: false, min: 0 });
@@ -86,7 +125,7 @@ export function readOptions() {
   if (mode === 'partial') {
     options.partial_layers = num('opt-partial', 'Blocks to tune', { min: 1 });
     if (options.partial_layers > blocks) {
-      throw new Error(`Blocks to tune must be at most the model's ${blocks} blocks.`);
+      throw fieldError('opt-partial', `Blocks to tune must be at most the model's ${blocks} blocks.`);
     }
   }
   return options;
@@ -168,18 +207,44 @@ function showProblems(problems) {
   box.hidden = false;
 }
 
-/// What preparation made of the data: records, rows, truncation, and the unusable lines.
+const KIND_WORDS = {
+  instruct: ['example', 'examples', 'a prompt and its response each'],
+  'multiple-choice': ['question', 'questions', 'with choices'],
+};
+
+/// What preparation made of the data, in plain words: examples to train on and held out,
+/// what was cut or skipped and why, and the unusable lines.
 export function showDataInfo(info, data) {
   tune.dataInfo = info;
   const s = info.stats;
-  $('data-status').textContent = `${data.name}: ` +
-    (info.kind === 'text'
-      ? `${kib(data.text.length)} of plain text → `
-      : `${info.records} ${info.kind} record${info.records === 1 ? '' : 's'} (${kib(data.text.length)}) → `) +
-    `${s.train_rows} training rows (${s.train_targets} target tokens), ${s.val_rows} validation rows` +
-    `${s.truncated ? `; ${s.truncated} cut to the sequence length` : ''}` +
-    `${s.dropped ? `; ${s.dropped} dropped (no target left)` : ''}.`;
+  const n = (k, one, many) => `${k} ${k === 1 ? one : many}`;
+  let what;
+  if (info.kind === 'text') {
+    what = `${kib(data.text.length)} of plain text, in ${n(s.examples, 'piece', 'pieces')} of up to ` +
+      `${$('opt-seq').value} tokens`;
+  } else {
+    const [one, many, how] = KIND_WORDS[info.kind] ?? ['record', 'records', ''];
+    what = `${n(info.records, one, many)}${how ? ` (${how})` : ''}`;
+  }
+  const held = s.val_examples
+    ? `${s.val_examples} held out to check progress (the validation loss)`
+    : 'none held out to check progress: there are too few to spare one, so no validation loss is shown';
+  $('data-status').textContent = `${data.name}: ${what} → ${s.train_examples} to train on, ${held}.`;
   $('data-status').dataset.trainRows = String(s.train_rows);
+  $('data-status').dataset.valExamples = String(s.val_examples);
+  const notes = [];
+  // A skipped example was cut first: the cut ones kept are the others.
+  const cut = Math.max(0, s.truncated - s.dropped);
+  if (s.dropped) {
+    notes.push(`${n(s.dropped, 'example is', 'examples are')} skipped: the prompt alone fills the ` +
+      `${$('opt-seq').value} tokens per row, leaving no answer to learn (raise "Tokens per row" to keep them).`);
+  }
+  if (cut) {
+    notes.push(`${n(cut, 'example was', 'examples were')} cut to the ${$('opt-seq').value} tokens per row ` +
+      '(raise "Tokens per row" to keep them whole).');
+  }
+  $('data-note').textContent = notes.join(' ');
+  $('data-note').hidden = !notes.length;
   showPreview(data.text);
   showProblems(info.problems);
   showError('data-error', '');
@@ -240,56 +305,90 @@ export function scheduleCheck() {
   checkTimer = setTimeout(checkSettings, 250);
 }
 
-/// Checks the data and plans memory for the current settings (nothing is allocated).
+/// The plan and the estimate no longer hold: `status` says why.
+function clearPlan(status) {
+  $('plan-table').hidden = true;
+  $('plan-status').textContent = status;
+  clearEstimate();
+}
+
+/// Shows a settings error beside the settings, its field outlined, and no plan.
+function showSettingsError(message, field, hint = '') {
+  clearPlan('These settings cannot run.');
+  markField(field, message);
+  showError('plan-error', `${message}${hint ? `\n${hint}` : ''}`);
+}
+
+/// Checks the data and plans memory for the current settings (nothing is allocated), then
+/// estimates how long the run takes.
 export async function checkSettings() {
-  if (!model || !tune.worker || ['starting', 'running', 'pausing', 'paused'].includes(tune.state)) return;
+  if (!model || !tune.worker || BUSY.includes(tune.state)) return;
   const seq = ++tune.checkSeq;
   const stale = () => seq !== tune.checkSeq;
   tune.ready = false;
   setTuneState(tune.state);
   showError('data-error', '');
   showError('plan-error', '');
+  markField(null);
   let data, options;
   try {
     options = readOptions();
   } catch (e) {
-    showError('plan-error', messageOf(e));
+    showSettingsError(messageOf(e), e.field ?? null);
     return;
   }
   $('data-status').textContent = 'Checking the data…';
+  let info;
   try {
     data = await currentData();
     if (stale()) return;
     showPreview(data.text);
-    const info = await call('checkData', { name: data.name, text: data.text, kind: data.kind, options });
+    info = await call('checkData', { name: data.name, text: data.text, kind: data.kind, options });
     if (stale()) return;
     showDataInfo(info, data);
   } catch (e) {
     if (stale()) return;
+    const msg = messageOf(e);
+    // A setting the engine refuses is the settings' error, not the data's.
+    if (/^invalid argument: /.test(msg)) {
+      $('data-status').textContent = 'The data is checked once the settings can run.';
+      showSettingsError(plain(msg), fieldOf(plain(msg)));
+      return;
+    }
     $('data-status').textContent = 'The data cannot be used.';
     $('data-problems-box').hidden = true;
-    showError('data-error', `${messageOf(e)}\nPick a plain-text file, or JSONL with one ` +
+    $('data-note').hidden = true;
+    clearPlan('The plan appears once the data can be used.');
+    showError('data-error', `${plain(msg)}\nPick a plain-text file, or JSONL with one ` +
       '{"prompt", "response"} or {"question", "choices", "answer"} object per line (see data/README.md).');
     return;
   }
   $('plan-status').textContent = 'Planning memory…';
+  let plan;
   try {
-    const plan = await call('plan', { options });
+    plan = await call('plan', { options });
     if (stale()) return;
     showPlan(plan);
     $('plan-status').textContent = planStatus(plan);
     tune.ready = true;
   } catch (e) {
     if (stale()) return;
-    $('plan-table').hidden = true;
-    const msg = messageOf(e);
-    const memory = /budget|too small|binding|fit/.test(msg);
+    const msg = plain(messageOf(e));
+    const memory = /budget|too small|binding|fit|memory/.test(msg);
     const noGpu = /no GPU adapter/.test(msg);
-    $('plan-status').textContent = noGpu ? 'There is no GPU here: choose the CPU or auto engine.'
-      : memory ? 'This run does not fit.' : 'These settings cannot run.';
-    showError('plan-error', noGpu ? msg
-      : memory ? `${msg}\nRaise the memory budget (or leave it empty), or lower the sequence length or the LoRA rank.`
-        : `${msg}\nChange the mode or its settings above.`);
+    if (noGpu) {
+      clearPlan('There is no GPU here: choose the CPU or auto engine.');
+      markField('opt-device', 'No GPU here.');
+      showError('plan-error', msg);
+    } else if (memory) {
+      // The CPU engine's message says what to change; the GPU's budget is a setting.
+      showSettingsError(msg, fieldOf(msg) ?? 'opt-budget', /on the CPU/.test(msg) ? ''
+        : 'Raise the memory budget (or leave it empty), or lower the tokens per row or the LoRA rank.');
+      $('plan-status').textContent = 'This run does not fit.';
+    } else {
+      showSettingsError(msg, fieldOf(msg), 'Change the mode or its settings above.');
+    }
   }
   setTuneState(tune.state);
+  if (plan && tune.ready) showEstimate(data, options, info, plan, stale);
 }

@@ -15,7 +15,7 @@ export const setGpuDescription = (d) => { gpuDescription = d; };
 
 export const tune = {
   worker: null,        // the client of the page's worker (worker-client.js): tuning, evaluation, chat
-  state: 'idle',       // idle | starting | running | pausing | paused | done | cancelled | error
+  state: 'idle',       // idle | starting | running | pausing | paused | cancelling | finishing | done | cancelled | error
   ready: false,        // data and plan checked for the current settings
   created: false,      // the worker holds a tuner
   run: null,           // {model, data, options, save_every}: what defines the run
@@ -35,7 +35,15 @@ export const tune = {
   checkSeq: 0,
   speeds: [],          // [step, tokens/s, ms] of this session's steps (the run report's timings)
   dataInfo: null,      // what preparation made of the data (the run report's `data.stats`)
+  keptId: null,        // the finished adapter of this run, kept in browser storage (storage.js)
+  probe: null,         // {key, tokens_per_s} of the last speed probe (estimate.js)
+  probing: null,       // the probe running in the worker (a promise), which a run or evaluation awaits
 };
+
+/// The states in which a run holds the form (its settings and data are the run's).
+export const BUSY = ['starting', 'running', 'pausing', 'paused', 'cancelling', 'finishing'];
+/// The states in which the worker is busy with the run.
+export const WORKING = ['starting', 'running', 'pausing', 'cancelling', 'finishing'];
 
 // For the browser console and the page test: the run's state, loss history included.
 window.edgeLlmTune = tune;
@@ -48,7 +56,7 @@ export async function call(op, args = {}, transfer = []) {
 }
 
 export function elapsedMs() {
-  return tune.elapsedMs + (tune.state === 'running' || tune.state === 'pausing'
+  return tune.elapsedMs + (['running', 'pausing', 'cancelling', 'finishing'].includes(tune.state)
     ? performance.now() - tune.sessionStart : 0);
 }
 

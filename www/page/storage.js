@@ -1,4 +1,6 @@
-// The saved run: checkpoints in IndexedDB, so a run survives a reload.
+// What survives a reload, in IndexedDB: the saved run (its checkpoints), and finished
+// adapters not yet downloaded, kept until the user downloads or discards them (a new run, a
+// new model or a reload does not lose them).
 
 import { $, messageOf } from './ui.js';
 import { tune, elapsedMs } from './state.js';
@@ -31,7 +33,7 @@ async function idb(mode, fn) {
 }
 
 export const idbGet = (key) => idb('readonly', (s) => s.get(key));
-const idbPut = (key, value) => idb('readwrite', (s) => s.put(value, key));
+export const idbPut = (key, value) => idb('readwrite', (s) => s.put(value, key));
 export const idbDelete = (key) => idb('readwrite', (s) => s.delete(key));
 
 export async function saveRun(checkpoint, step, done) {
@@ -63,15 +65,41 @@ export async function saveRun(checkpoint, step, done) {
   }
 }
 
+/// Offers the saved run (and returns its record, or null).
 export async function showSavedRun() {
   let rec = null;
   try { rec = await idbGet(RUN_KEY); } catch { /* no storage: nothing to offer */ }
   const box = $('saved-run');
-  if (!rec || tune.created) { box.hidden = true; return; }
+  if (!rec || tune.created) { box.hidden = true; return null; }
   const when = new Date(rec.savedAt).toLocaleString();
   const what = rec.done ? 'A finished run' : 'A saved run';
   $('saved-run-text').textContent =
     `${what} is stored in this browser: step ${rec.step} of ${rec.total} on ${rec.data.name}, ` +
     `model ${rec.model.name}, saved ${when}.`;
   box.hidden = false;
+  return rec;
+}
+
+// ------------------------------------------------ finished adapters
+
+const ADAPTERS_KEY = 'adapters';
+
+/// The kept adapters: [{id, savedAt, model, data, steps, files, downloaded}].
+export async function keptAdapters() {
+  try { return (await idbGet(ADAPTERS_KEY)) ?? []; } catch { return []; }
+}
+
+/// Keeps a finished run's adapter files; the ones already downloaded make room.
+export async function keepAdapter(rec) {
+  const list = (await keptAdapters()).filter((a) => !a.downloaded);
+  list.push(rec);
+  await idbPut(ADAPTERS_KEY, list);
+}
+
+/// Marks a kept adapter downloaded (it goes when the next one is kept), or discards it.
+export async function settleAdapter(id, how) {
+  const list = await keptAdapters();
+  const next = how === 'discard' ? list.filter((a) => a.id !== id)
+    : list.map((a) => (a.id === id ? { ...a, downloaded: true } : a));
+  await idbPut(ADAPTERS_KEY, next);
 }

@@ -1,8 +1,10 @@
-// The tune section's runs: start, pause, resume, cancel and resume a saved run, the worker's
-// training events, and the adapter's download.
+// The tune section's runs: start, pause, resume, cancel (said at once) and resume a saved
+// run (its settings shown in the form as soon as the page offers it), and the worker's
+// training events ('finishing' after the last step, 'done' only once the run has ended, its
+// adapter then kept in browser storage by download.js).
 
-import { $, showError, messageOf, mib, kib, nextFrame } from './ui.js';
-import { model, modelInfo, tune, call, elapsedMs } from './state.js';
+import { $, showError, messageOf, kib, nextFrame } from './ui.js';
+import { modelInfo, tune, call, elapsedMs } from './state.js';
 import { workerClient } from './worker-client.js';
 import { setTuneState, showTuneError } from './controls.js';
 import { RUN_KEY, idbGet, idbDelete, saveRun, showSavedRun } from './storage.js';
@@ -12,11 +14,22 @@ import {
 } from './settings.js';
 import { showProgress, drawPlot, showGpuBytes } from './plot.js';
 import { onEvalEvent, evalModelLoaded } from './eval.js';
+import { onDownload, keepFinishedAdapter, showKeptAdapters } from './download.js';
+import { clearEstimate } from './estimate.js';
 
 async function startRun(run, checkpoint) {
   showTuneError('');
   $('adapter-links').hidden = true;
   setTuneState('starting');
+  // This run's adapter is not the finished one kept before: that one stays in the list.
+  tune.keptId = null;
+  delete document.body.dataset.keptAdapter;
+  await showKeptAdapters();
+  // A speed probe waiting to start does not; one in the worker ends first (it holds a
+  // trainer of its own).
+  tune.checkSeq += 1;
+  if ($('estimate').dataset.seconds === undefined) clearEstimate();
+  if (tune.probing) await tune.probing;
   // The engine is the plan's (the worker decides the same way when it creates the run).
   const memory = $('plan-table').dataset.device === 'cpu' ? 'memory' : 'GPU memory';
   $('tune-status').textContent = checkpoint ? 'Preparing the data and resuming the saved run…'
@@ -92,11 +105,27 @@ async function onStart() {
   tune.lastTokensPerS = 0;
   const saveEvery = Math.max(1, Number($('opt-save').value) || 10);
   await startRun({
-    model: { name: modelInfo.name, bytes: modelInfo.bytes },
+    model: { name: modelInfo.name, bytes: modelInfo.bytes, label: modelInfo.label },
     data,
     options,
     save_every: saveEvery,
   }, null);
+}
+
+/// Fills the form with a saved run's settings and data, as it ran (after a reload the
+/// page shows the run it offers, not the defaults). Returns the run's data.
+async function fillFromSaved(rec) {
+  writeOptions(rec.options, rec.save_every);
+  let data = rec.data;
+  if (data.source !== 'file') {
+    document.querySelector(`input[name=data-source][value="${data.source}"]`).checked = true;
+    data = await currentData();
+  } else {
+    document.querySelector('input[name=data-source][value="file"]').checked = true;
+    tune.file = { name: data.name, text: data.text };
+    $('data-kind').value = data.kind;
+  }
+  return data;
 }
 
 async function onResumeSaved() {
@@ -105,21 +134,13 @@ async function onResumeSaved() {
   try { rec = await idbGet(RUN_KEY); } catch (e) { showTuneError(messageOf(e)); return; }
   if (!rec) { $('saved-run').hidden = true; return; }
   if (!modelInfo || rec.model.name !== modelInfo.name || rec.model.bytes !== modelInfo.bytes) {
-    showTuneError(`The saved run was tuned on ${rec.model.name} (${mib(rec.model.bytes)}), but the page ` +
-      `has ${modelInfo ? `${modelInfo.name} (${mib(modelInfo.bytes)})` : 'no model'} loaded. Load that model ` +
+    showTuneError(`The saved run was tuned on ${rec.model.label ?? rec.model.name}, but the page ` +
+      `has ${modelInfo ? modelInfo.label : 'no model'} loaded. Load that model ` +
       '(pick the same .gguf file above), then resume.');
     return;
   }
-  writeOptions(rec.options, rec.save_every);
-  let data = rec.data;
-  if (data.source !== 'file') {
-    document.querySelector(`input[name=data-source][value="${data.source}"]`).checked = true;
-    try { data = await currentData(); } catch (e) { showTuneError(messageOf(e)); return; }
-  } else {
-    document.querySelector('input[name=data-source][value="file"]').checked = true;
-    tune.file = { name: data.name, text: data.text };
-    $('data-kind').value = data.kind;
-  }
+  let data;
+  try { data = await fillFromSaved(rec); } catch (e) { showTuneError(messageOf(e)); return; }
   tune.history = rec.history;
   tune.elapsedMs = rec.elapsedMs;
   tune.lastTokensPerS = 0;
@@ -129,42 +150,6 @@ async function onResumeSaved() {
 async function onDiscardSaved() {
   try { await idbDelete(RUN_KEY); } catch { /* nothing stored */ }
   $('saved-run').hidden = true;
-}
-
-/// The adapter's one download (the PEFT files and the exits).
-const ADAPTER_ZIP = 'edge-llm-adapter.zip';
-
-async function onDownload() {
-  showTuneError('');
-  let files;
-  try {
-    files = await call('adapter');
-  } catch (e) {
-    showTuneError(`The adapter could not be exported: ${messageOf(e)}`);
-    return;
-  }
-  const named = [
-    ['adapter_model.safetensors', new Blob([files.safetensors], { type: 'application/octet-stream' })],
-    ['adapter_config.json', new Blob([files.config], { type: 'application/json' })],
-  ];
-  if (files.exits) named.push(['exits.safetensors', new Blob([files.exits], { type: 'application/octet-stream' })]);
-  const link = (name, blob) => {
-    const a = document.createElement('a');
-    a.href = URL.createObjectURL(blob);
-    a.download = name;
-    a.textContent = `${name} (${kib(blob.size)})`;
-    return a;
-  };
-  // One download: the files in a zip, to unpack into the directory PEFT and edge-llm read.
-  const zip = link(ADAPTER_ZIP, new Blob([files.zip], { type: 'application/zip' }));
-  const links = named.map(([name, blob]) => link(name, blob));
-  const box = $('adapter-links');
-  box.replaceChildren('Downloaded ', zip, ': unpack it into a folder and load it with ',
-    'peft.PeftModel.from_pretrained(model, folder) or edge-llm --adapter folder. The files one by one: ',
-    ...links.flatMap((a, i) => (i ? [', ', a] : [a])),
-    files.exits ? ' (exits.safetensors holds the early exits, which PEFT has not; edge-llm reads them).' : '.');
-  box.hidden = false;
-  zip.click();
 }
 
 async function onWorkerEvent(m) {
@@ -183,6 +168,8 @@ async function onWorkerEvent(m) {
       tune.history.train.push([r.step, r.loss, r.window ?? null]);
       tune.speeds.push([r.step, r.tokens_per_s, r.step_ms]);
       if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
+      // After the last step the run still validates and saves: Pause has nothing to stop.
+      if (r.step >= r.total_steps && ['running', 'pausing'].includes(tune.state)) setTuneState('finishing');
       showGpuBytes(r.gpu_bytes);
       showProgress();
       drawPlot();
@@ -207,6 +194,7 @@ async function onWorkerEvent(m) {
       await saveRun(m.checkpoint, m.step, true);
       showProgress();
       drawPlot();
+      await keepFinishedAdapter();
       break;
     case 'cancelled':
       tune.created = false;
@@ -276,14 +264,16 @@ export function setupTuning() {
   });
   $('tune-resume').addEventListener('click', runOn);
   $('tune-cancel').addEventListener('click', async () => {
-    setTuneState('pausing');
+    // Said at once: the worker stops after the step it is in.
+    setTuneState('cancelling');
+    showProgress();
     await call('cancel');
   });
   $('tune-download').addEventListener('click', onDownload);
   $('resume-saved').addEventListener('click', onResumeSaved);
   $('discard-saved').addEventListener('click', onDiscardSaved);
   window.addEventListener('resize', drawPlot);
-  setInterval(() => { if (tune.state === 'running') showProgress(); }, 1000);
+  setInterval(() => { if (['running', 'finishing'].includes(tune.state)) showProgress(); }, 1000);
 }
 
 /// A model was loaded on the page: the worker gets its own copy; small models default to
@@ -292,6 +282,9 @@ export async function tuneModelLoaded(bytes) {
   await tuneWorkerReady;
   if (!tune.worker) return;
   tune.created = false;
+  tune.ready = false;
+  tune.probe = null;
+  $('data-status').textContent = 'Getting the model ready for tuning…';
   try {
     await call('loadModel', { bytes }, [bytes.buffer]);
   } catch (e) {
@@ -311,6 +304,11 @@ export async function tuneModelLoaded(bytes) {
   updateModeControls();
   setTuneState('idle');
   evalModelLoaded();
-  await showSavedRun();
+  const saved = await showSavedRun();
+  // The form shows the run that is offered, as it ran.
+  if (saved && saved.model.name === modelInfo.name && saved.model.bytes === modelInfo.bytes) {
+    try { await fillFromSaved(saved); } catch { /* its data shows its own error when resumed */ }
+  }
+  await showKeptAdapters();
   await checkSettings();
 }

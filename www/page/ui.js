@@ -16,6 +16,19 @@ export function messageOf(e) {
   return (e && e.message) || String(e);
 }
 
+/// A message of the engine in the page's words: without the error's category prefix, with a
+/// capital letter.
+export function plain(message) {
+  const m = message.replace(/^invalid argument: /, '');
+  return m.charAt(0).toUpperCase() + m.slice(1);
+}
+
+/// A file size as people read it (decimal megabytes).
+export function megabytes(bytes) {
+  const mb = bytes / 1e6;
+  return `${mb < 10 ? mb.toFixed(1) : Math.round(mb)} MB`;
+}
+
 export function mib(bytes) {
   return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }

@@ -156,7 +156,7 @@ impl GpuTrainer<'_> {
 pub(super) fn check_options(c: &LlamaConfig, lora: &LoraConfig, opts: &TrainOptions) -> Result<()> {
     if opts.seq_len < 1 || opts.seq_len > c.context_length {
         return Err(Error::Invalid(format!(
-            "sequence length {} outside 1..={} (the model's context)",
+            "the sequence length must be between 1 and {1} tokens, the model's context (it is {0})",
             opts.seq_len, c.context_length
         )));
     }
