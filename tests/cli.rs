@@ -184,7 +184,10 @@ fn bad_model_files_give_one_line_errors() {
     let mut bad = good.clone();
     bad[..4].copy_from_slice(b"GGML");
     let p = write(&scratch("m2.gguf"), &bad);
-    expect_error(&["generate", "--model", &p, "--prompt", "x"], "bad magic");
+    expect_error(
+        &["generate", "--model", &p, "--prompt", "x"],
+        "not a gguf model file",
+    );
 
     // Corrupted: the tensor count (bytes 8..16) says 2^61 tensors.
     let mut bad = good.clone();

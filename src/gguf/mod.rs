@@ -180,10 +180,31 @@ impl TensorInfo {
 
 /// What went wrong while reading a GGUF file, and at which byte offset.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("GGUF {what} at byte {offset}")]
 pub struct GgufError {
     pub offset: u64,
     pub what: GgufErrorKind,
+}
+
+impl fmt::Display for GgufError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.what {
+            // Not a GGUF file at all (a text file, another format): said plainly, with
+            // what it starts with where that is readable.
+            GgufErrorKind::BadMagic(m) => {
+                let start = if m.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                    format!("\"{}\"", String::from_utf8_lossy(m))
+                } else {
+                    format!("the bytes {m:02x?}")
+                };
+                write!(
+                    f,
+                    "not a GGUF model file: it starts with {start}, where a GGUF file starts \
+                     with \"GGUF\""
+                )
+            }
+            what => write!(f, "GGUF {what} at byte {}", self.offset),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -239,7 +260,7 @@ pub enum GgufErrorKind {
 impl fmt::Display for GgufErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BadMagic(m) => write!(f, "bad magic {m:02x?} (not a GGUF file)"),
+            Self::BadMagic(m) => write!(f, "bad magic {m:02x?}"),
             Self::UnsupportedVersion(v) => {
                 write!(f, "unsupported version {v} (2 and 3 are supported)")
             }
