@@ -45,11 +45,11 @@ quiet() { "$@" > "$WORK/last.log" 2>&1 || { cat "$WORK/last.log" >&2; die "seed 
 
 log "seeding the corpora"
 # Models: the tiny model of fuzz/src/lib.rs (`tiny_spec`, which the adapter and checkpoint
-# targets rebuild in memory), whole and cut short (its header alone, part of its tensors).
+# targets rebuild in memory), whole and cut short at 4 KiB and 16 KiB (24 KB in all).
 quiet "$BIN" make-tiny --out "$WORK/tiny.gguf" --layers 2 --hidden 32 --heads 2 --kv-heads 1 --ffn 32
 seed gguf tiny < "$WORK/tiny.gguf"
 head -c 4096 "$WORK/tiny.gguf" | seed gguf tiny-4k
-head -c 32768 "$WORK/tiny.gguf" | seed gguf tiny-32k
+head -c 16384 "$WORK/tiny.gguf" | seed gguf tiny-16k
 
 # Data: the real files when scripts/setup.sh fetched them, each cut to a few records, and
 # one of each format written here. The first byte picks the name: 0 .txt, 1 .jsonl.
