@@ -34,6 +34,20 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// Whether a `tokenizer.json` normalizer is or holds (in a `Sequence`, at any depth) a
+/// `Precompiled` one.
+fn has_precompiled(n: &serde_json::Value) -> bool {
+    match n {
+        serde_json::Value::Object(o) => {
+            o.get("type").and_then(serde_json::Value::as_str) == Some("Precompiled")
+                || o.contains_key("precompiled_charsmap")
+                || o.values().any(has_precompiled)
+        }
+        serde_json::Value::Array(a) => a.iter().any(has_precompiled),
+        _ => false,
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer from GGUF metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
@@ -146,8 +160,19 @@ impl Tokenizer {
         })
     }
 
-    /// Builds the tokenizer from a Hugging Face `tokenizer.json`.
+    /// Builds the tokenizer from a Hugging Face `tokenizer.json`. A `Precompiled`
+    /// normalizer (a SentencePiece charsmap) is refused: the tokenizers crate panics on
+    /// one that does not decode and indexes out of bounds with a damaged one.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let doc: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not JSON: {e}")))?;
+        if let Some(n) = doc.get("normalizer").filter(|n| has_precompiled(n)) {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer.json: the Precompiled normalizer (a SentencePiece charsmap) is not \
+                 supported (normalizer {})",
+                n.get("type").unwrap_or(&serde_json::Value::Null)
+            )));
+        }
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         let find = |s: &str| inner.token_to_id(s);
         let chatml = find("<|im_start|>").is_some();
