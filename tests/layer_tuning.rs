@@ -293,6 +293,23 @@ fn scheduled_runs_record_phases_and_resume_exactly() {
     block_on(first.run(8, &mut |r| got.push(r.clone()))).unwrap();
     let bytes = block_on(first.checkpoint()).unwrap().to_bytes().unwrap();
     let state = TrainState::from_bytes(&bytes).unwrap();
+    // Phases no run could have written are refused when the checkpoint is read (a start
+    // near u64::MAX overflowed the schedule's step arithmetic; found reading the code
+    // behind the checkpoint fuzz target): past the step reached, out of order, on a
+    // window the schedule lacks.
+    let edited = |f: &dyn Fn(&mut TrainState)| {
+        let mut s = state.clone();
+        f(&mut s);
+        TrainState::from_bytes(&s.to_bytes().unwrap())
+            .err()
+            .map(|e| e.to_string())
+    };
+    let past = edited(&|s| s.phases.last_mut().unwrap().start = u64::MAX - 1).unwrap();
+    assert!(past.contains("layer phases"), "{past}");
+    let back = edited(&|s| s.phases.reverse()).unwrap();
+    assert!(back.contains("layer phases"), "{back}");
+    let window = edited(&|s| s.phases[0].window = 99).unwrap();
+    assert!(window.contains("window 99 does not exist"), "{window}");
     let mut second = Trainer::new(backend(77), cfg.clone(), data.clone()).unwrap();
     block_on(second.resume(&state)).unwrap();
     block_on(second.run(100, &mut |r| got.push(r.clone()))).unwrap();

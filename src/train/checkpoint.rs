@@ -119,7 +119,39 @@ impl TrainState {
                 Self::VERSION
             )));
         }
+        s.check_phases()?;
         Ok(s)
+    }
+
+    /// The phases a checkpoint lists must be ones a run could have written: starting in
+    /// order, none after the step reached, each on a window of the schedule (a damaged or
+    /// hand-edited file otherwise sends the schedule's step arithmetic out of range).
+    fn check_phases(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::Invalid(format!("checkpoint's layer phases: {why}")));
+        if !self.phases.is_empty() && self.layers.is_none() {
+            return bad("phases listed without a layer schedule".into());
+        }
+        let windows = self.layers.as_ref().map_or(0, |l| l.windows.len());
+        let mut last: Option<u64> = None;
+        for p in &self.phases {
+            if p.window >= windows {
+                return bad(format!(
+                    "window {} does not exist (the schedule has {windows})",
+                    p.window
+                ));
+            }
+            if p.start > self.step || last.is_some_and(|l| p.start < l) {
+                return bad(format!(
+                    "a phase starts at step {} (the run is at step {}, the phase before \
+                     started at {})",
+                    p.start,
+                    self.step,
+                    last.map_or("none".into(), |l| l.to_string())
+                ));
+            }
+            last = Some(p.start);
+        }
+        Ok(())
     }
 
     pub fn best_val(&self) -> Option<f64> {
