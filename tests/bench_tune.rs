@@ -101,7 +101,7 @@ fn edge_mode_trains_windows_resumes_and_votes() {
     ]);
     assert_eq!(code, 0, "{err}");
     let r = &objs[0];
-    assert_eq!(r["vote"], "max", "{r}");
+    assert_eq!(r["vote"], "last", "{r}");
     assert_eq!(r["exits"].as_array().unwrap().len(), 2);
     assert_eq!(r["predictions"].as_array().unwrap().len(), 12, "{r}");
 
