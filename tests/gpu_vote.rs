@@ -404,7 +404,7 @@ fn cli_votes_on_the_gpu() {
         &ids,
         10,
         &Sampling::default(),
-        Vote::Max,
+        edge_llm::vote::DEFAULT,
         &stop,
         &mut |_| {},
     ))
@@ -424,7 +424,7 @@ fn cli_votes_on_the_gpu() {
         "--json",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("exit voting: max"), "{out}");
+    assert!(out.contains("exit voting: last"), "{out}");
     assert_eq!(obj.unwrap()["text"], tok.decode(&want).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
