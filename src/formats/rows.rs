@@ -108,51 +108,87 @@ fn nibbles(bytes: &[u8], bias: i8, codes: &mut [i8; QK]) {
     }
 }
 
-impl GgufRows {
-    /// [`RowSource::row_into`]'s body, inlined into each target's copy.
-    #[inline(always)]
-    fn decode(&self, r: usize, c0: usize, out: &mut [f32]) {
-        if self.ty == GgmlType::F16 {
-            let row = &self.bytes[(r * self.cols + c0) * 2..][..out.len() * 2];
-            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-            return;
-        }
-        let mut tmp = [0.0f32; QK];
-        let (mut c, end) = (c0, c0 + out.len());
-        while c < end {
-            let (b, at) = (c / QK, c % QK);
-            let take = (QK - at).min(end - c);
-            let o = &mut out[c - c0..c - c0 + take];
-            match o.try_into() {
-                Ok(full) => self.block(r, b, full),
-                Err(_) => {
-                    self.block(r, b, &mut tmp);
-                    o.copy_from_slice(&tmp[at..at + take]);
-                }
-            }
-            c += take;
-        }
-    }
+/// A format stored in blocks of 32 values along each row (the GGUF blocks, the packed
+/// quantized codes): its rows are decoded block by block by [`decode_row`].
+trait Blocks {
+    /// The 32 values of block `b` of row `r` (past the last column: whatever the format
+    /// stores there; [`decode_row`] never copies them out).
+    fn block(&self, r: usize, b: usize, out: &mut [f32; 32]);
 
-    /// [`Self::decode`] compiled for AVX2 (the block loops vectorise 8 wide).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode_avx2(&self, r: usize, c0: usize, out: &mut [f32]) {
-        self.decode(r, c0, out)
+    /// A row decoded otherwise than by blocks (GGUF's F16 rows), else false.
+    fn special(&self, _r: usize, _c0: usize, _out: &mut [f32]) -> bool {
+        false
     }
 }
 
-/// Whether this CPU runs the AVX2 copies of the decoders.
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
+impl Blocks for GgufRows {
+    #[inline(always)]
+    fn block(&self, r: usize, b: usize, out: &mut [f32; 32]) {
+        GgufRows::block(self, r, b, out)
+    }
+    #[inline(always)]
+    fn special(&self, r: usize, c0: usize, out: &mut [f32]) -> bool {
+        if self.ty != GgmlType::F16 {
+            return false;
+        }
+        let row = &self.bytes[(r * self.cols + c0) * 2..][..out.len() * 2];
+        for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+            *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+        true
+    }
+}
+
+impl Blocks for QuantMatrix {
+    #[inline(always)]
+    fn block(&self, r: usize, b: usize, out: &mut [f32; QBLOCK]) {
+        quant_block(self, r, b, out)
+    }
+}
+
+/// [`RowSource::row_into`] for a [`Blocks`] format: whole blocks decoded straight into
+/// `out`, the partial ones at its ends through a scratch block; on x86-64 the copy
+/// compiled for AVX2 (its block loops vectorise 8 wide) where the CPU has it.
+fn decode_row<B: Blocks>(w: &B, r: usize, c0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features were detected.
+        return unsafe { decode_row_avx2(w, r, c0, out) };
+    }
+    decode_row_body(w, r, c0, out)
+}
+
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_row_avx2<B: Blocks>(w: &B, r: usize, c0: usize, out: &mut [f32]) {
+    decode_row_body(w, r, c0, out)
+}
+
+#[inline(always)]
+fn decode_row_body<B: Blocks>(w: &B, r: usize, c0: usize, out: &mut [f32]) {
+    if w.special(r, c0, out) {
+        return;
+    }
+    let mut tmp = [0.0f32; 32];
+    let (mut c, end) = (c0, c0 + out.len());
+    while c < end {
+        let (b, at) = (c / 32, c % 32);
+        let take = (32 - at).min(end - c);
+        let o = &mut out[c - c0..c - c0 + take];
+        match o.try_into() {
+            Ok(full) => w.block(r, b, full),
+            Err(_) => {
+                w.block(r, b, &mut tmp);
+                o.copy_from_slice(&tmp[at..at + take]);
+            }
+        }
+        c += take;
+    }
 }
 
 impl RowSource for GgufRows {
@@ -163,12 +199,7 @@ impl RowSource for GgufRows {
         self.cols
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: the features were detected.
-            return unsafe { self.decode_avx2(r, c0, out) };
-        }
-        self.decode(r, c0, out)
+        decode_row(self, r, c0, out)
     }
 }
 
@@ -208,38 +239,6 @@ fn quant_block_pow2<const BITS: usize>(
     }
 }
 
-impl QuantMatrix {
-    /// [`RowSource::row_into`]'s body, inlined into each target's copy.
-    #[inline(always)]
-    fn decode(&self, r: usize, c0: usize, out: &mut [f32]) {
-        let mut tmp = [0.0f32; QBLOCK];
-        let (mut c, end) = (c0, c0 + out.len());
-        while c < end {
-            let (b, at) = (c / QBLOCK, c % QBLOCK);
-            let take = (QBLOCK - at).min(end - c);
-            let o = &mut out[c - c0..c - c0 + take];
-            match o.try_into() {
-                Ok(full) => quant_block(self, r, b, full),
-                Err(_) => {
-                    quant_block(self, r, b, &mut tmp);
-                    o.copy_from_slice(&tmp[at..at + take]);
-                }
-            }
-            c += take;
-        }
-    }
-
-    /// [`Self::decode`] compiled for AVX2.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode_avx2(&self, r: usize, c0: usize, out: &mut [f32]) {
-        self.decode(r, c0, out)
-    }
-}
-
 impl RowSource for QuantMatrix {
     fn rows(&self) -> usize {
         self.rows
@@ -248,12 +247,7 @@ impl RowSource for QuantMatrix {
         self.cols
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: the features were detected.
-            return unsafe { self.decode_avx2(r, c0, out) };
-        }
-        self.decode(r, c0, out)
+        decode_row(self, r, c0, out)
     }
 }
 
