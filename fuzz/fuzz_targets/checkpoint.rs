@@ -13,7 +13,9 @@ use std::cell::RefCell;
 
 thread_local! {
     static BACKEND: RefCell<CpuBackend> = RefCell::new(CpuBackend::new(
-        fuzz_support::tiny_model().weights_as(Storage::File).unwrap(),
+        fuzz_support::tiny_model()
+            .weights_as(Storage::File)
+            .expect("the harness's own tiny model loads (not fuzz input)"),
         LoraConfig {
             rank: fuzz_support::SEED_LORA_RANK,
             ..LoraConfig::default()

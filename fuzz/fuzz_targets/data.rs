@@ -14,7 +14,10 @@ const NAMES: [&str; 4] = ["data.txt", "data.jsonl", "data.json", "data"];
 
 fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| Tokenizer::from_gguf(&fuzz_support::tiny_model().gguf).unwrap())
+    TOK.get_or_init(|| {
+        Tokenizer::from_gguf(&fuzz_support::tiny_model().gguf)
+            .expect("the harness's own tiny model has a tokenizer (not fuzz input)")
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
