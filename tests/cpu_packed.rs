@@ -241,6 +241,47 @@ fn sparse_matrices_match_their_dense_form() {
     }
 }
 
+/// Any column range of an unstructured row reads as the dense form's (on x86-64 with
+/// AVX-512, the expand-load path; elsewhere the entry walk): ranges that start and end
+/// inside 32-column blocks, span several, and sit at the row's end.
+#[test]
+fn unstructured_rows_read_any_column_range() {
+    let (rows, cols) = (7, 801);
+    let w = values(rows * cols, 11);
+    for ty in [ValueType::Int4, ValueType::Int8, ValueType::F32] {
+        for sparsity in [0.0, 0.3, 0.6, 0.97] {
+            let u = UnstructuredMatrix::pack(
+                &prune_magnitude(&w, rows, cols, sparsity),
+                rows,
+                cols,
+                ty,
+            )
+            .unwrap();
+            let dense = u.to_dense();
+            for (c0, len) in [
+                (0, 801),
+                (0, 1),
+                (5, 27),
+                (31, 2),
+                (40, 300),
+                (63, 65),
+                (770, 31),
+                (800, 1),
+            ] {
+                for r in 0..rows {
+                    let mut out = vec![f32::NAN; len];
+                    u.row_into(r, c0, &mut out);
+                    assert_eq!(
+                        out,
+                        dense[r * cols + c0..r * cols + c0 + len],
+                        "{ty:?} sparsity {sparsity} row {r} columns {c0}+{len}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Losses within this of the f32 model's: the packed model decodes the very values the
 /// f32 model holds, so only the summation order of a few products may differ (the dot
 /// path of 1–4 rows); 1e-5 relative is ~80 ε.

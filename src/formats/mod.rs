@@ -4,6 +4,8 @@
 //! pipeline all build on this layer; it depends on nothing above `gguf` (and `cpu`, whose
 //! GEMM reads every format in place through [`rows`]).
 
+#[cfg(target_arch = "x86_64")]
+pub mod expand;
 pub mod packed;
 pub mod quant;
 pub mod rows;

@@ -400,6 +400,10 @@ impl RowSource for UnstructuredMatrix {
         self.cols
     }
     fn row_into(&self, r: usize, c0: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::expand::available(self) {
+            return super::expand::row_into(self, r, c0, out);
+        }
         out.fill(0.0);
         self.each_entry(r, c0, c0 + out.len(), |c, v| out[c - c0] = v);
     }
