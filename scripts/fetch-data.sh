@@ -3,13 +3,17 @@
 # checks their sha256 sums and converts them into the formats in data/README.md:
 #   data/arc-easy/train.jsonl (2,376), data/arc-easy/validation.jsonl (570)
 #   data/shakespeare/train.txt, data/shakespeare/validation.txt (held-out plays)
+#   and, for `bench compress`: data/lambada/{dev,test}.txt, data/sciq/validation.jsonl,
+#   data/boolq/instruct.jsonl, data/shakespeare/held-out/*.txt
 # Idempotent: does nothing when the outputs exist and are newer than the converter.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CACHE="$ROOT/data/cache"
 CONV="$ROOT/scripts/prepare_data.py"
 OUTS=("$ROOT/data/arc-easy/train.jsonl" "$ROOT/data/arc-easy/validation.jsonl"
-      "$ROOT/data/shakespeare/train.txt" "$ROOT/data/shakespeare/validation.txt")
+      "$ROOT/data/shakespeare/train.txt" "$ROOT/data/shakespeare/validation.txt"
+      "$ROOT/data/lambada/test.txt" "$ROOT/data/sciq/validation.jsonl"
+      "$ROOT/data/boolq/instruct.jsonl" "$ROOT/data/shakespeare/held-out/tempest.txt")
 fresh=1
 for f in "${OUTS[@]}"; do
   { [ -f "$f" ] && [ "$f" -nt "$CONV" ]; } || fresh=0

@@ -538,6 +538,51 @@ fn cli_profile_compress_and_load() {
     let ppl: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ppl["perplexity"].as_f64().unwrap().is_finite());
 
+    // On a cache miss, compress calibrates once: the profile's Hessians serve the
+    // compression, and the profile it measured is cached for the next run. It says how far
+    // the profile supports a per-layer choice.
+    let (cache2, one) = (p("cache2"), p("one.gguf"));
+    let fresh: Vec<&str> = calib
+        .iter()
+        .map(|&a| {
+            if a.ends_with("cache") {
+                cache2.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let head = [
+        "compress",
+        "--model",
+        &tiny,
+        "--sparsity",
+        "0.3",
+        "--out",
+        &one,
+    ];
+    let args: Vec<&str> = [&head[..], &fresh].concat();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let passes = err.lines().filter(|l| l.starts_with("calibrate:")).count();
+    assert_eq!(passes, 1, "one calibration pass: {err}");
+    assert!(
+        err.contains("profile: measured") && err.contains("saved to"),
+        "{err}"
+    );
+    assert!(
+        err.contains("less than uniform"),
+        "the expected gain: {err}"
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("profile: cached"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("calibrate:")).count(),
+        1,
+        "{err}"
+    );
+
     // A policy file with the wrong layer count is refused in one line.
     let bad = policy::uniform(3, 0.0, 4).unwrap().to_json();
     std::fs::write(p("bad.json"), bad).unwrap();

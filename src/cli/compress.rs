@@ -53,8 +53,21 @@ pub(crate) enum AllocationArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum SparsityRuleArg {
+    Shrunk,
     LeastError,
+    Owl,
     Reference,
+}
+
+impl SparsityRuleArg {
+    pub(crate) fn rule(self) -> SparsityRule {
+        match self {
+            SparsityRuleArg::Shrunk => SparsityRule::Shrunk,
+            SparsityRuleArg::LeastError => SparsityRule::LeastError,
+            SparsityRuleArg::Owl => SparsityRule::Owl,
+            SparsityRuleArg::Reference => SparsityRule::Reference,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -120,9 +133,12 @@ pub(crate) struct CompressArgs {
     /// general text when none is given); uniform: every layer alike.
     #[arg(long, value_enum, default_value_t = AllocationArg::Luc)]
     pub allocation: AllocationArg,
-    /// How luc chooses per-layer sparsity: least-error (least estimated loss change at the
-    /// target mean) or reference (the paper's rule: linear in 1 − normalised sensitivity).
-    #[arg(long, value_enum, default_value_t = SparsityRuleArg::LeastError)]
+    /// How luc chooses per-layer sparsity: shrunk (least-error moved toward uniform as far
+    /// as its estimated gain fails to hold on held-out calibration rows), least-error (least
+    /// estimated loss change at the target mean), owl (outlier-weighted: blocks with more
+    /// outlier weights pruned less) or reference (the paper's rule: linear in 1 −
+    /// normalised sensitivity). See src/compress/allocation.rs.
+    #[arg(long, value_enum, default_value_t = SparsityRuleArg::Shrunk)]
     pub sparsity_rule: SparsityRuleArg,
     /// A policy JSON file (overrides --sparsity, --bits, --allocation and the method
     /// flags; see src/compress/policy.rs).
@@ -187,10 +203,10 @@ pub(super) fn calib_rows(file: &ModelFile, a: &CalibArgs) -> Result<Vec<Row>> {
 /// Progress bars on stderr, one per stage ("calibrate", "fisher", "profile", "compress"), each
 /// cleared when the next stage starts or when dropped, leaving a line with its time.
 #[derive(Default)]
-struct StageBars(Option<(String, super::Progress, web_time::Instant, usize)>);
+pub(crate) struct StageBars(Option<(String, super::Progress, web_time::Instant, usize)>);
 
 impl StageBars {
-    fn update(&mut self, stage: &str, done: usize, total: usize) {
+    pub(crate) fn update(&mut self, stage: &str, done: usize, total: usize) {
         if self.0.as_ref().is_none_or(|(s, ..)| s != stage) {
             self.finish();
             let bar = progress_bar(total as u64, stage);
@@ -202,7 +218,7 @@ impl StageBars {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if let Some((stage, b, t0, done)) = self.0.take() {
             b.finish_and_clear();
             eprintln!("{stage}: {done} in {:.1} s", t0.elapsed().as_secs_f64());
@@ -284,10 +300,7 @@ impl CompressArgs {
             },
             group: self.group,
             symmetric: !self.asymmetric,
-            sparsity_rule: match self.sparsity_rule {
-                SparsityRuleArg::LeastError => SparsityRule::LeastError,
-                SparsityRuleArg::Reference => SparsityRule::Reference,
-            },
+            sparsity_rule: self.sparsity_rule.rule(),
             ..self.calib.options()
         }
     }
@@ -400,8 +413,16 @@ pub(crate) fn compress_file_on(a: &CompressArgs, device: Device) -> Result<Compr
         Some(_) => pick_gpu(device)?,
         None => None,
     };
+    // A cached profile if there is one; on a miss the pipeline measures it and its
+    // Hessians serve the compression too (one calibration pass), and it is saved after.
     let profile = match rows.as_deref().filter(|_| luc) {
-        Some(r) => Some(get_profile(&file, r, &a.calib.cache_dir, &o, gpu.as_ref())?.profile),
+        Some(r) => {
+            let c = pipeline::cached_profile(&a.calib.cache_dir, &file, r, &o.profile_options());
+            if let Some(c) = &c {
+                eprintln!("profile: cached ({})", c.path.display());
+            }
+            c.map(|c| c.profile)
+        }
         None => None,
     };
     let mut bars = StageBars::default();
@@ -416,6 +437,14 @@ pub(crate) fn compress_file_on(a: &CompressArgs, device: Device) -> Result<Compr
     ));
     bars.finish();
     let c = c?;
+    if let (Some(p), true) = (&c.profile, c.profile_measured) {
+        let path = pipeline::save_profile(&a.calib.cache_dir, p)?;
+        eprintln!(
+            "profile: measured in {:.1} s, saved to {}",
+            p.seconds,
+            path.display()
+        );
+    }
     for m in &c.messages {
         eprintln!("note: {m}");
     }

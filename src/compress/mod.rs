@@ -3,10 +3,12 @@
 //! (magnitude, Wanda, SparseGPT), GPTQ, the compressed file, and the whole run
 //! (`pipeline`). It sits above the engine, whose statistics pass it drives.
 
+pub mod allocation;
 pub mod calibration;
 pub mod file;
 pub mod gptq;
 pub mod pipeline;
 pub mod policy;
 pub mod profile;
+mod profile_report;
 pub mod prune;

@@ -16,18 +16,15 @@
 //! device). The results are the same measurement either way (f32 sums on the GPU, f64 on
 //! the CPU), so the profile's cache key does not name the device.
 
+pub use super::allocation::{layer_counts, make_policy, SparsityRule};
 use super::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use super::file::{self, TensorReport};
-use super::policy::{
-    allocate_bits, allocate_sparsity, sparsity_from_sensitivity, Allocation, Pattern, Policy,
-    PruneMethod, QuantMethod, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
-};
+use super::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
 use super::profile::{profile, profile_key, Profile, ProfileOptions};
 use crate::data::Dataset;
 use crate::engine::{GpuTrainer, StatsPass};
-use crate::formats::quant::BITS;
 use crate::kernels::GpuContext;
-use crate::model::{LlamaConfig, ModelFile};
+use crate::model::ModelFile;
 use crate::reference::stats::{BlockFisher, LayerHessians};
 use crate::reference::{Proj, Transformer};
 use crate::tokenizer::Tokenizer;
@@ -68,19 +65,6 @@ pub struct CompressOptions {
     pub sparsity_rule: SparsityRule,
 }
 
-/// How LUC chooses per-layer sparsities from the profile.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SparsityRule {
-    /// Least estimated loss change at the target mean ([`allocate_sparsity`]).
-    #[default]
-    #[serde(rename = "least-error")]
-    LeastError,
-    /// The reference rule: sparsity linear in 1 − normalised sensitivity
-    /// ([`sparsity_from_sensitivity`]).
-    #[serde(rename = "reference")]
-    Reference,
-}
-
 impl Default for CompressOptions {
     fn default() -> Self {
         CompressOptions {
@@ -97,7 +81,7 @@ impl Default for CompressOptions {
             loss_rows: 0,
             fisher_rows: 16,
             profile_method: PruneMethod::Wanda,
-            sparsity_rule: SparsityRule::LeastError,
+            sparsity_rule: SparsityRule::default(),
         }
     }
 }
@@ -222,16 +206,27 @@ pub async fn measure_profile(
         progress("calibrate", d, t)
     })
     .await?;
-    let fisher = if opts.fisher_rows > 0 {
-        let frows = &rows[..opts.fisher_rows.min(rows.len())];
-        fisher(file, model, frows, gpu, &mut |d, t| {
-            progress("fisher", d, t)
-        })
-        .await?
+    // The Fisher rows in two halves (one part for a single row), each its own estimate,
+    // so the profile can tell how far one half's choice holds on the other.
+    let frows = &rows[..opts.fisher_rows.min(rows.len())];
+    let split = if frows.len() >= 2 {
+        frows.len() / 2
     } else {
-        Vec::new()
+        frows.len()
     };
-    let mut p = profile(model, &hess, &fisher, rows, opts, key, &mut |d, t| {
+    let mut fisher_parts = Vec::new();
+    for (i, part) in [&frows[..split], &frows[split..]].into_iter().enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        let before = if i == 0 { 0 } else { split };
+        let f = fisher(file, model, part, gpu, &mut |d, _| {
+            progress("fisher", before + d, frows.len())
+        })
+        .await?;
+        fisher_parts.push((part.len(), f));
+    }
+    let mut p = profile(model, &hess, &fisher_parts, rows, opts, key, &mut |d, t| {
         progress("profile", d, t)
     })?;
     p.seconds = t0.elapsed().as_secs_f64();
@@ -251,106 +246,6 @@ pub async fn measure_file_profile(
     Ok(measure_profile(file, &mut model, rows, opts, gpu, progress)
         .await?
         .0)
-}
-
-/// Weights per block (all 7 projections), for the bit budget.
-pub fn layer_counts(c: &LlamaConfig) -> Vec<usize> {
-    let per: usize = Proj::ALL
-        .iter()
-        .map(|p| {
-            let (k, n) = p.shape(c);
-            k * n
-        })
-        .sum();
-    vec![per; c.n_layers]
-}
-
-/// The policy `o` asks for on a model of `c`'s shape: the user's (already parsed), or
-/// uniform, or LUC from `profile`. Also returns messages about choices made for the user.
-pub fn make_policy(
-    c: &LlamaConfig,
-    o: &CompressOptions,
-    user: Option<Policy>,
-    profile: Option<&Profile>,
-) -> Result<(Policy, Vec<String>)> {
-    let n = c.n_layers;
-    let mut messages = Vec::new();
-    if let Some(p) = user {
-        p.validate(n)?;
-        return Ok((p, messages));
-    }
-    let (sparsity, bits) = match o.allocation {
-        Allocation::Uniform | Allocation::Manual => {
-            if o.bits.fract() != 0.0 {
-                return Err(Error::Invalid(format!(
-                    "--bits {} with uniform allocation must be 2, 3, 4 or 8",
-                    o.bits
-                )));
-            }
-            (vec![o.sparsity; n], vec![o.bits as u32; n])
-        }
-        Allocation::Luc => {
-            let p = profile.ok_or_else(|| {
-                Error::Invalid("--allocation luc needs --calib for the profile".into())
-            })?;
-            p.check(n)?;
-            // The target's own width (the widest not above the mean): what most blocks get.
-            let width = BITS.iter().rev().find(|&&b| b as f64 <= o.bits).copied();
-            let sparsity = if o.pattern == Pattern::TwoOfFour {
-                messages.push("2:4: every layer at 0.5 sparsity; LUC allocates bits only".into());
-                vec![o.sparsity; n]
-            } else {
-                match o.sparsity_rule {
-                    SparsityRule::LeastError => {
-                        let (grid, err) = p.prune_errors(width);
-                        allocate_sparsity(
-                            &grid,
-                            &err,
-                            o.sparsity,
-                            MIN_LAYER_SPARSITY,
-                            MAX_LAYER_SPARSITY,
-                        )?
-                    }
-                    SparsityRule::Reference => sparsity_from_sensitivity(
-                        &p.prune_sensitivity(),
-                        o.sparsity,
-                        MIN_LAYER_SPARSITY,
-                        MAX_LAYER_SPARSITY,
-                    )?,
-                }
-            };
-            // Widths for the blocks as pruned (a sparse block's width costs more), none
-            // narrower than the target's own width: the estimates are second order and
-            // underrate a width far below (SmolLM2-135M at a mean of 3 bits: LUC gave one
-            // block 2 bits to give the last 4, by the Fisher estimate a gain, and Shakespeare
-            // perplexity went from 268 (uniform) to 314).
-            let mut err = p.quant_errors_at(&sparsity);
-            for e in &mut err {
-                for (v, &b) in e.iter_mut().zip(&BITS) {
-                    if width.is_some_and(|w| b < w) {
-                        *v = f64::INFINITY;
-                    }
-                }
-            }
-            let bits = allocate_bits(&err, &layer_counts(c), o.bits)?;
-            (sparsity, bits)
-        }
-    };
-    let mut p = Policy::from_layers(
-        &sparsity,
-        &bits,
-        match o.allocation {
-            Allocation::Luc => Allocation::Luc,
-            _ => Allocation::Uniform,
-        },
-    )?;
-    p.pattern = o.pattern;
-    p.prune = o.method;
-    p.quant = o.quant;
-    p.group = o.group;
-    p.symmetric = o.symmetric;
-    p.validate(n)?;
-    Ok((p, messages))
 }
 
 /// A compressed model and what was done to make it.
@@ -486,14 +381,29 @@ pub async fn compress(
         ),
         (None, _) => None,
     };
+    let mut c = compress_by(file, &model, hess.as_deref(), policy, progress)?;
+    c.messages = messages;
+    c.profile = profile.filter(|_| luc);
+    c.profile_measured = measured;
+    Ok(c)
+}
+
+/// Compresses `file` (whose weights `model` holds, dense) by `policy`, with the Hessians
+/// its pruning and GPTQ read (None: magnitude pruning and round-to-nearest only): the step
+/// after calibration, for callers that calibrate once and compress several ways
+/// (`edge-llm bench compress`). Reports the "compress" stage.
+pub fn compress_by(
+    file: &ModelFile,
+    model: &Transformer<f32>,
+    hess: Option<&[LayerHessians]>,
+    policy: Policy,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Compressed> {
     let t0 = web_time::Instant::now();
-    let (tensors, reports) =
-        file::compress_model(&model.w, hess.as_deref(), &policy, &mut |d, t| {
-            progress("compress", d, t)
-        })?;
+    let (tensors, reports) = file::compress_model(&model.w, hess, &policy, &mut |d, t| {
+        progress("compress", d, t)
+    })?;
     let seconds = t0.elapsed().as_secs_f64();
-    drop(hess);
-    drop(model);
     let bytes = file::write(&file.gguf, &file.bytes, &policy, &tensors)?;
     let notes = notes(&policy, &reports);
     Ok(Compressed {
@@ -501,9 +411,9 @@ pub async fn compress(
         policy,
         reports,
         notes,
-        messages,
-        profile: profile.filter(|_| luc),
-        profile_measured: measured,
+        messages: Vec::new(),
+        profile: None,
+        profile_measured: false,
         original_file_bytes: file.bytes.len(),
         seconds,
     })
@@ -542,10 +452,44 @@ pub struct Cached {
     pub cached: bool,
 }
 
+/// The cached profile of `file` on `calib` at `dir/<key>.json`, if there is a valid one.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cached_profile(
+    dir: &std::path::Path,
+    file: &ModelFile,
+    calib: &[Row],
+    opts: &ProfileOptions,
+) -> Option<Cached> {
+    let key = profile_key(&file.bytes, calib, opts);
+    let path = dir.join(format!("{key}.json"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let p = serde_json::from_str::<Profile>(&text).ok()?;
+    (p.key == key && p.check(file.config.n_layers).is_ok()).then_some(Cached {
+        profile: p,
+        path,
+        cached: true,
+    })
+}
+
+/// Writes `p` to `dir/<key>.json` (whole or not at all) and returns the path.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_profile(dir: &std::path::Path, p: &Profile) -> Result<std::path::PathBuf> {
+    let path = dir.join(format!("{}.json", p.key));
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let text = serde_json::to_string_pretty(p).map_err(|e| Error::Io(e.to_string()))?;
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}
+
 /// The profile of `file` on `calib`, from `dir/<key>.json` if present and valid, else
 /// measured (Hessians and the Fisher diagonal, on `gpu` when given, then every block and
 /// level) and written there. The key does not name the device: both measure the same.
 /// `progress(stage, done, total)` reports the "calibrate", "fisher" and "profile" stages.
+/// (`compress` does not call this on a miss: it measures the profile itself, so that its
+/// Hessians serve the compression too, and saves it after.)
 #[cfg(not(target_arch = "wasm32"))]
 pub async fn profile_cached(
     dir: &std::path::Path,
@@ -555,26 +499,11 @@ pub async fn profile_cached(
     gpu: Option<&GpuContext>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Cached> {
-    let key = profile_key(&file.bytes, calib, opts);
-    let path = dir.join(format!("{key}.json"));
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Ok(p) = serde_json::from_str::<Profile>(&text) {
-            if p.key == key && p.check(file.config.n_layers).is_ok() {
-                return Ok(Cached {
-                    profile: p,
-                    path,
-                    cached: true,
-                });
-            }
-        }
+    if let Some(c) = cached_profile(dir, file, calib, opts) {
+        return Ok(c);
     }
     let p = measure_file_profile(file, calib, opts, gpu, progress).await?;
-    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let text = serde_json::to_string_pretty(&p).map_err(|e| Error::Io(e.to_string()))?;
-    let tmp = path.with_extension("part");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    let path = save_profile(dir, &p)?;
     Ok(Cached {
         profile: p,
         path,
@@ -663,6 +592,52 @@ mod tests {
         assert_eq!(a.policy.allocation, Allocation::Luc);
         let mean = a.policy.mean_sparsity();
         assert!((mean - 0.3).abs() < 1e-9, "mean sparsity {mean}");
+    }
+
+    /// The profile measures the Fisher rows in two halves, and its whole estimate is the
+    /// one made from all rows at once (the estimate is linear in F).
+    #[test]
+    fn the_fisher_halves_make_the_whole_estimate() {
+        let (file, rows) = setup();
+        let opts = CompressOptions {
+            fisher_rows: 4,
+            ..luc()
+        }
+        .profile_options();
+        let p = measure_file_profile(&file, &rows, &opts, &mut |_, _, _| {}).unwrap();
+        assert!(p.layers.iter().all(|l| l.fisher_halves.len() == 2));
+        let (a, b) = (p.half(0).unwrap(), p.half(1).unwrap());
+        assert_ne!(a.layers[0].prune_fisher, b.layers[0].prune_fisher);
+        let mut model = Transformer::new(file.weights().unwrap());
+        let hess = collect_hessians(&model, &rows, &mut |_, _| {}).unwrap();
+        let all = fisher_diagonal(&model, &rows[..4], &mut |_, _| {}).unwrap();
+        let one = profile(
+            &mut model,
+            &hess,
+            &[(4, all)],
+            &rows,
+            &opts,
+            p.key.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(one.layers.iter().all(|l| l.fisher_halves.is_empty()));
+        for (x, y) in p.layers.iter().zip(&one.layers) {
+            let pairs = x
+                .prune_fisher
+                .iter()
+                .zip(&y.prune_fisher)
+                .chain(x.quant_fisher.iter().zip(&y.quant_fisher))
+                .chain(
+                    x.joint_fisher
+                        .iter()
+                        .flatten()
+                        .zip(y.joint_fisher.iter().flatten()),
+                );
+            for (u, v) in pairs {
+                assert!((u - v).abs() <= 1e-5 * v.abs().max(1e-12), "{u} vs {v}");
+            }
+        }
     }
 
     #[test]

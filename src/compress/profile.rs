@@ -52,7 +52,11 @@ pub const FISHER_SPARSITIES: [f64; 18] = [
     0.9,
 ];
 /// Version of the cached profile JSON; a different version is recomputed.
-pub const PROFILE_VERSION: u32 = 3;
+pub const PROFILE_VERSION: u32 = 4;
+/// OWL's outlier threshold: a weight is an outlier of its block when its Wanda score
+/// |W_ij|·‖X_j‖ exceeds this many times the block's mean score (Yin et al. 2023, "Outlier
+/// Weighed Layerwise Sparsity"; their default).
+pub const OUTLIER_M: f64 = 5.0;
 
 /// Projection `p`'s weight `[out][in]` in a block: borrowed when dense (compression
 /// loads the model dense), dequantized when the CPU engine holds it packed.
@@ -123,6 +127,24 @@ pub struct LayerProfile {
     /// scale per 64 columns), which the dense `quant_fisher` does not see.
     #[serde(default)]
     pub joint_fisher: Vec<Vec<f64>>,
+    /// The same three Fisher estimates from each half of the Fisher rows (two entries
+    /// when `fisher_rows` ≥ 2, else none): `prune_fisher` and the rest are their
+    /// row-weighted mean (the estimate is linear in F). What tells signal from noise:
+    /// a choice made on one half is judged on the other ([`super::allocation`]).
+    #[serde(default)]
+    pub fisher_halves: Vec<FisherLevels>,
+    /// Fraction of the block's weights whose Wanda score |W_ij|·‖X_j‖ exceeds
+    /// [`OUTLIER_M`] × the block's mean score (OWL's layerwise outlier ratio).
+    #[serde(default)]
+    pub outlier_ratio: f64,
+}
+
+/// One Fisher estimate of a block at every level (as `LayerProfile`'s `*_fisher`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FisherLevels {
+    pub prune: Vec<f64>,
+    pub quant: Vec<f64>,
+    pub joint: Vec<Vec<f64>>,
 }
 
 /// A whole model's sensitivity profile (what the cache file holds).
@@ -206,6 +228,21 @@ impl Profile {
         }
     }
 
+    /// This profile with half `h` (0 or 1) of the Fisher rows as its Fisher estimate
+    /// (None unless it has two halves).
+    pub fn half(&self, h: usize) -> Option<Profile> {
+        if !self.layers.iter().all(|l| l.fisher_halves.len() == 2) || h > 1 {
+            return None;
+        }
+        let mut p = self.clone();
+        for l in &mut p.layers {
+            let f = l.fisher_halves.swap_remove(h);
+            (l.prune_fisher, l.quant_fisher, l.joint_fisher) = (f.prune, f.quant, f.joint);
+            l.fisher_halves.clear();
+        }
+        Some(p)
+    }
+
     /// Block `l`'s pruning errors from [`Self::error_source`], on the grid it was measured
     /// on ([`FISHER_SPARSITIES`] for the Fisher estimate, else [`SPARSITIES`]).
     fn prune_source(&self, l: &LayerProfile) -> (&'static [f64], Vec<f64>) {
@@ -216,7 +253,7 @@ impl Profile {
         }
     }
 
-    fn quant_source<'a>(&self, l: &'a LayerProfile) -> &'a [f64] {
+    pub(super) fn quant_source<'a>(&self, l: &'a LayerProfile) -> &'a [f64] {
         match self.error_source() {
             ErrorSource::Fisher => &l.quant_fisher,
             ErrorSource::Dloss => &l.quant_dloss,
@@ -226,7 +263,7 @@ impl Profile {
 
     /// Block `l`'s pruning errors from [`Self::error_source`] at the levels of
     /// [`SPARSITIES`].
-    fn prune_levels(&self, l: &LayerProfile) -> Vec<f64> {
+    pub(super) fn prune_levels(&self, l: &LayerProfile) -> Vec<f64> {
         let (grid, e) = self.prune_source(l);
         SPARSITIES
             .iter()
@@ -362,7 +399,21 @@ impl Profile {
                         .chain(&l.prune_fisher)
                         .chain(&l.quant_fisher)
                         .chain(l.joint_fisher.iter().flatten())
+                        .chain(l.fisher_halves.iter().flat_map(|h| {
+                            h.prune
+                                .iter()
+                                .chain(&h.quant)
+                                .chain(h.joint.iter().flatten())
+                        }))
                         .all(|v| v.is_finite() && *v >= 0.0)
+                    && (0.0..=1.0).contains(&l.outlier_ratio)
+                    && matches!(l.fisher_halves.len(), 0 | 2)
+                    && l.fisher_halves.iter().all(|h| {
+                        h.prune.len() == l.prune_fisher.len()
+                            && h.quant.len() == l.quant_fisher.len()
+                            && h.joint.len() == l.joint_fisher.len()
+                            && h.joint.iter().all(|r| r.len() == BITS.len())
+                    })
             });
         if ok {
             Ok(())
@@ -372,197 +423,7 @@ impl Profile {
             )))
         }
     }
-
-    /// A plain-text table: one line per block.
-    pub fn table(&self) -> String {
-        let mut s = String::from("layer");
-        for p in &self.sparsities {
-            s += &format!(" {:>9}", format!("p{:.0}%", p * 100.0));
-        }
-        for b in &self.bits {
-            s += &format!(" {:>9}", format!("q{b}"));
-        }
-        s += &format!(" {:>9} {:>9}", "S_prune", "S_quant");
-        if self.base_loss.is_some() {
-            s += &format!(" {:>9} {:>9}", "dL_p50%", "dL_q4");
-        }
-        if self.has_fisher() {
-            s += &format!(" {:>9} {:>9}", "F_p50%", "F_q4");
-        }
-        s.push('\n');
-        let (ps, qs) = (self.prune_sensitivity(), self.quant_sensitivity());
-        let i50 = SPARSITIES.iter().position(|&p| p == 0.5).unwrap_or(0);
-        let i4 = BITS.iter().position(|&b| b == 4).unwrap_or(0);
-        for (l, lp) in self.layers.iter().enumerate() {
-            s += &format!("{l:>5}");
-            for v in lp.prune_mse.iter().chain(&lp.quant_mse) {
-                s += &format!(" {v:>9.2e}");
-            }
-            s += &format!(" {:>9.2e} {:>9.2e}", ps[l], qs[l]);
-            if let (Some(a), Some(b)) = (lp.prune_dloss.get(i50), lp.quant_dloss.get(i4)) {
-                s += &format!(" {a:>+9.4} {b:>+9.4}");
-            }
-            let f50 = FISHER_SPARSITIES
-                .iter()
-                .position(|&p| p == 0.5)
-                .unwrap_or(0);
-            if let (Some(a), Some(b)) = (lp.prune_fisher.get(f50), lp.quant_fisher.get(i4)) {
-                s += &format!(" {a:>9.2e} {b:>9.2e}");
-            }
-            s.push('\n');
-        }
-        s
-    }
-
-    /// A hand-written SVG: per-block error (log scale) at every level, one polyline per
-    /// sparsity (left panel) and per width (right panel); the error is what the policies
-    /// read ([`Self::error_source`]).
-    pub fn to_svg(&self) -> String {
-        let (w, h, pad) = (420.0f64, 300.0f64, 50.0f64);
-        let nl = self.layers.len().max(1);
-        let prune: Vec<Vec<f64>> = self.layers.iter().map(|l| self.prune_levels(l)).collect();
-        let quant: Vec<&[f64]> = self.layers.iter().map(|l| self.quant_source(l)).collect();
-        let what = match self.error_source() {
-            ErrorSource::Fisher => "estimated loss change (Fisher)",
-            ErrorSource::Dloss => "measured loss change",
-            ErrorSource::Mse => "output MSE",
-        };
-        let all: Vec<f64> = prune
-            .iter()
-            .flatten()
-            .chain(quant.iter().copied().flatten())
-            .copied()
-            .filter(|v| *v > 0.0)
-            .collect();
-        let lo = all
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            .log10()
-            .floor();
-        let hi = all
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max)
-            .log10()
-            .ceil();
-        let (lo, hi) = if lo.is_finite() && hi > lo {
-            (lo, hi)
-        } else {
-            (-12.0, 0.0)
-        };
-        let floor = 10f64.powf(lo);
-        let x_of = |l: usize, x0: f64| {
-            x0 + pad + (w - 2.0 * pad) * l as f64 / (nl.saturating_sub(1).max(1)) as f64
-        };
-        let y_of = |v: f64| {
-            let t = (v.max(floor).log10() - lo) / (hi - lo);
-            h - pad - (h - 2.0 * pad) * t
-        };
-        let color =
-            |i: usize, n: usize| format!("hsl({:.0},70%,45%)", 240.0 * i as f64 / n.max(2) as f64);
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{h}\" \
-             font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-            2.0 * w
-        );
-        let panels: [(String, f64, Series); 2] = [
-            (
-                format!("pruning: {what}"),
-                0.0,
-                self.sparsities
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        (
-                            format!("{:.0}%", p * 100.0),
-                            prune
-                                .iter()
-                                .map(|l| l.get(i).copied().unwrap_or(0.0))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            ),
-            (
-                format!("quantization: {what}"),
-                w,
-                self.bits
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        (
-                            format!("{b}-bit"),
-                            quant
-                                .iter()
-                                .map(|l| l.get(i).copied().unwrap_or(0.0))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            ),
-        ];
-        for (title, x0, series) in &panels {
-            let x0 = *x0;
-            s += &format!(
-                "<text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"13\">{title}</text>\n",
-                x0 + w / 2.0
-            );
-            s += &format!(
-                "<line x1=\"{a}\" y1=\"{b}\" x2=\"{c}\" y2=\"{b}\" stroke=\"black\"/>\
-                 <line x1=\"{a}\" y1=\"{pad}\" x2=\"{a}\" y2=\"{b}\" stroke=\"black\"/>\n",
-                a = x0 + pad,
-                b = h - pad,
-                c = x0 + w - pad
-            );
-            let mut e = lo;
-            while e <= hi {
-                let y = y_of(10f64.powf(e));
-                s += &format!(
-                    "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-                     <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1e{e}</text>\n",
-                    x0 + pad,
-                    x0 + w - pad,
-                    x0 + pad - 4.0,
-                    y + 4.0
-                );
-                e += ((hi - lo) / 6.0).ceil().max(1.0);
-            }
-            for l in [0, nl - 1] {
-                s += &format!(
-                    "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{l}</text>\n",
-                    x_of(l, x0),
-                    h - pad + 14.0
-                );
-            }
-            s += &format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">layer</text>\n",
-                x0 + w / 2.0,
-                h - pad + 28.0
-            );
-            for (i, (name, ys)) in series.iter().enumerate() {
-                let pts: Vec<String> = ys
-                    .iter()
-                    .enumerate()
-                    .map(|(l, &v)| format!("{:.1},{:.1}", x_of(l, x0), y_of(v)))
-                    .collect();
-                let col = color(i, series.len());
-                s += &format!(
-                    "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"1.5\" points=\"{}\"/>\n\
-                     <text x=\"{}\" y=\"{}\" fill=\"{col}\">{name}</text>\n",
-                    pts.join(" "),
-                    x0 + w - pad + 4.0,
-                    pad + 12.0 * i as f64
-                );
-            }
-        }
-        s += "</svg>\n";
-        s
-    }
 }
-
-/// Named polylines of a plot panel.
-type Series = Vec<(String, Vec<f64>)>;
 
 /// Mean cross-entropy of `rows` under the model.
 fn loss_on(model: &Transformer<f32>, rows: &[Row]) -> f64 {
@@ -620,7 +481,7 @@ pub fn prune_proj(
 pub fn profile(
     model: &mut Transformer<f32>,
     hess: &[LayerHessians],
-    fisher: &[BlockFisher],
+    fisher: &[(usize, Vec<BlockFisher>)],
     calib: &[Row],
     opts: &ProfileOptions,
     key: String,
@@ -635,12 +496,17 @@ pub fn profile(
             c.n_layers
         )));
     }
-    if !(fisher.is_empty() || fisher.len() == c.n_layers) {
+    if let Some((_, f)) = fisher.iter().find(|(_, f)| f.len() != c.n_layers) {
         return Err(Error::Invalid(format!(
             "profile: Fisher diagonals of {} layers for {} layers",
-            fisher.len(),
+            f.len(),
             c.n_layers
         )));
+    }
+    if fisher.len() > 2 || fisher.iter().any(|(n, _)| *n == 0) {
+        return Err(Error::Invalid(
+            "profile: the Fisher estimate comes in one or two parts of at least one row".into(),
+        ));
     }
     let loss_rows = &calib[..opts.loss_rows.min(calib.len())];
     let base_loss = (!loss_rows.is_empty()).then(|| loss_on(model, loss_rows));
@@ -670,11 +536,15 @@ pub fn profile(
             prune_fisher: Vec::new(),
             quant_fisher: Vec::new(),
             joint_fisher: Vec::new(),
+            fisher_halves: Vec::new(),
+            outlier_ratio: outlier_ratio(&orig, &c, hl),
         };
-        let fl = fisher.get(l);
+        // This block's Fisher diagonal from each part of the Fisher rows.
+        let fl: Vec<&BlockFisher> = fisher.iter().map(|(_, f)| &f[l]).collect();
+        let mut parts = vec![FisherLevels::default(); fl.len()];
         for i in 0..levels {
             let mut mse = 0.0;
-            let mut fe = 0.0;
+            let mut fe = vec![0.0; fl.len()];
             for (pi, p) in Proj::ALL.into_iter().enumerate() {
                 let (k, n) = p.shape(&c);
                 let h = hl.of(p);
@@ -695,8 +565,10 @@ pub fn profile(
                     }
                 };
                 mse += output_mse_gemm(h_of(p), k, w, &w_hat, n);
-                if let (Some(fl), true) = (fl, i >= SPARSITIES.len()) {
-                    fe += fisher_error(&fl[pi], w, &w_hat);
+                if i >= SPARSITIES.len() {
+                    for (e, f) in fe.iter_mut().zip(&fl) {
+                        *e += fisher_error(&f[pi], w, &w_hat);
+                    }
                 }
                 *p.weight_mut(&mut model.w.layers[l]) = w_hat.into();
             }
@@ -707,19 +579,19 @@ pub fn profile(
             } else {
                 lp.quant_mse.push(mse);
                 lp.quant_dloss.extend(dloss);
-                if fl.is_some() {
-                    lp.quant_fisher.push(fe);
+                for (part, e) in parts.iter_mut().zip(fe) {
+                    part.quant.push(e);
                 }
             }
             progress(l * per_layer + i + 1, total);
         }
         model.w.layers[l] = orig;
-        if let Some(fl) = fl {
+        if !fl.is_empty() {
             // Every grid sparsity: pruned alone, then each width as compression stores a
             // sparse layer.
             for (j, &sp) in FISHER_SPARSITIES.iter().enumerate() {
-                let mut fe = 0.0;
-                let mut joint = vec![0.0; BITS.len()];
+                let mut fe = vec![0.0; fl.len()];
+                let mut joint = vec![vec![0.0; BITS.len()]; fl.len()];
                 for (pi, p) in Proj::ALL.into_iter().enumerate() {
                     let (k, n) = p.shape(&c);
                     let lw = &model.w.layers[l];
@@ -727,18 +599,35 @@ pub fn profile(
                     let w = &*w;
                     let s = Sparsity::Unstructured(sp);
                     let w_hat = prune_proj(lw, p, &c, hl.of(p), opts.method, s)?;
-                    fe += fisher_error(&fl[pi], w, &w_hat);
-                    for (d, &b) in joint.iter_mut().zip(&BITS) {
+                    for (e, f) in fe.iter_mut().zip(&fl) {
+                        *e += fisher_error(&f[pi], w, &w_hat);
+                    }
+                    for (bi, &b) in BITS.iter().enumerate() {
                         let ty = ValueType::for_bits(b);
                         let kept =
                             UnstructuredMatrix::pack_bits(&w_hat, n, k, ty, b.min(ty.bits()))?;
-                        *d += fisher_error(&fl[pi], w, &kept.to_dense());
+                        let kept = kept.to_dense();
+                        for (d, f) in joint.iter_mut().zip(&fl) {
+                            d[bi] += fisher_error(&f[pi], w, &kept);
+                        }
                     }
                 }
-                lp.prune_fisher.push(fe);
-                lp.joint_fisher.push(joint);
+                for ((part, e), jt) in parts.iter_mut().zip(fe).zip(joint) {
+                    part.prune.push(e);
+                    part.joint.push(jt);
+                }
                 progress(l * per_layer + levels + j + 1, total);
             }
+        }
+        // The whole estimate: the parts' mean weighted by their rows (linear in F).
+        let rows: Vec<f64> = fisher.iter().map(|(n, _)| *n as f64).collect();
+        if let Some(whole) = weighted_mean(&parts, &rows) {
+            lp.prune_fisher = whole.prune;
+            lp.quant_fisher = whole.quant;
+            lp.joint_fisher = whole.joint;
+        }
+        if parts.len() == 2 {
+            lp.fisher_halves = parts;
         }
         layers.push(lp);
     }
@@ -754,6 +643,50 @@ pub fn profile(
         layers,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The row-weighted mean of Fisher estimates of the same levels (None without any).
+fn weighted_mean(parts: &[FisherLevels], rows: &[f64]) -> Option<FisherLevels> {
+    let total: f64 = rows.iter().sum();
+    let first = parts.first()?;
+    let mix = |get: &dyn Fn(&FisherLevels) -> f64| -> f64 {
+        parts.iter().zip(rows).map(|(p, n)| n * get(p)).sum::<f64>() / total
+    };
+    Some(FisherLevels {
+        prune: (0..first.prune.len())
+            .map(|i| mix(&|p| p.prune[i]))
+            .collect(),
+        quant: (0..first.quant.len())
+            .map(|i| mix(&|p| p.quant[i]))
+            .collect(),
+        joint: (0..first.joint.len())
+            .map(|i| (0..BITS.len()).map(|b| mix(&|p| p.joint[i][b])).collect())
+            .collect(),
+    })
+}
+
+/// OWL's layerwise outlier ratio of block `lw` (see [`LayerProfile::outlier_ratio`]): over
+/// all 7 projections, the share of Wanda scores |W_ij|·‖X_j‖ above [`OUTLIER_M`] × their
+/// mean, ‖X_j‖ from the block's Hessians.
+pub fn outlier_ratio(
+    lw: &LayerWeights<f32>,
+    c: &crate::model::LlamaConfig,
+    h: &LayerHessians,
+) -> f64 {
+    let mut scores = Vec::new();
+    for p in Proj::ALL {
+        let (k, _) = p.shape(c);
+        let norms = h.of(p).column_norms();
+        let w = weight_of(lw, p);
+        scores.extend(
+            w.iter()
+                .enumerate()
+                .map(|(i, &x)| x.abs() as f64 * norms[i % k]),
+        );
+    }
+    let mean = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+    let over = scores.iter().filter(|&&s| s > OUTLIER_M * mean).count();
+    over as f64 / scores.len().max(1) as f64
 }
 
 /// 64-bit FNV-1a, continued from `h` (stable across builds, unlike `DefaultHasher`).
@@ -819,6 +752,8 @@ mod tests {
             prune_fisher: Vec::new(),
             quant_fisher: Vec::new(),
             joint_fisher: Vec::new(),
+            fisher_halves: Vec::new(),
+            outlier_ratio: 0.0,
         };
         let p = profile(vec![
             layer(vec![-0.34, 0.08, 0.0, -0.0001]),
@@ -854,6 +789,8 @@ mod tests {
                         .to_vec()
                 })
                 .collect(),
+            fisher_halves: Vec::new(),
+            outlier_ratio: 0.0,
         };
         let mut p = profile(vec![layer.clone(); 4]);
         p.base_loss = None;

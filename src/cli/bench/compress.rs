@@ -1,297 +1,443 @@
-//! `edge-llm bench compress`: the uniform and LUC policies at the same mean sparsity and
-//! mean bits, beside the uncompressed model.
+//! `edge-llm bench compress`: compression judged on data it was not calibrated on.
+//!
+//! For each calibration set (by default three of different kinds: Shakespeare, the ARC-Easy
+//! training questions, BoolQ's passages with their questions), the model is calibrated
+//! once (Hessians, Fisher halves, profile), then compressed at each budget (mean sparsity,
+//! mean bits) uniformly and by each LUC sparsity rule, from the same calibration. Every
+//! compressed model is scored on held-out texts in two splits: the development texts choose
+//! the rule (the least mean log perplexity ratio to uniform over calibration sets and
+//! texts), the test texts and the zero-shot tasks report it, and no choice reads them.
+//! Perplexity is over `--ppl-windows` windows of `--ppl-len` tokens spread through each
+//! text (each from an empty context). Zero-shot accuracy runs for the dense model, uniform
+//! and the chosen rule (it is slow on a CPU: about half a second a question).
+//!
+//! Resumable: each compressed model is written under `--out/<calibration>/` and its scores
+//! beside it (`.scores.json`, keyed by the evaluation settings; the dense model's in
+//! `--out/dense.scores.json`); a second run reuses both.
 
-use super::{io, questions, write_outputs};
-use crate::cli::compress::{
-    AllocationArg, CalibArgs, CompressArgs, MethodArg, PatternArg, QuantArg, SparsityRuleArg,
+use super::compress_report::{report, Budget, Entry};
+use super::io;
+use crate::cli::compress::{SparsityRuleArg, StageBars};
+use crate::compress::allocation::{expected_gain, make_policy};
+use crate::compress::calibration::calibration_rows;
+use crate::compress::pipeline::{
+    cached_profile, compress_by, hessians, measure_profile, save_profile, CompressOptions,
 };
-use crate::cli::progress_bar;
-use crate::engine::{GpuModel, GpuModelOptions, WeightFormat};
-use crate::eval::{self, CpuLm, Lm, Readout};
-use crate::model::ModelFile;
+use crate::compress::policy::Allocation;
+use crate::data::{Dataset, McQuestion};
+use crate::eval::{self, CpuLm};
+use crate::model::{ModelFile, Storage};
+use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use serde::Serialize;
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
-/// `edge-llm bench compress`: the uniform and LUC policies at the same mean sparsity and
-/// mean bits (issue 5's table), beside the uncompressed model.
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchCompressArgs {
     #[arg(long, default_value = "models/cache/SmolLM2-135M-Instruct.Q4_1.gguf")]
     pub model: PathBuf,
-    /// Calibration text for the profile, pruning and GPTQ.
-    #[arg(long, default_value = "data/shakespeare/train.txt")]
-    pub calib: PathBuf,
+    /// Calibration sets as NAME=FILE, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "shakespeare=data/shakespeare/train.txt,arc-easy=data/arc-easy/train-instruct.jsonl,boolq=data/boolq/instruct.jsonl"
+    )]
+    pub calib: Vec<String>,
     #[arg(long, default_value_t = 16)]
     pub calib_rows: usize,
     #[arg(long, default_value_t = 128)]
     pub calib_seq_len: usize,
-    /// Rows whose loss the profile measures per layer and level (a diagnostic: the policy
-    /// reads the Fisher estimate).
-    #[arg(long, default_value_t = 0)]
-    pub loss_rows: usize,
-    /// Rows whose loss gradients make the profile's Fisher estimate.
+    /// Rows whose loss gradients make the profile's Fisher estimate (in two halves).
     #[arg(long, default_value_t = 16)]
     pub fisher_rows: usize,
-    /// How the LUC rows choose per-layer sparsity (as `compress --sparsity-rule`).
-    #[arg(long, value_enum, default_value_t = SparsityRuleArg::LeastError)]
-    pub sparsity_rule: SparsityRuleArg,
-    #[arg(long, default_value = "runs/profile")]
-    pub cache_dir: PathBuf,
-    /// Held-out text for perplexity, and how many of its tokens.
-    #[arg(long, default_value = "data/shakespeare/validation.txt")]
-    pub text: PathBuf,
-    #[arg(long, default_value_t = 512)]
-    pub ppl_tokens: usize,
-    #[arg(long, default_value = "data/arc-easy/validation.jsonl")]
-    pub eval_data: PathBuf,
-    #[arg(long)]
-    pub questions: Option<usize>,
-    #[arg(long)]
-    pub no_eval: bool,
-    /// Mean sparsity of every policy.
-    #[arg(long, default_value_t = 0.5)]
-    pub sparsity: f64,
-    /// Mean bits, one table block each.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![4.0, 3.0])]
-    pub bits: Vec<f64>,
-    #[arg(long, value_enum, default_value_t = MethodArg::Sparsegpt)]
-    pub method: MethodArg,
-    #[arg(long, value_enum, default_value_t = QuantArg::Gptq)]
-    pub quant: QuantArg,
-    /// Asymmetric groups (scale and minimum).
-    #[arg(long)]
-    pub asymmetric: bool,
-    /// Tokens of the timed GPU forward pass (no GPU adapter: the timing is skipped).
+    /// Budgets as SPARSITY:BITS, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5:4,0.6:4")]
+    pub budgets: Vec<String>,
+    /// The LUC sparsity rules compared with uniform.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "shrunk,least-error,owl"
+    )]
+    pub rules: Vec<SparsityRuleArg>,
+    /// Development texts: they choose the rule.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "data/shakespeare/held-out/julius_caesar.txt,data/lambada/dev.txt"
+    )]
+    pub dev_text: Vec<PathBuf>,
+    /// Test texts: reported, never read by a choice.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "data/shakespeare/held-out/macbeth.txt,data/shakespeare/held-out/tempest.txt,data/lambada/test.txt"
+    )]
+    pub test_text: Vec<PathBuf>,
+    /// Windows per text, and tokens per window.
+    #[arg(long, default_value_t = 4)]
+    pub ppl_windows: usize,
     #[arg(long, default_value_t = 256)]
-    pub forward_tokens: usize,
-    #[arg(long, default_value_t = 3)]
-    pub forward_reps: usize,
-    /// Where the profile's and compression's calibration passes run (as `compress
-    /// --device`).
+    pub ppl_len: usize,
+    /// Zero-shot multiple-choice tasks (test), the first --questions of each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "data/arc-easy/validation.jsonl,data/sciq/validation.jsonl"
+    )]
+    pub mc: Vec<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    pub questions: usize,
+    /// Where the calibration passes run (as `compress --device`).
     #[arg(long, value_enum, default_value_t = crate::cli::Device::Auto)]
     pub device: crate::cli::Device,
+    #[arg(long, default_value = "runs/profile")]
+    pub cache_dir: PathBuf,
     #[arg(long, default_value = "runs/bench-compress")]
     pub out: PathBuf,
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct CompressRow {
-    pub policy: String,
-    pub mean_sparsity: f64,
-    pub mean_bits: f64,
-    pub model: PathBuf,
-    pub perplexity: f64,
-    pub accuracy: Option<f64>,
-    /// The GPU model's memory plan (weights as uploaded) and its weights alone.
-    pub gpu_bytes: u64,
-    pub gpu_weight_bytes: u64,
-    /// Median GPU forward time of `forward_tokens` tokens, and relative to the f32 model.
-    pub forward_ms: Option<f64>,
-    pub forward_vs_f32: Option<f64>,
+/// The held-out data, tokenized once.
+pub(super) struct Evals {
+    pub dev: Vec<(String, Vec<u32>)>,
+    pub test: Vec<(String, Vec<u32>)>,
+    pub mc: Vec<(String, Vec<McQuestion>)>,
+    /// What the scores depend on (a changed setting re-scores).
+    pub key: String,
 }
 
-pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
-    let text = std::fs::read_to_string(&a.text).map_err(|e| io(e, &a.text))?;
-    let questions = questions(&a.eval_data, a.questions, a.no_eval)?;
-    let ctx = crate::cli::pick_gpu(crate::cli::Device::Gpu).ok().flatten();
-    if ctx.is_none() {
-        eprintln!("no GPU adapter: the forward-time column is skipped");
-    }
-    let mut jobs: Vec<(String, f64, f64, PathBuf)> =
-        vec![("f32".into(), 0.0, 32.0, a.model.clone())];
-    for &bits in &a.bits {
-        for alloc in [AllocationArg::Uniform, AllocationArg::Luc] {
-            let name = match alloc {
-                AllocationArg::Uniform => "uniform",
-                AllocationArg::Luc => "luc",
-            };
-            let out = a
-                .out
-                .join(format!("{name}-s{}-b{bits}-{:?}.gguf", a.sparsity, a.quant));
-            if out.exists() {
-                eprintln!("{name} {bits} bits: reusing {}", out.display());
-            } else {
-                let args = CompressArgs {
-                    model: a.model.clone(),
-                    calib: CalibArgs {
-                        calib: Some(a.calib.clone()),
-                        calib_rows: a.calib_rows,
-                        seq_len: a.calib_seq_len,
-                        loss_rows: a.loss_rows,
-                        fisher_rows: a.fisher_rows,
-                        profile_method: MethodArg::Wanda,
-                        cache_dir: a.cache_dir.clone(),
-                    },
-                    sparsity: a.sparsity,
-                    bits,
-                    allocation: alloc,
-                    sparsity_rule: a.sparsity_rule,
-                    policy: None,
-                    method: a.method,
-                    pattern: PatternArg::Unstructured,
-                    quant: a.quant,
-                    group: 32,
-                    asymmetric: a.asymmetric,
-                    out: out.clone(),
-                    json: false,
-                };
-                let c = crate::cli::compress::compress_file_on(&args, a.device)?;
-                eprintln!(
-                    "{name} {bits} bits: {} in {:.0} s",
-                    out.display(),
-                    c.seconds
-                );
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map_or("?".into(), |s| s.to_string_lossy().into_owned())
+}
+
+impl Evals {
+    fn load(a: &BenchCompressArgs, tok: &Tokenizer) -> Result<Self> {
+        let text = |p: &PathBuf| -> Result<(String, Vec<u32>)> {
+            let body = std::fs::read_to_string(p).map_err(|e| io(e, p))?;
+            let ids = tok.encode(&body)?;
+            if ids.len() < a.ppl_len + 1 {
+                return Err(Error::Data(format!(
+                    "{}: {} tokens, fewer than one window of {}",
+                    p.display(),
+                    ids.len(),
+                    a.ppl_len
+                )));
             }
-            jobs.push((name.into(), a.sparsity, bits, out));
-        }
+            let name = match p.parent().map(stem) {
+                Some(d) if d == "lambada" => format!("lambada-{}", stem(p)),
+                _ => stem(p),
+            };
+            Ok((name, ids))
+        };
+        let mc =
+            a.mc.iter()
+                .map(|p| match Dataset::load(p)? {
+                    Dataset::MultipleChoice(mut q) => {
+                        q.truncate(a.questions);
+                        let name = p.parent().map_or(stem(p), stem);
+                        Ok((name, q))
+                    }
+                    _ => Err(Error::Data(format!(
+                        "{}: not multiple-choice data",
+                        p.display()
+                    ))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+        let key = format!(
+            "{:?}|{:?}|{}x{}|{:?}|{}",
+            a.dev_text, a.test_text, a.ppl_windows, a.ppl_len, a.mc, a.questions
+        );
+        Ok(Evals {
+            dev: a.dev_text.iter().map(text).collect::<Result<_>>()?,
+            test: a.test_text.iter().map(text).collect::<Result<_>>()?,
+            mc,
+            key,
+        })
     }
-    let mut rows: Vec<CompressRow> = Vec::new();
-    let mut timed: Vec<(ModelFile, GpuModelOptions, Vec<u32>)> = Vec::new();
-    for (policy, sparsity, bits, path) in jobs {
-        let file = ModelFile::open(&path)?;
-        let tok = Tokenizer::from_gguf(&file.gguf)?;
-        let model = crate::reference::Transformer::new(file.weights()?);
-        let mut ids = tok.encode(&text)?;
-        ids.truncate(a.ppl_tokens);
-        let ppl = pollster::block_on(eval::perplexity(
-            &mut CpuLm::new(&model),
-            &ids,
+}
+
+/// One model's scores (perplexity per text, accuracy per task once measured).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Scores {
+    pub key: String,
+    pub dev: Vec<f64>,
+    pub test: Vec<f64>,
+    pub accuracy: Option<Vec<f64>>,
+}
+
+/// Perplexity over `windows` windows of `len` tokens spread through `ids`.
+fn windowed_perplexity(
+    lm: &mut CpuLm<&Transformer<f32>>,
+    ids: &[u32],
+    windows: usize,
+    len: usize,
+) -> Result<f64> {
+    let w = windows.max(1);
+    let span = ids.len() - len;
+    let mut nll = 0.0;
+    for i in 0..w {
+        let start = if w == 1 { 0 } else { i * span / (w - 1) };
+        let p = pollster::block_on(eval::perplexity(
+            lm,
+            &ids[start..start + len],
             64,
             &mut |_, _| {},
         ))?;
-        let accuracy = if questions.is_empty() {
-            None
-        } else {
-            let pb = progress_bar(questions.len() as u64, "eval-mc");
-            let r = pollster::block_on(eval::eval_mc(
-                &mut CpuLm::new(&model),
-                &tok,
-                &questions,
-                &mut |d, _, _| pb.set_position(d as u64),
-            ))?;
+        nll += p.mean_nll;
+    }
+    Ok((nll / w as f64).exp())
+}
+
+/// The scores of the model at `path`, from `cache` when it holds them for these settings
+/// (and the accuracy when `with_mc`), else measured and saved there.
+fn scores(
+    path: &Path,
+    cache: &Path,
+    ev: &Evals,
+    a: &BenchCompressArgs,
+    with_mc: bool,
+) -> Result<Scores> {
+    let mut s: Scores = std::fs::read_to_string(cache)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|s: &Scores| s.key == ev.key)
+        .unwrap_or_default();
+    let need_ppl = s.key != ev.key;
+    let need_mc = with_mc && s.accuracy.is_none();
+    if !(need_ppl || need_mc) {
+        return Ok(s);
+    }
+    let file = ModelFile::open(path)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let model = Transformer::new(file.weights_as(Storage::File)?);
+    let mut lm = CpuLm::new(&model);
+    if need_ppl {
+        let ppl = |set: &[(String, Vec<u32>)], lm: &mut CpuLm<&Transformer<f32>>| {
+            set.iter()
+                .map(|(_, ids)| windowed_perplexity(lm, ids, a.ppl_windows, a.ppl_len))
+                .collect::<Result<Vec<f64>>>()
+        };
+        s = Scores {
+            key: ev.key.clone(),
+            dev: ppl(&ev.dev, &mut lm)?,
+            test: ppl(&ev.test, &mut lm)?,
+            accuracy: None,
+        };
+    }
+    if need_mc {
+        let mut acc = Vec::new();
+        for (name, q) in &ev.mc {
+            let pb = crate::cli::progress_bar(q.len() as u64, name);
+            let r = pollster::block_on(eval::eval_mc(&mut lm, &tok, q, &mut |d, _, _| {
+                pb.set_position(d as u64)
+            }))?;
             pb.finish_and_clear();
-            Some(r.accuracy)
+            acc.push(r.accuracy);
+        }
+        s.accuracy = Some(acc);
+    }
+    let text = serde_json::to_string(&s).map_err(|e| Error::Io(e.to_string()))?;
+    std::fs::write(cache, text).map_err(|e| io(e, cache))?;
+    Ok(s)
+}
+
+/// One calibration set's passes: its rows, the dense model, the profile and Hessians.
+struct Calibrated {
+    model: Transformer<f32>,
+    profile: crate::compress::profile::Profile,
+    hess: Vec<crate::reference::stats::LayerHessians>,
+}
+
+fn calibrate(
+    file: &ModelFile,
+    rows: &[crate::train::Row],
+    a: &BenchCompressArgs,
+    opts: &crate::compress::profile::ProfileOptions,
+    gpu: Option<&crate::kernels::GpuContext>,
+) -> Result<Calibrated> {
+    let mut model = Transformer::new(file.weights()?);
+    let mut bars = StageBars::default();
+    let mut progress = |s: &str, d: usize, t: usize| bars.update(s, d, t);
+    let (profile, hess) = match cached_profile(&a.cache_dir, file, rows, opts) {
+        Some(c) => {
+            let h = pollster::block_on(hessians(file, &model, rows, gpu, &mut |d, t| {
+                progress("calibrate", d, t)
+            }))?;
+            (c.profile, h)
+        }
+        None => {
+            let (p, h) = pollster::block_on(measure_profile(
+                file,
+                &mut model,
+                rows,
+                opts,
+                gpu,
+                &mut progress,
+            ))?;
+            save_profile(&a.cache_dir, &p)?;
+            (p, h)
+        }
+    };
+    bars.finish();
+    Ok(Calibrated {
+        model,
+        profile,
+        hess,
+    })
+}
+
+fn parse_budget(s: &str) -> Result<(f64, f64)> {
+    let bad = || {
+        Error::Invalid(format!(
+            "--budgets: '{s}' is not SPARSITY:BITS (e.g. 0.5:4)"
+        ))
+    };
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    Ok((
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+fn rule_name(r: SparsityRuleArg) -> &'static str {
+    match r {
+        SparsityRuleArg::Shrunk => "shrunk",
+        SparsityRuleArg::LeastError => "least-error",
+        SparsityRuleArg::Owl => "owl",
+        SparsityRuleArg::Reference => "reference",
+    }
+}
+
+pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
+    let file = ModelFile::open(&a.model)?;
+    let tok = Tokenizer::from_gguf(&file.gguf)?;
+    let ev = Evals::load(&a, &tok)?;
+    let calib: Vec<(String, PathBuf)> = a
+        .calib
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((n, p)) => Ok((n.trim().to_owned(), PathBuf::from(p.trim()))),
+            None => Err(Error::Invalid(format!("--calib: '{c}' is not NAME=FILE"))),
+        })
+        .collect::<Result<_>>()?;
+    let budgets: Vec<(f64, f64)> = a
+        .budgets
+        .iter()
+        .map(|b| parse_budget(b))
+        .collect::<Result<_>>()?;
+    let gpu = crate::cli::pick_gpu(a.device)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
+    eprintln!("dense model: scoring");
+    let dense = scores(&a.model, &a.out.join("dense.scores.json"), &ev, &a, true)?;
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut gains = Vec::new();
+    for (cname, cpath) in &calib {
+        let dir = a.out.join(cname);
+        std::fs::create_dir_all(&dir).map_err(|e| io(e, &dir))?;
+        let base = CompressOptions {
+            calib_rows: a.calib_rows,
+            seq_len: a.calib_seq_len,
+            fisher_rows: a.fisher_rows,
+            ..CompressOptions::default()
         };
-        let opts = GpuModelOptions {
-            format: if policy == "f32" {
-                WeightFormat::F32
-            } else {
-                WeightFormat::Packed
-            },
-            max_len: Some(a.forward_tokens),
-            max_t: a.forward_tokens,
-            path: None,
-        };
-        let plan = GpuModel::plan(&file, &opts, None)?;
-        let weights = plan
-            .by_category()
+        let rows = calibration_rows(&Dataset::load(cpath)?, &tok, a.calib_rows, a.calib_seq_len)?;
+        let opts = base.profile_options();
+        let jobs: Vec<(f64, f64, Option<SparsityRuleArg>, PathBuf)> = budgets
             .iter()
-            .find(|(c, _)| *c == crate::engine::Category::Weights)
-            .map_or(0, |x| x.1);
-        let row = CompressRow {
-            policy,
-            mean_sparsity: sparsity,
-            mean_bits: bits,
-            model: path,
-            perplexity: ppl.perplexity,
-            accuracy,
-            gpu_bytes: plan.total(),
-            gpu_weight_bytes: weights,
-            forward_ms: None,
-            forward_vs_f32: None,
+            .flat_map(|&(sp, b)| {
+                std::iter::once(None)
+                    .chain(a.rules.iter().map(|&r| Some(r)))
+                    .map(move |r| (sp, b, r))
+            })
+            .map(|(sp, b, r)| {
+                let name = r.map_or("uniform", rule_name);
+                (sp, b, r, dir.join(format!("{name}-s{sp}-b{b}.gguf")))
+            })
+            .collect();
+        // Calibrate (once) only where a model is missing or the profile is not cached.
+        let cached = cached_profile(&a.cache_dir, &file, &rows, &opts).map(|c| c.profile);
+        let cal = if cached.is_none() || jobs.iter().any(|j| !j.3.exists()) {
+            eprintln!("{cname}: calibrating on {}", cpath.display());
+            Some(calibrate(&file, &rows, &a, &opts, gpu.as_ref())?)
+        } else {
+            None
         };
-        eprintln!(
-            "{} (s {}, b {}): perplexity {:.2}, accuracy {}, GPU weights {:.1} MiB",
-            row.policy,
-            row.mean_sparsity,
-            row.mean_bits,
-            row.perplexity,
-            row.accuracy.map_or("n/a".into(), |x| format!("{x:.4}")),
-            row.gpu_weight_bytes as f64 / 1048576.0,
-        );
-        rows.push(row);
-        timed.push((file, opts, ids));
-    }
-    // GPU forward times, the models taking turns (the median of `forward_reps` each), so
-    // the machine's load falls on all of them alike.
-    if let Some(ctx) = &ctx {
-        let mut models = Vec::new();
-        for (file, opts, ids) in &timed {
-            let tokens: Vec<u32> = ids.iter().copied().cycle().take(a.forward_tokens).collect();
-            models.push((GpuModel::new(ctx, file, opts, None)?, tokens));
+        let profile = cal
+            .as_ref()
+            .map_or_else(|| cached.as_ref(), |c| Some(&c.profile));
+        let profile = profile.expect("calibrated when not cached");
+        for &(sparsity, bits) in &budgets {
+            let g = expected_gain(profile, sparsity, bits)?;
+            eprintln!("{cname} at {sparsity}/{bits}: {}", g.summary());
+            gains.push((cname.clone(), g));
         }
-        let mut times = vec![Vec::new(); models.len()];
-        for _ in 0..a.forward_reps.max(1) {
-            for (k, (gm, tokens)) in models.iter_mut().enumerate() {
-                Lm::truncate(gm, 0);
-                let t0 = std::time::Instant::now();
-                pollster::block_on(gm.append(tokens, Readout::Head))?;
-                times[k].push(t0.elapsed().as_secs_f64() * 1e3);
+        for (sparsity, bits, rule, path) in jobs {
+            let name = rule.map_or("uniform", rule_name);
+            if !path.exists() {
+                let c = cal.as_ref().expect("calibrated when a model is missing");
+                let o = CompressOptions {
+                    sparsity,
+                    bits,
+                    allocation: if rule.is_some() {
+                        Allocation::Luc
+                    } else {
+                        Allocation::Uniform
+                    },
+                    sparsity_rule: rule.map_or(Default::default(), |r| r.rule()),
+                    ..base.clone()
+                };
+                let (policy, _) = make_policy(&file.config, &o, None, Some(&c.profile))?;
+                eprintln!("{cname}: compressing {}", path.display());
+                let mut bars = StageBars::default();
+                let out = compress_by(&file, &c.model, Some(&c.hess), policy, &mut |s, d, t| {
+                    bars.update(s, d, t)
+                })?;
+                bars.finish();
+                let tmp = path.with_extension("part");
+                std::fs::write(&tmp, &out.bytes).map_err(|e| io(e, &tmp))?;
+                std::fs::rename(&tmp, &path).map_err(|e| io(e, &path))?;
             }
-        }
-        for (r, mut t) in rows.iter_mut().zip(times) {
-            t.sort_by(f64::total_cmp);
-            r.forward_ms = Some(t[t.len() / 2]);
-        }
-    }
-    let base = rows.first().and_then(|r| r.forward_ms);
-    for r in &mut rows {
-        r.forward_vs_f32 = match (r.forward_ms, base) {
-            (Some(t), Some(b)) => Some(t / b),
-            _ => None,
-        };
-    }
-    let mut table = format!(
-        "Uniform vs LUC at mean sparsity {} ({:?} pruning, {:?} quantization), perplexity of \
-         {} tokens of {}, accuracy on {} questions; GPU bytes from the GPU model's plan; \
-         forward of {} tokens on the GPU relative to f32.\n\n\
-         | policy | sparsity | bits | perplexity | accuracy | GPU weights MiB | GPU total MiB | forward ms | vs f32 |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        a.sparsity,
-        a.method,
-        a.quant,
-        a.ppl_tokens,
-        a.text.display(),
-        questions.len(),
-        a.forward_tokens
-    );
-    for r in &rows {
-        table += &format!(
-            "| {} | {} | {} | {:.2} | {} | {:.1} | {:.1} | {} | {} |\n",
-            r.policy,
-            r.mean_sparsity,
-            r.mean_bits,
-            r.perplexity,
-            r.accuracy
-                .map_or("–".into(), |x| format!("{:.2} %", 100.0 * x)),
-            r.gpu_weight_bytes as f64 / 1048576.0,
-            r.gpu_bytes as f64 / 1048576.0,
-            r.forward_ms.map_or("–".into(), |x| format!("{x:.0}")),
-            r.forward_vs_f32.map_or("–".into(), |x| format!("{x:.2}×")),
-        );
-    }
-    let files = [
-        ("table.md", table.clone().into_bytes()),
-        (
-            "results.json",
-            serde_json::to_vec_pretty(&rows).map_err(|e| Error::Io(e.to_string()))?,
-        ),
-    ];
-    write_outputs(&a.out, files)?;
-    if a.json {
-        for r in &rows {
-            println!(
-                "{}",
-                serde_json::to_string(r).map_err(|e| Error::Io(e.to_string()))?
+            let s = scores(&path, &path.with_extension("scores.json"), &ev, &a, false)?;
+            eprintln!(
+                "{cname} {name} {sparsity}/{bits}: dev {:?}, test {:?}",
+                s.dev, s.test
             );
+            let f = ModelFile::open(&path)?;
+            let sp = crate::compress::file::policy_of(&f.gguf, f.config.n_layers)?
+                .map(|p| p.layers.iter().map(|l| l.sparsity).collect())
+                .unwrap_or_default();
+            entries.push(Entry {
+                calib: cname.clone(),
+                budget: Budget { sparsity, bits },
+                policy: name.into(),
+                path,
+                layer_sparsity: sp,
+                scores: s,
+            });
         }
-    } else {
-        print!("{table}");
     }
-    Ok(())
+    // The rule each budget keeps, by the development texts only; then the zero-shot tasks
+    // for uniform and that rule.
+    let chosen = super::compress_report::choose(&entries, &budgets);
+    for e in &mut entries {
+        let keep = chosen
+            .iter()
+            .any(|(b, r)| *b == e.budget && (*r == e.policy || e.policy == "uniform"));
+        if keep && !ev.mc.is_empty() {
+            eprintln!("{} {} {:?}: zero-shot tasks", e.calib, e.policy, e.budget);
+            e.scores = scores(
+                &e.path,
+                &e.path.with_extension("scores.json"),
+                &ev,
+                &a,
+                true,
+            )?;
+        }
+    }
+    report(&a, &ev, &dense, &entries, &chosen, &gains)
 }

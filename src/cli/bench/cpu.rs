@@ -402,7 +402,7 @@ fn luc_model(a: &Args) -> Result<ModelFile> {
             sparsity: 0.5,
             bits: 4.0,
             allocation: AllocationArg::Luc,
-            sparsity_rule: SparsityRuleArg::LeastError,
+            sparsity_rule: SparsityRuleArg::Shrunk,
             policy: None,
             method: MethodArg::Sparsegpt,
             pattern: PatternArg::Unstructured,

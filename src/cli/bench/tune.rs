@@ -190,7 +190,7 @@ fn compressed_model(a: &BenchTuneArgs, allocation: AllocationArg) -> Result<Path
         sparsity: a.sparsity,
         bits: a.bits,
         allocation,
-        sparsity_rule: SparsityRuleArg::LeastError,
+        sparsity_rule: SparsityRuleArg::Shrunk,
         policy: None,
         method: MethodArg::Sparsegpt,
         pattern: PatternArg::Unstructured,
