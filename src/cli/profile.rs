@@ -3,7 +3,7 @@
 use super::compress::{calib_rows, get_profile, io, CalibArgs, DeviceArg};
 use super::pick_gpu;
 use crate::compress::pipeline::CompressOptions;
-use crate::compress::profile;
+use crate::compress::{allocation, profile};
 use crate::model::ModelFile;
 use crate::Result;
 use serde_json::json;
@@ -24,6 +24,12 @@ pub(crate) struct ProfileArgs {
     /// Asymmetric width levels, as `compress --asymmetric` quantizes.
     #[arg(long)]
     pub asymmetric: bool,
+    /// The budget at which the expected gain of LUC over uniform is reported (mean
+    /// sparsity, mean bits), as `compress` would be given.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    #[arg(long, default_value_t = 4.0)]
+    pub bits: f64,
     /// Write the per-layer plot here (default: beside the cached JSON, .svg).
     #[arg(long)]
     pub svg: Option<PathBuf>,
@@ -43,12 +49,16 @@ pub(crate) fn run(a: ProfileArgs) -> Result<()> {
     let c = get_profile(&file, &rows, &a.calib.cache_dir, &o, gpu.as_ref())?;
     let svg = a.svg.unwrap_or_else(|| c.path.with_extension("svg"));
     std::fs::write(&svg, c.profile.to_svg()).map_err(|e| io(e, &svg))?;
+    let gain = (a.sparsity > 0.0)
+        .then(|| allocation::expected_gain(&c.profile, a.sparsity, a.bits))
+        .transpose()?;
     if a.json {
         println!(
             "{}",
             json!({"cached": c.cached, "cache": c.path, "svg": svg, "profile": c.profile,
                    "prune_sensitivity": c.profile.prune_sensitivity(),
-                   "quant_sensitivity": c.profile.quant_sensitivity()})
+                   "quant_sensitivity": c.profile.quant_sensitivity(),
+                   "expected_gain": gain})
         );
     } else {
         print!("{}", c.profile.table());
@@ -67,6 +77,14 @@ pub(crate) fn run(a: ProfileArgs) -> Result<()> {
             profile::ErrorSource::Mse => "the output MSE".into(),
         };
         println!("columns p*/q*: output MSE; S_prune, S_quant and LUC read {source}");
+        if let Some(g) = &gain {
+            println!(
+                "at mean sparsity {} and {} bits: {}",
+                a.sparsity,
+                a.bits,
+                g.summary()
+            );
+        }
         println!("plot: {}", svg.display());
     }
     Ok(())

@@ -5,6 +5,7 @@ use wasm_bindgen::prelude::*;
 
 use super::model::WebModel;
 use super::{engine_for, js_err, json_with, notify_stage, parse_data, to_js_object, to_json};
+use crate::compress::allocation::{expected_gain, ExpectedGain};
 use crate::compress::pipeline::{self, CompressOptions};
 use crate::compress::policy::Policy;
 use crate::compress::profile::{profile_key, Profile};
@@ -57,7 +58,7 @@ impl WebModel {
         .await
         .map_err(js_err)?;
         json_with(
-            profile_json(&p),
+            profile_json(&p, &o),
             Ran {
                 device: device_name(gpu),
             },
@@ -140,7 +141,7 @@ impl WebModel {
         };
         let summary = json_with(c.to_json(), more)?;
         let profile = match c.profile.as_ref().filter(|_| c.profile_measured) {
-            Some(p) => Some(to_json(profile_json(p))?),
+            Some(p) => Some(to_json(profile_json(p, &o))?),
             None => None,
         };
         to_js_object(&Compressed {
@@ -189,15 +190,25 @@ struct ProfileJson<'a> {
     prune_sensitivity: Vec<f64>,
     quant_sensitivity: Vec<f64>,
     seconds: f64,
+    /// At the options' budget (mean sparsity above 0): what LUC's per-layer choice is
+    /// expected to gain over uniform and how far that held across the Fisher halves, and
+    /// the same in plain words.
+    expected_gain: Option<ExpectedGain>,
+    expected_gain_summary: Option<String>,
 }
 
-fn profile_json(p: &Profile) -> ProfileJson<'_> {
+fn profile_json<'a>(p: &'a Profile, o: &CompressOptions) -> ProfileJson<'a> {
+    let gain = (o.sparsity > 0.0)
+        .then(|| expected_gain(p, o.sparsity, o.bits).ok())
+        .flatten();
     ProfileJson {
         key: &p.key,
         profile: p,
         prune_sensitivity: p.prune_sensitivity(),
         quant_sensitivity: p.quant_sensitivity(),
         seconds: p.seconds,
+        expected_gain_summary: gain.as_ref().map(ExpectedGain::summary),
+        expected_gain: gain,
     }
 }
 

@@ -219,7 +219,8 @@ function showProfile(p, data, ms) {
   const status = $('cmp-status');
   status.textContent = `Profile of ${p.prune_sensitivity.length} blocks on ${data.name}: ${how} ` +
     `(key ${p.key}). Sensitivity is the loss change with only that block compressed` +
-    `${p.profile.base_loss === null ? ' (here: the output error, no loss rows)' : ''}; LUC spares the most sensitive blocks.`;
+    `${p.profile.base_loss === null ? ' (here: the output error, no loss rows)' : ''}; LUC spares the most sensitive blocks.` +
+    (p.expected_gain_summary ? ` At the mean sparsity and bits set for compression: ${p.expected_gain_summary}.` : '');
   status.dataset.profileKey = p.key;
   status.dataset.profileCached = String(p.cached);
   delete status.dataset.stage;
