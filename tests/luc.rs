@@ -598,3 +598,120 @@ fn cli_profile_compress_and_load() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench compress` on the tiny model: every calibration set × budget × policy is compressed
+/// from one calibration, scored on the development and test texts, the rule chosen on the
+/// development texts only, the zero-shot task run for uniform and the chosen rule; a second
+/// run compresses and scores nothing again.
+#[test]
+fn bench_compress_chooses_on_dev_and_resumes() {
+    let dir = temp_dir("bench-compress");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |n: &str| dir.join(n).display().to_string();
+    let tiny = p("tiny.gguf");
+    let spec = TinySpec {
+        n_layers: 4,
+        ..TinySpec::default()
+    };
+    std::fs::write(&tiny, generate(&spec).unwrap()).unwrap();
+    std::fs::write(p("a.txt"), TEXT.repeat(6)).unwrap();
+    std::fs::write(p("b.txt"), TEXT.replace("the", "a").repeat(6)).unwrap();
+    std::fs::write(p("dev.txt"), TEXT.repeat(3)).unwrap();
+    std::fs::write(p("test.txt"), TEXT.to_uppercase().repeat(3)).unwrap();
+    let mc = r#"{"question": "What is warm?", "choices": ["the mat", "the bird"], "answer": 0}
+{"question": "Who sings?", "choices": ["the bird", "the dog"], "answer": 0}
+"#;
+    std::fs::write(p("mc.jsonl"), mc).unwrap();
+    let calib = format!("a={},b={}", p("a.txt"), p("b.txt"));
+    let (cache, out) = (p("cache"), p("out"));
+    let test = format!("{},{}", p("test.txt"), p("dev.txt"));
+    let args = [
+        "bench",
+        "compress",
+        "--model",
+        &tiny,
+        "--calib",
+        &calib,
+        "--calib-rows",
+        "4",
+        "--calib-seq-len",
+        "32",
+        "--fisher-rows",
+        "4",
+        "--budgets",
+        "0.3:4,0.5:8",
+        "--rules",
+        "shrunk,owl",
+        "--dev-text",
+        &p("dev.txt"),
+        "--test-text",
+        &test,
+        "--ppl-windows",
+        "2",
+        "--ppl-len",
+        "24",
+        "--mc",
+        &p("mc.jsonl"),
+        "--questions",
+        "2",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        &cache,
+        "--out",
+        &out,
+        "--json",
+    ];
+    let (code, stdout, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let summaries: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 2, "one per budget: {stdout}");
+    for s in &summaries {
+        assert!(
+            ["shrunk", "owl"].contains(&s["rule"].as_str().unwrap()),
+            "{s}"
+        );
+        // Two calibration sets × two test texts.
+        assert_eq!(s["test_ratios"].as_array().unwrap().len(), 4, "{s}");
+        assert!(s["test_vs_uniform"].as_f64().unwrap().is_finite());
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("out/results.json")).unwrap()).unwrap();
+    let entries = r["entries"].as_array().unwrap();
+    assert_eq!(
+        entries.len(),
+        2 * 2 * 3,
+        "calibration sets × budgets × policies"
+    );
+    for e in entries {
+        let sp: Vec<f64> = e["layer_sparsity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let target = e["budget"]["sparsity"].as_f64().unwrap();
+        let mean = sp.iter().sum::<f64>() / sp.len() as f64;
+        assert!((mean - target).abs() < 1e-9, "{e}");
+        let chosen = summaries
+            .iter()
+            .any(|s| s["sparsity"] == e["budget"]["sparsity"] && s["rule"] == e["policy"]);
+        let scored = e["scores"]["accuracy"].is_array();
+        assert_eq!(scored, chosen || e["policy"] == "uniform", "{e}");
+    }
+    assert_eq!(r["gains"].as_array().unwrap().len(), 4);
+    assert!(std::fs::read_to_string(p("out/table.md"))
+        .unwrap()
+        .contains("(chosen)"));
+    let (code, again, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("compressing") && !err.contains("calibrating"),
+        "{err}"
+    );
+    assert_eq!(again, stdout, "a resumed run reports the same");
+    let _ = std::fs::remove_dir_all(&dir);
+}
