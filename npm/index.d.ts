@@ -136,7 +136,8 @@ export interface TunePlan {
   max_buffer_size: number;
   mode: TuneMode;
   /** Where the run trains (the device rule's choice) and why, in plain words. On the
-   * CPU the plan is of host memory: `total_bytes` and `by_category` only. */
+   * CPU the plan is of host memory: `total_bytes` and `by_category`, with `file_bytes`
+   * and `limit_bytes`. */
   device: 'gpu' | 'cpu';
   device_reason: string;
   /** Block counts after which early exits sit (edge mode). */
@@ -145,6 +146,10 @@ export interface TunePlan {
   window_schedule: WindowSchedule | null;
   /** Whether the model file is compressed. */
   compressed: boolean;
+  /** CPU plans: the model file's bytes, held beside the plan in the same memory. */
+  file_bytes?: number;
+  /** CPU plans: what the tab gives the WebAssembly module (4 GiB less slack). */
+  limit_bytes?: number;
   /** Bytes the trainer allocated (Tuner.plan only). */
   allocated_bytes?: number;
   [key: string]: unknown;

@@ -165,7 +165,8 @@ async function onWorkerEvent(m) {
       tune.sessionSteps += 1;
       tune.sessionMs += r.step_ms;
       tune.lastTokensPerS = r.tokens_per_s;
-      tune.history.train.push([r.step, r.loss, r.window ?? null]);
+      // The training time at the step's end: the plot's other x-axis.
+      tune.history.train.push([r.step, r.loss, r.window ?? null, Math.round(elapsedMs())]);
       tune.speeds.push([r.step, r.tokens_per_s, r.step_ms]);
       if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
       // After the last step the run still validates and saves: Pause has nothing to stop.
@@ -273,6 +274,7 @@ export function setupTuning() {
   $('resume-saved').addEventListener('click', onResumeSaved);
   $('discard-saved').addEventListener('click', onDiscardSaved);
   window.addEventListener('resize', drawPlot);
+  for (const r of document.querySelectorAll('input[name=plot-axis]')) r.addEventListener('change', drawPlot);
   setInterval(() => { if (['running', 'finishing'].includes(tune.state)) showProgress(); }, 1000);
 }
 
