@@ -381,10 +381,14 @@ impl WebTuner {
 
     /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}` for
     /// `adapter_model.safetensors` and `adapter_config.json`, and `exits: Uint8Array`
-    /// (`exits.safetensors`) when the run has early exits.
-    pub async fn adapter_files(&mut self) -> Result<js_sys::Object, JsError> {
+    /// (`exits.safetensors`) when the run has early exits. `base_model`: as for
+    /// [`WebAdapter::files`].
+    pub async fn adapter_files(
+        &mut self,
+        base_model: Option<String>,
+    ) -> Result<js_sys::Object, JsError> {
         let lora = trainer!(&mut self.run, t => t.backend.adapters().await.map_err(js_err)?);
-        peft_files(&lora, &self.config, &self.base_name)
+        peft_files(&lora, &self.config, &self.base_name, base_model)
     }
 
     /// The adapter's current values, to evaluate with ([`WebModel::lm_with_adapter`]) or

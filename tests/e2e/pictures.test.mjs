@@ -160,6 +160,7 @@ test('the loss against steps and time, the memory plan as a bar', async () => {
     await page.fill('#opt-steps', '100000');
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
     await page.click('#tune-start');
+    await page.click('#confirm-keep');  // the finished adapter stays kept
     assert.equal(await until(() => window.edgeLlmTune.step >= 3), 'ok');
     await page.click('#tune-pause');
     assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
