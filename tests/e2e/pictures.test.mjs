@@ -161,7 +161,7 @@ test('the loss against steps and time, the memory plan as a bar', async () => {
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
     await page.click('#tune-start');
     await page.click('#confirm-keep');  // the finished adapter stays kept
-    assert.equal(await until(() => window.edgeLlmTune.step >= 3), 'ok');
+    assert.equal(await until(() => document.body.dataset.tuneState === 'running' && window.edgeLlmTune.step >= 3), 'ok');
     await page.click('#tune-pause');
     assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
     await page.check('input[name=plot-axis][value=time]');

@@ -105,9 +105,11 @@ test('no action loses work: bad model files, a new run, cancel', async () => {
 
     // A new run before downloading: asked first, the first adapter stays, kept in the
     // browser, and downloads from the list; the new one from the button.
+    const firstKept = await page.evaluate(() => document.body.dataset.keptAdapter);
     await page.click('#tune-start');
     await page.click('#confirm-keep');
-    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    assert.equal(await until((k) => document.body.dataset.tuneState === 'done' &&
+      ![undefined, k].includes(document.body.dataset.keptAdapter), firstKept), 'ok');
     await page.waitForSelector('#kept-list li .kept-download');
     assert.equal(await page.locator('#kept-list li').count(), 1);
     const [kept] = await Promise.all([page.waitForEvent('download'), page.click('#kept-list li .kept-download')]);
@@ -305,7 +307,10 @@ test('before a new run the finished adapter is downloaded, kept or discarded; th
   const { page, errors, until } = await openRun(context);
   let downloads = 0;
   page.on('download', () => { downloads += 1; });
-  const done = () => until(() => document.body.dataset.tuneState === 'done' && document.body.dataset.keptAdapter !== undefined);
+  // Done, with its adapter kept: a new one (not `before`'s, the run the page showed before).
+  const kept = () => page.evaluate(() => document.body.dataset.keptAdapter ?? null);
+  const done = (before = null) => until((b) => document.body.dataset.tuneState === 'done' &&
+    document.body.dataset.keptAdapter !== undefined && document.body.dataset.keptAdapter !== b, before);
   try {
     await page.click('#tune-start');
     assert.equal(await done(), 'ok');
@@ -335,17 +340,19 @@ test('before a new run the finished adapter is downloaded, kept or discarded; th
     await page.waitForSelector('#base-model-error', { state: 'hidden' });
 
     // Download, then start: the file's own name as the base (the field is empty).
+    let before = await kept();
     await page.click('#tune-start');
     const [first] = await Promise.all([page.waitForEvent('download'), page.click('#confirm-download')]);
     assert.equal((await configOf(first)).base_model_name_or_path, 'edge-llm tiny test model');
-    assert.equal(await done(), 'ok');
+    assert.equal(await done(before), 'ok');
 
     // Discard, then start: the finished adapter is gone from the browser.
+    before = await kept();
     await page.click('#tune-start');
     await page.click('#confirm-discard');
-    assert.equal(await done(), 'ok');
+    assert.equal(await done(before), 'ok');
     assert.equal(await page.isVisible('#kept-adapters'), false, 'nothing else is kept');
-    const kept = await page.evaluate(() => new Promise((resolve, reject) => {
+    const stored = await page.evaluate(() => new Promise((resolve, reject) => {
       const open = indexedDB.open('edge-llm');
       open.onerror = () => reject(open.error);
       open.onsuccess = () => {
@@ -357,7 +364,7 @@ test('before a new run the finished adapter is downloaded, kept or discarded; th
       };
     }));
     const current = Number(await page.evaluate(() => document.body.dataset.keptAdapter));
-    assert.deepEqual(kept.filter((a) => !a.downloaded).map((a) => a.id), [current], 'only the last run\'s adapter is kept');
+    assert.deepEqual(stored.filter((a) => !a.downloaded).map((a) => a.id), [current], 'only the last run\'s adapter is kept');
 
     // The id given goes into adapter_config.json, from the run in the page...
     await page.fill('#base-model', 'someone/their-model');
@@ -366,8 +373,9 @@ test('before a new run the finished adapter is downloaded, kept or discarded; th
     assert.equal(JSON.parse(files['adapter_config.json']).base_model_name_or_path, 'someone/their-model');
 
     // ... and from an adapter kept in the browser, after a reload.
+    before = await kept();
     await page.click('#tune-start');
-    assert.equal(await done(), 'ok');
+    assert.equal(await done(before), 'ok');
     await page.reload();
     await ready(page);
     await page.waitForSelector('#kept-list li .kept-download');
