@@ -80,8 +80,8 @@ async function withBase(files, id) {
   try {
     return await call('reexportAdapter', { ...files, base_model: id });
   } catch (e) {
-    throw new Error(`${messageOf(e)}. An adapter kept from another model gets its base model id ` +
-      'only while that model is loaded: load it, or clear the field to download the adapter as kept');
+    throw new Error(`${plain(messageOf(e)).replace(/\.?$/, '.')} An adapter kept from another model gets its ` +
+      'base model id only while that model is loaded: load it, or clear the field to download the adapter as kept.');
   }
 }
 
