@@ -44,6 +44,9 @@ export declare function gpuInfo(): Promise<GpuInfo>;
 /** Destroys this thread's WebGPU device as a driver reset would (tests only). */
 export declare function loseGpuForTesting(): Promise<void>;
 
+/** Checks a Hugging Face model id (owner/name) for an adapter's base; throws what is wrong. */
+export declare function checkBaseModel(id: string): Promise<void>;
+
 /** A GGUF model (LLaMA family) from a URL, a Blob/File or bytes. */
 export declare function loadModel(source: string | URL | Blob | ArrayBuffer | Uint8Array): Promise<Model>;
 
@@ -136,7 +139,8 @@ export interface TunePlan {
   max_buffer_size: number;
   mode: TuneMode;
   /** Where the run trains (the device rule's choice) and why, in plain words. On the
-   * CPU the plan is of host memory: `total_bytes` and `by_category` only. */
+   * CPU the plan is of host memory: `total_bytes` and `by_category`, with `file_bytes`
+   * and `limit_bytes`. */
   device: 'gpu' | 'cpu';
   device_reason: string;
   /** Block counts after which early exits sit (edge mode). */
@@ -145,6 +149,10 @@ export interface TunePlan {
   window_schedule: WindowSchedule | null;
   /** Whether the model file is compressed. */
   compressed: boolean;
+  /** CPU plans: the model file's bytes, held beside the plan in the same memory. */
+  file_bytes?: number;
+  /** CPU plans: what the tab gives the WebAssembly module (4 GiB less slack). */
+  limit_bytes?: number;
   /** Bytes the trainer allocated (Tuner.plan only). */
   allocated_bytes?: number;
   [key: string]: unknown;
@@ -184,6 +192,8 @@ export interface PeftFiles {
   config: string;
   /** exits.safetensors: the early exits (adapters with exits only; PEFT has none). */
   exits?: Uint8Array;
+  /** All of them as one zip (stored), to unpack into the adapter's folder. */
+  zip: Uint8Array;
 }
 
 export declare class Model {
@@ -399,7 +409,8 @@ export declare class Tuner {
   checkpoint(): Promise<Uint8Array>;
   resume(bytes: Uint8Array): Promise<number>;
   adapter(): Promise<Adapter>;
-  exportAdapter(): Promise<PeftFiles>;
+  /** `baseModel`: the Hugging Face id (owner/name) adapter_config.json names as the base. */
+  exportAdapter(baseModel?: string): Promise<PeftFiles>;
   free(): void;
 }
 
@@ -407,7 +418,8 @@ export declare class Adapter {
   readonly inner: Raw.WebAdapter;
   readonly rank: number;
   readonly exits: number[];
-  files(): PeftFiles;
+  /** `baseModel`: the Hugging Face id (owner/name) adapter_config.json names as the base. */
+  files(baseModel?: string): PeftFiles;
   free(): void;
 }
 

@@ -81,6 +81,13 @@ export async function loseGpuForTesting() {
   raw.debug_lose_gpu();
 }
 
+/// Checks a Hugging Face model id for an adapter's `base_model_name_or_path` (owner/name, as
+/// the export checks it): throws an Error that says what is wrong, in plain words.
+export async function checkBaseModel(id) {
+  await init();
+  raw.check_base_model(id);
+}
+
 /// A GGUF model from a URL, a Blob/File, an ArrayBuffer or a Uint8Array.
 export async function loadModel(source) {
   await init();
@@ -273,9 +280,11 @@ export class Tuner {
   /// The adapter's current values, to evaluate with or export.
   async adapter() { return new Adapter(await this.inner.adapter()); }
 
-  /// `{safetensors: Uint8Array, config: string, exits?: Uint8Array}`: the PEFT adapter
-  /// files, and `exits.safetensors` when the run has early exits.
-  exportAdapter() { return this.inner.adapter_files(); }
+  /// `{safetensors: Uint8Array, config: string, exits?: Uint8Array, zip: Uint8Array}`: the
+  /// PEFT adapter files, `exits.safetensors` when the run has early exits, and all of them
+  /// as one zip. `baseModel`: the Hugging Face id (owner/name) that `adapter_config.json`
+  /// names as the base (checked as `checkBaseModel` does; omitted: the model's own).
+  exportAdapter(baseModel) { return this.inner.adapter_files(baseModel ?? undefined); }
 
   free() { this.inner.free(); }
 }
@@ -289,8 +298,9 @@ export class Adapter {
 
   /// `{safetensors: Uint8Array, config: string, exits?: Uint8Array}`:
   /// `adapter_model.safetensors` and `adapter_config.json`, loadable by PEFT and by
-  /// `edge-llm --adapter`, and `exits.safetensors` when it has early exits.
-  files() { return this.inner.files(); }
+  /// `edge-llm --adapter`, `exits.safetensors` when it has early exits, and all of them as
+  /// one zip. `baseModel`: as for `Tuner.exportAdapter`.
+  files(baseModel) { return this.inner.files(baseModel ?? undefined); }
 
   free() { this.inner.free(); }
 }

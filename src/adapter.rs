@@ -142,6 +142,66 @@ pub fn base_model_name(file: &crate::model::ModelFile, known: Option<&str>) -> S
         .unwrap_or_else(|| "edge-llm-base".to_owned())
 }
 
+/// The adapter's `base_model_name_or_path` when the user names one (`tune --base-model`,
+/// the page's base model field): `given` checked by [`check_base_model_id`], else
+/// [`base_model_name`]. The one rule of both front-ends.
+pub fn choose_base_model(
+    given: Option<&str>,
+    file: &crate::model::ModelFile,
+    known: Option<&str>,
+) -> Result<String> {
+    Ok(given_base_model(given)?.unwrap_or_else(|| base_model_name(file, known)))
+}
+
+/// The base model id the user gave, trimmed and checked by [`check_base_model_id`]; None
+/// when none was given (absent or blank).
+pub fn given_base_model(given: Option<&str>) -> Result<Option<String>> {
+    match given.map(str::trim).filter(|g| !g.is_empty()) {
+        Some(id) => check_base_model_id(id).map(|()| Some(id.to_owned())),
+        None => Ok(None),
+    }
+}
+
+/// Longest base model id taken: the Hub's limit for a name, applied to the whole id.
+const MAX_BASE_MODEL_ID: usize = 96;
+
+/// Checks that `id` is a Hugging Face model id a loader can resolve: "owner/name", each part
+/// letters, digits, '-', '_' or '.', not starting or ending with '-' or '.', with no "--" or
+/// "..", 96 characters at most (the Hub's own check, with the length over the whole id). The
+/// error says what is wrong in plain words.
+pub fn check_base_model_id(id: &str) -> Result<()> {
+    let plain = |why: &str| {
+        Err(Error::Invalid(format!(
+            "the base model id {id:?} {why}: give it as owner/name, as on huggingface.co \
+             (for example HuggingFaceTB/SmolLM2-135M-Instruct)"
+        )))
+    };
+    let parts: Vec<&str> = id.split('/').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return plain("is not of the form owner/name");
+    }
+    if id.len() > MAX_BASE_MODEL_ID {
+        return plain(&format!("is longer than {MAX_BASE_MODEL_ID} characters"));
+    }
+    for part in parts {
+        if let Some(c) = part
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return plain(&format!("has {c:?}, which a model id cannot hold"));
+        }
+        let edge = |c: char| c == '-' || c == '.';
+        if part.starts_with(edge)
+            || part.ends_with(edge)
+            || part.contains("--")
+            || part.contains("..")
+        {
+            return plain("has a '-' or '.' at the start or end of a part, or two in a row");
+        }
+    }
+    Ok(())
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::Invalid(format!("PEFT adapter: {}", msg.into()))
 }

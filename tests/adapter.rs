@@ -6,7 +6,8 @@
 mod common;
 use common::{max_abs_diff, range};
 use edge_llm::adapter::{
-    export_peft, import_peft, load_dir, permute_rows, save_dir, tensor_name, CONFIG_FILE,
+    check_base_model_id, choose_base_model, export_peft, import_peft, load_dir, permute_rows,
+    save_dir, tensor_name, CONFIG_FILE,
 };
 use edge_llm::model::tiny::{generate, TinySpec};
 use edge_llm::model::{LlamaConfig, ModelFile};
@@ -50,6 +51,49 @@ fn random_lora(cfg: &LlamaConfig, targets: &[Proj], rank: usize, seed: u64) -> L
         }
     }
     lora
+}
+
+/// A base model id the user gives must be one a Hugging Face loader resolves (owner/name);
+/// none given, the file's own name stands.
+#[test]
+fn base_model_ids_are_checked() {
+    for ok in [
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "someone/their-model",
+        "a/b",
+        "Org_1/model.v2",
+    ] {
+        assert!(check_base_model_id(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "gpt2",
+        "a/b/c",
+        "/name",
+        "owner/",
+        "owner/na me",
+        "owner/-name",
+        "owner/name.",
+        "owner/na--me",
+        "owner/na..me",
+        "https://huggingface.co/a/b",
+        &format!("owner/{}", "x".repeat(100)),
+    ] {
+        let e = check_base_model_id(bad).expect_err(bad).to_string();
+        assert!(e.contains("owner/name"), "{bad:?}: {e}");
+    }
+    let (_, f) = tiny();
+    let own = choose_base_model(None, &f, None).unwrap();
+    assert_eq!(choose_base_model(Some("  "), &f, None).unwrap(), own);
+    assert_eq!(
+        choose_base_model(None, &f, Some("org/known")).unwrap(),
+        "org/known"
+    );
+    assert_eq!(
+        choose_base_model(Some(" someone/model "), &f, Some("org/known")).unwrap(),
+        "someone/model"
+    );
+    assert!(choose_base_model(Some("no slash"), &f, None).is_err());
 }
 
 #[test]

@@ -108,6 +108,17 @@ fn stopped_and_resumed_equals_uninterrupted() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(named.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["base_model_name_or_path"], "someone/their-model");
+    // An id a loader cannot resolve is refused in plain words, before any step.
+    let bad = dir.join("bad");
+    let mut args = common.to_vec();
+    args.extend(["--out", bad.to_str().unwrap(), "--base-model", "my model"]);
+    let (code, lines, err) = run_lines(&[&["tune"], args.as_slice()].concat());
+    assert_ne!(code, 0, "a base model id with a space");
+    assert!(err.contains("not of the form owner/name"), "{err}");
+    assert!(
+        !lines.iter().any(|l| l.get("loss").is_some()),
+        "no step ran"
+    );
 
     // The adapter is used by the other commands.
     let (code, base, err) = run_lines(&[

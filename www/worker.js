@@ -37,6 +37,8 @@ function messageOf(e) {
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
+const peftFiles = (f) => ({ safetensors: f.safetensors, config: f.config, exits: f.exits ?? null, zip: f.zip });
+
 function freeTuner() {
   if (tuner) { tuner.free(); tuner = null; }
   tunerDone = false;
@@ -226,12 +228,26 @@ const ops = {
     return true;
   },
 
-  async adapter() {
+  /// The run's adapter as files; `base_model`: the Hugging Face id adapter_config.json
+  /// names (none: the model's own).
+  async adapter({ base_model } = {}) {
     if (looping) throw new Error('pause the run before downloading the adapter');
     // After evaluation freed a finished run's trainer, its adapter values remain.
-    const files = tuner ? await tuner.exportAdapter() : tuned?.adapter.files();
+    const files = tuner ? await tuner.exportAdapter(base_model) : tuned?.adapter.files(base_model);
     if (!files) throw new Error('no run: start one first');
-    return { safetensors: files.safetensors, config: files.config, exits: files.exits ?? null, zip: files.zip };
+    return peftFiles(files);
+  },
+
+  /// A kept adapter's files again, naming `base_model` as the base: read back for the
+  /// loaded model and exported as the run's own adapter is.
+  reexportAdapter({ safetensors, config, exits, base_model }) {
+    if (!model) throw new Error('no model loaded');
+    const adapter = model.importAdapter({ safetensors, config, exits });
+    try {
+      return peftFiles(adapter.files(base_model));
+    } finally {
+      adapter.free();
+    }
   },
 
   // ------------------------------------------------ evaluation and chat

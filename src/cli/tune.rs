@@ -465,10 +465,8 @@ fn drive<B: Backend>(mut trainer: Trainer<B>, device: &str, run: Prepared<'_>) -
     std::fs::create_dir_all(&out).map_err(|e| io(e, &out))?;
     let spec_json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Io(e.to_string()))?;
     write_atomic(&out.join(SPEC_FILE), &spec_json)?;
-    let base_name = spec
-        .base_model
-        .clone()
-        .unwrap_or_else(|| adapter::base_model_id(file));
+    let known = adapter::known_base_id(file);
+    let base_name = adapter::choose_base_model(spec.base_model.as_deref(), file, known)?;
     let cfg = file.config.clone();
 
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -245,17 +245,31 @@ impl WebAdapter {
     }
 
     /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}`, and
-    /// `exits: Uint8Array` (`exits.safetensors`) when it has early exits.
-    pub fn files(&self) -> Result<js_sys::Object, JsError> {
-        peft_files(&self.lora, &self.config, &self.base_name)
+    /// `exits: Uint8Array` (`exits.safetensors`) when it has early exits. `base_model`: the
+    /// Hugging Face id `adapter_config.json` names as the base (`adapter::given_base_model`;
+    /// none: the model's own).
+    pub fn files(&self, base_model: Option<String>) -> Result<js_sys::Object, JsError> {
+        peft_files(&self.lora, &self.config, &self.base_name, base_model)
     }
+}
+
+/// Checks a Hugging Face base model id as the adapter's export does (owner/name), for the
+/// page's field: an error in plain words, or nothing.
+#[wasm_bindgen]
+pub fn check_base_model(id: &str) -> Result<(), JsError> {
+    adapter::given_base_model(Some(id))
+        .map(|_| ())
+        .map_err(js_err)
 }
 
 pub(super) fn peft_files(
     lora: &Lora<f32>,
     config_of: &LlamaConfig,
     base_name: &str,
+    base_model: Option<String>,
 ) -> Result<js_sys::Object, JsError> {
+    let given = adapter::given_base_model(base_model.as_deref()).map_err(js_err)?;
+    let base_name = given.as_deref().unwrap_or(base_name);
     let files = adapter::adapter_files(lora, config_of, base_name).map_err(js_err)?;
     let zip = adapter::zip_files(&files).map_err(js_err)?;
     let file = |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, d)| d);

@@ -185,7 +185,12 @@ impl WebModel {
         };
         let Some(ctx) = ctx else {
             let plan = self.host_plan(s).map_err(js_err)?;
-            return Ok((None, merged(plan, run)?));
+            // What the plan is held against: the tab's memory, the model file in it too.
+            let tab = TabMemory {
+                file_bytes: self.model.bytes.len() as u64,
+                limit_bytes: WASM_MEMORY_BYTES,
+            };
+            return Ok((None, merged(merged(plan, run)?, tab)?));
         };
         let opts = tune::engine_options(s, o.recompute);
         let fit = tune::fit_memory(&self.model, s, &opts, &ctx.limits, o.memory_budget)
@@ -219,6 +224,14 @@ impl WebModel {
 /// What a wasm32 module can address, less room for the tokenizer, the data and the
 /// allocator's slack.
 const WASM_MEMORY_BYTES: u64 = (4 << 30) - (512 << 20);
+
+/// The CPU plan's limit for the page's memory bar: the model file's bytes (held beside the
+/// plan) and what the tab gives the module ([`WASM_MEMORY_BYTES`]).
+#[derive(Serialize)]
+struct TabMemory {
+    file_bytes: u64,
+    limit_bytes: u64,
+}
 
 /// The windows of a layer schedule for the page: `[{index, layers: [start, end], exit_after}]`
 /// (blocks `start..end`, 0-based; `exit_after` null when the loss is read at the model's head).
@@ -368,10 +381,14 @@ impl WebTuner {
 
     /// The adapter as PEFT files: `{safetensors: Uint8Array, config: string}` for
     /// `adapter_model.safetensors` and `adapter_config.json`, and `exits: Uint8Array`
-    /// (`exits.safetensors`) when the run has early exits.
-    pub async fn adapter_files(&mut self) -> Result<js_sys::Object, JsError> {
+    /// (`exits.safetensors`) when the run has early exits. `base_model`: as for
+    /// [`WebAdapter::files`].
+    pub async fn adapter_files(
+        &mut self,
+        base_model: Option<String>,
+    ) -> Result<js_sys::Object, JsError> {
         let lora = trainer!(&mut self.run, t => t.backend.adapters().await.map_err(js_err)?);
-        peft_files(&lora, &self.config, &self.base_name)
+        peft_files(&lora, &self.config, &self.base_name, base_model)
     }
 
     /// The adapter's current values, to evaluate with ([`WebModel::lm_with_adapter`]) or

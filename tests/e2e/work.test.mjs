@@ -5,7 +5,8 @@
 // has ended, the remaining time measured before it is guessed, counts while evaluating, chat
 // rates that are rates, the saved run's settings in the form after a reload), the estimate
 // before Start with smaller settings offered when it is long, and settings errors in plain
-// words beside their field.
+// words beside their field; before a new run, the user chooses what becomes of a finished
+// adapter not downloaded; the base model id adapter_config.json names, given on the page.
 // Saves tests/e2e/artifacts/work-*.png. Needs www/pkg (scripts/build-wasm.sh).
 
 import { test, before, after } from 'node:test';
@@ -13,6 +14,7 @@ import {
   WWW, ARTIFACTS, TINY, TEXT, serve, launchBrowser, ensureTinyModel, ready, untilIn, downloadAdapter,
 } from './harness.mjs';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -52,17 +54,23 @@ async function openRun(context, steps = STEPS) {
   return { page, errors, until: untilIn(page, ['#tune-error', '#eval-error'], { timeout: TIMEOUT_MS }) };
 }
 
-/// Clicks Start from inside the page, then `then` ('pause' or 'cancel') once a step has run;
-/// resolves to the status line right after that click.
-const startThen = (page, then) => page.evaluate((which) => new Promise((resolve) => {
+/// Clicks Start from inside the page (and `confirm`, the choice for a finished adapter not
+/// downloaded: 'keep', 'discard' or 'download', when given), then `then` ('pause' or
+/// 'cancel') once a step has run; resolves to the status line right after that click.
+const startThen = (page, then, confirm = null) => page.evaluate(([which, choice]) => new Promise((resolve) => {
   document.querySelector('#tune-start').click();
+  let asked = !choice;
   const poll = () => {
+    if (!asked && !document.querySelector('#start-confirm').hidden) {
+      asked = true;
+      document.querySelector(`#confirm-${choice}`).click();
+    }
     if (document.body.dataset.tuneState !== 'running' || window.edgeLlmTune.step < 1) return setTimeout(poll, 0);
     document.querySelector(`#tune-${which}`).click();
     return resolve(document.querySelector('#tune-status').textContent);
   };
   poll();
-}), then);
+}), [then, confirm]);
 
 test('no action loses work: bad model files, a new run, cancel', async () => {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
@@ -95,10 +103,13 @@ test('no action loses work: bad model files, a new run, cancel', async () => {
       assert.equal(await page.isDisabled('#tune-start'), false);
     }
 
-    // A new run before downloading: the first adapter stays, kept in the browser, and
-    // downloads from the list; the new one from the button.
+    // A new run before downloading: asked first, the first adapter stays, kept in the
+    // browser, and downloads from the list; the new one from the button.
+    const firstKept = await page.evaluate(() => document.body.dataset.keptAdapter);
     await page.click('#tune-start');
-    assert.equal(await until(() => document.body.dataset.tuneState === 'done'), 'ok');
+    await page.click('#confirm-keep');
+    assert.equal(await until((k) => document.body.dataset.tuneState === 'done' &&
+      ![undefined, k].includes(document.body.dataset.keptAdapter), firstKept), 'ok');
     await page.waitForSelector('#kept-list li .kept-download');
     assert.equal(await page.locator('#kept-list li').count(), 1);
     const [kept] = await Promise.all([page.waitForEvent('download'), page.click('#kept-list li .kept-download')]);
@@ -194,7 +205,8 @@ test('honest states: measured before guessed, done only when ended, counts, rate
     // Reload in the middle of a run: the form shows the saved run's settings and data.
     await page.fill('#opt-steps', String(LONG_STEPS));
     await page.waitForFunction(() => !document.querySelector('#tune-start').disabled);
-    await startThen(page, 'pause');
+    // (The finished run's adapter, not downloaded: asked first, and kept.)
+    await startThen(page, 'pause', 'keep');
     assert.equal(await until(() => document.body.dataset.tuneState === 'paused'), 'ok');
     await page.reload();
     await ready(page);
@@ -276,6 +288,103 @@ test('an estimate before Start, smaller settings offered when it is long; plain 
   } finally {
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: path.join(ARTIFACTS, 'work-plain.png'), fullPage: true }).catch(() => {});
+    await context.close();
+  }
+});
+
+/// The adapter_config.json of a zip download.
+async function configOf(download) {
+  const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'work-zip-'));
+  const zip = path.join(dir, download.suggestedFilename());
+  await download.saveAs(zip);
+  execFileSync('python3', ['-m', 'zipfile', '-e', zip, dir]);
+  return JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+}
+
+test('before a new run the finished adapter is downloaded, kept or discarded; the base model id', async () => {
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1100, height: 1000 } });
+  const { page, errors, until } = await openRun(context);
+  let downloads = 0;
+  page.on('download', () => { downloads += 1; });
+  // Done, with its adapter kept: a new one (not `before`'s, the run the page showed before).
+  const kept = () => page.evaluate(() => document.body.dataset.keptAdapter ?? null);
+  const done = (before = null) => until((b) => document.body.dataset.tuneState === 'done' &&
+    document.body.dataset.keptAdapter !== undefined && document.body.dataset.keptAdapter !== b, before);
+  try {
+    await page.click('#tune-start');
+    assert.equal(await done(), 'ok');
+    // The tiny model is not one Hugging Face knows: the field says what an empty one names.
+    assert.match(await page.textContent('#base-model-note'), /^Empty: the model file's own name, which Hugging Face's loaders cannot find/);
+
+    // Start asks; Back leaves everything as it was.
+    await page.click('#tune-start');
+    await page.waitForSelector('#start-confirm:not([hidden])');
+    assert.equal(await page.evaluate(() => document.body.dataset.tuneState), 'done');
+    await page.click('#confirm-back');
+    await page.waitForSelector('#start-confirm', { state: 'hidden' });
+    assert.equal(await page.evaluate(() => document.body.dataset.tuneState), 'done');
+
+    // A base model id that is not one: said under the field, and nothing downloads.
+    await page.fill('#base-model', 'my model');
+    await page.waitForSelector('#base-model-error:not([hidden])');
+    const wrong = await page.textContent('#base-model-error');
+    console.log(wrong);
+    assert.match(wrong, /^The base model id "my model" is not of the form owner\/name: give it as owner\/name, as on huggingface\.co/);
+    assert.equal(await page.getAttribute('#base-model', 'aria-invalid'), 'true');
+    await page.click('#tune-download');
+    await page.waitForTimeout(1000);
+    assert.equal(downloads, 0, 'no download with a wrong id');
+    assert.equal(await page.isVisible('#adapter-links'), false);
+    await page.fill('#base-model', '');
+    await page.waitForSelector('#base-model-error', { state: 'hidden' });
+
+    // Download, then start: the file's own name as the base (the field is empty).
+    let before = await kept();
+    await page.click('#tune-start');
+    const [first] = await Promise.all([page.waitForEvent('download'), page.click('#confirm-download')]);
+    assert.equal((await configOf(first)).base_model_name_or_path, 'edge-llm tiny test model');
+    assert.equal(await done(before), 'ok');
+
+    // Discard, then start: the finished adapter is gone from the browser.
+    before = await kept();
+    await page.click('#tune-start');
+    await page.click('#confirm-discard');
+    assert.equal(await done(before), 'ok');
+    assert.equal(await page.isVisible('#kept-adapters'), false, 'nothing else is kept');
+    const stored = await page.evaluate(() => new Promise((resolve, reject) => {
+      const open = indexedDB.open('edge-llm');
+      open.onerror = () => reject(open.error);
+      open.onsuccess = () => {
+        const db = open.result;
+        const names = [...db.objectStoreNames];
+        const get = db.transaction(names[0]).objectStore(names[0]).get('adapters');
+        get.onsuccess = () => resolve((get.result ?? []).map((a) => ({ id: a.id, downloaded: a.downloaded })));
+        get.onerror = () => reject(get.error);
+      };
+    }));
+    const current = Number(await page.evaluate(() => document.body.dataset.keptAdapter));
+    assert.deepEqual(stored.filter((a) => !a.downloaded).map((a) => a.id), [current], 'only the last run\'s adapter is kept');
+
+    // The id given goes into adapter_config.json, from the run in the page...
+    await page.fill('#base-model', 'someone/their-model');
+    const dir = fs.mkdtempSync(path.join(ARTIFACTS, 'work-named-'));
+    const files = await downloadAdapter(page, dir);
+    assert.equal(JSON.parse(files['adapter_config.json']).base_model_name_or_path, 'someone/their-model');
+
+    // ... and from an adapter kept in the browser, after a reload.
+    before = await kept();
+    await page.click('#tune-start');
+    assert.equal(await done(before), 'ok');
+    await page.reload();
+    await ready(page);
+    await page.waitForSelector('#kept-list li .kept-download');
+    await page.fill('#base-model', 'other-org/other.model');
+    const [fromKept] = await Promise.all([page.waitForEvent('download'), page.click('#kept-list li .kept-download')]);
+    assert.equal((await configOf(fromKept)).base_model_name_or_path, 'other-org/other.model');
+    assert.deepEqual(errors, [], 'uncaught errors on the page');
+  } finally {
+    await page.screenshot({ path: path.join(ARTIFACTS, 'work-confirm.png'), fullPage: true }).catch(() => {});
     await context.close();
   }
 });

@@ -156,6 +156,15 @@ function showExitAccuracy(r) {
       : what === 'fitted' ? r.fitted : r.votes.find((v) => v.rule === what);
     tr.dataset.accuracy = String(item.accuracy);
     if (kind === 'vote' && what === r.vote) tr.classList.add('chosen');
+    // A bar of the accuracy on a track of 1, the exits' in one colour and the votes' in
+    // another, so the best reads at a glance.
+    const track = document.createElement('span');
+    track.className = `acc-bar ${kind}`;
+    const fill = document.createElement('span');
+    fill.className = 'fill';
+    fill.style.width = `${Math.max(0, Math.min(1, item.accuracy)) * 100}%`;
+    track.append(fill);
+    tr.querySelector('td').prepend(track);
   }
 }
 

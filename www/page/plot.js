@@ -37,6 +37,13 @@ export function showProgress() {
   if (last && last[2] !== null && last[2] !== undefined) $('tune-status').dataset.window = String(last[2]);
 }
 
+/// A time on the plot's axis: seconds under a minute (tenths under ten), else m:ss or h:mm:ss.
+const timeLabel = (ms) => (ms < 10_000 ? `${(ms / 1000).toFixed(1)} s`
+  : ms < 60_000 ? `${Math.round(ms / 1000)} s` : clock(ms));
+
+/// The plot's x-axis: 'steps' or 'time' (the training time, pauses left out).
+const plotAxis = () => document.querySelector('input[name=plot-axis]:checked')?.value ?? 'steps';
+
 export function drawPlot() {
   const canvas = $('loss-plot');
   const ctx = canvas.getContext('2d');
@@ -45,10 +52,18 @@ export function drawPlot() {
   if (canvas.width !== Math.round(cssW * dpr)) { canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr); }
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
-  const { train, val } = tune.history;
+  const axis = plotAxis();
+  // Against time: the points that carry one (a run saved before times were kept has none).
+  const timed = tune.history.train.filter((p) => Number.isFinite(p[3]));
+  const train = axis === 'time' ? timed : tune.history.train;
+  const timeAt = new Map(timed.map((p) => [p[0], p[3]]));
+  const val = axis === 'time'
+    ? tune.history.val.filter(([s]) => timeAt.has(s)).map(([s, v]) => [s, v, null, timeAt.get(s)])
+    : tune.history.val;
+  canvas.dataset.axis = axis;
   canvas.dataset.trainPoints = String(train.length);
   canvas.dataset.valPoints = String(val.length);
-  // Windowed modes: [step, loss, window]; each window's losses are read at its own exit.
+  // Windowed modes: [step, loss, window, ms]; each window's losses are read at its own exit.
   const windows = [...new Set(train.map((p) => p[2]).filter((w) => w !== null && w !== undefined))];
   canvas.dataset.windows = windows.join(',');
   showLegend(windows);
@@ -59,7 +74,10 @@ export function drawPlot() {
   ctx.fillStyle = '#5b6477';
   ctx.font = '12px system-ui, sans-serif';
   if (!train.length) {
-    ctx.fillText('The loss appears here once training starts.', pad.l + 12, pad.t + h / 2);
+    ctx.fillText(axis === 'time' && tune.history.train.length
+      ? 'This run\'s steps were saved without their times: plot it against steps.'
+      : 'The loss appears here once training starts.', pad.l + 12, pad.t + h / 2);
+    delete canvas.dataset.xMax;
     return;
   }
   const all = [...train, ...val].map((p) => p[1]).filter(Number.isFinite);
@@ -67,8 +85,24 @@ export function drawPlot() {
   if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
   const margin = (hi - lo) * 0.05;
   lo -= margin; hi += margin;
-  const maxStep = Math.max(tune.total, train[train.length - 1][0], 1);
-  const x = (s) => pad.l + (s / maxStep) * w;
+  const lastPoint = train[train.length - 1];
+  // The axis spans the whole run: its steps, or its time so far and, while steps remain,
+  // the time they would take at the pace so far.
+  let xMax, xLabel, xOf;
+  if (axis === 'time') {
+    const spent = Math.max(lastPoint[3], 1);
+    const left = lastPoint[0] > 0 && tune.step < tune.total;
+    xMax = left ? spent * (tune.total / lastPoint[0]) : spent;
+    xLabel = `${left ? '~' : ''}${timeLabel(xMax)}`;
+    xOf = (p) => p[3];
+  } else {
+    xMax = Math.max(tune.total, lastPoint[0], 1);
+    xLabel = `step ${xMax}`;
+    xOf = (p) => p[0];
+  }
+  canvas.dataset.xMax = String(Math.round(xMax));
+  canvas.dataset.xLabel = xLabel;
+  const x = (p) => pad.l + (xOf(p) / xMax) * w;
   const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * h;
   ctx.textAlign = 'right';
   for (let i = 0; i <= 4; i++) {
@@ -77,31 +111,35 @@ export function drawPlot() {
     ctx.strokeStyle = '#eef0f5';
     ctx.beginPath(); ctx.moveTo(pad.l, y(v)); ctx.lineTo(pad.l + w, y(v)); ctx.stroke();
   }
+  ctx.textAlign = 'left';
+  ctx.fillText('0', pad.l, cssH - 8);
   ctx.textAlign = 'center';
-  ctx.fillText('0', x(0), cssH - 8);
-  ctx.fillText(`step ${maxStep}`, x(maxStep) - 24, cssH - 8);
+  ctx.fillText(axis === 'time' ? 'training time (pauses left out)' : 'step', pad.l + w / 2, cssH - 8);
+  ctx.textAlign = 'right';
+  ctx.fillText(xLabel, pad.l + w, cssH - 8);
   ctx.lineWidth = 1.5;
   // One stroke per run of steps in the same window, joined to the previous point.
   let prev = null;
   for (let i = 0; i < train.length;) {
-    const w = train[i][2];
+    const win = train[i][2];
     let j = i;
-    while (j < train.length && train[j][2] === w) j++;
-    ctx.strokeStyle = windowColour(w);
+    while (j < train.length && train[j][2] === win) j++;
+    ctx.strokeStyle = windowColour(win);
     ctx.beginPath();
-    if (prev) ctx.moveTo(x(prev[0]), y(prev[1])); else ctx.moveTo(x(train[i][0]), y(train[i][1]));
-    for (let k = i; k < j; k++) ctx.lineTo(x(train[k][0]), y(train[k][1]));
+    const from = prev ?? train[i];
+    ctx.moveTo(x(from), y(from[1]));
+    for (let k = i; k < j; k++) ctx.lineTo(x(train[k]), y(train[k][1]));
     ctx.stroke();
     if (j - i === 1 && !prev) {
-      ctx.fillStyle = windowColour(w);
-      ctx.fillRect(x(train[i][0]) - 2, y(train[i][1]) - 2, 4, 4);
+      ctx.fillStyle = windowColour(win);
+      ctx.fillRect(x(train[i]) - 2, y(train[i][1]) - 2, 4, 4);
     }
     prev = train[j - 1];
     i = j;
   }
   ctx.fillStyle = '#e0781f';
-  for (const [s, v] of val) {
-    ctx.beginPath(); ctx.arc(x(s), y(v), 4, 0, 2 * Math.PI); ctx.fill();
+  for (const p of val) {
+    ctx.beginPath(); ctx.arc(x(p), y(p[1]), 4, 0, 2 * Math.PI); ctx.fill();
   }
   ctx.lineWidth = 1;
 }

@@ -7,6 +7,7 @@ import { $, showError, messageOf, plain, mib, kib, fillTable } from './ui.js';
 import { model, modelInfo, tune, call, BUSY } from './state.js';
 import { setTuneState } from './controls.js';
 import { showEstimate, clearEstimate } from './estimate.js';
+import { showPlanBar, hidePlanBar } from './planbar.js';
 
 const BUILTIN = {
   'builtin:arc': { url: 'data/arc-easy/train.jsonl', name: 'arc-easy/train.jsonl', kind: 'mc' },
@@ -279,6 +280,7 @@ export function showPlan(plan) {
     if (plan.exits.length) rows.push(['exits', 'Early exits after blocks', plan.exits.join(', ')]);
   }
   fillTable($('plan-table'), rows);
+  showPlanBar(plan);
   $('plan-table').dataset.totalBytes = String(plan.total_bytes);
   $('plan-table').dataset.device = plan.device;
 }
@@ -308,6 +310,7 @@ export function scheduleCheck() {
 /// The plan and the estimate no longer hold: `status` says why.
 function clearPlan(status) {
   $('plan-table').hidden = true;
+  hidePlanBar();
   $('plan-status').textContent = status;
   clearEstimate();
 }

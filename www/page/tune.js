@@ -14,11 +14,15 @@ import {
 } from './settings.js';
 import { showProgress, drawPlot, showGpuBytes } from './plot.js';
 import { onEvalEvent, evalModelLoaded } from './eval.js';
-import { onDownload, keepFinishedAdapter, showKeptAdapters } from './download.js';
+import {
+  onDownload, keepFinishedAdapter, showKeptAdapters, showBaseModelNote, setupDownload, undownloadedAdapter,
+  discardFinishedAdapter,
+} from './download.js';
 import { clearEstimate } from './estimate.js';
 
 async function startRun(run, checkpoint) {
   showTuneError('');
+  $('start-confirm').hidden = true;
   $('adapter-links').hidden = true;
   setTuneState('starting');
   // This run's adapter is not the finished one kept before: that one stays in the list.
@@ -90,7 +94,26 @@ async function runOn() {
   await call('run');
 }
 
+/// Start: when the finished run's adapter has not been downloaded, the user first chooses
+/// what becomes of it (download, keep, discard: `onConfirm`).
 async function onStart() {
+  if (await undownloadedAdapter()) {
+    $('start-confirm').hidden = false;
+    $('confirm-download').focus();
+    return;
+  }
+  await startNew();
+}
+
+async function onConfirm(choice) {
+  $('start-confirm').hidden = true;
+  if (choice === 'back') return;
+  if (choice === 'download' && !(await onDownload())) return;
+  if (choice === 'discard') await discardFinishedAdapter();
+  await startNew();
+}
+
+async function startNew() {
   let data, options;
   try {
     options = readOptions();
@@ -165,7 +188,8 @@ async function onWorkerEvent(m) {
       tune.sessionSteps += 1;
       tune.sessionMs += r.step_ms;
       tune.lastTokensPerS = r.tokens_per_s;
-      tune.history.train.push([r.step, r.loss, r.window ?? null]);
+      // The training time at the step's end: the plot's other x-axis.
+      tune.history.train.push([r.step, r.loss, r.window ?? null, Math.round(elapsedMs())]);
       tune.speeds.push([r.step, r.tokens_per_s, r.step_ms]);
       if (r.val_loss !== null && r.val_loss !== undefined) tune.history.val.push([r.step, r.val_loss]);
       // After the last step the run still validates and saves: Pause has nothing to stop.
@@ -257,6 +281,9 @@ export function setupTuning() {
     scheduleCheck();
   });
   $('tune-start').addEventListener('click', onStart);
+  for (const choice of ['download', 'keep', 'discard', 'back']) {
+    $(`confirm-${choice}`).addEventListener('click', () => onConfirm(choice));
+  }
   $('tune-pause').addEventListener('click', async () => {
     setTuneState('pausing');
     showProgress();
@@ -270,9 +297,11 @@ export function setupTuning() {
     await call('cancel');
   });
   $('tune-download').addEventListener('click', onDownload);
+  setupDownload();
   $('resume-saved').addEventListener('click', onResumeSaved);
   $('discard-saved').addEventListener('click', onDiscardSaved);
   window.addEventListener('resize', drawPlot);
+  for (const r of document.querySelectorAll('input[name=plot-axis]')) r.addEventListener('change', drawPlot);
   setInterval(() => { if (['running', 'finishing'].includes(tune.state)) showProgress(); }, 1000);
 }
 
@@ -310,5 +339,6 @@ export async function tuneModelLoaded(bytes) {
     try { await fillFromSaved(saved); } catch { /* its data shows its own error when resumed */ }
   }
   await showKeptAdapters();
+  showBaseModelNote();
   await checkSettings();
 }
