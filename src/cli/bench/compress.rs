@@ -62,6 +62,11 @@ pub(crate) struct BenchCompressArgs {
         default_value = "shrunk,least-error,owl"
     )]
     pub rules: Vec<SparsityRuleArg>,
+    /// An extra arm, "general": each calibration set pruned on its own data but allocated
+    /// by the profile of the calibration set named here (shrunk rule) — whether a
+    /// general-text sensitivity carries to other text better than the set's own.
+    #[arg(long)]
+    pub general: Option<String>,
     /// Development texts: they choose the rule.
     #[arg(
         long,
@@ -304,12 +309,25 @@ fn parse_budget(s: &str) -> Result<(f64, f64)> {
     ))
 }
 
-fn rule_name(r: SparsityRuleArg) -> &'static str {
-    match r {
-        SparsityRuleArg::Shrunk => "shrunk",
-        SparsityRuleArg::LeastError => "least-error",
-        SparsityRuleArg::Owl => "owl",
-        SparsityRuleArg::Reference => "reference",
+/// One compressed model per calibration set and budget: uniform, a LUC rule on the set's
+/// own profile, or the shrunk rule on the `--general` set's profile.
+#[derive(Clone, Copy, PartialEq)]
+enum Arm {
+    Uniform,
+    Rule(SparsityRuleArg),
+    General,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Uniform => "uniform",
+            Arm::General => "general",
+            Arm::Rule(SparsityRuleArg::Shrunk) => "shrunk",
+            Arm::Rule(SparsityRuleArg::LeastError) => "least-error",
+            Arm::Rule(SparsityRuleArg::Owl) => "owl",
+            Arm::Rule(SparsityRuleArg::Reference) => "reference",
+        }
     }
 }
 
@@ -336,6 +354,16 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
     let dense = scores(&a.model, &a.out.join("dense.scores.json"), &ev, &a, true)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut gains = Vec::new();
+    let mut calib = calib;
+    if let Some(g) = &a.general {
+        // The general set first, so that its profile serves the others.
+        let i = calib.iter().position(|(n, _)| n == g).ok_or_else(|| {
+            Error::Invalid(format!("--general {g}: not one of the --calib names"))
+        })?;
+        let first = calib.remove(i);
+        calib.insert(0, first);
+    }
+    let mut general: Option<crate::compress::profile::Profile> = None;
     for (cname, cpath) in &calib {
         let dir = a.out.join(cname);
         std::fs::create_dir_all(&dir).map_err(|e| io(e, &dir))?;
@@ -347,17 +375,14 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
         };
         let rows = calibration_rows(&Dataset::load(cpath)?, &tok, a.calib_rows, a.calib_seq_len)?;
         let opts = base.profile_options();
-        let jobs: Vec<(f64, f64, Option<SparsityRuleArg>, PathBuf)> = budgets
+        let arms: Vec<Arm> = std::iter::once(Arm::Uniform)
+            .chain(a.rules.iter().map(|&r| Arm::Rule(r)))
+            .chain(a.general.iter().map(|_| Arm::General))
+            .collect();
+        let jobs: Vec<(f64, f64, Arm, PathBuf)> = budgets
             .iter()
-            .flat_map(|&(sp, b)| {
-                std::iter::once(None)
-                    .chain(a.rules.iter().map(|&r| Some(r)))
-                    .map(move |r| (sp, b, r))
-            })
-            .map(|(sp, b, r)| {
-                let name = r.map_or("uniform", rule_name);
-                (sp, b, r, dir.join(format!("{name}-s{sp}-b{b}.gguf")))
-            })
+            .flat_map(|&(sp, b)| arms.iter().map(move |&r| (sp, b, r)))
+            .map(|(sp, b, r)| (sp, b, r, dir.join(format!("{}-s{sp}-b{b}.gguf", r.name()))))
             .collect();
         // Calibrate (once) only where a model is missing or the profile is not cached.
         let cached = cached_profile(&a.cache_dir, &file, &rows, &opts).map(|c| c.profile);
@@ -371,27 +396,37 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| cached.as_ref(), |c| Some(&c.profile));
         let profile = profile.expect("calibrated when not cached");
+        if a.general.as_ref() == Some(cname) {
+            general = Some(profile.clone());
+        }
         for &(sparsity, bits) in &budgets {
             let g = expected_gain(profile, sparsity, bits)?;
             eprintln!("{cname} at {sparsity}/{bits}: {}", g.summary());
             gains.push((cname.clone(), g));
         }
-        for (sparsity, bits, rule, path) in jobs {
-            let name = rule.map_or("uniform", rule_name);
+        for (sparsity, bits, arm, path) in jobs {
+            let name = arm.name();
             if !path.exists() {
                 let c = cal.as_ref().expect("calibrated when a model is missing");
                 let o = CompressOptions {
                     sparsity,
                     bits,
-                    allocation: if rule.is_some() {
-                        Allocation::Luc
-                    } else {
+                    allocation: if arm == Arm::Uniform {
                         Allocation::Uniform
+                    } else {
+                        Allocation::Luc
                     },
-                    sparsity_rule: rule.map_or(Default::default(), |r| r.rule()),
+                    sparsity_rule: match arm {
+                        Arm::Rule(r) => r.rule(),
+                        _ => Default::default(),
+                    },
                     ..base.clone()
                 };
-                let (policy, _) = make_policy(&file.config, &o, None, Some(&c.profile))?;
+                let by = match arm {
+                    Arm::General => general.as_ref().expect("the general set comes first"),
+                    _ => &c.profile,
+                };
+                let (policy, _) = make_policy(&file.config, &o, None, Some(by))?;
                 eprintln!("{cname}: compressing {}", path.display());
                 let mut bars = StageBars::default();
                 let out = compress_by(&file, &c.model, Some(&c.hess), policy, &mut |s, d, t| {
