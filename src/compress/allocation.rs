@@ -18,7 +18,7 @@
 //! the blocks as pruned, never narrower than the target's own width
 //! ([`super::policy::allocate_bits`] on the joint estimate).
 
-use super::pipeline::CompressOptions;
+use super::options::{CompressOptions, SparsityRule};
 use super::policy::{
     allocate_bits, allocate_sparsity, interpolate, sparsity_from_sensitivity, Allocation, Pattern,
     Policy, MAX_LAYER_SPARSITY, MIN_LAYER_SPARSITY,
@@ -29,25 +29,6 @@ use crate::model::LlamaConfig;
 use crate::reference::Proj;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-
-/// How LUC chooses per-layer sparsities from the profile (see the module doc).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SparsityRule {
-    /// Least-error's choice shrunk toward uniform by its cross-fitted gain.
-    #[default]
-    #[serde(rename = "shrunk")]
-    Shrunk,
-    /// Least estimated loss change at the target mean ([`allocate_sparsity`]).
-    #[serde(rename = "least-error")]
-    LeastError,
-    /// Outlier-weighted layerwise sparsity (OWL).
-    #[serde(rename = "owl")]
-    Owl,
-    /// The reference rule: sparsity linear in 1 − normalised sensitivity
-    /// ([`sparsity_from_sensitivity`]).
-    #[serde(rename = "reference")]
-    Reference,
-}
 
 /// OWL's λ: block sparsities span at most target ± λ (the paper's default, 0.08).
 pub const OWL_LAMBDA: f64 = 0.08;

@@ -7,6 +7,7 @@ pub mod allocation;
 pub mod calibration;
 pub mod file;
 pub mod gptq;
+pub mod options;
 pub mod pipeline;
 pub mod policy;
 pub mod profile;

@@ -16,10 +16,11 @@
 //! device). The results are the same measurement either way (f32 sums on the GPU, f64 on
 //! the CPU), so the profile's cache key does not name the device.
 
-pub use super::allocation::{layer_counts, make_policy, SparsityRule};
+pub use super::allocation::{layer_counts, make_policy};
 use super::calibration::{calibration_rows, collect_hessians, fisher_diagonal};
 use super::file::{self, TensorReport};
-use super::policy::{Allocation, Pattern, Policy, PruneMethod, QuantMethod};
+pub use super::options::{CompressOptions, SparsityRule};
+use super::policy::{Policy, PruneMethod, QuantMethod};
 use super::profile::{profile, profile_key, Profile, ProfileOptions};
 use crate::data::Dataset;
 use crate::engine::{GpuTrainer, StatsPass};
@@ -30,103 +31,7 @@ use crate::reference::{Proj, Transformer};
 use crate::tokenizer::Tokenizer;
 use crate::train::Row;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-
-/// What to compress to and how to calibrate: the flags of `edge-llm compress` (and the
-/// page's settings), with the same defaults.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CompressOptions {
-    /// Target mean sparsity (2:4: 0.5 or 0).
-    pub sparsity: f64,
-    /// Code width (uniform) or target mean bits per weight (LUC): 2, 3, 4 or 8.
-    pub bits: f64,
-    /// `luc` (per-layer numbers from the profile) or `uniform`.
-    pub allocation: Allocation,
-    pub method: PruneMethod,
-    pub pattern: Pattern,
-    /// Dense-layer quantization: GPTQ (RTN kept where better) or round-to-nearest.
-    pub quant: QuantMethod,
-    /// Columns per quantization scale: 32, 64 or 128.
-    pub group: usize,
-    pub symmetric: bool,
-    /// Calibration rows, spread evenly over the data.
-    pub calib_rows: usize,
-    /// Tokens per calibration row.
-    pub seq_len: usize,
-    /// Rows whose loss is measured per layer and level when profiling (0: no Δloss).
-    pub loss_rows: usize,
-    /// Rows whose loss gradients make the profile's Fisher estimate (0: none).
-    pub fisher_rows: usize,
-    /// Pruning method of the profile's sparsity levels.
-    pub profile_method: PruneMethod,
-    /// How LUC turns the profile into per-layer sparsities.
-    pub sparsity_rule: SparsityRule,
-}
-
-impl Default for CompressOptions {
-    fn default() -> Self {
-        CompressOptions {
-            sparsity: 0.0,
-            bits: 4.0,
-            allocation: Allocation::Luc,
-            method: PruneMethod::SparseGpt,
-            pattern: Pattern::Unstructured,
-            quant: QuantMethod::Gptq,
-            group: 32,
-            symmetric: true,
-            calib_rows: 128,
-            seq_len: 256,
-            loss_rows: 0,
-            fisher_rows: 16,
-            profile_method: PruneMethod::Wanda,
-            sparsity_rule: SparsityRule::default(),
-        }
-    }
-}
-
-impl CompressOptions {
-    /// Parses the page's JSON (missing fields take the defaults; unknown ones are refused).
-    pub fn from_json(text: &str) -> Result<Self> {
-        let text = if text.trim().is_empty() { "{}" } else { text };
-        let o: Self = serde_json::from_str(text)
-            .map_err(|e| Error::Invalid(format!("compression options: {e}")))?;
-        if o.allocation == Allocation::Manual {
-            return Err(Error::Invalid(
-                "compression options: allocation is uniform or luc (a hand-made allocation is a \
-                 policy file)"
-                    .into(),
-            ));
-        }
-        if o.calib_rows == 0 || o.seq_len < 2 {
-            return Err(Error::Invalid(
-                "compression options: calib_rows must be at least 1 and seq_len at least 2".into(),
-            ));
-        }
-        Ok(o)
-    }
-
-    /// How the profile is measured (the cache key's settings). Its quantization levels
-    /// use this compression's group and symmetry: the bit allocation must see the errors
-    /// of the quantizer that will run (from a Q4_1 model, 4-bit asymmetric groups of 32
-    /// are exact while symmetric ones are not, and a profile measured symmetric sent
-    /// layers to 8 and 3 bits at a mean of 4).
-    pub fn profile_options(&self) -> ProfileOptions {
-        ProfileOptions {
-            method: self.profile_method,
-            loss_rows: self.loss_rows,
-            fisher_rows: self.fisher_rows,
-            group: self.group,
-            symmetric: self.symmetric,
-        }
-    }
-
-    /// Whether the policy comes from a profile (LUC without a user policy).
-    pub fn needs_profile(&self, user_policy: bool) -> bool {
-        !user_policy && self.allocation == Allocation::Luc
-    }
-}
 
 /// Calibration rows of `ds` by `o`'s row count and length.
 pub fn calibration(ds: &Dataset, tok: &Tokenizer, o: &CompressOptions) -> Result<Vec<Row>> {
@@ -514,6 +419,7 @@ pub async fn profile_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::policy::Allocation;
     use crate::model::tiny::{generate, TinySpec};
 
     /// [`super::compress`] on the CPU, waited for.

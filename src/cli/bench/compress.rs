@@ -15,7 +15,7 @@
 //! beside it (`.scores.json`, keyed by the evaluation settings; the dense model's in
 //! `--out/dense.scores.json`); a second run reuses both.
 
-use super::compress_report::{report, Budget, Entry};
+use super::compress_report::{report, Budget, Entry, Scores, Setup};
 use super::io;
 use crate::cli::compress::{SparsityRuleArg, StageBars};
 use crate::compress::allocation::{expected_gain, make_policy};
@@ -30,7 +30,6 @@ use crate::model::{ModelFile, Storage};
 use crate::reference::Transformer;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -164,15 +163,6 @@ impl Evals {
             key,
         })
     }
-}
-
-/// One model's scores (perplexity per text, accuracy per task once measured).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(super) struct Scores {
-    pub key: String,
-    pub dev: Vec<f64>,
-    pub test: Vec<f64>,
-    pub accuracy: Option<Vec<f64>>,
 }
 
 /// Perplexity over `windows` windows of `len` tokens spread through `ids`.
@@ -474,5 +464,39 @@ pub(crate) fn bench_compress(a: BenchCompressArgs) -> Result<()> {
             )?;
         }
     }
-    report(&a, &ev, &dense, &entries, &chosen, &gains)
+    let names = |set: &[(String, Vec<u32>)]| set.iter().map(|d| d.0.clone()).collect::<Vec<_>>();
+    let header = format!(
+        "Calibration sets: {} ({} rows × {} tokens, Fisher on {} rows in two halves). \
+         Perplexity: {} windows of {} tokens per text; development texts (choose the rule): \
+         {}; test texts: {}. Zero-shot: the first {} questions of {} (uniform, the chosen rule \
+         and the dense model only). Each cell: mean ± standard deviation over the calibration \
+         sets; \"vs uniform\": the mean (and worst) ratio to uniform's perplexity, paired by \
+         calibration set and text.\n\n",
+        calib
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        a.calib_rows,
+        a.calib_seq_len,
+        a.fisher_rows,
+        a.ppl_windows,
+        a.ppl_len,
+        names(&ev.dev).join(", "),
+        names(&ev.test).join(", "),
+        a.questions,
+        ev.mc
+            .iter()
+            .map(|d| d.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let setup = Setup {
+        header,
+        test: ev.test.iter().map(|d| d.0.as_str()).collect(),
+        mc: ev.mc.iter().map(|d| d.0.as_str()).collect(),
+        out: &a.out,
+        json: a.json,
+    };
+    report(&setup, &dense, &entries, &chosen, &gains)
 }

@@ -2,13 +2,32 @@
 //! policy's held-out perplexity and zero-shot accuracy, mean ± spread over calibration sets,
 //! and the targets of issue 24 checked on the test split.
 
-use super::compress::{BenchCompressArgs, Evals, Scores};
 use super::write_outputs;
 use crate::compress::allocation::ExpectedGain;
 use crate::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// One model's scores (perplexity per text, accuracy per task once measured).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Scores {
+    pub key: String,
+    pub dev: Vec<f64>,
+    pub test: Vec<f64>,
+    pub accuracy: Option<Vec<f64>>,
+}
+
+/// What the report says about the run and where it goes.
+pub(super) struct Setup<'a> {
+    /// The settings, the first paragraph of table.md.
+    pub header: String,
+    /// Names of the test texts and of the zero-shot tasks, in score order.
+    pub test: Vec<&'a str>,
+    pub mc: Vec<&'a str>,
+    pub out: &'a Path,
+    pub json: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub(super) struct Budget {
@@ -101,52 +120,13 @@ fn pct(x: f64) -> String {
 }
 
 pub(super) fn report(
-    a: &BenchCompressArgs,
-    ev: &Evals,
+    setup: &Setup,
     dense: &Scores,
     entries: &[Entry],
     chosen: &[(Budget, String)],
     gains: &[(String, ExpectedGain)],
 ) -> Result<()> {
-    let calibs: Vec<&str> = {
-        let mut v: Vec<&str> = Vec::new();
-        for e in entries {
-            if !v.contains(&e.calib.as_str()) {
-                v.push(&e.calib);
-            }
-        }
-        v
-    };
-    let mut md = format!(
-        "Calibration sets: {} ({} rows × {} tokens, Fisher on {} rows in two halves). \
-         Perplexity: {} windows of {} tokens per text; development texts (choose the rule): \
-         {}; test texts: {}. Zero-shot: the first {} questions of {} (uniform, the chosen rule \
-         and the dense model only). Each cell: mean ± standard deviation over the calibration \
-         sets; \"vs uniform\": the mean (and worst) ratio to uniform's perplexity, paired by \
-         calibration set and text.\n\n",
-        calibs.join(", "),
-        a.calib_rows,
-        a.calib_seq_len,
-        a.fisher_rows,
-        a.ppl_windows,
-        a.ppl_len,
-        ev.dev
-            .iter()
-            .map(|d| d.0.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        ev.test
-            .iter()
-            .map(|d| d.0.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        a.questions,
-        ev.mc
-            .iter()
-            .map(|d| d.0.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    let mut md = setup.header.clone();
     let mut summaries = Vec::new();
     for (b, rule) in chosen {
         md += &format!(
@@ -154,15 +134,15 @@ pub(super) fn report(
             b.sparsity, b.bits
         );
         md += "| policy | dev vs uniform |";
-        for (n, _) in &ev.test {
+        for n in &setup.test {
             md += &format!(" {n} |");
         }
         md += " test vs uniform | worst |";
-        for (n, _) in &ev.mc {
+        for n in &setup.mc {
             md += &format!(" {n} acc |");
         }
         md += "\n|---|---:|";
-        md += &"---:|".repeat(ev.test.len() + 2 + ev.mc.len());
+        md += &"---:|".repeat(setup.test.len() + 2 + setup.mc.len());
         md += "\n| dense | |";
         for v in &dense.test {
             md += &format!(" {v:.2} |");
@@ -198,7 +178,7 @@ pub(super) fn report(
                     pct(mean(&dev) - 1.0)
                 }
             );
-            for t in 0..ev.test.len() {
+            for t in 0..setup.test.len() {
                 let v: Vec<f64> = rows
                     .iter()
                     .filter_map(|e| e.scores.test.get(t).copied())
@@ -213,7 +193,7 @@ pub(super) fn report(
                 md += &format!(" {} | {} |", pct(mean(&test) - 1.0), pct(worst - 1.0));
             }
             let mut acc_means = Vec::new();
-            for t in 0..ev.mc.len() {
+            for t in 0..setup.mc.len() {
                 let v: Vec<f64> = rows
                     .iter()
                     .filter_map(|e| e.scores.accuracy.as_ref().and_then(|x| x.get(t).copied()))
@@ -228,7 +208,7 @@ pub(super) fn report(
             }
             md += "\n";
             if p == rule {
-                let u_acc: Vec<f64> = (0..ev.mc.len())
+                let u_acc: Vec<f64> = (0..setup.mc.len())
                     .map(|t| {
                         mean(
                             &entries
@@ -280,7 +260,7 @@ pub(super) fn report(
     let results = json!({"dense": dense, "entries": entries, "chosen": chosen,
                          "gains": gains, "summaries": summaries});
     write_outputs(
-        &a.out,
+        setup.out,
         [
             ("table.md", md.clone().into_bytes()),
             (
@@ -289,7 +269,7 @@ pub(super) fn report(
             ),
         ],
     )?;
-    if a.json {
+    if setup.json {
         for s in &summaries {
             println!("{s}");
         }
