@@ -16,7 +16,7 @@
 //! `--out/dense.scores.json`); a second run reuses both.
 
 use super::compress_report::{report, Budget, Entry, Scores, Setup};
-use super::io;
+use super::{io, questions};
 use crate::cli::compress::{SparsityRuleArg, StageBars};
 use crate::compress::allocation::{expected_gain, make_policy};
 use crate::compress::calibration::calibration_rows;
@@ -140,16 +140,11 @@ impl Evals {
         };
         let mc =
             a.mc.iter()
-                .map(|p| match Dataset::load(p)? {
-                    Dataset::MultipleChoice(mut q) => {
-                        q.truncate(a.questions);
-                        let name = p.parent().map_or(stem(p), stem);
-                        Ok((name, q))
-                    }
-                    _ => Err(Error::Data(format!(
-                        "{}: not multiple-choice data",
-                        p.display()
-                    ))),
+                .map(|p| {
+                    Ok((
+                        p.parent().map_or(stem(p), stem),
+                        questions(p, Some(a.questions), false)?,
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
         let key = format!(
